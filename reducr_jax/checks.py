@@ -1,0 +1,66 @@
+"""Argument validation shared by the pure functions.
+
+Every public function checks its inputs' *static* properties (ranks, shapes, and
+hyper-parameters that are concrete Python/NumPy values) at trace time and raises a
+one-line ``ValueError`` naming the argument and what is allowed, so a user never sees a
+deep XLA error for a wrong shape. Values that are tracers (e.g. ``eta`` passed as a
+jitted argument) cannot be checked at trace time and are left alone.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+
+def concrete_value(x) -> Optional[float]:
+  """Returns ``float(x)`` when ``x`` is a concrete scalar, else ``None`` (a tracer)."""
+  if isinstance(x, jax.core.Tracer):
+    return None
+  try:
+    return float(np.asarray(x))
+  except (TypeError, ValueError):
+    return None
+
+
+def check_shape(name: str, x, expected: Sequence[Optional[int]], described: str) -> None:
+  """Raises if ``x.shape`` does not match ``expected`` (``None`` matches any size).
+
+  Args:
+    name: argument name, used in the message.
+    x: array-like with a ``shape``.
+    expected: the expected shape; ``None`` entries are wildcards.
+    described: the expected shape in words, e.g. ``"[B, C]"``.
+  """
+  shape = tuple(np.shape(x))
+  ok = len(shape) == len(expected) and all(
+      e is None or e == s for e, s in zip(expected, shape))
+  if not ok:
+    raise ValueError(f"{name} must have shape {described}, got {shape}")
+
+
+def check_in_range(name: str, x, low=None, high=None, *, low_inclusive=True,
+                   high_inclusive=True) -> None:
+  """Raises if the concrete scalar ``x`` is outside the given range; tracers pass."""
+  v = concrete_value(x)
+  if v is None:
+    return
+  lo_bad = low is not None and (v < low if low_inclusive else v <= low)
+  hi_bad = high is not None and (v > high if high_inclusive else v >= high)
+  if lo_bad or hi_bad or np.isnan(v):
+    lo = "-inf" if low is None else f"{low}"
+    hi = "inf" if high is None else f"{high}"
+    interval = ("[" if low_inclusive else "(") + f"{lo}, {hi}" + ("]" if high_inclusive else ")")
+    raise ValueError(f"{name} must be in {interval}, got {v}")
+
+
+def check_k(k, batch_size: int, name: str = "k") -> int:
+  """Returns ``k`` as an int after checking it is a static integer in [1, batch_size]."""
+  if isinstance(k, jax.core.Tracer) or not float(k).is_integer():
+    raise ValueError(f"{name} must be a static Python int in [1, {batch_size}], got {k!r}")
+  k = int(k)
+  if not 1 <= k <= batch_size:
+    raise ValueError(f"{name} must be in [1, {batch_size}] (the batch size), got {k}")
+  return k

@@ -1,0 +1,117 @@
+"""Dataset corruptions used by the robustness experiments: pure NumPy, explicit RNG.
+
+* Class imbalance (REDUCR paper, section 5.3): one class is subsampled so that it makes
+  up a chosen fraction of a split.
+* Symmetric label noise: each label is, with probability ``rate``, replaced by a
+  uniformly drawn *different* class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def imbalance_mask(
+    y: np.ndarray,
+    cls: int,
+    fraction: float,
+    rng: np.random.Generator,
+    num_classes: int | None = None,
+) -> np.ndarray:
+  """Which rows survive subsampling class ``cls`` down to ``fraction`` of the split.
+
+  With ``N_rest`` the number of examples of the other classes, a random subset of
+  ``n = round(fraction * N_rest / (1 - fraction))`` examples of ``cls`` is kept (halves
+  round up), clipped to ``[1, count of cls]``: a ``fraction`` at or above the class's
+  natural share (including ``fraction == 1``) keeps the whole class. Other classes are
+  untouched.
+
+  Args:
+    y: int labels [N].
+    cls: the class to subsample, or -1 for no change (all True, ``rng`` not used).
+    fraction: target share of ``cls`` in the returned split, in (0, 1].
+    rng: the generator drawing which examples of ``cls`` are kept.
+    num_classes: bounds ``cls``; defaults to ``y.max() + 1``.
+
+  Returns:
+    bool [N], True for rows to keep.
+  """
+  y = np.asarray(y)
+  if num_classes is None:
+    num_classes = int(y.max()) + 1 if y.size else 0
+  if not _is_int(cls) or not -1 <= cls < num_classes:
+    raise ValueError(f"config.dataset.imbalance_class must be -1 (none) or an int in "
+                     f"[0, {num_classes}), got {cls!r}")
+  if not 0.0 < float(fraction) <= 1.0:
+    raise ValueError(f"config.dataset.imbalance_fraction must be in (0, 1], got {fraction!r}")
+  keep = np.ones(y.shape, dtype=bool)
+  if cls == -1:
+    return keep
+  members = np.flatnonzero(y == cls)
+  if float(fraction) >= 1.0:
+    return keep
+  n_rest = y.size - members.size
+  n_keep = int(np.floor(fraction * n_rest / (1.0 - fraction) + 0.5))
+  n_keep = min(max(n_keep, 1), members.size)
+  dropped = rng.choice(members, size=members.size - n_keep, replace=False)
+  keep[dropped] = False
+  return keep
+
+
+def imbalance_class(
+    x: np.ndarray,
+    y: np.ndarray,
+    cls: int,
+    fraction: float,
+    rng: np.random.Generator,
+    num_classes: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Subsamples class ``cls`` to ``fraction`` of the split (see ``imbalance_mask``).
+
+  Args:
+    x: features [N, ...], any dtype.
+    y: int labels [N].
+    cls, fraction, rng, num_classes: as in ``imbalance_mask``.
+
+  Returns:
+    ``(x[keep], y[keep])``, rows in their original relative order.
+  """
+  keep = imbalance_mask(y, cls, fraction, rng, num_classes)
+  return np.asarray(x)[keep], np.asarray(y)[keep]
+
+
+def symmetric_label_noise(
+    y: np.ndarray,
+    rate: float,
+    num_classes: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Replaces each label, with probability ``rate``, by a uniformly drawn other class.
+
+  Args:
+    y: int labels [N] in [0, num_classes).
+    rate: flip probability in [0, 1].
+    num_classes: number of classes (>= 2 when ``rate > 0``).
+    rng: the generator drawing which labels flip and to what.
+
+  Returns:
+    ``(y_noisy, flipped)``: y_noisy [N] with ``y``'s dtype, and bool [N] flipped,
+    which equals ``y_noisy != y`` (a flipped label never lands on its own class).
+  """
+  y = np.asarray(y)
+  if not 0.0 <= float(rate) <= 1.0:
+    raise ValueError(f"config.dataset.label_noise must be in [0, 1], got {rate!r}")
+  if y.size and (y.min() < 0 or y.max() >= num_classes):
+    raise ValueError(f"labels must be in [0, {num_classes}), got range "
+                     f"[{y.min()}, {y.max()}]")
+  if rate > 0 and num_classes < 2:
+    raise ValueError(f"label noise needs num_classes >= 2, got {num_classes}")
+  flipped = rng.random(y.shape) < rate
+  # An offset in [1, num_classes) modulo num_classes is uniform over the other classes.
+  offset = rng.integers(1, max(num_classes, 2), size=y.shape)
+  y_noisy = np.where(flipped, (y + offset) % num_classes, y).astype(y.dtype)
+  return y_noisy, flipped

@@ -1,0 +1,94 @@
+"""Stateless batch order for training, and fixed-shape batches for evaluation.
+
+Training order is a pure function of ``(seed, step)``: the example stream is the
+concatenation of independent permutations of ``range(num_examples)``, permutation ``e``
+drawn from ``np.random.default_rng([seed, e])``, and the batch at ``step`` is the slice
+``[step * B, (step + 1) * B)`` of that stream. Resuming from a checkpoint therefore needs
+only the step; no iterator state is saved.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterator
+
+import numpy as np
+
+
+def _check_positive_int(name: str, v, minimum: int) -> None:
+  if (not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or
+      v < minimum):
+    raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """Read-only int64 [num_examples]: the order of epoch ``epoch``."""
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  perm.flags.writeable = False
+  return perm
+
+
+def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """Indices of the training batch at ``step``; see the module docstring.
+
+  Only the permutations of the epochs the batch overlaps are drawn (one or two, more
+  only when ``batch_size > num_examples``), so any step costs O(num_examples).
+
+  Args:
+    seed: non-negative int.
+    step: non-negative int (Python ints, so no overflow for large steps).
+    num_examples: size N of the split, >= 1.
+    batch_size: B >= 1; may exceed N, then the batch spans several epochs.
+
+  Returns:
+    int64 [batch_size], values in [0, N).
+  """
+  _check_positive_int("seed", seed, 0)
+  _check_positive_int("step", step, 0)
+  _check_positive_int("num_examples", num_examples, 1)
+  _check_positive_int("batch_size", batch_size, 1)
+  seed, step, n, b = int(seed), int(step), int(num_examples), int(batch_size)
+  start, stop = step * b, (step + 1) * b
+  pieces = []
+  for epoch in range(start // n, (stop - 1) // n + 1):
+    lo = max(start - epoch * n, 0)
+    hi = min(stop - epoch * n, n)
+    pieces.append(_epoch_permutation(seed, epoch, n)[lo:hi])
+  return np.concatenate(pieces).astype(np.int64)
+
+
+def epoch_of(step: int, num_examples: int, batch_size: int) -> int:
+  """The epoch containing the first example of the batch at ``step``."""
+  _check_positive_int("step", step, 0)
+  _check_positive_int("num_examples", num_examples, 1)
+  _check_positive_int("batch_size", batch_size, 1)
+  return int(step) * int(batch_size) // int(num_examples)
+
+
+def iterate_batches(split, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Yields every example of ``split`` once, in order, in fixed-shape batches.
+
+  Args:
+    split: anything with ``x`` [n, ...] and ``y`` [n] (e.g. a ``Split``).
+    batch_size: B >= 1.
+
+  Yields:
+    ``(x, y, mask)``: x [B, ...] with ``split.x``'s dtype, y [B] with ``split.y``'s
+    dtype, mask bool [B]. The last batch is zero-padded with ``mask`` False on the
+    padding, so a jitted evaluation step compiles once. ``ceil(n / B)`` batches.
+  """
+  _check_positive_int("batch_size", batch_size, 1)
+  x, y = np.asarray(split.x), np.asarray(split.y)
+  n = y.shape[0]
+  for start in range(0, n, batch_size):
+    stop = min(start + batch_size, n)
+    if stop - start == batch_size:
+      yield x[start:stop], y[start:stop], np.ones(batch_size, dtype=bool)
+      continue
+    xb = np.zeros((batch_size,) + x.shape[1:], dtype=x.dtype)
+    yb = np.zeros((batch_size,), dtype=y.dtype)
+    xb[:stop - start], yb[:stop - start] = x[start:stop], y[start:stop]
+    mask = np.zeros(batch_size, dtype=bool)
+    mask[:stop - start] = True
+    yield xb, yb, mask

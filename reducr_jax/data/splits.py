@@ -1,0 +1,165 @@
+"""The four splits REDUCR needs, built deterministically from an embedded dataset.
+
+Split roles (and how they map to the REDUCR paper's names):
+
+* ``train``: the pool the target model selects its batches from.
+* ``holdout``: trains the per-class expert ("amortised") models and measures the
+  per-class holdout loss. This is what the paper calls its *validation* set.
+* ``val``: model selection by worst-class accuracy; never corrupted.
+* ``test``: final report.
+
+Pipeline of ``make_splits``:
+
+1. load the source arrays (``embedded.load_arrays``);
+2. stratified shuffle split: each class's rows are shuffled and cut in the proportions
+   ``config.dataset.fractions`` (so every split, in particular test, has the source's
+   class balance up to rounding);
+3. class imbalance (``corruption.imbalance_mask``) on ``train`` and ``holdout`` only. The
+   paper (section 5.3) "only artificially imbalance[s] the training and validation
+   sets", and its validation set is our ``holdout``; ``val`` and ``test`` stay balanced;
+4. symmetric label noise on ``train`` only (``y_clean`` keeps the true labels);
+5. standardisation of every split with the train split's per-feature mean and std.
+
+Each stage draws from its own child of ``np.random.SeedSequence(seed)``, so e.g.
+changing ``label_noise`` does not change which rows form each split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import ml_collections
+import numpy as np
+
+from reducr_jax.data import corruption
+from reducr_jax.data import embedded
+
+SPLIT_NAMES = ("train", "holdout", "val", "test")
+_STD_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+  """One split; row i of every field describes the same example.
+
+  Attributes:
+    x: features float32 [n, D], standardised with the train split's statistics.
+    y: labels int32 [n] as seen by training (noisy for ``train``).
+    y_clean: labels int32 [n] before label noise (equals ``y`` except in ``train``).
+    index: int64 [n], row of the example in ``embedded.load_arrays(name)``.
+  """
+  x: np.ndarray
+  y: np.ndarray
+  y_clean: np.ndarray
+  index: np.ndarray
+
+  def __len__(self) -> int:
+    return int(self.y.shape[0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Splits:
+  """The four splits of one dataset plus its class metadata."""
+  train: Split
+  holdout: Split
+  val: Split
+  test: Split
+  num_classes: int
+  class_names: list[str]
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+      v, (bool, np.bool_))
+
+
+def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises a one-line ``ValueError`` naming the first bad ``config.dataset`` field."""
+  embedded.check_name(cfg.name)
+  fr = cfg.fractions
+  if (not isinstance(fr, (tuple, list)) or len(fr) != 4 or
+      not all(_is_real(f) and f > 0 for f in fr) or abs(math.fsum(fr) - 1.0) > 1e-6):
+    raise ValueError(f"config.dataset.fractions must be 4 positive numbers "
+                     f"(train, holdout, val, test) summing to 1, got {fr!r}")
+  k = embedded.NUM_CLASSES[cfg.name]
+  if not _is_int(cfg.imbalance_class) or not -1 <= cfg.imbalance_class < k:
+    raise ValueError(f"config.dataset.imbalance_class must be -1 (none) or an int in "
+                     f"[0, {k}), got {cfg.imbalance_class!r}")
+  if not _is_real(cfg.imbalance_fraction) or not 0 < cfg.imbalance_fraction <= 1:
+    raise ValueError(f"config.dataset.imbalance_fraction must be in (0, 1], "
+                     f"got {cfg.imbalance_fraction!r}")
+  if not _is_real(cfg.label_noise) or not 0 <= cfg.label_noise < 1:
+    raise ValueError(f"config.dataset.label_noise must be in [0, 1), got {cfg.label_noise!r}")
+
+
+def _stratified_parts(y: np.ndarray, fractions, rng: np.random.Generator) -> list[np.ndarray]:
+  """Row indices of the 4 parts: every class cut in ``fractions`` (cumulative rounding)."""
+  cum = np.cumsum(fractions)
+  cum[-1] = 1.0
+  parts = [[] for _ in fractions]
+  for c in np.unique(y):
+    rows = rng.permutation(np.flatnonzero(y == c))
+    bounds = np.concatenate([[0], np.floor(cum * rows.size + 0.5).astype(np.int64)])
+    for p in range(len(fractions)):
+      parts[p].append(rows[bounds[p]:bounds[p + 1]])
+  return [rng.permutation(np.concatenate(p)) for p in parts]
+
+
+def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
+  """Builds the train/holdout/val/test splits (see the module docstring).
+
+  Args:
+    dataset_config: ``config.dataset`` with ``name`` (str), ``fractions`` (4 floats for
+      train/holdout/val/test, > 0, summing to 1), ``imbalance_class`` (int, -1 none),
+      ``imbalance_fraction`` (float in (0, 1]) and ``label_noise`` (float in [0, 1)).
+    seed: non-negative int; the result is a pure function of (config, seed).
+
+  Returns:
+    ``Splits``; every example of the source is in exactly one split, except those that
+    the imbalance removed from train/holdout.
+  """
+  cfg = dataset_config
+  validate_dataset_config(cfg)
+  if not _is_int(seed) or seed < 0:
+    raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+  x, y = embedded.load_arrays(cfg.name, seed)
+  k = embedded.NUM_CLASSES[cfg.name]
+  split_ss, imb_train_ss, imb_holdout_ss, noise_ss = np.random.SeedSequence(seed).spawn(4)
+
+  parts = dict(zip(SPLIT_NAMES, _stratified_parts(
+      y, [float(f) for f in cfg.fractions], np.random.default_rng(split_ss))))
+  for name, ss in (("train", imb_train_ss), ("holdout", imb_holdout_ss)):
+    keep = corruption.imbalance_mask(y[parts[name]], cfg.imbalance_class,
+                                     cfg.imbalance_fraction, np.random.default_rng(ss), k)
+    parts[name] = parts[name][keep]
+  for name, rows in parts.items():
+    if rows.size == 0:
+      raise ValueError(f"config.dataset.fractions {tuple(cfg.fractions)!r} leave the "
+                       f"{name} split of {cfg.name!r} empty")
+
+  labels = {name: (y[rows], y[rows]) for name, rows in parts.items()}
+  y_noisy, _ = corruption.symmetric_label_noise(
+      labels["train"][1], cfg.label_noise, k, np.random.default_rng(noise_ss))
+  labels["train"] = (y_noisy, labels["train"][1])
+
+  x_train = x[parts["train"]].astype(np.float64)
+  mean = x_train.mean(axis=0)
+  std = x_train.std(axis=0)
+  # A feature (near-)constant on train is only centred: dividing by a floored std
+  # would blow up the rare test examples where it is non-zero (digits has such pixels).
+  std = np.where(std < _STD_EPS, 1.0, std)
+
+  def build(name: str) -> Split:
+    rows = parts[name]
+    xs = ((x[rows] - mean) / std).astype(np.float32)
+    y_seen, y_clean = labels[name]
+    return Split(x=xs, y=y_seen.astype(np.int32), y_clean=y_clean.astype(np.int32),
+                 index=rows.astype(np.int64))
+
+  return Splits(**{name: build(name) for name in SPLIT_NAMES}, num_classes=k,
+                class_names=list(embedded.CLASS_NAMES[cfg.name]))

@@ -1,0 +1,167 @@
+"""Class priority weights by multiplicative weights (MWU), kept in log space.
+
+REDUCR (Algorithm 1, lines 2, 7, 8) keeps a distribution ``w`` over the C classes:
+
+    w_1       = 1/C · 1
+    α_{t,c}   = Σ_{i ∈ b_t} ( max(0, L[y_i|x_i, θ_t] − L[y_i|x_i, φ_c]) − h_{t,c} )
+              = Σ_{i ∈ b_t} R[i, c] − k · h_{t,c}
+    w_{t+1,c} = w_{t,c} · exp(−η α_{t,c}) / Σ_j w_{t,j} · exp(−η α_{t,j})
+
+with ``h_{t,c}`` the target model's mean loss on the holdout points of class ``c`` (the
+"class-holdout loss"). A class the model does badly on (large ``h``) gets a negative α and
+gains weight. In log space the update is ``log_w ← log_softmax(log_w − η α)``, so after t
+steps ``w = softmax(−η Σ_s α_s)``, exactly the cumulative form of the official code, with
+no under/overflow however long the run.
+
+Two estimators of ``h`` are provided:
+  * :func:`class_holdout_loss`: the per-class mean over a full holdout pass (the paper;
+    refreshed once per epoch) from :class:`reducr_jax.metrics.ClassSums`, whose sums and
+    counts add across batches and devices.
+  * :class:`EMAState` / :func:`ema_init` / :func:`ema_update` / :func:`ema_value`: the
+    de-biased exponential moving average of per-class batch means (App. A.9.4), with a
+    per-class bias correction ``m / (1 − a^n)`` as in Adam, where ``n`` counts the batches
+    in which the class was present. A class absent from a batch keeps its state.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reducr_jax import checks
+from reducr_jax import metrics
+
+
+def init(num_classes: int) -> jax.Array:
+  """Uniform log-weights ``log(1/C) · 1`` → ``float32[C]`` (Algorithm 1, line 2)."""
+  if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  return jnp.full((int(num_classes),), -np.log(num_classes), jnp.float32)
+
+
+def weights(log_w: jax.Array) -> jax.Array:
+  """Class weights on the simplex from log-weights: ``softmax(log_w)`` → ``[C]``."""
+  return jax.nn.softmax(log_w)
+
+
+def class_objective(excess_selected: jax.Array, class_holdout_loss: jax.Array,
+                    use_holdout: bool = True) -> jax.Array:
+  """MWU objective ``α_c = Σ_i excess_selected[i, c] − k · h_c`` (Algorithm 1, line 7).
+
+  Args:
+    excess_selected: ``[k, C]`` reducible losses of the k selected points (clipped or not,
+      as used for selection; see :func:`reducr_jax.selection.reducible_losses`).
+    class_holdout_loss: ``[C]`` class-holdout losses ``h``.
+    use_holdout: ``False`` is the "no class-holdout loss" ablation: ``α_c = Σ_i excess``.
+
+  Returns:
+    ``[C]``.
+  """
+  checks.check_shape("excess_selected", excess_selected, (None, None), "[k, C]")
+  k, c = np.shape(excess_selected)
+  checks.check_shape("class_holdout_loss", class_holdout_loss, (c,),
+                     f"[C={c}] (C from excess_selected)")
+  alpha = jnp.sum(excess_selected, axis=0)
+  if use_holdout:
+    alpha = alpha - k * class_holdout_loss
+  return alpha
+
+
+def update(log_w: jax.Array, alpha: jax.Array, eta) -> jax.Array:
+  """One multiplicative-weights step in log space: ``log_softmax(log_w − η α)`` (line 8).
+
+  Args:
+    log_w: ``[C]`` current log-weights.
+    alpha: ``[C]`` objective from :func:`class_objective`.
+    eta: learning rate η > 0 (paper: 1e-4).
+
+  Returns:
+    ``[C]`` new log-weights, normalised (``logsumexp == 0``).
+  """
+  checks.check_shape("log_w", log_w, (None,), "[C]")
+  c = np.shape(log_w)[0]
+  checks.check_shape("alpha", alpha, (c,), f"[C={c}] (C from log_w)")
+  checks.check_in_range("eta", eta, 0.0, low_inclusive=False)
+  return jax.nn.log_softmax(log_w - eta * alpha)
+
+
+# ---------------------------------------------------------------------------------------
+# Class-holdout loss: per-class mean over a full holdout pass.
+
+
+def class_holdout_loss(stats: metrics.ClassSums, default=0.0) -> jax.Array:
+  """Per-class mean holdout loss ``h = sums / counts`` from accumulated per-class sums.
+
+  Accumulate ``stats`` over a holdout pass with
+  ``metrics.class_sums(per_example_loss, labels, C, mask)`` and merge batches or devices
+  by adding the fields (``jax.tree.map(jnp.add, a, b)`` / ``lax.psum``).
+
+  Args:
+    stats: :class:`reducr_jax.metrics.ClassSums` of per-example holdout losses.
+    default: value for a class with no holdout example (0: it then pushes its weight
+      neither up nor down through ``h``).
+
+  Returns:
+    ``[C]``, never NaN.
+  """
+  return metrics.class_means(stats, default)
+
+
+# ---------------------------------------------------------------------------------------
+# Class-holdout loss: de-biased exponential moving average (REDUCR App. A.9.4).
+
+
+class EMAState(NamedTuple):
+  """State of the per-class de-biased EMA.
+
+  Attributes:
+    biased: ``float32[C]`` the raw average ``m_n = a·m_{n−1} + (1−a)·x_n`` (``m_0 = 0``).
+    num_updates: ``int32[C]`` number of batches in which each class was present.
+  """
+  biased: jax.Array
+  num_updates: jax.Array
+
+
+def ema_init(num_classes: int) -> EMAState:
+  """Zero EMA state for C classes."""
+  return EMAState(jnp.zeros((num_classes,), jnp.float32),
+                  jnp.zeros((num_classes,), jnp.int32))
+
+
+def ema_update(state: EMAState, batch_stats: metrics.ClassSums, decay) -> EMAState:
+  """Folds one holdout batch's per-class mean losses into the EMA.
+
+  Only classes present in the batch (count > 0) are updated; the others keep their value
+  and their bias-correction count, so an absent class never produces NaN or drifts to 0.
+
+  Args:
+    state: current :class:`EMAState`.
+    batch_stats: :class:`reducr_jax.metrics.ClassSums` of the batch's per-example losses.
+    decay: ``a ∈ [0, 1)`` (paper: 0.9 or 0.99); ``a = 0`` keeps the latest batch mean.
+
+  Returns:
+    the new :class:`EMAState`.
+  """
+  checks.check_in_range("decay", decay, 0.0, 1.0, high_inclusive=False)
+  c = np.shape(state.biased)[0]
+  checks.check_shape("batch_stats.sums", batch_stats.sums, (c,), f"[C={c}] (C from state)")
+  present = batch_stats.counts > 0
+  batch_mean = metrics.class_means(batch_stats, 0.0)
+  new = decay * state.biased + (1.0 - decay) * batch_mean
+  return EMAState(biased=jnp.where(present, new, state.biased),
+                  num_updates=state.num_updates + present.astype(jnp.int32))
+
+
+def ema_value(state: EMAState, decay, default=0.0) -> jax.Array:
+  """Bias-corrected EMA ``m_n / (1 − a^n)`` per class; ``default`` where ``n = 0``.
+
+  Returns:
+    ``[C]``.
+  """
+  checks.check_in_range("decay", decay, 0.0, 1.0, high_inclusive=False)
+  n = state.num_updates
+  correction = 1.0 - jnp.power(jnp.asarray(decay, jnp.float32), n.astype(jnp.float32))
+  return jnp.where(n > 0, state.biased / jnp.where(n > 0, correction, 1.0), default)

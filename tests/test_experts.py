@@ -1,0 +1,121 @@
+"""Class-irreducible loss models: γ-weighted loss, stacked training, evaluation strategies."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from reducr_jax import experts
+from reducr_jax.models.mlp import MLP
+
+
+def test_class_weighted_loss_by_hand():
+  loss = jnp.array([1.0, 2.0, 3.0])
+  labels = jnp.array([0, 1, 1])
+  # class 1, γ = 9: (1·1 + 10·2 + 10·3) / 3
+  assert float(experts.class_weighted_loss(loss, labels, 1, 9.0)) == pytest.approx(51 / 3)
+  assert float(experts.class_weighted_loss(loss, labels, 0, 0.0)) == pytest.approx(2.0)
+
+
+def toy_problem(n=600, seed=0):
+  """Three overlapping 2-D Gaussian classes: no model is right everywhere, so an expert
+  up-weighting its class trades the other classes' loss for its own."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 3, n)
+  centres = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, 0.8]])
+  x = centres[y] + rng.normal(scale=0.6, size=(n, 2))
+  return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
+
+
+def make_model(heads=None):
+  if heads is None:
+    model = MLP(hidden=(16,), num_outputs=3)
+  else:
+    model = experts.MultiHead(trunk=MLP(hidden=(16,), num_outputs=None), num_heads=heads,
+                              num_classes=3)
+  init = lambda rng: model.init(rng, jnp.zeros((1, 2)))["params"]  # noqa: E731
+  apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+  return init, apply
+
+
+def train_experts(gamma=9.0, steps=300):
+  x, y = toy_problem()
+  init, apply = make_model()
+  tx = optax.adam(3e-2)
+  state = experts.init_experts(init, tx, jax.random.key(0), 3)
+  step = jax.jit(functools.partial(experts.train_step, apply, tx), static_argnums=())
+  for _ in range(steps):
+    state, losses = step(state, x, y, gamma)
+  return apply, state, losses
+
+
+@pytest.fixture(scope="module")
+def trained():
+  return train_experts()
+
+
+def test_each_expert_is_best_on_its_own_class(trained):
+  apply, state, losses = trained
+  assert losses.shape == (3,)
+  x, y = toy_problem(seed=1)
+  table = np.asarray(experts.expert_losses(apply, state.params, x, y))      # [B, C]
+  per_class = np.stack([table[np.asarray(y) == c].mean(0) for c in range(3)])  # [class, expert]
+  for c in range(3):
+    others = [per_class[c, e] for e in range(3) if e != c]
+    assert per_class[c, c] < min(others) - 0.05, per_class
+
+
+def test_strategies_and_precomputed_table_agree(trained):
+  apply, state, _ = trained
+  x, y = toy_problem(n=37, seed=2)
+  results = {s: np.asarray(jax.jit(functools.partial(experts.expert_losses, apply,
+                                                       strategy=s))(state.params, x, y))
+             for s in experts.STRATEGIES}
+  for s in experts.STRATEGIES:
+    assert results[s].shape == (37, 3)
+    np.testing.assert_allclose(results[s], results["vmap"], rtol=1e-5, atol=1e-6)
+  loss_fn = jax.jit(functools.partial(experts.expert_losses, apply, state.params, strategy="map"))
+  table = experts.precompute_table(loss_fn, np.asarray(x), np.asarray(y), batch_size=16)
+  assert table.shape == (37, 3)
+  np.testing.assert_allclose(table, results["vmap"], rtol=1e-5, atol=1e-6)
+  idx = np.array([5, 0, 36])
+  np.testing.assert_allclose(table[idx], results["vmap"][idx], rtol=1e-5, atol=1e-6)
+
+
+def test_multihead_trains_and_specialises():
+  x, y = toy_problem()
+  init, apply = make_model(heads=3)
+  params = init(jax.random.key(0))
+  tx = optax.adam(3e-2)
+  opt_state = tx.init(params)
+  step = jax.jit(functools.partial(experts.multihead_train_step, apply, tx))
+  _, _, first = step(params, opt_state, x, y, 9.0)
+  for _ in range(300):
+    params, opt_state, loss = step(params, opt_state, x, y, 9.0)
+  assert float(loss) < 0.8 * float(first)
+  table = np.asarray(experts.multihead_expert_losses(apply(params, x), y))   # [B, C]
+  assert table.shape == (600, 3)
+  for c in range(3):
+    mine = table[np.asarray(y) == c]
+    assert mine[:, c].mean() < np.delete(mine, c, axis=1).mean(0).min()
+
+
+def test_default_strategy():
+  assert experts.default_strategy("cpu") == "loop"
+  assert experts.default_strategy("gpu") == "vmap"
+  assert experts.default_strategy("tpu") == "vmap"
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: experts.class_weighted_loss(jnp.ones(3), jnp.zeros(3, int), 0, -1.0), r"gamma must be in \[0.0, inf\]"),
+    (lambda: experts.class_weighted_loss(jnp.ones(3), jnp.zeros(2, int), 0, 1.0), r"labels must have shape \[B=3\]"),
+    (lambda: experts.expert_losses(None, {"w": jnp.ones((2, 1))}, None, None, "pmap"), "strategy must be one of"),
+    (lambda: experts.multihead_expert_losses(jnp.ones((3, 2)), jnp.zeros(3, int)), r"logits must have shape \[B, C, K\]"),
+    (lambda: experts.num_experts({"a": jnp.ones((2, 1)), "b": jnp.ones((3, 1))}), "leading axis C"),
+])
+def test_bad_input(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

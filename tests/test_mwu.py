@@ -1,0 +1,147 @@
+"""MWU class weights and class-holdout loss estimators."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reducr_jax import metrics, mwu, selection
+
+
+def test_init_is_uniform_on_the_simplex():
+  w = mwu.weights(mwu.init(4))
+  np.testing.assert_allclose(w, 0.25, rtol=1e-6)
+
+
+def test_class_objective_by_hand():
+  excess = jnp.array([[1.0, 0.0], [3.0, 0.5]])
+  h = jnp.array([1.0, 0.5])
+  np.testing.assert_allclose(mwu.class_objective(excess, h), [4.0 - 2.0, 0.5 - 1.0])
+  np.testing.assert_allclose(mwu.class_objective(excess, h, use_holdout=False), [4.0, 0.5])
+
+
+def test_update_by_hand():
+  log_w = jnp.log(jnp.array([0.5, 0.5]))
+  new = mwu.weights(mwu.update(log_w, jnp.array([2.0, -1.0]), 0.5))
+  e = np.exp([-1.0, 0.5])
+  np.testing.assert_allclose(new, e / e.sum(), rtol=1e-6)
+
+
+def test_t_steps_equal_softmax_of_cumulative_alpha():
+  alphas = jax.random.normal(jax.random.key(0), (200, 7)) * 50.0
+  eta = 1e-2
+  log_w = mwu.init(7)
+  for a in alphas:
+    log_w = jax.jit(mwu.update)(log_w, a, eta)
+    w = mwu.weights(log_w)
+    assert np.all(np.asarray(w) >= 0) and abs(float(w.sum()) - 1.0) < 1e-5
+  np.testing.assert_allclose(mwu.weights(log_w), jax.nn.softmax(-eta * alphas.sum(0)), rtol=1e-4,
+                             atol=1e-7)
+  # No overflow even for enormous objectives.
+  huge = mwu.update(mwu.init(3), jnp.array([1e30, -1e30, 0.0]), 1.0)
+  assert np.all(np.isfinite(np.asarray(mwu.weights(huge))))
+
+
+# A 3-step REDUCR example worked by hand: B=4, C=2, k=2, η=0.5, class-holdout loss h=[1, .5].
+MODEL = [jnp.array([2.0, 1.2, 3.0, 0.5]), jnp.array([1.0, 2.0, 0.5, 1.5]),
+         jnp.array([1.0, 1.0, 1.0, 2.0])]
+EXPERT = [jnp.array([[1.0, 2.0], [1.5, 0.5], [0.0, 4.0], [1.0, 1.0]]),
+          jnp.array([[0.0, 0.5], [1.0, 3.0], [1.0, 0.0], [0.5, 0.5]]),
+          jnp.array([[0.5, 0.0], [0.0, 2.0], [2.0, 0.5], [1.0, 1.5]])]
+H = jnp.array([1.0, 0.5])
+
+
+def run_three_steps(clip, use_holdout):
+  log_w, trace = mwu.init(2), []
+  for ml, el in zip(MODEL, EXPERT):
+    r = selection.excess_losses(ml, el, clip)
+    sel = selection.top_k(selection.weighted_scores(r, mwu.weights(log_w)), 2)
+    alpha = mwu.class_objective(r[sel], H, use_holdout)
+    log_w = mwu.update(log_w, alpha, 0.5)
+    trace.append((sorted(np.asarray(sel).tolist()), np.asarray(alpha)))
+  return trace, np.asarray(mwu.weights(log_w))
+
+
+@pytest.mark.parametrize("clip, use_holdout, selections, alphas", [
+    # Step 1, w=[.5,.5]: clipped excess rows [1,0],[0,.7],[3,0],[0,0] -> scores
+    #   [.5,.35,1.5,0] -> {0,2}; α = [1+3, 0] - 2·[1,.5] = [2,-1].
+    # Step 2, w ∝ exp(-.5·[2,-1]) = [.182,.818]: excess [1,.5],[1,0],[0,.5],[1,1] ->
+    #   scores [.591,.182,.409,1] -> {0,3}; α = [2,1.5] - [2,1] = [0,.5].
+    # Step 3, w ∝ exp(-.5·[2,-.5]) = [.223,.777]: excess [.5,1],[1,0],[0,.5],[1,.5] ->
+    #   scores [.889,.223,.389,.611] -> {0,3}; α = [1.5,1.5] - [2,1] = [-.5,.5].
+    (True, True, [[0, 2], [0, 3], [0, 3]], [[2.0, -1.0], [0.0, 0.5], [-0.5, 0.5]]),
+    # No clip. Step 1: excess [1,0],[-.3,.7],[3,-1],[-.5,-.5] -> scores [.5,.2,1,-.5]
+    #   -> {0,2}; α = [4,-1] - [2,1] = [2,-2].
+    # Step 2, w = [.119,.881]: excess [1,.5],[1,-1],[-.5,.5],[1,1] -> [.56,-.76,.38,1]
+    #   -> {0,3}; α = [0,.5]. Step 3, w = [.148,.852]: excess [.5,1],[1,-1],[-1,.5],[1,.5]
+    #   -> [.93,-.70,.28,.57] -> {0,3}; α = [-.5,.5].
+    (False, True, [[0, 2], [0, 3], [0, 3]], [[2.0, -2.0], [0.0, 0.5], [-0.5, 0.5]]),
+    # No holdout term: α = Σ excess of the selected (same selections here).
+    (True, False, [[0, 2], [0, 3], [0, 3]], [[4.0, 0.0], [2.0, 1.5], [1.5, 1.5]]),
+])
+def test_three_step_reducr_worked_by_hand(clip, use_holdout, selections, alphas):
+  trace, w = run_three_steps(clip, use_holdout)
+  assert [t[0] for t in trace] == selections
+  np.testing.assert_allclose([t[1] for t in trace], alphas, atol=1e-6)
+  cum = np.sum(alphas, axis=0)
+  expected = np.exp(-0.5 * cum) / np.exp(-0.5 * cum).sum()
+  np.testing.assert_allclose(w, expected, rtol=1e-5)
+
+
+def test_class_holdout_loss_handles_empty_class():
+  stats = metrics.class_sums(jnp.array([1.0, 3.0, 2.0]), jnp.array([0, 0, 2]), 3)
+  np.testing.assert_allclose(mwu.class_holdout_loss(stats), [2.0, 0.0, 2.0])
+
+
+def test_full_pass_mean_merges_batches():
+  losses = jax.random.uniform(jax.random.key(0), (100,))
+  labels = jax.random.randint(jax.random.key(1), (100,), 0, 4)
+  parts = [metrics.class_sums(losses[i:i + 25], labels[i:i + 25], 4) for i in range(0, 100, 25)]
+  merged = functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), parts)
+  expected = [float(np.mean(np.asarray(losses)[np.asarray(labels) == c])) for c in range(4)]
+  np.testing.assert_allclose(mwu.class_holdout_loss(merged), expected, rtol=1e-5)
+
+
+def test_ema_with_zero_decay_is_the_batch_value():
+  state = mwu.ema_init(3)
+  for step in range(3):
+    batch = metrics.class_sums(jnp.array([1.0 + step, 5.0]), jnp.array([0, 1]), 3)
+    state = mwu.ema_update(state, batch, 0.0)
+    np.testing.assert_allclose(mwu.ema_value(state, 0.0), [1.0 + step, 5.0, 0.0])
+
+
+def test_ema_is_debiased_and_skips_absent_classes():
+  a = 0.9
+  state = mwu.ema_init(2)
+  state = mwu.ema_update(state, metrics.class_sums(jnp.array([2.0, 4.0]), jnp.array([0, 1]), 2), a)
+  # First update: the de-biased value is the batch mean exactly.
+  np.testing.assert_allclose(mwu.ema_value(state, a), [2.0, 4.0], rtol=1e-6)
+  # Second batch has only class 0 with loss 1: m = .9·.2 + .1·1 = .28, /(1-.81) = 1.47368.
+  state = mwu.ema_update(state, metrics.class_sums(jnp.array([1.0]), jnp.array([0]), 2), a)
+  np.testing.assert_allclose(mwu.ema_value(state, a), [0.28 / 0.19, 4.0], rtol=1e-5)
+  np.testing.assert_array_equal(state.num_updates, [2, 1])
+  assert np.all(np.isfinite(np.asarray(mwu.ema_value(mwu.ema_init(2), a))))
+
+
+def test_mwu_functions_jit():
+  jax.jit(mwu.update)(mwu.init(3), jnp.ones(3), 0.1)
+  jax.jit(mwu.class_objective, static_argnums=2)(jnp.ones((2, 3)), jnp.ones(3), False)
+  stats = metrics.class_sums(jnp.ones(2), jnp.array([0, 1]), 3)
+  jax.jit(mwu.ema_update)(mwu.ema_init(3), stats, 0.9)
+  jax.jit(mwu.ema_value)(mwu.ema_init(3), 0.9)
+  jax.jit(mwu.class_holdout_loss)(stats)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: mwu.update(mwu.init(3), jnp.ones(3), 0.0), r"eta must be in \(0.0, inf\]"),
+    (lambda: mwu.update(mwu.init(3), jnp.ones(3), -1.0), r"eta must be in"),
+    (lambda: mwu.update(mwu.init(3), jnp.ones(4), 0.1), r"alpha must have shape \[C=3\]"),
+    (lambda: mwu.class_objective(jnp.ones((2, 3)), jnp.ones(2)), r"class_holdout_loss must have shape \[C=3\]"),
+    (lambda: mwu.ema_update(mwu.ema_init(2), metrics.class_sums(jnp.ones(1), jnp.zeros(1, int), 2), 1.0), r"decay must be in \[0.0, 1.0\)"),
+    (lambda: mwu.init(0), "num_classes must be a positive int"),
+])
+def test_bad_input(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

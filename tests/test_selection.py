@@ -1,0 +1,149 @@
+"""Selection scores and rules: hand-computed values, invariants, jit, bad input."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reducr_jax import selection
+
+MODEL_LOSS = jnp.array([2.0, 1.2, 3.0, 0.5])
+EXPERT_LOSSES = jnp.array([[1.0, 2.0], [1.5, 0.5], [0.0, 4.0], [1.0, 1.0]])
+
+
+def test_excess_losses_by_hand():
+  np.testing.assert_allclose(
+      selection.excess_losses(MODEL_LOSS, EXPERT_LOSSES),
+      [[1.0, 0.0], [0.0, 0.7], [3.0, 0.0], [0.0, 0.0]], atol=1e-6)
+  np.testing.assert_allclose(
+      selection.excess_losses(MODEL_LOSS, EXPERT_LOSSES, clip=False),
+      [[1.0, 0.0], [-0.3, 0.7], [3.0, -1.0], [-0.5, -0.5]], atol=1e-6)
+
+
+def test_reducr_scores_by_hand():
+  w = jnp.array([0.25, 0.75])
+  # 0.25*[1, 0, 3, 0] + 0.75*[0, 0.7, 0, 0]
+  np.testing.assert_allclose(selection.reducr_scores(MODEL_LOSS, EXPERT_LOSSES, w),
+                             [0.25, 0.525, 0.75, 0.0], atol=1e-6)
+  np.testing.assert_allclose(selection.reducr_scores(MODEL_LOSS, EXPERT_LOSSES, w, clip=False),
+                             [0.25, -0.075 + 0.525, 0.0, -0.5], atol=1e-6)
+
+
+def test_ablations():
+  r = selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_expert=False)
+  np.testing.assert_allclose(r, np.tile(np.asarray(MODEL_LOSS)[:, None], (1, 2)))
+  r = selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_model_loss=False, clip=False)
+  np.testing.assert_allclose(r, -np.asarray(EXPERT_LOSSES))
+  with pytest.raises(ValueError, match="clip"):
+    selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_model_loss=False)
+  with pytest.raises(ValueError, match="use_expert"):
+    selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_expert=False,
+                               use_model_loss=False, clip=False)
+
+
+def test_rho_loss_scores():
+  np.testing.assert_allclose(selection.rho_loss_scores(MODEL_LOSS, jnp.array([1.0, 1.0, 0.5, 2.0])),
+                             [1.0, 0.2, 2.5, -1.5], atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 3, 17, 64])
+def test_top_k_returns_the_k_largest(k):
+  scores = jax.random.normal(jax.random.key(k), (64,))
+  idx = jax.jit(selection.top_k, static_argnums=1)(scores, k)
+  assert idx.dtype == jnp.int32 and idx.shape == (k,)
+  np.testing.assert_array_equal(np.asarray(idx), np.argsort(-np.asarray(scores))[:k])
+
+
+def test_gumbel_top_k_frequencies_match_softmax():
+  logits = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
+  keys = jax.random.split(jax.random.key(0), 20000)
+  first = jax.vmap(lambda r: selection.gumbel_top_k(r, logits, 1)[0])(keys)
+  freq = np.bincount(np.asarray(first), minlength=4) / len(keys)
+  np.testing.assert_allclose(freq, [0.1, 0.2, 0.3, 0.4], atol=0.015)
+
+
+def test_gumbel_top_k_is_without_replacement():
+  keys = jax.random.split(jax.random.key(1), 50)
+  idx = jax.vmap(lambda r: selection.gumbel_top_k(r, jnp.zeros(10), 10))(keys)
+  for row in np.asarray(idx):
+    assert sorted(row.tolist()) == list(range(10))
+
+
+def test_soft_top_k_zero_and_small_temperature_is_top_k():
+  scores = jax.random.normal(jax.random.key(3), (40,))
+  expected = set(np.argsort(-np.asarray(scores))[:8].tolist())
+  assert set(np.asarray(selection.soft_top_k(jax.random.key(0), scores, 8, 0.0)).tolist()) == expected
+  for seed in range(20):
+    got = selection.soft_top_k(jax.random.key(seed), scores, 8, 1e-6)
+    assert set(np.asarray(got).tolist()) == expected
+
+
+def test_soft_top_k_large_temperature_is_nearly_uniform():
+  scores = jnp.arange(10.0)
+  keys = jax.random.split(jax.random.key(0), 20000)
+  first = jax.vmap(lambda r: selection.soft_top_k(r, scores, 1, 1e4)[0])(keys)
+  freq = np.bincount(np.asarray(first), minlength=10) / len(keys)
+  np.testing.assert_allclose(freq, 0.1, atol=0.015)
+
+
+def test_soft_top_k_rejects_negative_temperature():
+  with pytest.raises(ValueError, match="temperature"):
+    selection.soft_top_k(jax.random.key(0), jnp.zeros(4), 2, -1.0)
+
+
+def test_train_loss_rank_probabilities():
+  loss = jnp.array([0.3, 2.0, 1.0, 0.1])            # ranks: 2, 0, 1, 3
+  logits = selection.train_loss_logits(loss, 100.0)
+  np.testing.assert_allclose(logits, -np.array([2, 0, 1, 3]) * np.log(100.0) / 4, rtol=1e-6)
+  keys = jax.random.split(jax.random.key(0), 20000)
+  first = jax.vmap(lambda r: selection.train_loss_select(r, loss, 1)[0])(keys)
+  freq = np.bincount(np.asarray(first), minlength=4) / len(keys)
+  p = 100.0 ** (-np.array([2, 0, 1, 3]) / 4)
+  np.testing.assert_allclose(freq, p / p.sum(), atol=0.015)
+  sel = selection.train_loss_select(jax.random.key(5), jax.random.normal(jax.random.key(6), (32,)), 8)
+  assert len(set(np.asarray(sel).tolist())) == 8
+
+
+def test_uniform_select():
+  keys = jax.random.split(jax.random.key(0), 5000)
+  sel = jax.vmap(lambda r: selection.uniform_select(r, 10, 3))(keys)
+  assert all(len(set(row.tolist())) == 3 for row in np.asarray(sel))
+  freq = np.bincount(np.asarray(sel).ravel(), minlength=10) / sel.size
+  np.testing.assert_allclose(freq, 0.1, atol=0.01)
+
+
+def test_everything_jits():
+  r = jax.random.key(0)
+  w = jnp.array([0.5, 0.5])
+  jax.jit(selection.reducr_scores)(MODEL_LOSS, EXPERT_LOSSES, w)
+  jax.jit(functools.partial(selection.reducible_losses, clip=False, use_model_loss=False))(
+      MODEL_LOSS, EXPERT_LOSSES)
+  jax.jit(selection.rho_loss_scores)(MODEL_LOSS, MODEL_LOSS)
+  jax.jit(selection.train_loss_select, static_argnums=2)(r, MODEL_LOSS, 2)
+  jax.jit(selection.uniform_select, static_argnums=(1, 2))(r, 4, 2)
+  jax.jit(selection.soft_top_k, static_argnums=(2, 3))(r, MODEL_LOSS, 2, 0.5)
+  # A traced temperature also works (sampling path).
+  jax.jit(selection.soft_top_k, static_argnums=2)(r, MODEL_LOSS, 2, 0.5)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: selection.excess_losses(jnp.zeros((4,)), jnp.zeros((5, 2))), r"expert_losses must have shape \[B=4, C\]"),
+    (lambda: selection.excess_losses(jnp.zeros((4, 1)), jnp.zeros((4, 2))), r"model_loss must have shape \[B\]"),
+    (lambda: selection.reducr_scores(jnp.zeros(4), jnp.zeros((4, 2)), jnp.ones(3) / 3), r"class_weights must have shape \[C=2\]"),
+    (lambda: selection.top_k(jnp.zeros(4), 5), r"k must be in \[1, 4\]"),
+    (lambda: selection.top_k(jnp.zeros(4), 0), r"k must be in \[1, 4\]"),
+    (lambda: selection.uniform_select(jax.random.key(0), 4, 6), r"k must be in \[1, 4\]"),
+    (lambda: selection.rho_loss_scores(jnp.zeros(4), jnp.zeros(3)), r"irreducible_loss must have shape \[B=4\]"),
+    (lambda: selection.train_loss_logits(jnp.zeros(4), 1.0), r"selection_pressure must be in \(1.0, inf\]"),
+])
+def test_bad_input_is_a_one_line_value_error(call, match):
+  with pytest.raises(ValueError, match=match) as info:
+    call()
+  assert "\n" not in str(info.value)
+
+
+def test_bad_input_raises_at_trace_time_under_jit():
+  with pytest.raises(ValueError, match="expert_losses"):
+    jax.jit(selection.reducr_scores)(jnp.zeros(4), jnp.zeros((3, 2)), jnp.ones(2) / 2)
