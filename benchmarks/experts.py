@@ -1,0 +1,318 @@
+"""Speed of the ways to get the ``[B, C]`` expert-loss matrix, as ratios to one forward.
+
+For each model family (an MLP on MNIST-1D-like 40-feature inputs and a small CNN on
+32×32×3 inputs) and each number of experts C, this times, side by side in one process:
+
+  * ``forward``     — the baseline: one model's forward pass + cross-entropy → ``[B]``;
+  * ``vmap``, ``map``, ``loop`` — :func:`reducr_jax.experts.expert_losses` with that
+    strategy: C stacked models on the batch → ``[B, C]``;
+  * ``precomputed`` — the per-step cost of the table strategy: gathering the batch's B
+    rows of a precomputed ``[N, C]`` table by index inside ``jit``;
+  * ``multihead``   — one :class:`reducr_jax.experts.MultiHead` forward (shared trunk,
+    C heads) → ``[B, C]`` losses;
+  * ``table build`` — the one-off :func:`reducr_jax.experts.precompute_table` pass over N
+    examples (with the fastest online strategy), as a ratio to one model's forward over
+    the same N examples with the same batching.
+
+Every function is jitted and compiled (warmed up) first; then the strategies run in
+round-robin, in a shuffled order each round, each call followed by
+``block_until_ready``. The product is the ratio ``median(strategy) / median(forward)``
+from the same rounds; absolute milliseconds are printed only for context (they depend on
+the machine and its load). Outputs are checked to agree across strategies.
+
+Run (about 1–2 minutes on 2 CPU cores)::
+
+  python benchmarks/experts.py --all
+
+Writes ``benchmarks/results/experts_<backend>.json`` and ``.md`` (see ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reducr_jax import experts
+from reducr_jax.models.mlp import MLP
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+ONLINE = experts.STRATEGIES  # ("vmap", "map", "loop")
+ORDER = ("forward",) + ONLINE + ("precomputed", "multihead")
+NUM_CLASSES = 10
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+class SmallCNN(nn.Module):
+  """Conv(3×3)+ReLU blocks with 2×2 average pooling between them, global mean, Dense.
+
+  Attributes:
+    features: channels of the conv layers.
+    num_outputs: width of the final linear layer; ``None`` returns the pooled features
+      (the trunk of a :class:`reducr_jax.experts.MultiHead`).
+  """
+  features: Sequence[int] = (8, 16, 32)
+  num_outputs: Optional[int] = NUM_CLASSES
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """``x``: ``[B, H, W, 3]`` → ``[B, num_outputs]`` logits (or ``[B, F]`` features)."""
+    x = x.astype(jnp.float32)
+    for i, width in enumerate(self.features):
+      x = nn.relu(nn.Conv(width, (3, 3))(x))
+      if i < len(self.features) - 1:
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+    x = x.mean(axis=(1, 2))
+    if self.num_outputs is not None:
+      x = nn.Dense(self.num_outputs)(x)
+    return x
+
+
+def make_model(name: str, cnn_features: Sequence[int]) -> tuple[nn.Module, nn.Module, tuple]:
+  """``(model, trunk, example_shape)`` for ``"mlp"`` or ``"cnn"``."""
+  if name == "mlp":
+    return MLP((256, 256), NUM_CLASSES), MLP((256, 256), None), (40,)
+  if name == "cnn":
+    return (SmallCNN(tuple(cnn_features), NUM_CLASSES), SmallCNN(tuple(cnn_features), None),
+            (32, 32, 3))
+  raise ValueError(f"unknown model {name!r}")
+
+
+def time_call(fn: Callable[[], Any]) -> float:
+  """Seconds for one call of ``fn`` including ``block_until_ready``."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def round_robin(calls: dict[str, Callable[[], Any]], rounds: int,
+                rng: np.random.Generator) -> dict[str, list[float]]:
+  """Times every call once per round, in a freshly shuffled order each round."""
+  names = list(calls)
+  times: dict[str, list[float]] = {name: [] for name in names}
+  for _ in range(rounds):
+    for i in rng.permutation(len(names)):
+      times[names[i]].append(time_call(calls[names[i]]))
+  return times
+
+
+def summarize(seconds: Sequence[float]) -> dict[str, float]:
+  """Median, quartiles and minimum in milliseconds."""
+  ms = np.asarray(seconds) * 1e3
+  return {"median_ms": float(np.median(ms)), "p25_ms": float(np.percentile(ms, 25)),
+          "p75_ms": float(np.percentile(ms, 75)), "min_ms": float(ms.min()), "n": len(ms)}
+
+
+def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
+                 rng: np.random.Generator) -> list[dict[str, Any]]:
+  """All strategies for one model family and one C → result rows."""
+  b, n = args.batch_size, args.table_size
+  model, trunk, shape = make_model(model_name, args.cnn_features)
+  key = jax.random.key(args.seed)
+  k_x, k_y, k_p, k_mh, k_i = jax.random.split(key, 5)
+
+  # A dataset of N examples; the benchmark batch is B of its rows, so gathered table rows
+  # must equal the online losses on the batch.
+  data_x = jax.random.normal(k_x, (n,) + shape, jnp.float32)
+  data_y = jax.random.randint(k_y, (n,), 0, NUM_CLASSES, jnp.int32)
+  idx = jax.random.choice(k_i, n, (b,), replace=False).astype(jnp.int32)
+  x, y = data_x[idx], data_y[idx]
+
+  apply_fn = lambda p, xb: model.apply({"params": p}, xb)  # noqa: E731
+  stacked = experts.init_stacked(lambda r: model.init(r, x[:1])["params"], k_p, num_experts)
+  single = jax.tree.map(lambda a: a[0], stacked)
+  mh_model = experts.MultiHead(trunk, num_experts, NUM_CLASSES)
+  mh_params = mh_model.init(k_mh, x[:1])["params"]
+
+  forward = jax.jit(lambda p, xb, yb: experts.cross_entropy(apply_fn(p, xb), yb))
+  online = {s: jax.jit(functools.partial(experts.expert_losses, apply_fn, strategy=s))
+            for s in ONLINE}
+  gather = jax.jit(lambda table, i: table[i])
+  multihead = jax.jit(lambda p, xb, yb: experts.multihead_expert_losses(
+      mh_model.apply({"params": p}, xb), yb))
+
+  calls: dict[str, Callable[[], Any]] = {
+      "forward": lambda: forward(single, x, y),
+      **{s: functools.partial(online[s], stacked, x, y) for s in ONLINE},
+      "multihead": lambda: multihead(mh_params, x, y),
+  }
+  compile_s = {name: time_call(fn) for name, fn in calls.items()}  # first call compiles
+
+  # The table, built once with the (so far) fastest online strategy; it reuses that
+  # strategy's compiled program since precompute_table calls it on [B, ...] batches.
+  warm = {s: min(time_call(calls[s]) for _ in range(2)) for s in ONLINE}
+  build_strategy = min(warm, key=warm.get)
+  np_x, np_y = np.asarray(data_x), np.asarray(data_y)
+  build = lambda: experts.precompute_table(  # noqa: E731
+      lambda xb, yb: online[build_strategy](stacked, xb, yb), np_x, np_y, batch_size=b)
+  one_pass = lambda: experts.precompute_table(  # noqa: E731
+      lambda xb, yb: forward(single, xb, yb)[:, None], np_x, np_y, batch_size=b)
+  table = jnp.asarray(build())
+  calls["precomputed"] = lambda: gather(table, idx)
+  compile_s["precomputed"] = time_call(calls["precomputed"])
+  for fn in calls.values():  # one more warm call each, after all compiles
+    time_call(fn)
+
+  # Agreement: every [B, C] route gives the same losses (multihead has its own params).
+  ref = np.asarray(calls["loop"]())
+  max_diff = {name: float(np.abs(np.asarray(calls[name]()) - ref).max())
+              for name in ONLINE + ("precomputed",)}
+  assert np.asarray(calls["multihead"]()).shape == (b, num_experts)
+  for name, diff in max_diff.items():
+    if diff > 1e-3:
+      raise AssertionError(f"{model_name} C={num_experts}: {name} differs from loop by {diff}")
+
+  times = round_robin(calls, args.rounds, rng)
+  build_times = round_robin({"build": build, "one_pass": one_pass}, args.build_rounds, rng)
+
+  base = np.median(times["forward"])
+  rows = []
+  for name in ORDER:
+    rows.append({
+        "model": model_name, "strategy": name, "num_experts": num_experts,
+        "batch_size": b, **summarize(times[name]),
+        "ratio": float(np.median(times[name]) / base),
+        "ratio_of_mins": float(np.min(times[name]) / np.min(times["forward"])),
+        "ratio_p25_p75": [float(np.percentile(times[name], 25) / base),
+                          float(np.percentile(times[name], 75) / base)],
+        "compile_s": compile_s[name], "max_abs_diff_vs_loop": max_diff.get(name),
+    })
+  rows.append({
+      "model": model_name, "strategy": "table build", "num_experts": num_experts,
+      "batch_size": b, "table_size": n, "build_strategy": build_strategy,
+      **summarize(build_times["build"]),
+      "one_pass_ms": summarize(build_times["one_pass"])["median_ms"],
+      "ratio": float(np.median(build_times["build"]) / np.median(build_times["one_pass"])),
+      "ratio_of_mins": float(np.min(build_times["build"]) / np.min(build_times["one_pass"])),
+      "ratio_baseline": f"one model's forward over the same N={n} examples",
+  })
+  return rows
+
+
+def _version(package: str) -> Optional[str]:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+  """Versions, backend, device and CPU count for the results file."""
+  dev = jax.devices()[0]
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except AttributeError:
+    usable = os.cpu_count()
+  return {
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "jax": jax.__version__, "jaxlib": _version("jaxlib"), "flax": flax.__version__,
+      "numpy": np.__version__,
+      "python": platform.python_version(), "backend": jax.default_backend(),
+      "device_kind": dev.device_kind, "num_devices": jax.device_count(),
+      "cpu_count": os.cpu_count(), "cpu_usable": usable, "platform": platform.platform(),
+      "processor": platform.processor() or platform.machine(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
+  """The results as a markdown table with the machine above it."""
+  lines = [
+      f"Machine: backend `{info['backend']}`, device `{info['device_kind']}`, "
+      f"{info['cpu_usable']} usable CPU cores (of {info['cpu_count']}), jax {info['jax']}, "
+      f"flax {info['flax']}; {info['date']}.",
+      f"B = {args.batch_size}, {args.rounds} interleaved rounds (table build: "
+      f"{args.build_rounds}, N = {args.table_size}); CNN features "
+      f"{tuple(args.cnn_features)}; XLA_FLAGS={info['xla_flags']!r}.",
+      "",
+      "| model | strategy | C | ms (median) | ratio to one forward | ratio of minima "
+      "| compile s |",
+      "|---|---|---:|---:|---:|---:|---:|",
+  ]
+  for r in rows:
+    strategy = r["strategy"]
+    if strategy == "table build":
+      strategy = (f"table build (one-off, N={r['table_size']}, {r['build_strategy']}; "
+                  "ratio to one forward over N)")
+      compile_s = ""
+    else:
+      compile_s = f"{r['compile_s']:.2f}"
+    lines.append(f"| {r['model']} | {strategy} | {r['num_experts']} | "
+                 f"{r['median_ms']:.3f} | {r['ratio']:.2f} | {r['ratio_of_mins']:.2f} | "
+                 f"{compile_s} |")
+  return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  """Command-line flags."""
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--num_experts", type=int, default=10, help="C")
+  p.add_argument("--all", action="store_true", help="also run C = 14")
+  p.add_argument("--batch_size", type=int, default=320, help="B")
+  p.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds")
+  p.add_argument("--build_rounds", type=int, default=3,
+                 help="interleaved rounds of the table build and its one-pass baseline")
+  p.add_argument("--table_size", type=int, default=None,
+                 help="N, examples in the precomputed table (default 4·B)")
+  p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
+  p.add_argument("--cnn_features", default="8,16,32", help="CNN conv channels")
+  p.add_argument("--single_thread", action="store_true",
+                 help="run XLA:CPU on one thread (sets XLA_FLAGS before the backend starts)")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None,
+                 help="results JSON (default benchmarks/results/experts_<backend>.json, "
+                      "experts_<backend>_1thread.json with --single_thread); the markdown "
+                      "table goes next to it with suffix .md")
+  args = p.parse_args(argv)
+  args.table_size = args.table_size or 4 * args.batch_size
+  args.cnn_features = [int(c) for c in str(args.cnn_features).split(",") if c]
+  args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+  if args.table_size < args.batch_size:
+    p.error("--table_size must be at least --batch_size")
+  return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """Runs every (model, C) configuration, prints and writes the results."""
+  args = parse_args(argv)
+  if args.single_thread:  # read when the CPU client is created, i.e. on first use below
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
+  info = machine_info()
+  cs = [args.num_experts] + ([14] if args.all and args.num_experts != 14 else [])
+  rng = np.random.default_rng(args.seed)
+  start = time.perf_counter()
+  rows = []
+  for model_name in args.models:
+    for c in cs:
+      t0 = time.perf_counter()
+      rows.extend(bench_config(model_name, c, args, rng))
+      print(f"# {model_name} C={c}: {time.perf_counter() - t0:.1f}s", flush=True)
+  info["total_s"] = time.perf_counter() - start
+
+  table = markdown(rows, info, args)
+  print(table)
+  stem = f"experts_{info['backend']}" + ("_1thread" if args.single_thread else "")
+  out = pathlib.Path(args.out) if args.out else RESULTS_DIR / f"{stem}.json"
+  out.parent.mkdir(parents=True, exist_ok=True)
+  flags = {k: v for k, v in vars(args).items() if k != "out"}
+  out.write_text(json.dumps({"machine": info, "flags": flags, "results": rows}, indent=2) + "\n")
+  out.with_suffix(".md").write_text(table)
+  print(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,331 @@
+"""Atomic, resumable checkpoints of a train-state pytree plus a small JSON metadata dict.
+
+:class:`Checkpointer` is a thin wrapper around :class:`orbax.checkpoint.CheckpointManager`
+that saves, per step, two composite items into ``<directory>/<step>/``:
+
+  * ``state``: the train-state pytree (``args.StandardSave`` / ``args.StandardRestore``;
+    tensorstore/OCDBT array storage, so jax arrays, numpy arrays, bfloat16, raw
+    ``uint32[2]`` PRNG keys and typed key arrays all round-trip bit-exactly);
+  * ``metadata``: a small JSON-able dict (``args.JsonSave`` / ``args.JsonRestore``).
+
+Atomicity (orbax-checkpoint 0.12.x, local / POSIX file systems). A save of step ``s``
+writes everything into ``<directory>/s.orbax-checkpoint-tmp``, then writes
+``commit_success.txt`` inside it and finally renames it to ``<directory>/s`` (a single
+atomic ``rename(2)``; ``AtomicRenameTemporaryPath``). Step discovery only accepts
+directories whose name is a bare integer and does not contain ``.orbax-checkpoint-tmp``,
+so a save killed at any point before the rename (even ``kill -9`` right before it) is
+never reported by :meth:`Checkpointer.latest_step` nor restored. Leftover temporary
+directories are deleted in the background when a writable :class:`Checkpointer` is opened
+(``cleanup_tmp_directories=True``; orbax completes this before the first save), and a
+re-save of the same step also replaces its stale temporary directory. On GCS orbax instead writes in place and marks completion with
+``commit_success.txt`` (``CommitFileTemporaryPath``); discovery then requires that file.
+Old steps beyond ``max_to_keep`` are deleted only after the new step is finalised, so a
+crash never leaves fewer complete checkpoints than before. (This is crash consistency
+against the process dying; orbax 0.12's v0 API does not ``fsync`` the rename, so
+durability across a power loss is up to the file system.)
+
+Several processes (``jax.process_count() > 1``): every method that touches checkpoints
+(``__init__``, :meth:`~Checkpointer.save`, :meth:`~Checkpointer.restore`,
+:meth:`~Checkpointer.close`) is collective and must be called by *all* processes, in the
+same order, with the same arguments, on a directory every process can see. Orbax
+synchronises them with barriers: each process writes its own array shards, the primary
+process (0) writes the JSON metadata and the step metadata and performs the final rename
+and the deletion of old steps. This module never writes files itself. Restoring places
+each array with the sharding of the corresponding template leaf, so a sharded template
+restores sharded arrays. A :class:`Checkpointer` must not be opened writable on a
+directory that another *job* is writing to (it would delete that job's in-flight
+temporary directories); evaluators should pass ``read_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+__all__ = ["Checkpointer", "quiet_orbax_logging"]
+
+PyTree = Any
+
+_STATE = "state"
+_METADATA = "metadata"
+
+
+class _OrbaxInfoFilter(logging.Filter):
+  """Drops absl records below WARNING that orbax emits (it logs a lot at INFO)."""
+
+  _marker = os.sep + "orbax" + os.sep
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+      return True
+    return self._marker not in (record.pathname or "")
+
+
+_ORBAX_FILTER = _OrbaxInfoFilter()
+
+
+def quiet_orbax_logging(quiet: bool = True) -> None:
+  """Hides (``quiet=True``) or shows again orbax's INFO/DEBUG absl log records.
+
+  Only records whose source file lies in an ``orbax`` package are affected; the
+  application's own absl logging and every WARNING/ERROR are left alone. Idempotent.
+  """
+  absl_logger = logging.getLogger("absl")
+  if quiet:
+    if _ORBAX_FILTER not in absl_logger.filters:
+      absl_logger.addFilter(_ORBAX_FILTER)
+  else:
+    absl_logger.removeFilter(_ORBAX_FILTER)
+
+
+def _is_key_array(x: Any) -> bool:
+  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _restore_target(path: Any, leaf: Any) -> Any:
+  """Template leaf → what ``StandardRestore`` needs to restore it with the same type."""
+  if isinstance(leaf, (bool, int, float)):  # Python scalars: orbax restores them as such.
+    return leaf
+  if isinstance(leaf, jax.ShapeDtypeStruct):
+    return leaf
+  if isinstance(leaf, jax.Array):
+    if _is_key_array(leaf):  # Typed PRNG keys: orbax needs the array itself.
+      return leaf
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+  if isinstance(leaf, np.ndarray):
+    return leaf
+  if isinstance(leaf, np.generic):
+    return np.asarray(leaf)
+  raise TypeError(
+      f"Unsupported template leaf at {jax.tree_util.keystr(path)}: {type(leaf).__name__}. "
+      "Leaves must be jax/numpy arrays, numpy scalars, Python int/float/bool or "
+      "jax.ShapeDtypeStruct.")
+
+
+def _coerce(path: Any, leaf: Any, value: Any) -> Any:
+  """Restored value → the type, dtype and shape of the template leaf."""
+  where = jax.tree_util.keystr(path)
+  if isinstance(leaf, (bool, int, float)):
+    return type(leaf)(np.asarray(value).item())
+  if isinstance(leaf, np.generic):
+    return leaf.dtype.type(np.asarray(value, dtype=leaf.dtype))
+  shape, dtype = tuple(leaf.shape), leaf.dtype
+  if tuple(np.shape(value)) != shape:
+    raise ValueError(f"Checkpoint leaf {where} has shape {np.shape(value)}; template "
+                     f"expects {shape}.")
+  if isinstance(leaf, np.ndarray):
+    return np.asarray(value, dtype=dtype)
+  if isinstance(leaf, jax.Array):
+    if _is_key_array(leaf):
+      if not (isinstance(value, jax.Array) and value.dtype == dtype):
+        value = jax.random.wrap_key_data(np.asarray(value), impl=jax.random.key_impl(leaf))
+      return jax.device_put(value, leaf.sharding)
+    if not isinstance(value, jax.Array):
+      value = jax.device_put(np.asarray(value, dtype=dtype), leaf.sharding)
+    return value if value.dtype == dtype else value.astype(dtype)
+  # jax.ShapeDtypeStruct template: a jax array (numpy if it came back as numpy).
+  if isinstance(value, jax.Array):
+    return value if value.dtype == dtype else value.astype(dtype)
+  return np.asarray(value, dtype=dtype)
+
+
+def _json_default(obj: Any) -> Any:
+  if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
+    return np.asarray(obj).tolist()
+  raise TypeError(f"Metadata value of type {type(obj).__name__} is not JSON serialisable.")
+
+
+def _to_json(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+  """Validates and normalises metadata (numpy/jax scalars → Python) before saving."""
+  if metadata is None:
+    return {}
+  if not isinstance(metadata, Mapping):
+    raise TypeError(f"metadata must be a dict, got {type(metadata).__name__}")
+  return json.loads(json.dumps(dict(metadata), default=_json_default))
+
+
+class Checkpointer:
+  """Atomic, resumable checkpoints of a train-state pytree plus a small JSON metadata dict.
+
+  Example::
+
+    with Checkpointer("runs/exp1/ckpt", max_to_keep=2) as ckpt:
+      if ckpt.latest_step() is not None:
+        state, meta = ckpt.restore(state)          # `state` is the template
+      ...
+      ckpt.save(step, state, {"epoch": epoch})     # returns once finalised
+
+  ``save`` is synchronous: when it returns the step directory has been renamed into
+  place (complete), and steps beyond the newest ``max_to_keep`` have been deleted.
+  ``restore`` returns a pytree with the template's structure (NamedTuples, optax states,
+  dicts) and, leaf by leaf, its type, dtype and shape: numpy leaves come back as numpy
+  arrays, jax leaves as jax arrays with the template leaf's sharding (the default device
+  for ordinary single-device arrays), Python scalars as Python scalars. Values are
+  bit-identical to what was saved.
+
+  See the module docstring for how atomicity works and for multi-process use (all
+  processes must call every method).
+
+  Args:
+    directory: checkpoint root; relative paths are made absolute (orbax requires it).
+      Created if missing (unless ``read_only``).
+    max_to_keep: number of most recent steps kept (``None``: keep all).
+    read_only: open for restoring only (no directory creation, no clean-up of temporary
+      directories, ``save`` raises). Use it from evaluators reading a live run.
+    quiet: hide orbax's INFO logging (see :func:`quiet_orbax_logging`).
+  """
+
+  def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 2, *,
+               read_only: bool = False, quiet: bool = True):
+    if max_to_keep is not None and (isinstance(max_to_keep, bool) or
+                                    int(max_to_keep) != max_to_keep or max_to_keep < 1):
+      raise ValueError(f"max_to_keep must be a positive int or None, got {max_to_keep!r}")
+    if quiet:
+      quiet_orbax_logging(True)
+    self._directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
+    self._max_to_keep = None if max_to_keep is None else int(max_to_keep)
+    self._read_only = bool(read_only)
+    options = ocp.CheckpointManagerOptions(
+        # Settings that read_only would otherwise override with a warning.
+        save_interval_steps=0 if self._read_only else 1,
+        max_to_keep=None if self._read_only else self._max_to_keep,
+        create=not self._read_only,
+        cleanup_tmp_directories=not self._read_only,
+        read_only=self._read_only,
+        enable_async_checkpointing=False,
+    )
+    if self._read_only and not os.path.isdir(self._directory):
+      raise FileNotFoundError(f"Checkpoint directory {self._directory} does not exist.")
+    self._manager = ocp.CheckpointManager(self._directory, options=options)
+    self._closed = False
+
+  @property
+  def directory(self) -> str:
+    """The absolute checkpoint root."""
+    return self._directory
+
+  @property
+  def max_to_keep(self) -> int | None:
+    """How many of the most recent steps are kept (``None``: all)."""
+    return self._max_to_keep
+
+  def _check_open(self) -> None:
+    if self._closed:
+      raise RuntimeError("Checkpointer is closed.")
+
+  def all_steps(self) -> list[int]:
+    """All complete (finalised) steps, ascending."""
+    self._check_open()
+    return sorted(int(s) for s in self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The newest complete step, or ``None`` if there is none.
+
+    Interrupted saves (``<step>.orbax-checkpoint-tmp`` directories) are never counted.
+    """
+    self._check_open()
+    step = self._manager.latest_step()
+    return None if step is None else int(step)
+
+  def save(self, step: int, state: PyTree, metadata: Mapping[str, Any] | None = None
+           ) -> None:
+    """Saves ``state`` and ``metadata`` as ``step``; returns once the step is finalised.
+
+    Saving a step that already exists is a no-op (with a warning): the existing, complete
+    checkpoint is kept, so resuming and immediately re-saving the restored step is safe.
+    Collective in multi-process runs.
+
+    Args:
+      step: non-negative training step.
+      state: pytree of jax/numpy arrays and Python/numpy scalars.
+      metadata: small JSON-able dict (numpy/jax scalars and arrays are converted to
+        Python numbers/lists).
+    """
+    self._check_open()
+    if self._read_only:
+      raise RuntimeError("Checkpointer was opened read_only; cannot save.")
+    if isinstance(step, bool) or int(step) != step or int(step) < 0:
+      raise ValueError(f"step must be a non-negative int, got {step!r}")
+    step = int(step)
+    meta = _to_json(metadata)
+    if step in self._manager.all_steps():
+      logging.getLogger(__name__).warning(
+          "Checkpoint for step %d already exists in %s; not overwriting.", step,
+          self._directory)
+      return
+    saved = self._manager.save(
+        step,
+        args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardSave(state),
+            _METADATA: ocp.args.JsonSave(meta),
+        }),
+        force=True,
+    )
+    self._manager.wait_until_finished()  # A no-op for the synchronous checkpointer.
+    if not saved:
+      raise RuntimeError(f"orbax declined to save step {step} in {self._directory}.")
+
+  def restore(self, template: PyTree, step: int | None = None
+              ) -> tuple[PyTree, dict[str, Any]]:
+    """Restores ``(state, metadata)`` of ``step`` (default: the latest step).
+
+    Args:
+      template: a pytree with the structure, leaf types, dtypes and shapes (and, for jax
+        arrays, shardings) of the state to restore, e.g. a freshly initialised train
+        state. Leaves may also be ``jax.ShapeDtypeStruct``.
+      step: which step; ``None`` for :meth:`latest_step`.
+
+    Returns:
+      The restored state (same treedef as ``template``) and the metadata dict.
+
+    Raises:
+      FileNotFoundError: no checkpoint at all, or none for ``step``.
+    """
+    self._check_open()
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"No checkpoint found in {self._directory}.")
+    step = int(step)
+    if step not in self._manager.all_steps():
+      self._manager.reload()  # Possibly written by another job since we listed.
+      if step not in self._manager.all_steps():
+        raise FileNotFoundError(
+            f"No complete checkpoint for step {step} in {self._directory} "
+            f"(available: {self.all_steps()}).")
+    target = jax.tree_util.tree_map_with_path(_restore_target, template)
+    restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(**{
+            _STATE: ocp.args.StandardRestore(target),
+            _METADATA: ocp.args.JsonRestore(),
+        }),
+    )
+    values = jax.tree_util.tree_structure(template).flatten_up_to(restored[_STATE])
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    state = jax.tree_util.tree_unflatten(
+        treedef, [_coerce(p, l, v) for (p, l), v in zip(paths_leaves, values)])
+    metadata = restored[_METADATA]
+    return state, dict(metadata) if metadata is not None else {}
+
+  def close(self) -> None:
+    """Waits for outstanding work (e.g. deletions) and releases orbax resources."""
+    if not self._closed:
+      self._closed = True
+      self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+  def __repr__(self) -> str:
+    return (f"Checkpointer(directory={self._directory!r}, max_to_keep={self._max_to_keep}"
+            f", read_only={self._read_only})")

@@ -1,0 +1,135 @@
+"""Validation of a trainer config: one-line errors naming the field, before any work.
+
+:func:`validate_config` is called by :func:`reducr_jax.train.train_and_evaluate` before it
+touches the workdir, loads data or compiles anything, so a typo never costs a compile or
+leaves a partial checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+
+from reducr_jax import data
+from reducr_jax import models
+
+METHODS = ("reducr", "rho_loss", "train_loss", "uniform")
+HOLDOUT_LOSSES = ("epoch", "ema")
+EXPERT_LOSSES = ("precomputed", "online", "multihead")
+EXPERT_STRATEGIES = ("auto", "vmap", "map", "loop")
+
+
+class ConfigError(ValueError):
+  """A config field has a value that is not allowed; the message names the field."""
+
+
+def _one_of(name, value, allowed):
+  if value not in allowed:
+    raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _number(name, value, low=None, high=None, low_open=False, high_open=False, integer=False):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+      integer and not float(value).is_integer()):
+    kind = "an integer" if integer else "a number"
+    raise ConfigError(f"{name} must be {kind}, got {value!r}")
+  bad = ((low is not None and (value <= low if low_open else value < low)) or
+         (high is not None and (value >= high if high_open else value > high)))
+  if bad:
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
+    rng = f"{'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
+    raise ConfigError(f"{name} must be in {rng}, got {value!r}")
+
+
+def num_selected(config: ml_collections.ConfigDict) -> int:
+  """k = round(percent_selected · B)."""
+  return int(round(config.selection.percent_selected * config.batch_size))
+
+
+def validate_config(config: ml_collections.ConfigDict,
+                    num_devices: int | None = None) -> None:
+  """Raises :class:`ConfigError` (a ``ValueError``) on the first bad field.
+
+  Args:
+    config: the full trainer config.
+    num_devices: data-parallel device count (default ``jax.local_device_count()``); B and
+      k must split evenly across devices.
+  """
+  try:
+    data.validate_dataset_config(config.dataset)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _one_of("config.model.name", config.model.name, models.MODEL_NAMES)
+  sel = config.selection
+  _one_of("config.selection.method", sel.method, METHODS)
+  _number("config.seed", config.seed, 0, integer=True)
+  _number("config.batch_size", config.batch_size, 1, integer=True)
+  _number("config.num_steps", config.num_steps, 1, integer=True)
+  _number("config.selection.percent_selected", sel.percent_selected, 0, 1, low_open=True)
+  k = num_selected(config)
+  if k < 1:
+    raise ConfigError(
+        f"config.selection.percent_selected · config.batch_size must give k >= 1, got "
+        f"k = round({sel.percent_selected} · {config.batch_size}) = {k}")
+  n = num_devices or jax.local_device_count()
+  if config.batch_size % n or k % n:
+    raise ConfigError(
+        f"config.batch_size ({config.batch_size}) and k = {k} must be divisible by the "
+        f"number of devices ({n})")
+  _number("config.selection.eta", sel.eta, 0, low_open=True)
+  _number("config.selection.soft_temperature", sel.soft_temperature, 0)
+  _number("config.selection.selection_pressure", sel.selection_pressure, 1, low_open=True)
+  for flag in ("clip", "use_holdout", "use_expert", "use_model_loss"):
+    if not isinstance(sel[flag], bool):
+      raise ConfigError(f"config.selection.{flag} must be True or False, got {sel[flag]!r}")
+  if not (sel.use_expert or sel.use_model_loss):
+    raise ConfigError("config.selection.use_expert and config.selection.use_model_loss "
+                      "cannot both be False")
+  if sel.clip and not sel.use_model_loss:
+    raise ConfigError("config.selection.clip must be False when "
+                      "config.selection.use_model_loss is False (R = -expert loss <= 0)")
+  _one_of("config.selection.holdout_loss", sel.holdout_loss, HOLDOUT_LOSSES)
+  _number("config.selection.holdout_every", sel.holdout_every, integer=True)
+  if sel.holdout_every == 0 or sel.holdout_every < -1:
+    raise ConfigError("config.selection.holdout_every must be -1 (once per epoch) or >= 1, "
+                      f"got {sel.holdout_every}")
+  _number("config.selection.ema_decay", sel.ema_decay, 0, 1, high_open=True)
+  ex = config.experts
+  _number("config.experts.gamma", ex.gamma, 0)
+  _one_of("config.experts.losses", ex.losses, EXPERT_LOSSES)
+  _one_of("config.experts.strategy", ex.strategy, EXPERT_STRATEGIES)
+  _number("config.experts.num_steps", ex.num_steps, 1, integer=True)
+  _number("config.experts.batch_size", ex.batch_size, 1, integer=True)
+  _number("config.experts.learning_rate", ex.learning_rate, 0, low_open=True)
+  _number("config.experts.weight_decay", ex.weight_decay, 0)
+  _number("config.experts.eval_every", ex.eval_every, 1, integer=True)
+  _number("config.optimizer.learning_rate", config.optimizer.learning_rate, 0, low_open=True)
+  _number("config.optimizer.weight_decay", config.optimizer.weight_decay, 0)
+  _number("config.optimizer.grad_clip_norm", config.optimizer.grad_clip_norm, 0)
+  for name in ("eval_every", "eval_batch_size", "log_every", "checkpoint_every"):
+    _number(f"config.{name}", config[name], 1, integer=True)
+
+
+def check_workdir(workdir: str) -> str:
+  """Returns the absolute workdir after checking it can be created and written.
+
+  Raises:
+    ConfigError: naming ``--workdir`` when it cannot be used.
+  """
+  if not workdir:
+    raise ConfigError("--workdir must be a directory path, got ''")
+  path = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"--workdir {path} exists and is not a directory")
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_test_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"--workdir {path} cannot be written: {e.strerror or e}") from None
+  return path

@@ -1,0 +1,385 @@
+"""The REDUCR trainer: ``train_and_evaluate(config, workdir)`` composes the pure pieces.
+
+Stages:
+  1. reference models on the holdout split (:mod:`reducr_jax.train_experts`, cached);
+  2. target-model training with online batch selection, one ``pmap``-ed step per large
+     batch (:func:`make_train_step`);
+  3. evaluation of the kept model (best worst-class validation accuracy, REDUCR App. A.6)
+     on the validation and test splits → ``<workdir>/results.json``.
+
+Data parallelism and global selection. The large batch of B points is split across the
+``n`` local devices (B/n each). Every device computes the model loss (and reference losses)
+of its own B/n points; these ``[B/n]`` / ``[B/n, C]`` arrays are ``all_gather``-ed, so every
+device holds the same ``[B]`` scores and takes the same global top-k (same rng too: the
+key is ``fold_in(state.rng, step)``). The MWU update is computed from the gathered values,
+so the class weights are identical on every device without any extra communication.
+Device ``d`` then trains on selected points ``d·k/n … (d+1)·k/n − 1`` (inputs gathered
+from the large batch), and gradients are averaged with ``pmean``: the update equals the
+single-device update on the same k points, up to float summation order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+from absl import logging
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from reducr_jax import checkpointing
+from reducr_jax import configuration
+from reducr_jax import data
+from reducr_jax import experts
+from reducr_jax import metric_writers
+from reducr_jax import metrics
+from reducr_jax import models
+from reducr_jax import mwu
+from reducr_jax import selection
+from reducr_jax import train_experts
+
+AXIS = "devices"
+
+
+class TrainState(NamedTuple):
+  """Everything a resumed run needs; replicated across devices during training.
+
+  Attributes:
+    step: ``int32[]`` number of gradient steps taken.
+    params, opt_state: target model and optimizer.
+    log_w: ``float32[C]`` MWU class log-weights.
+    holdout_loss: ``float32[C]`` class-holdout loss of the last full pass ('epoch').
+    ema: :class:`reducr_jax.mwu.EMAState` ('ema' estimator).
+    rng: ``uint32[2]`` base key; step t uses ``fold_in(rng, t)``.
+    num_skipped: ``int32[]`` updates skipped for a non-finite loss or gradient.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  log_w: jax.Array
+  holdout_loss: jax.Array
+  ema: mwu.EMAState
+  rng: jax.Array
+  num_skipped: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static (hashable) settings of the train step, derived from the config."""
+  method: str
+  k: int
+  num_classes: int
+  num_devices: int
+  eta: float
+  clip: bool
+  use_holdout: bool
+  use_expert: bool
+  use_model_loss: bool
+  soft_temperature: float
+  selection_pressure: float
+  holdout_loss: str
+  ema_decay: float
+  reference: Optional[str]        # None | 'table' (losses in the batch) | 'online'
+
+  @classmethod
+  def from_config(cls, config, num_classes: int, num_devices: int,
+                  reference: Optional[str]) -> "StepConfig":
+    s = config.selection
+    return cls(method=s.method, k=configuration.num_selected(config),
+               num_classes=num_classes, num_devices=num_devices, eta=float(s.eta),
+               clip=s.clip, use_holdout=s.use_holdout, use_expert=s.use_expert,
+               use_model_loss=s.use_model_loss, soft_temperature=float(s.soft_temperature),
+               selection_pressure=float(s.selection_pressure), holdout_loss=s.holdout_loss,
+               ema_decay=float(s.ema_decay), reference=reference)
+
+
+def make_optimizer(opt_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW (paper default), optionally after global-norm gradient clipping."""
+  tx = optax.adamw(opt_config.learning_rate, weight_decay=opt_config.weight_decay)
+  if opt_config.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+  return tx
+
+
+def init_state(rng: jax.Array, init_fn: Callable, tx: optax.GradientTransformation,
+               num_classes: int, select_rng: jax.Array) -> TrainState:
+  params = init_fn(rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    log_w=mwu.init(num_classes),
+                    holdout_loss=jnp.zeros((num_classes,), jnp.float32),
+                    ema=mwu.ema_init(num_classes), rng=select_rng,
+                    num_skipped=jnp.zeros((), jnp.int32))
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def train_step(state: TrainState, batch: dict, ref_params: Any, *, apply_fn: Callable,
+               ref_loss_fn: Optional[Callable], tx: optax.GradientTransformation,
+               cfg: StepConfig) -> tuple[TrainState, dict]:
+  """One online-batch-selection step on one device's shard (run under ``pmap``).
+
+  Args:
+    state: this device's replica of the :class:`TrainState`.
+    batch: ``x [b, ...]``, ``y int[b]`` (b = B/n), plus ``ref_losses [b, C']`` when
+      ``cfg.reference == 'table'`` and ``holdout_x``/``holdout_y`` for the 'ema' estimator.
+    ref_params: reference-model params for ``cfg.reference == 'online'`` (else unused).
+    apply_fn: ``(params, x) -> logits``; ref_loss_fn: ``(ref_params, x, y) -> [b, C']``.
+    tx: optimizer; cfg: static :class:`StepConfig`.
+
+  Returns:
+    ``(new_state, step_metrics)``; metrics are identical on every device.
+  """
+  n, k, c = cfg.num_devices, cfg.k, cfg.num_classes
+  kd = k // n
+  gather = lambda a: jax.lax.all_gather(a, AXIS, tiled=True)  # noqa: E731
+  key = jax.random.fold_in(state.rng, state.step)
+  x, y = batch["x"], batch["y"]
+  y_all = gather(y)
+  big = y_all.shape[0]
+  out = {}
+
+  model_loss_all = None
+  if cfg.method != "uniform":
+    model_loss_all = gather(experts.cross_entropy(apply_fn(state.params, x), y))
+    out["large_batch_loss"] = jnp.mean(model_loss_all)
+
+  ref_all = None
+  if cfg.reference == "table":
+    ref_all = gather(batch["ref_losses"])
+  elif cfg.reference == "online":
+    ref_all = gather(ref_loss_fn(ref_params, x, y))
+
+  new_log_w, new_ema, alpha = state.log_w, state.ema, jnp.zeros((c,))
+  if cfg.method == "reducr":
+    if cfg.holdout_loss == "ema":
+      h_loss = experts.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
+                                     batch["holdout_y"])
+      stats = jax.lax.psum(metrics.class_sums(h_loss, batch["holdout_y"], c), AXIS)
+      new_ema = mwu.ema_update(state.ema, stats, cfg.ema_decay)
+      h = mwu.ema_value(new_ema, cfg.ema_decay)
+    else:
+      h = state.holdout_loss
+    expert = ref_all if cfg.use_expert else jnp.zeros((big, c), jnp.float32)
+    reducible = selection.reducible_losses(model_loss_all, expert, clip=cfg.clip,
+                                           use_expert=cfg.use_expert,
+                                           use_model_loss=cfg.use_model_loss)
+    scores = selection.weighted_scores(reducible, mwu.weights(state.log_w))
+    sel = selection.soft_top_k(key, scores, k, cfg.soft_temperature)
+    alpha = mwu.class_objective(reducible[sel], h, cfg.use_holdout)
+    new_log_w = mwu.update(state.log_w, alpha, cfg.eta)
+    out["class_holdout_loss"] = h
+  elif cfg.method == "rho_loss":
+    scores = selection.rho_loss_scores(model_loss_all, ref_all[:, 0])
+    sel = selection.soft_top_k(key, scores, k, cfg.soft_temperature)
+  elif cfg.method == "train_loss":
+    sel = selection.train_loss_select(key, model_loss_all, k, cfg.selection_pressure)
+  else:
+    sel = selection.uniform_select(key, big, k)
+
+  mine = jax.lax.dynamic_slice_in_dim(sel, jax.lax.axis_index(AXIS) * kd, kd)
+  xs, ys = gather(x)[mine], y_all[mine]
+
+  def loss_fn(params):
+    return jnp.mean(experts.cross_entropy(apply_fn(params, xs), ys))
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  loss, grads = jax.lax.pmean((loss, grads), AXIS)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  ok = jnp.isfinite(loss) & _all_finite(grads) & jnp.all(jnp.isfinite(alpha)) & jnp.all(
+      jnp.isfinite(new_log_w))
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+  new_state = TrainState(
+      step=state.step + 1,
+      params=keep(new_params, state.params),
+      opt_state=keep(new_opt_state, state.opt_state),
+      log_w=keep(new_log_w, state.log_w),
+      holdout_loss=state.holdout_loss,
+      ema=keep(new_ema, state.ema),
+      rng=state.rng,
+      num_skipped=state.num_skipped + (~ok).astype(jnp.int32))
+  out.update(
+      selected_loss=loss,
+      selected_class_counts=jnp.sum(jax.nn.one_hot(y_all[sel], c, dtype=jnp.int32), axis=0),
+      class_weights=mwu.weights(new_state.log_w),
+      skipped=(~ok).astype(jnp.int32),
+      selected_indices=sel)
+  return new_state, out
+
+
+def make_train_step(apply_fn, ref_loss_fn, tx, cfg: StepConfig, devices):
+  """The ``pmap``-ed :func:`train_step` over ``devices`` (state buffers donated)."""
+  fn = functools.partial(train_step, apply_fn=apply_fn, ref_loss_fn=ref_loss_fn, tx=tx, cfg=cfg)
+  return jax.pmap(fn, axis_name=AXIS, devices=devices, donate_argnums=(0,))
+
+
+def make_eval_step(apply_fn, num_classes: int, devices):
+  """``pmap``-ed ``(params, x, y, mask) -> (correct ClassSums, loss ClassSums)``, psum-ed."""
+  def eval_step(params, x, y, mask):
+    logits = apply_fn(params, x)
+    correct = metrics.correct_sums(logits, y, mask)
+    losses = metrics.class_sums(experts.cross_entropy(logits, y), y, num_classes, mask)
+    return jax.lax.psum((correct, losses), AXIS)
+  return jax.pmap(eval_step, axis_name=AXIS, devices=devices)
+
+
+def evaluate(p_eval, p_params, split: data.Split, batch_size: int, num_devices: int):
+  """Per-class correct counts and loss sums over a whole split (host values)."""
+  total = None
+  for x, y, mask in data.iterate_batches(split, batch_size * num_devices):
+    shard = lambda a: a.reshape((num_devices, batch_size) + a.shape[1:])  # noqa: E731
+    res = p_eval(p_params, shard(x), shard(y), shard(mask))
+    res = jax.tree.map(lambda a: np.asarray(a[0], np.float64), res)
+    total = res if total is None else jax.tree.map(np.add, total, res)
+  return total
+
+
+def _shard(tree, n: int):
+  return jax.tree.map(lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:]), tree)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs REDUCR (or a baseline) end to end and returns the results dict.
+
+  Resumes from ``<workdir>/checkpoints`` when present. Writes ``results.json``,
+  ``metrics.jsonl`` and TensorBoard events to ``workdir``.
+  """
+  devices = jax.local_devices()
+  if config.get("num_devices", -1) not in (-1, None):
+    if not 1 <= config.num_devices <= len(devices):
+      raise configuration.ConfigError(
+          f"config.num_devices must be -1 or in [1, {len(devices)}], got {config.num_devices}")
+    devices = devices[:config.num_devices]
+  n = len(devices)
+  configuration.validate_config(config, n)
+  workdir = configuration.check_workdir(workdir)
+
+  splits = data.make_splits(config.dataset, config.seed)
+  c = splits.num_classes
+  model = models.create_model(config.model, c)
+  apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+  x0 = jnp.zeros((1,) + splits.train.x.shape[1:], jnp.float32)
+
+  # Stage 1: reference models.
+  t0 = time.time()
+  refs = train_experts.get_reference_models(config, splits, workdir)
+  table, reference, ref_params, ref_loss_fn = None, None, None, None
+  if refs is not None:
+    if refs.kind == "multihead" or config.experts.losses == "online":
+      reference, ref_loss_fn = "online", refs.loss_fn
+      ref_params = flax.jax_utils.replicate(refs.params, devices)
+    else:
+      reference = "table"
+      table = train_experts.precompute_table(refs, splits.train, config.eval_batch_size)
+  expert_seconds = time.time() - t0
+
+  # Stage 2: online batch selection.
+  cfg = StepConfig.from_config(config, c, n, reference)
+  tx = make_optimizer(config.optimizer)
+  state = init_state(jax.random.PRNGKey(config.seed),
+                     lambda r: model.init(r, x0)["params"], tx, c,
+                     jax.random.PRNGKey(config.seed + 1))
+  best = {"params": state.params, "worst_val": np.float32(-1.0), "step": np.int32(0)}
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  start = ckpt.latest_step()
+  if start is not None:
+    restored, _ = ckpt.restore({"state": state, "best": best})
+    state, best = restored["state"], restored["best"]
+    logging.info("Resumed from step %d", start)
+  start = int(state.step)
+  writer = metric_writers.MetricWriter(workdir, resume_step=start,
+                                       enabled=jax.process_index() == 0)
+  p_state = flax.jax_utils.replicate(state, devices)
+  p_step = make_train_step(apply_fn, ref_loss_fn, tx, cfg, devices)
+  p_eval = make_eval_step(apply_fn, c, devices)
+  holdout_every = config.selection.holdout_every
+  if holdout_every == -1:
+    holdout_every = max(1, len(splits.train) // config.batch_size)
+  eval_bs = max(1, config.eval_batch_size // n)
+
+  t_start, t_last, last_step = time.time(), time.time(), start
+  for step in range(start, config.num_steps):
+    if cfg.method == "reducr" and cfg.holdout_loss == "epoch" and step % holdout_every == 0:
+      _, loss_sums = evaluate(p_eval, p_state.params, splits.holdout, eval_bs, n)
+      h = mwu.class_holdout_loss(metrics.ClassSums(*loss_sums))
+      p_state = p_state._replace(holdout_loss=flax.jax_utils.replicate(
+          jnp.asarray(h, jnp.float32), devices))
+    idx = data.batch_indices(config.seed, step, len(splits.train), config.batch_size)
+    batch = {"x": splits.train.x[idx], "y": splits.train.y[idx]}
+    if table is not None:
+      batch["ref_losses"] = table[idx]
+    if cfg.method == "reducr" and cfg.holdout_loss == "ema":
+      hidx = data.batch_indices(config.seed + 1, step, len(splits.holdout), config.batch_size)
+      batch["holdout_x"], batch["holdout_y"] = splits.holdout.x[hidx], splits.holdout.y[hidx]
+    p_state, step_metrics = p_step(p_state, _shard(batch, n), ref_params)
+    done = step + 1
+
+    if done % config.log_every == 0 or done == config.num_steps:
+      m = jax.tree.map(lambda a: np.asarray(a[0]), step_metrics)
+      m.pop("selected_indices")
+      m["num_skipped"] = int(np.asarray(p_state.num_skipped[0]))
+      writer.write(done, {f"train/{k}": v for k, v in m.items()})
+    if done % config.eval_every == 0 or done == config.num_steps:
+      params = p_state.params
+      val = metrics.summary(metrics.ClassSums(*evaluate(p_eval, params, splits.val, eval_bs, n)[0]))
+      test = metrics.summary(metrics.ClassSums(*evaluate(p_eval, params, splits.test, eval_bs, n)[0]))
+      if val["worst_class_accuracy"] > float(best["worst_val"]):
+        best = {"params": flax.jax_utils.unreplicate(params),
+                "worst_val": np.float32(val["worst_class_accuracy"]), "step": np.int32(done)}
+      writer.write(done, {**{f"val/{k}": v for k, v in val.items()},
+                          **{f"test/{k}": v for k, v in test.items()}})
+      rate = (done - last_step) / max(time.time() - t_last, 1e-9)
+      t_last, last_step = time.time(), done
+      _progress(f"step {done}/{config.num_steps}  {rate:.1f} steps/s  worst-class val acc "
+                f"{val['worst_class_accuracy']:.3f}  val acc {val['accuracy']:.3f}")
+    if done % config.checkpoint_every == 0 or done == config.num_steps:
+      ckpt.save(done, {"state": flax.jax_utils.unreplicate(p_state), "best": best})
+  writer.close()
+  ckpt.close()
+
+  # Stage 3: evaluate the kept model.
+  final_state = flax.jax_utils.unreplicate(p_state)
+  p_best = flax.jax_utils.replicate(best["params"], devices)
+  val = metrics.summary(metrics.ClassSums(*evaluate(p_eval, p_best, splits.val, eval_bs, n)[0]))
+  test = metrics.summary(metrics.ClassSums(*evaluate(p_eval, p_best, splits.test, eval_bs, n)[0]))
+  results = {
+      "method": config.selection.method,
+      "best_step": int(best["step"]),
+      "num_steps": int(config.num_steps),
+      "val": val,
+      "test": test,
+      "class_weights": np.asarray(mwu.weights(final_state.log_w)).tolist(),
+      "class_names": splits.class_names,
+      "num_skipped": int(final_state.num_skipped),
+      "config": json.loads(config.to_json_best_effort()),
+  }
+  _write_json(os.path.join(workdir, "results.json"), results)
+  _write_json(os.path.join(workdir, "timing.json"),
+              {"expert_seconds": expert_seconds, "train_seconds": time.time() - t_start,
+               "steps_run": config.num_steps - start, "devices": n,
+               "backend": jax.default_backend()})
+  return results
+
+
+def _progress(line: str) -> None:
+  if jax.process_index() == 0:
+    print(line, flush=True)
+
+
+def _write_json(path: str, obj) -> None:
+  if jax.process_index() != 0:
+    return
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(metric_writers.to_json_compatible(obj), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
