@@ -149,20 +149,19 @@ def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
       **{s: functools.partial(online[s], stacked, x, y) for s in ONLINE},
       "multihead": lambda: multihead(mh_params, x, y),
   }
-  compile_s = {name: time_call(fn) for name, fn in calls.items()}  # first call compiles
+  first_s = {name: time_call(fn) for name, fn in calls.items()}  # compile + one run
 
-  # The table, built once with the (so far) fastest online strategy; it reuses that
-  # strategy's compiled program since precompute_table calls it on [B, ...] batches.
-  warm = {s: min(time_call(calls[s]) for _ in range(2)) for s in ONLINE}
-  build_strategy = min(warm, key=warm.get)
+  # The [N, C] table. precompute_table calls the jitted online function on [B, ...]
+  # batches, so it reuses that strategy's compiled program.
   np_x, np_y = np.asarray(data_x), np.asarray(data_y)
-  build = lambda: experts.precompute_table(  # noqa: E731
-      lambda xb, yb: online[build_strategy](stacked, xb, yb), np_x, np_y, batch_size=b)
+  build_with = lambda s: experts.precompute_table(  # noqa: E731
+      lambda xb, yb: online[s](stacked, xb, yb), np_x, np_y, batch_size=b)
   one_pass = lambda: experts.precompute_table(  # noqa: E731
       lambda xb, yb: forward(single, xb, yb)[:, None], np_x, np_y, batch_size=b)
-  table = jnp.asarray(build())
+  table = jnp.asarray(build_with("map"))
+  one_pass()  # compiles its eager [:, None]
   calls["precomputed"] = lambda: gather(table, idx)
-  compile_s["precomputed"] = time_call(calls["precomputed"])
+  first_s["precomputed"] = time_call(calls["precomputed"])
   for fn in calls.values():  # one more warm call each, after all compiles
     time_call(fn)
 
@@ -176,7 +175,10 @@ def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
       raise AssertionError(f"{model_name} C={num_experts}: {name} differs from loop by {diff}")
 
   times = round_robin(calls, args.rounds, rng)
-  build_times = round_robin({"build": build, "one_pass": one_pass}, args.build_rounds, rng)
+  # The one-off build is timed with the online strategy that was fastest above.
+  build_strategy = min(ONLINE, key=lambda s: np.median(times[s]))
+  build_times = round_robin({"build": functools.partial(build_with, build_strategy),
+                             "one_pass": one_pass}, args.build_rounds, rng)
 
   base = np.median(times["forward"])
   rows = []
@@ -188,7 +190,7 @@ def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
         "ratio_of_mins": float(np.min(times[name]) / np.min(times["forward"])),
         "ratio_p25_p75": [float(np.percentile(times[name], 25) / base),
                           float(np.percentile(times[name], 75) / base)],
-        "compile_s": compile_s[name], "max_abs_diff_vs_loop": max_diff.get(name),
+        "first_call_s": first_s[name], "max_abs_diff_vs_loop": max_diff.get(name),
     })
   rows.append({
       "model": model_name, "strategy": "table build", "num_experts": num_experts,
@@ -203,9 +205,18 @@ def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
 
 
 def _version(package: str) -> Optional[str]:
+  """Installed version of ``package``, or ``None``."""
   try:
     return importlib.metadata.version(package)
   except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def _loadavg() -> Optional[list[float]]:
+  """1-, 5- and 15-minute load averages (other processes competing for the cores)."""
+  try:
+    return [round(v, 2) for v in os.getloadavg()]
+  except OSError:
     return None
 
 
@@ -236,10 +247,12 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
       f"flax {info['flax']}; {info['date']}.",
       f"B = {args.batch_size}, {args.rounds} interleaved rounds (table build: "
       f"{args.build_rounds}, N = {args.table_size}); CNN features "
-      f"{tuple(args.cnn_features)}; XLA_FLAGS={info['xla_flags']!r}.",
+      f"{tuple(args.cnn_features)}; XLA_FLAGS={info['xla_flags']!r}; load average "
+      f"(1/5/15 min) {info['loadavg_start']} at start, {info['loadavg_end']} at end; "
+      f"total {info['total_s']:.0f} s.",
       "",
       "| model | strategy | C | ms (median) | ratio to one forward | ratio of minima "
-      "| compile s |",
+      "| 1st call s |",
       "|---|---|---:|---:|---:|---:|---:|",
   ]
   for r in rows:
@@ -247,12 +260,12 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
     if strategy == "table build":
       strategy = (f"table build (one-off, N={r['table_size']}, {r['build_strategy']}; "
                   "ratio to one forward over N)")
-      compile_s = ""
+      first = ""
     else:
-      compile_s = f"{r['compile_s']:.2f}"
+      first = f"{r['first_call_s']:.2f}"
     lines.append(f"| {r['model']} | {strategy} | {r['num_experts']} | "
                  f"{r['median_ms']:.3f} | {r['ratio']:.2f} | {r['ratio_of_mins']:.2f} | "
-                 f"{compile_s} |")
+                 f"{first} |")
   return "\n".join(lines) + "\n"
 
 
@@ -292,6 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if args.single_thread:  # read when the CPU client is created, i.e. on first use below
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
   info = machine_info()
+  info["loadavg_start"] = _loadavg()
   cs = [args.num_experts] + ([14] if args.all and args.num_experts != 14 else [])
   rng = np.random.default_rng(args.seed)
   start = time.perf_counter()
@@ -302,6 +316,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       rows.extend(bench_config(model_name, c, args, rng))
       print(f"# {model_name} C={c}: {time.perf_counter() - t0:.1f}s", flush=True)
   info["total_s"] = time.perf_counter() - start
+  info["loadavg_end"] = _loadavg()
 
   table = markdown(rows, info, args)
   print(table)

@@ -133,3 +133,18 @@ def check_workdir(workdir: str) -> str:
   except OSError as e:
     raise ConfigError(f"--workdir {path} cannot be written: {e.strerror or e}") from None
   return path
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """Loads ``get_config()`` from a config file (``configs/<name>.py``), for scripts/tests.
+
+  ``path`` may end with ``:ARG``, passed to ``get_config(ARG)`` like ``config_flags``.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = path.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--config file {path} does not exist")
+  spec = importlib.util.spec_from_file_location("_reducr_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()

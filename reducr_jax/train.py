@@ -295,7 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start is not None:
     restored, _ = ckpt.restore({"state": state, "best": best})
     state, best = restored["state"], restored["best"]
-    logging.info("Resumed from step %d", start)
+    _progress(f"resumed from step {start}")
   start = int(state.step)
   writer = metric_writers.MetricWriter(workdir, resume_step=start,
                                        enabled=jax.process_index() == 0)

@@ -1,0 +1,230 @@
+"""The trainer end to end: learning, resume equality, 1-vs-8 devices, NaN, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reducr_jax import configuration
+from reducr_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+
+def tiny_config(**overrides):
+  """digits, a small MLP, B=80 (10 per fake device), k=8 (1 per device)."""
+  config = configuration.load_config(os.path.join(REPO, "configs/default.py"))
+  config.dataset.name = "digits"
+  config.dataset.imbalance_fraction = 0.05
+  config.model.hidden = (32,)
+  config.batch_size = 80
+  config.num_steps = 60
+  config.experts.num_steps = 60
+  config.experts.batch_size = 64
+  config.experts.eval_every = 30
+  config.eval_every = 20
+  config.log_every = 10
+  config.checkpoint_every = 20
+  config.eval_batch_size = 128
+  config.selection.eta = 0.01
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
+def test_end_to_end_learns_and_writes_results(tmp_path):
+  config = tiny_config(num_steps=150, **{"optimizer.learning_rate": 3e-3})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk["method"] == "reducr"
+  for split in ("val", "test"):
+    assert set(on_disk[split]) >= {"accuracy", "worst_class_accuracy", "per_class_accuracy"}
+    assert len(on_disk[split]["per_class_accuracy"]) == 10
+  assert on_disk["test"]["accuracy"] == pytest.approx(results["test"]["accuracy"])
+  assert results["test"]["accuracy"] > 0.6            # chance is 0.1
+  w = np.asarray(results["class_weights"])
+  assert w.shape == (10,) and abs(w.sum() - 1) < 1e-5 and np.all(w >= 0)
+  log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train_records = [r for r in log if "train/class_weights" in r]
+  assert [r["step"] for r in train_records] == list(range(10, 151, 10))
+  assert all(sum(r["train/selected_class_counts"]) == 8 for r in train_records)
+  assert any(r["step"] == 150 and "val/worst_class_accuracy" in r for r in log)
+  assert os.listdir(tmp_path / "tensorboard")
+  # Experts were cached and are reused by a second run in the same workdir.
+  cached = os.listdir(tmp_path / "experts")
+  assert len(cached) == 1
+  mtime = os.path.getmtime(tmp_path / "experts" / cached[0])
+  train.train_and_evaluate(config, str(tmp_path))
+  assert os.path.getmtime(tmp_path / "experts" / cached[0]) == mtime
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("uniform", {}), ("train_loss", {}), ("rho_loss", {}),
+    ("reducr", {"experts.losses": "online", "selection.holdout_loss": "ema"}),
+    ("reducr", {"experts.losses": "multihead", "selection.soft_temperature": 0.1}),
+    ("reducr", {"selection.use_expert": False, "selection.use_holdout": False}),
+    ("reducr", {"selection.use_model_loss": False, "selection.clip": False}),
+])
+def test_every_method_and_variant_runs(tmp_path, method, extra):
+  config = tiny_config(num_steps=20, **{"selection.method": method, **extra})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["method"] == method
+  assert results["num_skipped"] == 0
+  assert 0.0 <= results["test"]["worst_class_accuracy"] <= results["test"]["accuracy"] <= 1.0
+
+
+def _step_inputs(config, num_devices):
+  """A state, the pmapped step and one global batch for the given device count."""
+  from reducr_jax import data, models, train_experts  # pylint: disable=g-import-not-at-top
+  import flax.jax_utils  # pylint: disable=g-import-not-at-top
+  splits = data.make_splits(config.dataset, config.seed)
+  model = models.create_model(config.model, 10)
+  apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+  devices = jax.local_devices()[:num_devices]
+  tx = train.make_optimizer(config.optimizer)
+  state = train.init_state(jax.random.PRNGKey(0),
+                           lambda r: model.init(r, jnp.zeros((1, 64)))["params"], tx, 10,
+                           jax.random.PRNGKey(1))
+  state = state._replace(holdout_loss=jnp.linspace(0.5, 2.5, 10))
+  cfg = train.StepConfig.from_config(config, 10, num_devices, "table")
+  step = train.make_train_step(apply_fn, None, tx, cfg, devices)
+  rng = np.random.default_rng(0)
+  batches = []
+  for _ in range(5):
+    idx = rng.choice(len(splits.train), config.batch_size, replace=False)
+    batches.append({"x": splits.train.x[idx], "y": splits.train.y[idx],
+                    "ref_losses": rng.uniform(0, 2, (config.batch_size, 10)).astype(np.float32)})
+  return flax.jax_utils.replicate(state, devices), step, batches
+
+
+def _run_steps(num_devices, batches_override=None):
+  config = tiny_config()
+  p_state, step, batches = _step_inputs(config, num_devices)
+  batches = batches_override or batches
+  sels, weights = [], []
+  for batch in batches:
+    p_state, m = step(p_state, train._shard(batch, num_devices), None)  # pylint: disable=protected-access
+    sels.append(np.asarray(m["selected_indices"]))
+    weights.append(np.asarray(m["class_weights"]))
+  return p_state, sels, weights
+
+
+def test_one_and_eight_devices_agree():
+  assert jax.local_device_count() == 8
+  s1, sel1, w1 = _run_steps(1)
+  s8, sel8, w8 = _run_steps(8)
+  for a, b in zip(sel1, sel8):
+    assert np.all(b == b[0]), "every device must hold the same global selection"
+    np.testing.assert_array_equal(a[0], b[0])
+  for a, b in zip(w1, w8):
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
+    np.testing.assert_allclose(b, np.broadcast_to(b[0], b.shape), rtol=0, atol=0)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), rtol=1e-4, atol=1e-6)
+
+
+def test_nan_batch_is_skipped_and_counted():
+  config = tiny_config()
+  p_state, step, batches = _step_inputs(config, 8)
+  before = jax.tree.map(np.asarray, p_state)
+  bad = dict(batches[0])
+  bad["x"] = bad["x"].copy()
+  bad["x"][:] = np.nan
+  p_state, m = step(p_state, train._shard(bad, 8), None)  # pylint: disable=protected-access
+  assert int(m["skipped"][0]) == 1 and int(p_state.num_skipped[0]) == 1
+  for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(p_state.params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  np.testing.assert_array_equal(before.log_w, np.asarray(p_state.log_w))
+  p_state, m = step(p_state, train._shard(batches[1], 8), None)  # pylint: disable=protected-access
+  assert int(m["skipped"][0]) == 0 and int(p_state.num_skipped[0]) == 1
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(p_state.params))
+
+
+MAIN = [sys.executable, "-m", "reducr_jax.main", "--config=configs/default.py"]
+TINY_FLAGS = ["--config.dataset.name=digits", "--config.dataset.imbalance_fraction=0.05",
+              "--config.model.hidden=(32,)", "--config.batch_size=80",
+              "--config.experts.num_steps=60", "--config.experts.eval_every=30",
+              "--config.eval_every=20", "--config.log_every=10", "--config.num_devices=1"]
+
+
+def _env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  return env
+
+
+def test_killed_run_resumes_to_identical_results(tmp_path):
+  flags = TINY_FLAGS + ["--config.num_steps=600", "--config.checkpoint_every=50"]
+  ref = tmp_path / "uninterrupted"
+  subprocess.run(MAIN + flags + [f"--workdir={ref}"], check=True, cwd=REPO, env=_env(),
+                 capture_output=True)
+  work = tmp_path / "interrupted"
+  proc = subprocess.Popen(MAIN + flags + [f"--workdir={work}"], cwd=REPO, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None:
+    ckpts = work / "checkpoints"
+    if ckpts.exists() and any(p.isdigit() for p in os.listdir(ckpts)):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (work / "results.json").exists(), "run finished before it could be killed"
+  out = subprocess.run(MAIN + flags + [f"--workdir={work}"], check=True, cwd=REPO,
+                       env=_env(), capture_output=True, text=True)
+  assert "resumed from step" in out.stdout
+  assert (work / "results.json").read_bytes() == (ref / "results.json").read_bytes()
+  assert (work / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.selection.method=greedy", "config.selection.method must be one of ['reducr', 'rho_loss', 'train_loss', 'uniform'], got 'greedy'"),
+    ("--config.dataset.name=imagenet", "config.dataset.name must be one of"),
+    ("--config.selection.percent_selected=1.5", "config.selection.percent_selected must be in (0, 1], got 1.5"),
+    ("--config.selection.percent_selected=0.001", "must give k >= 1"),
+    ("--config.selection.methd=uniform", "error: --config.selection.methd: no such config field"),
+])
+def test_bad_input_is_one_line_before_any_work(tmp_path, flag, message):
+  work = tmp_path / "w"
+  out = subprocess.run(MAIN + TINY_FLAGS + [flag, f"--workdir={work}"], cwd=REPO, env=_env(),
+                       capture_output=True, text=True)
+  assert out.returncode == 2
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], out.stderr
+  assert not work.exists() or not os.listdir(work)
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  with pytest.raises(configuration.ConfigError, match="--workdir .* is not a directory"):
+    train.train_and_evaluate(tiny_config(), str(blocker))
+  with pytest.raises(configuration.ConfigError, match="--workdir .* cannot be written"):
+    train.train_and_evaluate(tiny_config(), str(blocker / "sub"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"selection.eta": 0.0}, r"config.selection.eta must be in \(0, inf\]"),
+    ({"experts.gamma": -1.0}, r"config.experts.gamma must be in \[0, inf\]"),
+    ({"selection.holdout_loss": "batch"}, "config.selection.holdout_loss must be one of"),
+    ({"experts.losses": "cached"}, "config.experts.losses must be one of"),
+    ({"selection.use_model_loss": False}, "config.selection.clip must be False"),
+    ({"batch_size": 84}, "must be divisible by the number of devices"),
+    ({"dataset.label_noise": 1.5}, "config.dataset.label_noise"),
+])
+def test_config_validation(tmp_path, overrides, message):
+  with pytest.raises(configuration.ConfigError, match=message):
+    train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
