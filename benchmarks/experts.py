@@ -266,6 +266,12 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
     lines.append(f"| {r['model']} | {strategy} | {r['num_experts']} | "
                  f"{r['median_ms']:.3f} | {r['ratio']:.2f} | {r['ratio_of_mins']:.2f} | "
                  f"{first} |")
+  lines += [
+      "",
+      "ratio = median(strategy) / median(forward) over the same interleaved rounds; ratio of "
+      "minima = min / min; table build: one-off pass over N examples / one model's forward "
+      "over the same N. 1st call = compile + one run.",
+  ]
   return "\n".join(lines) + "\n"
 
 

@@ -104,7 +104,7 @@ def test_multihead_trains_and_specialises():
 
 
 def test_default_strategy():
-  assert experts.default_strategy("cpu") == "loop"
+  assert experts.default_strategy("cpu") == "map"
   assert experts.default_strategy("gpu") == "vmap"
   assert experts.default_strategy("tpu") == "vmap"
 
@@ -119,3 +119,13 @@ def test_default_strategy():
 def test_bad_input(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_loss_functions_jit():
+  loss, labels = jnp.array([1.0, 2.0, 3.0]), jnp.array([0, 1, 1])
+  # A traced expert class and γ work too (they are arguments of the vmapped step).
+  np.testing.assert_allclose(jax.jit(experts.class_weighted_loss)(loss, labels, 1, 9.0), 17.0)
+  logits = jax.random.normal(jax.random.key(0), (4, 3, 5))
+  y = jnp.array([0, 1, 2, 4])
+  np.testing.assert_allclose(jax.jit(experts.multihead_loss)(logits, y, 0.0),
+                             experts.multihead_expert_losses(logits, y).mean(), rtol=1e-6)
