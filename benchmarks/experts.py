@@ -286,7 +286,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--build_rounds", type=int, default=3,
                  help="interleaved rounds of the table build and its one-pass baseline")
   p.add_argument("--table_size", type=int, default=None,
-                 help="N, examples in the precomputed table (default 4·B)")
+                 help="N, examples in the precomputed table (None: 4·B)")
   p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
   p.add_argument("--cnn_features", default="8,16,32", help="CNN conv channels")
   p.add_argument("--single_thread", action="store_true",
