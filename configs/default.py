@@ -69,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.experts.learning_rate = 1e-3
   config.experts.weight_decay = 0.01
   config.experts.eval_every = 100                   # keep each expert's best validation loss
+  config.experts.cache_dir = ""                     # '' = <workdir>/experts; sweeps share one
 
   # --- Evaluation, logging, checkpoints -----------------------------------------------
   config.eval_every = 100                           # per-class val/test accuracy; keep best worst-class val

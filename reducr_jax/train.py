@@ -60,6 +60,8 @@ class TrainState(NamedTuple):
     ema: :class:`reducr_jax.mwu.EMAState` ('ema' estimator).
     rng: ``uint32[2]`` base key; step t uses ``fold_in(rng, t)``.
     num_skipped: ``int32[]`` updates skipped for a non-finite loss or gradient.
+    selected_counts: ``int32[C]`` selected points per class since the start (logged, so
+      the share of each class between two log steps is a difference of two records).
   """
   step: jax.Array
   params: Any
@@ -69,6 +71,7 @@ class TrainState(NamedTuple):
   ema: mwu.EMAState
   rng: jax.Array
   num_skipped: jax.Array
+  selected_counts: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +119,8 @@ def init_state(rng: jax.Array, init_fn: Callable, tx: optax.GradientTransformati
                     log_w=mwu.init(num_classes),
                     holdout_loss=jnp.zeros((num_classes,), jnp.float32),
                     ema=mwu.ema_init(num_classes), rng=select_rng,
-                    num_skipped=jnp.zeros((), jnp.int32))
+                    num_skipped=jnp.zeros((), jnp.int32),
+                    selected_counts=jnp.zeros((num_classes,), jnp.int32))
 
 
 def _all_finite(tree) -> jax.Array:
@@ -196,6 +200,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, apply_fn: Cal
   loss, grads = jax.lax.pmean((loss, grads), AXIS)
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
+  selected_counts = jnp.sum(jax.nn.one_hot(y_all[sel], c, dtype=jnp.int32), axis=0)
   ok = jnp.isfinite(loss) & _all_finite(grads) & jnp.all(jnp.isfinite(alpha)) & jnp.all(
       jnp.isfinite(new_log_w))
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
@@ -207,10 +212,12 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, apply_fn: Cal
       holdout_loss=state.holdout_loss,
       ema=keep(new_ema, state.ema),
       rng=state.rng,
-      num_skipped=state.num_skipped + (~ok).astype(jnp.int32))
+      num_skipped=state.num_skipped + (~ok).astype(jnp.int32),
+      selected_counts=state.selected_counts + selected_counts)
   out.update(
       selected_loss=loss,
-      selected_class_counts=jnp.sum(jax.nn.one_hot(y_all[sel], c, dtype=jnp.int32), axis=0),
+      selected_class_counts=selected_counts,
+      cumulative_selected_counts=new_state.selected_counts,
       class_weights=mwu.weights(new_state.log_w),
       skipped=(~ok).astype(jnp.int32),
       selected_indices=sel)

@@ -6,9 +6,10 @@ one expert and γ = 0. Both train with AdamW on holdout batches and keep, per ex
 parameters with the best validation loss (each expert's own γ-weighted loss on the val
 split), as the official implementation checkpoints by validation loss.
 
-The result is cached as ``<workdir>/experts/<kind>-<fingerprint>.msgpack``; the
-fingerprint hashes everything the models depend on (dataset, model and expert configs,
-seed), so a re-run reuses them and a changed config retrains.
+The result is cached as ``<workdir>/experts/<kind>-<fingerprint>.msgpack`` (or in
+``config.experts.cache_dir``); the fingerprint hashes everything the models depend on
+(dataset, model and expert configs, seed), so a re-run reuses them and a changed config
+retrains.
 """
 
 from __future__ import annotations
@@ -47,10 +48,22 @@ class ReferenceModels(NamedTuple):
 
 
 def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
+  expert_config = {k: v for k, v in config.experts.to_dict().items() if k != "cache_dir"}
   blob = json.dumps({"kind": kind, "seed": config.seed, "dataset": config.dataset.to_dict(),
-                     "model": config.model.to_dict(), "experts": config.experts.to_dict()},
+                     "model": config.model.to_dict(), "experts": expert_config,
+                     "eval_batch_size": config.eval_batch_size},
                     sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_path(config: ml_collections.ConfigDict, workdir: str, kind: str) -> str:
+  """Where the reference models of ``kind`` for this config are cached.
+
+  ``config.experts.cache_dir`` when set (e.g. shared by the runs of a sweep), else
+  ``<workdir>/experts``; the file name holds the config fingerprint.
+  """
+  directory = config.experts.get("cache_dir") or os.path.join(workdir, "experts")
+  return os.path.join(os.path.abspath(directory), f"{kind}-{_fingerprint(config, kind)}.msgpack")
 
 
 def reference_kind(config: ml_collections.ConfigDict) -> str | None:
@@ -158,8 +171,7 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
   if kind is None:
     return None
   module, apply_fn, loss_fn, num, gamma = _build(config, splits.num_classes, kind)
-  cache_dir = os.path.join(workdir, "experts")
-  path = os.path.join(cache_dir, f"{kind}-{_fingerprint(config, kind)}.msgpack")
+  path = cache_path(config, workdir, kind)
   if os.path.exists(path):
     with open(path, "rb") as f:
       params = flax.serialization.msgpack_restore(f.read())["params"]
@@ -170,7 +182,7 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
                  num if kind != "multihead" else splits.num_classes, gamma,
                  len(splits.holdout))
     params, best_val = _train(config, splits, kind, module, apply_fn, num, gamma)
-    os.makedirs(cache_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
       f.write(flax.serialization.msgpack_serialize(

@@ -1,0 +1,139 @@
+"""Runs a grid of trainer configs: resumable, skipping finished runs, in parallel processes.
+
+A grid is a list of :class:`Run` (a name, used as the run's sub-directory, and a full
+config). :func:`run_grid`:
+
+  1. trains the reference models each run needs once per distinct (seed, data, model,
+     expert) fingerprint, into one shared cache (``<workdir>/experts``), so methods that
+     share experts never train them twice and parallel runs never race on them;
+  2. runs every run whose ``results.json`` does not exist yet — an interrupted sweep
+     resumes each unfinished run from its last checkpoint and skips the finished ones;
+  3. returns every run's results dict.
+
+Parallelism: ``workers > 1`` runs that many processes (``spawn``; JAX does not survive
+``fork``). On 2 CPU cores, 2 processes finished the default-config grid faster than one
+process running the runs one after another (XLA's CPU kernels on these small models
+don't keep both cores busy); the measurement is in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import io
+import json
+import multiprocessing
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+import ml_collections
+
+RESULTS = "results.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One trainer run of a grid: ``<workdir>/runs/<name>/`` with this config."""
+  name: str
+  config: ml_collections.ConfigDict
+
+
+def run_dir(workdir: str, run: Run) -> str:
+  return os.path.join(workdir, "runs", run.name)
+
+
+def load_results(workdir: str, run: Run) -> Optional[dict]:
+  path = os.path.join(run_dir(workdir, run), RESULTS)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _with_shared_cache(config: ml_collections.ConfigDict, workdir: str):
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.experts.cache_dir = os.path.join(workdir, "experts")
+  return config
+
+
+def _pretrain(config: ml_collections.ConfigDict) -> str:
+  """Worker: trains (or finds cached) the reference models of one config."""
+  from reducr_jax import data, train_experts  # pylint: disable=g-import-not-at-top
+  with contextlib.redirect_stdout(io.StringIO()):
+    splits = data.make_splits(config.dataset, config.seed)
+    train_experts.get_reference_models(config, splits, config.experts.cache_dir)
+  return train_experts.reference_kind(config) or ""
+
+
+def _train(config: ml_collections.ConfigDict, directory: str) -> dict:
+  """Worker: one full trainer run, its output to ``<directory>/log.txt``."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from reducr_jax import train  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "log.txt"), "a") as log, \
+      contextlib.redirect_stdout(log):
+    return train.train_and_evaluate(config, directory)
+
+
+def _progress(total: int, desc: str):
+  try:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    return tqdm(total=total, desc=desc, unit="run", file=sys.stderr, dynamic_ncols=True)
+  except ImportError:  # pragma: no cover - tqdm is a dependency
+    return None
+
+
+def _map(fn: Callable, args: Sequence[tuple], workers: int, desc: str) -> list:
+  """Applies ``fn`` to each argument tuple, in ``workers`` processes, with a progress bar."""
+  out = [None] * len(args)
+  if not args:
+    return out
+  bar = _progress(len(args), desc)
+  if workers <= 1:
+    for i, a in enumerate(args):
+      out[i] = fn(*a)
+      if bar:
+        bar.update()
+  else:
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+      futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
+      for fut in concurrent.futures.as_completed(futures):
+        out[futures[fut]] = fut.result()
+        if bar:
+          bar.update()
+  if bar:
+    bar.close()
+  return out
+
+
+def run_grid(runs: Sequence[Run], workdir: str, workers: int = 1) -> dict[str, dict]:
+  """Runs every unfinished run of the grid; returns ``{run name: results dict}``.
+
+  Args:
+    runs: the grid; names must be unique.
+    workdir: the sweep's directory (absolute or relative).
+    workers: processes to run in parallel (1: in this process).
+  """
+  from reducr_jax import configuration, train_experts  # pylint: disable=g-import-not-at-top
+  names = [r.name for r in runs]
+  if len(set(names)) != len(names):
+    raise configuration.ConfigError(f"run names must be unique, got {names}")
+  workdir = configuration.check_workdir(workdir)
+  for r in runs:                                     # every config checked before any work
+    configuration.validate_config(r.config)
+  todo = [r for r in runs if load_results(workdir, r) is None]
+  configs = [_with_shared_cache(r.config, workdir) for r in todo]
+  refs, seen = [], set()
+  for c in configs:
+    kind = train_experts.reference_kind(c)
+    key = kind and train_experts.cache_path(c, c.experts.cache_dir, kind)
+    if kind and key not in seen and not os.path.exists(key):
+      seen.add(key)
+      refs.append((c,))
+  _map(_pretrain, refs, workers, "reference models")
+  _map(_train, [(c, run_dir(workdir, r)) for c, r in zip(configs, todo)], workers, "runs")
+  return {r.name: load_results(workdir, r) for r in runs}

@@ -1,0 +1,76 @@
+"""Flags and helpers shared by the experiment commands (compare, ablate, imbalance)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from absl import flags
+import ml_collections
+import numpy as np
+
+from reducr_jax import configuration
+from reducr_jax import metric_writers
+from reducr_jax.experiments import runner
+
+SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per setting (seeds 0 … N-1).")
+WORKERS = flags.DEFINE_integer("workers", 2, "Runs in parallel (processes).")
+
+
+def parse_methods(text: str, flag: str = "--methods") -> list[str]:
+  """Comma-separated method names, each checked against the trainer's methods."""
+  methods = [m.strip() for m in text.split(",") if m.strip()]
+  bad = [m for m in methods if m not in configuration.METHODS]
+  if not methods or bad:
+    raise configuration.ConfigError(
+        f"{flag} must be a comma-separated subset of {list(configuration.METHODS)}, got {text!r}")
+  return methods
+
+
+def parse_fractions(text: str, flag: str) -> list[float]:
+  """Comma-separated numbers in (0, 1]."""
+  try:
+    values = [float(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    values = []
+  if not values or any(not 0 < v <= 1 for v in values):
+    raise configuration.ConfigError(
+        f"{flag} must be comma-separated numbers in (0, 1], got {text!r}")
+  return values
+
+
+def seeds() -> list[int]:
+  if SEEDS.value < 1:
+    raise configuration.ConfigError(f"--seeds must be >= 1, got {SEEDS.value}")
+  if WORKERS.value < 1:
+    raise configuration.ConfigError(f"--workers must be >= 1, got {WORKERS.value}")
+  return list(range(SEEDS.value))
+
+
+def with_overrides(config: ml_collections.ConfigDict,
+                   overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with dotted fields set, e.g. ``{"selection.method": "uniform"}``."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
+def records(workdir: str, run: runner.Run) -> list[dict]:
+  """The metrics log of one finished run."""
+  return metric_writers.read_metrics(runner.run_dir(workdir, run))
+
+
+def mean_per_class(results: list[dict], split: str = "test") -> np.ndarray:
+  """Per-class accuracy averaged over runs → ``[C]``."""
+  return np.nanmean([r[split]["per_class_accuracy"] for r in results], axis=0)
+
+
+def figure_path(workdir: str, name: str) -> str:
+  directory = os.path.join(workdir, "figures")
+  os.makedirs(directory, exist_ok=True)
+  return os.path.join(directory, name)

@@ -1,0 +1,81 @@
+"""Aggregate per-run results into the paper's tables (mean ± std, median [min, max])."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+METRICS = ("worst_class_accuracy", "accuracy")
+TITLES = {"worst_class_accuracy": "worst-class test acc. (%)", "accuracy": "average test acc. (%)"}
+
+
+def mean_std_table(results: Mapping[str, Sequence[dict]], split: str = "test") -> dict:
+  """``{group: {metric: {"mean", "std", "values"}}}`` over the runs of each group (in %).
+
+  Args:
+    results: ``{group name (e.g. method): [results dict of each seed]}``.
+    split: ``"test"`` or ``"val"``.
+  """
+  table = {}
+  for group, runs in results.items():
+    table[group] = {}
+    for metric in METRICS:
+      values = [100.0 * r[split][metric] for r in runs]
+      table[group][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
+                              "values": values}
+    table[group]["num_runs"] = len(runs)
+  return table
+
+
+def median_range_table(results: Mapping[str, Mapping[float, Sequence[dict]]],
+                       split: str = "test") -> dict:
+  """``{group: {str(x): {"median", "min", "max", "values"}}}`` of worst-class accuracy (%).
+
+  Args:
+    results: ``{group: {sweep value: [results of each seed]}}`` (REDUCR Fig. 5 style).
+  """
+  out = {}
+  for group, by_value in results.items():
+    out[group] = {}
+    for value, runs in sorted(by_value.items()):
+      v = [100.0 * r[split]["worst_class_accuracy"] for r in runs]
+      out[group][str(value)] = {"median": float(np.median(v)), "min": float(np.min(v)),
+                                "max": float(np.max(v)), "values": v}
+  return out
+
+
+def mean_std_markdown(table: dict, title: str) -> str:
+  """A markdown table: rows = groups, columns = metrics as ``mean ± std``; best in bold."""
+  lines = [f"### {title}", "", "| | " + " | ".join(TITLES[m] for m in METRICS) + " | runs |",
+           "|---|" + "---|" * (len(METRICS) + 1)]
+  best = {m: max(v[m]["mean"] for v in table.values()) for m in METRICS}
+  for group, row in table.items():
+    cells = []
+    for m in METRICS:
+      cell = f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}"
+      cells.append(f"**{cell}**" if row[m]["mean"] == best[m] else cell)
+    lines.append(f"| {group} | " + " | ".join(cells) + f" | {row['num_runs']} |")
+  return "\n".join(lines) + "\n"
+
+
+def median_range_markdown(table: dict, title: str, value_name: str) -> str:
+  """A markdown table: rows = groups, columns = sweep values, ``median [min, max]``."""
+  values = sorted({v for row in table.values() for v in row}, key=float)
+  lines = [f"### {title}", "",
+           f"| {value_name} → | " + " | ".join(values) + " |", "|---|" + "---|" * len(values)]
+  for group, row in table.items():
+    cells = [f"{row[v]['median']:.1f} [{row[v]['min']:.1f}, {row[v]['max']:.1f}]"
+             if v in row else "" for v in values]
+    lines.append(f"| {group} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write(workdir: str, name: str, table: dict, markdown: str) -> None:
+  """Writes ``<workdir>/<name>.json`` and ``<workdir>/<name>.md``."""
+  with open(os.path.join(workdir, f"{name}.json"), "w") as f:
+    json.dump(table, f, indent=2)
+  with open(os.path.join(workdir, f"{name}.md"), "w") as f:
+    f.write(markdown)

@@ -1,0 +1,594 @@
+"""Static data pruning: DRoP class quotas and per-example difficulty scores.
+
+Shapes: ``N`` training examples, ``C`` classes, ``K`` logits per example, ``S`` independent
+runs (initialisations / parameter sets), ``T`` training checkpoints.
+
+Data pruning keeps a fraction ``density`` of the training set, chosen once before training
+(Vysogorets, Ahuja & Kempe, "DRoP: Distributionally Robust Data Pruning", ICLR 2025).
+
+**DRoP class quotas** (DRoP Algorithm 1). Given each class's size ``N_k`` and the recall
+``r_k`` of a query model trained on the full data (validation accuracy on class k), class k
+keeps the fraction
+
+    d_k = min(1, λ · (1 − r_k)),   λ such that Σ_k d_k N_k = density · Σ_k N_k,
+
+i.e. quotas ``∝ (1 − r_k)`` water-filled: a class whose proportional share exceeds its
+size is capped at its size and the surplus is redistributed over the others ``∝ (1 − r_k)``,
+repeatedly. This is the fixed point of the paper's Algorithm 1. Examples are then drawn
+uniformly at random inside each class (:func:`random_class_prune`; "Random + DRoP").
+
+**Scores** (one per example; higher = harder = kept first by ``keep="hardest"``):
+  * EL2N (Paul, Ganguli & Dziugaite, NeurIPS 2021): ``‖softmax(f(x)) − e_y‖₂``, averaged
+    over initialisations — :func:`el2n_scores`.
+  * GraNd (same paper): ``‖∇_θ ℓ(f_θ(x), y)‖₂``, averaged over initialisations —
+    :func:`grand_scores`, :func:`grand_scores_stacked`.
+  * Forgetting events (Toneva et al., ICLR 2019): the number of times an example goes from
+    correctly to incorrectly classified during training — :class:`ForgettingState`,
+    :func:`forgetting_init`, :func:`forgetting_update`, :func:`forgetting_scores`.
+  * Dynamic uncertainty (He et al., "Large-scale Dataset Pruning with Dynamic Uncertainty",
+    CVPR 2024; arXiv 2306.05175): the std of the true-label probability over a
+    sliding window of checkpoints, averaged over windows — :func:`dynamic_uncertainty`.
+
+:func:`prune_by_score` keeps the top (or bottom) ``density`` fraction by score, globally or
+with the same density in every class.
+
+Where things run: the scores are pure ``jnp`` and jit-able (static shapes); the quotas and
+index selection (:func:`drop_class_densities`, :func:`drop_class_counts`,
+:func:`proportional_class_counts`, :func:`random_class_prune`, :func:`prune_by_score`,
+:func:`drop_prune`) are tiny host-side NumPy computations run once before training: they
+take concrete arrays (NumPy or JAX), return NumPy arrays, and cannot be traced.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reducr_jax import checks
+
+# ---------------------------------------------------------------------------------------
+# Host-side helpers.
+
+
+def _host_density(density) -> float:
+  v = checks.concrete_value(density)
+  if v is None:
+    raise ValueError("density must be a concrete Python float in (0, 1], got a tracer")
+  checks.check_in_range("density", v, 0.0, 1.0, low_inclusive=False)
+  return v
+
+
+def _host_int_vector(name: str, x, described: str) -> np.ndarray:
+  """``x`` as an int64 vector after checking it is 1-D with non-negative integer values."""
+  arr = np.asarray(x)
+  checks.check_shape(name, arr, (None,), described)
+  if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+    raise ValueError(f"{name} must hold non-negative integers, got dtype {arr.dtype}")
+  as_float = arr.astype(np.float64)
+  bad = ~np.isfinite(as_float) | (as_float < 0) | (as_float != np.round(as_float))
+  if bad.any():
+    k = int(np.argmax(bad))
+    raise ValueError(f"{name} must hold non-negative integers, got {arr[k]} at position {k}")
+  return as_float.astype(np.int64)
+
+
+def _round_half_up(x: float) -> int:
+  """``round`` with halves rounded up (Python's ``round`` rounds halves to even)."""
+  return int(np.floor(x + 0.5))
+
+
+def _largest_remainder(exact: np.ndarray, total: int, caps: np.ndarray) -> np.ndarray:
+  """Integers ``c_k ≤ caps_k`` summing to ``total`` from real targets ``exact_k ≤ caps_k``.
+
+  Largest-remainder (Hamilton) apportionment: every class gets ``floor(exact_k)``; the
+  ``total − Σ floor`` units left go one each to the classes with the largest fractional
+  parts (ties → lower class index), never to a class already at its cap. A 1e-9 slack
+  absorbs float error, so a target of 78.9999999999 counts as 79.
+  """
+  exact = np.clip(exact, 0.0, caps)
+  counts = np.minimum(np.floor(exact + 1e-9), caps).astype(np.int64)
+  frac = exact - counts
+  short = total - int(counts.sum())
+  if short > 0:
+    order = np.argsort(-frac, kind="stable")
+    order = order[counts[order] < caps[order]]
+    if short > order.size:
+      raise AssertionError(f"cannot place {short} units: only {order.size} classes below cap")
+    counts[order[:short]] += 1
+  elif short < 0:       # only through the float slack: take back the smallest fractions
+    order = np.argsort(frac, kind="stable")
+    order = order[counts[order] > 0]
+    counts[order[:-short]] -= 1
+  return counts
+
+
+# ---------------------------------------------------------------------------------------
+# DRoP quotas.
+
+
+def _check_sizes_and_recalls(class_sizes, class_recalls):
+  sizes = _host_int_vector("class_sizes", class_sizes, "[C]")
+  c = sizes.shape[0]
+  if c == 0:
+    raise ValueError("class_sizes must have at least one class, got shape (0,)")
+  if sizes.sum() == 0:
+    raise ValueError("class_sizes must not be all 0")
+  recalls = np.asarray(class_recalls, dtype=np.float64)
+  checks.check_shape("class_recalls", recalls, (c,), f"[C={c}] (C from class_sizes)")
+  bad = ~((recalls >= 0.0) & (recalls <= 1.0))         # NaN is bad too
+  if bad.any():
+    k = int(np.argmax(bad))
+    raise ValueError(f"class_recalls must be in [0, 1], got {recalls[k]} for class {k}")
+  return sizes, recalls
+
+
+def drop_class_densities(class_sizes, class_recalls, density: float) -> np.ndarray:
+  """DRoP per-class kept fractions ``d_k = min(1, λ (1 − r_k))`` (water-filled quotas).
+
+  DRoP (Vysogorets et al., 2025, Algorithm 1) keeps class k with density ``∝ (1 − r_k)``,
+  the error rate of a query model trained on the full data, scaled so the kept total is
+  ``density · N`` with ``N = Σ_k N_k``. A class whose share would exceed its size keeps
+  all of its examples (``d_k = 1``) and the surplus is redistributed over the unsaturated
+  classes ``∝ (1 − r_k)``, repeatedly. The result is the water-filling solution
+
+      d_k = min(1, λ (1 − r_k)),   Σ_k N_k d_k = density · N,
+
+  found exactly in at most C rounds (λ only grows as classes saturate, so every class that
+  saturates at the current λ stays saturated).
+
+  Degenerate cases:
+    * A class with ``r_k = 1`` (no error) gets ``d_k = 0`` unless every class with
+      ``r_j < 1`` is fully kept and examples are still missing; the remainder is then
+      spread over the ``r = 1`` classes with equal density (uniformly).
+    * All recalls equal to 1 (no signal): every class gets ``d_k = density``, uniform
+      (i.e. stratified random) pruning. All recalls equal to any common value gives the
+      same result.
+    * A class of size 0 gets ``d_k = 0``.
+
+  Host-side NumPy (a tiny computation done once before training); not traceable.
+
+  Args:
+    class_sizes: ``int[C]`` number of training examples per class, ``N_k ≥ 0``, not all 0.
+    class_recalls: ``float[C]`` validation recall (per-class accuracy) of the query model,
+      each in ``[0, 1]`` (e.g. ``metrics.per_class_accuracy``).
+    density: fraction of the whole dataset to keep, in ``(0, 1]``.
+
+  Returns:
+    ``float64[C]`` per-class kept fractions in ``[0, 1]`` with
+    ``Σ_k d_k N_k = density · N`` (up to float rounding).
+
+  Raises:
+    ValueError: on a bad shape, size, recall or density.
+  """
+  sizes, recalls = _check_sizes_and_recalls(class_sizes, class_recalls)
+  d = _host_density(density)
+  n = sizes.astype(np.float64)
+  target = d * n.sum()
+  dens = np.zeros_like(n)
+  open_ = n > 0                              # classes that may still receive examples
+  error = 1.0 - recalls
+  # Phase 1 water-fills ∝ (1 − r); phase 2 (only if phase 1 saturates every class with an
+  # error and examples are still missing) fills the r = 1 classes with equal density.
+  for weight in (error, np.ones_like(error)):
+    while True:
+      active = open_ & (weight > 0)
+      mass = float(np.sum(n[active] * weight[active]))
+      if not active.any() or mass <= 0.0:
+        break
+      remaining = target - float(np.sum(n[dens >= 1.0]))
+      lam = remaining / mass
+      prop = lam * weight
+      full = active & (prop >= 1.0)
+      if not full.any():
+        dens[active] = prop[active]
+        open_ &= ~active
+        break
+      dens[full] = 1.0
+      open_ &= ~full
+    if not open_.any() or target - float(np.sum(n * dens)) <= 1e-9 * target:
+      break
+  return np.clip(dens, 0.0, 1.0)
+
+
+def drop_class_counts(class_sizes, class_recalls, density: float) -> np.ndarray:
+  """DRoP quotas as integer per-class counts summing exactly to ``round(density · N)``.
+
+  The real targets ``d_k N_k`` of :func:`drop_class_densities` are rounded by the
+  largest-remainder method: each class gets ``floor(d_k N_k)`` and the units still missing
+  to reach ``round(density · N)`` (halves rounded up) go one each to the classes with the
+  largest fractional parts (ties → lower class index). No count exceeds its class size, and
+  a class with a zero target never gets a unit while another class has a positive
+  fractional part.
+
+  Host-side NumPy; not traceable.
+
+  Args:
+    class_sizes: ``int[C]``.
+    class_recalls: ``float[C]`` in ``[0, 1]``.
+    density: in ``(0, 1]``.
+
+  Returns:
+    ``int64[C]`` with ``0 ≤ counts ≤ class_sizes`` and
+    ``counts.sum() == floor(density · N + 0.5)``.
+  """
+  dens = drop_class_densities(class_sizes, class_recalls, density)
+  sizes = _host_int_vector("class_sizes", class_sizes, "[C]")
+  total = _round_half_up(float(density) * int(sizes.sum()))
+  return _largest_remainder(dens * sizes, total, sizes)
+
+
+def proportional_class_counts(class_sizes, density: float) -> np.ndarray:
+  """Same density in every class: ``≈ density · N_k`` per class, summing to round(density·N).
+
+  The stratified random-pruning baseline (and the per-class budget of
+  :func:`prune_by_score`): targets ``density · N_k``, rounded by largest remainder (see
+  :func:`drop_class_counts`). Host-side NumPy.
+
+  Args:
+    class_sizes: ``int[C]``.
+    density: in ``(0, 1]``.
+
+  Returns:
+    ``int64[C]`` summing to ``floor(density · N + 0.5)``.
+  """
+  sizes = _host_int_vector("class_sizes", class_sizes, "[C]")
+  d = _host_density(density)
+  total = _round_half_up(d * int(sizes.sum()))
+  return _largest_remainder(d * sizes, total, sizes)
+
+
+def _check_labels(labels, num_classes: Optional[int] = None) -> np.ndarray:
+  labels = _host_int_vector("labels", labels, "[N]")
+  if num_classes is not None and labels.size and labels.max() >= num_classes:
+    raise ValueError(f"labels must be in [0, {num_classes}) (C from class_counts), "
+                     f"got {labels.max()}")
+  return labels
+
+
+def random_class_prune(rng: jax.Array, labels, class_counts) -> np.ndarray:
+  """Random in-class pruning: ``class_counts[c]`` examples of each class c, uniformly.
+
+  Each class keeps a uniformly random subset of the requested size (without
+  replacement). The randomness comes from one ``jax.random.permutation(rng, N)``, so the
+  result is a deterministic function of the key; the grouping by class is host-side NumPy.
+
+  Args:
+    rng: a JAX PRNG key.
+    labels: ``int[N]`` class of each example, in ``[0, C)``.
+    class_counts: ``int[C]`` examples to keep per class, ``≤`` the class sizes (e.g.
+      :func:`drop_class_counts`).
+
+  Returns:
+    ``int64[Σ class_counts]`` indices into ``labels``, sorted ascending, no duplicates.
+
+  Raises:
+    ValueError: on a bad shape, a label outside ``[0, C)`` or a count above its class size.
+  """
+  counts = _host_int_vector("class_counts", class_counts, "[C]")
+  c = counts.shape[0]
+  labels = _check_labels(labels, c)
+  sizes = np.bincount(labels, minlength=c)
+  over = counts > sizes
+  if over.any():
+    k = int(np.argmax(over))
+    raise ValueError(f"class_counts must not exceed the class sizes, got {counts[k]} for "
+                     f"class {k} of size {sizes[k]}")
+  perm = np.asarray(jax.random.permutation(rng, labels.shape[0]))
+  grouped = perm[np.argsort(labels[perm], kind="stable")]   # by class, random inside
+  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  kept = [grouped[s:s + k] for s, k in zip(starts, counts)]
+  return np.sort(np.concatenate(kept)).astype(np.int64)
+
+
+def drop_prune(rng: jax.Array, labels, class_recalls, density: float) -> np.ndarray:
+  """Random + DRoP: DRoP quotas from recalls, then random pruning inside each class.
+
+  ``random_class_prune(rng, labels, drop_class_counts(sizes, class_recalls, density))``
+  with ``sizes`` counted from ``labels`` (``C = len(class_recalls)``). Host-side NumPy.
+
+  Args:
+    rng: a JAX PRNG key.
+    labels: ``int[N]`` in ``[0, C)``.
+    class_recalls: ``float[C]`` in ``[0, 1]`` (query model's validation recalls).
+    density: in ``(0, 1]``.
+
+  Returns:
+    ``int64[round(density · N)]`` sorted kept indices.
+  """
+  checks.check_shape("class_recalls", class_recalls, (None,), "[C]")
+  c = np.shape(class_recalls)[0]
+  labels = _check_labels(labels, c)
+  sizes = np.bincount(labels, minlength=c)
+  return random_class_prune(rng, labels, drop_class_counts(sizes, class_recalls, density))
+
+
+# ---------------------------------------------------------------------------------------
+# Scores (jit-able).
+
+
+def el2n_scores(logits: jax.Array, labels: jax.Array, *, from_probs: bool = False) -> jax.Array:
+  """EL2N score ``‖softmax(f(x)) − e_y‖₂`` (Paul et al., 2021), averaged over runs.
+
+  The error-L2-norm of an example early in training; Paul et al. average it over several
+  independent initialisations: pass their logits stacked as ``[S, N, K]`` and the mean of
+  the S norms (not the norm of the mean) is returned. Jit-able.
+
+  Args:
+    logits: ``[N, K]`` logits of one model, or ``[S, N, K]`` of S models (runs).
+    labels: ``int[N]`` in ``[0, K)``.
+    from_probs: ``logits`` already holds probabilities (no softmax).
+
+  Returns:
+    ``float[N]`` in ``[0, √2]``; higher = harder.
+  """
+  ndim = np.ndim(logits)
+  if ndim not in (2, 3):
+    raise ValueError(f"logits must have shape [N, K] or [S, N, K], got {tuple(np.shape(logits))}")
+  n, k = np.shape(logits)[-2:]
+  checks.check_shape("labels", labels, (n,), f"[N={n}] (N from logits)")
+  probs = logits if from_probs else jax.nn.softmax(logits, axis=-1)
+  err = jnp.linalg.norm(probs - jax.nn.one_hot(labels, k, dtype=probs.dtype), axis=-1)
+  return jnp.mean(err, axis=0) if ndim == 3 else err
+
+
+def true_label_probability(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """``softmax(logits)[..., y]``: probability of the true label → ``[..., N]``.
+
+  The per-checkpoint input of :func:`dynamic_uncertainty` (stack T of them). Jit-able.
+
+  Args:
+    logits: ``[..., N, K]``.
+    labels: ``int[N]``.
+  """
+  if np.ndim(logits) < 2:
+    raise ValueError(f"logits must have shape [..., N, K], got {tuple(np.shape(logits))}")
+  n = np.shape(logits)[-2]
+  checks.check_shape("labels", labels, (n,), f"[N={n}] (N from logits)")
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  idx = jnp.broadcast_to(jnp.asarray(labels)[:, None], logp.shape[:-1] + (1,))
+  return jnp.exp(jnp.take_along_axis(logp, idx, axis=-1)[..., 0])
+
+
+def _check_batch(batch) -> int:
+  if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+    raise ValueError(f"batch must be a pair (inputs, labels), got {type(batch).__name__}")
+  sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(batch)}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(f"batch leaves must share a leading example axis N, got sizes {sizes}")
+  return sizes.pop()
+
+
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+                      for leaf in jax.tree.leaves(tree)))
+
+
+def grand_scores(loss_fn: Callable[[Any, Any, Any], jax.Array], params: Any, batch,
+                 *, chunk_size: Optional[int] = None) -> jax.Array:
+  """GraNd score ``‖∇_θ ℓ(θ; x_i, y_i)‖₂`` of every example (Paul et al., 2021).
+
+  The per-example gradients are ``jax.vmap(jax.grad(loss_fn), (None, 0, 0))`` over the
+  examples; the norm is taken over all parameter leaves together. Memory is N gradients
+  at once; ``chunk_size`` evaluates ``chunk_size`` examples at a time
+  (``jax.lax.map(..., batch_size=chunk_size)``) instead. Jit-able with ``loss_fn`` and
+  ``chunk_size`` static, e.g. ``jax.jit(grand_scores, static_argnums=0,
+  static_argnames="chunk_size")``.
+
+  For softmax cross-entropy on linear logits ``z = W x``, ``∇_W ℓ = (p − e_y) xᵀ`` and the
+  score is ``‖p − e_y‖₂ · ‖x‖₂`` (EL2N times the input norm).
+
+  Args:
+    loss_fn: ``loss_fn(params, x_i, y_i) -> scalar`` loss of ONE example (no batch axis).
+    params: parameter pytree.
+    batch: ``(inputs, labels)``, pytrees whose leaves all have the leading axis N.
+    chunk_size: optional static int ≥ 1.
+
+  Returns:
+    ``float32[N]``; higher = harder.
+  """
+  _check_batch(batch)
+  if chunk_size is not None and (isinstance(chunk_size, bool) or int(chunk_size) != chunk_size
+                                 or chunk_size < 1):
+    raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
+  grad_fn = jax.grad(loss_fn)
+
+  def one(example):
+    x, y = example
+    return _global_norm(grad_fn(params, x, y))
+
+  if chunk_size is None:
+    return jax.vmap(one)(tuple(batch))
+  return jax.lax.map(one, tuple(batch), batch_size=int(chunk_size))
+
+
+def grand_scores_stacked(loss_fn: Callable[[Any, Any, Any], jax.Array], stacked_params: Any,
+                         batch, *, chunk_size: Optional[int] = None) -> jax.Array:
+  """GraNd averaged over S parameter sets stacked on a leading axis: ``mean_s score_s``.
+
+  Paul et al. average the gradient norm over independent initialisations (or early
+  checkpoints of independent runs); here the S sets are ``vmap``-ed. Jit-able.
+
+  Args:
+    loss_fn: ``loss_fn(params, x_i, y_i) -> scalar`` for one example.
+    stacked_params: pytree whose leaves all have a leading axis S (e.g.
+      ``jax.vmap(model.init)(keys, x)``).
+    batch: ``(inputs, labels)`` with leading axis N.
+    chunk_size: see :func:`grand_scores`.
+
+  Returns:
+    ``float32[N]``.
+  """
+  s = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(stacked_params)}
+  if len(s) != 1 or None in s:
+    raise ValueError(f"stacked_params leaves must share a leading axis S, got sizes {s}")
+  scores = jax.vmap(lambda p: grand_scores(loss_fn, p, batch, chunk_size=chunk_size))(
+      stacked_params)
+  return jnp.mean(scores, axis=0)
+
+
+class ForgettingState(NamedTuple):
+  """Forgetting statistics of N examples (Toneva et al., 2019, Algorithm 1).
+
+  Attributes:
+    prev_correct: ``bool[N]`` correctness at the last time each example was seen.
+    forgetting_count: ``int32[N]`` forgetting events so far (correct → incorrect).
+    ever_learned: ``bool[N]`` classified correctly at least once.
+  """
+  prev_correct: jax.Array
+  forgetting_count: jax.Array
+  ever_learned: jax.Array
+
+
+def forgetting_init(num_examples: int) -> ForgettingState:
+  """All examples start incorrect (``prev_acc = 0``), unlearned and with 0 events."""
+  if isinstance(num_examples, bool) or int(num_examples) != num_examples or num_examples < 1:
+    raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
+  n = int(num_examples)
+  return ForgettingState(prev_correct=jnp.zeros((n,), bool),
+                         forgetting_count=jnp.zeros((n,), jnp.int32),
+                         ever_learned=jnp.zeros((n,), bool))
+
+
+def forgetting_update(state: ForgettingState, correct: jax.Array,
+                      indices: Optional[jax.Array] = None) -> ForgettingState:
+  """Records one observation of correctness; a forgetting event is correct → incorrect.
+
+  ``count += prev_correct ∧ ¬correct``, ``ever_learned |= correct``,
+  ``prev_correct = correct``. Jit-able.
+
+  Args:
+    state: current :class:`ForgettingState` of N examples.
+    correct: ``bool[N]`` (every example), or ``bool[b]`` for the examples ``indices``
+      (a minibatch, as in Toneva et al.'s Algorithm 1).
+    indices: optional ``int[b]`` distinct example indices that ``correct`` refers to.
+
+  Returns:
+    The updated state.
+  """
+  n = np.shape(state.prev_correct)[0]
+  if indices is None:
+    checks.check_shape("correct", correct, (n,), f"[N={n}] (N from state)")
+    correct = correct.astype(bool)
+    return ForgettingState(
+        prev_correct=correct,
+        forgetting_count=state.forgetting_count + (state.prev_correct & ~correct),
+        ever_learned=state.ever_learned | correct)
+  checks.check_shape("indices", indices, (None,), "[b]")
+  b = np.shape(indices)[0]
+  checks.check_shape("correct", correct, (b,), f"[b={b}] (b from indices)")
+  correct = correct.astype(bool)
+  forgot = state.prev_correct[indices] & ~correct
+  return ForgettingState(
+      prev_correct=state.prev_correct.at[indices].set(correct),
+      forgetting_count=state.forgetting_count.at[indices].add(forgot.astype(jnp.int32)),
+      ever_learned=state.ever_learned.at[indices].set(state.ever_learned[indices] | correct))
+
+
+def forgetting_scores(state: ForgettingState, never_learned_score: float = float("inf")
+                      ) -> jax.Array:
+  """Forgetting-event counts as scores; never-learned examples get ``never_learned_score``.
+
+  Toneva et al. count examples that are never classified correctly as forgotten an
+  infinite number of times, i.e. the hardest: by default they score ``+inf``, which sorts
+  above every count (:func:`prune_by_score` and ``argsort`` handle it). Pass a finite
+  value (e.g. the number of updates + 1) if the scores are averaged or plotted. Jit-able.
+
+  Returns:
+    ``float32[N]``.
+  """
+  counts = state.forgetting_count.astype(jnp.float32)
+  return jnp.where(state.ever_learned, counts, jnp.asarray(never_learned_score, jnp.float32))
+
+
+def dynamic_uncertainty(true_label_probs: jax.Array, window: int, *, ddof: int = 1
+                        ) -> jax.Array:
+  """Dynamic uncertainty (He et al., 2023): windowed std of p(y|x), averaged over windows.
+
+  With ``p_t`` the probability of the true label at checkpoint t (e.g. end of epoch t),
+  ``t = 0..T−1``, and window length J:
+
+      U_k(x) = std(p_k, …, p_{k+J−1}),   k = 0..T−J,
+      U(x)   = (1 / (T − J + 1)) Σ_k U_k(x).
+
+  ``std`` uses ``J − ddof`` in the denominator; ``ddof=1`` (default) is the sample std of
+  the paper's equation and of the official code (``torch.std``). The official script also
+  multiplies by 10 (irrelevant for ranking) and leaves out the window ending at the last
+  checkpoint; here all ``T − J + 1`` windows count. The windowed deviations are centred on
+  each window's mean (no ``E[p²] − E[p]²`` cancellation). Jit-able.
+
+  Args:
+    true_label_probs: ``[T, N]`` (see :func:`true_label_probability`).
+    window: J, a static int in ``[ddof + 1, T]`` (paper: 10 epochs).
+    ddof: 0 or 1.
+
+  Returns:
+    ``[N]``; higher = more uncertain = harder.
+  """
+  checks.check_shape("true_label_probs", true_label_probs, (None, None), "[T, N]")
+  t = np.shape(true_label_probs)[0]
+  if ddof not in (0, 1):
+    raise ValueError(f"ddof must be 0 or 1, got {ddof!r}")
+  if isinstance(window, jax.core.Tracer) or not float(window).is_integer():
+    raise ValueError(f"window must be a static int in [{ddof + 1}, {t}], got {window!r}")
+  window = int(window)
+  if not ddof + 1 <= window <= t:
+    raise ValueError(f"window must be in [{ddof + 1}, {t}] (T = number of checkpoints), "
+                     f"got {window}")
+  p = true_label_probs
+  num_windows = t - window + 1
+  shifted = [p[j:j + num_windows] for j in range(window)]        # J × [T−J+1, N]
+  mean = sum(shifted) / window
+  ss = sum(jnp.square(s - mean) for s in shifted)
+  return jnp.mean(jnp.sqrt(ss / (window - ddof)), axis=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Score-based pruning (host side).
+
+
+def prune_by_score(scores, labels, density: float, keep: str = "hardest",
+                   per_class: bool = False) -> np.ndarray:
+  """Keeps the ``density`` fraction of examples with the highest (or lowest) scores.
+
+  Globally: the ``round(density · N)`` examples with the largest scores (``"hardest"``) or
+  the smallest (``"easiest"``). Per class: every class c keeps its own top
+  ``≈ density · N_c`` with the counts of :func:`proportional_class_counts` (largest
+  remainder), so the total is still ``round(density · N)``. Ties go to the lower index;
+  ``+inf`` (never-learned forgetting scores) sorts above every finite score. Host-side
+  NumPy.
+
+  Args:
+    scores: ``float[N]``, no NaN.
+    labels: ``int[N]`` (only read when ``per_class``; may be ``None`` otherwise).
+    density: in ``(0, 1]``.
+    keep: ``"hardest"`` (largest scores) or ``"easiest"`` (smallest).
+    per_class: the same density in every class instead of one global cut.
+
+  Returns:
+    ``int64[round(density · N)]`` kept indices, sorted ascending.
+  """
+  scores = np.asarray(scores)
+  checks.check_shape("scores", scores, (None,), "[N]")
+  n = scores.shape[0]
+  if keep not in ("hardest", "easiest"):
+    raise ValueError(f"keep must be 'hardest' or 'easiest', got {keep!r}")
+  if np.isnan(scores).any():
+    k = int(np.argmax(np.isnan(scores)))
+    raise ValueError(f"scores must not be NaN, got NaN at position {k}")
+  d = _host_density(density)
+  order = np.argsort(-scores if keep == "hardest" else scores, kind="stable")
+  if not per_class:
+    return np.sort(order[:_round_half_up(d * n)]).astype(np.int64)
+  if labels is None:
+    raise ValueError("labels must be given when per_class=True")
+  labels = _check_labels(labels)
+  checks.check_shape("labels", labels, (n,), f"[N={n}] (N from scores)")
+  sizes = np.bincount(labels)
+  counts = proportional_class_counts(sizes, d)
+  grouped = order[np.argsort(labels[order], kind="stable")]   # by class, best first
+  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  kept = [grouped[s:s + k] for s, k in zip(starts, counts)]
+  return np.sort(np.concatenate(kept)).astype(np.int64)

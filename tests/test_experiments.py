@@ -1,0 +1,91 @@
+"""Experiment commands on tiny settings: tables and figures hold the numbers the runs wrote."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config=configs/default.py", "--config.dataset.imbalance_fraction=0.05",
+        "--config.model.hidden=(16,)", "--config.batch_size=40", "--config.num_steps=20",
+        "--config.experts.num_steps=20", "--config.experts.eval_every=20",
+        "--config.eval_every=10", "--config.log_every=10", "--config.checkpoint_every=10",
+        "--config.num_devices=1"]
+
+
+def _run(module, workdir, *flags):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run([sys.executable, "-m", f"reducr_jax.experiments.{module}", *TINY,
+                         f"--workdir={workdir}", *flags], cwd=REPO, env=env,
+                        capture_output=True, text=True)
+
+
+def _results(workdir, name):
+  with open(os.path.join(workdir, "runs", name, "results.json")) as f:
+    return json.load(f)
+
+
+def test_compare_table_figures_and_resume(tmp_path):
+  out = _run("compare", tmp_path, "--methods=uniform,reducr", "--seeds=2", "--workers=2")
+  assert out.returncode == 0, out.stderr
+  table = json.loads((tmp_path / "table.json").read_text())
+  assert set(table) == {"uniform", "reducr"}
+  for method in table:
+    worst = [100 * _results(tmp_path, f"{method}/seed{s}")["test"]["worst_class_accuracy"]
+             for s in range(2)]
+    assert table[method]["worst_class_accuracy"]["values"] == pytest.approx(worst)
+    assert table[method]["worst_class_accuracy"]["mean"] == pytest.approx(np.mean(worst))
+    assert table[method]["worst_class_accuracy"]["std"] == pytest.approx(np.std(worst))
+  md = (tmp_path / "table.md").read_text()
+  assert f"{table['reducr']['accuracy']['mean']:.2f} ± {table['reducr']['accuracy']['std']:.2f}" in md
+  figs = tmp_path / "figures"
+  for name in ("class_weights", "worst_class_val", "per_class_test", "selected_fraction"):
+    assert (figs / f"{name}.png").stat().st_size > 10_000
+  weights = json.loads((figs / "class_weights.json").read_text())
+  log = [json.loads(l) for l in (tmp_path / "runs/reducr/seed0/metrics.jsonl").read_text().splitlines()]
+  logged = [r["train/class_weights"] for r in log if "train/class_weights" in r]
+  np.testing.assert_allclose(weights["class_weights"], logged)
+  # Experts trained once per seed, shared by the methods; a re-run trains nothing.
+  assert len(os.listdir(tmp_path / "experts")) == 2
+  before = {p: os.path.getmtime(tmp_path / "runs/reducr/seed0" / p) for p in ("results.json",)}
+  again = _run("compare", tmp_path, "--methods=uniform,reducr", "--seeds=2", "--workers=1")
+  assert again.returncode == 0, again.stderr
+  assert os.path.getmtime(tmp_path / "runs/reducr/seed0/results.json") == before["results.json"]
+
+
+def test_ablate_and_imbalance(tmp_path):
+  out = _run("ablate", tmp_path / "ablate", "--seeds=1", "--workers=2")
+  assert out.returncode == 0, out.stderr
+  table = json.loads((tmp_path / "ablate/ablation.json").read_text())
+  assert list(table) == ["REDUCR", "no clip", "no class-holdout term", "no expert term",
+                         "no model-loss term"]
+  r = _results(tmp_path / "ablate", "no_model_loss_term/seed0")
+  assert r["config"]["selection"]["use_model_loss"] is False and not r["config"]["selection"]["clip"]
+  assert table["no model-loss term"]["accuracy"]["values"] == [pytest.approx(100 * r["test"]["accuracy"])]
+  assert (tmp_path / "ablate/figures/class_weights_no_class_holdout_term.png").exists()
+
+  out = _run("imbalance", tmp_path / "imb", "--seeds=1", "--workers=2",
+             "--methods=uniform,reducr", "--fractions=0.02,0.1", "--imbalance_class=2")
+  assert out.returncode == 0, out.stderr
+  table = json.loads((tmp_path / "imb/imbalance.json").read_text())
+  r = _results(tmp_path / "imb", "reducr/frac0.02/seed0")
+  assert r["config"]["dataset"]["imbalance_class"] == 2
+  assert table["reducr"]["0.02"]["median"] == pytest.approx(100 * r["test"]["worst_class_accuracy"])
+  assert (tmp_path / "imb/figures/imbalance_sweep.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("module, flags, message", [
+    ("compare", ["--methods=uniform,greedy"], "--methods must be a comma-separated subset of"),
+    ("compare", ["--seeds=0"], "--seeds must be >= 1, got 0"),
+    ("imbalance", ["--fractions=0.01,1.5"], "--fractions must be comma-separated numbers in (0, 1]"),
+    ("ablate", ["--config.selection.etaa=1"], "--config.selection.etaa: no such config field"),
+])
+def test_bad_input_before_any_run(tmp_path, module, flags, message):
+  out = _run(module, tmp_path / "w", *flags)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [f"error: {out.stderr.strip().splitlines()[0][7:]}"]
+  assert message in out.stderr
+  assert not (tmp_path / "w" / "runs").exists()
