@@ -71,6 +71,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.experts.eval_every = 100                   # keep each expert's best validation loss
   config.experts.cache_dir = ""                     # '' = <workdir>/experts; sweeps share one
 
+  # --- Reweighting of the selected points (orthogonal to selection) -------------------
+  # 'none' | 'class_balanced' (∝ 1/train class size) | 'meta' (Ren et al. 2018, validation
+  # batch from the clean holdout split) | 'group_dro' (Sagawa et al. 2020, over classes).
+  config.reweight = "none"
+  config.meta = ml_collections.ConfigDict()
+  config.meta.lr = 0.1                              # virtual SGD step α; at ε = 0 it only scales the
+                                                    # meta-gradient, so it cancels in the normalised weights
+  config.meta.val_batch_size = 80                   # clean validation examples per step
+  config.group_dro = ml_collections.ConfigDict()
+  config.group_dro.eta = 0.01                       # Group DRO step size (Sagawa et al.: 0.01)
+
   # --- Evaluation, logging, checkpoints -----------------------------------------------
   config.eval_every = 100                           # per-class val/test accuracy; keep best worst-class val
   config.eval_batch_size = 512

@@ -19,6 +19,7 @@ METHODS = ("reducr", "rho_loss", "train_loss", "uniform")
 HOLDOUT_LOSSES = ("epoch", "ema")
 EXPERT_LOSSES = ("precomputed", "online", "multihead")
 EXPERT_STRATEGIES = ("auto", "vmap", "map", "loop")
+REWEIGHTS = ("none", "class_balanced", "meta", "group_dro")
 
 
 class ConfigError(ValueError):
@@ -106,6 +107,13 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.experts.learning_rate", ex.learning_rate, 0, low_open=True)
   _number("config.experts.weight_decay", ex.weight_decay, 0)
   _number("config.experts.eval_every", ex.eval_every, 1, integer=True)
+  _one_of("config.reweight", config.reweight, REWEIGHTS)
+  _number("config.meta.lr", config.meta.lr, 0, low_open=True)
+  _number("config.meta.val_batch_size", config.meta.val_batch_size, 1, integer=True)
+  if config.meta.val_batch_size % n:
+    raise ConfigError(f"config.meta.val_batch_size ({config.meta.val_batch_size}) must be "
+                      f"divisible by the number of devices ({n})")
+  _number("config.group_dro.eta", config.group_dro.eta, 0, low_open=True)
   _number("config.optimizer.learning_rate", config.optimizer.learning_rate, 0, low_open=True)
   _number("config.optimizer.weight_decay", config.optimizer.weight_decay, 0)
   _number("config.optimizer.grad_clip_norm", config.optimizer.grad_clip_norm, 0)

@@ -45,7 +45,8 @@ is the transformation's derivative at a zero gradient:
   * ``optax.sgd(lr)`` gives exactly :func:`example_weights` with ``lr``.
   * SGD with momentum (heavy-ball or Nesterov) is affine in the gradient: the ε-gradient is
     ``−α_eff · ⟨∇L_val(θ'), ∇ℓ_i(θ)⟩`` with ``θ' = θ + (update of the momentum alone)`` and
-    ``α_eff = lr`` (heavy-ball) or ``lr·(1 + μ)`` (Nesterov); at a fresh state it equals SGD.
+    ``α_eff = lr`` (heavy-ball) or ``lr·(1 + μ)`` (Nesterov); from a fresh state (zero
+    momentum, θ' = θ) the weights equal SGD's.
   * Adam/AdamW normalise by ``sqrt(v̂) + eps``. Where ``v = 0`` (a fresh state, or any
     parameter whose gradient has always been exactly 0, e.g. an unused feature or a dead
     unit) the derivative of ``sqrt`` at 0 is infinite and meets a zero cotangent: the
@@ -55,7 +56,8 @@ is the transformation's derivative at a zero gradient:
     ``v > 0`` the weights use the preconditioned inner product
     ``⟨∇L_val(θ'), diag(1/(sqrt(v̂) + eps)) ∇ℓ_i⟩``, which is well defined but no longer
     Ren et al.'s criterion. RMSProp (``eps`` inside the ``sqrt``) and Adagrad (positive
-    initial accumulator) are finite from the first step.
+    initial accumulator) are finite from the first step; from a fresh state their
+    preconditioner is uniform, so the weights equal SGD's.
   * ``optax.clip_by_global_norm`` in the chain gives **NaN** weights (its norm is 0 at a
     zero gradient; ``0/0`` in the untaken branch of its ``where``): leave clipping out of
     the look-ahead — it is inactive at ε = 0 anyway.
@@ -71,7 +73,7 @@ backward on the validation batch, and the transpose of the training backward pas
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -186,11 +188,15 @@ def meta_gradient(loss_fn: StatefulLossFn, params: Params, model_state: Any,
   return jax.grad(val_loss)(jnp.zeros((n,), dtype))
 
 
-def weights_from_meta_gradient(meta_grad: jax.Array) -> jax.Array:
+def weights_from_meta_gradient(meta_grad: jax.Array,
+                               axis_name: Optional[str] = None) -> jax.Array:
   """``w = max(−g, 0) / Σ max(−g, 0)``; all-zero stays all-zero (Ren et al. eqs. 6–7).
 
   Args:
     meta_grad: ``[n]`` from :func:`meta_gradient`.
+    axis_name: under ``pmap``/``shard_map``, normalise over the examples of every device
+      on this axis (the sum is ``psum``-ed), so the weights of a data-parallel batch sum
+      to 1 in total.
 
   Returns:
     ``[n]`` non-negative weights summing to 1 (or all 0), under ``stop_gradient``. A NaN
@@ -199,6 +205,8 @@ def weights_from_meta_gradient(meta_grad: jax.Array) -> jax.Array:
   checks.check_shape("meta_grad", meta_grad, (None,), "[n]")
   clipped = jnp.maximum(-meta_grad, 0.0)
   total = jnp.sum(clipped)
+  if axis_name is not None:
+    total = jax.lax.psum(total, axis_name)
   weights = clipped / jnp.where(total > 0, total, 1.0)
   return jax.lax.stop_gradient(weights)
 

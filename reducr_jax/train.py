@@ -39,6 +39,8 @@ from reducr_jax import checkpointing
 from reducr_jax import configuration
 from reducr_jax import data
 from reducr_jax import experts
+from reducr_jax import group_dro
+from reducr_jax import meta_reweight
 from reducr_jax import metric_writers
 from reducr_jax import metrics
 from reducr_jax import models
@@ -58,6 +60,7 @@ class TrainState(NamedTuple):
     log_w: ``float32[C]`` MWU class log-weights.
     holdout_loss: ``float32[C]`` class-holdout loss of the last full pass ('epoch').
     ema: :class:`reducr_jax.mwu.EMAState` ('ema' estimator).
+    group_log_q: ``float32[C]`` Group DRO class log-weights (``reweight='group_dro'``).
     rng: ``uint32[2]`` base key; step t uses ``fold_in(rng, t)``.
     num_skipped: ``int32[]`` updates skipped for a non-finite loss or gradient.
     selected_counts: ``int32[C]`` selected points per class since the start (logged, so
@@ -69,6 +72,7 @@ class TrainState(NamedTuple):
   log_w: jax.Array
   holdout_loss: jax.Array
   ema: mwu.EMAState
+  group_log_q: jax.Array
   rng: jax.Array
   num_skipped: jax.Array
   selected_counts: jax.Array
@@ -91,17 +95,24 @@ class StepConfig:
   holdout_loss: str
   ema_decay: float
   reference: Optional[str]        # None | 'table' (losses in the batch) | 'online'
+  reweight: str = "none"
+  meta_lr: float = 0.1
+  group_dro_eta: float = 0.01
+  train_class_counts: tuple = ()
 
   @classmethod
   def from_config(cls, config, num_classes: int, num_devices: int,
-                  reference: Optional[str]) -> "StepConfig":
+                  reference: Optional[str], train_class_counts=()) -> "StepConfig":
     s = config.selection
     return cls(method=s.method, k=configuration.num_selected(config),
                num_classes=num_classes, num_devices=num_devices, eta=float(s.eta),
                clip=s.clip, use_holdout=s.use_holdout, use_expert=s.use_expert,
                use_model_loss=s.use_model_loss, soft_temperature=float(s.soft_temperature),
                selection_pressure=float(s.selection_pressure), holdout_loss=s.holdout_loss,
-               ema_decay=float(s.ema_decay), reference=reference)
+               ema_decay=float(s.ema_decay), reference=reference,
+               reweight=config.reweight, meta_lr=float(config.meta.lr),
+               group_dro_eta=float(config.group_dro.eta),
+               train_class_counts=tuple(int(n) for n in train_class_counts))
 
 
 def make_optimizer(opt_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -118,7 +129,8 @@ def init_state(rng: jax.Array, init_fn: Callable, tx: optax.GradientTransformati
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     log_w=mwu.init(num_classes),
                     holdout_loss=jnp.zeros((num_classes,), jnp.float32),
-                    ema=mwu.ema_init(num_classes), rng=select_rng,
+                    ema=mwu.ema_init(num_classes), group_log_q=group_dro.init(num_classes),
+                    rng=select_rng,
                     num_skipped=jnp.zeros((), jnp.int32),
                     selected_counts=jnp.zeros((num_classes,), jnp.int32))
 
@@ -192,12 +204,13 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, apply_fn: Cal
 
   mine = jax.lax.dynamic_slice_in_dim(sel, jax.lax.axis_index(AXIS) * kd, kd)
   xs, ys = gather(x)[mine], y_all[mine]
+  w, new_log_q = example_weights(state, xs, ys, batch, apply_fn=apply_fn, cfg=cfg)
 
   def loss_fn(params):
-    return jnp.mean(experts.cross_entropy(apply_fn(params, xs), ys))
+    return jnp.sum(w * experts.cross_entropy(apply_fn(params, xs), ys))
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  loss, grads = jax.lax.pmean((loss, grads), AXIS)
+  loss, grads = jax.lax.psum((loss, grads), AXIS)      # Σ over all k selected points
   updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
   selected_counts = jnp.sum(jax.nn.one_hot(y_all[sel], c, dtype=jnp.int32), axis=0)
@@ -211,6 +224,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, apply_fn: Cal
       log_w=keep(new_log_w, state.log_w),
       holdout_loss=state.holdout_loss,
       ema=keep(new_ema, state.ema),
+      group_log_q=keep(new_log_q, state.group_log_q),
       rng=state.rng,
       num_skipped=state.num_skipped + (~ok).astype(jnp.int32),
       selected_counts=state.selected_counts + selected_counts)
@@ -219,9 +233,47 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, apply_fn: Cal
       selected_class_counts=selected_counts,
       cumulative_selected_counts=new_state.selected_counts,
       class_weights=mwu.weights(new_state.log_w),
+      group_dro_weights=group_dro.weights(new_state.group_log_q),
       skipped=(~ok).astype(jnp.int32),
       selected_indices=sel)
   return new_state, out
+
+
+def example_weights(state: TrainState, xs: jax.Array, ys: jax.Array, batch: dict, *,
+                    apply_fn: Callable, cfg: StepConfig) -> tuple[jax.Array, jax.Array]:
+  """Weights of this device's k/n selected points, summing to 1 over all k (``config.reweight``).
+
+  * ``none``: ``1/k`` each.
+  * ``class_balanced``: ``∝ 1 / n_y`` with ``n_y`` the class's size in the train split.
+  * ``meta``: Ren et al. (2018) — :mod:`reducr_jax.meta_reweight` with the full validation
+    batch (all-gathered from the devices' shards of ``meta_x``/``meta_y``, drawn from the
+    clean holdout split), so every device uses the same validation gradient and the
+    weights equal the single-device ones; normalised across devices.
+  * ``group_dro``: Sagawa et al. — the class weights ``q`` are updated from the selected
+    points' per-class mean losses, then ``w_i = q_{y_i} / n_{y_i}`` (n over the k points).
+
+  Returns:
+    ``(w [k/n], new group-DRO log-weights [C])``.
+  """
+  c = cfg.num_classes
+  new_log_q = state.group_log_q
+  if cfg.reweight == "none":
+    return jnp.full(ys.shape, 1.0 / cfg.k, jnp.float32), new_log_q
+  if cfg.reweight == "class_balanced":
+    inv = 1.0 / jnp.asarray(cfg.train_class_counts, jnp.float32)[ys]
+    return inv / jax.lax.psum(jnp.sum(inv), AXIS), new_log_q
+  if cfg.reweight == "meta":
+    vx = jax.lax.all_gather(batch["meta_x"], AXIS, tiled=True)
+    vy = jax.lax.all_gather(batch["meta_y"], AXIS, tiled=True)
+    loss_fn = lambda p, s, b: (experts.cross_entropy(apply_fn(p, b[0]), b[1]), s)  # noqa: E731
+    g = meta_reweight.meta_gradient(loss_fn, state.params, (), (xs, ys), (vx, vy),
+                                    meta_reweight.sgd_step(cfg.meta_lr))
+    return meta_reweight.weights_from_meta_gradient(g, axis_name=AXIS), new_log_q
+  losses = jax.lax.stop_gradient(experts.cross_entropy(apply_fn(state.params, xs), ys))
+  stats = jax.lax.psum(metrics.class_sums(losses, ys, c), AXIS)
+  new_log_q = group_dro.update(state.group_log_q, metrics.class_means(stats, 0.0),
+                               stats.counts > 0, cfg.group_dro_eta)
+  return group_dro.example_weights(ys, new_log_q, stats.counts), new_log_q
 
 
 def make_train_step(apply_fn, ref_loss_fn, tx, cfg: StepConfig, devices):
@@ -255,11 +307,18 @@ def _shard(tree, n: int):
   return jax.tree.map(lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:]), tree)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       splits: Optional[data.Splits] = None) -> dict:
   """Runs REDUCR (or a baseline) end to end and returns the results dict.
 
   Resumes from ``<workdir>/checkpoints`` when present. Writes ``results.json``,
   ``metrics.jsonl`` and TensorBoard events to ``workdir``.
+
+  Args:
+    config: the trainer config (``configs/default.py`` documents every field).
+    workdir: output directory.
+    splits: data to use instead of ``data.make_splits(config.dataset, config.seed)``
+      (custom protocols, e.g. Ren et al.'s imbalanced binary task).
   """
   devices = jax.local_devices()
   if config.get("num_devices", -1) not in (-1, None):
@@ -271,7 +330,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   configuration.validate_config(config, n)
   workdir = configuration.check_workdir(workdir)
 
-  splits = data.make_splits(config.dataset, config.seed)
+  if splits is None:
+    splits = data.make_splits(config.dataset, config.seed)
   c = splits.num_classes
   model = models.create_model(config.model, c)
   apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
@@ -291,7 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   expert_seconds = time.time() - t0
 
   # Stage 2: online batch selection.
-  cfg = StepConfig.from_config(config, c, n, reference)
+  cfg = StepConfig.from_config(config, c, n, reference,
+                               np.bincount(splits.train.y, minlength=c))
   tx = make_optimizer(config.optimizer)
   state = init_state(jax.random.PRNGKey(config.seed),
                      lambda r: model.init(r, x0)["params"], tx, c,
@@ -328,6 +389,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if cfg.method == "reducr" and cfg.holdout_loss == "ema":
       hidx = data.batch_indices(config.seed + 1, step, len(splits.holdout), config.batch_size)
       batch["holdout_x"], batch["holdout_y"] = splits.holdout.x[hidx], splits.holdout.y[hidx]
+    if cfg.reweight == "meta":
+      vidx = data.batch_indices(config.seed + 2, step, len(splits.holdout),
+                                config.meta.val_batch_size)
+      batch["meta_x"], batch["meta_y"] = splits.holdout.x[vidx], splits.holdout.y[vidx]
     p_state, step_metrics = p_step(p_state, _shard(batch, n), ref_params)
     done = step + 1
 
@@ -361,6 +426,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   test = metrics.summary(metrics.ClassSums(*evaluate(p_eval, p_best, splits.test, eval_bs, n)[0]))
   results = {
       "method": config.selection.method,
+      "reweight": config.reweight,
       "best_step": int(best["step"]),
       "num_steps": int(config.num_steps),
       "val": val,

@@ -300,6 +300,19 @@ def test_optax_clipping_gives_nan():
       logistic_losses, params, tx.init(params), tx, train, val))))
 
 
+def test_optax_rmsprop_adagrad_fresh_equal_sgd_and_lion_gives_zeros():
+  params, train, val = make_problem(16)
+  sgd_w = example_weights(logistic_losses, params, train, val, 0.1)
+  for tx in (optax.rmsprop(0.1), optax.adagrad(0.1)):    # uniform preconditioner at init
+    np.testing.assert_allclose(
+        example_weights_optax(logistic_losses, params, tx.init(params), tx, train, val),
+        sgd_w, rtol=1e-4, atol=1e-7)
+  lion = optax.lion(0.1)                                  # sign(·) has zero derivative
+  np.testing.assert_array_equal(
+      example_weights_optax(logistic_losses, params, lion.init(params), lion, train, val),
+      np.zeros(train["y"].shape[0]))
+
+
 def test_weighted_loss():
   np.testing.assert_allclose(
       meta_reweight.weighted_loss(jnp.array([1.0, 2.0, 4.0]), jnp.array([0.5, 0.25, 0.25])),
@@ -324,3 +337,12 @@ def test_validation_errors():
     meta_reweight.example_weights_optax(logistic_losses, params, (), "sgd", train, val)
   with pytest.raises(ValueError, match="weights"):
     meta_reweight.weighted_loss(jnp.ones(3), jnp.ones(4))
+
+
+def test_weights_normalise_across_devices():
+  n_dev = jax.local_device_count()
+  g = -jnp.abs(jax.random.normal(jax.random.key(3), (n_dev, 4)))
+  per_device = jax.pmap(lambda x: meta_reweight.weights_from_meta_gradient(x, axis_name="d"),
+                        axis_name="d")(g)
+  np.testing.assert_allclose(np.asarray(per_device).ravel(),
+                             meta_reweight.weights_from_meta_gradient(g.ravel()), rtol=1e-5)
