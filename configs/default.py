@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.imbalance_class = 3
   config.dataset.imbalance_fraction = 0.025
   config.dataset.label_noise = 0.1                  # symmetric label noise, train split only
+  config.dataset.imbalance_splits = ("train", "holdout")  # splits the imbalance applies to
+  config.dataset.classes = ()                       # () = all; e.g. (4, 9): a relabelled subset
+  config.dataset.holdout_per_class = -1             # >0: a balanced holdout of n per class
 
   # --- Target model and optimiser (paper: AdamW, lr 1e-3, weight decay 0.01) ----------
   config.model = ml_collections.ConfigDict()

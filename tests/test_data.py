@@ -255,3 +255,46 @@ def test_iterate_batches_pads_last_batch():
   np.testing.assert_array_equal(m, [True, True, False, False])
   assert not xb[2:].any() and not yb[2:].any()
   assert len(list(data.iterate_batches(split, 5))) == 2
+
+
+def _cfg(**overrides):
+  cfg = ml_collections.ConfigDict({
+      "name": "digits", "fractions": (0.5, 0.2, 0.1, 0.2), "imbalance_class": -1,
+      "imbalance_fraction": 1.0, "label_noise": 0.0})
+  cfg.update(overrides)
+  return cfg
+
+
+def test_class_subset_relabels_and_keeps_source_rows():
+  _, y_src = data.load_arrays("digits")
+  s = data.make_splits(_cfg(classes=(4, 9)), seed=0)
+  assert s.num_classes == 2 and s.class_names == ["4", "9"]
+  for split in (s.train, s.holdout, s.val, s.test):
+    assert set(np.unique(split.y)) == {0, 1}
+    np.testing.assert_array_equal(np.where(y_src[split.index] == 4, 0, 1), split.y)
+  total = sum(len(p) for p in (s.train, s.holdout, s.val, s.test))
+  assert total == int(np.sum((y_src == 4) | (y_src == 9)))
+
+
+def test_ren_protocol_splits():
+  """Minority 0.005 of train only; a balanced 5-per-class clean holdout; balanced test."""
+  s = data.make_splits(_cfg(classes=(4, 9), imbalance_class=1, imbalance_fraction=0.005,
+                       imbalance_splits=("train",), holdout_per_class=5), seed=1)
+  n_major = int(np.sum(s.train.y == 0))
+  assert int(np.sum(s.train.y == 1)) == max(1, int(np.floor(0.005 * n_major / 0.995 + 0.5)))
+  np.testing.assert_array_equal(np.bincount(s.holdout.y), [5, 5])
+  counts = np.bincount(s.test.y)
+  assert abs(counts[0] - counts[1]) <= 1
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"classes": (4,)}, "config.dataset.classes"),
+    ({"classes": (4, 4)}, "config.dataset.classes"),
+    ({"classes": (4, 12)}, "config.dataset.classes"),
+    ({"imbalance_splits": ("test",)}, "config.dataset.imbalance_splits"),
+    ({"holdout_per_class": 0}, "config.dataset.holdout_per_class"),
+    ({"classes": (4, 9), "imbalance_class": 2}, "config.dataset.imbalance_class"),
+])
+def test_bad_subset_config(overrides, field):
+  with pytest.raises(ValueError, match=field):
+    data.make_splits(_cfg(**overrides), seed=0)

@@ -89,3 +89,17 @@ def test_bad_input_before_any_run(tmp_path, module, flags, message):
   assert out.stderr.strip().splitlines() == [f"error: {out.stderr.strip().splitlines()[0][7:]}"]
   assert message in out.stderr
   assert not (tmp_path / "w" / "runs").exists()
+
+
+def test_reweight_binary(tmp_path):
+  out = _run("reweight_binary", tmp_path, "--seeds=1", "--workers=1", "--classes=4,9",
+             "--minority_fraction=0.05", "--val_per_class=5")
+  assert out.returncode == 0, out.stderr
+  table = json.loads((tmp_path / "reweight_binary.json").read_text())
+  assert list(table) == ["none", "class_balanced", "meta"]
+  r = _results(tmp_path, "meta/seed0")
+  assert r["reweight"] == "meta" and r["class_names"] == ["4", "9"]
+  assert r["config"]["dataset"]["holdout_per_class"] == 5
+  assert table["meta"]["accuracy"]["values"] == [pytest.approx(100 * r["test"]["accuracy"])]
+  bad = _run("reweight_binary", tmp_path / "bad", "--classes=4")
+  assert bad.returncode == 2 and "--classes must be two class indices" in bad.stderr

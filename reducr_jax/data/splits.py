@@ -81,12 +81,26 @@ def _is_real(v) -> bool:
 def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises a one-line ``ValueError`` naming the first bad ``config.dataset`` field."""
   embedded.check_name(cfg.name)
+  source_k = embedded.NUM_CLASSES[cfg.name]
+  classes = tuple(cfg.get("classes", ()))
+  if classes and (len(classes) < 2 or len(set(classes)) != len(classes) or
+                  not all(_is_int(c) and 0 <= c < source_k for c in classes)):
+    raise ValueError(f"config.dataset.classes must be () (all) or >= 2 distinct ints in "
+                     f"[0, {source_k}), got {classes!r}")
+  imb_splits = tuple(cfg.get("imbalance_splits", ("train", "holdout")))
+  if not set(imb_splits) <= {"train", "holdout", "val"}:
+    raise ValueError("config.dataset.imbalance_splits must be a subset of "
+                     f"('train', 'holdout', 'val'), got {imb_splits!r}")
+  per_class = cfg.get("holdout_per_class", -1)
+  if not _is_int(per_class) or not (per_class == -1 or per_class >= 1):
+    raise ValueError(f"config.dataset.holdout_per_class must be -1 (use fractions) or an "
+                     f"int >= 1, got {per_class!r}")
   fr = cfg.fractions
   if (not isinstance(fr, (tuple, list)) or len(fr) != 4 or
       not all(_is_real(f) and f > 0 for f in fr) or abs(math.fsum(fr) - 1.0) > 1e-6):
     raise ValueError(f"config.dataset.fractions must be 4 positive numbers "
                      f"(train, holdout, val, test) summing to 1, got {fr!r}")
-  k = embedded.NUM_CLASSES[cfg.name]
+  k = len(classes) or source_k
   if not _is_int(cfg.imbalance_class) or not -1 <= cfg.imbalance_class < k:
     raise ValueError(f"config.dataset.imbalance_class must be -1 (none) or an int in "
                      f"[0, {k}), got {cfg.imbalance_class!r}")
@@ -128,15 +142,36 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
   if not _is_int(seed) or seed < 0:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}")
   x, y = embedded.load_arrays(cfg.name, seed)
-  k = embedded.NUM_CLASSES[cfg.name]
+  source_rows = np.arange(len(y))
+  class_names = list(embedded.CLASS_NAMES[cfg.name])
+  classes = tuple(cfg.get("classes", ()))
+  if classes:                         # keep a subset of classes, relabelled 0..len-1
+    source_rows = np.flatnonzero(np.isin(y, classes))
+    relabel = np.full(embedded.NUM_CLASSES[cfg.name], -1, np.int64)
+    relabel[list(classes)] = np.arange(len(classes))
+    x, y = x[source_rows], relabel[y[source_rows]]
+    class_names = [class_names[c] for c in classes]
+  k = len(class_names)
   split_ss, imb_train_ss, imb_holdout_ss, noise_ss = np.random.SeedSequence(seed).spawn(4)
 
   parts = dict(zip(SPLIT_NAMES, _stratified_parts(
       y, [float(f) for f in cfg.fractions], np.random.default_rng(split_ss))))
-  for name, ss in (("train", imb_train_ss), ("holdout", imb_holdout_ss)):
+  imb_splits = tuple(cfg.get("imbalance_splits", ("train", "holdout")))
+  imb_rngs = {"train": imb_train_ss, "holdout": imb_holdout_ss,
+              "val": np.random.SeedSequence([seed, 3])}
+  for name in imb_splits:
     keep = corruption.imbalance_mask(y[parts[name]], cfg.imbalance_class,
-                                     cfg.imbalance_fraction, np.random.default_rng(ss), k)
+                                     cfg.imbalance_fraction,
+                                     np.random.default_rng(imb_rngs[name]), k)
     parts[name] = parts[name][keep]
+  per_class = cfg.get("holdout_per_class", -1)
+  if per_class > 0:                   # a small, balanced, clean holdout (Ren et al.)
+    rows = parts["holdout"]
+    picked = [rows[y[rows] == c][:per_class] for c in range(k)]
+    if min(len(p) for p in picked) < per_class:
+      raise ValueError(f"config.dataset.holdout_per_class={per_class} exceeds the holdout "
+                       f"examples of some class; raise config.dataset.fractions[1]")
+    parts["holdout"] = np.sort(np.concatenate(picked))
   for name, rows in parts.items():
     if rows.size == 0:
       raise ValueError(f"config.dataset.fractions {tuple(cfg.fractions)!r} leave the "
@@ -159,7 +194,7 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
     xs = ((x[rows] - mean) / std).astype(np.float32)
     y_seen, y_clean = labels[name]
     return Split(x=xs, y=y_seen.astype(np.int32), y_clean=y_clean.astype(np.int32),
-                 index=rows.astype(np.int64))
+                 index=source_rows[rows].astype(np.int64))
 
   return Splits(**{name: build(name) for name in SPLIT_NAMES}, num_classes=k,
-                class_names=list(embedded.CLASS_NAMES[cfg.name]))
+                class_names=class_names)
