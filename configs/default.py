@@ -85,6 +85,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.group_dro = ml_collections.ConfigDict()
   config.group_dro.eta = 0.01                       # Group DRO step size (Sagawa et al.: 0.01)
 
+  # --- Static data pruning before training (DRoP and score baselines) ---------------------
+  config.pruning = ml_collections.ConfigDict()
+  config.pruning.strategy = "none"                  # 'none' | 'random' | 'el2n' | 'grand' | 'forgetting' | 'dyn_unc' | 'drop'
+  config.pruning.density = 0.5                      # fraction of the train split kept
+  config.pruning.keep = "hardest"                   # score strategies: 'hardest' | 'easiest'
+  config.pruning.per_class = False                  # score strategies: same density in every class
+  config.pruning.num_inits = 3                      # scoring run: initialisations averaged
+  config.pruning.score_epochs = 10                  # scoring run length (epochs of the train split)
+  config.pruning.early_epoch = 2                    # EL2N/GraNd "early in training" (Paul et al.)
+  config.pruning.batch_size = 128
+  config.pruning.dyn_unc_window = 3                 # dynamic uncertainty window J (He et al.)
+  config.pruning.cache_dir = ""                     # '' = <workdir>/pruning; sweeps share one
+
   # --- Evaluation, logging, checkpoints -----------------------------------------------
   config.eval_every = 100                           # per-class val/test accuracy; keep best worst-class val
   config.eval_batch_size = 512

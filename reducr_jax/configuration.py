@@ -20,6 +20,7 @@ HOLDOUT_LOSSES = ("epoch", "ema")
 EXPERT_LOSSES = ("precomputed", "online", "multihead")
 EXPERT_STRATEGIES = ("auto", "vmap", "map", "loop")
 REWEIGHTS = ("none", "class_balanced", "meta", "group_dro")
+PRUNING_STRATEGIES = ("none", "random", "el2n", "grand", "forgetting", "dyn_unc", "drop")
 
 
 class ConfigError(ValueError):
@@ -107,6 +108,16 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.experts.learning_rate", ex.learning_rate, 0, low_open=True)
   _number("config.experts.weight_decay", ex.weight_decay, 0)
   _number("config.experts.eval_every", ex.eval_every, 1, integer=True)
+  pr = config.pruning
+  _one_of("config.pruning.strategy", pr.strategy, PRUNING_STRATEGIES)
+  _number("config.pruning.density", pr.density, 0, 1, low_open=True)
+  _one_of("config.pruning.keep", pr.keep, ("hardest", "easiest"))
+  for name in ("num_inits", "score_epochs", "batch_size", "dyn_unc_window"):
+    _number(f"config.pruning.{name}", pr[name], 1, integer=True)
+  _number("config.pruning.early_epoch", pr.early_epoch, 1, pr.score_epochs, integer=True)
+  if pr.dyn_unc_window > pr.score_epochs:
+    raise ConfigError(f"config.pruning.dyn_unc_window ({pr.dyn_unc_window}) must be <= "
+                      f"config.pruning.score_epochs ({pr.score_epochs})")
   _one_of("config.reweight", config.reweight, REWEIGHTS)
   _number("config.meta.lr", config.meta.lr, 0, low_open=True)
   _number("config.meta.val_batch_size", config.meta.val_batch_size, 1, integer=True)

@@ -45,6 +45,7 @@ from reducr_jax import metric_writers
 from reducr_jax import metrics
 from reducr_jax import models
 from reducr_jax import mwu
+from reducr_jax import prune_stage
 from reducr_jax import selection
 from reducr_jax import train_experts
 
@@ -332,6 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   if splits is None:
     splits = data.make_splits(config.dataset, config.seed)
+  splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
   c = splits.num_classes
   model = models.create_model(config.model, c)
   apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
@@ -427,6 +429,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   results = {
       "method": config.selection.method,
       "reweight": config.reweight,
+      "pruning": pruning_info,
       "best_step": int(best["step"]),
       "num_steps": int(config.num_steps),
       "val": val,

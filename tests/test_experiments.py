@@ -103,3 +103,27 @@ def test_reweight_binary(tmp_path):
   assert table["meta"]["accuracy"]["values"] == [pytest.approx(100 * r["test"]["accuracy"])]
   bad = _run("reweight_binary", tmp_path / "bad", "--classes=4")
   assert bad.returncode == 2 and "--classes must be two class indices" in bad.stderr
+
+
+def test_prune_pipeline(tmp_path):
+  out = _run("prune", tmp_path, "--seeds=1", "--workers=1", "--densities=0.5,1.0",
+             "--strategies=random,el2n,drop", "--config.pruning.score_epochs=3",
+             "--config.pruning.early_epoch=1", "--config.pruning.dyn_unc_window=2",
+             "--config.pruning.num_inits=2")
+  assert out.returncode == 0, out.stderr
+  table = json.loads((tmp_path / "pruning.json").read_text())
+  assert set(table) == {"random", "el2n", "drop"}
+  full = _results(tmp_path, "random/density1.0/seed0")["pruning"]["kept"]
+  for strategy in table:
+    r = _results(tmp_path, f"{strategy}/density0.5/seed0")
+    assert r["pruning"]["strategy"] == strategy
+    assert r["pruning"]["kept"] == int(np.floor(0.5 * full + 0.5))
+    assert sum(r["pruning"]["kept_per_class"]) == r["pruning"]["kept"]
+    cell = table[strategy]["0.5"]
+    assert cell["worst_class_accuracy"]["mean"] == pytest.approx(100 * r["test"]["worst_class_accuracy"])
+    assert cell["accuracy_gap"]["mean"] == pytest.approx(100 * r["test"]["accuracy_gap"])
+  drop = _results(tmp_path, "drop/density0.5/seed0")["pruning"]
+  assert len(drop["query_recalls"]) == 10
+  # One scoring run per seed, shared by el2n and drop.
+  assert len(os.listdir(tmp_path / "pruning")) == 1
+  assert (tmp_path / "figures/pruning_worst_class.png").stat().st_size > 10_000

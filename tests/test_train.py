@@ -78,6 +78,8 @@ def test_end_to_end_learns_and_writes_results(tmp_path):
     ("reducr", {"selection.use_model_loss": False, "selection.clip": False}),
     ("reducr", {"reweight": "meta", "meta.val_batch_size": 16}),
     ("uniform", {"reweight": "group_dro"}),
+    ("reducr", {"pruning.strategy": "drop", "pruning.score_epochs": 2, "pruning.early_epoch": 1,
+                "pruning.dyn_unc_window": 2, "pruning.num_inits": 2}),
 ])
 def test_every_method_and_variant_runs(tmp_path, method, extra):
   config = tiny_config(num_steps=20, **{"selection.method": method, **extra})
@@ -225,6 +227,10 @@ def test_unwritable_workdir(tmp_path):
     ({"selection.use_model_loss": False}, "config.selection.clip must be False"),
     ({"batch_size": 84}, "must be divisible by the number of devices"),
     ({"dataset.label_noise": 1.5}, "config.dataset.label_noise"),
+    ({"reweight": "ren"}, "config.reweight must be one of"),
+    ({"pruning.strategy": "el2"}, "config.pruning.strategy must be one of"),
+    ({"pruning.density": 0.0}, r"config.pruning.density must be in \(0, 1\]"),
+    ({"meta.val_batch_size": 12}, "config.meta.val_batch_size .* divisible"),
 ])
 def test_config_validation(tmp_path, overrides, message):
   with pytest.raises(configuration.ConfigError, match=message):

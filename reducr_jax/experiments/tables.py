@@ -79,3 +79,30 @@ def write(workdir: str, name: str, table: dict, markdown: str) -> None:
     json.dump(table, f, indent=2)
   with open(os.path.join(workdir, f"{name}.md"), "w") as f:
     f.write(markdown)
+
+
+def mean_std_by_value(results: Mapping[str, Mapping[float, Sequence[dict]]],
+                      metrics: Sequence[str], split: str = "test") -> dict:
+  """``{group: {str(value): {metric: {"mean", "std", "values"}}}}`` (accuracies in %)."""
+  out = {}
+  for group, by_value in results.items():
+    out[group] = {}
+    for value, runs in sorted(by_value.items()):
+      out[group][str(value)] = {}
+      for m in metrics:
+        v = [100.0 * r[split][m] for r in runs]
+        out[group][str(value)][m] = {"mean": float(np.mean(v)), "std": float(np.std(v)),
+                                     "values": v}
+  return out
+
+
+def by_value_markdown(table: dict, metric: str, title: str, value_name: str) -> str:
+  """Rows = groups, columns = values, cells ``mean ± std`` of one metric."""
+  values = sorted({v for row in table.values() for v in row}, key=float)
+  lines = [f"### {title}", "", f"| {value_name} → | " + " | ".join(values) + " |",
+           "|---|" + "---|" * len(values)]
+  for group, row in table.items():
+    cells = [f"{row[v][metric]['mean']:.1f} ± {row[v][metric]['std']:.1f}" if v in row else ""
+             for v in values]
+    lines.append(f"| {group} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"

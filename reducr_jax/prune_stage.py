@@ -1,0 +1,170 @@
+"""Static pruning of the train split before training (``config.pruning``), cached.
+
+``config.pruning.strategy``:
+  * ``none`` — keep everything;
+  * ``random`` — a uniformly random ``density`` fraction;
+  * ``el2n``, ``grand``, ``forgetting``, ``dyn_unc`` — keep the ``density`` fraction with
+    the highest (``keep='hardest'``) or lowest score of :mod:`reducr_jax.pruning`;
+  * ``drop`` — DRoP: per-class quotas ∝ (1 − validation recall of a query model), random
+    inside each class.
+
+All scores and recalls come from one short *scoring* run: ``num_inits`` models (the
+config's architecture, stacked and trained together with ``vmap``, plain cross-entropy)
+trained for ``score_epochs`` epochs on the train split. After each epoch the stack is
+evaluated on the whole train split; EL2N and GraNd use the models after ``early_epoch``
+epochs (Paul et al.: early in training), forgetting events and dynamic uncertainty use
+the per-epoch history, and DRoP uses the models' mean per-class recall on the val split
+(as the DRoP slides do). Every score is averaged over the ``num_inits`` initialisations.
+
+The kept indices are cached in ``<workdir>/pruning/`` under a fingerprint of everything
+they depend on, so a resumed run prunes identically, and a sweep's runs share one scoring
+run per seed when they share the cache directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from reducr_jax import data
+from reducr_jax import experts
+from reducr_jax import metrics
+from reducr_jax import models
+from reducr_jax import pruning
+
+
+
+
+class Scores(NamedTuple):
+  """Per-example scores ``[N]`` of the train split and the query recalls ``[C]``."""
+  el2n: np.ndarray
+  grand: np.ndarray
+  forgetting: np.ndarray
+  dyn_unc: np.ndarray
+  recalls: np.ndarray
+
+
+def _scoring_fingerprint(config: ml_collections.ConfigDict) -> str:
+  p = config.pruning
+  blob = json.dumps({"seed": config.seed, "dataset": config.dataset.to_dict(),
+                     "model": config.model.to_dict(), "optimizer": config.optimizer.to_dict(),
+                     "num_inits": p.num_inits, "score_epochs": p.score_epochs,
+                     "early_epoch": p.early_epoch, "batch_size": p.batch_size,
+                     "window": p.dyn_unc_window}, sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Scores:
+  """The scoring run (see the module docstring) → :class:`Scores`."""
+  p = config.pruning
+  c = splits.num_classes
+  model = models.create_model(config.model, c)
+  apply_fn = lambda prm, x: model.apply({"params": prm}, x)  # noqa: E731
+  x0 = jnp.zeros((1,) + splits.train.x.shape[1:], jnp.float32)
+  tx = optax.adamw(config.optimizer.learning_rate, weight_decay=config.optimizer.weight_decay)
+  state = experts.init_experts(lambda r: model.init(r, x0)["params"], tx,
+                               jax.random.PRNGKey(config.seed + 2_000_003), p.num_inits)
+  # γ = 0: every stacked model minimises the plain cross-entropy.
+  step = jax.jit(lambda s, x, y: experts.train_step(apply_fn, tx, s, x, y, 0.0))
+  logits_of = jax.jit(jax.vmap(apply_fn, in_axes=(0, None)))         # [S, b, K]
+  train, n = splits.train, len(splits.train)
+  steps_per_epoch = max(1, -(-n // p.batch_size))
+
+  def train_logits(params):
+    return np.concatenate([np.asarray(logits_of(params, xb))[:, :int(m.sum())]
+                           for xb, _, m in data.iterate_batches(train, config.eval_batch_size)],
+                          axis=1)                                     # [S, N, K]
+
+  forgetting = pruning.forgetting_init(p.num_inits * n)
+  probs, early_params, early_logits = [], None, None
+  for epoch in range(1, p.score_epochs + 1):
+    for i in range(steps_per_epoch):
+      idx = data.batch_indices(config.seed + 11, (epoch - 1) * steps_per_epoch + i, n,
+                               p.batch_size)
+      state, _ = step(state, train.x[idx], train.y[idx])
+    logits = train_logits(state.params)
+    correct = (logits.argmax(-1) == train.y[None]).reshape(-1)
+    forgetting = pruning.forgetting_update(forgetting, jnp.asarray(correct))
+    probs.append(np.asarray(pruning.true_label_probability(jnp.asarray(logits),
+                                                           jnp.asarray(train.y))))
+    if epoch == p.early_epoch:
+      early_params, early_logits = state.params, logits
+
+  one_loss = lambda prm, x, y: experts.cross_entropy(apply_fn(prm, x[None]), y[None])[0]  # noqa: E731
+  grand = pruning.grand_scores_stacked(one_loss, early_params,
+                                       (jnp.asarray(train.x), jnp.asarray(train.y)),
+                                       chunk_size=256)
+  el2n = pruning.el2n_scores(jnp.asarray(early_logits), jnp.asarray(train.y))
+  forget = np.asarray(pruning.forgetting_scores(forgetting, never_learned_score=p.score_epochs))
+  history = np.stack(probs)                                           # [T, S, N]
+  dyn = np.mean([np.asarray(pruning.dynamic_uncertainty(jnp.asarray(history[:, s]),
+                                                        p.dyn_unc_window))
+                 for s in range(p.num_inits)], axis=0)
+  per_model = jax.jit(jax.vmap(lambda prm, xb, yb, mb: metrics.correct_sums(
+      apply_fn(prm, xb), yb, mb), in_axes=(0, None, None, None)))
+  val = [per_model(state.params, xb, yb, mb)
+         for xb, yb, mb in data.iterate_batches(splits.val, config.eval_batch_size)]
+  val = jax.tree.map(lambda *a: np.sum(a, axis=0), *val)              # ClassSums [S, C]
+  recalls = np.mean(np.asarray(metrics.class_means(val, 0.0)), axis=0)
+  return Scores(el2n=np.asarray(el2n), grand=np.asarray(grand),
+                forgetting=forget.reshape(p.num_inits, n).mean(0), dyn_unc=dyn,
+                recalls=recalls)
+
+
+def kept_indices(config: ml_collections.ConfigDict, splits: data.Splits,
+                 scores: Scores | None) -> np.ndarray:
+  """Sorted indices into the train split kept by ``config.pruning``."""
+  p = config.pruning
+  labels = splits.train.y
+  rng = jax.random.PRNGKey(config.seed + 3_000_017)
+  if p.strategy == "random":
+    return np.sort(np.asarray(jax.random.permutation(rng, len(labels)))[
+        :int(np.floor(p.density * len(labels) + 0.5))])
+  if p.strategy == "drop":
+    return pruning.drop_prune(rng, labels, scores.recalls, p.density)
+  return pruning.prune_by_score(getattr(scores, p.strategy), labels, p.density, keep=p.keep,
+                                per_class=p.per_class)
+
+
+def prune_train_split(config: ml_collections.ConfigDict, splits: data.Splits,
+                      workdir: str) -> tuple[data.Splits, dict]:
+  """``splits`` with the train split pruned by ``config.pruning`` (cached), and a summary.
+
+  Returns:
+    ``(splits, info)``; ``info`` has the strategy, density, kept count and per-class kept
+    counts (and the query recalls for DRoP).
+  """
+  p = config.pruning
+  if p.strategy == "none":
+    return splits, {"strategy": "none"}
+  directory = p.get("cache_dir") or os.path.join(workdir, "pruning")
+  scores = None
+  if p.strategy != "random":
+    path = os.path.join(os.path.abspath(directory),
+                        f"scores-{_scoring_fingerprint(config)}.npz")
+    if os.path.exists(path):
+      with np.load(path) as f:
+        scores = Scores(**{k: f[k] for k in Scores._fields})
+    else:
+      scores = compute_scores(config, splits)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      tmp = f"{path}.tmp-{os.getpid()}.npz"
+      np.savez(tmp, **scores._asdict())
+      os.replace(tmp, path)                 # atomic: never half a file
+  keep = kept_indices(config, splits, scores)
+  t = splits.train
+  train = data.Split(x=t.x[keep], y=t.y[keep], y_clean=t.y_clean[keep], index=t.index[keep])
+  info = {"strategy": p.strategy, "density": p.density, "kept": int(len(keep)),
+          "kept_per_class": np.bincount(train.y, minlength=splits.num_classes).tolist()}
+  if scores is not None:
+    info["query_recalls"] = scores.recalls.tolist()
+  return dataclasses.replace(splits, train=train), info
