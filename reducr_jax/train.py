@@ -304,6 +304,37 @@ def evaluate(p_eval, p_params, split: data.Split, batch_size: int, num_devices: 
   return total
 
 
+def evaluate_summary(p_eval, p_params, split: data.Split, batch_size: int,
+                     num_devices: int) -> dict:
+  """:func:`reducr_jax.metrics.summary` of the accuracy of ``p_params`` on a split."""
+  correct, _ = evaluate(p_eval, p_params, split, batch_size, num_devices)
+  return metrics.summary(metrics.ClassSums(*correct))
+
+
+def host_batch(config: ml_collections.ConfigDict, cfg: StepConfig, splits: data.Splits,
+               table: Optional[np.ndarray], step: int) -> dict:
+  """The global batch of training step ``step`` (a pure function of config and step).
+
+  ``x``/``y``: the large batch from the train split; ``ref_losses``: its rows of the
+  precomputed reference-loss table; ``holdout_x``/``holdout_y``: a holdout batch for the
+  EMA class-holdout loss; ``meta_x``/``meta_y``: the clean validation batch of
+  meta-reweighting. Each stream has its own seed offset, so the data position to resume
+  from is the step alone.
+  """
+  idx = data.batch_indices(config.seed, step, len(splits.train), config.batch_size)
+  batch = {"x": splits.train.x[idx], "y": splits.train.y[idx]}
+  if table is not None:
+    batch["ref_losses"] = table[idx]
+  if cfg.method == "reducr" and cfg.holdout_loss == "ema":
+    hidx = data.batch_indices(config.seed + 1, step, len(splits.holdout), config.batch_size)
+    batch["holdout_x"], batch["holdout_y"] = splits.holdout.x[hidx], splits.holdout.y[hidx]
+  if cfg.reweight == "meta":
+    vidx = data.batch_indices(config.seed + 2, step, len(splits.holdout),
+                              config.meta.val_batch_size)
+    batch["meta_x"], batch["meta_y"] = splits.holdout.x[vidx], splits.holdout.y[vidx]
+  return batch
+
+
 def _shard(tree, n: int):
   return jax.tree.map(lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:]), tree)
 
@@ -384,17 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       h = mwu.class_holdout_loss(metrics.ClassSums(*loss_sums))
       p_state = p_state._replace(holdout_loss=flax.jax_utils.replicate(
           jnp.asarray(h, jnp.float32), devices))
-    idx = data.batch_indices(config.seed, step, len(splits.train), config.batch_size)
-    batch = {"x": splits.train.x[idx], "y": splits.train.y[idx]}
-    if table is not None:
-      batch["ref_losses"] = table[idx]
-    if cfg.method == "reducr" and cfg.holdout_loss == "ema":
-      hidx = data.batch_indices(config.seed + 1, step, len(splits.holdout), config.batch_size)
-      batch["holdout_x"], batch["holdout_y"] = splits.holdout.x[hidx], splits.holdout.y[hidx]
-    if cfg.reweight == "meta":
-      vidx = data.batch_indices(config.seed + 2, step, len(splits.holdout),
-                                config.meta.val_batch_size)
-      batch["meta_x"], batch["meta_y"] = splits.holdout.x[vidx], splits.holdout.y[vidx]
+    batch = host_batch(config, cfg, splits, table, step)
     p_state, step_metrics = p_step(p_state, _shard(batch, n), ref_params)
     done = step + 1
 
@@ -405,8 +426,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       writer.write(done, {f"train/{k}": v for k, v in m.items()})
     if done % config.eval_every == 0 or done == config.num_steps:
       params = p_state.params
-      val = metrics.summary(metrics.ClassSums(*evaluate(p_eval, params, splits.val, eval_bs, n)[0]))
-      test = metrics.summary(metrics.ClassSums(*evaluate(p_eval, params, splits.test, eval_bs, n)[0]))
+      val = evaluate_summary(p_eval, params, splits.val, eval_bs, n)
+      test = evaluate_summary(p_eval, params, splits.test, eval_bs, n)
       if val["worst_class_accuracy"] > float(best["worst_val"]):
         best = {"params": flax.jax_utils.unreplicate(params),
                 "worst_val": np.float32(val["worst_class_accuracy"]), "step": np.int32(done)}
@@ -424,8 +445,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Stage 3: evaluate the kept model.
   final_state = flax.jax_utils.unreplicate(p_state)
   p_best = flax.jax_utils.replicate(best["params"], devices)
-  val = metrics.summary(metrics.ClassSums(*evaluate(p_eval, p_best, splits.val, eval_bs, n)[0]))
-  test = metrics.summary(metrics.ClassSums(*evaluate(p_eval, p_best, splits.test, eval_bs, n)[0]))
+  val = evaluate_summary(p_eval, p_best, splits.val, eval_bs, n)
+  test = evaluate_summary(p_eval, p_best, splits.test, eval_bs, n)
   results = {
       "method": config.selection.method,
       "reweight": config.reweight,
