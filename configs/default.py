@@ -96,6 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.pruning.early_epoch = 2                    # EL2N/GraNd "early in training" (Paul et al.)
   config.pruning.batch_size = 128
   config.pruning.dyn_unc_window = 3                 # dynamic uncertainty window J (He et al.)
+  # DRoP recalls (c + a) / (n + 2a): a = 0 is the slides' raw recall; a > 0 stops an easy
+  # class measured at recall 1 on a small val split from getting a quota of 0.
+  config.pruning.recall_prior = 1.0
   config.pruning.cache_dir = ""                     # '' = <workdir>/pruning; sweeps share one
 
   # --- Evaluation, logging, checkpoints -----------------------------------------------

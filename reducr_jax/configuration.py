@@ -114,6 +114,7 @@ def validate_config(config: ml_collections.ConfigDict,
   _one_of("config.pruning.keep", pr.keep, ("hardest", "easiest"))
   for name in ("num_inits", "score_epochs", "batch_size", "dyn_unc_window"):
     _number(f"config.pruning.{name}", pr[name], 1, integer=True)
+  _number("config.pruning.recall_prior", pr.recall_prior, 0)
   _number("config.pruning.early_epoch", pr.early_epoch, 1, pr.score_epochs, integer=True)
   if pr.dyn_unc_window > pr.score_epochs:
     raise ConfigError(f"config.pruning.dyn_unc_window ({pr.dyn_unc_window}) must be <= "
