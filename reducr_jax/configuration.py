@@ -155,6 +155,19 @@ def check_workdir(workdir: str) -> str:
   return path
 
 
+def with_overrides(config: ml_collections.ConfigDict,
+                   overrides) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with dotted fields set, e.g. ``{"selection.method": "uniform"}``."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
 def load_config(path: str) -> ml_collections.ConfigDict:
   """Loads ``get_config()`` from a config file (``configs/<name>.py``), for scripts/tests.
 

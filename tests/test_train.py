@@ -35,13 +35,7 @@ def tiny_config(**overrides):
   config.checkpoint_every = 20
   config.eval_batch_size = 128
   config.selection.eta = 0.01
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
+  return configuration.with_overrides(config, overrides)
 
 
 def test_end_to_end_learns_and_writes_results(tmp_path):

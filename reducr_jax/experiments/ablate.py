@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from reducr_jax import cli
+from reducr_jax import configuration
 from reducr_jax.experiments import figures
 from reducr_jax.experiments import runner
 from reducr_jax.experiments import sweeps
@@ -30,7 +31,7 @@ def grid(config, seeds) -> dict[str, list[runner.Run]]:
   runs = {}
   for name, overrides in VARIANTS.items():
     slug = name.replace(" ", "_").replace("-", "_")
-    runs[name] = [runner.Run(f"{slug}/seed{s}", sweeps.with_overrides(
+    runs[name] = [runner.Run(f"{slug}/seed{s}", configuration.with_overrides(
         config, {"selection.method": "reducr", "seed": s, **overrides})) for s in seeds]
   return runs
 

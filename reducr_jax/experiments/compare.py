@@ -19,6 +19,7 @@ from absl import flags
 import numpy as np
 
 from reducr_jax import cli
+from reducr_jax import configuration
 from reducr_jax.experiments import figures
 from reducr_jax.experiments import runner
 from reducr_jax.experiments import sweeps
@@ -29,7 +30,7 @@ METHODS = flags.DEFINE_string("methods", "uniform,train_loss,rho_loss,reducr",
 
 
 def grid(config, methods, seeds) -> dict[str, list[runner.Run]]:
-  return {m: [runner.Run(f"{m}/seed{s}", sweeps.with_overrides(
+  return {m: [runner.Run(f"{m}/seed{s}", configuration.with_overrides(
       config, {"selection.method": m, "seed": s})) for s in seeds] for m in methods}
 
 

@@ -38,7 +38,7 @@ def main(argv):
     raise configuration.ConfigError(
         f"--imbalance_class must be a class index >= 0 (the config has {cls}), got {cls}")
   seeds = sweeps.seeds()
-  runs = {m: {f: [runner.Run(f"{m}/frac{f}/seed{s}", sweeps.with_overrides(config, {
+  runs = {m: {f: [runner.Run(f"{m}/frac{f}/seed{s}", configuration.with_overrides(config, {
       "selection.method": m, "seed": s, "dataset.imbalance_class": cls,
       "dataset.imbalance_fraction": f})) for s in seeds] for f in fractions} for m in methods}
   flat = [r for by_f in runs.values() for rs in by_f.values() for r in rs]

@@ -46,9 +46,9 @@ def main(argv):
         f"--strategies must be a comma-separated subset of {allowed}, got {STRATEGIES.value!r}")
   method = sweeps.parse_methods(METHOD.value, "--method")[0]
   workdir = os.path.abspath(cli.WORKDIR.value)
-  base = sweeps.with_overrides(cli.CONFIG.value, {
+  base = configuration.with_overrides(cli.CONFIG.value, {
       "selection.method": method, "pruning.cache_dir": os.path.join(workdir, "pruning")})
-  runs = {st: {d: [runner.Run(f"{st}/density{d}/seed{s}", sweeps.with_overrides(
+  runs = {st: {d: [runner.Run(f"{st}/density{d}/seed{s}", configuration.with_overrides(
       base, {"pruning.strategy": st, "pruning.density": d, "seed": s}))
       for s in sweeps.seeds()] for d in densities} for st in strategies}
   flat = [r for by_d in runs.values() for rs in by_d.values() for r in rs]

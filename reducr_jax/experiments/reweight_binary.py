@@ -55,9 +55,9 @@ def main(argv):
         f"--minority_fraction must be in (0, 0.5], got {MINORITY.value}")
   if VAL_PER_CLASS.value < 1:
     raise configuration.ConfigError(f"--val_per_class must be >= 1, got {VAL_PER_CLASS.value}")
-  base = sweeps.with_overrides(cli.CONFIG.value, protocol_overrides(
+  base = configuration.with_overrides(cli.CONFIG.value, protocol_overrides(
       classes, MINORITY.value, VAL_PER_CLASS.value))
-  runs = {rw: [runner.Run(f"{rw}/seed{s}", sweeps.with_overrides(
+  runs = {rw: [runner.Run(f"{rw}/seed{s}", configuration.with_overrides(
       base, {"reweight": rw, "seed": s})) for s in sweeps.seeds()] for rw in REWEIGHTS}
   results = runner.run_grid([r for rs in runs.values() for r in rs], cli.WORKDIR.value,
                             sweeps.WORKERS.value)

@@ -56,9 +56,9 @@ def load_results(workdir: str, run: Run) -> Optional[dict]:
 
 
 def _with_shared_cache(config: ml_collections.ConfigDict, workdir: str):
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.experts.cache_dir = os.path.join(workdir, "experts")
-  return config
+  from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
+  return configuration.with_overrides(
+      config, {"experts.cache_dir": os.path.join(workdir, "experts")})
 
 
 def _pretrain(config: ml_collections.ConfigDict) -> str:

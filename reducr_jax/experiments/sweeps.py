@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
 
 from absl import flags
-import ml_collections
 import numpy as np
 
 from reducr_jax import configuration
@@ -45,19 +43,6 @@ def seeds() -> list[int]:
   if WORKERS.value < 1:
     raise configuration.ConfigError(f"--workers must be >= 1, got {WORKERS.value}")
   return list(range(SEEDS.value))
-
-
-def with_overrides(config: ml_collections.ConfigDict,
-                   overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with dotted fields set, e.g. ``{"selection.method": "uniform"}``."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
 
 
 def records(workdir: str, run: runner.Run) -> list[dict]:
