@@ -4,7 +4,8 @@
   * :func:`worst_class_curves` — worst-class validation accuracy over steps per method
     (mean over seeds, min–max band);
   * :func:`per_class_bars` — per-class test accuracy per method (mean over seeds);
-  * :func:`selected_fractions` — fraction of the selected points of each class over steps;
+  * :func:`selected_fractions` — share of one class in the selected points over steps, per
+    method; :func:`selected_classes` — the class mix of one run's selected points;
   * :func:`sweep` — worst-class test accuracy vs a swept value, median with min–max bars
     (REDUCR Fig. 5).
 """
@@ -38,16 +39,32 @@ def _series(records: Sequence[dict], key: str):
   return np.array([s for s, _ in rows]), np.array([v for _, v in rows], dtype=float)
 
 
+def _stacked_area(steps, values, class_names, path: str, title: str, ylabel: str,
+                  data: dict) -> str:
+  fig, ax = plt.subplots(figsize=(7, 4))
+  ax.stackplot(steps, values.T, labels=class_names, alpha=0.9)
+  ax.set(xlabel="training step", ylabel=ylabel, title=title,
+         xlim=(steps.min(), steps.max()), ylim=(0, 1))
+  ax.legend(title="class", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+  return _save(fig, path, {"steps": steps, "class_names": list(class_names), **data})
+
+
 def class_weights(records: Sequence[dict], class_names: Sequence[str], path: str,
                   title: str) -> str:
   """Stacked area of the class weights w_t over steps, from one run's metrics log."""
   steps, w = _series(records, "train/class_weights")
-  fig, ax = plt.subplots(figsize=(7, 4))
-  ax.stackplot(steps, w.T, labels=class_names, alpha=0.9)
-  ax.set(xlabel="training step", ylabel="class weight $w_c$", title=title,
-         xlim=(steps.min(), steps.max()), ylim=(0, 1))
-  ax.legend(title="class", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-  return _save(fig, path, {"steps": steps, "class_weights": w, "class_names": list(class_names)})
+  return _stacked_area(steps, w, class_names, path, title, "class weight $w_c$",
+                       {"class_weights": w})
+
+
+def selected_classes(records: Sequence[dict], class_names: Sequence[str], path: str,
+                     title: str) -> str:
+  """Stacked area of the class mix of the points selected between consecutive log steps."""
+  steps, cumulative = _series(records, "train/cumulative_selected_counts")
+  counts = np.diff(cumulative, axis=0, prepend=0)
+  share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+  return _stacked_area(steps, share, class_names, path, title, "share of selected points",
+                       {"selected_counts_per_interval": counts})
 
 
 def worst_class_curves(records_by_method: Mapping[str, Sequence[Sequence[dict]]], path: str,
