@@ -30,97 +30,30 @@ Writes ``benchmarks/results/experts_<backend>.json`` and ``.md`` (see ``--out``)
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
-import importlib.metadata
-import json
 import os
-import pathlib
-import platform
 import time
 from typing import Any, Callable, Optional, Sequence
 
-import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import harness  # this folder is sys.path[0] when run as ``python benchmarks/experts.py``
 from reducr_jax import experts
-from reducr_jax.models.mlp import MLP
 
-RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 ONLINE = experts.STRATEGIES  # ("vmap", "map", "loop")
 ORDER = ("forward",) + ONLINE + ("precomputed", "multihead")
-NUM_CLASSES = 10
+NUM_CLASSES = harness.NUM_CLASSES
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
-
-class SmallCNN(nn.Module):
-  """Conv(3×3)+ReLU blocks with 2×2 average pooling between them, global mean, Dense.
-
-  Attributes:
-    features: channels of the conv layers.
-    num_outputs: width of the final linear layer; ``None`` returns the pooled features
-      (the trunk of a :class:`reducr_jax.experts.MultiHead`).
-  """
-  features: Sequence[int] = (8, 16, 32)
-  num_outputs: Optional[int] = NUM_CLASSES
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """``x``: ``[B, H, W, 3]`` → ``[B, num_outputs]`` logits (or ``[B, F]`` features)."""
-    x = x.astype(jnp.float32)
-    for i, width in enumerate(self.features):
-      x = nn.relu(nn.Conv(width, (3, 3))(x))
-      if i < len(self.features) - 1:
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-    x = x.mean(axis=(1, 2))
-    if self.num_outputs is not None:
-      x = nn.Dense(self.num_outputs)(x)
-    return x
-
-
-def make_model(name: str, cnn_features: Sequence[int]) -> tuple[nn.Module, nn.Module, tuple]:
-  """``(model, trunk, example_shape)`` for ``"mlp"`` or ``"cnn"``."""
-  if name == "mlp":
-    return MLP((256, 256), NUM_CLASSES), MLP((256, 256), None), (40,)
-  if name == "cnn":
-    return (SmallCNN(tuple(cnn_features), NUM_CLASSES), SmallCNN(tuple(cnn_features), None),
-            (32, 32, 3))
-  raise ValueError(f"unknown model {name!r}")
-
-
-def time_call(fn: Callable[[], Any]) -> float:
-  """Seconds for one call of ``fn`` including ``block_until_ready``."""
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
-
-
-def round_robin(calls: dict[str, Callable[[], Any]], rounds: int,
-                rng: np.random.Generator) -> dict[str, list[float]]:
-  """Times every call once per round, in a freshly shuffled order each round."""
-  names = list(calls)
-  times: dict[str, list[float]] = {name: [] for name in names}
-  for _ in range(rounds):
-    for i in rng.permutation(len(names)):
-      times[names[i]].append(time_call(calls[names[i]]))
-  return times
-
-
-def summarize(seconds: Sequence[float]) -> dict[str, float]:
-  """Median, quartiles and minimum in milliseconds."""
-  ms = np.asarray(seconds) * 1e3
-  return {"median_ms": float(np.median(ms)), "p25_ms": float(np.percentile(ms, 25)),
-          "p75_ms": float(np.percentile(ms, 75)), "min_ms": float(ms.min()), "n": len(ms)}
 
 
 def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
                  rng: np.random.Generator) -> list[dict[str, Any]]:
   """All strategies for one model family and one C → result rows."""
   b, n = args.batch_size, args.table_size
-  model, trunk, shape = make_model(model_name, args.cnn_features)
+  model, shape = harness.make_model(model_name, args.cnn_features)
+  trunk, _ = harness.make_model(model_name, args.cnn_features, num_outputs=None)
   key = jax.random.key(args.seed)
   k_x, k_y, k_p, k_mh, k_i = jax.random.split(key, 5)
 
@@ -149,7 +82,7 @@ def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
       **{s: functools.partial(online[s], stacked, x, y) for s in ONLINE},
       "multihead": lambda: multihead(mh_params, x, y),
   }
-  first_s = {name: time_call(fn) for name, fn in calls.items()}  # compile + one run
+  first_s = {name: harness.time_call(fn) for name, fn in calls.items()}  # compile + one run
 
   # The [N, C] table. precompute_table calls the jitted online function on [B, ...]
   # batches, so it reuses that strategy's compiled program.
@@ -161,9 +94,9 @@ def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
   table = jnp.asarray(build_with("map"))
   one_pass()  # compiles its eager [:, None]
   calls["precomputed"] = lambda: gather(table, idx)
-  first_s["precomputed"] = time_call(calls["precomputed"])
+  first_s["precomputed"] = harness.time_call(calls["precomputed"])
   for fn in calls.values():  # one more warm call each, after all compiles
-    time_call(fn)
+    harness.time_call(fn)
 
   # Agreement: every [B, C] route gives the same losses (multihead has its own params).
   ref = np.asarray(calls["loop"]())
@@ -174,20 +107,20 @@ def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
     if diff > 1e-3:
       raise AssertionError(f"{model_name} C={num_experts}: {name} differs from loop by {diff}")
 
-  times = round_robin(calls, args.rounds, rng)
+  times = harness.round_robin(calls, args.rounds, rng)
   # The one-off build is timed with the online strategy that was fastest above.
   build_strategy = min(ONLINE, key=lambda s: np.median(times[s]))
-  build_times = round_robin({"build": functools.partial(build_with, build_strategy),
-                             "one_pass": one_pass}, args.build_rounds, rng)
+  build_times = harness.round_robin(
+      {"build": functools.partial(build_with, build_strategy), "one_pass": one_pass},
+      args.build_rounds, rng)
 
   base = np.median(times["forward"])
   rows = []
   for name in ORDER:
     rows.append({
         "model": model_name, "strategy": name, "num_experts": num_experts,
-        "batch_size": b, **summarize(times[name]),
-        "ratio": float(np.median(times[name]) / base),
-        "ratio_of_mins": float(np.min(times[name]) / np.min(times["forward"])),
+        "batch_size": b, **harness.summarize(times[name]),
+        **harness.ratios(times[name], times["forward"]),
         "ratio_p25_p75": [float(np.percentile(times[name], 25) / base),
                           float(np.percentile(times[name], 75) / base)],
         "first_call_s": first_s[name], "max_abs_diff_vs_loop": max_diff.get(name),
@@ -195,61 +128,22 @@ def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
   rows.append({
       "model": model_name, "strategy": "table build", "num_experts": num_experts,
       "batch_size": b, "table_size": n, "build_strategy": build_strategy,
-      **summarize(build_times["build"]),
-      "one_pass_ms": summarize(build_times["one_pass"])["median_ms"],
-      "ratio": float(np.median(build_times["build"]) / np.median(build_times["one_pass"])),
-      "ratio_of_mins": float(np.min(build_times["build"]) / np.min(build_times["one_pass"])),
+      **harness.summarize(build_times["build"]),
+      "one_pass_ms": harness.summarize(build_times["one_pass"])["median_ms"],
+      **harness.ratios(build_times["build"], build_times["one_pass"]),
       "ratio_baseline": f"one model's forward over the same N={n} examples",
   })
   return rows
 
 
-def _version(package: str) -> Optional[str]:
-  """Installed version of ``package``, or ``None``."""
-  try:
-    return importlib.metadata.version(package)
-  except importlib.metadata.PackageNotFoundError:
-    return None
-
-
-def _loadavg() -> Optional[list[float]]:
-  """1-, 5- and 15-minute load averages (other processes competing for the cores)."""
-  try:
-    return [round(v, 2) for v in os.getloadavg()]
-  except OSError:
-    return None
-
-
-def machine_info() -> dict[str, Any]:
-  """Versions, backend, device and CPU count for the results file."""
-  dev = jax.devices()[0]
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:
-    usable = os.cpu_count()
-  return {
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "jax": jax.__version__, "jaxlib": _version("jaxlib"), "flax": flax.__version__,
-      "numpy": np.__version__,
-      "python": platform.python_version(), "backend": jax.default_backend(),
-      "device_kind": dev.device_kind, "num_devices": jax.device_count(),
-      "cpu_count": os.cpu_count(), "cpu_usable": usable, "platform": platform.platform(),
-      "processor": platform.processor() or platform.machine(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-  }
-
-
 def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> str:
   """The results as a markdown table with the machine above it."""
   lines = [
-      f"Machine: backend `{info['backend']}`, device `{info['device_kind']}`, "
-      f"{info['cpu_usable']} usable CPU cores (of {info['cpu_count']}), jax {info['jax']}, "
-      f"flax {info['flax']}; {info['date']}.",
+      harness.machine_line(info),
       f"B = {args.batch_size}, {args.rounds} interleaved rounds (table build: "
       f"{args.build_rounds}, N = {args.table_size}); CNN features "
-      f"{tuple(args.cnn_features)}; XLA_FLAGS={info['xla_flags']!r}; load average "
-      f"(1/5/15 min) {info['loadavg_start']} at start, {info['loadavg_end']} at end; "
-      f"total {info['total_s']:.0f} s.",
+      f"{tuple(args.cnn_features)}; XLA_FLAGS={info['xla_flags']!r}; "
+      + harness.load_line(info),
       "",
       "| model | strategy | C | ms (median) | ratio to one forward | ratio of minima "
       "| 1st call s |",
@@ -287,8 +181,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="interleaved rounds of the table build and its one-pass baseline")
   p.add_argument("--table_size", type=int, default=None,
                  help="N, examples in the precomputed table (None: 4·B)")
-  p.add_argument("--models", default="mlp,cnn", help="comma-separated: mlp, cnn")
-  p.add_argument("--cnn_features", default="8,16,32", help="CNN conv channels")
+  p.add_argument("--models", type=harness.comma_list, default="mlp,cnn",
+                 help="comma-separated: mlp, cnn")
+  p.add_argument("--cnn_features", type=harness.int_list, default="8,16,32",
+                 help="CNN conv channels")
   p.add_argument("--single_thread", action="store_true",
                  help="run XLA:CPU on one thread (sets XLA_FLAGS before the backend starts)")
   p.add_argument("--seed", type=int, default=0)
@@ -298,8 +194,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       "table goes next to it with suffix .md")
   args = p.parse_args(argv)
   args.table_size = args.table_size or 4 * args.batch_size
-  args.cnn_features = [int(c) for c in str(args.cnn_features).split(",") if c]
-  args.models = [m.strip() for m in args.models.split(",") if m.strip()]
   if args.table_size < args.batch_size:
     p.error("--table_size must be at least --batch_size")
   return args
@@ -310,8 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   args = parse_args(argv)
   if args.single_thread:  # read when the CPU client is created, i.e. on first use below
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
-  info = machine_info()
-  info["loadavg_start"] = _loadavg()
+  info = harness.machine_info()
   cs = [args.num_experts] + ([14] if args.all and args.num_experts != 14 else [])
   rng = np.random.default_rng(args.seed)
   start = time.perf_counter()
@@ -321,18 +214,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       t0 = time.perf_counter()
       rows.extend(bench_config(model_name, c, args, rng))
       print(f"# {model_name} C={c}: {time.perf_counter() - t0:.1f}s", flush=True)
-  info["total_s"] = time.perf_counter() - start
-  info["loadavg_end"] = _loadavg()
+  harness.finish_info(info, start)
 
   table = markdown(rows, info, args)
   print(table)
   stem = f"experts_{info['backend']}" + ("_1thread" if args.single_thread else "")
-  out = pathlib.Path(args.out) if args.out else RESULTS_DIR / f"{stem}.json"
-  out.parent.mkdir(parents=True, exist_ok=True)
-  flags = {k: v for k, v in vars(args).items() if k != "out"}
-  out.write_text(json.dumps({"machine": info, "flags": flags, "results": rows}, indent=2) + "\n")
-  out.with_suffix(".md").write_text(table)
-  print(f"wrote {out} and {out.with_suffix('.md')}")
+  harness.write_results(args.out, stem,
+                        {"machine": info, "flags": harness.flag_values(args), "results": rows},
+                        table)
 
 
 if __name__ == "__main__":

@@ -7,36 +7,28 @@ backward on k) / (forward and backward on k).
 
   python benchmarks/train_step.py [--config=configs/default.py] [--rounds=30]
 
-Writes ``benchmarks/results/train_step_<backend>.{json,md}``.
+Writes ``benchmarks/results/train_step_<backend>.{json,md}`` (see ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import time
+from typing import Any, Callable
 
 import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import harness  # this folder is sys.path[0] when run as ``python benchmarks/train_step.py``
 from reducr_jax import configuration
 from reducr_jax import experts
 from reducr_jax import models
 from reducr_jax import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 def build(config, variant: str, num_classes: int, input_dim: int):
@@ -74,34 +66,45 @@ def build(config, variant: str, num_classes: int, input_dim: int):
   return step, p_state, p_batch, ref_params
 
 
-def main():
+def stepper(step: Callable, p_state: Any, p_batch: Any, ref: Any) -> Callable[[], Any]:
+  """A function of no arguments that runs one train step from the state the last call left.
+
+  Returns ``(state, metrics)``, so waiting for it waits for the whole step.
+  """
+
+  def call():
+    nonlocal p_state
+    p_state, metrics = step(p_state, p_batch, ref)
+    return p_state, metrics
+
+  return call
+
+
+def main() -> None:
+  """Times every variant's step, prints and writes the results."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default=os.path.join(HERE, "..", "configs", "default.py"))
   parser.add_argument("--rounds", type=int, default=30)
   parser.add_argument("--steps_per_round", type=int, default=10)
   parser.add_argument("--input_dim", type=int, default=40)
+  parser.add_argument("--out", default=None,
+                      help="results JSON (default benchmarks/results/train_step_<backend>.json);"
+                           " the markdown table goes next to it with suffix .md")
   args = parser.parse_args()
   config = configuration.load_config(args.config)
+  info = harness.machine_info()
+  start = time.perf_counter()
   variants = ["uniform", "train_loss", "rho_loss (table)", "reducr (table)",
               "reducr (online experts)"]
-  built, flops = {}, {}
+  calls, flops = {}, {}
   for v in variants:
     step, p_state, p_batch, ref = build(config, v, 10, args.input_dim)
-    flops[v] = _flops(step.lower(p_state, p_batch, ref).compile())
-    for _ in range(3):                                   # compile + warm up
-      p_state, m = step(p_state, p_batch, ref)
-    jax.block_until_ready(m)
-    built[v] = [step, p_state, p_batch, ref]
-  times = {v: [] for v in variants}
-  for _ in range(args.rounds):
-    for v in variants:                                   # interleaved: same machine state
-      step, p_state, p_batch, ref = built[v]
-      t = time.perf_counter()
-      for _ in range(args.steps_per_round):
-        p_state, m = step(p_state, p_batch, ref)
-      jax.block_until_ready((p_state, m))
-      times[v].append((time.perf_counter() - t) / args.steps_per_round)
-      built[v][1] = p_state
+    flops[v] = harness.flops(step, p_state, p_batch, ref)
+    calls[v] = stepper(step, p_state, p_batch, ref)
+    harness.time_call(calls[v], 3)                       # compile + warm up
+  # Interleaved in a fixed order, each timing steps_per_round steps carrying the state.
+  times = harness.round_robin(calls, args.rounds, None, args.steps_per_round)
+  harness.finish_info(info, start)
   base_t, base_f = np.median(times["uniform"]), flops["uniform"]
   rows = []
   for v in variants:
@@ -109,25 +112,18 @@ def main():
     rows.append({"variant": v, "ms": 1e3 * t, "measured_ratio": t / base_t,
                  "flops": flops[v], "flop_ratio": flops[v] / base_f,
                  "measured_over_predicted": (t / base_t) / (flops[v] / base_f)})
-  meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-          "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-          "cpu_count": os.cpu_count(), "jax": jax.__version__, "platform": platform.platform(),
-          "batch_size": config.batch_size, "k": configuration.num_selected(config),
+  meta = {**info, "batch_size": config.batch_size, "k": configuration.num_selected(config),
           "model": config.model.to_dict(), "rounds": args.rounds}
-  lines = [f"REDUCR step vs uniform step — {meta['device']} ({meta['backend']}), "
+  lines = [f"REDUCR step vs uniform step — {meta['device_kind']} ({meta['backend']}), "
            f"B={meta['batch_size']}, k={meta['k']}, model {meta['model']}", "",
            "| variant | ms/step | measured ratio | FLOP ratio | measured / predicted |",
            "|---|---|---|---|---|"]
   lines += [f"| {r['variant']} | {r['ms']:.3f} | {r['measured_ratio']:.2f} | "
             f"{r['flop_ratio']:.2f} | {r['measured_over_predicted']:.2f} |" for r in rows]
-  table = "\n".join(lines)
+  table = "\n".join(lines) + "\n"
   print(table)
-  out = os.path.join(HERE, "results", f"train_step_{meta['backend']}")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out + ".json", "w") as f:
-    json.dump({"meta": meta, "rows": rows}, f, indent=2)
-  with open(out + ".md", "w") as f:
-    f.write(table + "\n")
+  harness.write_results(args.out, f"train_step_{meta['backend']}",
+                        {"meta": meta, "rows": rows}, table)
 
 
 if __name__ == "__main__":
