@@ -45,6 +45,10 @@ from reducr_jax import experts
 ONLINE = experts.STRATEGIES  # ("vmap", "map", "loop")
 ORDER = ("forward",) + ONLINE + ("precomputed", "multihead")
 NUM_CLASSES = harness.NUM_CLASSES
+FOOTNOTE = (  # below the markdown table
+    "ratio = median(strategy) / median(forward) over the same interleaved rounds; ratio of "
+    "minima = min / min; table build: one-off pass over N examples / one model's forward "
+    "over the same N. 1st call = compile + one run.")
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
@@ -160,19 +164,13 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
     lines.append(f"| {r['model']} | {strategy} | {r['num_experts']} | "
                  f"{r['median_ms']:.3f} | {r['ratio']:.2f} | {r['ratio_of_mins']:.2f} | "
                  f"{first} |")
-  lines += [
-      "",
-      "ratio = median(strategy) / median(forward) over the same interleaved rounds; ratio of "
-      "minima = min / min; table build: one-off pass over N examples / one model's forward "
-      "over the same N. 1st call = compile + one run.",
-  ]
+  lines += ["", FOOTNOTE]
   return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   """Command-line flags."""
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p = harness.argument_parser(__doc__)
   p.add_argument("--num_experts", type=int, default=10, help="C")
   p.add_argument("--all", action="store_true", help="also run C = 14")
   p.add_argument("--batch_size", type=int, default=320, help="B")
@@ -181,17 +179,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                  help="interleaved rounds of the table build and its one-pass baseline")
   p.add_argument("--table_size", type=int, default=None,
                  help="N, examples in the precomputed table (None: 4·B)")
-  p.add_argument("--models", type=harness.comma_list, default="mlp,cnn",
-                 help="comma-separated: mlp, cnn")
-  p.add_argument("--cnn_features", type=harness.int_list, default="8,16,32",
-                 help="CNN conv channels")
+  harness.add_model_flags(p, models="mlp,cnn")
   p.add_argument("--single_thread", action="store_true",
                  help="run XLA:CPU on one thread (sets XLA_FLAGS before the backend starts)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default=None,
-                 help="results JSON (default benchmarks/results/experts_<backend>.json, "
-                      "experts_<backend>_1thread.json with --single_thread); the markdown "
-                      "table goes next to it with suffix .md")
+  harness.add_out_flag(p, "benchmarks/results/experts_<backend>.json, "
+                          "experts_<backend>_1thread.json with --single_thread")
   args = p.parse_args(argv)
   args.table_size = args.table_size or 4 * args.batch_size
   if args.table_size < args.batch_size:
@@ -217,7 +210,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   harness.finish_info(info, start)
 
   table = markdown(rows, info, args)
-  print(table)
   stem = f"experts_{info['backend']}" + ("_1thread" if args.single_thread else "")
   harness.write_results(args.out, stem,
                         {"machine": info, "flags": harness.flag_values(args), "results": rows},

@@ -12,8 +12,9 @@ The scripts in this folder import it as ``import harness``: run as
   * :func:`flops` — FLOPs of a compiled function from XLA's cost analysis;
   * :func:`machine_info`, :func:`finish_info`, :func:`machine_line`, :func:`load_line` —
     what ran the benchmark (versions, backend, device, cores, load average, date);
-  * :func:`comma_list`, :func:`int_list`, :func:`flag_values`, :func:`write_results` —
-    flags and ``benchmarks/results/<name>_<backend>.{json,md}``.
+  * :func:`argument_parser`, :func:`add_model_flags`, :func:`add_out_flag`,
+    :func:`flag_values`, :func:`write_results` — the shared flags, and the output
+    ``benchmarks/results/<name>_<backend>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -220,6 +221,27 @@ def load_line(info: dict[str, Any]) -> str:
 # Flags and output.
 
 
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+  """A parser described by the first paragraph of ``doc`` whose ``--help`` shows defaults."""
+  return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_model_flags(parser: argparse.ArgumentParser, models: str) -> None:
+  """``--models`` (default ``models``) and ``--cnn_features``, parsed into lists."""
+  parser.add_argument("--models", type=comma_list, default=models,
+                      help="comma-separated: mlp, cnn")
+  parser.add_argument("--cnn_features", type=int_list, default="8,16,32",
+                      help="CNN conv channels")
+
+
+def add_out_flag(parser: argparse.ArgumentParser, default: str) -> None:
+  """``--out``, the results JSON; ``default`` says what ``None`` means (see write_results)."""
+  parser.add_argument("--out", default=None,
+                      help=f"results JSON (default {default}); the markdown table goes next "
+                           "to it with suffix .md")
+
+
 def comma_list(text: str) -> list[str]:
   """``"a, b,"`` → ``["a", "b"]`` (an argparse ``type``)."""
   return [item.strip() for item in text.split(",") if item.strip()]
@@ -237,7 +259,7 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def write_results(out: Optional[str], stem: str, payload: dict[str, Any],
                   table: str) -> pathlib.Path:
-  """Writes ``payload`` as JSON and ``table`` as markdown next to it; returns the JSON path.
+  """Prints ``table``, writes it as markdown and ``payload`` as JSON; returns the JSON path.
 
   Args:
     out: the JSON path, or ``None`` for ``benchmarks/results/<stem>.json``.
@@ -245,6 +267,7 @@ def write_results(out: Optional[str], stem: str, payload: dict[str, Any],
     payload: the JSON content.
     table: the markdown, written to the JSON path with suffix ``.md``.
   """
+  print(table)
   path = pathlib.Path(out) if out else RESULTS_DIR / f"{stem}.json"
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -186,23 +186,17 @@ def markdown(rows: list[dict], info: dict, args: argparse.Namespace) -> str:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   """Command-line flags."""
-  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--models", type=harness.comma_list, default="mlp",
-                 help="comma-separated: mlp, cnn")
+  p = harness.argument_parser(__doc__)
+  harness.add_model_flags(p, models="mlp")
   p.add_argument("--train_size", type=int, default=100)
   p.add_argument("--val_size", type=int, default=100)
   p.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds")
   p.add_argument("--calls", type=int, default=0,
                  help="steps per timing (0: 10 for the MLP, 1 for the CNN)")
-  p.add_argument("--cnn_features", type=harness.int_list, default="8,16,32",
-                 help="CNN conv channels")
   p.add_argument("--lr", type=float, default=0.1, help="SGD and virtual-step learning rate")
   p.add_argument("--eta", type=float, default=0.01, help="Group DRO step size")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default=None,
-                 help="results JSON (default benchmarks/results/meta_reweight_<backend>.json); "
-                      "the markdown table goes next to it with suffix .md")
+  harness.add_out_flag(p, "benchmarks/results/meta_reweight_<backend>.json")
   return p.parse_args(argv)
 
 
@@ -219,7 +213,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"# {name}: {time.perf_counter() - t0:.1f}s", flush=True)
   harness.finish_info(info, start)
   table = markdown(rows, info, args)
-  print(table)
   harness.write_results(args.out, f"meta_reweight_{info['backend']}",
                         {"machine": info, "flags": harness.flag_values(args), "results": rows},
                         table)

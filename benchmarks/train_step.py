@@ -12,7 +12,6 @@ Writes ``benchmarks/results/train_step_<backend>.{json,md}`` (see ``--out``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from typing import Any, Callable
@@ -55,7 +54,10 @@ def build(config, variant: str, num_classes: int, input_dim: int):
     width = num_classes if method == "reducr" else 1
     batch["ref_losses"] = rng.uniform(0, 2, (b, width)).astype(np.float32)
   elif reference == "online":
-    strategy = experts.default_strategy()
+    # vmap, not the CPU default lax.map: XLA's cost analysis counts a lax.map body once,
+    # not C times, so the FLOP prediction would be C× too low. For the MLP vmap is also
+    # the fastest CPU strategy (benchmarks/experts.py).
+    strategy = "vmap"
     ref_loss_fn = lambda p, x, y: experts.expert_losses(apply_fn, p, x, y, strategy)  # noqa: E731
     ref_params = flax.jax_utils.replicate(
         experts.init_stacked(init_fn, jax.random.PRNGKey(2), num_classes), devices)
@@ -82,14 +84,12 @@ def stepper(step: Callable, p_state: Any, p_batch: Any, ref: Any) -> Callable[[]
 
 def main() -> None:
   """Times every variant's step, prints and writes the results."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = harness.argument_parser(__doc__)
   parser.add_argument("--config", default=os.path.join(HERE, "..", "configs", "default.py"))
   parser.add_argument("--rounds", type=int, default=30)
   parser.add_argument("--steps_per_round", type=int, default=10)
   parser.add_argument("--input_dim", type=int, default=40)
-  parser.add_argument("--out", default=None,
-                      help="results JSON (default benchmarks/results/train_step_<backend>.json);"
-                           " the markdown table goes next to it with suffix .md")
+  harness.add_out_flag(parser, "benchmarks/results/train_step_<backend>.json")
   args = parser.parse_args()
   config = configuration.load_config(args.config)
   info = harness.machine_info()
@@ -121,7 +121,6 @@ def main() -> None:
   lines += [f"| {r['variant']} | {r['ms']:.3f} | {r['measured_ratio']:.2f} | "
             f"{r['flop_ratio']:.2f} | {r['measured_over_predicted']:.2f} |" for r in rows]
   table = "\n".join(lines) + "\n"
-  print(table)
   harness.write_results(args.out, f"train_step_{meta['backend']}",
                         {"meta": meta, "rows": rows}, table)
 
