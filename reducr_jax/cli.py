@@ -8,6 +8,7 @@ and exit status 2: flag errors, unknown ``--config.*`` fields, and
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -21,6 +22,42 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                          lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 for a multi-process run (auto-detected on TPU VMs and SLURM).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+MULTI_PROCESS = flags.DEFINE_bool(
+    "multi_process", False,
+    "Call jax.distributed.initialize() and let JAX detect the cluster (Cloud TPU VM pod "
+    "slices, whose workers JAX finds through the metadata server; SLURM; Open MPI).")
+
+
+def _cluster_detected() -> bool:
+  """True under a multi-task SLURM job or on a multi-host TPU VM slice."""
+  slurm = os.environ.get("SLURM_NTASKS") or os.environ.get("SLURM_NPROCS") or "1"
+  return slurm != "1" or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def initialize_distributed() -> None:
+  """Starts JAX's multi-controller runtime when this is one process of several.
+
+  Explicit ``--coordinator_address/--num_processes/--process_id`` win; otherwise, with
+  ``--multi_process`` (what ``launch/tpu_vm.sh`` passes), under SLURM with more than one
+  task, or on GKE TPU pods (``TPU_WORKER_HOSTNAMES``), ``jax.distributed.initialize()``
+  detects everything itself. A single process does nothing.
+  """
+  explicit = [COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value]
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      fail("--coordinator_address, --num_processes and --process_id must be given together")
+    if not 0 <= PROCESS_ID.value < NUM_PROCESSES.value:
+      fail(f"--process_id must be in [0, {NUM_PROCESSES.value}), got {PROCESS_ID.value}")
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
+  elif MULTI_PROCESS.value or _cluster_detected():
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
 
 
 def fail(message: str) -> None:
@@ -53,6 +90,7 @@ def run(main: Callable[[list[str]], None]) -> None:
     if len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    initialize_distributed()
     from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
     try:
       main(argv)

@@ -141,6 +141,9 @@ def check_workdir(workdir: str) -> str:
   """
   if not workdir:
     raise ConfigError("--workdir must be a directory path, got ''")
+  if "://" in workdir:
+    raise ConfigError(f"--workdir {workdir}: storage URLs are not supported yet; use a "
+                      "directory every process can write (a shared disk, or a gcsfuse mount)")
   path = os.path.abspath(os.path.expanduser(workdir))
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(f"--workdir {path} exists and is not a directory")

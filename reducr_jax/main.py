@@ -1,5 +1,10 @@
 """Entry point: ``python -m reducr_jax.main --config=configs/<name>.py --workdir=<dir>``.
 
+Several processes (TPU pod slices, SLURM GPU clusters; see ``launch/``): run the same
+command in every process; JAX's runtime is started by ``jax.distributed.initialize`` —
+auto-detected on TPU VMs and under SLURM, or explicit with ``--coordinator_address``,
+``--num_processes`` and ``--process_id``. Only process 0 logs and writes results.
+
 Every config field can be overridden on the command line, e.g.
 ``--config.selection.method=rho_loss --config.num_steps=500``. Bad input (an unknown field
 or value, an unwritable workdir) ends with a one-line ``error: ...`` and exit status 2,
@@ -28,8 +33,11 @@ def print_table(results: dict) -> None:
 def main(argv):
   del argv
   # Imported here so `--help` and flag errors do not pay for importing jax.
+  import jax  # pylint: disable=g-import-not-at-top
   from reducr_jax import train  # pylint: disable=g-import-not-at-top
-  print_table(train.train_and_evaluate(cli.CONFIG.value, cli.WORKDIR.value))
+  results = train.train_and_evaluate(cli.CONFIG.value, cli.WORKDIR.value)
+  if jax.process_index() == 0:
+    print_table(results)
 
 
 if __name__ == "__main__":

@@ -170,10 +170,11 @@ def prune_train_split(config: ml_collections.ConfigDict, splits: data.Splits,
         scores = Scores(**{k: f[k] for k in Scores._fields})
     else:
       scores = compute_scores(config, splits)
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = f"{path}.tmp-{os.getpid()}.npz"
-      np.savez(tmp, **scores._asdict())
-      os.replace(tmp, path)                 # atomic: never half a file
+      if jax.process_index() == 0:   # every process computes the same; one writes
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}.npz"
+        np.savez(tmp, **scores._asdict())
+        os.replace(tmp, path)                 # atomic: never half a file
   keep = kept_indices(config, splits, scores)
   t = splits.train
   train = data.Split(x=t.x[keep], y=t.y[keep], y_clean=t.y_clean[keep], index=t.index[keep])

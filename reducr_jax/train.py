@@ -293,12 +293,28 @@ def make_eval_step(apply_fn, num_classes: int, devices):
   return jax.pmap(eval_step, axis_name=AXIS, devices=devices)
 
 
+def process_rows(tree, num_processes: int, process_index: int):
+  """This process's contiguous share of a global batch (leading axis split in order)."""
+  if num_processes == 1:
+    return tree
+  def rows(a):
+    per = a.shape[0] // num_processes
+    return a[process_index * per:(process_index + 1) * per]
+  return jax.tree.map(rows, tree)
+
+
 def evaluate(p_eval, p_params, split: data.Split, batch_size: int, num_devices: int):
-  """Per-class correct counts and loss sums over a whole split (host values)."""
+  """Per-class correct counts and loss sums over a whole split (host values).
+
+  Every process walks the same global batches of ``batch_size`` per device and feeds
+  only its own rows; the ``psum`` in the eval step adds all devices of all processes.
+  """
   total = None
-  for x, y, mask in data.iterate_batches(split, batch_size * num_devices):
-    shard = lambda a: a.reshape((num_devices, batch_size) + a.shape[1:])  # noqa: E731
-    res = p_eval(p_params, shard(x), shard(y), shard(mask))
+  num_local = num_devices // jax.process_count()
+  for batch in data.iterate_batches(split, batch_size * num_devices):
+    x, y, mask = _shard(process_rows(batch, jax.process_count(), jax.process_index()),
+                        num_local)
+    res = p_eval(p_params, x, y, mask)
     res = jax.tree.map(lambda a: np.asarray(a[0], np.float64), res)
     total = res if total is None else jax.tree.map(np.add, total, res)
   return total
@@ -335,6 +351,12 @@ def host_batch(config: ml_collections.ConfigDict, cfg: StepConfig, splits: data.
   return batch
 
 
+def _host(tree):
+  """NumPy copies of every leaf: what checkpoints hold. (A device-local ``jax.Array``
+  cannot be saved by orbax from several processes; a NumPy array is written once.)"""
+  return jax.tree.map(np.asarray, tree)
+
+
 def _shard(tree, n: int):
   return jax.tree.map(lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:]), tree)
 
@@ -358,7 +380,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise configuration.ConfigError(
           f"config.num_devices must be -1 or in [1, {len(devices)}], got {config.num_devices}")
     devices = devices[:config.num_devices]
-  n = len(devices)
+  # Several processes: pmap spans every device of every process (each feeds its own);
+  # one process: exactly the devices chosen above.
+  num_processes, process_index = jax.process_count(), jax.process_index()
+  if num_processes > 1 and len(devices) != jax.local_device_count():
+    raise configuration.ConfigError("config.num_devices must be -1 in a multi-process run")
+  pmap_devices = None if num_processes > 1 else devices
+  n_local = len(devices)
+  n = n_local * num_processes                     # global data-parallel devices
   configuration.validate_config(config, n)
   workdir = configuration.check_workdir(workdir)
 
@@ -394,15 +423,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   start = ckpt.latest_step()
   if start is not None:
-    restored, _ = ckpt.restore({"state": state, "best": best})
+    restored, _ = ckpt.restore(_host({"state": state, "best": best}))
     state, best = restored["state"], restored["best"]
     _progress(f"resumed from step {start}")
   start = int(state.step)
   writer = metric_writers.MetricWriter(workdir, resume_step=start,
                                        enabled=jax.process_index() == 0)
   p_state = flax.jax_utils.replicate(state, devices)
-  p_step = make_train_step(apply_fn, ref_loss_fn, tx, cfg, devices)
-  p_eval = make_eval_step(apply_fn, c, devices)
+  p_step = make_train_step(apply_fn, ref_loss_fn, tx, cfg, pmap_devices)
+  p_eval = make_eval_step(apply_fn, c, pmap_devices)
   holdout_every = config.selection.holdout_every
   if holdout_every == -1:
     holdout_every = max(1, len(splits.train) // config.batch_size)
@@ -415,8 +444,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       h = mwu.class_holdout_loss(metrics.ClassSums(*loss_sums))
       p_state = p_state._replace(holdout_loss=flax.jax_utils.replicate(
           jnp.asarray(h, jnp.float32), devices))
-    batch = host_batch(config, cfg, splits, table, step)
-    p_state, step_metrics = p_step(p_state, _shard(batch, n), ref_params)
+    batch = process_rows(host_batch(config, cfg, splits, table, step), num_processes,
+                         process_index)
+    p_state, step_metrics = p_step(p_state, _shard(batch, n_local), ref_params)
     done = step + 1
 
     if done % config.log_every == 0 or done == config.num_steps:
@@ -438,7 +468,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       _progress(f"step {done}/{config.num_steps}  {rate:.1f} steps/s  worst-class val acc "
                 f"{val['worst_class_accuracy']:.3f}  val acc {val['accuracy']:.3f}")
     if done % config.checkpoint_every == 0 or done == config.num_steps:
-      ckpt.save(done, {"state": flax.jax_utils.unreplicate(p_state), "best": best})
+      ckpt.save(done, _host({"state": flax.jax_utils.unreplicate(p_state), "best": best}))
   writer.close()
   ckpt.close()
 

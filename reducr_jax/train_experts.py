@@ -182,12 +182,13 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
                  num if kind != "multihead" else splits.num_classes, gamma,
                  len(splits.holdout))
     params, best_val = _train(config, splits, kind, module, apply_fn, num, gamma)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-      f.write(flax.serialization.msgpack_serialize(
-          {"params": jax.tree.map(np.asarray, params), "best_val_loss": best_val}))
-    os.replace(tmp, path)                      # atomic: a killed run never leaves half a file
+    if jax.process_index() == 0:   # every process computes the same; one writes
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      tmp = f"{path}.tmp-{os.getpid()}"
+      with open(tmp, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(
+            {"params": jax.tree.map(np.asarray, params), "best_val_loss": best_val}))
+      os.replace(tmp, path)                      # atomic: a killed run never leaves half a file
   return ReferenceModels(kind, params, loss_fn)
 
 
