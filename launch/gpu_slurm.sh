@@ -82,6 +82,8 @@ die() {
   exit 2
 }
 
+# (quote/join_quoted are also in tpu_vm.sh: sbatch runs a copy of this script from its
+# spool directory, so it cannot source a sibling file; it has to stand alone.)
 # Quotes one word for a POSIX shell, leaving plain words (and `--opt=` prefixes) readable:
 # double quotes where nothing in the word is special inside them, else single quotes.
 quote() {
