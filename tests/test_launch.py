@@ -205,9 +205,10 @@ def test_tpu_real_run_against_stub_gcloud(tmp_path):
   home directory per worker and runs each ssh command there (--skip-install: nothing is
   downloaded; the venv's python is a stub recording its arguments).
   """
-  if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", "HEAD"],
-                    capture_output=True).returncode != 0:
-    pytest.skip("not a git checkout with commits: nothing for git archive to ship")
+  head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", "HEAD"],
+                        capture_output=True)
+  assert head.returncode == 0, ("run the tests from a git checkout with commits: "
+                                "tpu_vm.sh ships the committed tree with git archive")
   calls = tmp_path / "calls.jsonl"
   workers = [tmp_path / f"worker{i}" for i in range(2)]
   for home in workers:
