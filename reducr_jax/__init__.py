@@ -1,9 +1,16 @@
 """reducr_jax: robust online batch selection (REDUCR), its baselines, example reweighting
 and data pruning as pure, composable JAX functions, plus a Flax trainer.
 
-Modules: :mod:`~reducr_jax.selection` (scores and selection rules),
-:mod:`~reducr_jax.mwu` (class weights), :mod:`~reducr_jax.experts` (class-irreducible
-loss models), :mod:`~reducr_jax.metrics` (per-class and robustness metrics).
+Pure functions (usable without the trainer):
+  :mod:`~reducr_jax.selection` (scores and selection rules), :mod:`~reducr_jax.mwu`
+  (class weights), :mod:`~reducr_jax.experts` (class-irreducible loss models),
+  :mod:`~reducr_jax.metrics` (per-class and robustness metrics),
+  :mod:`~reducr_jax.meta_reweight` (Ren et al. 2018), :mod:`~reducr_jax.group_dro`,
+  :mod:`~reducr_jax.pruning` (DRoP and pruning scores).
+
+Trainer: :mod:`~reducr_jax.train` (``train_and_evaluate``), :mod:`~reducr_jax.main`
+(``python -m reducr_jax.main --config=configs/default.py --workdir=DIR``) and
+:mod:`reducr_jax.experiments` (methods table, ablations, sweeps).
 """
 
 __version__ = "0.1.0"
