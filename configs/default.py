@@ -82,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.meta.lr = 0.1                              # virtual SGD step α; at ε = 0 it only scales the
                                                     # meta-gradient, so it cancels in the normalised weights
   config.meta.val_batch_size = 80                   # clean validation examples per step
+  # 'jvp': the SGD look-ahead's ε-gradient as grad + jvp (≈ 2.2× a plain step);
+  # 'nested_grad': Ren et al.'s nested jax.grad (≈ 2.9×). Same values (tested).
+  config.meta.method = "jvp"
   config.group_dro = ml_collections.ConfigDict()
   config.group_dro.eta = 0.01                       # Group DRO step size (Sagawa et al.: 0.01)
 

@@ -121,6 +121,7 @@ def validate_config(config: ml_collections.ConfigDict,
                       f"config.pruning.score_epochs ({pr.score_epochs})")
   _one_of("config.reweight", config.reweight, REWEIGHTS)
   _number("config.meta.lr", config.meta.lr, 0, low_open=True)
+  _one_of("config.meta.method", config.meta.method, ("jvp", "nested_grad"))
   _number("config.meta.val_batch_size", config.meta.val_batch_size, 1, integer=True)
   if config.meta.val_batch_size % n:
     raise ConfigError(f"config.meta.val_batch_size ({config.meta.val_batch_size}) must be "

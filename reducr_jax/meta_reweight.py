@@ -188,6 +188,31 @@ def meta_gradient(loss_fn: StatefulLossFn, params: Params, model_state: Any,
   return jax.grad(val_loss)(jnp.zeros((n,), dtype))
 
 
+def meta_gradient_jvp(loss_fn: StatefulLossFn, params: Params, model_state: Any,
+                      train_batch: Batch, val_batch: Batch, lr) -> jax.Array:
+  """The SGD look-ahead's ε-gradient in one forward-mode pass: equal to :func:`meta_gradient`.
+
+  For ``θ'(ε) = θ − lr · ∇_θ Σ_i ε_i ℓ_i(θ)`` the chain rule at ε = 0 (where θ' = θ)
+  gives exactly ``g_i = −lr · ⟨∇_θ L_val(θ), ∇_θ ℓ_i(θ)⟩``: one ``jax.grad`` of the
+  validation loss, then one ``jax.jvp`` of the per-example training losses in that
+  direction. It skips the inner backward pass that nested ``jax.grad`` spends on
+  ``∇_θ Σ ε_i ℓ_i`` (identically 0 at ε = 0): ≈ 2.2–2.4× a plain step instead of ≈ 2.9×
+  (``benchmarks/meta_reweight.py``). Only for the SGD look-ahead.
+
+  Args and returns: as :func:`meta_gradient`, with ``lr`` the virtual SGD learning rate.
+  """
+  checks.check_shape("lr", lr, (), "a scalar")
+  checks.check_in_range("lr", lr, 0.0, low_inclusive=False)
+  losses = _losses_shape("train_batch", loss_fn, params, model_state, train_batch)
+  _losses_shape("val_batch", loss_fn, params, model_state, val_batch)
+  dtype = jnp.promote_types(losses.dtype, jnp.float32)
+  val_grad = jax.grad(
+      lambda p: jnp.mean(loss_fn(p, model_state, val_batch)[0].astype(dtype)))(params)
+  _, dots = jax.jvp(lambda p: loss_fn(p, model_state, train_batch)[0].astype(dtype),
+                    (params,), (val_grad,))
+  return -lr * dots
+
+
 def weights_from_meta_gradient(meta_grad: jax.Array,
                                axis_name: Optional[str] = None) -> jax.Array:
   """``w = max(−g, 0) / Σ max(−g, 0)``; all-zero stays all-zero (Ren et al. eqs. 6–7).

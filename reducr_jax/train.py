@@ -98,6 +98,7 @@ class StepConfig:
   reference: Optional[str]        # None | 'table' (losses in the batch) | 'online'
   reweight: str = "none"
   meta_lr: float = 0.1
+  meta_method: str = "jvp"
   group_dro_eta: float = 0.01
   train_class_counts: tuple = ()
 
@@ -112,6 +113,7 @@ class StepConfig:
                selection_pressure=float(s.selection_pressure), holdout_loss=s.holdout_loss,
                ema_decay=float(s.ema_decay), reference=reference,
                reweight=config.reweight, meta_lr=float(config.meta.lr),
+               meta_method=config.meta.method,
                group_dro_eta=float(config.group_dro.eta),
                train_class_counts=tuple(int(n) for n in train_class_counts))
 
@@ -246,7 +248,8 @@ def example_weights(state: TrainState, xs: jax.Array, ys: jax.Array, batch: dict
 
   * ``none``: ``1/k`` each.
   * ``class_balanced``: ``∝ 1 / n_y`` with ``n_y`` the class's size in the train split.
-  * ``meta``: Ren et al. (2018) — :mod:`reducr_jax.meta_reweight` with the full validation
+  * ``meta``: Ren et al. (2018) — :mod:`reducr_jax.meta_reweight` (``config.meta.method``:
+    ``jvp``, one forward-mode pass, or ``nested_grad``; equal values) with the full validation
     batch (all-gathered from the devices' shards of ``meta_x``/``meta_y``, drawn from the
     clean holdout split), so every device uses the same validation gradient and the
     weights equal the single-device ones; normalised across devices.
@@ -267,8 +270,12 @@ def example_weights(state: TrainState, xs: jax.Array, ys: jax.Array, batch: dict
     vx = jax.lax.all_gather(batch["meta_x"], AXIS, tiled=True)
     vy = jax.lax.all_gather(batch["meta_y"], AXIS, tiled=True)
     loss_fn = lambda p, s, b: (experts.cross_entropy(apply_fn(p, b[0]), b[1]), s)  # noqa: E731
-    g = meta_reweight.meta_gradient(loss_fn, state.params, (), (xs, ys), (vx, vy),
-                                    meta_reweight.sgd_step(cfg.meta_lr))
+    if cfg.meta_method == "jvp":
+      g = meta_reweight.meta_gradient_jvp(loss_fn, state.params, (), (xs, ys), (vx, vy),
+                                          cfg.meta_lr)
+    else:
+      g = meta_reweight.meta_gradient(loss_fn, state.params, (), (xs, ys), (vx, vy),
+                                      meta_reweight.sgd_step(cfg.meta_lr))
     return meta_reweight.weights_from_meta_gradient(g, axis_name=AXIS), new_log_q
   losses = jax.lax.stop_gradient(experts.cross_entropy(apply_fn(state.params, xs), ys))
   stats = jax.lax.psum(metrics.class_sums(losses, ys, c), AXIS)

@@ -346,3 +346,22 @@ def test_weights_normalise_across_devices():
                         axis_name="d")(g)
   np.testing.assert_allclose(np.asarray(per_device).ravel(),
                              meta_reweight.weights_from_meta_gradient(g.ravel()), rtol=1e-5)
+
+
+def test_forward_mode_meta_gradient_equals_nested_grad():
+  model = nn.Sequential([nn.Dense(16), nn.relu, nn.Dense(3)])
+  x = jax.random.normal(jax.random.key(0), (12, 5))
+  y = jax.random.randint(jax.random.key(1), (12,), 0, 3)
+  params = model.init(jax.random.key(2), x)["params"]
+
+  def loss_fn(p, state, batch):
+    logits = model.apply({"params": p}, batch[0])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]), state
+
+  train, val = (x[:8], y[:8]), (x[8:], y[8:])
+  nested = meta_reweight.meta_gradient(loss_fn, params, (), train, val,
+                                       meta_reweight.sgd_step(0.3))
+  forward = jax.jit(meta_reweight.meta_gradient_jvp, static_argnums=0)(
+      loss_fn, params, (), train, val, 0.3)
+  np.testing.assert_allclose(forward, nested, rtol=1e-4, atol=1e-7)
+  assert np.any(np.asarray(nested) < 0) and np.any(np.asarray(nested) > 0)

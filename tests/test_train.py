@@ -232,12 +232,14 @@ def test_config_validation(tmp_path, overrides, message):
   assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("reweight", ["class_balanced", "meta", "group_dro"])
-def test_reweighting_runs_and_agrees_across_devices(reweight):
+@pytest.mark.parametrize("reweight, meta_method", [
+    ("class_balanced", "jvp"), ("meta", "jvp"), ("meta", "nested_grad"), ("group_dro", "jvp")])
+def test_reweighting_runs_and_agrees_across_devices(reweight, meta_method):
   """Every reweighting trains under pmap and gives the single-device update on 8 devices."""
   def run(num_devices):
     config = tiny_config(reweight=reweight, **{"selection.method": "uniform",
-                                               "meta.val_batch_size": 16})
+                                               "meta.val_batch_size": 16,
+                                               "meta.method": meta_method})
     from reducr_jax import data  # pylint: disable=g-import-not-at-top
     import flax.jax_utils  # pylint: disable=g-import-not-at-top
     splits = data.make_splits(config.dataset, config.seed)
