@@ -14,8 +14,11 @@ device holds the same ``[B]`` scores and takes the same global top-k (same rng t
 key is ``fold_in(state.rng, step)``). The MWU update is computed from the gathered values,
 so the class weights are identical on every device without any extra communication.
 Device ``d`` then trains on selected points ``d·k/n … (d+1)·k/n − 1`` (inputs gathered
-from the large batch), and gradients are averaged with ``pmean``: the update equals the
-single-device update on the same k points, up to float summation order.
+from the large batch); each device's loss is the weighted sum over its points (weights
+summing to 1 over all k, see :func:`example_weights`) and gradients are ``psum``-ed: the
+update equals the single-device update on the same k points, up to float summation order.
+With several processes (hosts) the same holds over all devices of all processes; each
+process feeds only its own rows of every batch (:func:`process_rows`).
 """
 
 from __future__ import annotations
