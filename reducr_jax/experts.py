@@ -57,6 +57,16 @@ def class_weights_for(labels: jax.Array, expert_class, gamma) -> jax.Array:
   return 1.0 + gamma * (labels == expert_class).astype(jnp.float32)
 
 
+def class_weight_matrix(labels: jax.Array, num_experts: int, gamma) -> jax.Array:
+  """Eq. 8 weights of every example for every expert: ``W[i, c] = 1 + γ · 1[y_i = c]``.
+
+  Returns:
+    ``[B, num_experts]``, column c for expert c.
+  """
+  checks.check_in_range("gamma", gamma, 0.0)
+  return 1.0 + gamma * (labels[:, None] == jnp.arange(num_experts)[None, :]).astype(jnp.float32)
+
+
 def class_weighted_loss(per_example_loss: jax.Array, labels: jax.Array, expert_class,
                         gamma) -> jax.Array:
   """Batch estimate of eq. 8: ``mean_i (1 + γ · 1[y_i = c]) · ℓ_i`` → scalar.
@@ -262,9 +272,7 @@ def multihead_loss(logits: jax.Array, labels: jax.Array, gamma) -> jax.Array:
     scalar.
   """
   losses = multihead_expert_losses(logits, labels)                  # [B, C]
-  c = losses.shape[1]
-  w = jax.vmap(lambda k: class_weights_for(labels, k, gamma), out_axes=1)(jnp.arange(c))
-  return jnp.mean(w * losses)
+  return jnp.mean(class_weight_matrix(labels, losses.shape[1], gamma) * losses)
 
 
 def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, params: Any,

@@ -96,8 +96,7 @@ def _build(config, num_classes: int, kind: str):
 
 def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma) -> jax.Array:
   """``Σ_i mask_i (1 + γ·1[y_i = e]) table[i, e]`` per column e → ``[E]`` (eq. 8 on val)."""
-  w = jax.vmap(lambda e: experts.class_weights_for(y, e, gamma), out_axes=1)(
-      jnp.arange(table.shape[1]))
+  w = experts.class_weight_matrix(y, table.shape[1], gamma)
   return jnp.sum(w * table * mask[:, None], axis=0)
 
 

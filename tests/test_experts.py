@@ -129,3 +129,8 @@ def test_loss_functions_jit():
   y = jnp.array([0, 1, 2, 4])
   np.testing.assert_allclose(jax.jit(experts.multihead_loss)(logits, y, 0.0),
                              experts.multihead_expert_losses(logits, y).mean(), rtol=1e-6)
+
+
+def test_class_weight_matrix_by_hand():
+  np.testing.assert_allclose(experts.class_weight_matrix(jnp.array([0, 2, 1]), 3, 9.0),
+                             [[10, 1, 1], [1, 1, 10], [1, 10, 1]])
