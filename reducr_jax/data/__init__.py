@@ -1,4 +1,4 @@
-"""Offline dataset pipeline: embedded sources, corruptions, four splits, batch order."""
+"""Dataset pipeline: embedded and real (TFDS) sources, corruptions, four splits, batch order."""
 
 from reducr_jax.data.corruption import imbalance_class
 from reducr_jax.data.corruption import imbalance_mask
@@ -6,10 +6,15 @@ from reducr_jax.data.corruption import symmetric_label_noise
 from reducr_jax.data.embedded import CLASS_NAMES
 from reducr_jax.data.embedded import load_arrays
 from reducr_jax.data.embedded import NUM_CLASSES
+from reducr_jax.data.random_access import LazyArray
+from reducr_jax.data.real import REAL_DATASETS
+from reducr_jax.data.real import validate_real_dataset_config
 from reducr_jax.data.sampling import batch_indices
 from reducr_jax.data.sampling import epoch_of
 from reducr_jax.data.sampling import iterate_batches
+from reducr_jax.data.splits import class_names
 from reducr_jax.data.splits import make_splits
+from reducr_jax.data.splits import num_classes
 from reducr_jax.data.splits import Split
 from reducr_jax.data.splits import SPLIT_NAMES
 from reducr_jax.data.splits import Splits
@@ -17,17 +22,22 @@ from reducr_jax.data.splits import validate_dataset_config
 
 __all__ = [
     "CLASS_NAMES",
+    "LazyArray",
     "NUM_CLASSES",
+    "REAL_DATASETS",
     "SPLIT_NAMES",
     "Split",
     "Splits",
     "batch_indices",
+    "class_names",
     "epoch_of",
     "imbalance_class",
     "imbalance_mask",
     "iterate_batches",
     "load_arrays",
     "make_splits",
+    "num_classes",
     "symmetric_label_noise",
     "validate_dataset_config",
+    "validate_real_dataset_config",
 ]

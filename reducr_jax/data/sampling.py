@@ -70,7 +70,9 @@ def iterate_batches(split, batch_size: int) -> Iterator[tuple[np.ndarray, np.nda
   """Yields every example of ``split`` once, in order, in fixed-shape batches.
 
   Args:
-    split: anything with ``x`` [n, ...] and ``y`` [n] (e.g. a ``Split``).
+    split: anything with ``x`` [n, ...] and ``y`` [n] (e.g. a ``Split``). ``x`` is sliced
+      batch by batch, never converted whole, so a lazy ``random_access.LazyArray`` only
+      decodes one batch at a time.
     batch_size: B >= 1.
 
   Yields:
@@ -79,7 +81,9 @@ def iterate_batches(split, batch_size: int) -> Iterator[tuple[np.ndarray, np.nda
     padding, so a jitted evaluation step compiles once. ``ceil(n / B)`` batches.
   """
   _check_positive_int("batch_size", batch_size, 1)
-  x, y = np.asarray(split.x), np.asarray(split.y)
+  x = split.x if hasattr(split.x, "shape") and hasattr(split.x, "dtype") else np.asarray(
+      split.x)
+  y = np.asarray(split.y)
   n = y.shape[0]
   for start in range(0, n, batch_size):
     stop = min(start + batch_size, n)

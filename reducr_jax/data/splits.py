@@ -44,10 +44,13 @@ class Split:
   """One split; row i of every field describes the same example.
 
   Attributes:
-    x: features float32 [n, D], standardised with the train split's statistics.
+    x: features float32 [n, D], standardised with the train split's statistics (embedded
+      data); real data (``real.py``): images uint8 [n, H, W, 3] in 0..255 (a lazy
+      ``random_access.LazyArray`` for Clothing1M) or text int32 [n, 2, L].
     y: labels int32 [n] as seen by training (noisy for ``train``).
     y_clean: labels int32 [n] before label noise (equals ``y`` except in ``train``).
-    index: int64 [n], row of the example in ``embedded.load_arrays(name)``.
+    index: int64 [n], row of the example in ``embedded.load_arrays(name)`` (real data:
+      its row in the source split, see ``real.py``).
   """
   x: np.ndarray
   y: np.ndarray
@@ -79,8 +82,19 @@ def _is_real(v) -> bool:
 
 
 def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
-  """Raises a one-line ``ValueError`` naming the first bad ``config.dataset`` field."""
-  embedded.check_name(cfg.name)
+  """Raises a one-line ``ValueError`` naming the first bad ``config.dataset`` field.
+
+  Real datasets (``real.REAL_DATASETS``) are checked by
+  ``real.validate_real_dataset_config``; an unknown name lists every allowed name.
+  """
+  from reducr_jax.data import real  # pylint: disable=g-import-not-at-top
+  if cfg.get("name") in real.REAL_DATASETS:
+    real.validate_real_dataset_config(cfg)
+    return
+  if cfg.get("name") not in embedded.NUM_CLASSES:
+    raise ValueError(f"config.dataset.name must be one of "
+                     f"{sorted(embedded.NUM_CLASSES) + list(real.REAL_DATASETS)}, "
+                     f"got {cfg.get('name')!r}")
   source_k = embedded.NUM_CLASSES[cfg.name]
   classes = tuple(cfg.get("classes", ()))
   if classes and (len(classes) < 2 or len(set(classes)) != len(classes) or
@@ -111,6 +125,27 @@ def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.dataset.label_noise must be in [0, 1), got {cfg.label_noise!r}")
 
 
+def num_classes(dataset_config: ml_collections.ConfigDict) -> int:
+  """Classes of the splits ``make_splits(dataset_config, ...)`` builds, without reading data."""
+  from reducr_jax.data import real  # pylint: disable=g-import-not-at-top
+  validate_dataset_config(dataset_config)
+  if dataset_config.name in real.REAL_DATASETS:
+    return real.num_classes(dataset_config)
+  return len(tuple(dataset_config.get("classes", ()))) or embedded.NUM_CLASSES[
+      dataset_config.name]
+
+
+def class_names(dataset_config: ml_collections.ConfigDict) -> list[str]:
+  """Class names of the splits ``make_splits(dataset_config, ...)`` builds, without reading data."""
+  from reducr_jax.data import real  # pylint: disable=g-import-not-at-top
+  validate_dataset_config(dataset_config)
+  if dataset_config.name in real.REAL_DATASETS:
+    return real.class_names(dataset_config)
+  names = embedded.CLASS_NAMES[dataset_config.name]
+  classes = tuple(dataset_config.get("classes", ()))
+  return [names[c] for c in classes] if classes else list(names)
+
+
 def _stratified_parts(y: np.ndarray, fractions, rng: np.random.Generator) -> list[np.ndarray]:
   """Row indices of the 4 parts: every class cut in ``fractions`` (cumulative rounding)."""
   cum = np.cumsum(fractions)
@@ -135,12 +170,17 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
 
   Returns:
     ``Splits``; every example of the source is in exactly one split, except those that
-    the imbalance removed from train/holdout.
+    the imbalance removed from train/holdout. For a name in ``real.REAL_DATASETS``
+    (CIFAR-10/100, CINIC-10, Clothing1M, MNLI, QQP) the paper's protocol of
+    ``real.make_real_splits`` instead.
   """
   cfg = dataset_config
   validate_dataset_config(cfg)
   if not _is_int(seed) or seed < 0:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+  from reducr_jax.data import real  # pylint: disable=g-import-not-at-top
+  if cfg.name in real.REAL_DATASETS:
+    return real.make_real_splits(cfg, seed)
   x, y = embedded.load_arrays(cfg.name, seed)
   source_rows = np.arange(len(y))
   class_names = list(embedded.CLASS_NAMES[cfg.name])

@@ -1,0 +1,203 @@
+"""TensorFlow Datasets plumbing for the real datasets: builders, reading, lazy images.
+
+* :func:`import_tfds`: ``tensorflow_datasets``, imported lazily (one-line ``ImportError``
+  naming ``pip install "reducr_jax[data]"`` when missing). TensorFlow is hidden from the
+  GPUs so ``tf.data`` never takes accelerator memory from JAX.
+* :func:`data_dir` / :func:`manual_dir`: where prepared data and manual downloads live
+  (``config.dataset.data_dir``, ``config.dataset.manual_dir``; TFDS defaults when '').
+* :func:`catalog_builder`: a prepared TFDS catalog builder (CIFAR, GLUE). It downloads
+  only when ``config.dataset.download`` is True (then prepared as ``array_record``);
+  otherwise missing data is a one-line ``FileNotFoundError`` saying how to get it.
+* :func:`prepare_from_manual`: prepares one of our own builders (CINIC-10, Clothing1M)
+  from files in ``manual_dir``; they have no URLs, so this never touches the network.
+* :func:`read_split`: a whole (small) split as NumPy arrays through ``tf.data``, which
+  reads both ``tfrecord`` and ``array_record`` preparations.
+* :func:`lazy_images`: a split's images as a :class:`~reducr_jax.data.random_access.LazyArray`
+  over ``builder.as_data_source`` (``array_record`` random access), JPEG/PNG bytes
+  decoded with PIL by a thread pool only for the rows asked for.
+* :func:`metadata_labels`: labels our builders store in their ``metadata.json`` at
+  preparation, so 1M labels are known without reading a single image record.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import types
+from typing import Any, Sequence
+
+import numpy as np
+
+from reducr_jax.data import random_access
+
+INSTALL_HINT = 'pip install "reducr_jax[data]"'
+READ_BATCH = 1024
+
+
+def _alias_importlib_resources() -> None:
+  """Lets TFDS 4.9.x prepare datasets without the ``importlib_resources`` backport.
+
+  ``DatasetBuilder.code_path`` (reached by every ``download_and_prepare``) evaluates
+  ``importlib_resources.abc.Traversable``, but TFDS requires the backport only on
+  Python < 3.9, so on newer Pythons without it preparing fails with
+  ``ModuleNotFoundError``. The standard library's ``importlib.resources`` is the same
+  API; register it under the backport's name when the backport is absent.
+  """
+  if "importlib_resources" in sys.modules:
+    return
+  try:
+    import importlib_resources  # pylint: disable=g-import-not-at-top,unused-import
+    return
+  except ImportError:
+    pass
+  import importlib.resources  # pylint: disable=g-import-not-at-top
+  try:
+    import importlib.resources.abc as abc_module  # pylint: disable=g-import-not-at-top
+  except ImportError:  # Python 3.10
+    import importlib.abc as abc_module  # pylint: disable=g-import-not-at-top
+  shim = types.ModuleType("importlib_resources")
+  shim.abc = abc_module
+  shim.files = importlib.resources.files
+  sys.modules["importlib_resources"] = shim
+
+
+def import_tfds():
+  """Returns the ``tensorflow_datasets`` module, or raises a one-line ``ImportError``."""
+  _alias_importlib_resources()
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"the real datasets need tensorflow-datasets and tensorflow: "
+                      f"{INSTALL_HINT} ({e})") from None
+  try:  # tf.data must not reserve GPU memory that JAX needs.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+  except (ImportError, RuntimeError, ValueError):
+    pass  # No TensorFlow (data sources still work) or devices already initialised.
+  return tfds
+
+
+def data_dir(cfg) -> str:
+  """``config.dataset.data_dir``, or TFDS's default ($TFDS_DATA_DIR, ~/tensorflow_datasets)."""
+  d = cfg.get("data_dir", "") or os.environ.get(
+      "TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+  return os.path.expanduser(d)
+
+
+def manual_dir(cfg, name: str) -> str:
+  """Directory holding the manually downloaded files of dataset ``name``.
+
+  ``config.dataset.manual_dir``, or ``<data_dir>/downloads/manual`` when ''. As in TFDS,
+  a sub-directory named after the dataset (e.g. ``<manual_dir>/clothing1m``) is used
+  when it exists, so one manual directory can hold several datasets.
+  """
+  root = os.path.expanduser(cfg.get("manual_dir", "") or
+                            os.path.join(data_dir(cfg), "downloads", "manual"))
+  sub = os.path.join(root, name)
+  return sub if os.path.isdir(sub) else root
+
+
+def catalog_builder(tfds_name: str, cfg, what: str):
+  """A prepared TFDS catalog builder (e.g. ``"cifar10"``, ``"glue/mnli"``).
+
+  Args:
+    tfds_name: TFDS catalog name.
+    cfg: ``config.dataset`` (``data_dir``, ``download``).
+    what: the dataset's name in messages (``config.dataset.name``).
+
+  Raises:
+    FileNotFoundError: (one line) not prepared under ``data_dir`` and ``download`` is
+      False: nothing is fetched then.
+  """
+  tfds = import_tfds()
+  root = data_dir(cfg)
+  builder = tfds.builder(tfds_name, data_dir=root)
+  if not builder.is_prepared():
+    if not cfg.get("download", False):
+      raise FileNotFoundError(
+          f"{what}: no prepared TFDS data {builder.info.full_name!r} under {root!r}; set "
+          f"config.dataset.download=True once with internet, or copy a prepared TFDS "
+          f"data_dir and point config.dataset.data_dir at it")
+    builder.download_and_prepare(file_format="array_record")
+  return builder
+
+
+def prepare_from_manual(builder, manual: str) -> None:
+  """Prepares ``builder`` (one of ours) from ``manual`` as ``array_record``; no network."""
+  tfds = import_tfds()
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual),
+      file_format="array_record")
+
+
+def read_split(builder, split: str, keys: Sequence[str],
+               max_examples: int = -1) -> dict[str, np.ndarray]:
+  """Reads features ``keys`` of a whole split, in file order, into NumPy arrays.
+
+  Args:
+    builder: a prepared TFDS builder.
+    split: split name, e.g. ``"train"``.
+    keys: top-level feature names, e.g. ``("image", "label")``.
+    max_examples: -1 for all rows, else only the first ``max_examples``.
+
+  Returns:
+    ``{key: array [n, ...]}`` (images uint8 [n, H, W, C], labels int64 [n], text as
+    object arrays of ``bytes``); row i is row i of the split (files read one after the
+    other, no shuffling).
+  """
+  tfds = import_tfds()
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          read_config=tfds.ReadConfig(interleave_cycle_length=1))
+  ds = ds.map(lambda ex: {k: ex[k] for k in keys})
+  if max_examples >= 0:
+    ds = ds.take(max_examples)
+  chunks = list(tfds.as_numpy(ds.batch(READ_BATCH)))
+  if not chunks:
+    spec = builder.info.features
+    return {k: np.zeros((0,) + tuple(spec[k].shape), spec[k].np_dtype) for k in keys}
+  return {k: np.concatenate([c[k] for c in chunks]) for k in keys}
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  """PNG/JPEG bytes -> uint8 [H, W, 3] (RGB, via PIL)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(io.BytesIO(data)) as img:
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def lazy_images(builder, split: str, row_shape: Sequence[int],
+                num_rows: int | None = None,
+                image_key: str = "image") -> random_access.LazyArray:
+  """A split's images, decoded only when indexed (needs an ``array_record`` preparation).
+
+  Args:
+    builder: a prepared builder whose feature ``image_key`` is a ``tfds.features.Image``.
+    split: split name.
+    row_shape: decoded image shape, e.g. ``(224, 224, 3)``.
+    num_rows: expose only the first ``num_rows`` rows (default: all).
+    image_key: the image feature.
+
+  Returns:
+    ``LazyArray`` uint8 [n, *row_shape].
+  """
+  tfds = import_tfds()
+  source = builder.as_data_source(
+      split=split, decoders={image_key: tfds.decode.SkipDecoding()})
+  n = len(source) if num_rows is None else min(int(num_rows), len(source))
+
+  def decode(record: Any) -> np.ndarray:
+    return decode_image(record[image_key])
+
+  rows = random_access.DataSourceRows(source, decode, row_shape, np.uint8, num_rows=n)
+  return random_access.LazyArray([rows])
+
+
+def metadata_labels(builder, split: str) -> np.ndarray:
+  """int32 [n]: labels of ``split`` that our builders store in ``info.metadata``."""
+  labels = builder.info.metadata.get("labels", {}).get(split)
+  if labels is None:
+    raise FileNotFoundError(
+        f"{builder.name}: no labels for split {split!r} in {builder.data_dir}/metadata.json; "
+        f"delete {builder.data_dir} and prepare it again")
+  return np.asarray(labels, dtype=np.int32)
