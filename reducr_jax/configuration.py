@@ -14,6 +14,7 @@ import ml_collections
 
 from reducr_jax import data
 from reducr_jax import models
+from reducr_jax.data import augment
 
 METHODS = ("reducr", "rho_loss", "train_loss", "uniform")
 HOLDOUT_LOSSES = ("epoch", "ema")
@@ -64,7 +65,21 @@ def validate_config(config: ml_collections.ConfigDict,
     data.validate_dataset_config(config.dataset)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  _one_of("config.model.name", config.model.name, models.MODEL_NAMES)
+  try:
+    models.validate_model_config(config.model)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _one_of("config.dataset.augment", config.dataset.get("augment", "none"),
+          augment.AUGMENTATIONS)
+  _number("config.prefetch", config.get("prefetch", 2), 0, integer=True)
+  pretrained = config.model.get("pretrained", "")
+  if not isinstance(pretrained, str):
+    raise ConfigError(f"config.model.pretrained must be a path or '', got {pretrained!r}")
+  if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
+    raise ConfigError(
+        f"config.model.pretrained={pretrained!r} does not exist: pass a local checkpoint "
+        "(torchvision resnet18-f37072fd.pth for resnet18; a bert-base-uncased directory "
+        "with model.safetensors for bert), or '' to train from scratch")
   sel = config.selection
   _one_of("config.selection.method", sel.method, METHODS)
   _number("config.seed", config.seed, 0, integer=True)
@@ -110,6 +125,9 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.experts.eval_every", ex.eval_every, 1, integer=True)
   pr = config.pruning
   _one_of("config.pruning.strategy", pr.strategy, PRUNING_STRATEGIES)
+  if pr.strategy not in ("none", "random") and config.model.name != "mlp":
+    raise ConfigError(f"config.pruning.strategy={pr.strategy!r} scores with config.model.name "
+                      f"'mlp' only (got {config.model.name!r}); use 'none' or 'random'")
   _number("config.pruning.density", pr.density, 0, 1, low_open=True)
   _one_of("config.pruning.keep", pr.keep, ("hardest", "easiest"))
   for name in ("num_inits", "score_epochs", "batch_size", "dyn_unc_window"):

@@ -30,7 +30,7 @@ consumes, obtained in one of three ways that agree to float tolerance:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -41,6 +41,7 @@ import optax
 from reducr_jax import checks
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
+TrainApplyFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
 InitFn = Callable[[jax.Array], Any]
 
 STRATEGIES = ("vmap", "map", "loop")
@@ -88,9 +89,14 @@ def class_weighted_loss(per_example_loss: jax.Array, labels: jax.Array, expert_c
 
 
 class ExpertsState(NamedTuple):
-  """Stacked parameters and optimizer states of C experts (leading axis C everywhere)."""
+  """Stacked parameters and optimizer states of C experts (leading axis C everywhere).
+
+  ``model_state`` holds the stacked non-parameter collections of models that have them
+  (batch-norm statistics, ``{"batch_stats": ...}``), ``None`` for stateless models.
+  """
   params: Any
   opt_state: Any
+  model_state: Any = None
 
 
 def num_experts(stacked_params) -> int:
@@ -111,18 +117,25 @@ def init_stacked(init_fn: InitFn, rng: jax.Array, num: int) -> Any:
   """
   if int(num) != num or num < 1:
     raise ValueError(f"num must be a positive int, got {num!r}")
-  return jax.vmap(init_fn)(jax.random.split(rng, int(num)))
+  return jax.jit(jax.vmap(init_fn))(jax.random.split(rng, int(num)))
 
 
 def init_experts(init_fn: InitFn, tx: optax.GradientTransformation, rng: jax.Array,
                  num: int) -> ExpertsState:
-  """Stacked parameters and optimizer states for ``num`` experts."""
-  params = init_stacked(init_fn, rng, num)
-  return ExpertsState(params, jax.vmap(tx.init)(params))
+  """Stacked parameters and optimizer states for ``num`` experts.
+
+  ``init_fn(rng)`` returns one model's params, or a ``(params, model_state)`` pair
+  (:attr:`reducr_jax.models.ModelFns.init`) for models with batch norm.
+  """
+  out = init_stacked(init_fn, rng, num)
+  params, model_state = out if isinstance(out, tuple) else (out, None)
+  return ExpertsState(params, jax.vmap(tx.init)(params), model_state)
 
 
 def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: ExpertsState,
-               x: jax.Array, y: jax.Array, gamma) -> tuple[ExpertsState, jax.Array]:
+               x: jax.Array, y: jax.Array, gamma, *,
+               train_apply_fn: Optional[TrainApplyFn] = None,
+               rng: Optional[jax.Array] = None) -> tuple[ExpertsState, jax.Array]:
   """One optimizer step of all C experts at once on the same holdout batch.
 
   Expert ``c`` minimises :func:`class_weighted_loss` with ``expert_class = c``; the C
@@ -136,6 +149,11 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
     state: :class:`ExpertsState` with leading axis C.
     x: ``[B, ...]`` inputs; y: ``int[B]`` labels.
     gamma: γ ≥ 0.
+    train_apply_fn: for models with state or dropout,
+      ``(params, model_state, x, rng) -> (logits, new_model_state)`` in training mode
+      (:attr:`reducr_jax.models.ModelFns.apply_train`); then ``apply_fn`` is unused and
+      each expert's batch-norm statistics are its own (no cross-expert averaging).
+    rng: key for dropout (split per expert); unused by deterministic models.
 
   Returns:
     ``(new_state, losses[C])`` with each expert's γ-weighted training loss.
@@ -143,16 +161,22 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
   checks.check_in_range("gamma", gamma, 0.0)
   c = num_experts(state.params)
 
-  def one(params, opt_state, expert_class):
+  def one(params, opt_state, model_state, expert_class, key):
     def loss_fn(p):
-      return class_weighted_loss(cross_entropy(apply_fn(p, x), y), y, expert_class, gamma)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+      if train_apply_fn is None:
+        logits, new_model_state = apply_fn(p, x), model_state
+      else:
+        logits, new_model_state = train_apply_fn(p, model_state, x, key)
+      return class_weighted_loss(cross_entropy(logits, y), y, expert_class,
+                                 gamma), new_model_state
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return optax.apply_updates(params, updates), opt_state, model_state, loss
 
-  params, opt_state, losses = jax.vmap(one)(state.params, state.opt_state,
-                                            jnp.arange(c, dtype=jnp.int32))
-  return ExpertsState(params, opt_state), losses
+  keys = jax.random.split(jax.random.PRNGKey(0) if rng is None else rng, c)
+  params, opt_state, model_state, losses = jax.vmap(one)(
+      state.params, state.opt_state, state.model_state, jnp.arange(c, dtype=jnp.int32), keys)
+  return ExpertsState(params, opt_state, model_state), losses
 
 
 def expert_losses(apply_fn: ApplyFn, stacked_params, x: jax.Array, y: jax.Array,
@@ -245,8 +269,8 @@ class MultiHead(nn.Module):
   num_classes: int
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    features = self.trunk(x)
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    features = self.trunk(x, train=train)
     logits = nn.Dense(self.num_heads * self.num_classes, name="heads")(features)
     return logits.reshape((x.shape[0], self.num_heads, self.num_classes))
 
@@ -276,13 +300,27 @@ def multihead_loss(logits: jax.Array, labels: jax.Array, gamma) -> jax.Array:
 
 
 def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, params: Any,
-                         opt_state: Any, x: jax.Array, y: jax.Array,
-                         gamma) -> tuple[Any, Any, jax.Array]:
+                         opt_state: Any, x: jax.Array, y: jax.Array, gamma, *,
+                         model_state: Any = None,
+                         train_apply_fn: Optional[TrainApplyFn] = None,
+                         rng: Optional[jax.Array] = None):
   """One optimizer step of a :class:`MultiHead` on :func:`multihead_loss`.
 
-  ``apply_fn(params, x) -> [B, C, K]``. Returns ``(params, opt_state, loss)``.
+  ``apply_fn(params, x) -> [B, C, K]``. Returns ``(params, opt_state, loss)``; with
+  ``train_apply_fn`` (``(params, model_state, x, rng) -> (logits, new_model_state)``,
+  models with batch norm or dropout) returns ``(params, opt_state, loss, model_state)``.
   """
   checks.check_in_range("gamma", gamma, 0.0)
-  loss, grads = jax.value_and_grad(lambda p: multihead_loss(apply_fn(p, x), y, gamma))(params)
+
+  def loss_fn(p):
+    if train_apply_fn is None:
+      return multihead_loss(apply_fn(p, x), y, gamma), model_state
+    logits, new_model_state = train_apply_fn(p, model_state, x, rng)
+    return multihead_loss(logits, y, gamma), new_model_state
+
+  (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, loss
+  params = optax.apply_updates(params, updates)
+  if train_apply_fn is None:
+    return params, opt_state, loss
+  return params, opt_state, loss, new_model_state

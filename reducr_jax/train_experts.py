@@ -31,6 +31,7 @@ import optax
 from reducr_jax import data
 from reducr_jax import experts
 from reducr_jax import models
+from reducr_jax.data import augment as augment_lib
 
 
 class ReferenceModels(NamedTuple):
@@ -39,7 +40,8 @@ class ReferenceModels(NamedTuple):
   Attributes:
     kind: ``"experts"`` (C class experts), ``"multihead"`` (one model, C heads) or
       ``"irreducible"`` (RHO-LOSS: one model, γ = 0).
-    params: stacked params (leading axis C, or 1) or the multi-head model's params.
+    params: the models' variables ``{"params": ..., **model_state}``, stacked (leading
+      axis C, or 1) or the multi-head model's.
     loss_fn: ``(params, x, y) -> [b, C']`` reference losses (C' = C, or 1).
   """
   kind: str
@@ -49,7 +51,7 @@ class ReferenceModels(NamedTuple):
 
 def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
   expert_config = {k: v for k, v in config.experts.to_dict().items() if k != "cache_dir"}
-  blob = json.dumps({"kind": kind, "seed": config.seed, "dataset": config.dataset.to_dict(),
+  blob = json.dumps({"format": 2, "kind": kind, "seed": config.seed, "dataset": config.dataset.to_dict(),
                      "model": config.model.to_dict(), "experts": expert_config,
                      "eval_batch_size": config.eval_batch_size},
                     sort_keys=True, default=str)
@@ -75,23 +77,30 @@ def reference_kind(config: ml_collections.ConfigDict) -> str | None:
   return None
 
 
-def _build(config, num_classes: int, kind: str):
-  """(init_fn, apply_fn, loss_fn, num_experts, gamma) for a reference-model kind."""
+def _build(config, splits: data.Splits, kind: str):
+  """(module fns, loss_fn, num_experts, gamma) for a reference-model kind.
+
+  ``fns`` is the :class:`reducr_jax.models.ModelFns` of one reference model (the
+  multi-head model, or one of the stacked experts); ``loss_fn(variables, x, y)`` gives the
+  ``[b, C']`` reference losses from the (stacked) variables.
+  """
+  num_classes = splits.num_classes
+  x0 = np.zeros((1,) + splits.holdout.x.shape[1:], splits.holdout.x.dtype)
   if kind == "multihead":
     module = experts.MultiHead(trunk=models.create_model(config.model, None),
                                num_heads=num_classes, num_classes=num_classes)
-    apply_fn = lambda p, x: module.apply({"params": p}, x)  # noqa: E731
-    loss_fn = lambda p, x, y: experts.multihead_expert_losses(apply_fn(p, x), y)  # noqa: E731
+    fns = models.model_fns(module, x0, init_impl=models.init_rng_impl(config.model))
+    loss_fn = lambda v, x, y: experts.multihead_expert_losses(fns.apply(v, x), y)  # noqa: E731
     num, gamma = 1, config.experts.gamma
   else:
-    module = models.create_model(config.model, num_classes)
-    apply_fn = lambda p, x: module.apply({"params": p}, x)  # noqa: E731
+    fns = models.model_fns(models.create_model(config.model, num_classes), x0,
+                           init_impl=models.init_rng_impl(config.model))
     strategy = config.experts.strategy
     strategy = experts.default_strategy() if strategy == "auto" else strategy
-    loss_fn = functools.partial(experts.expert_losses, apply_fn, strategy=strategy)
+    loss_fn = functools.partial(experts.expert_losses, fns.apply, strategy=strategy)
     num = num_classes if kind == "experts" else 1
     gamma = config.experts.gamma if kind == "experts" else 0.0
-  return module, apply_fn, loss_fn, num, gamma
+  return fns, loss_fn, num, gamma
 
 
 def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma) -> jax.Array:
@@ -100,63 +109,85 @@ def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma) 
   return jnp.sum(w * table * mask[:, None], axis=0)
 
 
-def _train(config, splits: data.Splits, kind: str, module, apply_fn, num: int, gamma: float):
-  """Trains the reference models, keeping the parameters with the best val loss.
+def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: int,
+           gamma: float):
+  """Trains the reference models, keeping the variables with the best val loss.
 
-  Stacked experts keep their best parameters expert by expert; a multi-head model keeps
-  the whole model at its best mean head loss (its heads share a trunk).
+  Stacked experts keep their best variables expert by expert; a multi-head model keeps
+  the whole model at its best mean head loss (its heads share a trunk). Holdout batches
+  get the training augmentation of ``config.dataset.augment`` (on device). Returns the
+  best variables (``{"params": ..., **model_state}``, stacked for experts).
   """
   ex = config.experts
   tx = optax.adamw(ex.learning_rate, weight_decay=ex.weight_decay)
-  x0 = jnp.zeros((1,) + splits.holdout.x.shape[1:], jnp.float32)
-  init_fn = lambda rng: module.init(rng, x0)["params"]  # noqa: E731
   rng = jax.random.PRNGKey(config.seed + 1_000_003)
+  aug_kind = config.dataset.get("augment", "none")
+
+  def augment(x, step):
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1_000_033), step)
+    return augment_lib.augment(key, x, jnp.arange(x.shape[0]), aug_kind)
 
   if kind == "multihead":
-    params = init_fn(rng)
-    state = experts.ExpertsState(params, tx.init(params))
+    params, model_state = models.load_pretrained(config.model, *jax.jit(fns.init)(rng))
+    state = experts.ExpertsState(params, tx.init(params), model_state)
 
     @jax.jit
-    def train_step(state, x, y):
-      p, o, loss = experts.multihead_train_step(apply_fn, tx, state.params, state.opt_state,
-                                                x, y, gamma)
-      return experts.ExpertsState(p, o), loss[None]
+    def train_step(state, x, y, step):
+      x = augment(x, step)
+      p, o, loss, ms = experts.multihead_train_step(
+          fns.apply, tx, state.params, state.opt_state, x, y, gamma,
+          model_state=state.model_state, train_apply_fn=fns.apply_train,
+          rng=jax.random.fold_in(rng, step))
+      return experts.ExpertsState(p, o, ms), loss[None]
 
     @jax.jit
-    def val_sums(params, x, y, mask):
-      table = experts.multihead_expert_losses(apply_fn(params, x), y)
+    def val_sums(variables, x, y, mask):
+      table = experts.multihead_expert_losses(fns.apply(variables, x), y)
       return jnp.mean(_weighted_loss_sums(table, y, mask, gamma), keepdims=True)
 
     def keep_best(better, new, old):
       return jnp.where(better[0], new, old)
   else:
-    state = experts.init_experts(init_fn, tx, rng, num)
-    train_step = jax.jit(lambda s, x, y: experts.train_step(apply_fn, tx, s, x, y, gamma))
+    state = experts.init_experts(fns.init, tx, rng, num)
+    params, model_state = models.load_pretrained_stacked(config.model, state.params,
+                                                         state.model_state)
+    state = state._replace(params=jax.tree.map(jnp.asarray, params),
+                           model_state=jax.tree.map(jnp.asarray, model_state))
 
     @jax.jit
-    def val_sums(params, x, y, mask):
-      table = experts.expert_losses(apply_fn, params, x, y, "vmap")           # [b, num]
+    def train_step(state, x, y, step):
+      return experts.train_step(fns.apply, tx, state, augment(x, step), y, gamma,
+                                train_apply_fn=fns.apply_train,
+                                rng=jax.random.fold_in(rng, step))
+
+    @jax.jit
+    def val_sums(variables, x, y, mask):
+      table = experts.expert_losses(fns.apply, variables, x, y, "vmap")        # [b, num]
       return _weighted_loss_sums(table, y, mask, gamma)
 
     def keep_best(better, new, old):
       return jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
-  best_params, best_val = state.params, None
+  def variables_of(state):
+    return models.variables(state.params, state.model_state or {})
+
+  best, best_val = variables_of(state), None
   for step in range(1, ex.num_steps + 1):
     idx = data.batch_indices(config.seed + 7, step - 1, len(splits.holdout), ex.batch_size)
-    state, train_losses = train_step(state, splits.holdout.x[idx], splits.holdout.y[idx])
+    state, train_losses = train_step(state, splits.holdout.x[idx], splits.holdout.y[idx],
+                                     step)
     if step % ex.eval_every == 0 or step == ex.num_steps:
-      val = sum(val_sums(state.params, x, y, m)
+      current = variables_of(state)
+      val = sum(val_sums(current, x, y, m)
                 for x, y, m in data.iterate_batches(splits.val, config.eval_batch_size))
       val = val / len(splits.val)
       better = jnp.ones_like(val, bool) if best_val is None else val < best_val
       best_val = val if best_val is None else jnp.where(better, val, best_val)
-      best_params = jax.tree.map(lambda n, o: keep_best(better, n, o), state.params,
-                                 best_params)
+      best = jax.tree.map(lambda n, o: keep_best(better, n, o), current, best)
       logging.info("%s step %d: train loss %s, val loss %s", kind, step,
                    np.round(np.asarray(train_losses), 4).tolist(),
                    np.round(np.asarray(val), 4).tolist())
-  return best_params, np.asarray(best_val)
+  return best, np.asarray(best_val)
 
 
 def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
@@ -169,7 +200,7 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
   kind = reference_kind(config)
   if kind is None:
     return None
-  module, apply_fn, loss_fn, num, gamma = _build(config, splits.num_classes, kind)
+  fns, loss_fn, num, gamma = _build(config, splits, kind)
   path = cache_path(config, workdir, kind)
   if os.path.exists(path):
     with open(path, "rb") as f:
@@ -180,7 +211,7 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
     logging.info("Training %s reference models (%d, gamma=%s) on %d holdout points", kind,
                  num if kind != "multihead" else splits.num_classes, gamma,
                  len(splits.holdout))
-    params, best_val = _train(config, splits, kind, module, apply_fn, num, gamma)
+    params, best_val = _train(config, splits, kind, fns, num, gamma)
     if jax.process_index() == 0:   # every process computes the same; one writes
       os.makedirs(os.path.dirname(path), exist_ok=True)
       tmp = f"{path}.tmp-{os.getpid()}"

@@ -88,5 +88,5 @@ def _template():
   state = train.init_state(jax.random.PRNGKey(0),
                            lambda r: model.init(r, jnp.zeros((1, 64)))["params"],
                            train.make_optimizer(config.optimizer), 10, jax.random.PRNGKey(1))
-  best = {"params": state.params, "worst_val": np.float32(0), "step": np.int32(0)}
+  best = {"params": {"params": state.params}, "worst_val": np.float32(0), "step": np.int32(0)}
   return jax.tree.map(np.asarray, {"state": state, "best": best})

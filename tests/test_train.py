@@ -265,3 +265,48 @@ def test_reweighting_runs_and_agrees_across_devices(reweight, meta_method):
   np.testing.assert_allclose(m1["group_dro_weights"][0], m8["group_dro_weights"][0], rtol=1e-5)
   if reweight == "group_dro":
     assert not np.allclose(m8["group_dro_weights"][0], 0.1)
+
+
+def _resnet_steps(num_devices):
+  """Two REDUCR steps of a tiny batch-norm ResNet with on-device augmentation."""
+  from reducr_jax import models  # pylint: disable=g-import-not-at-top
+  import flax.jax_utils  # pylint: disable=g-import-not-at-top
+  from reducr_jax.models.resnet import ResNet18  # pylint: disable=g-import-not-at-top
+  config = tiny_config(**{"batch_size": 32, "selection.percent_selected": 0.25,
+                          "dataset.augment": "crop_flip"})
+  x0 = np.zeros((1, 8, 8, 3), np.uint8)
+  fns = models.model_fns(ResNet18(num_outputs=4, width=4, stage_sizes=(1, 1)), x0,
+                         axis_name=train.AXIS, init_impl="rbg")
+  devices = jax.local_devices()[:num_devices]
+  tx = train.make_optimizer(config.optimizer)
+  state = train.init_state(jax.random.PRNGKey(0), jax.jit(fns.init), tx, 4,
+                           jax.random.PRNGKey(1))
+  cfg = train.StepConfig.from_config(config, 4, num_devices, "table")
+  step = train.make_train_step(fns, None, tx, cfg, devices)
+  rng = np.random.default_rng(0)
+  p_state = flax.jax_utils.replicate(state, devices)
+  sels = []
+  for _ in range(2):
+    batch = {"x": rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8),
+             "y": rng.integers(0, 4, 32).astype(np.int32),
+             "ref_losses": rng.uniform(0, 2, (32, 4)).astype(np.float32)}
+    p_state, m = step(p_state, train._shard(batch, num_devices), None)  # pylint: disable=protected-access
+    sels.append(np.asarray(m["selected_indices"][0]))
+  return jax.tree.map(lambda a: np.asarray(a)[0], p_state), sels, state
+
+
+def test_batch_norm_resnet_step_is_the_same_on_one_and_eight_devices():
+  """Cross-device batch statistics, gradients through them, the reduce-scatter of the
+  selected inputs and the per-example augmentation all equal the one-device step."""
+  s1, sel1, init = _resnet_steps(1)
+  s8, sel8, _ = _resnet_steps(8)
+  for a, b in zip(sel1, sel8):
+    np.testing.assert_array_equal(a, b)
+  moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
+                       s1.params, init.params)
+  assert max(jax.tree.leaves(moved)) > 1e-3                     # the step did train
+  for tree1, tree8 in ((s1.params, s8.params), (s1.model_state, s8.model_state)):
+    for a, b in zip(jax.tree.leaves(tree1), jax.tree.leaves(tree8)):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+  stats = s1.model_state["batch_stats"]["bn1"]
+  assert not np.allclose(stats["mean"], 0.0)                   # running stats were updated

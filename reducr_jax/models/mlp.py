@@ -21,8 +21,11 @@ class MLP(nn.Module):
   num_outputs: Optional[int] = 10
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """``x``: ``[B, ...]`` (flattened) → ``[B, num_outputs]`` logits (or features)."""
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """``x``: ``[B, ...]`` (flattened) → ``[B, num_outputs]`` logits (or features).
+
+    ``train`` is accepted for the common model interface and has no effect."""
+    del train
     x = x.reshape((x.shape[0], -1)).astype(jnp.float32)
     for width in self.hidden:
       x = nn.relu(nn.Dense(width)(x))

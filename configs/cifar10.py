@@ -1,0 +1,63 @@
+"""REDUCR on CIFAR-10 (paper Table 1: worst-class test accuracy 83.29 %), ResNet-18.
+
+Data (TFDS ``cifar10``; paper App. A.5): the 50k TFDS train images are cut in half,
+stratified by the seed — 25k train pool, 25k holdout (trains the class experts, gives the
+class-holdout loss, and is the validation set for model selection) — and the 10k TFDS test
+images are the test set. TFDS downloads the data once with internet
+(``--config.dataset.download=True``, or ``tfds build cifar10``); nothing downloads otherwise.
+
+  python -m reducr_jax.main --config=configs/cifar10.py --workdir=/tmp/reducr_cifar10
+
+Hyper-parameters are the paper's / official code's unless marked "ours" (not stated).
+Shrink for a smoke run: ``--config.model.width=8 --config.num_steps=2 ...``.
+"""
+
+import os
+
+from reducr_jax import configuration
+from reducr_jax.data import real
+
+
+def get_config():
+  config = configuration.load_config(os.path.join(os.path.dirname(__file__), "default.py"))
+  config.dataset = real.default_config("cifar10")
+  config.dataset.augment = "crop_flip"             # pad 4 + random 32×32 crop + flip (official code)
+  # §5.3 imbalance study: imbalance_class 3 or 5, imbalance_fraction 0.01 / 0.025 / 0.1.
+  config.dataset.imbalance_class = -1
+  config.dataset.imbalance_fraction = 1.0
+  # Adapted ResNet-18 (3×3 stem, no max-pool; Mindermann et al. 2022 App. B).
+  config.model = resnet_config("cifar")
+  config.optimizer.learning_rate = 1e-3            # AdamW, PyTorch defaults (paper)
+  config.optimizer.weight_decay = 0.01
+  config.batch_size = 320                          # B (paper)
+  config.selection.percent_selected = 0.1          # k = 32 (paper)
+  config.selection.eta = 1e-4                      # MWU η (paper, CIFAR)
+  config.selection.holdout_every = -1              # class-holdout loss once per epoch (paper)
+  config.num_steps = 7_800                         # ours: 100 epochs of the 25k pool at B = 320
+  config.experts.gamma = 9.0                       # γ, vision (paper)
+  config.experts.losses = "precomputed"            # N×C table (official default)
+  config.experts.learning_rate = 1e-3
+  config.experts.weight_decay = 0.01
+  config.experts.batch_size = 320                  # ours
+  config.experts.num_steps = 7_800                 # ours: 100 epochs of the 25k holdout
+  config.experts.eval_every = 390                  # ours: keep the best val loss every 5 epochs
+  config.eval_every = 390                          # ours: every 5 epochs
+  config.eval_batch_size = 1000
+  config.log_every = 78
+  config.checkpoint_every = 390
+  return config
+
+
+def resnet_config(stem: str):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  model = ml_collections.ConfigDict()
+  model.name = "resnet18"
+  model.stem = stem                                # 'cifar' (3×3) | 'imagenet' (7×7 + max-pool)
+  model.width = 64                                 # 64 = ResNet-18; shrink for smoke runs
+  model.stage_sizes = (2, 2, 2, 2)                 # BasicBlocks per stage (ResNet-18)
+  model.mean = ()                                  # () = the stem's default normalisation
+  model.std = ()
+  model.dtype = "float32"                          # 'bfloat16': mixed precision (params stay f32)
+  model.pretrained = ""                            # torchvision checkpoint (.pth / .safetensors)
+  model.pretrained_head = False                    # also import the classifier head
+  return model

@@ -1,0 +1,77 @@
+"""Pretrained weights named by ``config.model.pretrained``, merged into fresh variables.
+
+* ``resnet18``: a torchvision ResNet-18 checkpoint (``.pth``/``.pt`` state dict, or
+  ``.safetensors``), e.g. ``resnet18-f37072fd.pth`` (``ResNet18_Weights.IMAGENET1K_V1``) for
+  Clothing1M — :mod:`reducr_jax.models.torch_import`;
+* ``bert``: a local ``bert-base-uncased`` directory (or its ``model.safetensors``) —
+  :mod:`reducr_jax.models.bert_import`.
+
+The classification head is taken from the checkpoint only when
+``config.model.pretrained_head`` is True (same class count); by default the trunk is
+imported and the head stays freshly initialised (ImageNet's 1000 classes → Clothing1M's 14).
+The multi-head experts' trunk is imported the same way (its ``trunk`` sub-tree).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+
+def load_pretrained(model_config: ml_collections.ConfigDict, params: Any,
+                    model_state: dict) -> tuple[Any, dict]:
+  """``(params, model_state)`` with ``config.model.pretrained`` merged in (unchanged if '')."""
+  path = model_config.get("pretrained", "")
+  if not path:
+    return params, model_state
+  include_head = bool(model_config.get("pretrained_head", False))
+  if model_config.name == "resnet18":
+    from reducr_jax.models import torch_import  # pylint: disable=g-import-not-at-top
+    pretrained = torch_import.resnet_variables_from_torch(
+        torch_import.load_torch_checkpoint(path), include_head=include_head)
+    merge = torch_import.merge_pretrained
+  elif model_config.name == "bert":
+    from reducr_jax.models import bert_import  # pylint: disable=g-import-not-at-top
+    pretrained = bert_import.bert_variables_from_hf(bert_import.load_hf_checkpoint(path),
+                                                    include_head=include_head)
+    merge = bert_import.merge_pretrained
+  else:
+    raise ValueError(f"config.model.pretrained is only supported for config.model.name in "
+                     f"['resnet18', 'bert'], got {model_config.name!r}")
+  variables = {"params": params, **model_state}
+  if "trunk" in params:                     # multi-head experts: the trunk is the model
+    trunk = {k: (v["trunk"] if k in ("params", "batch_stats") and "trunk" in v else v)
+             for k, v in variables.items()}
+    merged = dict(merge(trunk, pretrained, include_head=False))
+    for k, v in merged.items():
+      variables[k] = {**variables[k], "trunk": v} if "trunk" in variables[k] else v
+  else:
+    variables = dict(merge(variables, pretrained, include_head=include_head))
+  params = variables.pop("params")
+  return params, variables
+
+
+def load_pretrained_stacked(model_config: ml_collections.ConfigDict, params: Any,
+                            model_state: dict) -> tuple[Any, dict]:
+  """:func:`load_pretrained` for models stacked on a leading axis (the C experts).
+
+  Every stacked model gets the same imported weights; the parts that stay fresh (the
+  head, unless ``pretrained_head``) keep each model's own initialisation.
+  """
+  if not model_config.get("pretrained", ""):
+    return params, model_state
+  first = lambda tree: jax.tree.map(lambda a: np.asarray(a[0]), tree)  # noqa: E731
+  one_params, one_state = first(params), first(model_state)
+  new_params, new_state = load_pretrained(model_config, one_params, one_state)
+
+  def stack(fresh_stacked, fresh_one, merged):
+    if np.array_equal(np.asarray(merged), fresh_one):
+      return fresh_stacked                       # not imported: keep each model's own
+    return np.broadcast_to(np.asarray(merged), np.shape(fresh_stacked)).copy()
+
+  params = jax.tree.map(stack, params, one_params, new_params)
+  model_state = jax.tree.map(stack, model_state, one_state, new_state)
+  return params, model_state
