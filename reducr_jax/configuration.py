@@ -15,6 +15,7 @@ import ml_collections
 from reducr_jax import data
 from reducr_jax import models
 from reducr_jax.data import augment
+from reducr_jax.models import pretrained as model_pretrained
 
 METHODS = ("reducr", "rho_loss", "train_loss", "uniform")
 HOLDOUT_LOSSES = ("epoch", "ema")
@@ -75,6 +76,11 @@ def validate_config(config: ml_collections.ConfigDict,
   pretrained = config.model.get("pretrained", "")
   if not isinstance(pretrained, str):
     raise ConfigError(f"config.model.pretrained must be a path or '', got {pretrained!r}")
+  if pretrained:
+    try:
+      model_pretrained.check_available(config.model)
+    except ImportError as e:
+      raise ConfigError(str(e)) from None
   if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
     raise ConfigError(
         f"config.model.pretrained={pretrained!r} does not exist: pass a local checkpoint "

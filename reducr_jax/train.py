@@ -475,7 +475,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir = configuration.check_workdir(workdir)
 
   if splits is None:
-    splits = data.make_splits(config.dataset, config.seed)
+    try:
+      splits = data.make_splits(config.dataset, config.seed)
+    except (FileNotFoundError, ImportError) as e:   # missing data / extras: one line
+      raise configuration.ConfigError(str(e)) from None
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
   c = splits.num_classes
   x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)

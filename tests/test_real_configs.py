@@ -96,10 +96,20 @@ def test_text_configs_run(name, tmp_path):
         intermediate_size=32, max_position_embeddings=32, num_labels=3))
     hf.save_pretrained(tmp_path / "bert", safe_serialization=True)
     overrides["model.pretrained"] = str(tmp_path / "bert")
+    overrides["experts.losses"] = "online"           # 3 BERT experts evaluated every step
+  else:
+    overrides["experts.losses"] = "multihead"
   _, mock = fakes.mock_tfds(40)
   with mock:
     results = _run(_config(name, tmp_path, **overrides), tmp_path / "run")
   assert len(results["class_names"]) == (3 if name == "mnli" else 2)
+
+
+def test_missing_data_is_a_one_line_config_error(tmp_path):
+  config = _config("cifar10", tmp_path)
+  with pytest.raises(configuration.ConfigError) as e:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert "download=True" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_missing_pretrained_file_is_a_one_line_config_error(tmp_path):

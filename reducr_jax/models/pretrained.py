@@ -21,6 +21,20 @@ import ml_collections
 import numpy as np
 
 
+def check_available(model_config: ml_collections.ConfigDict) -> None:
+  """Raises a one-line ``ImportError`` when the library that reads
+  ``config.model.pretrained`` is missing (checked before anything compiles)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = model_config.get("pretrained", "")
+  if not path:
+    return
+  needs = ("torch", "reducr_jax[torch]") if path.endswith((".pth", ".pt")) else (
+      "safetensors", "reducr_jax[text]")
+  if importlib.util.find_spec(needs[0]) is None:
+    raise ImportError(f"config.model.pretrained={path!r} needs {needs[0]}: "
+                      f"pip install \"{needs[1]}\"")
+
+
 def load_pretrained(model_config: ml_collections.ConfigDict, params: Any,
                     model_state: dict) -> tuple[Any, dict]:
   """``(params, model_state)`` with ``config.model.pretrained`` merged in (unchanged if '')."""
