@@ -15,6 +15,17 @@ import jax
 import numpy as np
 
 
+def is_int(v) -> bool:
+  """A Python or NumPy integer, not a bool (config values)."""
+  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def is_real(v) -> bool:
+  """A Python or NumPy int or float, not a bool (config values)."""
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+      v, (bool, np.bool_))
+
+
 def concrete_value(x) -> Optional[float]:
   """Returns ``float(x)`` when ``x`` is a concrete scalar, else ``None`` (a tracer)."""
   if isinstance(x, jax.core.Tracer):

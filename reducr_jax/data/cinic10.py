@@ -7,7 +7,7 @@ images per split. :func:`builder` prepares them once from ``manual_dir`` (no net
 ``<data_dir>/cinic10/1.0.0`` as ``array_record``:
 
 * features: ``image`` uint8 [32, 32, 3] (PNG, lossless; grayscale files become RGB),
-  ``label`` (class folder), ``filename`` (``<class>/<file>``);
+  ``label`` (class folder), ``filename`` (``<split>/<class>/<file>``);
 * rows in a fixed order: classes in ``CLASS_NAMES`` order, files sorted by name within a
   class (``disable_shuffling``), so row i of a split is file i of that listing;
 * labels also stored in the builder's ``metadata.json`` (read without decoding images).
@@ -15,13 +15,11 @@ images per split. :func:`builder` prepares them once from ``manual_dir`` (no net
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import os
 
 import numpy as np
 
-from reducr_jax.data import random_access
 from reducr_jax.data import tfds_loading
 
 NAME = "cinic10"
@@ -69,64 +67,27 @@ def _load_png(path: str) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def builder_class():
   """The ``tfds.core.GeneratorBasedBuilder`` subclass (defined once, not registered)."""
-  tfds = tfds_loading.import_tfds()
-
-  with tfds.core.registered.skip_registration():
-
-    class Cinic10(tfds.core.GeneratorBasedBuilder):
-      """CINIC-10 from the official folders in ``manual_dir``."""
-      VERSION = tfds.core.Version(VERSION)
-      MANUAL_DOWNLOAD_INSTRUCTIONS = DOWNLOAD_HINT
-
-      def _info(self):
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=IMAGE_SHAPE, encoding_format="png"),
-                "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-                "filename": tfds.features.Text(),
-            }),
-            supervised_keys=("image", "label"),
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(),
-            homepage="https://github.com/BayesWatch/cinic-10",
-        )
-
-      def _split_generators(self, dl_manager):
-        manual = str(dl_manager.manual_dir)
-        gens, labels = {}, {}
-        for split in SPLITS:
-          files, labels[split] = list_files(manual, split)
-          gens[split] = self._generate_examples(manual, split, files, labels[split])
-        self.info.metadata["labels"] = labels
-        return gens
-
-      def _generate_examples(self, manual, split, files, labels):
-        paths = [os.path.join(manual, split, f) for f in files]
-        with concurrent.futures.ThreadPoolExecutor(
-            random_access.default_num_threads()) as pool:
-          for i, img in enumerate(pool.map(_load_png, paths, chunksize=64)):
-            yield i, {"image": img, "label": labels[i], "filename": files[i]}
-
-  return Cinic10
+  def list_splits(manual):
+    out = {}
+    for split in SPLITS:
+      files, labels = list_files(manual, split)
+      out[split] = ([os.path.join(split, f) for f in files], labels)
+    return out
+  return tfds_loading.manual_image_builder(
+      "Cinic10", __name__, version=VERSION, instructions=DOWNLOAD_HINT,
+      homepage="https://github.com/BayesWatch/cinic-10", image_shape=IMAGE_SHAPE,
+      encoding_format="png", class_names=CLASS_NAMES, id_feature="filename",
+      list_splits=list_splits, load=_load_png)
 
 
 def builder(cfg):
   """The prepared CINIC-10 builder; prepares it from ``manual_dir`` first if needed.
 
   Raises:
-    FileNotFoundError: (one line) neither prepared data nor the extracted archive.
+    FileNotFoundError: (one line) neither prepared data nor the official files.
   """
-  tfds_loading.import_tfds()
-  root = tfds_loading.data_dir(cfg)
-  b = builder_class()(data_dir=root)
-  if not b.is_prepared():
-    manual = tfds_loading.manual_dir(cfg, NAME)
-    problem = missing(manual)
-    if problem:
-      raise FileNotFoundError(f"cinic10: no prepared data under {root!r} and {problem}; "
-                              f"{DOWNLOAD_HINT}")
-    tfds_loading.prepare_from_manual(b, manual)
-  return b
+  return tfds_loading.prepared_manual_builder(cfg, NAME, builder_class(), missing,
+                                              DOWNLOAD_HINT)
 
 
 def load(cfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -28,7 +28,6 @@ the rows asked for), never the pool in memory.
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import io
 import os
@@ -131,62 +130,21 @@ def preprocess(path: str) -> bytes:
 @functools.lru_cache(maxsize=None)
 def builder_class():
   """The ``tfds.core.GeneratorBasedBuilder`` subclass (defined once, not registered)."""
-  tfds = tfds_loading.import_tfds()
-
-  with tfds.core.registered.skip_registration():
-
-    class Clothing1m(tfds.core.GeneratorBasedBuilder):
-      """Clothing1M from the extracted archives in ``manual_dir``."""
-      VERSION = tfds.core.Version(VERSION)
-      MANUAL_DOWNLOAD_INSTRUCTIONS = DOWNLOAD_HINT
-
-      def _info(self):
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=IMAGE_SHAPE, encoding_format="jpeg"),
-                "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-                "path": tfds.features.Text(),
-            }),
-            supervised_keys=("image", "label"),
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(),
-            homepage="https://github.com/Cysu/noisy_label",
-        )
-
-      def _split_generators(self, dl_manager):
-        manual = str(dl_manager.manual_dir)
-        ann = read_annotations(manual)
-        self.info.metadata["labels"] = {s: labels for s, (_, labels) in ann.items()}
-        return {s: self._generate_examples(manual, keys, labels)
-                for s, (keys, labels) in ann.items()}
-
-      def _generate_examples(self, manual, keys, labels):
-        paths = [os.path.join(manual, k) for k in keys]
-        with concurrent.futures.ThreadPoolExecutor(
-            random_access.default_num_threads()) as pool:
-          for i, jpeg in enumerate(pool.map(preprocess, paths, chunksize=64)):
-            yield i, {"image": jpeg, "label": labels[i], "path": keys[i]}
-
-  return Clothing1m
+  return tfds_loading.manual_image_builder(
+      "Clothing1m", __name__, version=VERSION, instructions=DOWNLOAD_HINT,
+      homepage="https://github.com/Cysu/noisy_label", image_shape=IMAGE_SHAPE,
+      encoding_format="jpeg", class_names=CLASS_NAMES, id_feature="path",
+      list_splits=read_annotations, load=preprocess)
 
 
 def builder(cfg):
   """The prepared Clothing1M builder; prepares it from ``manual_dir`` first if needed.
 
   Raises:
-    FileNotFoundError: (one line) neither prepared data nor the extracted files.
+    FileNotFoundError: (one line) neither prepared data nor the official files.
   """
-  tfds_loading.import_tfds()
-  root = tfds_loading.data_dir(cfg)
-  b = builder_class()(data_dir=root)
-  if not b.is_prepared():
-    manual = tfds_loading.manual_dir(cfg, NAME)
-    problem = missing(manual)
-    if problem:
-      raise FileNotFoundError(f"clothing1m: no prepared data under {root!r} and {problem}; "
-                              f"{DOWNLOAD_HINT}")
-    tfds_loading.prepare_from_manual(b, manual)
-  return b
+  return tfds_loading.prepared_manual_builder(cfg, NAME, builder_class(), missing,
+                                              DOWNLOAD_HINT)
 
 
 def load(cfg) -> dict[str, tuple[random_access.LazyArray, np.ndarray]]:

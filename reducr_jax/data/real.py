@@ -54,6 +54,7 @@ import os
 import ml_collections
 import numpy as np
 
+from reducr_jax import checks
 from reducr_jax.data import corruption
 from reducr_jax.data import random_access
 
@@ -127,13 +128,6 @@ def _get(cfg, field: str):
   return cfg.get(field, DEFAULTS[field])
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_real(v) -> bool:
-  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
-      v, (bool, np.bool_))
 
 
 def validate_real_dataset_config(cfg: ml_collections.ConfigDict) -> None:
@@ -154,40 +148,40 @@ def validate_real_dataset_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.dataset.download must be True or False, "
                      f"got {_get(cfg, 'download')!r}")
   h = _get(cfg, "holdout_fraction")
-  if not _is_real(h) or not 0 < h < 1:
+  if not checks.is_real(h) or not 0 < h < 1:
     raise ValueError(f"config.dataset.holdout_fraction must be in (0, 1), got {h!r}")
   ic = _get(cfg, "imbalance_class")
-  if not _is_int(ic) or not -1 <= ic < k:
+  if not checks.is_int(ic) or not -1 <= ic < k:
     raise ValueError(f"config.dataset.imbalance_class must be -1 (none) or an int in "
                      f"[0, {k}), got {ic!r}")
   f = _get(cfg, "imbalance_fraction")
-  if not _is_real(f) or not 0 < f <= 1:
+  if not checks.is_real(f) or not 0 < f <= 1:
     raise ValueError(f"config.dataset.imbalance_fraction must be in (0, 1], got {f!r}")
   imb = _get(cfg, "imbalance_splits")
   if not isinstance(imb, (tuple, list)) or not set(imb) <= {"train", "holdout", "val"}:
     raise ValueError("config.dataset.imbalance_splits must be a subset of "
                      f"('train', 'holdout', 'val'), got {imb!r}")
   noise = _get(cfg, "label_noise")
-  if not _is_real(noise) or not 0 <= noise < 1:
+  if not checks.is_real(noise) or not 0 <= noise < 1:
     raise ValueError(f"config.dataset.label_noise must be in [0, 1), got {noise!r}")
   extra = _get(cfg, "clothing1m_holdout_extra")
-  if not _is_int(extra) or extra < 0:
+  if not checks.is_int(extra) or extra < 0:
     raise ValueError(f"config.dataset.clothing1m_holdout_extra must be an int >= 0, "
                      f"got {extra!r}")
   fr = _get(cfg, "text_fractions")
   if (not isinstance(fr, (tuple, list)) or len(fr) != 3 or
-      not all(_is_real(v) and v > 0 for v in fr) or abs(math.fsum(fr) - 1.0) > 1e-6):
+      not all(checks.is_real(v) and v > 0 for v in fr) or abs(math.fsum(fr) - 1.0) > 1e-6):
     raise ValueError(f"config.dataset.text_fractions must be 3 positive numbers "
                      f"(train, holdout, test) summing to 1, got {fr!r}")
   q = _get(cfg, "qqp_class1_fraction")
-  if not _is_real(q) or not 0 < q < 1:
+  if not checks.is_real(q) or not 0 < q < 1:
     raise ValueError(f"config.dataset.qqp_class1_fraction must be in (0, 1), got {q!r}")
   length = _get(cfg, "max_length")
-  if not _is_int(length) or not 3 <= length <= _MAX_BERT_LENGTH:
+  if not checks.is_int(length) or not 3 <= length <= _MAX_BERT_LENGTH:
     raise ValueError(f"config.dataset.max_length must be an int in [3, {_MAX_BERT_LENGTH}], "
                      f"got {length!r}")
   cap = _get(cfg, "max_examples")
-  if not _is_int(cap) or not (cap == -1 or cap >= 1):
+  if not checks.is_int(cap) or not (cap == -1 or cap >= 1):
     raise ValueError(f"config.dataset.max_examples must be -1 (all) or an int >= 1, "
                      f"got {cap!r}")
   if tuple(cfg.get("classes", ())):
@@ -376,7 +370,7 @@ def make_real_splits(dataset_config: ml_collections.ConfigDict, seed: int):
   from reducr_jax.data import splits as splits_lib  # pylint: disable=g-import-not-at-top
   cfg = dataset_config
   validate_real_dataset_config(cfg)
-  if not _is_int(seed) or seed < 0:
+  if not checks.is_int(seed) or seed < 0:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}")
   k = NUM_CLASSES[cfg.name]
   split_ss, imb_ss, noise_ss = np.random.SeedSequence(seed).spawn(3)

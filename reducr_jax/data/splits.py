@@ -32,6 +32,7 @@ import math
 import ml_collections
 import numpy as np
 
+from reducr_jax import checks
 from reducr_jax.data import corruption
 from reducr_jax.data import embedded
 
@@ -72,13 +73,6 @@ class Splits:
   class_names: list[str]
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_real(v) -> bool:
-  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
-      v, (bool, np.bool_))
 
 
 def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
@@ -98,7 +92,7 @@ def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   source_k = embedded.NUM_CLASSES[cfg.name]
   classes = tuple(cfg.get("classes", ()))
   if classes and (len(classes) < 2 or len(set(classes)) != len(classes) or
-                  not all(_is_int(c) and 0 <= c < source_k for c in classes)):
+                  not all(checks.is_int(c) and 0 <= c < source_k for c in classes)):
     raise ValueError(f"config.dataset.classes must be () (all) or >= 2 distinct ints in "
                      f"[0, {source_k}), got {classes!r}")
   imb_splits = tuple(cfg.get("imbalance_splits", ("train", "holdout")))
@@ -106,22 +100,22 @@ def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError("config.dataset.imbalance_splits must be a subset of "
                      f"('train', 'holdout', 'val'), got {imb_splits!r}")
   per_class = cfg.get("holdout_per_class", -1)
-  if not _is_int(per_class) or not (per_class == -1 or per_class >= 1):
+  if not checks.is_int(per_class) or not (per_class == -1 or per_class >= 1):
     raise ValueError(f"config.dataset.holdout_per_class must be -1 (use fractions) or an "
                      f"int >= 1, got {per_class!r}")
   fr = cfg.fractions
   if (not isinstance(fr, (tuple, list)) or len(fr) != 4 or
-      not all(_is_real(f) and f > 0 for f in fr) or abs(math.fsum(fr) - 1.0) > 1e-6):
+      not all(checks.is_real(f) and f > 0 for f in fr) or abs(math.fsum(fr) - 1.0) > 1e-6):
     raise ValueError(f"config.dataset.fractions must be 4 positive numbers "
                      f"(train, holdout, val, test) summing to 1, got {fr!r}")
   k = len(classes) or source_k
-  if not _is_int(cfg.imbalance_class) or not -1 <= cfg.imbalance_class < k:
+  if not checks.is_int(cfg.imbalance_class) or not -1 <= cfg.imbalance_class < k:
     raise ValueError(f"config.dataset.imbalance_class must be -1 (none) or an int in "
                      f"[0, {k}), got {cfg.imbalance_class!r}")
-  if not _is_real(cfg.imbalance_fraction) or not 0 < cfg.imbalance_fraction <= 1:
+  if not checks.is_real(cfg.imbalance_fraction) or not 0 < cfg.imbalance_fraction <= 1:
     raise ValueError(f"config.dataset.imbalance_fraction must be in (0, 1], "
                      f"got {cfg.imbalance_fraction!r}")
-  if not _is_real(cfg.label_noise) or not 0 <= cfg.label_noise < 1:
+  if not checks.is_real(cfg.label_noise) or not 0 <= cfg.label_noise < 1:
     raise ValueError(f"config.dataset.label_noise must be in [0, 1), got {cfg.label_noise!r}")
 
 
@@ -176,7 +170,7 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
   """
   cfg = dataset_config
   validate_dataset_config(cfg)
-  if not _is_int(seed) or seed < 0:
+  if not checks.is_int(seed) or seed < 0:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}")
   from reducr_jax.data import real  # pylint: disable=g-import-not-at-top
   if cfg.name in real.REAL_DATASETS:

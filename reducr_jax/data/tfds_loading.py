@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import os
 import sys
@@ -65,6 +66,7 @@ def _alias_importlib_resources() -> None:
 def import_tfds():
   """Returns the ``tensorflow_datasets`` module, or raises a one-line ``ImportError``."""
   _alias_importlib_resources()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TensorFlow's start-up chatter
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -129,6 +131,90 @@ def prepare_from_manual(builder, manual: str) -> None:
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual),
       file_format="array_record")
+
+
+def manual_image_builder(class_name: str, module: str, *, version: str, instructions: str,
+                         homepage: str,
+                         image_shape: tuple[int, int, int], encoding_format: str,
+                         class_names: Sequence[str], id_feature: str, list_splits, load):
+  """A TFDS builder class (not registered) for an image dataset read from ``manual_dir``.
+
+  Features ``image`` (``image_shape``, stored as ``encoding_format``), ``label``
+  (``class_names``) and ``id_feature`` (the file's relative path); rows keep file-list
+  order (``disable_shuffling``), and every split's labels are also stored in the
+  dataset metadata (``metadata["labels"]``) so they load without reading any image.
+
+  Args:
+    class_name: the builder's class name (its TFDS name in snake case).
+    module: the defining module's ``__name__`` (TFDS locates the builder's code by it).
+    list_splits: ``manual -> {split: (ids, labels)}``, file paths relative to ``manual``.
+    load: ``path -> image`` (array or encoded bytes), run on a thread pool.
+  """
+  tfds = import_tfds()
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=image_shape, encoding_format=encoding_format),
+            "label": tfds.features.ClassLabel(names=list(class_names)),
+            id_feature: tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"), disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(), homepage=homepage)
+
+  def _split_generators(self, dl_manager):
+    manual = str(dl_manager.manual_dir)
+    splits = list_splits(manual)
+    self.info.metadata["labels"] = {s: list(labels) for s, (_, labels) in splits.items()}
+    return {s: self._generate_examples(manual, ids, labels)
+            for s, (ids, labels) in splits.items()}
+
+  def _generate_examples(self, manual, ids, labels):
+    paths = [os.path.join(manual, i) for i in ids]
+    for row, image in enumerate(map_files(load, paths)):
+      yield row, {"image": image, "label": labels[row], id_feature: ids[row]}
+
+  with tfds.core.registered.skip_registration():
+    return type(class_name, (tfds.core.GeneratorBasedBuilder,), {
+        "__module__": module, "VERSION": tfds.core.Version(version),
+        "MANUAL_DOWNLOAD_INSTRUCTIONS": instructions,
+        "__doc__": f"{class_name} from the official files in ``manual_dir``.",
+        "_info": _info, "_split_generators": _split_generators,
+        "_generate_examples": _generate_examples})
+
+
+def prepared_manual_builder(cfg, name: str, builder_cls, missing, hint: str):
+  """The prepared builder of a dataset read from ``manual_dir`` (CINIC-10, Clothing1M).
+
+  Prepares it from :func:`manual_dir` first when needed (no network).
+
+  Args:
+    cfg: ``config.dataset``.
+    name: dataset name (for messages and the ``<manual_dir>/<name>`` lookup).
+    builder_cls: the TFDS builder class.
+    missing: ``manual -> str | None``, what is missing from a manual directory.
+    hint: where to get the files and where to put them.
+
+  Raises:
+    FileNotFoundError: (one line) neither prepared data nor the official files.
+  """
+  import_tfds()
+  root = data_dir(cfg)
+  builder = builder_cls(data_dir=root)
+  if not builder.is_prepared():
+    manual = manual_dir(cfg, name)
+    problem = missing(manual)
+    if problem:
+      raise FileNotFoundError(f"{name}: no prepared data under {root!r} and {problem}; {hint}")
+    prepare_from_manual(builder, manual)
+  return builder
+
+
+def map_files(fn, paths: Sequence[str]):
+  """Yields ``fn(path)`` for every path, in order, computed on a thread pool (decoding
+  and re-encoding images while a builder prepares a split)."""
+  with concurrent.futures.ThreadPoolExecutor(random_access.default_num_threads()) as pool:
+    yield from pool.map(fn, paths, chunksize=64)
 
 
 def read_split(builder, split: str, keys: Sequence[str],

@@ -40,10 +40,10 @@ import os
 import re
 from typing import Any, Mapping
 
-import flax
 from flax import traverse_util
-import jax.numpy as jnp
 import numpy as np
+
+from reducr_jax.models import pretrained as pretrained_lib
 
 WEIGHTS_HELP = (
     "download bert-base-uncased (model.safetensors, vocab.txt, config.json from "
@@ -79,12 +79,6 @@ _LEAVES = {
 _NDIM = {"kernel": 2, "embedding": 2, "bias": 1, "scale": 1}
 _BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 _ENCODER_PARTS = ("embeddings.", "encoder.", "pooler.")
-
-
-def _first(items, n: int = 5) -> str:
-  items = sorted(items)
-  more = f", ... ({len(items)} in all)" if len(items) > n else ""
-  return ", ".join(items[:n]) + more
 
 
 def _to_numpy(name: str, value: Any) -> np.ndarray:
@@ -155,7 +149,7 @@ def bert_variables_from_hf(tensors: Mapping[str, Any], *,
     leaves_seen.setdefault(module, set()).add(flax_leaf)
   if unknown:
     raise ValueError(f"tensors has {len(unknown)} key(s) that are not in a Hugging Face "
-                     f"BERT: {_first(unknown)}")
+                     f"BERT: {pretrained_lib.first_names(unknown)}")
 
   expected = dict((m, kind) for m, (_, kind) in _TOP_MODULES.items())
   for i in range(max(layers, default=-1) + 1):
@@ -171,7 +165,8 @@ def bert_variables_from_hf(tensors: Mapping[str, Any], *,
                 for l in sorted(wanted - got)]
   if missing:
     raise ValueError(f"tensors is missing {len(missing)} key(s) of a Hugging Face BERT"
-                     f"{' classifier' if include_head else ''}: {_first(missing)}")
+                     f"{' classifier' if include_head else ''}: "
+                     f"{pretrained_lib.first_names(missing)}")
   return traverse_util.unflatten_dict(flat)
 
 
@@ -211,43 +206,7 @@ def load_hf_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def merge_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any], *,
                      include_head: bool) -> dict:
-  """Puts imported BERT weights into freshly initialised variables, checking every shape.
-
-  Args:
-    variables: ``model.init(...)`` of the target :class:`BertClassifier` (for a trunk
-      nested in another module, e.g. :class:`reducr_jax.experts.MultiHead`, pass that
-      submodule's sub-tree under a ``"params"`` key).
-    pretrained: :func:`bert_variables_from_hf`'s result.
-    include_head: copy ``classifier`` too (shapes must match); False keeps the fresh
-      classifier (a new task head) and ignores any pretrained one.
-
-  Returns:
-    variables with the same tree and dtypes as ``variables``, pretrained values inside.
-
-  Raises:
-    ValueError: a variable of ``variables`` that ``pretrained`` lacks (other than a kept
-      fresh head), a pretrained one the model does not have (e.g. more layers), or a
-      shape mismatch (e.g. another vocabulary or ``max_position``).
-  """
-  fresh = traverse_util.flatten_dict(flax.core.unfreeze(variables))
-  new = traverse_util.flatten_dict(flax.core.unfreeze(pretrained))
-  is_head = lambda path: len(path) > 1 and path[1] == "classifier"
-  if not include_head:
-    new = {k: v for k, v in new.items() if not is_head(k)}
-  name = "/".join
-  unknown = [name(k) for k in new if k not in fresh]
-  if unknown:
-    raise ValueError(f"pretrained has {len(unknown)} variable(s) the model does not: "
-                     f"{_first(unknown)}")
-  missing = [name(k) for k in fresh if k not in new and (include_head or not is_head(k))]
-  if missing:
-    raise ValueError(f"pretrained lacks {len(missing)} variable(s) of the model: "
-                     f"{_first(missing)}")
-  merged = dict(fresh)
-  for k, value in new.items():
-    if tuple(np.shape(value)) != tuple(np.shape(fresh[k])):
-      hint = " (use include_head=False for a new head)" if is_head(k) else ""
-      raise ValueError(f"pretrained {name(k)} has shape {tuple(np.shape(value))} but the "
-                       f"model's is {tuple(np.shape(fresh[k]))}{hint}")
-    merged[k] = jnp.asarray(value, dtype=jnp.asarray(fresh[k]).dtype)
-  return traverse_util.unflatten_dict(merged)
+  """:func:`reducr_jax.models.pretrained.merge_variables` with the BERT head
+  ``classifier`` (``include_head=False`` keeps a fresh task head)."""
+  return pretrained_lib.merge_variables(variables, pretrained, head="classifier",
+                                        include_head=include_head)

@@ -26,10 +26,10 @@ import os
 import re
 from typing import Any, Mapping
 
-import flax
 from flax import traverse_util
-import jax.numpy as jnp
 import numpy as np
+
+from reducr_jax.models import pretrained as pretrained_lib
 
 WEIGHTS_HELP = (
     "torchvision's ImageNet ResNet-18 weights are torchvision.models.ResNet18_Weights."
@@ -56,12 +56,6 @@ def _kind(module: str) -> str:
   if module == "fc":
     return "linear"
   return "conv" if module in ("conv1", "conv2", "downsample.0") else "bn"
-
-
-def _first(items, n: int = 5) -> str:
-  items = sorted(items)
-  more = f", ... ({len(items)} in all)" if len(items) > n else ""
-  return ", ".join(items[:n]) + more
 
 
 def _to_numpy(name: str, value: Any) -> np.ndarray:
@@ -136,7 +130,7 @@ def resnet_variables_from_torch(state_dict: Mapping[str, Any], *,
     seen.setdefault(prefix, set()).add(leaf)
   if unknown:
     raise ValueError(f"state_dict has {len(unknown)} key(s) that are not in a torchvision "
-                     f"BasicBlock ResNet: {_first(unknown)}")
+                     f"BasicBlock ResNet: {pretrained_lib.first_names(unknown)}")
 
   expected = ["conv1", "bn1"] + (["fc"] if include_head else [])
   missing = []
@@ -155,7 +149,7 @@ def resnet_variables_from_torch(state_dict: Mapping[str, Any], *,
                 if leaf not in seen.get(prefix, ())]
   if missing:
     raise ValueError(f"state_dict is missing {len(missing)} key(s) of a torchvision "
-                     f"BasicBlock ResNet: {_first(missing)}")
+                     f"BasicBlock ResNet: {pretrained_lib.first_names(missing)}")
   return traverse_util.unflatten_dict(flat)
 
 
@@ -200,41 +194,7 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def merge_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any], *,
                      include_head: bool) -> dict:
-  """Puts imported weights into freshly initialised variables, checking every shape.
-
-  Args:
-    variables: ``model.init(...)`` of the target :class:`ResNet18` (unreplicated; for a
-      trunk nested in another module pass that submodule's sub-trees).
-    pretrained: :func:`resnet_variables_from_torch`'s result.
-    include_head: copy ``fc`` too (shapes must match); False keeps the fresh ``fc`` (a
-      new head, e.g. 14 Clothing1M classes instead of 1000) and ignores any pretrained one.
-
-  Returns:
-    variables with the same tree and dtypes as ``variables``, pretrained values inside.
-
-  Raises:
-    ValueError: a variable of ``variables`` that ``pretrained`` lacks (other than a kept
-      fresh head), a pretrained one the model does not have, or a shape mismatch.
-  """
-  fresh = traverse_util.flatten_dict(flax.core.unfreeze(variables))
-  new = traverse_util.flatten_dict(flax.core.unfreeze(pretrained))
-  is_head = lambda path: len(path) > 1 and path[1] == "fc"
-  if not include_head:
-    new = {k: v for k, v in new.items() if not is_head(k)}
-  name = "/".join
-  unknown = [name(k) for k in new if k not in fresh]
-  if unknown:
-    raise ValueError(f"pretrained has {len(unknown)} variable(s) the model does not: "
-                     f"{_first(unknown)}")
-  missing = [name(k) for k in fresh if k not in new and (include_head or not is_head(k))]
-  if missing:
-    raise ValueError(f"pretrained lacks {len(missing)} variable(s) of the model: "
-                     f"{_first(missing)}")
-  merged = dict(fresh)
-  for k, value in new.items():
-    if tuple(np.shape(value)) != tuple(np.shape(fresh[k])):
-      hint = " (use include_head=False for a new head)" if is_head(k) else ""
-      raise ValueError(f"pretrained {name(k)} has shape {tuple(np.shape(value))} but the "
-                       f"model's is {tuple(np.shape(fresh[k]))}{hint}")
-    merged[k] = jnp.asarray(value, dtype=fresh[k].dtype)
-  return traverse_util.unflatten_dict(merged)
+  """:func:`reducr_jax.models.pretrained.merge_variables` with the ResNet head ``fc``
+  (``include_head=False`` keeps a fresh head, e.g. 14 Clothing1M classes, not 1000)."""
+  return pretrained_lib.merge_variables(variables, pretrained, head="fc",
+                                        include_head=include_head)
