@@ -440,6 +440,13 @@ def _host(tree):
   return jax.tree.map(np.asarray, tree)
 
 
+def _first_replica(tree):
+  """This process's first replica of a ``pmap`` output, as host arrays without the device
+  axis. (``flax.jax_utils.unreplicate`` keeps a leading axis of 1 when the pmap spans
+  fewer devices than the process has, i.e. ``config.num_devices`` < local devices.)"""
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)).reshape(a.shape[1:]), tree)
+
+
 def _shard(tree, n: int):
   return jax.tree.map(lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:]), tree)
 
@@ -550,7 +557,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       val = evaluate_summary(p_eval, params, splits.val, eval_bs, n)
       test = evaluate_summary(p_eval, params, splits.test, eval_bs, n)
       if val["worst_class_accuracy"] > float(best["worst_val"]):
-        best = {"params": flax.jax_utils.unreplicate(params),
+        best = {"params": _first_replica(params),
                 "worst_val": np.float32(val["worst_class_accuracy"]), "step": np.int32(done)}
       writer.write(done, {**{f"val/{k}": v for k, v in val.items()},
                           **{f"test/{k}": v for k, v in test.items()}})
@@ -559,12 +566,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       _progress(f"step {done}/{config.num_steps}  {rate:.1f} steps/s  worst-class val acc "
                 f"{val['worst_class_accuracy']:.3f}  val acc {val['accuracy']:.3f}")
     if done % config.checkpoint_every == 0 or done == config.num_steps:
-      ckpt.save(done, _host({"state": flax.jax_utils.unreplicate(p_state), "best": best}))
+      ckpt.save(done, _host({"state": _first_replica(p_state), "best": best}))
   writer.close()
   ckpt.close()
 
   # Stage 3: evaluate the kept model.
-  final_state = flax.jax_utils.unreplicate(p_state)
+  final_state = _first_replica(p_state)
   p_best = flax.jax_utils.replicate(best["params"], devices)
   val = evaluate_summary(p_eval, p_best, splits.val, eval_bs, n)
   test = evaluate_summary(p_eval, p_best, splits.test, eval_bs, n)

@@ -310,3 +310,12 @@ def test_batch_norm_resnet_step_is_the_same_on_one_and_eight_devices():
       np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
   stats = s1.model_state["batch_stats"]["bn1"]
   assert not np.allclose(stats["mean"], 0.0)                   # running stats were updated
+
+
+def test_fewer_devices_than_the_process_has(tmp_path):
+  """config.num_devices=2 of 8: the kept state and weights have no stray device axis."""
+  config = tiny_config(num_steps=10, num_devices=2, eval_every=5, checkpoint_every=5)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert np.shape(results["class_weights"]) == (10,)
+  np.testing.assert_allclose(np.sum(results["class_weights"]), 1.0, rtol=1e-5)
+  assert len(results["test"]["per_class_accuracy"]) == 10
