@@ -9,7 +9,15 @@ The scripts in this folder import it as ``import harness``: run as
     every variant compiled and warmed up by the caller first, then timed in interleaved
     rounds, each timing ending in ``block_until_ready``, and summarised as medians,
     quartiles and minima;
-  * :func:`flops` — FLOPs of a compiled function from XLA's cost analysis;
+  * :func:`flops`, :func:`compiled_flops`, :func:`memory_stats`, :func:`mib` — FLOPs and
+    memory of a compiled function from XLA's cost and memory analyses;
+  * :data:`STEP_VARIANTS`, :func:`build_train_step`, :func:`stepper`, :func:`shard`,
+    :func:`replicate` — the
+    library's pmapped train step (``reducr_jax.train.make_train_step``) built for one
+    selection variant on random, device-resident inputs (``train_step.py``,
+    ``scaling.py``, ``memory.py``);
+  * :func:`run_python` — runs a script in a child process (fresh ``XLA_FLAGS``);
+  * :func:`markdown_table` — rows as a markdown table;
   * :func:`machine_info`, :func:`finish_info`, :func:`machine_line`, :func:`load_line` —
     what ran the benchmark (versions, backend, device, cores, load average, date);
   * :func:`argument_parser`, :func:`add_model_flags`, :func:`add_out_flag`,
@@ -21,19 +29,27 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib.metadata
 import json
 import os
 import pathlib
 import platform
+import subprocess
+import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
+import flax.jax_utils
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from reducr_jax import experts
+from reducr_jax import models
+from reducr_jax import train
 from reducr_jax.models.mlp import MLP
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -55,8 +71,13 @@ class SmallCNN(nn.Module):
   num_outputs: Optional[int] = NUM_CLASSES
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """``x``: ``[B, H, W, 3]`` → ``[B, num_outputs]`` logits (or ``[B, F]`` features)."""
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """``x``: ``[B, H, W, 3]`` → ``[B, num_outputs]`` logits (or ``[B, F]`` features).
+
+    ``train`` is accepted (as by the library's models, e.g. from
+    :class:`reducr_jax.experts.MultiHead`) and ignored: no batch norm, no dropout.
+    """
+    del train
     x = x.astype(jnp.float32)
     for i, width in enumerate(self.features):
       x = nn.relu(nn.Conv(width, (3, 3))(x))
@@ -146,12 +167,239 @@ def flops(fn: Any, *args: Any) -> float:
   """FLOPs of the compiled ``fn(*args)`` from XLA's cost analysis (NaN if unavailable).
 
   ``fn`` is anything with ``.lower`` (``jax.jit`` or ``jax.pmap`` output); this lowers and
-  compiles it for ``args``.
+  compiles it for ``args``. JAX caches the executable, so a later ``fn(*args)`` with the
+  same shapes does not compile again.
   """
-  cost = fn.lower(*args).compile().cost_analysis()
+  return compiled_flops(fn.lower(*args).compile())
+
+
+def compiled_flops(compiled: Any) -> float:
+  """FLOPs of a ``jax.stages.Compiled`` from XLA's cost analysis (NaN if unavailable).
+
+  XLA counts the body of a loop (``lax.map``, ``lax.scan``, ``while``) once, not once per
+  iteration, so time anything with such a loop against the FLOPs of a ``vmap`` form.
+  """
+  cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+MEMORY_FIELDS = ("argument", "output", "alias", "temp", "generated_code")
+
+
+def memory_stats(compiled: Any) -> dict[str, int]:
+  """Bytes of a ``jax.stages.Compiled`` from XLA's memory analysis (per device).
+
+  Returns ``{argument, output, alias, temp, generated_code, peak}``: ``alias`` is the part
+  of the outputs written into donated argument buffers, and ``peak = argument + output −
+  alias + temp`` estimates what the program holds at once (XLA's own live-range peak is
+  not exposed; this is its upper bound from the same numbers). Empty if unavailable.
+  """
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return {}
+  out = {f: int(getattr(stats, f"{f}_size_in_bytes")) for f in MEMORY_FIELDS}
+  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  return out
+
+
+def mib(num_bytes: float) -> str:
+  """``1234567`` → ``"1.18"`` (MiB, two decimals)."""
+  return f"{num_bytes / 2**20:.2f}"
+
+
+# Train steps: the library's pmapped step on random inputs.
+
+# Variant → (config.selection.method, reference losses, config.reweight).
+STEP_VARIANTS = {
+    "uniform": ("uniform", None, "none"),
+    "train_loss": ("train_loss", None, "none"),
+    "rho_loss (table)": ("rho_loss", "table", "none"),
+    "reducr (table)": ("reducr", "table", "none"),
+    "reducr (online experts)": ("reducr", "online", "none"),
+    "reducr + group_dro (table)": ("reducr", "table", "group_dro"),
+    "reducr + meta (table)": ("reducr", "table", "meta"),
+}
+
+
+class StepBench(NamedTuple):
+  """A built train step and its inputs, ready to call as ``step(state, batch, ref)``.
+
+  Attributes:
+    step: the pmapped :func:`reducr_jax.train.train_step`.
+    state: replicated :class:`reducr_jax.train.TrainState`, leaves ``[n, ...]``.
+    batch: the sharded large batch, leaves ``[n, B/n, ...]`` (``x``, ``y``, plus
+      ``ref_losses [n, B/n, C']`` for table variants, ``meta_x``/``meta_y`` for meta).
+    ref: replicated stacked expert variables (online variant, leading axes ``[n, C]``),
+      else ``None``.
+    cfg: the step's static :class:`reducr_jax.train.StepConfig`.
+    fns, ref_loss_fn, tx, devices: what the step was built from (to build it another way,
+      e.g. ``memory.py``'s ``jit(shard_map)`` form).
+  """
+  step: Callable
+  state: Any
+  batch: Any
+  ref: Any
+  cfg: train.StepConfig
+  fns: models.ModelFns
+  ref_loss_fn: Optional[Callable]
+  tx: Any
+  devices: tuple
+
+
+def shard(tree: Any, devices: Sequence[Any]) -> Any:
+  """Host arrays ``[B, ...]`` → device arrays ``[n, B/n, ...]``, row block d on device d.
+
+  Placed on mesh axis ``train.AXIS``, the sharding the pmapped step gives its outputs.
+  """
+  n = len(devices)
+  mesh = jax.sharding.Mesh(np.array(devices), (train.AXIS,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.AXIS))
+  return jax.tree.map(
+      lambda a: jax.device_put(np.reshape(a, (n, a.shape[0] // n) + a.shape[1:]), sharding),
+      tree)
+
+
+def random_inputs(rng: np.random.Generator, size: int, input_shape: Sequence[int],
+                  dtype: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """``x [size, *input_shape]`` (uint8 images in [0, 255] or normal floats), ``y int32[size]``."""
+  shape = (size,) + tuple(input_shape)
+  if np.dtype(dtype) == np.uint8:
+    x = rng.integers(0, 256, shape).astype(np.uint8)
+  else:
+    x = rng.normal(size=shape).astype(dtype)
+  return x, rng.integers(0, num_classes, size).astype(np.int32)
+
+
+def build_train_step(config: ml_collections.ConfigDict, variant: str,
+                     input_shape: Sequence[int], input_dtype: Any = np.float32,
+                     num_classes: int = NUM_CLASSES, *, num_devices: int = 1,
+                     online_strategy: str = "vmap", donate: bool = True,
+                     seed: int = 0) -> StepBench:
+  """The library's train step for one variant of ``config``, as the trainer builds it.
+
+  The model is ``models.model_fns(models.create_model(config.model, C), x0,
+  axis_name=train.AXIS, init_impl=models.init_rng_impl(config.model))``; the step is
+  ``train.make_train_step`` (state donated) or, with ``donate=False``, the same
+  ``jax.pmap`` of ``train.train_step`` without donation (to measure what donation saves).
+  Inputs are random and placed on the devices once (a benchmark of the step, not of the
+  host → device copy of the batch).
+
+  Args:
+    config: trainer config (``configs/*.py``); its ``batch_size`` is the global B, its
+      ``selection.percent_selected`` gives k, ``dataset.augment`` the on-device augmentation.
+    variant: a key of :data:`STEP_VARIANTS`.
+    input_shape: one example's shape, e.g. ``(40,)`` or ``(32, 32, 3)``.
+    input_dtype: ``float32`` features or ``uint8`` images.
+    num_classes: C (one expert per class for REDUCR).
+    num_devices: n, the first n local devices.
+    online_strategy: :func:`reducr_jax.experts.expert_losses` strategy of the online variant.
+    donate: build with :func:`reducr_jax.train.make_train_step` (donates the state).
+    seed: parameters and data.
+  """
+  if variant not in STEP_VARIANTS:
+    raise ValueError(f"variant must be one of {list(STEP_VARIANTS)}, got {variant!r}")
+  devices = jax.local_devices()[:num_devices]
+  if len(devices) != num_devices:
+    raise ValueError(f"num_devices must be at most {jax.local_device_count()} (the local "
+                     f"devices), got {num_devices}")
+  method, reference, reweight = STEP_VARIANTS[variant]
+  config = config.copy_and_resolve_references()
+  config.selection.method = method
+  config.reweight = reweight
+  x0 = np.zeros((1,) + tuple(input_shape), input_dtype)
+  module = models.create_model(config.model, num_classes)
+  init_impl = models.init_rng_impl(config.model)
+  fns = models.model_fns(module, x0, axis_name=train.AXIS, init_impl=init_impl)
+  tx = train.make_optimizer(config.optimizer)
+  variables = _init_variables(fns, (config.model.to_json(), tuple(input_shape),
+                                    np.dtype(input_dtype).str, num_classes, seed))
+  state = train.init_state(None, lambda _: jax.tree.map(jnp.asarray, variables), tx,
+                           num_classes, jax.random.PRNGKey(seed + 1))
+
+  rng = np.random.default_rng(seed)
+  b = config.batch_size
+  x, y = random_inputs(rng, b, input_shape, input_dtype, num_classes)
+  batch = {"x": x, "y": y}
+  if reference == "table":
+    width = num_classes if method == "reducr" else 1
+    batch["ref_losses"] = rng.uniform(0, 2, (b, width)).astype(np.float32)
+  meta = None
+  if reweight == "meta":
+    vx, vy = random_inputs(rng, config.meta.val_batch_size, input_shape, input_dtype,
+                           num_classes)
+    meta = {"meta_x": vx, "meta_y": vy}
+
+  ref_loss_fn, ref = None, None
+  if reference == "online":
+    # Evaluation-mode experts (running batch-norm statistics), as train_experts builds them.
+    ref_fns = models.model_fns(module, x0, init_impl=init_impl)
+    ref_loss_fn = functools.partial(experts.expert_losses, ref_fns.apply,
+                                    strategy=online_strategy)
+    stacked = experts.init_stacked(ref_fns.init, jax.random.PRNGKey(seed + 2), num_classes)
+    ref = replicate(models.variables(*stacked), devices)
+  cfg = train.StepConfig.from_config(config, num_classes, num_devices, reference,
+                                     (1,) * num_classes)
+  if donate:
+    step = train.make_train_step(fns, ref_loss_fn, tx, cfg, devices)
+  else:
+    step = jax.pmap(functools.partial(train.train_step, model=fns, ref_loss_fn=ref_loss_fn,
+                                      tx=tx, cfg=cfg), axis_name=train.AXIS, devices=devices)
+  p_batch = shard(batch, devices)
+  if meta is not None:
+    p_batch.update(shard(meta, devices))
+  return StepBench(step, replicate(state, devices), p_batch, ref, cfg, fns, ref_loss_fn,
+                   tx, tuple(devices))
+
+
+def replicate(tree: Any, devices: Sequence[Any]) -> Any:
+  """``tree`` stacked once per device, leaves ``[n, ...]``, on mesh axis ``train.AXIS``.
+
+  ``flax.jax_utils.replicate``'s default mesh axis name differs from the one the pmapped
+  step gives its outputs, and JAX keys its compile cache on input shardings: a state
+  placed that way makes the second step compile the step again.
+  """
+  return flax.jax_utils.replicate(tree, devices, axis_name=train.AXIS)
+
+
+_INIT_CACHE: dict[tuple, Any] = {}
+
+
+def _init_variables(fns: models.ModelFns, key: tuple) -> Any:
+  """``fns.init(PRNGKey(seed))`` as host arrays, computed once per ``key`` (model config,
+  input shape and dtype, C, seed): the variants of one model start from the same weights
+  without compiling the initialiser again."""
+  if key not in _INIT_CACHE:
+    out = jax.jit(fns.init)(jax.random.PRNGKey(key[-1]))
+    _INIT_CACHE[key] = jax.tree.map(np.asarray, out)
+  return _INIT_CACHE[key]
+
+
+def stepper(bench: StepBench) -> Callable[[], Any]:
+  """A function of no arguments that runs one step from the state the last call left.
+
+  Returns ``(state, metrics)``, so waiting for it waits for the whole step. (The state is
+  donated: the one in ``bench`` is consumed by the first call.)
+  """
+  state = bench.state
+
+  def call():
+    nonlocal state
+    state, metrics = bench.step(state, bench.batch, bench.ref)
+    return state, metrics
+
+  return call
+
+
+def fit_line(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+  """Least-squares ``y ≈ intercept + slope · x`` and its R²."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  slope, intercept = np.polyfit(x, y, 1)
+  pred = intercept + slope * x
+  ss_tot = float(np.sum((y - y.mean()) ** 2))
+  r2 = 1.0 - float(np.sum((y - pred) ** 2)) / ss_tot if ss_tot > 0 else 1.0
+  return {"intercept": float(intercept), "slope": float(slope), "r2": r2}
 
 
 # The machine.
@@ -255,6 +503,36 @@ def int_list(text: str) -> list[int]:
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
   """The flags to record with the results (all but ``--out``)."""
   return {k: v for k, v in vars(args).items() if k != "out"}
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
+                   align: str = "") -> list[str]:
+  """Lines of a markdown table; ``align`` holds one ``l``/``r`` per column (default: l)."""
+  align = align or "l" * len(header)
+  rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+  return (["| " + " | ".join(header) + " |", rule]
+          + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
+
+
+def run_python(argv: Sequence[str], env: Optional[dict[str, str]] = None,
+               timeout: Optional[float] = None) -> subprocess.CompletedProcess:
+  """Runs ``python <argv>`` with this interpreter from the repository root.
+
+  Args:
+    argv: script path (relative to the repository root) and flags.
+    env: variables set on top of this process's environment (e.g. ``XLA_FLAGS``, which
+      JAX reads once, when its backend starts: a new device count needs a new process).
+    timeout: seconds before the child is killed (``subprocess.TimeoutExpired``).
+
+  Returns:
+    the finished process, stdout and stderr captured as text.
+  """
+  root = RESULTS_DIR.parent.parent
+  full_env = {**os.environ, **(env or {})}
+  full_env["PYTHONPATH"] = os.pathsep.join(
+      p for p in (str(root), full_env.get("PYTHONPATH", "")) if p)
+  return subprocess.run([sys.executable, *argv], cwd=root, env=full_env, text=True,
+                        capture_output=True, timeout=timeout, check=False)
 
 
 def write_results(out: Optional[str], stem: str, payload: dict[str, Any],

@@ -31,7 +31,6 @@ import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from absl import logging
-import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -278,16 +277,26 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   loss, grads = jax.lax.psum((loss, grads), AXIS)      # Σ over all k selected points
-  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
   selected_counts = jnp.sum(jax.nn.one_hot(y_all[sel], c, dtype=jnp.int32), axis=0)
   ok = jnp.isfinite(loss) & _all_finite(grads) & jnp.all(jnp.isfinite(alpha)) & jnp.all(
       jnp.isfinite(new_log_w))
+
+  def apply_update(params_and_opt):
+    params, opt_state = params_and_opt
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  # A skipped (non-finite) step leaves the big buffers untouched. `cond` rather than
+  # `where(ok, new, old)`: with `where` both the old and the new parameters and optimizer
+  # moments are alive at once, so XLA copies the donated state instead of updating it in
+  # place (benchmarks/memory.py).
+  new_params, new_opt_state = jax.lax.cond(ok, apply_update, lambda a: a,
+                                           (state.params, state.opt_state))
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
   new_state = TrainState(
       step=state.step + 1,
-      params=keep(new_params, state.params),
-      opt_state=keep(new_opt_state, state.opt_state),
+      params=new_params,
+      opt_state=new_opt_state,
       model_state=keep(new_model_state, state.model_state),
       log_w=keep(new_log_w, state.log_w),
       holdout_loss=state.holdout_loss,
@@ -440,6 +449,19 @@ def _host(tree):
   return jax.tree.map(np.asarray, tree)
 
 
+def _device_sharding(devices) -> jax.sharding.NamedSharding:
+  """Leading axis split over ``devices`` on mesh axis :data:`AXIS`, as the pmapped step
+  returns its outputs: inputs placed this way never trigger a second compilation."""
+  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                    jax.sharding.PartitionSpec(AXIS))
+
+
+def _replicate(tree, devices):
+  """One copy of ``tree`` per device, placed like the step's outputs."""
+  return jax.device_put(jax.tree.map(lambda a: np.stack([np.asarray(a)] * len(devices)),
+                                     tree), _device_sharding(devices))
+
+
 def _first_replica(tree):
   """This process's first replica of a ``pmap`` output, as host arrays without the device
   axis. (``flax.jax_utils.unreplicate`` keeps a leading axis of 1 when the pmap spans
@@ -499,7 +521,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if refs is not None:
     if refs.kind == "multihead" or config.experts.losses == "online":
       reference, ref_loss_fn = "online", refs.loss_fn
-      ref_params = flax.jax_utils.replicate(refs.params, devices)
+      ref_params = _replicate(refs.params, devices)
     else:
       reference = "table"
       table = train_experts.precompute_table(refs, splits.train, config.eval_batch_size)
@@ -524,7 +546,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start = int(state.step)
   writer = metric_writers.MetricWriter(workdir, resume_step=start,
                                        enabled=jax.process_index() == 0)
-  p_state = flax.jax_utils.replicate(state, devices)
+  p_state = _replicate(state, devices)
   p_step = make_train_step(fns, ref_loss_fn, tx, cfg, pmap_devices)
   p_eval = make_eval_step(fns.apply, c, pmap_devices)
   p_variables = lambda st: models.variables(st.params, st.model_state)  # noqa: E731
@@ -534,15 +556,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_bs = max(1, config.eval_batch_size // n)
 
   t_start, t_last, last_step = time.time(), time.time(), start
-  batches = prefetch_lib.prefetch(
-      lambda t: _shard(host_batch(config, cfg, splits, table, t, num_processes,
-                                  process_index), n_local),
+  batch_sharding = _device_sharding(devices)
+  batches = prefetch_lib.prefetch(       # read, decode and copy to the devices ahead
+      lambda t: jax.device_put(_shard(host_batch(config, cfg, splits, table, t,
+                                                 num_processes, process_index), n_local),
+                               batch_sharding),
       start, config.num_steps, size=config.get("prefetch", 2))
   for step, batch in zip(range(start, config.num_steps), batches):
     if cfg.method == "reducr" and cfg.holdout_loss == "epoch" and step % holdout_every == 0:
       _, loss_sums = evaluate(p_eval, p_variables(p_state), splits.holdout, eval_bs, n)
       h = mwu.class_holdout_loss(metrics.ClassSums(*loss_sums))
-      p_state = p_state._replace(holdout_loss=flax.jax_utils.replicate(
+      p_state = p_state._replace(holdout_loss=_replicate(
           jnp.asarray(h, jnp.float32), devices))
     p_state, step_metrics = p_step(p_state, batch, ref_params)
     done = step + 1
@@ -572,7 +596,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # Stage 3: evaluate the kept model.
   final_state = _first_replica(p_state)
-  p_best = flax.jax_utils.replicate(best["params"], devices)
+  p_best = _replicate(best["params"], devices)
   val = evaluate_summary(p_eval, p_best, splits.val, eval_bs, n)
   test = evaluate_summary(p_eval, p_best, splits.test, eval_bs, n)
   results = {
