@@ -393,14 +393,14 @@ def process_rows(tree, num_processes: int, process_index: int):
 def evaluate(p_eval, p_params, split: data.Split, batch_size: int, num_devices: int):
   """Per-class correct counts and loss sums over a whole split (host values).
 
-  Every process walks the same global batches of ``batch_size`` per device and feeds
-  only its own rows; the ``psum`` in the eval step adds all devices of all processes.
+  Every process walks the same global batches of ``batch_size`` per device and reads and
+  feeds only its own rows; the ``psum`` in the eval step adds all devices of all processes.
   """
   total = None
   num_local = num_devices // jax.process_count()
-  for batch in data.iterate_batches(split, batch_size * num_devices):
-    x, y, mask = _shard(process_rows(batch, jax.process_count(), jax.process_index()),
-                        num_local)
+  for batch in data.iterate_batches(split, batch_size * num_devices, jax.process_count(),
+                                    jax.process_index()):
+    x, y, mask = _shard(batch, num_local)
     res = p_eval(p_params, x, y, mask)
     res = jax.tree.map(lambda a: np.asarray(a[0], np.float64), res)
     total = res if total is None else jax.tree.map(np.add, total, res)

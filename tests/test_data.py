@@ -257,6 +257,25 @@ def test_iterate_batches_pads_last_batch():
   assert len(list(data.iterate_batches(split, 5))) == 2
 
 
+def test_iterate_batches_parts_are_the_rows_of_each_global_batch():
+  """Process p of 4 gets rows [2p, 2p+2) of every global batch of 8, padded like it."""
+  y = np.arange(11, dtype=np.int32) + 1
+  split = data.Split(x=(y[:, None] * 10.0).astype(np.float32), y=y, y_clean=y,
+                     index=np.arange(11))
+  whole = list(data.iterate_batches(split, 8))
+  parts = [list(data.iterate_batches(split, 8, 4, p)) for p in range(4)]
+  assert all(len(pb) == len(whole) for pb in parts)
+  for i, (xb, yb, m) in enumerate(whole):
+    for p in range(4):
+      pxb, pyb, pm = parts[p][i]
+      np.testing.assert_array_equal(pxb, xb[2 * p:2 * p + 2])
+      np.testing.assert_array_equal(pyb, yb[2 * p:2 * p + 2])
+      np.testing.assert_array_equal(pm, m[2 * p:2 * p + 2])
+  assert not parts[3][1][2].any()                   # rows 14, 15 do not exist: all padding
+  with pytest.raises(ValueError, match="num_parts must divide"):
+    list(data.iterate_batches(split, 8, 3, 0))
+
+
 def _cfg(**overrides):
   cfg = ml_collections.ConfigDict({
       "name": "digits", "fractions": (0.5, 0.2, 0.1, 0.2), "imbalance_class": -1,

@@ -66,33 +66,44 @@ def epoch_of(step: int, num_examples: int, batch_size: int) -> int:
   return int(step) * int(batch_size) // int(num_examples)
 
 
-def iterate_batches(split, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def iterate_batches(split, batch_size: int, num_parts: int = 1,
+                    part: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Yields every example of ``split`` once, in order, in fixed-shape batches.
 
   Args:
     split: anything with ``x`` [n, ...] and ``y`` [n] (e.g. a ``Split``). ``x`` is sliced
       batch by batch, never converted whole, so a lazy ``random_access.LazyArray`` only
       decodes one batch at a time.
-    batch_size: B >= 1.
+    batch_size: B >= 1, the global batch.
+    num_parts, part: yield only contiguous part ``part`` of ``num_parts`` of every
+      batch (B/num_parts rows; B must divide evenly): what process ``part`` of
+      ``num_parts`` feeds, reading only its own rows.
 
   Yields:
-    ``(x, y, mask)``: x [B, ...] with ``split.x``'s dtype, y [B] with ``split.y``'s
-    dtype, mask bool [B]. The last batch is zero-padded with ``mask`` False on the
-    padding, so a jitted evaluation step compiles once. ``ceil(n / B)`` batches.
+    ``(x, y, mask)``: x [B/num_parts, ...] with ``split.x``'s dtype, y with ``split.y``'s
+    dtype, mask bool. The last batch is zero-padded with ``mask`` False on the padding,
+    so a jitted evaluation step compiles once. ``ceil(n / B)`` batches.
   """
   _check_positive_int("batch_size", batch_size, 1)
+  _check_positive_int("num_parts", num_parts, 1)
+  if batch_size % num_parts or not 0 <= part < num_parts:
+    raise ValueError(f"part must be in [0, {num_parts}) and num_parts must divide "
+                     f"batch_size={batch_size}, got part={part!r}, num_parts={num_parts}")
   x = split.x if hasattr(split.x, "shape") and hasattr(split.x, "dtype") else np.asarray(
       split.x)
   y = np.asarray(split.y)
   n = y.shape[0]
+  size = batch_size // num_parts
   for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
-    if stop - start == batch_size:
-      yield x[start:stop], y[start:stop], np.ones(batch_size, dtype=bool)
+    lo = min(start + part * size, n)
+    stop = min(lo + size, n)
+    if stop - lo == size:
+      yield x[lo:stop], y[lo:stop], np.ones(size, dtype=bool)
       continue
-    xb = np.zeros((batch_size,) + x.shape[1:], dtype=x.dtype)
-    yb = np.zeros((batch_size,), dtype=y.dtype)
-    xb[:stop - start], yb[:stop - start] = x[start:stop], y[start:stop]
-    mask = np.zeros(batch_size, dtype=bool)
-    mask[:stop - start] = True
+    xb = np.zeros((size,) + x.shape[1:], dtype=x.dtype)
+    yb = np.zeros((size,), dtype=y.dtype)
+    if stop > lo:
+      xb[:stop - lo], yb[:stop - lo] = x[lo:stop], y[lo:stop]
+    mask = np.zeros(size, dtype=bool)
+    mask[:stop - lo] = True
     yield xb, yb, mask
