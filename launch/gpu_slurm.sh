@@ -82,32 +82,18 @@ die() {
   exit 2
 }
 
-# (quote/join_quoted are also in tpu_vm.sh: sbatch runs a copy of this script from its
-# spool directory, so it cannot source a sibling file; it has to stand alone.)
-# Quotes one word for a POSIX shell, leaving plain words (and `--opt=` prefixes) readable:
-# double quotes where nothing in the word is special inside them, else single quotes.
-quote() {
-  local word="$1" prefix=""
-  if [[ "$word" =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-    prefix="${BASH_REMATCH[1]}" word="${BASH_REMATCH[2]}"
+# quote / join_quoted, shared with tpu_vm.sh. sbatch runs a copy of this script from its
+# spool directory, so the file is looked for next to this script, then in the repository
+# the job was submitted from (the run works from there anyway, see below).
+for dir in "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/launch"; do
+  if [[ -f "$dir/quoting.sh" ]]; then
+    # shellcheck source=quoting.sh
+    source "$dir/quoting.sh"
+    break
   fi
-  if [[ -n "$word" && "$word" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s%s' "$prefix" "$word"
-  elif [[ "$word" != *[\$\`\"\\!]* ]]; then
-    printf '%s"%s"' "$prefix" "$word"
-  else
-    printf "%s'%s'" "$prefix" "${word//\'/\'\\\'\'}"
-  fi
-}
-
-# Joins the words into one shell command line (each word quoted as needed).
-join_quoted() {
-  local out="" word
-  for word in "$@"; do
-    out+="${out:+ }$(quote "$word")"
-  done
-  printf '%s' "$out"
-}
+done
+declare -F join_quoted >/dev/null ||
+  die "launch/quoting.sh not found: submit from the repository root"
 
 # First host of a SLURM node list without scontrol (dry runs only): 'gpu[003-006,9],x' ->
 # 'gpu003'. The real run asks `scontrol show hostnames`, which knows every format.

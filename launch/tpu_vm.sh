@@ -69,30 +69,9 @@ die() {
   exit 2
 }
 
-# Quotes one word for a POSIX shell, leaving plain words (and `--opt=` prefixes) readable:
-# double quotes where nothing in the word is special inside them, else single quotes.
-quote() {
-  local word="$1" prefix=""
-  if [[ "$word" =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-    prefix="${BASH_REMATCH[1]}" word="${BASH_REMATCH[2]}"
-  fi
-  if [[ -n "$word" && "$word" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s%s' "$prefix" "$word"
-  elif [[ "$word" != *[\$\`\"\\!]* ]]; then
-    printf '%s"%s"' "$prefix" "$word"
-  else
-    printf "%s'%s'" "$prefix" "${word//\'/\'\\\'\'}"
-  fi
-}
-
-# Joins the words into one shell command line (each word quoted as needed).
-join_quoted() {
-  local out="" word
-  for word in "$@"; do
-    out+="${out:+ }$(quote "$word")"
-  done
-  printf '%s' "$out"
-}
+# quote / join_quoted: shell quoting shared with gpu_slurm.sh.
+# shellcheck source=quoting.sh
+source "$REPO_ROOT/launch/quoting.sh"
 
 # Runs a command, or prints it (copy-pastable) under --dry-run.
 run() {

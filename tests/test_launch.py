@@ -94,7 +94,10 @@ def _shellcheck() -> str:
 
 def test_scripts_pass_shellcheck():
   checker = _shellcheck()
-  result = subprocess.run([checker, "--severity=style", "--shell=bash", str(TPU), str(SLURM)],
+  # --external-sources: also check launch/quoting.sh, which both scripts source.
+  result = subprocess.run([checker, "--severity=style", "--shell=bash", "--external-sources",
+                           "--source-path=SCRIPTDIR", str(TPU), str(SLURM),
+                           str(ROOT / "launch" / "quoting.sh")],
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, f"shellcheck found problems:\n{result.stdout}{result.stderr}"
 
