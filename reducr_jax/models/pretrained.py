@@ -90,26 +90,27 @@ def check_available(model_config: ml_collections.ConfigDict) -> None:
                       f"pip install \"{needs[1]}\"")
 
 
-def load_pretrained(model_config: ml_collections.ConfigDict, params: Any,
-                    model_state: dict) -> tuple[Any, dict]:
-  """``(params, model_state)`` with ``config.model.pretrained`` merged in (unchanged if '')."""
-  path = model_config.get("pretrained", "")
-  if not path:
-    return params, model_state
+def _read(model_config: ml_collections.ConfigDict):
+  """``(pretrained variables, merge function, include_head)`` of ``config.model.pretrained``."""
+  path = model_config.pretrained
   include_head = bool(model_config.get("pretrained_head", False))
   if model_config.name == "resnet18":
     from reducr_jax.models import torch_import  # pylint: disable=g-import-not-at-top
     pretrained = torch_import.resnet_variables_from_torch(
         torch_import.load_torch_checkpoint(path), include_head=include_head)
-    merge = torch_import.merge_pretrained
-  elif model_config.name == "bert":
+    return pretrained, torch_import.merge_pretrained, include_head
+  if model_config.name == "bert":
     from reducr_jax.models import bert_import  # pylint: disable=g-import-not-at-top
     pretrained = bert_import.bert_variables_from_hf(bert_import.load_hf_checkpoint(path),
                                                     include_head=include_head)
-    merge = bert_import.merge_pretrained
-  else:
-    raise ValueError(f"config.model.pretrained is only supported for config.model.name in "
-                     f"['resnet18', 'bert'], got {model_config.name!r}")
+    return pretrained, bert_import.merge_pretrained, include_head
+  raise ValueError(f"config.model.pretrained is only supported for config.model.name in "
+                   f"['resnet18', 'bert'], got {model_config.name!r}")
+
+
+def _merge_into(params: Any, model_state: dict, pretrained, merge,
+                include_head: bool) -> tuple[Any, dict]:
+  """One model's ``(params, model_state)`` with ``pretrained`` merged in."""
   variables = {"params": params, **model_state}
   if "trunk" in params:                     # multi-head experts: the trunk is the model
     trunk = {k: (v["trunk"] if k in ("params", "batch_stats") and "trunk" in v else v)
@@ -123,24 +124,25 @@ def load_pretrained(model_config: ml_collections.ConfigDict, params: Any,
   return params, variables
 
 
+def load_pretrained(model_config: ml_collections.ConfigDict, params: Any,
+                    model_state: dict) -> tuple[Any, dict]:
+  """``(params, model_state)`` with ``config.model.pretrained`` merged in (unchanged if '')."""
+  if not model_config.get("pretrained", ""):
+    return params, model_state
+  return _merge_into(params, model_state, *_read(model_config))
+
+
 def load_pretrained_stacked(model_config: ml_collections.ConfigDict, params: Any,
                             model_state: dict) -> tuple[Any, dict]:
   """:func:`load_pretrained` for models stacked on a leading axis (the C experts).
 
-  Every stacked model gets the same imported weights; the parts that stay fresh (the
-  head, unless ``pretrained_head``) keep each model's own initialisation.
+  The checkpoint is read once and merged into every stacked model (a ``vmap`` of the
+  merge): imported weights, the same for all, come out broadcast along the stack; the
+  parts that stay fresh (the head, unless ``pretrained_head``) keep each model's own
+  initialisation.
   """
   if not model_config.get("pretrained", ""):
     return params, model_state
-  first = lambda tree: jax.tree.map(lambda a: np.asarray(a[0]), tree)  # noqa: E731
-  one_params, one_state = first(params), first(model_state)
-  new_params, new_state = load_pretrained(model_config, one_params, one_state)
-
-  def stack(fresh_stacked, fresh_one, merged):
-    if np.array_equal(np.asarray(merged), fresh_one):
-      return fresh_stacked                       # not imported: keep each model's own
-    return np.broadcast_to(np.asarray(merged), np.shape(fresh_stacked)).copy()
-
-  params = jax.tree.map(stack, params, one_params, new_params)
-  model_state = jax.tree.map(stack, model_state, one_state, new_state)
-  return params, model_state
+  pretrained, merge, include_head = _read(model_config)
+  return jax.vmap(lambda p, s: _merge_into(p, s, pretrained, merge, include_head))(
+      params, model_state)
