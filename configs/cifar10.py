@@ -14,6 +14,8 @@ Shrink for a smoke run: ``--config.model.width=8 --config.num_steps=2 ...``.
 
 import os
 
+import ml_collections
+
 from reducr_jax import configuration
 from reducr_jax.data import real
 
@@ -49,7 +51,7 @@ def get_config():
 
 
 def resnet_config(stem: str):
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  """The ``config.model`` of a ResNet-18 with the given stem (shared by the vision configs)."""
   model = ml_collections.ConfigDict()
   model.name = "resnet18"
   model.stem = stem                                # 'cifar' (3×3) | 'imagenet' (7×7 + max-pool)
