@@ -315,8 +315,6 @@ def build_train_step(config: ml_collections.ConfigDict, variant: str,
   tx = train.make_optimizer(config.optimizer)
   variables = _init_variables(fns, (config.model.to_json(), tuple(input_shape),
                                     np.dtype(input_dtype).str, num_classes, seed))
-  state = train.init_state(None, lambda _: jax.tree.map(jnp.asarray, variables), tx,
-                           num_classes, jax.random.PRNGKey(seed + 1))
 
   rng = np.random.default_rng(seed)
   b = config.batch_size
@@ -341,6 +339,8 @@ def build_train_step(config: ml_collections.ConfigDict, variant: str,
     ref = replicate(models.variables(*stacked), devices)
   cfg = train.StepConfig.from_config(config, num_classes, num_devices, reference,
                                      (1,) * num_classes)
+  state = train.init_state(None, lambda _: jax.tree.map(jnp.asarray, variables), tx,
+                           cfg, jax.random.PRNGKey(seed + 1))
   if donate:
     step = train.make_train_step(fns, ref_loss_fn, tx, cfg, devices)
   else:

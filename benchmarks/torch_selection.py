@@ -63,6 +63,7 @@ from reducr_jax import configuration
 from reducr_jax import experts
 from reducr_jax import mwu
 from reducr_jax import selection
+from reducr_jax import selectors
 from reducr_jax import train
 from reducr_jax.models.mlp import MLP
 
@@ -555,19 +556,21 @@ def jax_step_parts(setup: Setup, config) -> tuple[Callable, Callable, Any]:
   """
   c = setup.table.shape[1]
   devices = jax.local_devices()[:1]
-  cfg = dataclasses.replace(train.StepConfig.from_config(config, c, 1, "table"),
-                            k=setup.k, eta=setup.eta)
-  if cfg.method != "reducr" or cfg.holdout_loss != "epoch" or cfg.soft_temperature != 0:
+  sel = config.selection
+  if sel.method != "reducr" or sel.holdout_loss != "epoch" or sel.soft_temperature != 0:
     raise ValueError("the config must select with method='reducr', holdout_loss='epoch', "
                      "soft_temperature=0")
+  cfg = dataclasses.replace(train.StepConfig.from_config(config, c, 1, "table"), k=setup.k,
+                            selector=selectors.reducr.reducr(eta=setup.eta, clip=sel.clip))
   tx = train.make_optimizer(config.optimizer)
   step = train.make_train_step(setup.apply_fn, None, tx, cfg, devices)
   params = setup.variables["params"]
 
   def fresh_state():
-    state = train.init_state(jax.random.PRNGKey(0), lambda _: params, tx, c,
+    state = train.init_state(jax.random.PRNGKey(0), lambda _: params, tx, cfg,
                              jax.random.PRNGKey(1))
-    state = state._replace(log_w=setup.log_w0, holdout_loss=jnp.asarray(setup.holdout_loss))
+    state = state._replace(selector_state=selectors.reducr.ReducrState(setup.log_w0),
+                           holdout_loss=jnp.asarray(setup.holdout_loss))
     return flax.jax_utils.replicate(state, devices)
 
   return step, fresh_state, cfg

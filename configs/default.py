@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.imbalance_splits = ("train", "holdout")  # splits the imbalance applies to
   config.dataset.classes = ()                       # () = all; e.g. (4, 9): a relabelled subset
   config.dataset.holdout_per_class = -1             # >0: a balanced holdout of n per class
+  config.dataset.augment = "none"                   # on-device augmentation: 'none' | 'flip' | 'crop_flip'
 
   # --- Target model and optimiser (paper: AdamW, lr 1e-3, weight decay 0.01) ----------
   config.model = ml_collections.ConfigDict()
@@ -42,7 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 320                           # large batch B (paper: 320)
   config.num_steps = 1500                           # gradient steps on the selected k
   config.selection = ml_collections.ConfigDict()
-  config.selection.method = "reducr"                # 'reducr' | 'rho_loss' | 'train_loss' | 'uniform'
+  # Any registered rule (reducr_jax.selectors.names()): 'reducr' | 'rho_loss' | 'train_loss' |
+  # 'uniform' (the paper's), 'payoff' | 'weighted' (official code), 'grad_norm' | 'entropy' |
+  # 'irreducible' | 'uniform_after' (RHO-LOSS baselines), or one registered by user code.
+  config.selection.method = "reducr"
   config.selection.percent_selected = 0.1           # k = percent · B (paper: 10 %)
   # MWU step size η. Paper: 1e-4 over ~10^5 CIFAR steps; this run is ~100× shorter and its
   # holdout set ~100× smaller, so η is scaled up to let the class weights move within it
@@ -61,6 +65,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.selection.holdout_loss = "epoch"
   config.selection.holdout_every = -1
   config.selection.ema_decay = 0.9                  # paper App. A.9.4: 0.9 or 0.99
+  # 'weighted' (official weighted_reducible_loss_selection): fixed class weights (() =
+  # uniform; one per class, normalised), sampling 'top_k' | 'power' | 'softmax' | 'rank'
+  # with β (official default top-k, β = 1); it uses `clip` (official default False) and
+  # `use_holdout` (official: always subtracts h).
+  config.selection.class_weights = ()
+  config.selection.sampling = "top_k"
+  config.selection.beta = 1.0
+  # 'uniform_after': `base_method` for the first `uniform_after_steps` steps, uniform after.
+  config.selection.base_method = "reducr"
+  config.selection.uniform_after_steps = 500
 
   # --- Class-irreducible loss models (experts), trained once on the holdout split -----
   config.experts = ml_collections.ConfigDict()
@@ -73,6 +87,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.experts.weight_decay = 0.01
   config.experts.eval_every = 100                   # keep each expert's best validation loss
   config.experts.cache_dir = ""                     # '' = <workdir>/experts; sweeps share one
+  # Online update of the reference models on the selected points (official
+  # `update_irreducible`, there for RHO-LOSS; here also REDUCR's experts): one AdamW step at
+  # learning_rate · update_lr_factor (official lr/100) per train step. Needs losses 'online'
+  # or 'multihead' (a precomputed table cannot learn).
+  config.experts.update_on_selected = False
+  config.experts.update_lr_factor = 0.01
 
   # --- Reweighting of the selected points (orthogonal to selection) -------------------
   # 'none' | 'class_balanced' (∝ 1/train class size) | 'meta' (Ren et al. 2018, validation

@@ -14,14 +14,14 @@ import ml_collections
 
 from reducr_jax import data
 from reducr_jax import models
+from reducr_jax import reweighters
+from reducr_jax import selectors
 from reducr_jax.data import augment
 from reducr_jax.models import pretrained as model_pretrained
 
-METHODS = ("reducr", "rho_loss", "train_loss", "uniform")
 HOLDOUT_LOSSES = ("epoch", "ema")
 EXPERT_LOSSES = ("precomputed", "online", "multihead")
 EXPERT_STRATEGIES = ("auto", "vmap", "map", "loop")
-REWEIGHTS = ("none", "class_balanced", "meta", "group_dro")
 PRUNING_STRATEGIES = ("none", "random", "el2n", "grand", "forgetting", "dyn_unc", "drop")
 
 
@@ -87,7 +87,7 @@ def validate_config(config: ml_collections.ConfigDict,
         "(torchvision resnet18-f37072fd.pth for resnet18; a bert-base-uncased directory "
         "with model.safetensors for bert), or '' to train from scratch")
   sel = config.selection
-  _one_of("config.selection.method", sel.method, METHODS)
+  _one_of("config.selection.method", sel.method, selectors.names())
   _number("config.seed", config.seed, 0, integer=True)
   _number("config.batch_size", config.batch_size, 1, integer=True)
   _number("config.num_steps", config.num_steps, 1, integer=True)
@@ -123,12 +123,29 @@ def validate_config(config: ml_collections.ConfigDict,
   ex = config.experts
   _number("config.experts.gamma", ex.gamma, 0)
   _one_of("config.experts.losses", ex.losses, EXPERT_LOSSES)
+  if not isinstance(ex.update_on_selected, bool):
+    raise ConfigError("config.experts.update_on_selected must be True or False, got "
+                      f"{ex.update_on_selected!r}")
+  _number("config.experts.update_lr_factor", ex.update_lr_factor, 0, low_open=True)
+  if ex.update_on_selected and ex.losses == "precomputed":
+    raise ConfigError("config.experts.update_on_selected=True needs config.experts.losses "
+                      "'online' or 'multihead' (a precomputed table cannot be updated)")
   _one_of("config.experts.strategy", ex.strategy, EXPERT_STRATEGIES)
   _number("config.experts.num_steps", ex.num_steps, 1, integer=True)
   _number("config.experts.batch_size", ex.batch_size, 1, integer=True)
   _number("config.experts.learning_rate", ex.learning_rate, 0, low_open=True)
   _number("config.experts.weight_decay", ex.weight_decay, 0)
   _number("config.experts.eval_every", ex.eval_every, 1, integer=True)
+  _number("config.selection.beta", sel.beta, 0)
+  _one_of("config.selection.sampling", sel.sampling, selectors.weighted.SAMPLINGS)
+  _number("config.selection.uniform_after_steps", sel.uniform_after_steps, 0, integer=True)
+  _one_of("config.selection.base_method", sel.base_method,
+          tuple(m for m in selectors.names() if m != "uniform_after"))
+  try:    # the rule's and reweighter's own checks (e.g. class_weights), still before any work
+    selectors.get(config)
+    reweighters.get(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   pr = config.pruning
   _one_of("config.pruning.strategy", pr.strategy, PRUNING_STRATEGIES)
   if pr.strategy not in ("none", "random") and config.model.name != "mlp":
@@ -143,7 +160,7 @@ def validate_config(config: ml_collections.ConfigDict,
   if pr.dyn_unc_window > pr.score_epochs:
     raise ConfigError(f"config.pruning.dyn_unc_window ({pr.dyn_unc_window}) must be <= "
                       f"config.pruning.score_epochs ({pr.score_epochs})")
-  _one_of("config.reweight", config.reweight, REWEIGHTS)
+  _one_of("config.reweight", config.reweight, reweighters.names())
   _number("config.meta.lr", config.meta.lr, 0, low_open=True)
   _one_of("config.meta.method", config.meta.method, ("jvp", "nested_grad"))
   _number("config.meta.val_batch_size", config.meta.val_batch_size, 1, integer=True)

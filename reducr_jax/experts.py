@@ -135,7 +135,8 @@ def init_experts(init_fn: InitFn, tx: optax.GradientTransformation, rng: jax.Arr
 def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: ExpertsState,
                x: jax.Array, y: jax.Array, gamma, *,
                train_apply_fn: Optional[TrainApplyFn] = None,
-               rng: Optional[jax.Array] = None) -> tuple[ExpertsState, jax.Array]:
+               rng: Optional[jax.Array] = None,
+               axis_name: Optional[str] = None) -> tuple[ExpertsState, jax.Array]:
   """One optimizer step of all C experts at once on the same holdout batch.
 
   Expert ``c`` minimises :func:`class_weighted_loss` with ``expert_class = c``; the C
@@ -154,6 +155,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
       (:attr:`reducr_jax.models.ModelFns.apply_train`); then ``apply_fn`` is unused and
       each expert's batch-norm statistics are its own (no cross-expert averaging).
     rng: key for dropout (split per expert); unused by deterministic models.
+    axis_name: under ``pmap``, average the gradients (and losses) over this axis: each
+      device holds an equal share of the batch, so the step equals the one-device step.
 
   Returns:
     ``(new_state, losses[C])`` with each expert's γ-weighted training loss.
@@ -170,6 +173,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
       return class_weighted_loss(cross_entropy(logits, y), y, expert_class,
                                  gamma), new_model_state
     (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    if axis_name is not None:
+      loss, grads = jax.lax.pmean((loss, grads), axis_name)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, model_state, loss
 
@@ -303,12 +308,14 @@ def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, pa
                          opt_state: Any, x: jax.Array, y: jax.Array, gamma, *,
                          model_state: Any = None,
                          train_apply_fn: Optional[TrainApplyFn] = None,
-                         rng: Optional[jax.Array] = None):
+                         rng: Optional[jax.Array] = None,
+                         axis_name: Optional[str] = None):
   """One optimizer step of a :class:`MultiHead` on :func:`multihead_loss`.
 
   ``apply_fn(params, x) -> [B, C, K]``. Returns ``(params, opt_state, loss)``; with
   ``train_apply_fn`` (``(params, model_state, x, rng) -> (logits, new_model_state)``,
   models with batch norm or dropout) returns ``(params, opt_state, loss, model_state)``.
+  ``axis_name``: average gradients over this ``pmap`` axis (equal per-device shares).
   """
   checks.check_in_range("gamma", gamma, 0.0)
 
@@ -319,8 +326,43 @@ def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, pa
     return multihead_loss(logits, y, gamma), new_model_state
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  if axis_name is not None:
+    loss, grads = jax.lax.pmean((loss, grads), axis_name)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
   if train_apply_fn is None:
     return params, opt_state, loss
   return params, opt_state, loss, new_model_state
+
+
+def update_on_selected(apply_fn: ApplyFn, tx: optax.GradientTransformation,
+                       state: ExpertsState, x: jax.Array, y: jax.Array, gamma, *,
+                       train_apply_fn: Optional[TrainApplyFn] = None,
+                       rng: Optional[jax.Array] = None, axis_name: Optional[str] = None,
+                       stacked: bool = True) -> ExpertsState:
+  """One step of the reference models on the points just selected (online update).
+
+  The official REDUCR code's ``update_irreducible``: the amortised experts keep learning
+  from the target model's selected points, with a small learning rate in ``tx`` (official
+  lr/100). Stacked experts (``stacked=True``, leading axis C, each with its eq.-8 γ
+  weighting; one expert with γ = 0 is RHO-LOSS's irreducible-loss model) take
+  :func:`train_step`; a :class:`MultiHead` model (``stacked=False``) takes
+  :func:`multihead_train_step`.
+
+  Args:
+    apply_fn, tx, gamma, train_apply_fn, rng: as :func:`train_step`.
+    state: :class:`ExpertsState` (``model_state`` ``{}``/``None`` for stateless models).
+    x: ``[k, ...]`` selected inputs (this device's share under ``pmap``); y: ``int[k]``.
+    axis_name: average gradients over this ``pmap`` axis.
+
+  Returns:
+    the updated :class:`ExpertsState`.
+  """
+  if stacked:
+    return train_step(apply_fn, tx, state, x, y, gamma, train_apply_fn=train_apply_fn,
+                      rng=rng, axis_name=axis_name)[0]
+  out = multihead_train_step(apply_fn, tx, state.params, state.opt_state, x, y, gamma,
+                             model_state=state.model_state, train_apply_fn=train_apply_fn,
+                             rng=rng, axis_name=axis_name)
+  model_state = out[3] if train_apply_fn is not None else state.model_state
+  return ExpertsState(out[0], out[1], model_state)

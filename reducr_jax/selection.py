@@ -248,3 +248,90 @@ def uniform_select(rng: jax.Array, batch_size: int, k: int) -> jax.Array:
   """
   k = checks.check_k(k, batch_size)
   return jax.random.permutation(rng, batch_size)[:k].astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------
+# Further rules of the official REDUCR code and of the RHO-LOSS paper's baselines.
+
+
+def payoff_scores(model_loss: jax.Array, expert_losses: jax.Array,
+                  class_holdout_loss: jax.Array) -> jax.Array:
+  """Max-min "payoff" score ``min_c (model_loss − expert_losses[:, c] − h_c)`` → ``[B]``.
+
+  The official REDUCR code's ``robust_payoff_reducible_loss_selection``: the unclipped
+  excess loss minus the class-holdout loss, minimised over classes, no class weights; the
+  k points with the largest minimum are selected (:func:`top_k`).
+
+  Args:
+    model_loss: ``[B]``; expert_losses: ``[B, C]``; class_holdout_loss: ``[C]``.
+  """
+  _check_model_and_expert(model_loss, expert_losses)
+  c = np.shape(expert_losses)[1]
+  checks.check_shape("class_holdout_loss", class_holdout_loss, (c,), f"[C={c}]")
+  return jnp.min(model_loss[:, None] - expert_losses - class_holdout_loss[None, :], axis=1)
+
+
+def power_sample(rng: jax.Array, scores: jax.Array, k: int, beta) -> jax.Array:
+  """k points without replacement, each draw ∝ ``(score + |min score|)^β``.
+
+  The official code's ``power_random_indices`` (its shift adds ``|min|`` whatever the
+  sign of the minimum). Points of probability 0 are drawn only when fewer than k others
+  are left (then by index).
+
+  Args:
+    rng: a PRNG key; scores: ``[B]``; k: static int; beta: β ≥ 0.
+
+  Returns:
+    ``int32[k]``.
+  """
+  checks.check_in_range("beta", beta, 0.0)
+  shifted = scores + jnp.abs(jnp.min(scores))
+  return gumbel_top_k(rng, beta * jnp.log(shifted), k)
+
+
+def softmax_sample(rng: jax.Array, scores: jax.Array, k: int, beta) -> jax.Array:
+  """k points without replacement, each draw ∝ ``exp(β · score)`` (``softmax_random_indices``).
+
+  Returns:
+    ``int32[k]``.
+  """
+  checks.check_in_range("beta", beta, 0.0)
+  return gumbel_top_k(rng, beta * scores, k)
+
+
+def rank_sample(rng: jax.Array, scores: jax.Array, k: int, beta) -> jax.Array:
+  """k points without replacement, the point of rank r (0 = highest score) drawn
+  ∝ ``(r + 1)^(−β)`` (the official code's ``rank_random_indices``).
+
+  Returns:
+    ``int32[k]``.
+  """
+  checks.check_in_range("beta", beta, 0.0)
+  checks.check_shape("scores", scores, (None,), "[B]")
+  b = np.shape(scores)[0]
+  order = jnp.argsort(-scores)                          # order[rank] = index
+  rank = jnp.zeros((b,), jnp.int32).at[order].set(jnp.arange(b, dtype=jnp.int32))
+  return gumbel_top_k(rng, -beta * jnp.log1p(rank.astype(jnp.float32)), k)
+
+
+def grad_norm_upper_bound(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """``‖softmax(logits) − onehot(y)‖₂`` per point → ``[B]``.
+
+  The upper bound (up to a per-batch constant) on the norm of the loss gradient used for
+  importance sampling by Katharopoulos & Fleuret (2018), a baseline of RHO-LOSS.
+
+  Args:
+    logits: ``[B, C]``; labels: ``int[B]``.
+  """
+  checks.check_shape("logits", logits, (None, None), "[B, C]")
+  b, c = np.shape(logits)
+  checks.check_shape("labels", labels, (b,), f"[B={b}]")
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.linalg.norm(probs - jax.nn.one_hot(labels, c, dtype=jnp.float32), axis=-1)
+
+
+def predictive_entropy(logits: jax.Array) -> jax.Array:
+  """Entropy ``−Σ_c p_c log p_c`` of the predictive distribution per point → ``[B]``."""
+  checks.check_shape("logits", logits, (None, None), "[B, C]")
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)

@@ -41,14 +41,13 @@ from reducr_jax import checkpointing
 from reducr_jax import configuration
 from reducr_jax import data
 from reducr_jax import experts
-from reducr_jax import group_dro
-from reducr_jax import meta_reweight
 from reducr_jax import metric_writers
 from reducr_jax import metrics
 from reducr_jax import models
 from reducr_jax import mwu
 from reducr_jax import prune_stage
-from reducr_jax import selection
+from reducr_jax import reweighters
+from reducr_jax import selectors
 from reducr_jax import train_experts
 from reducr_jax.data import augment as augment_lib
 from reducr_jax.data import prefetch as prefetch_lib
@@ -64,10 +63,13 @@ class TrainState(NamedTuple):
     params, opt_state: target model and optimizer.
     model_state: the model's non-parameter collections (``{"batch_stats": ...}`` for batch
       norm; ``{}`` for stateless models), updated from the selected points.
-    log_w: ``float32[C]`` MWU class log-weights.
+    selector_state: the selection rule's state (:attr:`reducr_jax.selectors.Selector.init`,
+      e.g. REDUCR's MWU class log-weights; ``()`` when stateless).
+    reweighter_state: the reweighting rule's state (e.g. Group DRO's class log-weights).
     holdout_loss: ``float32[C]`` class-holdout loss of the last full pass ('epoch').
-    ema: :class:`reducr_jax.mwu.EMAState` ('ema' estimator).
-    group_log_q: ``float32[C]`` Group DRO class log-weights (``reweight='group_dro'``).
+    ema: :class:`reducr_jax.mwu.EMAState` ('ema' class-holdout estimator).
+    reference: the reference models and their optimizer state when they are updated on
+      the selected points (``config.experts.update_on_selected``), else ``()``.
     rng: ``uint32[2]`` base key; step t uses ``fold_in(rng, t)``.
     num_skipped: ``int32[]`` updates skipped for a non-finite loss or gradient.
     selected_counts: ``int32[C]`` selected points per class since the start (logged, so
@@ -77,10 +79,11 @@ class TrainState(NamedTuple):
   params: Any
   opt_state: Any
   model_state: Any
-  log_w: jax.Array
+  selector_state: Any
+  reweighter_state: Any
   holdout_loss: jax.Array
   ema: mwu.EMAState
-  group_log_q: jax.Array
+  reference: Any
   rng: jax.Array
   num_skipped: jax.Array
   selected_counts: jax.Array
@@ -88,43 +91,53 @@ class TrainState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-  """Static (hashable) settings of the train step, derived from the config."""
-  method: str
+  """Static settings of the train step, derived from the config.
+
+  Attributes:
+    selector: the selection rule (:mod:`reducr_jax.selectors`); its ``needs`` decide what
+      the step computes and which batch streams the trainer reads.
+    reweighter: the weights of the selected points (:mod:`reducr_jax.reweighters`).
+    k, num_classes, num_devices: selected points, classes, data-parallel devices.
+    reference: where reference losses come from: ``None``, ``'table'`` (rows of the
+      precomputed table in the batch) or ``'online'`` (reference models in the step).
+    holdout_loss: the class-holdout estimator, ``'epoch'`` or ``'ema'``; ema_decay its decay.
+    train_class_counts: class sizes of the train split (class-balanced weights).
+    augment: on-device augmentation of the large batch.
+    reference_update: ``None``, or the online update of the reference models on the
+      selected points (:func:`reducr_jax.train_experts.online_update`).
+  """
+  selector: selectors.Selector
+  reweighter: reweighters.Reweighter
   k: int
   num_classes: int
   num_devices: int
-  eta: float
-  clip: bool
-  use_holdout: bool
-  use_expert: bool
-  use_model_loss: bool
-  soft_temperature: float
-  selection_pressure: float
-  holdout_loss: str
-  ema_decay: float
-  reference: Optional[str]        # None | 'table' (losses in the batch) | 'online'
-  reweight: str = "none"
-  meta_lr: float = 0.1
-  meta_method: str = "jvp"
-  group_dro_eta: float = 0.01
+  reference: Optional[str] = None
+  holdout_loss: str = "epoch"
+  ema_decay: float = 0.9
   train_class_counts: tuple = ()
   augment: str = "none"
+  reference_update: Optional[Callable] = None
 
   @classmethod
   def from_config(cls, config, num_classes: int, num_devices: int,
-                  reference: Optional[str], train_class_counts=()) -> "StepConfig":
-    s = config.selection
-    return cls(method=s.method, k=configuration.num_selected(config),
-               num_classes=num_classes, num_devices=num_devices, eta=float(s.eta),
-               clip=s.clip, use_holdout=s.use_holdout, use_expert=s.use_expert,
-               use_model_loss=s.use_model_loss, soft_temperature=float(s.soft_temperature),
-               selection_pressure=float(s.selection_pressure), holdout_loss=s.holdout_loss,
-               ema_decay=float(s.ema_decay), reference=reference,
-               reweight=config.reweight, meta_lr=float(config.meta.lr),
-               meta_method=config.meta.method,
-               group_dro_eta=float(config.group_dro.eta),
+                  reference: Optional[str], train_class_counts=(),
+                  reference_update: Optional[Callable] = None) -> "StepConfig":
+    return cls(selector=selectors.get(config), reweighter=reweighters.get(config),
+               k=configuration.num_selected(config), num_classes=num_classes,
+               num_devices=num_devices, reference=reference,
+               holdout_loss=config.selection.holdout_loss,
+               ema_decay=float(config.selection.ema_decay),
                train_class_counts=tuple(int(n) for n in train_class_counts),
-               augment=config.dataset.get("augment", "none"))
+               augment=config.dataset.augment, reference_update=reference_update)
+
+  @property
+  def needs(self) -> frozenset:
+    return self.selector.needs | self.reweighter.needs
+
+  @property
+  def ema_holdout(self) -> bool:
+    """A holdout batch per step feeds the EMA class-holdout loss."""
+    return selectors.CLASS_HOLDOUT_LOSS in self.needs and self.holdout_loss == "ema"
 
 
 def make_optimizer(opt_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -136,26 +149,32 @@ def make_optimizer(opt_config: ml_collections.ConfigDict) -> optax.GradientTrans
 
 
 def init_state(rng: jax.Array, init_fn: Callable, tx: optax.GradientTransformation,
-               num_classes: int, select_rng: jax.Array) -> TrainState:
+               cfg: StepConfig, select_rng: jax.Array, reference: Any = ()) -> TrainState:
   """The initial :class:`TrainState`.
 
   ``init_fn(rng)`` returns the params, or ``(params, model_state)``
-  (:attr:`reducr_jax.models.ModelFns.init`).
+  (:attr:`reducr_jax.models.ModelFns.init`). ``reference``: the initial state of reference
+  models updated online (``()`` otherwise).
   """
   out = init_fn(rng)
   params, model_state = out if isinstance(out, tuple) else (out, {})
+  c = cfg.num_classes
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     model_state=model_state,
-                    log_w=mwu.init(num_classes),
-                    holdout_loss=jnp.zeros((num_classes,), jnp.float32),
-                    ema=mwu.ema_init(num_classes), group_log_q=group_dro.init(num_classes),
+                    selector_state=cfg.selector.init(c),
+                    reweighter_state=cfg.reweighter.init(c),
+                    holdout_loss=jnp.zeros((c,), jnp.float32),
+                    ema=mwu.ema_init(c), reference=reference,
                     rng=select_rng,
                     num_skipped=jnp.zeros((), jnp.int32),
-                    selected_counts=jnp.zeros((num_classes,), jnp.int32))
+                    selected_counts=jnp.zeros((c,), jnp.int32))
 
 
 def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.asarray(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def as_model_fns(model) -> models.ModelFns:
@@ -188,21 +207,39 @@ def _selected_rows(x: jax.Array, sel: jax.Array, kd: int) -> jax.Array:
   return jax.lax.psum_scatter(rows, AXIS, scatter_dimension=0, tiled=True)
 
 
+def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfig):
+  """``(h [C], new EMA state)``: the last full pass ('epoch') or the EMA updated with this
+  step's holdout batch ('ema', App. A.9.4)."""
+  if cfg.holdout_loss != "ema":
+    return state.holdout_loss, state.ema
+  h_loss = experts.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
+                                 batch["holdout_y"])
+  stats = jax.lax.psum(metrics.class_sums(h_loss, batch["holdout_y"], cfg.num_classes), AXIS)
+  ema = mwu.ema_update(state.ema, stats, cfg.ema_decay)
+  return mwu.ema_value(ema, cfg.ema_decay), ema
+
+
 def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
                ref_loss_fn: Optional[Callable], tx: optax.GradientTransformation,
                cfg: StepConfig) -> tuple[TrainState, dict]:
   """One online-batch-selection step on one device's shard (run under ``pmap``).
 
+  augment → the losses the selector needs (all-gathered) → ``select`` → ``update`` →
+  reweight → gradient step on the selected points. The step knows no rule: what it
+  computes is decided by ``cfg.selector.needs`` and ``cfg.reweighter.needs``.
+
   Args:
     state: this device's replica of the :class:`TrainState`.
     batch: ``x [b, ...]``, ``y int[b]`` (b = B/n), plus ``ref_losses [b, C']`` when
-      ``cfg.reference == 'table'`` and ``holdout_x``/``holdout_y`` for the 'ema' estimator.
-    ref_params: reference-model params for ``cfg.reference == 'online'`` (else unused).
+      ``cfg.reference == 'table'``, ``holdout_x``/``holdout_y`` for the 'ema' estimator
+      and ``meta_x``/``meta_y`` for a reweighter that needs a validation batch.
+    ref_params: reference-model params for ``cfg.reference == 'online'`` (else unused;
+      with ``cfg.reference_update`` the updated ones in ``state.reference`` are used).
     model: :class:`reducr_jax.models.ModelFns` (or a stateless ``apply_fn(params, x)``).
-      Scores, the class-holdout loss and the meta/Group-DRO weights use evaluation mode
-      (running batch-norm statistics, no dropout); the update on the selected points uses
-      training mode, batch statistics over all k selected points (cross-device), and
-      updates ``state.model_state``.
+      Scores, the class-holdout loss and the reweighting use evaluation mode (running
+      batch-norm statistics, no dropout); the update on the selected points uses training
+      mode, batch statistics over all k selected points (cross-device), and updates
+      ``state.model_state``.
     ref_loss_fn: ``(ref_params, x, y) -> [b, C']``.
     tx: optimizer; cfg: static :class:`StepConfig`.
 
@@ -214,6 +251,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   """
   n, k, c = cfg.num_devices, cfg.k, cfg.num_classes
   kd = k // n
+  needs = cfg.needs
   fns = as_model_fns(model)
   apply_fn = lambda p, xb: fns.apply(models.variables(p, state.model_state), xb)  # noqa: E731
   gather = lambda a: jax.lax.all_gather(a, AXIS, tiled=True)  # noqa: E731
@@ -225,50 +263,43 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     x = augment_lib.augment(jax.random.fold_in(key, 1), x, device * b + jnp.arange(b),
                             cfg.augment)
   y_all = gather(y)
-  big = y_all.shape[0]
   out = {}
 
-  model_loss_all = None
-  if cfg.method != "uniform":
-    model_loss_all = gather(experts.cross_entropy(apply_fn(state.params, x), y))
+  inputs = selectors.SelectionInputs(labels=y_all, step=state.step)
+  if needs & {selectors.MODEL_LOSS, selectors.MODEL_LOGITS}:
+    logits = apply_fn(state.params, x)
+    model_loss_all = gather(experts.cross_entropy(logits, y))
     out["large_batch_loss"] = jnp.mean(model_loss_all)
+    inputs = inputs._replace(model_loss=model_loss_all)
+    if selectors.MODEL_LOGITS in needs:
+      inputs = inputs._replace(model_logits=gather(logits))
 
-  ref_all = None
   if cfg.reference == "table":
-    ref_all = gather(batch["ref_losses"])
+    inputs = inputs._replace(reference_losses=gather(batch["ref_losses"]))
   elif cfg.reference == "online":
-    ref_all = gather(ref_loss_fn(ref_params, x, y))
+    live = state.reference.params if cfg.reference_update is not None else ref_params
+    inputs = inputs._replace(reference_losses=gather(ref_loss_fn(live, x, y)))
 
-  new_log_w, new_ema, alpha = state.log_w, state.ema, jnp.zeros((c,))
-  if cfg.method == "reducr":
-    if cfg.holdout_loss == "ema":
-      h_loss = experts.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
-                                     batch["holdout_y"])
-      stats = jax.lax.psum(metrics.class_sums(h_loss, batch["holdout_y"], c), AXIS)
-      new_ema = mwu.ema_update(state.ema, stats, cfg.ema_decay)
-      h = mwu.ema_value(new_ema, cfg.ema_decay)
-    else:
-      h = state.holdout_loss
-    expert = ref_all if cfg.use_expert else jnp.zeros((big, c), jnp.float32)
-    reducible = selection.reducible_losses(model_loss_all, expert, clip=cfg.clip,
-                                           use_expert=cfg.use_expert,
-                                           use_model_loss=cfg.use_model_loss)
-    scores = selection.weighted_scores(reducible, mwu.weights(state.log_w))
-    sel = selection.soft_top_k(key, scores, k, cfg.soft_temperature)
-    alpha = mwu.class_objective(reducible[sel], h, cfg.use_holdout)
-    new_log_w = mwu.update(state.log_w, alpha, cfg.eta)
+  new_ema = state.ema
+  if selectors.CLASS_HOLDOUT_LOSS in needs:
+    h, new_ema = _class_holdout_loss(state, batch, apply_fn, cfg)
+    inputs = inputs._replace(class_holdout_loss=h)
     out["class_holdout_loss"] = h
-  elif cfg.method == "rho_loss":
-    scores = selection.rho_loss_scores(model_loss_all, ref_all[:, 0])
-    sel = selection.soft_top_k(key, scores, k, cfg.soft_temperature)
-  elif cfg.method == "train_loss":
-    sel = selection.train_loss_select(key, model_loss_all, k, cfg.selection_pressure)
-  else:
-    sel = selection.uniform_select(key, big, k)
+
+  sel, aux = cfg.selector.select(state.selector_state, inputs, key, k)
+  new_selector_state = cfg.selector.update(state.selector_state, inputs, sel, aux)
 
   mine = jax.lax.dynamic_slice_in_dim(sel, device * kd, kd)
   xs, ys = _selected_rows(x, sel, kd), y_all[mine]
-  w, new_log_q = example_weights(state, xs, ys, batch, apply_fn=apply_fn, cfg=cfg)
+  validation = None
+  if reweighters.VALIDATION_BATCH in needs:
+    validation = (gather(batch["meta_x"]), gather(batch["meta_y"]))
+  w, new_reweighter_state = cfg.reweighter.weights(
+      state.reweighter_state, reweighters.ReweightInputs(
+          params=state.params, loss_fn=reweighters.cross_entropy_loss_fn(apply_fn), x=xs,
+          labels=ys, num_selected=k, train_class_counts=jnp.asarray(
+              cfg.train_class_counts or (1,) * c, jnp.float32),
+          validation=validation, axis_name=AXIS))
   dropout_key = jax.random.fold_in(jax.random.fold_in(key, 2), device)
 
   def loss_fn(params):
@@ -278,8 +309,12 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   loss, grads = jax.lax.psum((loss, grads), AXIS)      # Σ over all k selected points
   selected_counts = jnp.sum(jax.nn.one_hot(y_all[sel], c, dtype=jnp.int32), axis=0)
-  ok = jnp.isfinite(loss) & _all_finite(grads) & jnp.all(jnp.isfinite(alpha)) & jnp.all(
-      jnp.isfinite(new_log_w))
+  new_reference = state.reference
+  if cfg.reference_update is not None:
+    new_reference = cfg.reference_update(state.reference, xs, ys,
+                                         jax.random.fold_in(key, 3), AXIS)
+  ok = (jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_selector_state) &
+        _all_finite(new_reference))
 
   def apply_update(params_and_opt):
     params, opt_state = params_and_opt
@@ -298,10 +333,11 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
       params=new_params,
       opt_state=new_opt_state,
       model_state=keep(new_model_state, state.model_state),
-      log_w=keep(new_log_w, state.log_w),
+      selector_state=keep(new_selector_state, state.selector_state),
+      reweighter_state=keep(new_reweighter_state, state.reweighter_state),
       holdout_loss=state.holdout_loss,
       ema=keep(new_ema, state.ema),
-      group_log_q=keep(new_log_q, state.group_log_q),
+      reference=keep(new_reference, state.reference),
       rng=state.rng,
       num_skipped=state.num_skipped + (~ok).astype(jnp.int32),
       selected_counts=state.selected_counts + selected_counts)
@@ -309,53 +345,12 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
       selected_loss=loss,
       selected_class_counts=selected_counts,
       cumulative_selected_counts=new_state.selected_counts,
-      class_weights=mwu.weights(new_state.log_w),
-      group_dro_weights=group_dro.weights(new_state.group_log_q),
+      class_weights=selectors.class_weights(cfg.selector, new_state.selector_state, c),
+      reweighter_class_weights=reweighters.class_weights(
+          cfg.reweighter, new_state.reweighter_state, c),
       skipped=(~ok).astype(jnp.int32),
       selected_indices=sel)
   return new_state, out
-
-
-def example_weights(state: TrainState, xs: jax.Array, ys: jax.Array, batch: dict, *,
-                    apply_fn: Callable, cfg: StepConfig) -> tuple[jax.Array, jax.Array]:
-  """Weights of this device's k/n selected points, summing to 1 over all k (``config.reweight``).
-
-  * ``none``: ``1/k`` each.
-  * ``class_balanced``: ``∝ 1 / n_y`` with ``n_y`` the class's size in the train split.
-  * ``meta``: Ren et al. (2018) — :mod:`reducr_jax.meta_reweight` (``config.meta.method``:
-    ``jvp``, one forward-mode pass, or ``nested_grad``; equal values) with the full validation
-    batch (all-gathered from the devices' shards of ``meta_x``/``meta_y``, drawn from the
-    clean holdout split), so every device uses the same validation gradient and the
-    weights equal the single-device ones; normalised across devices.
-  * ``group_dro``: Sagawa et al. — the class weights ``q`` are updated from the selected
-    points' per-class mean losses, then ``w_i = q_{y_i} / n_{y_i}`` (n over the k points).
-
-  Returns:
-    ``(w [k/n], new group-DRO log-weights [C])``.
-  """
-  c = cfg.num_classes
-  new_log_q = state.group_log_q
-  if cfg.reweight == "none":
-    return jnp.full(ys.shape, 1.0 / cfg.k, jnp.float32), new_log_q
-  if cfg.reweight == "class_balanced":
-    inv = 1.0 / jnp.asarray(cfg.train_class_counts, jnp.float32)[ys]
-    return inv / jax.lax.psum(jnp.sum(inv), AXIS), new_log_q
-  if cfg.reweight == "meta":
-    vx = jax.lax.all_gather(batch["meta_x"], AXIS, tiled=True)
-    vy = jax.lax.all_gather(batch["meta_y"], AXIS, tiled=True)
-    loss_fn = lambda p, s, b: (experts.cross_entropy(apply_fn(p, b[0]), b[1]), s)  # noqa: E731
-    if cfg.meta_method == "jvp":
-      g = meta_reweight.meta_gradient_jvp(loss_fn, state.params, (), (xs, ys), (vx, vy),
-                                          cfg.meta_lr)
-    else:
-      g = meta_reweight.meta_gradient(loss_fn, state.params, (), (xs, ys), (vx, vy),
-                                      meta_reweight.sgd_step(cfg.meta_lr))
-    return meta_reweight.weights_from_meta_gradient(g, axis_name=AXIS), new_log_q
-  losses = jax.lax.stop_gradient(experts.cross_entropy(apply_fn(state.params, xs), ys))
-  stats = jax.lax.psum(metrics.class_sums(losses, ys, c), AXIS)
-  new_log_q = group_dro.update(state.group_log_q, metrics.class_means(stats, 0.0),
-                               stats.counts > 0, cfg.group_dro_eta)
-  return group_dro.example_weights(ys, new_log_q, stats.counts), new_log_q
 
 
 def make_train_step(model, ref_loss_fn, tx, cfg: StepConfig, devices):
@@ -422,7 +417,9 @@ def host_batch(config: ml_collections.ConfigDict, cfg: StepConfig, splits: data.
   A pure function of config and step: ``x``/``y``: the large batch from the train split;
   ``ref_losses``: its rows of the precomputed reference-loss table;
   ``holdout_x``/``holdout_y``: a holdout batch for the EMA class-holdout loss;
-  ``meta_x``/``meta_y``: the clean validation batch of meta-reweighting. Each stream has
+  ``meta_x``/``meta_y``: the clean validation batch of a reweighter that needs one
+  (:data:`reducr_jax.reweighters.VALIDATION_BATCH`). Streams are read only when the
+  selector's or reweighter's ``needs`` ask for them. Each stream has
   its own seed offset, so the data position to resume from is the step alone. Indices are
   cut to this process's contiguous share (:func:`process_rows`) *before* any input is read,
   so each host reads and decodes only its own rows.
@@ -432,11 +429,11 @@ def host_batch(config: ml_collections.ConfigDict, cfg: StepConfig, splits: data.
   batch = {"x": splits.train.x[idx], "y": splits.train.y[idx]}
   if table is not None:
     batch["ref_losses"] = table[idx]
-  if cfg.method == "reducr" and cfg.holdout_loss == "ema":
+  if cfg.ema_holdout:
     hidx = rows(data.batch_indices(config.seed + 1, step, len(splits.holdout),
                                    config.batch_size))
     batch["holdout_x"], batch["holdout_y"] = splits.holdout.x[hidx], splits.holdout.y[hidx]
-  if cfg.reweight == "meta":
+  if reweighters.VALIDATION_BATCH in cfg.needs:
     vidx = rows(data.batch_indices(config.seed + 2, step, len(splits.holdout),
                                    config.meta.val_batch_size))
     batch["meta_x"], batch["meta_y"] = splits.holdout.x[vidx], splits.holdout.y[vidx]
@@ -518,10 +515,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   t0 = time.time()
   refs = train_experts.get_reference_models(config, splits, workdir)
   table, reference, ref_params, ref_loss_fn = None, None, None, None
+  ref_state, ref_update = (), None
   if refs is not None:
     if refs.kind == "multihead" or config.experts.losses == "online":
       reference, ref_loss_fn = "online", refs.loss_fn
-      ref_params = _replicate(refs.params, devices)
+      if config.experts.update_on_selected:
+        ref_state, ref_update = train_experts.online_update(config, refs, splits)
+      else:
+        ref_params = _replicate(refs.params, devices)
     else:
       reference = "table"
       table = train_experts.precompute_table(refs, splits.train, config.eval_batch_size)
@@ -529,12 +530,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # Stage 2: online batch selection.
   cfg = StepConfig.from_config(config, c, n, reference,
-                               np.bincount(splits.train.y, minlength=c))
+                               np.bincount(splits.train.y, minlength=c), ref_update)
   tx = make_optimizer(config.optimizer)
   state = init_state(jax.random.PRNGKey(config.seed),
                      lambda r: models.load_pretrained(config.model, *jax.jit(fns.init)(r)),
-                     tx, c,
-                     jax.random.PRNGKey(config.seed + 1))
+                     tx, cfg, jax.random.PRNGKey(config.seed + 1), ref_state)
   best = {"params": models.variables(state.params, state.model_state),
           "worst_val": np.float32(-1.0), "step": np.int32(0)}
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -554,6 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if holdout_every == -1:
     holdout_every = max(1, len(splits.train) // config.batch_size)
   eval_bs = max(1, config.eval_batch_size // n)
+  refresh_holdout = selectors.CLASS_HOLDOUT_LOSS in cfg.needs and cfg.holdout_loss == "epoch"
 
   t_start, t_last, last_step = time.time(), time.time(), start
   batch_sharding = _device_sharding(devices)
@@ -563,7 +564,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                batch_sharding),
       start, config.num_steps, size=config.get("prefetch", 2))
   for step, batch in zip(range(start, config.num_steps), batches):
-    if cfg.method == "reducr" and cfg.holdout_loss == "epoch" and step % holdout_every == 0:
+    if refresh_holdout and step % holdout_every == 0:
       _, loss_sums = evaluate(p_eval, p_variables(p_state), splits.holdout, eval_bs, n)
       h = mwu.class_holdout_loss(metrics.ClassSums(*loss_sums))
       p_state = p_state._replace(holdout_loss=_replicate(
@@ -607,7 +608,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       "num_steps": int(config.num_steps),
       "val": val,
       "test": test,
-      "class_weights": np.asarray(mwu.weights(final_state.log_w)).tolist(),
+      "class_weights": np.asarray(selectors.class_weights(
+          cfg.selector, final_state.selector_state, c)).tolist(),
       "class_names": splits.class_names,
       "num_skipped": int(final_state.num_skipped),
       "config": json.loads(config.to_json_best_effort()),

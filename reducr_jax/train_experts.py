@@ -31,6 +31,7 @@ import optax
 from reducr_jax import data
 from reducr_jax import experts
 from reducr_jax import models
+from reducr_jax import selectors
 from reducr_jax.data import augment as augment_lib
 
 
@@ -69,12 +70,16 @@ def cache_path(config: ml_collections.ConfigDict, workdir: str, kind: str) -> st
 
 
 def reference_kind(config: ml_collections.ConfigDict) -> str | None:
-  """Which reference models ``config.selection.method`` needs (``None``: none)."""
-  if config.selection.method == "rho_loss":
-    return "irreducible"
-  if config.selection.method == "reducr" and config.selection.use_expert:
-    return "multihead" if config.experts.losses == "multihead" else "experts"
-  return None
+  """Which reference models the selection rule needs (``None``: none).
+
+  From the rule's ``needs`` (:func:`reducr_jax.selectors.reference_kind`): C class
+  experts (``"experts"``, or ``"multihead"`` with ``config.experts.losses='multihead'``)
+  or one RHO-LOSS model (``"irreducible"``).
+  """
+  kind = selectors.reference_kind(selectors.get(config).needs)
+  if kind == "experts" and config.experts.losses == "multihead":
+    return "multihead"
+  return kind
 
 
 def _build(config, splits: data.Splits, kind: str):
@@ -227,3 +232,39 @@ def precompute_table(refs: ReferenceModels, split: data.Split,
   """The ``[N, C']`` table of reference losses over a split (one pass)."""
   fn = jax.jit(functools.partial(refs.loss_fn, refs.params))
   return experts.precompute_table(fn, split.x, split.y, batch_size)
+
+
+def online_update(config: ml_collections.ConfigDict, refs: ReferenceModels,
+                  splits: data.Splits):
+  """The reference models' update on the selected points (``experts.update_on_selected``).
+
+  The official REDUCR code's ``update_irreducible`` (there for RHO-LOSS only): after each
+  selection, the reference models take one AdamW step on the k selected points at
+  ``experts.learning_rate · experts.update_lr_factor`` (official: lr/100), with their
+  eq.-8 loss (γ-weighted per expert; γ = 0 for the RHO-LOSS model), gradients averaged
+  over the data-parallel devices (:func:`reducr_jax.experts.update_on_selected`). Works
+  for stacked experts, the multi-head model and the irreducible-loss model alike.
+
+  Returns:
+    ``(state, update)``: the initial :class:`reducr_jax.experts.ExpertsState` (params are
+    the variables ``{"params": ..., **model_state}``), and
+    ``update(state, x [k/n, ...], y int[k/n], rng, axis_name) -> state``.
+  """
+  fns, _, _, gamma = _build(config, splits, refs.kind)
+  ex = config.experts
+  tx = optax.adamw(ex.learning_rate * ex.update_lr_factor, weight_decay=ex.weight_decay)
+  variables = jax.tree.map(jnp.asarray, refs.params)
+  stacked = refs.kind != "multihead"
+  params = variables["params"]
+  opt_state = jax.vmap(tx.init)(params) if stacked else tx.init(params)
+  state = experts.ExpertsState(variables, opt_state, None)
+
+  def update(state, x, y, rng, axis_name):
+    model_state = {k: v for k, v in state.params.items() if k != "params"}
+    inner = experts.ExpertsState(state.params["params"], state.opt_state, model_state)
+    inner = experts.update_on_selected(fns.apply, tx, inner, x, y, gamma,
+                                       train_apply_fn=fns.apply_train, rng=rng,
+                                       axis_name=axis_name, stacked=stacked)
+    return experts.ExpertsState(models.variables(inner.params, inner.model_state),
+                                inner.opt_state, None)
+  return state, update

@@ -77,7 +77,8 @@ def test_two_processes_equal_one(tmp_path):
   leaves_b = jax.tree.leaves(state_b["state"].params)
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(state_a["state"].log_w, state_b["state"].log_w, rtol=1e-5)
+  np.testing.assert_allclose(state_a["state"].selector_state.log_w,
+                             state_b["state"].selector_state.log_w, rtol=1e-5)
 
 
 def _template():
@@ -85,8 +86,9 @@ def _template():
   config = configuration.load_config(os.path.join(REPO, "configs/default.py"))
   config.model.hidden = (32,)
   model = models.create_model(config.model, 10)
+  cfg = train.StepConfig.from_config(config, 10, 1, "table")
   state = train.init_state(jax.random.PRNGKey(0),
                            lambda r: model.init(r, jnp.zeros((1, 64)))["params"],
-                           train.make_optimizer(config.optimizer), 10, jax.random.PRNGKey(1))
+                           train.make_optimizer(config.optimizer), cfg, jax.random.PRNGKey(1))
   best = {"params": {"params": state.params}, "worst_val": np.float32(0), "step": np.int32(0)}
   return jax.tree.map(np.asarray, {"state": state, "best": best})

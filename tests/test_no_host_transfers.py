@@ -77,7 +77,8 @@ def setup(model: str, reference: str):
   init_impl = models.init_rng_impl(config.model)
   fns = models.model_fns(module, x0, axis_name=train.AXIS, init_impl=init_impl)
   tx = train.make_optimizer(config.optimizer)
-  state = train.init_state(jax.random.PRNGKey(0), jax.jit(fns.init), tx, C,
+  cfg = train.StepConfig.from_config(config, C, N_DEVICES, reference, (1,) * C)
+  state = train.init_state(jax.random.PRNGKey(0), jax.jit(fns.init), tx, cfg,
                            jax.random.PRNGKey(1))
   rng = np.random.default_rng(0)
   x = (rng.integers(0, 256, (B,) + shape).astype(np.uint8) if dtype == np.uint8
@@ -90,7 +91,6 @@ def setup(model: str, reference: str):
     ref_fns = models.model_fns(module, x0, init_impl=init_impl)
     ref_loss_fn = functools.partial(experts.expert_losses, ref_fns.apply, strategy="vmap")
     ref = models.variables(*experts.init_stacked(ref_fns.init, jax.random.PRNGKey(2), C))
-  cfg = train.StepConfig.from_config(config, C, N_DEVICES, reference, (1,) * C)
   step = train.make_train_step(fns, ref_loss_fn, tx, cfg, devices)
   host_batch = jax.tree.map(lambda a: a.reshape((N_DEVICES, B // N_DEVICES) + a.shape[1:]),
                             batch)
@@ -171,8 +171,8 @@ def test_step_has_no_host_round_trips_and_compiles_once(model, reference):
       h_state, h_metrics = step(h_state, host_batch, p_ref)
     np.testing.assert_array_equal(np.asarray(metrics["selected_indices"]),
                                   np.asarray(h_metrics["selected_indices"]))
-    for a, b in zip(jax.tree.leaves((p_state.params, p_state.model_state, p_state.log_w)),
-                    jax.tree.leaves((h_state.params, h_state.model_state, h_state.log_w))):
+    for a, b in zip(jax.tree.leaves((p_state.params, p_state.model_state, p_state.selector_state)),
+                    jax.tree.leaves((h_state.params, h_state.model_state, h_state.selector_state))):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # The steps trained: parameters moved away from their initial values.
   moved = max(float(np.abs(np.asarray(a)[0] - np.asarray(b)).max())

@@ -64,23 +64,52 @@ def test_end_to_end_learns_and_writes_results(tmp_path):
   assert os.path.getmtime(tmp_path / "experts" / cached[0]) == mtime
 
 
-@pytest.mark.parametrize("method, extra", [
-    ("uniform", {}), ("train_loss", {}), ("rho_loss", {}),
-    ("reducr", {"experts.losses": "online", "selection.holdout_loss": "ema"}),
-    ("reducr", {"experts.losses": "multihead", "selection.soft_temperature": 0.1}),
-    ("reducr", {"selection.use_expert": False, "selection.use_holdout": False}),
-    ("reducr", {"selection.use_model_loss": False, "selection.clip": False}),
-    ("reducr", {"reweight": "meta", "meta.val_batch_size": 16}),
-    ("uniform", {"reweight": "group_dro"}),
-    ("reducr", {"pruning.strategy": "drop", "pruning.score_epochs": 2, "pruning.early_epoch": 1,
-                "pruning.dyn_unc_window": 2, "pruning.num_inits": 2}),
-])
-def test_every_method_and_variant_runs(tmp_path, method, extra):
-  config = tiny_config(num_steps=20, **{"selection.method": method, **extra})
+# Every rule and reweighting as it ran before selection moved into the registry
+# (reducr_jax.selectors / reweighters): recorded at commit 8afda95 with these overrides of
+# tiny_config(num_steps=12, log_every=1, eval_every=6, checkpoint_every=12) on the 8 fake
+# devices. Selections (class counts of the selected points at every step), class weights
+# and the kept model's per-class accuracies must stay exactly as they were.
+BEFORE_REGISTRY = os.path.join(REPO, "tests", "data", "before_selector_registry.json")
+VARIANTS = {
+    "reducr": {},
+    "uniform": {"selection.method": "uniform"},
+    "train_loss": {"selection.method": "train_loss"},
+    "rho_loss": {"selection.method": "rho_loss"},
+    "reducr_online_ema": {"experts.losses": "online", "selection.holdout_loss": "ema"},
+    "reducr_multihead_soft": {"experts.losses": "multihead", "selection.soft_temperature": 0.1},
+    "reducr_no_expert_no_holdout": {"selection.use_expert": False,
+                                    "selection.use_holdout": False},
+    "reducr_no_model_loss": {"selection.use_model_loss": False, "selection.clip": False},
+    "reducr_no_clip": {"selection.clip": False},
+    "reducr_meta": {"reweight": "meta", "meta.val_batch_size": 16},
+    "reducr_class_balanced": {"reweight": "class_balanced"},
+    "uniform_group_dro": {"selection.method": "uniform", "reweight": "group_dro"},
+    "rho_loss_meta_nested": {"selection.method": "rho_loss", "reweight": "meta",
+                             "meta.val_batch_size": 16, "meta.method": "nested_grad"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_method_and_variant_is_unchanged_by_the_registry(tmp_path, name):
+  with open(BEFORE_REGISTRY) as f:
+    before = json.load(f)[name]
+  config = tiny_config(num_steps=12, log_every=1, eval_every=6, checkpoint_every=12,
+                       **VARIANTS[name])
   results = train.train_and_evaluate(config, str(tmp_path))
-  assert results["method"] == method
-  assert results["num_skipped"] == 0
-  assert 0.0 <= results["test"]["worst_class_accuracy"] <= results["test"]["accuracy"] <= 1.0
+  log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  records = [r for r in log if "train/selected_class_counts" in r]
+  assert [r["train/selected_class_counts"] for r in records] == before["selected_class_counts"]
+  np.testing.assert_allclose([r["train/class_weights"] for r in records],
+                             before["class_weights"], rtol=1e-6, atol=0)
+  np.testing.assert_allclose(results["class_weights"], before["final_class_weights"],
+                             rtol=1e-6, atol=0)
+  assert results["test"]["per_class_accuracy"] == pytest.approx(
+      before["test_per_class_accuracy"], abs=1e-7)
+  assert results["val"]["per_class_accuracy"] == pytest.approx(
+      before["val_per_class_accuracy"], abs=1e-7)
+  assert results["best_step"] == before["best_step"]
+  assert results["num_skipped"] == before["num_skipped"] == 0
+  assert results["method"] == config.selection.method
 
 
 def _step_inputs(config, num_devices):
@@ -92,11 +121,11 @@ def _step_inputs(config, num_devices):
   apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
   devices = jax.local_devices()[:num_devices]
   tx = train.make_optimizer(config.optimizer)
+  cfg = train.StepConfig.from_config(config, 10, num_devices, "table")
   state = train.init_state(jax.random.PRNGKey(0),
-                           lambda r: model.init(r, jnp.zeros((1, 64)))["params"], tx, 10,
+                           lambda r: model.init(r, jnp.zeros((1, 64)))["params"], tx, cfg,
                            jax.random.PRNGKey(1))
   state = state._replace(holdout_loss=jnp.linspace(0.5, 2.5, 10))
-  cfg = train.StepConfig.from_config(config, 10, num_devices, "table")
   step = train.make_train_step(apply_fn, None, tx, cfg, devices)
   rng = np.random.default_rng(0)
   batches = []
@@ -144,7 +173,8 @@ def test_nan_batch_is_skipped_and_counted():
   assert int(m["skipped"][0]) == 1 and int(p_state.num_skipped[0]) == 1
   for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(p_state.params)):
     np.testing.assert_array_equal(a, np.asarray(b))
-  np.testing.assert_array_equal(before.log_w, np.asarray(p_state.log_w))
+  np.testing.assert_array_equal(before.selector_state.log_w,
+                                np.asarray(p_state.selector_state.log_w))
   p_state, m = step(p_state, train._shard(batches[1], 8), None)  # pylint: disable=protected-access
   assert int(m["skipped"][0]) == 0 and int(p_state.num_skipped[0]) == 1
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(p_state.params))
@@ -188,7 +218,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--config.selection.method=greedy", "config.selection.method must be one of ['reducr', 'rho_loss', 'train_loss', 'uniform'], got 'greedy'"),
+    ("--config.selection.method=greedy", "config.selection.method must be one of ['reducr', 'rho_loss', 'train_loss', 'uniform', 'payoff', 'weighted', 'grad_norm', 'entropy', 'irreducible', 'uniform_after'], got 'greedy'"),
     ("--config.dataset.name=imagenet", "config.dataset.name must be one of"),
     ("--config.selection.percent_selected=1.5", "config.selection.percent_selected must be in (0, 1], got 1.5"),
     ("--config.selection.percent_selected=0.001", "must give k >= 1"),
@@ -262,9 +292,10 @@ def test_reweighting_runs_and_agrees_across_devices(reweight, meta_method):
   s8, m8 = run(8)
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
     np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(m1["group_dro_weights"][0], m8["group_dro_weights"][0], rtol=1e-5)
+  np.testing.assert_allclose(m1["reweighter_class_weights"][0],
+                             m8["reweighter_class_weights"][0], rtol=1e-5)
   if reweight == "group_dro":
-    assert not np.allclose(m8["group_dro_weights"][0], 0.1)
+    assert not np.allclose(m8["reweighter_class_weights"][0], 0.1)
 
 
 def _resnet_steps(num_devices):
@@ -279,9 +310,9 @@ def _resnet_steps(num_devices):
                          axis_name=train.AXIS, init_impl="rbg")
   devices = jax.local_devices()[:num_devices]
   tx = train.make_optimizer(config.optimizer)
-  state = train.init_state(jax.random.PRNGKey(0), jax.jit(fns.init), tx, 4,
-                           jax.random.PRNGKey(1))
   cfg = train.StepConfig.from_config(config, 4, num_devices, "table")
+  state = train.init_state(jax.random.PRNGKey(0), jax.jit(fns.init), tx, cfg,
+                           jax.random.PRNGKey(1))
   step = train.make_train_step(fns, None, tx, cfg, devices)
   rng = np.random.default_rng(0)
   p_state = flax.jax_utils.replicate(state, devices)

@@ -9,6 +9,7 @@ import numpy as np
 
 from reducr_jax import configuration
 from reducr_jax import metric_writers
+from reducr_jax import selectors
 from reducr_jax.experiments import runner
 
 SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per setting (seeds 0 … N-1).")
@@ -18,10 +19,10 @@ WORKERS = flags.DEFINE_integer("workers", 2, "Runs in parallel (processes).")
 def parse_methods(text: str, flag: str = "--methods") -> list[str]:
   """Comma-separated method names, each checked against the trainer's methods."""
   methods = [m.strip() for m in text.split(",") if m.strip()]
-  bad = [m for m in methods if m not in configuration.METHODS]
+  bad = [m for m in methods if m not in selectors.names()]
   if not methods or bad:
     raise configuration.ConfigError(
-        f"{flag} must be a comma-separated subset of {list(configuration.METHODS)}, got {text!r}")
+        f"{flag} must be a comma-separated subset of {list(selectors.names())}, got {text!r}")
   return methods
 
 

@@ -1,0 +1,168 @@
+"""Selection rules as registered, optax-style transforms.
+
+A selection rule is a :class:`Selector`: a ``NamedTuple`` of pure, jit-able functions, in
+the spirit of ``optax.GradientTransformation``::
+
+    state = selector.init(num_classes)                        # a pytree; () when stateless
+    idx, aux = selector.select(state, inputs, rng, k)          # int32[k] indices into the B
+    state = selector.update(state, inputs, idx, aux)           # e.g. REDUCR's MWU step
+
+``inputs`` is a :class:`SelectionInputs` holding what the rule declared in
+``selector.needs`` (the trainer computes nothing else): the large batch's labels always,
+and, on request, the target model's per-example loss and logits, the reference models'
+losses (C class experts, or one RHO-LOSS irreducible-loss model) and the per-class
+holdout loss of the target model. ``select`` and ``update`` see the *global* large batch
+(the trainer all-gathers the per-device shards first), so every device selects the same
+points and keeps the same state without any further communication.
+
+Rules are registered by name; the trainer builds ``selectors.get(config)`` from
+``config.selection.method``::
+
+    def smallest_loss(config):
+      def select(state, inputs, rng, k):
+        return selection.top_k(-inputs.model_loss, k), ()
+      return selectors.Selector(init=lambda c: (), select=select,
+                                update=lambda s, i, idx, aux: s,
+                                needs=frozenset({selectors.MODEL_LOSS}))
+
+    selectors.register("smallest_loss", smallest_loss)
+    # then: --config.selection.method=smallest_loss
+
+Every built-in rule lives in :mod:`reducr_jax.selection_rules` and is registered when
+this package is imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+# What a rule may ask the trainer for (``Selector.needs``).
+MODEL_LOSS = "model_loss"                  # SelectionInputs.model_loss  [B]
+MODEL_LOGITS = "model_logits"              # SelectionInputs.model_logits [B, C]
+CLASS_HOLDOUT_LOSS = "class_holdout_loss"  # SelectionInputs.class_holdout_loss [C]
+EXPERT_LOSSES = "reference_losses:experts"          # reference_losses [B, C], C class experts
+IRREDUCIBLE_LOSS = "reference_losses:irreducible"   # reference_losses [B, 1], one RHO-LOSS model
+NEEDS = frozenset({MODEL_LOSS, MODEL_LOGITS, CLASS_HOLDOUT_LOSS, EXPERT_LOSSES,
+                   IRREDUCIBLE_LOSS})
+
+
+class SelectionInputs(NamedTuple):
+  """What a :class:`Selector` sees of the large batch (global: all devices' rows).
+
+  Attributes:
+    labels: ``int[B]`` labels of the large batch.
+    model_loss: ``[B]`` target-model cross-entropy (evaluation mode), or ``None``.
+    reference_losses: ``[B, C']`` reference-model losses: ``C' = C`` class experts
+      (``EXPERT_LOSSES``) or ``C' = 1`` (``IRREDUCIBLE_LOSS``), or ``None``.
+    class_holdout_loss: ``[C]`` per-class mean loss of the target model on the holdout
+      split (``config.selection.holdout_loss``: full pass or EMA), or ``None``.
+    model_logits: ``[B, C]`` target-model logits, or ``None``.
+    step: ``int32[]`` gradient steps taken before this one (always given).
+  """
+  labels: jax.Array
+  model_loss: Optional[jax.Array] = None
+  reference_losses: Optional[jax.Array] = None
+  class_holdout_loss: Optional[jax.Array] = None
+  model_logits: Optional[jax.Array] = None
+  step: Optional[jax.Array] = None
+
+
+class Selector(NamedTuple):
+  """A selection rule: pure functions of arrays and pytrees (module docstring).
+
+  Attributes:
+    init: ``num_classes -> state`` (a pytree of arrays; ``()`` when stateless).
+    select: ``(state, inputs, rng, k) -> (indices int32[k], aux)``; ``k`` is a static int,
+      ``aux`` any pytree handed to ``update`` (e.g. the ``[B, C]`` reducible losses).
+    update: ``(state, inputs, indices, aux) -> state``.
+    needs: which of :data:`NEEDS` the trainer must provide in :class:`SelectionInputs`.
+    class_weights: optional ``state -> [C]`` class weights on the simplex, logged and
+      reported (REDUCR's MWU weights); rules without class weights report uniform ones.
+  """
+  init: Callable[[int], Any]
+  select: Callable[[Any, SelectionInputs, jax.Array, int], tuple[jax.Array, Any]]
+  update: Callable[[Any, SelectionInputs, jax.Array, Any], Any]
+  needs: frozenset = frozenset()
+  class_weights: Optional[Callable[[Any], jax.Array]] = None
+
+
+def stateless(select: Callable[[SelectionInputs, jax.Array, int], jax.Array],
+              needs=frozenset()) -> Selector:
+  """A :class:`Selector` without state from ``select(inputs, rng, k) -> int32[k]``."""
+  return Selector(init=lambda num_classes: (),
+                  select=lambda state, inputs, rng, k: (select(inputs, rng, k), ()),
+                  update=lambda state, inputs, indices, aux: state,
+                  needs=frozenset(needs))
+
+
+def class_weights(selector: Selector, state, num_classes: int) -> jax.Array:
+  """``selector.class_weights(state)``, or uniform ``1/C`` weights for rules without."""
+  if selector.class_weights is None:
+    return jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
+  return selector.class_weights(state)
+
+
+def reference_kind(needs) -> Optional[str]:
+  """Which reference models the trainer trains for ``needs``: ``"experts"``,
+  ``"irreducible"`` or ``None``."""
+  if EXPERT_LOSSES in needs and IRREDUCIBLE_LOSS in needs:
+    raise ValueError("a selector needs either class experts or one irreducible-loss "
+                     "model, not both")
+  if EXPERT_LOSSES in needs:
+    return "experts"
+  if IRREDUCIBLE_LOSS in needs:
+    return "irreducible"
+  return None
+
+
+Factory = Callable[[ml_collections.ConfigDict], Selector]
+_REGISTRY: dict[str, Factory] = {}
+
+
+def register(name: str, factory: Factory) -> Factory:
+  """Registers ``factory(config) -> Selector`` as ``config.selection.method=name``.
+
+  Raises:
+    ValueError: ``name`` is already registered (one line, naming it).
+  """
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"selector name must be a non-empty string, got {name!r}")
+  if name in _REGISTRY:
+    raise ValueError(f"selector {name!r} is already registered (by "
+                     f"{_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})")
+  _REGISTRY[name] = factory
+  return factory
+
+
+def unregister(name: str) -> None:
+  """Removes a registered rule (tests, notebooks re-running a cell)."""
+  _REGISTRY.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+  """Registered rule names, in registration order."""
+  return tuple(_REGISTRY)
+
+
+def get(config: ml_collections.ConfigDict) -> Selector:
+  """The :class:`Selector` named by ``config.selection.method``, built from ``config``.
+
+  Raises:
+    ValueError: unknown name (one line listing the registered ones), or the factory's
+      own one-line error for a bad setting; ``needs`` outside :data:`NEEDS`.
+  """
+  name = config.selection.method
+  if name not in _REGISTRY:
+    raise ValueError(f"config.selection.method must be one of {list(_REGISTRY)}, "
+                     f"got {name!r}")
+  selector = _REGISTRY[name](config)
+  unknown = set(selector.needs) - NEEDS
+  if unknown:
+    raise ValueError(f"selector {name!r} needs unknown inputs {sorted(unknown)}; "
+                     f"allowed: {sorted(NEEDS)}")
+  reference_kind(selector.needs)
+  return selector

@@ -1,0 +1,75 @@
+"""REDUCR (Bankes et al.): class-weighted excess loss, top-k, MWU update of the weights.
+
+Algorithm 1, lines 6–8::
+
+    R[i, c] = max(0, model_loss_i − expert_loss_{i,c})           (ablations: selection.reducible_losses)
+    idx     = top-k_i Σ_c w_c R[i, c]                             (soft top-k when τ > 0, App. A.9.3)
+    α_c     = Σ_{i ∈ idx} R[i, c] − k · h_c                       (h: class-holdout loss)
+    log w   ← log_softmax(log w − η α)                            (so w = softmax(−η Σ_t α_t))
+
+Config: ``config.selection.{eta, clip, use_holdout, use_expert, use_model_loss,
+soft_temperature}``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from reducr_jax import mwu
+from reducr_jax import selection
+from reducr_jax.selectors import core
+
+
+class ReducrState(NamedTuple):
+  """``log_w``: ``float32[C]`` MWU class log-weights."""
+  log_w: jax.Array
+
+
+def reducr(*, eta, clip: bool = True, use_holdout: bool = True, use_expert: bool = True,
+           use_model_loss: bool = True, soft_temperature: float = 0.0) -> core.Selector:
+  """The REDUCR rule with the paper's ablation switches (Fig. 4a).
+
+  Args:
+    eta: MWU step size η > 0.
+    clip: clip the excess loss at 0; use_holdout: the ``− k·h`` term of α;
+    use_expert: the expert term (``False``: R = model loss, no experts trained);
+    use_model_loss: the model-loss term (``False``: R = −expert loss, needs ``clip=False``).
+    soft_temperature: τ of :func:`reducr_jax.selection.soft_top_k` (0 = top-k).
+  """
+  needs = {core.MODEL_LOSS}
+  if use_expert:
+    needs.add(core.EXPERT_LOSSES)
+  if use_holdout:
+    needs.add(core.CLASS_HOLDOUT_LOSS)
+
+  def init(num_classes):
+    return ReducrState(mwu.init(num_classes))
+
+  def select(state, inputs, rng, k):
+    c = state.log_w.shape[0]
+    expert = (inputs.reference_losses if use_expert else
+              jnp.zeros((inputs.labels.shape[0], c), jnp.float32))
+    reducible = selection.reducible_losses(inputs.model_loss, expert, clip=clip,
+                                           use_expert=use_expert,
+                                           use_model_loss=use_model_loss)
+    scores = selection.weighted_scores(reducible, mwu.weights(state.log_w))
+    return selection.soft_top_k(rng, scores, k, soft_temperature), reducible
+
+  def update(state, inputs, indices, reducible):
+    h = (inputs.class_holdout_loss if use_holdout else
+         jnp.zeros(state.log_w.shape, jnp.float32))
+    alpha = mwu.class_objective(reducible[indices], h, use_holdout)
+    return ReducrState(mwu.update(state.log_w, alpha, eta))
+
+  return core.Selector(init=init, select=select, update=update, needs=frozenset(needs),
+                       class_weights=lambda state: mwu.weights(state.log_w))
+
+
+def from_config(config) -> core.Selector:
+  s = config.selection
+  return reducr(eta=float(s.eta), clip=s.clip, use_holdout=s.use_holdout,
+                use_expert=s.use_expert, use_model_loss=s.use_model_loss,
+                soft_temperature=float(s.soft_temperature))
