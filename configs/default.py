@@ -132,4 +132,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every = 50
   config.checkpoint_every = 500
   config.num_devices = -1                           # data-parallel devices; -1 = all local devices
+  config.prefetch = 2                               # batches read and copied to devices ahead
   return config

@@ -15,22 +15,20 @@ key is ``fold_in(state.rng, step)``). The MWU update is computed from the gather
 so the class weights are identical on every device without any extra communication.
 Device ``d`` then trains on selected points ``d·k/n … (d+1)·k/n − 1`` (inputs gathered
 from the large batch); each device's loss is the weighted sum over its points (weights
-summing to 1 over all k, see :func:`example_weights`) and gradients are ``psum``-ed: the
+summing to 1 over all k, :mod:`reducr_jax.reweighters`) and gradients are ``psum``-ed: the
 update equals the single-device update on the same k points, up to float summation order.
 With several processes (hosts) the same holds over all devices of all processes; each
-process feeds only its own rows of every batch (:func:`process_rows`).
+process feeds only its own rows of every batch (:func:`reducr_jax.sharding.process_rows`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -40,134 +38,30 @@ import optax
 from reducr_jax import checkpointing
 from reducr_jax import configuration
 from reducr_jax import data
+from reducr_jax import evaluation
 from reducr_jax import experts
 from reducr_jax import metric_writers
 from reducr_jax import metrics
 from reducr_jax import models
 from reducr_jax import mwu
+from reducr_jax import optimizers
 from reducr_jax import prune_stage
 from reducr_jax import reweighters
 from reducr_jax import selectors
+from reducr_jax import sharding
 from reducr_jax import train_experts
+from reducr_jax import train_state
 from reducr_jax.data import augment as augment_lib
 from reducr_jax.data import prefetch as prefetch_lib
 
-AXIS = "devices"
+AXIS = sharding.AXIS
 
 
-class TrainState(NamedTuple):
-  """Everything a resumed run needs; replicated across devices during training.
-
-  Attributes:
-    step: ``int32[]`` number of gradient steps taken.
-    params, opt_state: target model and optimizer.
-    model_state: the model's non-parameter collections (``{"batch_stats": ...}`` for batch
-      norm; ``{}`` for stateless models), updated from the selected points.
-    selector_state: the selection rule's state (:attr:`reducr_jax.selectors.Selector.init`,
-      e.g. REDUCR's MWU class log-weights; ``()`` when stateless).
-    reweighter_state: the reweighting rule's state (e.g. Group DRO's class log-weights).
-    holdout_loss: ``float32[C]`` class-holdout loss of the last full pass ('epoch').
-    ema: :class:`reducr_jax.mwu.EMAState` ('ema' class-holdout estimator).
-    reference: the reference models and their optimizer state when they are updated on
-      the selected points (``config.experts.update_on_selected``), else ``()``.
-    rng: ``uint32[2]`` base key; step t uses ``fold_in(rng, t)``.
-    num_skipped: ``int32[]`` updates skipped for a non-finite loss or gradient.
-    selected_counts: ``int32[C]`` selected points per class since the start (logged, so
-      the share of each class between two log steps is a difference of two records).
-  """
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  model_state: Any
-  selector_state: Any
-  reweighter_state: Any
-  holdout_loss: jax.Array
-  ema: mwu.EMAState
-  reference: Any
-  rng: jax.Array
-  num_skipped: jax.Array
-  selected_counts: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-  """Static settings of the train step, derived from the config.
-
-  Attributes:
-    selector: the selection rule (:mod:`reducr_jax.selectors`); its ``needs`` decide what
-      the step computes and which batch streams the trainer reads.
-    reweighter: the weights of the selected points (:mod:`reducr_jax.reweighters`).
-    k, num_classes, num_devices: selected points, classes, data-parallel devices.
-    reference: where reference losses come from: ``None``, ``'table'`` (rows of the
-      precomputed table in the batch) or ``'online'`` (reference models in the step).
-    holdout_loss: the class-holdout estimator, ``'epoch'`` or ``'ema'``; ema_decay its decay.
-    train_class_counts: class sizes of the train split (class-balanced weights).
-    augment: on-device augmentation of the large batch.
-    reference_update: ``None``, or the online update of the reference models on the
-      selected points (:func:`reducr_jax.train_experts.online_update`).
-  """
-  selector: selectors.Selector
-  reweighter: reweighters.Reweighter
-  k: int
-  num_classes: int
-  num_devices: int
-  reference: Optional[str] = None
-  holdout_loss: str = "epoch"
-  ema_decay: float = 0.9
-  train_class_counts: tuple = ()
-  augment: str = "none"
-  reference_update: Optional[Callable] = None
-
-  @classmethod
-  def from_config(cls, config, num_classes: int, num_devices: int,
-                  reference: Optional[str], train_class_counts=(),
-                  reference_update: Optional[Callable] = None) -> "StepConfig":
-    return cls(selector=selectors.get(config), reweighter=reweighters.get(config),
-               k=configuration.num_selected(config), num_classes=num_classes,
-               num_devices=num_devices, reference=reference,
-               holdout_loss=config.selection.holdout_loss,
-               ema_decay=float(config.selection.ema_decay),
-               train_class_counts=tuple(int(n) for n in train_class_counts),
-               augment=config.dataset.augment, reference_update=reference_update)
-
-  @property
-  def needs(self) -> frozenset:
-    return self.selector.needs | self.reweighter.needs
-
-  @property
-  def ema_holdout(self) -> bool:
-    """A holdout batch per step feeds the EMA class-holdout loss."""
-    return selectors.CLASS_HOLDOUT_LOSS in self.needs and self.holdout_loss == "ema"
-
-
-def make_optimizer(opt_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW (paper default), optionally after global-norm gradient clipping."""
-  tx = optax.adamw(opt_config.learning_rate, weight_decay=opt_config.weight_decay)
-  if opt_config.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
-  return tx
-
-
-def init_state(rng: jax.Array, init_fn: Callable, tx: optax.GradientTransformation,
-               cfg: StepConfig, select_rng: jax.Array, reference: Any = ()) -> TrainState:
-  """The initial :class:`TrainState`.
-
-  ``init_fn(rng)`` returns the params, or ``(params, model_state)``
-  (:attr:`reducr_jax.models.ModelFns.init`). ``reference``: the initial state of reference
-  models updated online (``()`` otherwise).
-  """
-  out = init_fn(rng)
-  params, model_state = out if isinstance(out, tuple) else (out, {})
-  c = cfg.num_classes
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    model_state=model_state,
-                    selector_state=cfg.selector.init(c),
-                    reweighter_state=cfg.reweighter.init(c),
-                    holdout_loss=jnp.zeros((c,), jnp.float32),
-                    ema=mwu.ema_init(c), reference=reference,
-                    rng=select_rng,
-                    num_skipped=jnp.zeros((), jnp.int32),
-                    selected_counts=jnp.zeros((c,), jnp.int32))
+# Re-exported: the state, the step's static settings and the optimizer are their own modules.
+TrainState = train_state.TrainState
+StepConfig = train_state.StepConfig
+init_state = train_state.init_state
+make_optimizer = optimizers.make_optimizer
 
 
 def _all_finite(tree) -> jax.Array:
@@ -184,27 +78,6 @@ def as_model_fns(model) -> models.ModelFns:
     return model
   return models.ModelFns(init=None, apply=lambda v, x: model(v["params"], x),
                          apply_train=lambda p, s, x, rng: (model(p, x), s))
-
-
-def _selected_rows(x: jax.Array, sel: jax.Array, kd: int) -> jax.Array:
-  """This device's ``kd`` selected inputs, fetched from the devices holding them.
-
-  ``x [b, ...]`` is this device's shard of the large batch; ``sel int[k]`` the global
-  selection. Each device writes the selected rows it owns into a ``[k, ...]`` buffer
-  (zeros elsewhere) and a reduce-scatter hands device ``d`` rows ``d·kd … (d+1)·kd − 1``:
-  ``k`` rows move instead of all-gathering the ``B`` rows of the large batch (10× less
-  traffic at 10 % selection, which matters for 224×224 images).
-  """
-  b = x.shape[0]
-  local = sel - jax.lax.axis_index(AXIS) * b
-  owned = (local >= 0) & (local < b)
-  rows = x[jnp.clip(local, 0, b - 1)]
-  mask = owned.reshape((-1,) + (1,) * (x.ndim - 1))
-  rows = jnp.where(mask, rows, jnp.zeros_like(rows))
-  if rows.dtype == jnp.bool_ or jnp.issubdtype(rows.dtype, jnp.integer):
-    return jax.lax.psum_scatter(rows.astype(jnp.int32), AXIS, scatter_dimension=0,
-                                tiled=True).astype(x.dtype)
-  return jax.lax.psum_scatter(rows, AXIS, scatter_dimension=0, tiled=True)
 
 
 def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfig):
@@ -290,7 +163,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   new_selector_state = cfg.selector.update(state.selector_state, inputs, sel, aux)
 
   mine = jax.lax.dynamic_slice_in_dim(sel, device * kd, kd)
-  xs, ys = _selected_rows(x, sel, kd), y_all[mine]
+  xs, ys = sharding.selected_rows(x, sel, kd), y_all[mine]
   validation = None
   if reweighters.VALIDATION_BATCH in needs:
     validation = (gather(batch["meta_x"]), gather(batch["meta_y"]))
@@ -363,113 +236,6 @@ def make_train_step(model, ref_loss_fn, tx, cfg: StepConfig, devices):
   return jax.pmap(fn, axis_name=AXIS, devices=devices, donate_argnums=(0,))
 
 
-def make_eval_step(apply_fn, num_classes: int, devices):
-  """``pmap``-ed ``(variables, x, y, mask) -> (correct ClassSums, loss ClassSums)``, psum-ed.
-
-  ``apply_fn(variables, x) -> logits`` in evaluation mode (:attr:`ModelFns.apply`)."""
-  def eval_step(params, x, y, mask):
-    logits = apply_fn(params, x)
-    correct = metrics.correct_sums(logits, y, mask)
-    losses = metrics.class_sums(experts.cross_entropy(logits, y), y, num_classes, mask)
-    return jax.lax.psum((correct, losses), AXIS)
-  return jax.pmap(eval_step, axis_name=AXIS, devices=devices)
-
-
-def process_rows(tree, num_processes: int, process_index: int):
-  """This process's contiguous share of a global batch (leading axis split in order)."""
-  if num_processes == 1:
-    return tree
-  def rows(a):
-    per = a.shape[0] // num_processes
-    return a[process_index * per:(process_index + 1) * per]
-  return jax.tree.map(rows, tree)
-
-
-def evaluate(p_eval, p_params, split: data.Split, batch_size: int, num_devices: int):
-  """Per-class correct counts and loss sums over a whole split (host values).
-
-  Every process walks the same global batches of ``batch_size`` per device and reads and
-  feeds only its own rows; the ``psum`` in the eval step adds all devices of all processes.
-  """
-  total = None
-  num_local = num_devices // jax.process_count()
-  for batch in data.iterate_batches(split, batch_size * num_devices, jax.process_count(),
-                                    jax.process_index()):
-    x, y, mask = _shard(batch, num_local)
-    res = p_eval(p_params, x, y, mask)
-    res = jax.tree.map(lambda a: np.asarray(a[0], np.float64), res)
-    total = res if total is None else jax.tree.map(np.add, total, res)
-  return total
-
-
-def evaluate_summary(p_eval, p_params, split: data.Split, batch_size: int,
-                     num_devices: int) -> dict:
-  """:func:`reducr_jax.metrics.summary` of the accuracy of ``p_params`` on a split."""
-  correct, _ = evaluate(p_eval, p_params, split, batch_size, num_devices)
-  return metrics.summary(metrics.ClassSums(*correct))
-
-
-def host_batch(config: ml_collections.ConfigDict, cfg: StepConfig, splits: data.Splits,
-               table: Optional[np.ndarray], step: int, num_processes: int = 1,
-               process_index: int = 0) -> dict:
-  """This process's rows of the global batch of training step ``step``.
-
-  A pure function of config and step: ``x``/``y``: the large batch from the train split;
-  ``ref_losses``: its rows of the precomputed reference-loss table;
-  ``holdout_x``/``holdout_y``: a holdout batch for the EMA class-holdout loss;
-  ``meta_x``/``meta_y``: the clean validation batch of a reweighter that needs one
-  (:data:`reducr_jax.reweighters.VALIDATION_BATCH`). Streams are read only when the
-  selector's or reweighter's ``needs`` ask for them. Each stream has
-  its own seed offset, so the data position to resume from is the step alone. Indices are
-  cut to this process's contiguous share (:func:`process_rows`) *before* any input is read,
-  so each host reads and decodes only its own rows.
-  """
-  rows = lambda idx: process_rows(idx, num_processes, process_index)  # noqa: E731
-  idx = rows(data.batch_indices(config.seed, step, len(splits.train), config.batch_size))
-  batch = {"x": splits.train.x[idx], "y": splits.train.y[idx]}
-  if table is not None:
-    batch["ref_losses"] = table[idx]
-  if cfg.ema_holdout:
-    hidx = rows(data.batch_indices(config.seed + 1, step, len(splits.holdout),
-                                   config.batch_size))
-    batch["holdout_x"], batch["holdout_y"] = splits.holdout.x[hidx], splits.holdout.y[hidx]
-  if reweighters.VALIDATION_BATCH in cfg.needs:
-    vidx = rows(data.batch_indices(config.seed + 2, step, len(splits.holdout),
-                                   config.meta.val_batch_size))
-    batch["meta_x"], batch["meta_y"] = splits.holdout.x[vidx], splits.holdout.y[vidx]
-  return batch
-
-
-def _host(tree):
-  """NumPy copies of every leaf: what checkpoints hold. (A device-local ``jax.Array``
-  cannot be saved by orbax from several processes; a NumPy array is written once.)"""
-  return jax.tree.map(np.asarray, tree)
-
-
-def _device_sharding(devices) -> jax.sharding.NamedSharding:
-  """Leading axis split over ``devices`` on mesh axis :data:`AXIS`, as the pmapped step
-  returns its outputs: inputs placed this way never trigger a second compilation."""
-  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                    jax.sharding.PartitionSpec(AXIS))
-
-
-def _replicate(tree, devices):
-  """One copy of ``tree`` per device, placed like the step's outputs."""
-  return jax.device_put(jax.tree.map(lambda a: np.stack([np.asarray(a)] * len(devices)),
-                                     tree), _device_sharding(devices))
-
-
-def _first_replica(tree):
-  """This process's first replica of a ``pmap`` output, as host arrays without the device
-  axis. (``flax.jax_utils.unreplicate`` keeps a leading axis of 1 when the pmap spans
-  fewer devices than the process has, i.e. ``config.num_devices`` < local devices.)"""
-  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)).reshape(a.shape[1:]), tree)
-
-
-def _shard(tree, n: int):
-  return jax.tree.map(lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:]), tree)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        splits: Optional[data.Splits] = None) -> dict:
   """Runs REDUCR (or a baseline) end to end and returns the results dict.
@@ -483,18 +249,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     splits: data to use instead of ``data.make_splits(config.dataset, config.seed)``
       (custom protocols, e.g. Ren et al.'s imbalanced binary task).
   """
-  devices = jax.local_devices()
-  if config.get("num_devices", -1) not in (-1, None):
-    if not 1 <= config.num_devices <= len(devices):
-      raise configuration.ConfigError(
-          f"config.num_devices must be -1 or in [1, {len(devices)}], got {config.num_devices}")
-    devices = devices[:config.num_devices]
-  # Several processes: pmap spans every device of every process (each feeds its own);
-  # one process: exactly the devices chosen above.
+  devices, pmap_devices = sharding.data_parallel_devices(config.num_devices)
   num_processes, process_index = jax.process_count(), jax.process_index()
-  if num_processes > 1 and len(devices) != jax.local_device_count():
-    raise configuration.ConfigError("config.num_devices must be -1 in a multi-process run")
-  pmap_devices = None if num_processes > 1 else devices
   n_local = len(devices)
   n = n_local * num_processes                     # global data-parallel devices
   configuration.validate_config(config, n)
@@ -514,41 +270,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Stage 1: reference models.
   t0 = time.time()
   refs = train_experts.get_reference_models(config, splits, workdir)
-  table, reference, ref_params, ref_loss_fn = None, None, None, None
-  ref_state, ref_update = (), None
-  if refs is not None:
-    if refs.kind == "multihead" or config.experts.losses == "online":
-      reference, ref_loss_fn = "online", refs.loss_fn
-      if config.experts.update_on_selected:
-        ref_state, ref_update = train_experts.online_update(config, refs, splits)
-      else:
-        ref_params = _replicate(refs.params, devices)
-    else:
-      reference = "table"
-      table = train_experts.precompute_table(refs, splits.train, config.eval_batch_size)
+  refs = train_experts.prepare_references(config, splits, refs, devices)
   expert_seconds = time.time() - t0
 
   # Stage 2: online batch selection.
-  cfg = StepConfig.from_config(config, c, n, reference,
-                               np.bincount(splits.train.y, minlength=c), ref_update)
+  cfg = StepConfig.from_config(config, c, n, refs.reference,
+                               np.bincount(splits.train.y, minlength=c), refs.update)
   tx = make_optimizer(config.optimizer)
   state = init_state(jax.random.PRNGKey(config.seed),
                      lambda r: models.load_pretrained(config.model, *jax.jit(fns.init)(r)),
-                     tx, cfg, jax.random.PRNGKey(config.seed + 1), ref_state)
+                     tx, cfg, jax.random.PRNGKey(config.seed + 1), refs.state)
   best = {"params": models.variables(state.params, state.model_state),
           "worst_val": np.float32(-1.0), "step": np.int32(0)}
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   start = ckpt.latest_step()
   if start is not None:
-    restored, _ = ckpt.restore(_host({"state": state, "best": best}))
+    restored, _ = ckpt.restore(sharding.host_copy({"state": state, "best": best}))
     state, best = restored["state"], restored["best"]
     _progress(f"resumed from step {start}")
   start = int(state.step)
   writer = metric_writers.MetricWriter(workdir, resume_step=start,
                                        enabled=jax.process_index() == 0)
-  p_state = _replicate(state, devices)
-  p_step = make_train_step(fns, ref_loss_fn, tx, cfg, pmap_devices)
-  p_eval = make_eval_step(fns.apply, c, pmap_devices)
+  p_state = sharding.replicate(state, devices)
+  p_step = make_train_step(fns, refs.loss_fn, tx, cfg, pmap_devices)
+  p_eval = evaluation.make_eval_step(fns.apply, c, pmap_devices)
   p_variables = lambda st: models.variables(st.params, st.model_state)  # noqa: E731
   holdout_every = config.selection.holdout_every
   if holdout_every == -1:
@@ -557,19 +302,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   refresh_holdout = selectors.CLASS_HOLDOUT_LOSS in cfg.needs and cfg.holdout_loss == "epoch"
 
   t_start, t_last, last_step = time.time(), time.time(), start
-  batch_sharding = _device_sharding(devices)
+  batch_sharding = sharding.device_sharding(devices)
   batches = prefetch_lib.prefetch(       # read, decode and copy to the devices ahead
-      lambda t: jax.device_put(_shard(host_batch(config, cfg, splits, table, t,
-                                                 num_processes, process_index), n_local),
-                               batch_sharding),
-      start, config.num_steps, size=config.get("prefetch", 2))
+      lambda t: jax.device_put(sharding.shard(data.train_batch(
+          config, splits, refs.table, t, holdout=cfg.ema_holdout,
+          validation=reweighters.VALIDATION_BATCH in cfg.needs,
+          num_processes=num_processes, process_index=process_index), n_local),
+          batch_sharding),
+      start, config.num_steps, size=config.prefetch)
   for step, batch in zip(range(start, config.num_steps), batches):
     if refresh_holdout and step % holdout_every == 0:
-      _, loss_sums = evaluate(p_eval, p_variables(p_state), splits.holdout, eval_bs, n)
+      _, loss_sums = evaluation.evaluate(p_eval, p_variables(p_state), splits.holdout, eval_bs, n)
       h = mwu.class_holdout_loss(metrics.ClassSums(*loss_sums))
-      p_state = p_state._replace(holdout_loss=_replicate(
+      p_state = p_state._replace(holdout_loss=sharding.replicate(
           jnp.asarray(h, jnp.float32), devices))
-    p_state, step_metrics = p_step(p_state, batch, ref_params)
+    p_state, step_metrics = p_step(p_state, batch, refs.params)
     done = step + 1
 
     if done % config.log_every == 0 or done == config.num_steps:
@@ -579,10 +326,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       writer.write(done, {f"train/{k}": v for k, v in m.items()})
     if done % config.eval_every == 0 or done == config.num_steps:
       params = p_variables(p_state)
-      val = evaluate_summary(p_eval, params, splits.val, eval_bs, n)
-      test = evaluate_summary(p_eval, params, splits.test, eval_bs, n)
+      val = evaluation.evaluate_summary(p_eval, params, splits.val, eval_bs, n)
+      test = evaluation.evaluate_summary(p_eval, params, splits.test, eval_bs, n)
       if val["worst_class_accuracy"] > float(best["worst_val"]):
-        best = {"params": _first_replica(params),
+        best = {"params": sharding.first_replica(params),
                 "worst_val": np.float32(val["worst_class_accuracy"]), "step": np.int32(done)}
       writer.write(done, {**{f"val/{k}": v for k, v in val.items()},
                           **{f"test/{k}": v for k, v in test.items()}})
@@ -591,15 +338,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       _progress(f"step {done}/{config.num_steps}  {rate:.1f} steps/s  worst-class val acc "
                 f"{val['worst_class_accuracy']:.3f}  val acc {val['accuracy']:.3f}")
     if done % config.checkpoint_every == 0 or done == config.num_steps:
-      ckpt.save(done, _host({"state": _first_replica(p_state), "best": best}))
+      ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state), "best": best}))
   writer.close()
   ckpt.close()
 
   # Stage 3: evaluate the kept model.
-  final_state = _first_replica(p_state)
-  p_best = _replicate(best["params"], devices)
-  val = evaluate_summary(p_eval, p_best, splits.val, eval_bs, n)
-  test = evaluate_summary(p_eval, p_best, splits.test, eval_bs, n)
+  final_state = sharding.first_replica(p_state)
+  p_best = sharding.replicate(best["params"], devices)
+  val = evaluation.evaluate_summary(p_eval, p_best, splits.val, eval_bs, n)
+  test = evaluation.evaluate_summary(p_eval, p_best, splits.test, eval_bs, n)
   results = {
       "method": config.selection.method,
       "reweight": config.reweight,

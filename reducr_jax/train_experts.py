@@ -18,7 +18,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 from absl import logging
 import flax.serialization
@@ -32,6 +32,7 @@ from reducr_jax import data
 from reducr_jax import experts
 from reducr_jax import models
 from reducr_jax import selectors
+from reducr_jax import sharding
 from reducr_jax.data import augment as augment_lib
 
 
@@ -268,3 +269,42 @@ def online_update(config: ml_collections.ConfigDict, refs: ReferenceModels,
     return experts.ExpertsState(models.variables(inner.params, inner.model_state),
                                 inner.opt_state, None)
   return state, update
+
+
+class References(NamedTuple):
+  """How the train step gets its reference losses (:func:`prepare_references`).
+
+  Attributes:
+    reference: ``None`` (no reference models), ``'table'`` or ``'online'``.
+    table: ``float32[N, C']`` reference losses of the train split (``'table'``), or None.
+    params: replicated reference variables for ``'online'`` without updates, or None.
+    loss_fn: ``(params, x, y) -> [b, C']`` for ``'online'``, or None.
+    state, update: the online update on the selected points (:func:`online_update`),
+      or ``()`` / ``None``.
+  """
+  reference: Optional[str] = None
+  table: Optional[np.ndarray] = None
+  params: Any = None
+  loss_fn: Optional[Callable] = None
+  state: Any = ()
+  update: Optional[Callable] = None
+
+
+def prepare_references(config: ml_collections.ConfigDict, splits: data.Splits,
+                       refs: Optional[ReferenceModels], devices) -> References:
+  """The trained reference models as the train step consumes them.
+
+  ``config.experts.losses='precomputed'`` (and not multi-head): the ``[N, C']`` table over
+  the train split; ``'online'`` / multi-head: the models themselves, replicated over
+  ``devices``, or as train state when they are updated on the selected points.
+  """
+  if refs is None:
+    return References()
+  if refs.kind == "multihead" or config.experts.losses == "online":
+    if config.experts.update_on_selected:
+      state, update = online_update(config, refs, splits)
+      return References("online", loss_fn=refs.loss_fn, state=state, update=update)
+    return References("online", params=sharding.replicate(refs.params, devices),
+                      loss_fn=refs.loss_fn)
+  return References("table", table=precompute_table(refs, splits.train,
+                                                    config.eval_batch_size))

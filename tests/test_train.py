@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from reducr_jax import configuration
+from reducr_jax import sharding
 from reducr_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +143,7 @@ def _run_steps(num_devices, batches_override=None):
   batches = batches_override or batches
   sels, weights = [], []
   for batch in batches:
-    p_state, m = step(p_state, train._shard(batch, num_devices), None)  # pylint: disable=protected-access
+    p_state, m = step(p_state, sharding.shard(batch, num_devices), None)  # pylint: disable=protected-access
     sels.append(np.asarray(m["selected_indices"]))
     weights.append(np.asarray(m["class_weights"]))
   return p_state, sels, weights
@@ -169,13 +170,13 @@ def test_nan_batch_is_skipped_and_counted():
   bad = dict(batches[0])
   bad["x"] = bad["x"].copy()
   bad["x"][:] = np.nan
-  p_state, m = step(p_state, train._shard(bad, 8), None)  # pylint: disable=protected-access
+  p_state, m = step(p_state, sharding.shard(bad, 8), None)  # pylint: disable=protected-access
   assert int(m["skipped"][0]) == 1 and int(p_state.num_skipped[0]) == 1
   for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(p_state.params)):
     np.testing.assert_array_equal(a, np.asarray(b))
   np.testing.assert_array_equal(before.selector_state.log_w,
                                 np.asarray(p_state.selector_state.log_w))
-  p_state, m = step(p_state, train._shard(batches[1], 8), None)  # pylint: disable=protected-access
+  p_state, m = step(p_state, sharding.shard(batches[1], 8), None)  # pylint: disable=protected-access
   assert int(m["skipped"][0]) == 0 and int(p_state.num_skipped[0]) == 1
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(p_state.params))
 
@@ -285,7 +286,7 @@ def test_reweighting_runs_and_agrees_across_devices(reweight, meta_method):
       batch = {"x": batch["x"], "y": batch["y"],
                "meta_x": splits.holdout.x[i * 16:(i + 1) * 16],
                "meta_y": splits.holdout.y[i * 16:(i + 1) * 16]}
-      p_state, m = step(p_state, train._shard(batch, num_devices), None)  # pylint: disable=protected-access
+      p_state, m = step(p_state, sharding.shard(batch, num_devices), None)  # pylint: disable=protected-access
     assert int(p_state.num_skipped[0]) == 0
     return p_state, m
   s1, m1 = run(1)
@@ -321,7 +322,7 @@ def _resnet_steps(num_devices):
     batch = {"x": rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8),
              "y": rng.integers(0, 4, 32).astype(np.int32),
              "ref_losses": rng.uniform(0, 2, (32, 4)).astype(np.float32)}
-    p_state, m = step(p_state, train._shard(batch, num_devices), None)  # pylint: disable=protected-access
+    p_state, m = step(p_state, sharding.shard(batch, num_devices), None)  # pylint: disable=protected-access
     sels.append(np.asarray(m["selected_indices"][0]))
   return jax.tree.map(lambda a: np.asarray(a)[0], p_state), sels, state
 

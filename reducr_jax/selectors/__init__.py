@@ -34,6 +34,10 @@ from reducr_jax.selectors.core import (CLASS_HOLDOUT_LOSS, EXPERT_LOSSES, IRREDU
                                        Selector, class_weights, get, names, reference_kind,
                                        register, stateless, unregister)
 
+__all__ = ["CLASS_HOLDOUT_LOSS", "EXPERT_LOSSES", "IRREDUCIBLE_LOSS", "MODEL_LOGITS",
+           "MODEL_LOSS", "NEEDS", "SelectionInputs", "Selector", "class_weights", "get",
+           "names", "reference_kind", "register", "stateless", "unregister"]
+
 register("reducr", reducr.from_config)
 register("rho_loss", baselines.rho_loss_from_config)
 register("train_loss", baselines.train_loss_from_config)

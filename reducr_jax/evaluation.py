@@ -1,0 +1,48 @@
+"""Per-class evaluation of a (replicated) model over whole splits, data parallel."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from reducr_jax import data
+from reducr_jax import experts
+from reducr_jax import metrics
+from reducr_jax.sharding import AXIS
+from reducr_jax.sharding import shard
+
+
+def make_eval_step(apply_fn, num_classes: int, devices):
+  """``pmap``-ed ``(variables, x, y, mask) -> (correct ClassSums, loss ClassSums)``, psum-ed.
+
+  ``apply_fn(variables, x) -> logits`` in evaluation mode (:attr:`ModelFns.apply`)."""
+  def eval_step(params, x, y, mask):
+    logits = apply_fn(params, x)
+    correct = metrics.correct_sums(logits, y, mask)
+    losses = metrics.class_sums(experts.cross_entropy(logits, y), y, num_classes, mask)
+    return jax.lax.psum((correct, losses), AXIS)
+  return jax.pmap(eval_step, axis_name=AXIS, devices=devices)
+
+
+def evaluate(p_eval, p_params, split: data.Split, batch_size: int, num_devices: int):
+  """Per-class correct counts and loss sums over a whole split (host values).
+
+  Every process walks the same global batches of ``batch_size`` per device and reads and
+  feeds only its own rows; the ``psum`` in the eval step adds all devices of all processes.
+  """
+  total = None
+  num_local = num_devices // jax.process_count()
+  for batch in data.iterate_batches(split, batch_size * num_devices, jax.process_count(),
+                                    jax.process_index()):
+    x, y, mask = shard(batch, num_local)
+    res = p_eval(p_params, x, y, mask)
+    res = jax.tree.map(lambda a: np.asarray(a[0], np.float64), res)
+    total = res if total is None else jax.tree.map(np.add, total, res)
+  return total
+
+
+def evaluate_summary(p_eval, p_params, split: data.Split, batch_size: int,
+                     num_devices: int) -> dict:
+  """:func:`reducr_jax.metrics.summary` of the accuracy of ``p_params`` on a split."""
+  correct, _ = evaluate(p_eval, p_params, split, batch_size, num_devices)
+  return metrics.summary(metrics.ClassSums(*correct))

@@ -1,0 +1,101 @@
+"""Data parallelism over the ``devices`` axis: placement, replication and row shares.
+
+The train and evaluation steps are ``pmap``-ed over :data:`AXIS`. A global batch is split
+over processes first (:func:`process_rows`: each host reads only its contiguous share) and
+then over each process's local devices (:func:`shard`). State is replicated with
+:func:`replicate` and read back with :func:`first_replica`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+AXIS = "devices"
+
+
+def process_rows(tree, num_processes: int, process_index: int):
+  """This process's contiguous share of a global batch (leading axis split in order)."""
+  if num_processes == 1:
+    return tree
+  def rows(a):
+    per = a.shape[0] // num_processes
+    return a[process_index * per:(process_index + 1) * per]
+  return jax.tree.map(rows, tree)
+
+
+def host_copy(tree):
+  """NumPy copies of every leaf: what checkpoints hold. (A device-local ``jax.Array``
+  cannot be saved by orbax from several processes; a NumPy array is written once.)"""
+  return jax.tree.map(np.asarray, tree)
+
+
+def device_sharding(devices) -> jax.sharding.NamedSharding:
+  """Leading axis split over ``devices`` on mesh axis :data:`AXIS`, as the pmapped step
+  returns its outputs: inputs placed this way never trigger a second compilation."""
+  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                    jax.sharding.PartitionSpec(AXIS))
+
+
+def replicate(tree, devices):
+  """One copy of ``tree`` per device, placed like the step's outputs."""
+  return jax.device_put(jax.tree.map(lambda a: np.stack([np.asarray(a)] * len(devices)),
+                                     tree), device_sharding(devices))
+
+
+def first_replica(tree):
+  """This process's first replica of a ``pmap`` output, as host arrays without the device
+  axis. (``flax.jax_utils.unreplicate`` keeps a leading axis of 1 when the pmap spans
+  fewer devices than the process has, i.e. ``config.num_devices`` < local devices.)"""
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)).reshape(a.shape[1:]), tree)
+
+
+def shard(tree, n: int):
+  """Leading axis ``N`` → ``[n, N/n, ...]`` (one slice per local device)."""
+  return jax.tree.map(lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:]), tree)
+
+
+def selected_rows(x: jax.Array, sel: jax.Array, kd: int) -> jax.Array:
+  """This device's ``kd`` selected inputs, fetched from the devices holding them.
+
+  ``x [b, ...]`` is this device's shard of the large batch; ``sel int[k]`` the global
+  selection. Each device writes the selected rows it owns into a ``[k, ...]`` buffer
+  (zeros elsewhere) and a reduce-scatter hands device ``d`` rows ``d·kd … (d+1)·kd − 1``:
+  ``k`` rows move instead of all-gathering the ``B`` rows of the large batch (10× less
+  traffic at 10 % selection, which matters for 224×224 images).
+  """
+  b = x.shape[0]
+  local = sel - jax.lax.axis_index(AXIS) * b
+  owned = (local >= 0) & (local < b)
+  rows = x[jnp.clip(local, 0, b - 1)]
+  mask = owned.reshape((-1,) + (1,) * (x.ndim - 1))
+  rows = jnp.where(mask, rows, jnp.zeros_like(rows))
+  if rows.dtype == jnp.bool_ or jnp.issubdtype(rows.dtype, jnp.integer):
+    return jax.lax.psum_scatter(rows.astype(jnp.int32), AXIS, scatter_dimension=0,
+                                tiled=True).astype(x.dtype)
+  return jax.lax.psum_scatter(rows, AXIS, scatter_dimension=0, tiled=True)
+
+
+def data_parallel_devices(num_devices: int):
+  """``(devices, pmap_devices)`` for ``config.num_devices`` (-1 = all local devices).
+
+  With several processes the ``pmap`` spans every device of every process (each process
+  feeds its own), so ``pmap_devices`` is ``None`` and ``num_devices`` must be -1; with one
+  process it spans exactly ``devices``.
+
+  Raises:
+    ConfigError: ``num_devices`` out of range, or not -1 in a multi-process run.
+  """
+  from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
+  devices = jax.local_devices()
+  if num_devices != -1:
+    if not 1 <= num_devices <= len(devices):
+      raise configuration.ConfigError(
+          f"config.num_devices must be -1 or in [1, {len(devices)}], got {num_devices}")
+    devices = devices[:num_devices]
+  if jax.process_count() > 1:
+    if len(devices) != jax.local_device_count():
+      raise configuration.ConfigError("config.num_devices must be -1 in a multi-process run")
+    return devices, None
+  return devices, devices
