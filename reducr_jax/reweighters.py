@@ -37,6 +37,7 @@ from reducr_jax import experts
 from reducr_jax import group_dro
 from reducr_jax import meta_reweight
 from reducr_jax import metrics
+from reducr_jax import registry
 
 #: ``Reweighter.needs``: a clean validation batch in ``ReweightInputs.validation``.
 VALIDATION_BATCH = "validation_batch"
@@ -141,44 +142,16 @@ def cross_entropy_loss_fn(apply_fn: Callable) -> Callable:
   return lambda params, x, y: experts.cross_entropy(apply_fn(params, x), y)
 
 
-Factory = Callable[[ml_collections.ConfigDict], Reweighter]
-_REGISTRY: dict[str, Factory] = {}
-
-
-def register(name: str, factory: Factory) -> Factory:
-  """Registers ``factory(config) -> Reweighter`` as ``config.reweight=name``.
-
-  Raises:
-    ValueError: ``name`` is already registered.
-  """
-  if name in _REGISTRY:
-    raise ValueError(f"reweighter {name!r} is already registered")
-  _REGISTRY[name] = factory
-  return factory
-
-
-def unregister(name: str) -> None:
-  _REGISTRY.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-  return tuple(_REGISTRY)
+_RULES = registry.Registry("reweighter", "config.reweight", NEEDS)
+#: ``register(name, factory)``: ``factory(config) -> Reweighter`` becomes ``config.reweight=name``.
+register = _RULES.register
+unregister = _RULES.unregister
+names = _RULES.names
 
 
 def get(config: ml_collections.ConfigDict) -> Reweighter:
-  """The :class:`Reweighter` named by ``config.reweight``.
-
-  Raises:
-    ValueError: unknown name, one line listing the registered ones.
-  """
-  if config.reweight not in _REGISTRY:
-    raise ValueError(f"config.reweight must be one of {list(_REGISTRY)}, "
-                     f"got {config.reweight!r}")
-  reweighter = _REGISTRY[config.reweight](config)
-  unknown = set(reweighter.needs) - NEEDS
-  if unknown:
-    raise ValueError(f"reweighter {config.reweight!r} needs unknown inputs {sorted(unknown)}")
-  return reweighter
+  """The :class:`Reweighter` named by ``config.reweight`` (one-line ``ValueError`` if unknown)."""
+  return _RULES.build(config.reweight, config)
 
 
 register("none", lambda config: none())

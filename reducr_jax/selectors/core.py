@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from reducr_jax import registry
+
 # What a rule may ask the trainer for (``Selector.needs``).
 MODEL_LOSS = "model_loss"                  # SelectionInputs.model_loss  [B]
 MODEL_LOGITS = "model_logits"              # SelectionInputs.model_logits [B, C]
@@ -119,50 +121,22 @@ def reference_kind(needs) -> Optional[str]:
   return None
 
 
-Factory = Callable[[ml_collections.ConfigDict], Selector]
-_REGISTRY: dict[str, Factory] = {}
-
-
-def register(name: str, factory: Factory) -> Factory:
-  """Registers ``factory(config) -> Selector`` as ``config.selection.method=name``.
-
-  Raises:
-    ValueError: ``name`` is already registered (one line, naming it).
-  """
-  if not isinstance(name, str) or not name:
-    raise ValueError(f"selector name must be a non-empty string, got {name!r}")
-  if name in _REGISTRY:
-    raise ValueError(f"selector {name!r} is already registered (by "
-                     f"{_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__})")
-  _REGISTRY[name] = factory
-  return factory
-
-
-def unregister(name: str) -> None:
-  """Removes a registered rule (tests, notebooks re-running a cell)."""
-  _REGISTRY.pop(name, None)
-
-
-def names() -> tuple[str, ...]:
-  """Registered rule names, in registration order."""
-  return tuple(_REGISTRY)
+_RULES = registry.Registry("selector", "config.selection.method", NEEDS)
+#: ``register(name, factory)``: ``factory(config) -> Selector`` becomes
+#: ``config.selection.method=name``; a name registered twice is a one-line ``ValueError``.
+register = _RULES.register
+unregister = _RULES.unregister
+names = _RULES.names
 
 
 def get(config: ml_collections.ConfigDict) -> Selector:
   """The :class:`Selector` named by ``config.selection.method``, built from ``config``.
 
   Raises:
-    ValueError: unknown name (one line listing the registered ones), or the factory's
-      own one-line error for a bad setting; ``needs`` outside :data:`NEEDS`.
+    ValueError: unknown name (one line listing the registered ones), the factory's own
+      one-line error for a bad setting, ``needs`` outside :data:`NEEDS`, or both kinds of
+      reference model asked for.
   """
-  name = config.selection.method
-  if name not in _REGISTRY:
-    raise ValueError(f"config.selection.method must be one of {list(_REGISTRY)}, "
-                     f"got {name!r}")
-  selector = _REGISTRY[name](config)
-  unknown = set(selector.needs) - NEEDS
-  if unknown:
-    raise ValueError(f"selector {name!r} needs unknown inputs {sorted(unknown)}; "
-                     f"allowed: {sorted(NEEDS)}")
+  selector = _RULES.build(config.selection.method, config)
   reference_kind(selector.needs)
   return selector
