@@ -57,6 +57,7 @@ import numpy as np
 from reducr_jax import checks
 from reducr_jax.data import corruption
 from reducr_jax.data import random_access
+from reducr_jax.data import split_types
 
 REAL_DATASETS = ("cifar10", "cifar100", "cinic10", "clothing1m", "mnli", "qqp")
 TEXT_DATASETS = ("mnli", "qqp")
@@ -223,8 +224,7 @@ def _cut(n: int, fractions, rng: np.random.Generator) -> list[np.ndarray]:
 
 def _stratified_cut(y: np.ndarray, fractions, rng: np.random.Generator) -> list[np.ndarray]:
   """Row indices of each part: every class cut in ``fractions`` (cumulative rounding)."""
-  from reducr_jax.data import splits  # pylint: disable=g-import-not-at-top
-  return splits._stratified_parts(y, fractions, rng)  # pylint: disable=protected-access
+  return split_types.stratified_parts(y, fractions, rng)
 
 
 def _cap(cfg) -> int:
@@ -367,7 +367,6 @@ def make_real_splits(dataset_config: ml_collections.ConfigDict, seed: int):
       looked and how to get it).
     ImportError: tensorflow-datasets (or ``tokenizers`` for text) is not installed.
   """
-  from reducr_jax.data import splits as splits_lib  # pylint: disable=g-import-not-at-top
   cfg = dataset_config
   validate_real_dataset_config(cfg)
   if not checks.is_int(seed) or seed < 0:
@@ -401,7 +400,7 @@ def make_real_splits(dataset_config: ml_collections.ConfigDict, seed: int):
     if name == "val" and parts["val"] is parts["holdout"]:
       built[name] = built["holdout"]
       continue
-    built[name] = splits_lib.Split(x=x, y=np.asarray(y_seen, np.int32),
+    built[name] = split_types.Split(x=x, y=np.asarray(y_seen, np.int32),
                                    y_clean=np.asarray(y, np.int32),
                                    index=np.asarray(index, np.int64))
-  return splits_lib.Splits(**built, num_classes=k, class_names=list(CLASS_NAMES[cfg.name]))
+  return split_types.Splits(**built, num_classes=k, class_names=list(CLASS_NAMES[cfg.name]))

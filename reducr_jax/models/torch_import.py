@@ -29,7 +29,7 @@ from typing import Any, Mapping
 from flax import traverse_util
 import numpy as np
 
-from reducr_jax.models import pretrained as pretrained_lib
+from reducr_jax.models import merge as merge_lib
 
 WEIGHTS_HELP = (
     "torchvision's ImageNet ResNet-18 weights are torchvision.models.ResNet18_Weights."
@@ -194,7 +194,7 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def merge_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any], *,
                      include_head: bool) -> dict:
-  """:func:`reducr_jax.models.pretrained.merge_variables` with the ResNet head ``fc``
+  """:func:`reducr_jax.models.merge.merge_variables` with the ResNet head ``fc``
   (``include_head=False`` keeps a fresh head, e.g. 14 Clothing1M classes, not 1000)."""
-  return pretrained_lib.merge_variables(variables, pretrained, head="fc",
+  return merge_lib.merge_variables(variables, pretrained, head="fc",
                                         include_head=include_head)
