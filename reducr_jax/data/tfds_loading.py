@@ -100,13 +100,14 @@ def manual_dir(cfg, name: str) -> str:
   return sub if os.path.isdir(sub) else root
 
 
-def catalog_builder(tfds_name: str, cfg, what: str):
+def catalog_builder(tfds_name: str, cfg, what: str, hint: str = ""):
   """A prepared TFDS catalog builder (e.g. ``"cifar10"``, ``"glue/mnli"``).
 
   Args:
     tfds_name: TFDS catalog name.
     cfg: ``config.dataset`` (``data_dir``, ``download``).
     what: the dataset's name in messages (``config.dataset.name``).
+    hint: another way to get the data, appended to the missing-data message.
 
   Raises:
     FileNotFoundError: (one line) not prepared under ``data_dir`` and ``download`` is
@@ -120,7 +121,7 @@ def catalog_builder(tfds_name: str, cfg, what: str):
       raise FileNotFoundError(
           f"{what}: no prepared TFDS data {builder.info.full_name!r} under {root!r}; set "
           f"config.dataset.download=True once with internet, or copy a prepared TFDS "
-          f"data_dir and point config.dataset.data_dir at it")
+          f"data_dir and point config.dataset.data_dir at it{', ' + hint if hint else ''}")
     builder.download_and_prepare(file_format="array_record")
   return builder
 
