@@ -130,7 +130,7 @@ def resnet_variables_from_torch(state_dict: Mapping[str, Any], *,
     seen.setdefault(prefix, set()).add(leaf)
   if unknown:
     raise ValueError(f"state_dict has {len(unknown)} key(s) that are not in a torchvision "
-                     f"BasicBlock ResNet: {pretrained_lib.first_names(unknown)}")
+                     f"BasicBlock ResNet: {merge_lib.first_names(unknown)}")
 
   expected = ["conv1", "bn1"] + (["fc"] if include_head else [])
   missing = []
@@ -149,8 +149,53 @@ def resnet_variables_from_torch(state_dict: Mapping[str, Any], *,
                 if leaf not in seen.get(prefix, ())]
   if missing:
     raise ValueError(f"state_dict is missing {len(missing)} key(s) of a torchvision "
-                     f"BasicBlock ResNet: {pretrained_lib.first_names(missing)}")
+                     f"BasicBlock ResNet: {merge_lib.first_names(missing)}")
   return traverse_util.unflatten_dict(flat)
+
+
+def checkpoint_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+  """``{key: shape}`` of a ``.pth``/``.pt`` or ``.safetensors`` state dict (safetensors:
+  read from the header; torch: memory-mapped), for sizing a model before loading."""
+  path = os.fspath(path)
+  if path.endswith(".safetensors"):
+    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+    with safe_open(path, framework="numpy") as f:
+      return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+  import torch  # pylint: disable=g-import-not-at-top
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+  except RuntimeError:  # an old (non-zip) serialisation cannot be memory-mapped
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  if isinstance(state, Mapping):
+    for nested in ("state_dict", "model"):
+      if isinstance(state.get(nested), Mapping):
+        state = state[nested]
+        break
+  if not isinstance(state, Mapping):
+    raise ValueError(f"checkpoint {path!r} must hold a state dict (mapping of tensors), "
+                     f"got {type(state).__name__}")
+  return {str(k): tuple(getattr(v, "shape", ())) for k, v in state.items()}
+
+
+def resnet_sizes(shapes: Mapping[str, tuple[int, ...]]) -> dict:
+  """``width``, ``stage_sizes`` and ``stem`` of a torchvision BasicBlock ResNet state dict
+  (``{key: shape}``): ``conv1`` output channels, blocks per ``layer<i>``, and the stem
+  from ``conv1``'s kernel (7×7 ``imagenet``, 3×3 ``cifar``)."""
+  conv1 = shapes.get("conv1.weight")
+  blocks: dict[int, int] = {}
+  for key in shapes:
+    m = _BLOCK_KEY.match(key)
+    if m:
+      layer, index = int(m.group(1)), int(m.group(2))
+      blocks[layer] = max(blocks.get(layer, 0), index + 1)
+  if conv1 is None or len(conv1) != 4 or not blocks:
+    raise ValueError("the checkpoint is not a torchvision BasicBlock ResNet state dict "
+                     "(no conv1.weight or layer<i>.<j>.* keys)")
+  sizes = {"width": int(conv1[0]),
+           "stage_sizes": tuple(blocks.get(i, 0) for i in range(1, max(blocks) + 1))}
+  if conv1[2] in (7, 3):
+    sizes["stem"] = "imagenet" if conv1[2] == 7 else "cifar"
+  return sizes
 
 
 def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
