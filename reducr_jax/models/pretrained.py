@@ -143,13 +143,30 @@ def _read(model_config: ml_collections.ConfigDict):
   if model_config.name == "resnet18":
     pretrained = torch_import.resnet_variables_from_torch(
         torch_import.load_torch_checkpoint(path), include_head=include_head)
-    return pretrained, torch_import.merge_pretrained, include_head
+    return pretrained, _naming_sizes(torch_import.merge_pretrained, model_config), include_head
   if model_config.name == "bert":
     pretrained = bert_import.bert_variables_from_hf(bert_import.load_hf_checkpoint(path),
                                                     include_head=include_head)
-    return pretrained, bert_import.merge_pretrained, include_head
+    return pretrained, _naming_sizes(bert_import.merge_pretrained, model_config), include_head
   raise ValueError(f"config.model.pretrained is only supported for config.model.name in "
                    f"['resnet18', 'bert'], got {model_config.name!r}")
+
+
+def _naming_sizes(merge, model_config: ml_collections.ConfigDict):
+  """``merge`` whose tree/shape errors end with the size fields the model was built with."""
+  fields = BERT_SIZES if model_config.name == "bert" else RESNET_SIZES
+  resolved = resolve_sizes(model_config)
+
+  def merge_naming_sizes(*args, **kwargs):
+    try:
+      return merge(*args, **kwargs)
+    except ValueError as e:
+      sizes = ", ".join(f"{f}={resolved.get(f)!r}" for f in fields)
+      hint = ("put the checkpoint's config.json next to its weights"
+              if model_config.name == "bert" else "check config.model.stem")
+      raise ValueError(f"{e}; the model was built with config.model {sizes}: set those "
+                       f"fields to the checkpoint's sizes or {hint}") from None
+  return merge_naming_sizes
 
 
 def _merge_into(params: Any, model_state: dict, pretrained, merge,
