@@ -3,6 +3,7 @@
 * :func:`mock_tfds`: TFDS catalog datasets (CIFAR, GLUE) as random examples from the
   features (``tfds.testing.mock_data``);
 * :func:`write_cinic10`, :func:`write_clothing1m`: tiny releases in the official layouts;
+  :func:`truncate_file` damages one of their images;
 * :func:`write_vocab`: a 25-token WordPiece vocabulary;
 * :func:`write_glue`: MNLI / QQP as the GLUE release's TSV files;
 * :func:`write_hf_bert`: a tiny Hugging Face BERT directory (config.json, safetensors,
@@ -96,6 +97,13 @@ def write_clothing1m(tmp_path, sizes=None):
     (ann / f"{split}_key_list.txt").write_text("\n".join(ks) + "\n")
 
   return manual, keys, clean_kv, noisy_kv, files
+
+
+def truncate_file(path, keep=0.8):
+  """Cuts ``path`` to ``keep`` of its bytes, as an interrupted download leaves a JPEG."""
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[:int(len(data) * keep)])
+  return str(path)
 
 
 def torch_resnet(torch, *, stem, width, num_classes, stage_sizes=(2, 2, 2, 2)):

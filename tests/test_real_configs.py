@@ -70,15 +70,22 @@ def test_cinic10_config_runs_in_bfloat16(tmp_path):
 
 def test_clothing1m_config_runs_from_a_torchvision_checkpoint(tmp_path):
   torch = pytest.importorskip("torch")
-  manual, *_ = fakes.write_clothing1m(tmp_path)
   source = fakes.torch_resnet(torch, stem="imagenet", width=4, num_classes=1000,
                               stage_sizes=(1, 1))
   ckpt = tmp_path / "resnet18-tiny.pth"
   torch.save(source.state_dict(), ckpt)
+  # A truncated JPEG (as public mirrors have): a one-line error naming it, nothing prepared.
+  manual, keys, *_ = fakes.write_clothing1m(tmp_path)
+  bad = fakes.truncate_file(manual / keys["noisy_train"][3])
   # width and stage_sizes come from the checkpoint (config: None), not from overrides.
   config = _config("clothing1m", tmp_path, **{
       "model.pretrained": str(ckpt), "dataset.manual_dir": str(manual),
       "dataset.clothing1m_holdout_extra": 5})
+  with pytest.raises(configuration.ConfigError, match="skip_bad_images") as e:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert bad in str(e.value) and "truncated" in str(e.value) and "\n" not in str(e.value)
+  assert not os.path.exists(tmp_path / "tfds" / "clothing1m" / "1.0.0")
+  config.dataset.skip_bad_images = True           # leave it out and run
   results = _run(config, tmp_path / "run")
   assert results["class_names"][0] == "T-Shirt"
   with pytest.raises(configuration.ConfigError,

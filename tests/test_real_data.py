@@ -393,3 +393,52 @@ def test_glue_tsv_parsing(tmp_path):
     data.make_splits(_cfg("qqp", tokenizer=fakes.write_vocab(tmp_path), glue_source="tsv",
                           manual_dir=str(tmp_path / "nowhere")), 0)
   assert "\n" not in str(e.value)
+
+
+def test_clothing1m_bad_images_named_or_skipped(tmp_path):
+  """Every undecodable file is named in one line (nothing prepared); skip_bad_images
+  leaves them out of their splits and labels and lists them in the prepared directory."""
+  pytest.importorskip("tensorflow_datasets")
+  from reducr_jax import errors
+  from reducr_jax.data import clothing1m
+  manual, keys, clean_kv, noisy_kv, _ = fakes.write_clothing1m(tmp_path)
+  truncated = fakes.truncate_file(manual / keys["noisy_train"][3])
+  garbage = manual / keys["clean_test"][0]
+  garbage.write_text("not a JPEG")
+  data_dir = tmp_path / "data"
+  cfg = _cfg("clothing1m", data_dir=str(data_dir), manual_dir=str(manual),
+             clothing1m_holdout_extra=29)
+  # A holdout larger than the pool fails from the key lists, before preparing anything.
+  with pytest.raises(errors.ConfigError, match="the largest value that works is 28$"):
+    data.make_splits(cfg, seed=0)
+  assert not data_dir.exists()
+  cfg.clothing1m_holdout_extra = 3
+  with pytest.raises(errors.ConfigError, match="2 image file.*skip_bad_images=True") as e:
+    data.make_splits(cfg, seed=0)
+  msg = str(e.value)
+  assert "\n" not in msg and truncated in msg and str(garbage) in msg and "truncated" in msg
+  assert not (data_dir / "clothing1m" / "1.0.0").exists()
+
+  cfg.skip_bad_images = True
+  s = data.make_splits(cfg, seed=0)
+  assert (len(s.train), len(s.val), len(s.test)) == (33, 6, 5)
+  np.testing.assert_array_equal(s.test.y, [clean_kv[k] for k in keys["clean_test"][1:]])
+  np.testing.assert_array_equal(s.train.y[14:], [noisy_kv[k] for i, k in enumerate(
+      keys["noisy_train"]) if i != 3])
+  assert s.test.x[:].shape == (5, 224, 224, 3) and s.train.x[-1:].shape[0] == 1
+  listed = (data_dir / "clothing1m" / "1.0.0" / "skipped_images.txt").read_text().splitlines()
+  assert sorted(line.split("\t")[:2] for line in listed) == sorted(
+      [["clean_test", str(garbage)], ["noisy_train", truncated]])
+  assert clothing1m.split_sizes(cfg)["noisy_train"] == 19    # the prepared, skipped count
+
+
+def test_embedded_holdout_per_class_says_largest_value():
+  from reducr_jax import errors
+  cfg = ml_collections.ConfigDict(dict(
+      name="digits", fractions=(0.5, 0.2, 0.1, 0.2), imbalance_class=-1,
+      imbalance_fraction=1.0, label_noise=0.0, holdout_per_class=1000))
+  with pytest.raises(errors.ConfigError, match=r"the largest value that works is (\d+) ") as e:
+    data.make_splits(cfg, seed=0)
+  largest = int(e.value.args[0].split("works is ")[1].split()[0])
+  cfg.holdout_per_class = largest
+  assert len(data.make_splits(cfg, seed=0).holdout) == largest * 10

@@ -147,6 +147,24 @@ def builder(cfg):
                                               DOWNLOAD_HINT)
 
 
+def split_sizes(cfg) -> dict[str, int] | None:
+  """Rows of every split, known without preparing anything: the prepared builder's stored
+  labels, else the line counts of the key lists in ``manual_dir`` (each cut to
+  ``config.dataset.max_examples``); ``None`` when neither exists. Preparation with
+  ``skip_bad_images`` may leave fewer rows than the key lists name."""
+  b = builder_class()(data_dir=tfds_loading.data_dir(cfg))
+  cap = int(cfg.get("max_examples", -1))
+  if b.is_prepared():
+    sizes = {s: len(tfds_loading.metadata_labels(b, s)) for s in SPLITS}
+  else:
+    manual = tfds_loading.manual_dir(cfg, NAME)
+    if missing(manual):
+      return None
+    ann = _annotation_dir(manual)
+    sizes = {s: len(_read_lines(os.path.join(ann, _key_list_file(s)))) for s in SPLITS}
+  return {s: n if cap < 0 else min(cap, n) for s, n in sizes.items()}
+
+
 def load(cfg) -> dict[str, tuple[random_access.LazyArray, np.ndarray]]:
   """Every builder split as ``(x LazyArray uint8 [n, 224, 224, 3], y int32 [n])``.
 

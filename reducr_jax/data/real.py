@@ -56,6 +56,7 @@ import ml_collections
 import numpy as np
 
 from reducr_jax import checks
+from reducr_jax import errors
 from reducr_jax.data import corruption
 from reducr_jax.data import random_access
 from reducr_jax.data import split_types
@@ -269,8 +270,21 @@ def _cinic10(cfg) -> dict:
   return {"train": part("train"), "holdout": valid, "val": valid, "test": part("test")}
 
 
+def _check_holdout_extra(cfg, outside_clean_val: int) -> None:
+  extra = int(_get(cfg, "clothing1m_holdout_extra"))
+  if extra > outside_clean_val:
+    cap = f", each split cut to max_examples={_cap(cfg)}" if _cap(cfg) >= 0 else ""
+    raise errors.ConfigError(
+        f"config.dataset.clothing1m_holdout_extra={extra} exceeds the {outside_clean_val} "
+        f"pool images outside clean_val (clean_train + noisy_train{cap}); the largest "
+        f"value that works is {outside_clean_val}")
+
+
 def _clothing1m(cfg, rng: np.random.Generator) -> dict:
   from reducr_jax.data import clothing1m  # pylint: disable=g-import-not-at-top
+  sizes = clothing1m.split_sizes(cfg)     # before preparing 1M images: from the key lists
+  if sizes is not None:
+    _check_holdout_extra(cfg, sizes["clean_train"] + sizes["noisy_train"])
   src = clothing1m.load(cfg)
   offsets = dict(zip(clothing1m.SPLITS, np.cumsum(
       [0] + [len(src[s][1]) for s in clothing1m.SPLITS[:-1]])))
@@ -287,9 +301,7 @@ def _clothing1m(cfg, rng: np.random.Generator) -> dict:
   n_ct, n_cv = len(pool[0][1]), len(pool[1][1])
   candidates = np.concatenate([np.arange(n_ct), np.arange(n_ct + n_cv, len(pool_y))])
   extra = int(_get(cfg, "clothing1m_holdout_extra"))
-  if extra > candidates.size:
-    raise ValueError(f"config.dataset.clothing1m_holdout_extra={extra} exceeds the "
-                     f"{candidates.size} pool images outside clean_val")
+  _check_holdout_extra(cfg, candidates.size)   # again: skip_bad_images may have cut some
   picked = np.sort(rng.choice(candidates, size=extra, replace=False))
   holdout = (random_access.concatenate([val[0], pool_x.take(picked)]),
              np.concatenate([val[1], pool_y[picked]]),
@@ -427,8 +439,8 @@ def make_real_splits(dataset_config: ml_collections.ConfigDict, seed: int):
       parts[name] = (random_access.take(x, rows), y[rows], index[rows])
   for name in _SPLIT_NAMES:
     if len(parts[name][1]) == 0:
-      raise ValueError(f"the {name} split of {cfg.name!r} is empty; raise "
-                       f"config.dataset.max_examples (now {_cap(cfg)})")
+      raise errors.ConfigError(f"the {name} split of {cfg.name!r} is empty; raise "
+                               f"config.dataset.max_examples (now {_cap(cfg)})")
 
   built = {}
   for name in _SPLIT_NAMES:

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from reducr_jax import checks
+from reducr_jax import errors
 from reducr_jax.data import corruption
 from reducr_jax.data import embedded
 from reducr_jax.data import real
@@ -153,13 +154,18 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
   if per_class > 0:                   # a small, balanced, clean holdout (Ren et al.)
     rows = parts["holdout"]
     picked = [rows[y[rows] == c][:per_class] for c in range(k)]
-    if min(len(p) for p in picked) < per_class:
-      raise ValueError(f"config.dataset.holdout_per_class={per_class} exceeds the holdout "
-                       f"examples of some class; raise config.dataset.fractions[1]")
+    fewest = min(range(k), key=lambda c: len(picked[c]))
+    if len(picked[fewest]) < per_class:
+      n = len(picked[fewest])
+      largest = (f"the largest value that works is {n}" if n else
+                 "no value works")
+      raise errors.ConfigError(
+          f"config.dataset.holdout_per_class={per_class} exceeds the {n} holdout examples "
+          f"of class {class_names[fewest]!r}; {largest} (or raise config.dataset.fractions[1])")
     parts["holdout"] = np.sort(np.concatenate(picked))
   for name, rows in parts.items():
     if rows.size == 0:
-      raise ValueError(f"config.dataset.fractions {tuple(cfg.fractions)!r} leave the "
+      raise errors.ConfigError(f"config.dataset.fractions {tuple(cfg.fractions)!r} leave the "
                        f"{name} split of {cfg.name!r} empty")
 
   labels = {name: (y[rows], y[rows]) for name, rows in parts.items()}
