@@ -209,4 +209,4 @@ def merge_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any]
   """:func:`reducr_jax.models.merge.merge_variables` with the BERT head
   ``classifier`` (``include_head=False`` keeps a fresh task head)."""
   return merge_lib.merge_variables(variables, pretrained, head="classifier",
-                                        include_head=include_head)
+                                   include_head=include_head)

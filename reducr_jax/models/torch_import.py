@@ -161,11 +161,24 @@ def checkpoint_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     from safetensors import safe_open  # pylint: disable=g-import-not-at-top
     with safe_open(path, framework="numpy") as f:
       return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-  import torch  # pylint: disable=g-import-not-at-top
+  state = _torch_state_dict(path, mmap=True)
+  return {str(k): tuple(getattr(v, "shape", ())) for k, v in state.items()}
+
+
+def _torch_state_dict(path: str, mmap: bool = False) -> Mapping[str, Any]:
+  """The state dict of a ``.pth``/``.pt`` file (raw, or under ``"state_dict"``/``"model"``),
+  read with ``torch.load(weights_only=True)``, memory-mapped when ``mmap`` and possible."""
   try:
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-  except RuntimeError:  # an old (non-zip) serialisation cannot be memory-mapped
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError('reading .pth/.pt checkpoints needs torch: '
+                      'pip install "reducr_jax[torch]"') from None
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+  except RuntimeError:
+    if not mmap:
+      raise
+    state = torch.load(path, map_location="cpu", weights_only=True)  # old non-zip format
   if isinstance(state, Mapping):
     for nested in ("state_dict", "model"):
       if isinstance(state.get(nested), Mapping):
@@ -174,7 +187,7 @@ def checkpoint_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
   if not isinstance(state, Mapping):
     raise ValueError(f"checkpoint {path!r} must hold a state dict (mapping of tensors), "
                      f"got {type(state).__name__}")
-  return {str(k): tuple(getattr(v, "shape", ())) for k, v in state.items()}
+  return state
 
 
 def resnet_sizes(shapes: Mapping[str, tuple[int, ...]]) -> dict:
@@ -220,20 +233,7 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
                         'pip install "reducr_jax[text]"') from None
     state = load_file(path)
   else:
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      raise ImportError('reading .pth/.pt checkpoints needs torch: '
-                        'pip install "reducr_jax[torch]"') from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping):
-      for nested in ("state_dict", "model"):
-        if isinstance(state.get(nested), Mapping):
-          state = state[nested]
-          break
-  if not isinstance(state, Mapping):
-    raise ValueError(f"checkpoint {path!r} must hold a state dict (mapping of tensors), "
-                     f"got {type(state).__name__}")
+    state = _torch_state_dict(path)
   return {str(k): _to_numpy(str(k), v) for k, v in state.items()}
 
 
@@ -242,4 +242,4 @@ def merge_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any]
   """:func:`reducr_jax.models.merge.merge_variables` with the ResNet head ``fc``
   (``include_head=False`` keeps a fresh head, e.g. 14 Clothing1M classes, not 1000)."""
   return merge_lib.merge_variables(variables, pretrained, head="fc",
-                                        include_head=include_head)
+                                   include_head=include_head)
