@@ -20,7 +20,12 @@ not by TFDS. Extracted, its root (``manual_dir``) holds
 * rows in key-list order (``disable_shuffling``): row i of a split is line i of its key
   list; features ``image``, ``label``, ``path``;
 * labels also stored in the builder's ``metadata.json``, so the 1M labels are read
-  without touching an image record.
+  without touching an image record;
+* a file that cannot be decoded (public mirrors have a few truncated JPEGs) stops the
+  preparation with one line naming every such file; with
+  ``config.dataset.skip_bad_images=True`` it is left out of its split instead (so row i
+  is then the i-th *decodable* file of the key list) and listed in
+  ``<data_dir>/clothing1m/1.0.0/skipped_images.txt``.
 
 :func:`load` returns each split's images as a lazy random-access array (decoded only for
 the rows asked for), never the pool in memory.
