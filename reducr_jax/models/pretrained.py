@@ -47,9 +47,11 @@ def hf_config_path(pretrained: str) -> str | None:
   """``config.json`` of a Hugging Face checkpoint directory (or next to its
   ``model.safetensors``), or ``None``."""
   path = os.path.expanduser(pretrained)
+  if not pretrained or not os.path.exists(path):
+    return None
   folder = path if os.path.isdir(path) else os.path.dirname(path)
   candidate = os.path.join(folder, "config.json")
-  return candidate if pretrained and os.path.isfile(candidate) else None
+  return candidate if os.path.isfile(candidate) else None
 
 
 @functools.lru_cache(maxsize=8)
@@ -89,6 +91,11 @@ def checkpoint_sizes(model_config: ml_collections.ConfigDict) -> tuple[dict, str
     return _checkpoint_sizes(name, path, os.path.getmtime(path))
   except ImportError:   # torch / safetensors missing: check_available says which, in one line
     return {}, None
+  except ValueError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # unreadable: one line, not a traceback
+    raise ValueError(f"config.model.pretrained: cannot read {path}: "
+                     f"{type(e).__name__}: {e}".replace("\n", " ")) from None
 
 
 def resolve_sizes(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
