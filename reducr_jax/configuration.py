@@ -14,8 +14,8 @@ import ml_collections
 
 from reducr_jax import data
 from reducr_jax import models
-from reducr_jax.errors import ConfigError  # noqa: F401  (defined in a leaf module, re-exported)
 from reducr_jax.data import augment
+from reducr_jax.errors import ConfigError  # noqa: F401  (defined in a leaf module, re-exported)
 from reducr_jax.models import pretrained as model_pretrained
 
 METHODS = ("reducr", "rho_loss", "train_loss", "uniform")
