@@ -21,6 +21,8 @@ Weights: torchvision's ImageNet ResNet-18 (``ResNet18_Weights.IMAGENET1K_V1``, f
 
 import os
 
+from ml_collections import config_dict
+
 from reducr_jax import configuration
 from reducr_jax.data import real
 
@@ -31,6 +33,10 @@ def get_config():
   config.dataset.augment = "flip"                  # images are already resized + centre-cropped
   config.dataset.clothing1m_holdout_extra = 100_000  # pool points added to the holdout (paper)
   config.model.stem = "imagenet"                   # torchvision ResNet-18 (7×7 stem + max-pool)
+  # None = from the checkpoint's state dict (conv1 channels, blocks per layer), ResNet-18's
+  # 64 / (2, 2, 2, 2) without one; an explicit value must agree with the checkpoint.
+  config.model.width = config_dict.placeholder(int)
+  config.model.stage_sizes = config_dict.placeholder(tuple)
   config.model.mean = ()                           # ImageNet statistics (the stem's default)
   config.model.std = ()
   config.model.pretrained = os.path.expanduser(

@@ -1,15 +1,20 @@
 """REDUCR on MNLI (paper Table 1: worst-class test accuracy 79.45 %), bert-base-uncased.
 
-Data (TFDS ``glue/mnli``; paper App. A.5, after Sagawa et al. 2020): the labelled train,
+Data (paper App. A.5, after Sagawa et al. 2020): the GLUE release's ``MNLI/train.tsv``,
+``dev_matched.tsv``, ``dev_mismatched.tsv`` in ``config.dataset.manual_dir`` (the ``MNLI``
+folder or its parent), or else TFDS ``glue/mnli`` (``config.dataset.glue_source``: 'auto'
+takes the TSV files when they are there; 'tsv' / 'tfds' force one). The labelled train,
 validation_matched and validation_mismatched pairs (412k) are split by the seed into train
 (206k), holdout = validation (164k) and test (41k). Text is tokenised with the local
 ``bert-base-uncased`` tokenizer (``config.dataset.tokenizer``: a directory with
 ``vocab.txt`` or ``tokenizer.json``) to 128 tokens.
 
-Weights: a local ``bert-base-uncased`` directory with ``model.safetensors``
-(huggingface.co/bert-base-uncased), used for both the tokenizer and the encoder.
+Weights: a local Hugging Face BERT directory (``config.json``, ``model.safetensors``,
+``vocab.txt``; e.g. huggingface.co/bert-base-uncased), used for both the tokenizer and the
+encoder; the model's sizes come from its ``config.json``.
 
   python -m reducr_jax.main --config=configs/mnli.py --workdir=/tmp/reducr_mnli \\
+      --config.dataset.manual_dir=/data/glue_data \\
       --config.model.pretrained=/data/bert-base-uncased \\
       --config.dataset.tokenizer=/data/bert-base-uncased
 """
@@ -17,9 +22,11 @@ Weights: a local ``bert-base-uncased`` directory with ``model.safetensors``
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from reducr_jax import configuration
 from reducr_jax.data import real
+from reducr_jax.models import pretrained
 
 BERT_DIR = os.path.expanduser("~/bert-base-uncased")
 
@@ -31,12 +38,11 @@ def get_config(dataset: str = "mnli"):
   config.dataset.augment = "none"
   config.model = ml_collections.ConfigDict()
   config.model.name = "bert"
-  config.model.vocab_size = 30522                  # bert-base-uncased
-  config.model.hidden_size = 768
-  config.model.num_layers = 12
-  config.model.num_heads = 12
-  config.model.intermediate_size = 3072
-  config.model.max_position = 512
+  # Sizes: None = from config.model.pretrained's config.json (any BERT: small, large,
+  # distilled into the BERT layout), bert-base-uncased's when there is none. A value set
+  # here (or by --config.model.X) must agree with config.json.
+  for field in pretrained.BERT_SIZES:            # vocab_size, hidden_size, num_layers, ...
+    config.model[field] = config_dict.placeholder(int)
   config.model.dropout_rate = 0.1
   config.model.dtype = "float32"                   # 'bfloat16': mixed precision
   config.model.pretrained = BERT_DIR               # dir or model.safetensors (HF layout)

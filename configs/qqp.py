@@ -1,12 +1,14 @@
 """REDUCR on QQP (paper Table 1: worst-class test accuracy 86.61 %), bert-base-uncased.
 
-Data (TFDS ``glue/qqp``; paper App. A.5): GLUE validation (40k pairs, balance untouched)
+Data (GLUE ``QQP/train.tsv``, ``dev.tsv`` in ``config.dataset.manual_dir``, or TFDS
+``glue/qqp``, as in ``configs/mnli.py``; paper App. A.5): GLUE validation (40k pairs, balance untouched)
 is the test set; class-1 pairs are removed from GLUE train by the seed until class 1 is 22 %
 of it, and the rest is split into train and holdout (= validation). The paper's split sizes
 (148k / 67k / 40k) do not reconcile with QQP's 404k pairs; see
 :mod:`reducr_jax.data.real`. Everything else as ``configs/mnli.py``.
 
   python -m reducr_jax.main --config=configs/qqp.py --workdir=/tmp/reducr_qqp \\
+      --config.dataset.manual_dir=/data/glue_data \\
       --config.model.pretrained=/data/bert-base-uncased \\
       --config.dataset.tokenizer=/data/bert-base-uncased
 """

@@ -17,16 +17,13 @@ from reducr_jax import models
 from reducr_jax import reweighters
 from reducr_jax import selectors
 from reducr_jax.data import augment
+from reducr_jax.errors import ConfigError  # noqa: F401  (defined in a leaf module, re-exported)
 from reducr_jax.models import pretrained as model_pretrained
 
 HOLDOUT_LOSSES = ("epoch", "ema")
 EXPERT_LOSSES = ("precomputed", "online", "multihead")
 EXPERT_STRATEGIES = ("auto", "vmap", "map", "loop")
 PRUNING_STRATEGIES = ("none", "random", "el2n", "grand", "forgetting", "dyn_unc", "drop")
-
-
-class ConfigError(ValueError):
-  """A config field has a value that is not allowed; the message names the field."""
 
 
 def _one_of(name, value, allowed):

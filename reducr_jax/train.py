@@ -49,6 +49,7 @@ from reducr_jax import prune_stage
 from reducr_jax import reweighters
 from reducr_jax import selectors
 from reducr_jax import sharding
+from reducr_jax import size_checks
 from reducr_jax import train_experts
 from reducr_jax import train_state
 from reducr_jax.data import augment as augment_lib
@@ -261,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       splits = data.make_splits(config.dataset, config.seed)
     except (FileNotFoundError, ImportError) as e:   # missing data / extras: one line
       raise configuration.ConfigError(str(e)) from None
+  size_checks.check_batch_sizes(config, splits, n)   # one line, before anything trains
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
   c = splits.num_classes
   x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)

@@ -3,7 +3,11 @@
 * :func:`mock_tfds`: TFDS catalog datasets (CIFAR, GLUE) as random examples from the
   features (``tfds.testing.mock_data``);
 * :func:`write_cinic10`, :func:`write_clothing1m`: tiny releases in the official layouts;
+  :func:`truncate_file` damages one of their images;
 * :func:`write_vocab`: a 25-token WordPiece vocabulary;
+* :func:`write_glue`: MNLI / QQP as the GLUE release's TSV files;
+* :func:`write_hf_bert`: a tiny Hugging Face BERT directory (config.json, safetensors,
+  vocab.txt);
 * :func:`torch_resnet`: torchvision's ResNet/BasicBlock with the same module names
   (torchvision itself is not installable next to torch 2.13.0+cpu).
 """
@@ -95,6 +99,13 @@ def write_clothing1m(tmp_path, sizes=None):
   return manual, keys, clean_kv, noisy_kv, files
 
 
+def truncate_file(path, keep=0.8):
+  """Cuts ``path`` to ``keep`` of its bytes, as an interrupted download leaves a JPEG."""
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[:int(len(data) * keep)])
+  return str(path)
+
+
 def torch_resnet(torch, *, stem, width, num_classes, stage_sizes=(2, 2, 2, 2)):
   """torchvision's ResNet/BasicBlock, same module names (torchvision is not installable)."""
   tnn = torch.nn
@@ -162,3 +173,68 @@ def torch_resnet(torch, *, stem, width, num_classes, stage_sizes=(2, 2, 2, 2)):
         module.running_var.uniform_(0.5, 2.0)
         module.num_batches_tracked.fill_(7)
   return model.eval()
+
+
+_MNLI_COLUMNS = ("index promptID pairID genre sentence1_binary_parse sentence2_binary_parse "
+                 "sentence1_parse sentence2_parse sentence1 sentence2").split()
+_MNLI_LABELS = ("entailment", "neutral", "contradiction")
+
+
+def write_glue(root, task, splits, malformed=0):
+  """The GLUE release's ``<root>/MNLI`` or ``<root>/QQP`` TSV files → the task folder.
+
+  Args:
+    splits: ``{TFDS split name: [(first, second, label int), ...]}`` in the order TFDS
+      would hold them: records are placed so that reading in TFDS order (md5 of the split
+      name + record number) gives exactly these rows.
+    malformed: per file, this many extra records that lack columns (QQP) or have an
+      empty gold label (MNLI); they must be skipped.
+  """
+  from reducr_jax.data import glue_tsv
+  folder, files, *_ = glue_tsv.TASKS[task]
+  out = root / folder
+  os.makedirs(out, exist_ok=True)
+  for split, rows in splits.items():
+    n = len(rows) + malformed
+    bad = set(range(1, 2 * malformed, 2)) if malformed else set()
+    good = [int(r) for r in glue_tsv.tfds_order(split, n) if r not in bad]
+    placed = dict(zip(good, rows))
+    dev = split != "train"
+    if task == "mnli":
+      header = _MNLI_COLUMNS + ["label1"] + (["label2", "label3", "label4", "label5"]
+                                             if dev else []) + ["gold_label"]
+    else:
+      header = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
+    lines = ["\t".join(header)]
+    for r in range(n):
+      if task == "mnli":
+        a, b, y = placed.get(r, ("a broken", "row", None))
+        gold = _MNLI_LABELS[y] if y is not None else ""
+        cells = [str(r), str(100 + r), f"{100 + r}e", "fiction", f"( {a} )", f"( {b} )",
+                 f"(ROOT {a})", f"(ROOT {b})", a, b] + [gold or "neutral"] * (
+                     5 if dev else 1) + [gold]
+      elif r in placed:
+        a, b, y = placed[r]
+        cells = [str(r), str(2 * r), str(2 * r + 1), a, b, str(y)]
+      else:                                # a question cut by a line break: 4 columns
+        cells = [str(r), str(2 * r), str(2 * r + 1), "How do I"]
+      lines.append("\t".join(cells))
+    (out / files[split]).write_text("\n".join(lines) + "\n", encoding="utf-8")
+  return out
+
+
+def write_hf_bert(path, *, vocab, hidden=32, layers=2, heads=2, intermediate=64,
+                  max_position=64, num_labels=3, seed=0):
+  """A Hugging Face BERT directory as ``save_pretrained`` writes it (``config.json`` +
+  ``model.safetensors``) plus ``vocab.txt`` → its path. Written by ``transformers``."""
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  words = [w for w in open(vocab, encoding="utf-8").read().split("\n") if w]
+  torch.manual_seed(seed)
+  model = transformers.BertForSequenceClassification(transformers.BertConfig(
+      vocab_size=len(words), hidden_size=hidden, num_hidden_layers=layers,
+      num_attention_heads=heads, intermediate_size=intermediate,
+      max_position_embeddings=max_position, num_labels=num_labels))
+  model.save_pretrained(path, safe_serialization=True)
+  (path / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+  return path

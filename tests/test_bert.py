@@ -219,3 +219,33 @@ def test_import_key_variants(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="no model.safetensors"):
     bert_import.load_hf_checkpoint(str(tmp_path / "empty"))
+
+
+def test_sizes_from_config_json(tmp_path):
+  """config.model size fields left None come from the checkpoint's config.json (else
+  bert-base); an explicit one that contradicts it is one line naming both values."""
+  import json
+  import ml_collections
+  from reducr_jax import models
+  from reducr_jax.models import pretrained
+  hf = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 40,
+        "type_vocab_size": 1, "model_type": "bert"}
+  (tmp_path / "config.json").write_text(json.dumps(hf))
+  cfg = ml_collections.ConfigDict({"name": "bert", "pretrained": str(tmp_path),
+                                   "dropout_rate": 0.1, "num_heads": 4,
+                                   **{f: None for f in pretrained.BERT_SIZES if f != "num_heads"}})
+  got = pretrained.resolve_sizes(cfg)
+  assert [got[f] for f in pretrained.BERT_SIZES] == [100, 32, 2, 4, 64, 40, 1]
+  assert models.create_model(cfg, 3).type_vocab_size == 1
+  cfg.hidden_size = 768
+  with pytest.raises(ValueError) as e:
+    models.validate_model_config(cfg)
+  assert str(e.value).startswith("config.model.hidden_size=768 contradicts 32 in the "
+                                 f"checkpoint {tmp_path / 'config.json'}") and "\n" not in str(e.value)
+  cfg.pretrained = str(tmp_path / "elsewhere")              # no config.json: bert-base
+  assert pretrained.resolve_sizes(cfg).num_layers == 12
+  (tmp_path / "config.json").write_text(json.dumps({"model_type": "distilbert", "dim": 768}))
+  cfg.pretrained, cfg.hidden_size = str(tmp_path), None
+  with pytest.raises(ValueError, match="not a BERT config.json .*'distilbert'"):
+    models.validate_model_config(cfg)

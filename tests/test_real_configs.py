@@ -2,8 +2,9 @@
 
 The configs are loaded as users load them (``configs/<name>.py``) and only shrunk by
 overrides (tiny models, batch sizes, step counts); data comes from ``tests/fakes.py``
-(mocked TFDS catalog sets, fake CINIC-10 / Clothing1M releases, a tiny vocabulary), and
-the pretrained-weight paths point at tiny torch / safetensors checkpoints written here.
+(mocked TFDS catalog sets, fake CINIC-10 / Clothing1M / GLUE releases, a tiny vocabulary),
+and the pretrained-weight paths point at tiny torch checkpoints / Hugging Face directories
+written here; the models' sizes come from those checkpoints.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ _SHRINK = {
     "experts.num_steps": 2, "experts.batch_size": 8, "experts.eval_every": 2,
     "eval_every": 2, "eval_batch_size": 32, "log_every": 1, "checkpoint_every": 2,
 }
-_TINY_BERT = {"model.vocab_size": 25, "model.hidden_size": 16, "model.num_layers": 1,
-              "model.num_heads": 2, "model.intermediate_size": 32, "model.max_position": 32}
 
 
 def _config(name, tmp_path, **overrides):
@@ -71,38 +70,65 @@ def test_cinic10_config_runs_in_bfloat16(tmp_path):
 
 def test_clothing1m_config_runs_from_a_torchvision_checkpoint(tmp_path):
   torch = pytest.importorskip("torch")
-  manual, *_ = fakes.write_clothing1m(tmp_path)
   source = fakes.torch_resnet(torch, stem="imagenet", width=4, num_classes=1000,
                               stage_sizes=(1, 1))
   ckpt = tmp_path / "resnet18-tiny.pth"
   torch.save(source.state_dict(), ckpt)
+  # A truncated JPEG (as public mirrors have): a one-line error naming it, nothing prepared.
+  manual, keys, *_ = fakes.write_clothing1m(tmp_path)
+  bad = fakes.truncate_file(manual / keys["noisy_train"][3])
+  # width and stage_sizes come from the checkpoint (config: None), not from overrides.
   config = _config("clothing1m", tmp_path, **{
-      "model.width": 4, "model.stage_sizes": (1, 1), "model.pretrained": str(ckpt), "dataset.manual_dir": str(manual),
+      "model.pretrained": str(ckpt), "dataset.manual_dir": str(manual),
       "dataset.clothing1m_holdout_extra": 5})
+  with pytest.raises(configuration.ConfigError, match="skip_bad_images") as e:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert bad in str(e.value) and "truncated" in str(e.value) and "\n" not in str(e.value)
+  assert not os.path.exists(tmp_path / "tfds" / "clothing1m" / "1.0.0")
+  config.dataset.skip_bad_images = True           # leave it out and run
   results = _run(config, tmp_path / "run")
   assert results["class_names"][0] == "T-Shirt"
+  with pytest.raises(configuration.ConfigError,
+                     match=r"config.model.stage_sizes=\(2, 2\) contradicts \(1, 1\)"):
+    train.train_and_evaluate(configuration.with_overrides(config, {"model.stage_sizes": (2, 2)}),
+                             str(tmp_path / "run2"))
+
+
+def _glue_rows(rng, n, num_classes):
+  word = lambda: "".join(rng.choice(list("abcdefghij"), rng.integers(1, 4)))
+  sentence = lambda: " ".join(word() for _ in range(rng.integers(2, 6)))
+  return [(sentence(), sentence(), int(rng.integers(num_classes))) for _ in range(n)]
 
 
 @pytest.mark.parametrize("name", ["mnli", "qqp"])
-def test_text_configs_run(name, tmp_path):
+def test_text_configs_run_from_glue_tsv_and_a_bert_directory(name, tmp_path):
+  """The GLUE release's TSV files and a tiny BERT given only as a Hugging Face directory
+  (config.json + model.safetensors + vocab.txt): the model's sizes come from config.json."""
   pytest.importorskip("tokenizers")
-  vocab = fakes.write_vocab(tmp_path)
-  overrides = {**_TINY_BERT, "dataset.tokenizer": vocab, "dataset.max_length": 16,
-               "dataset.download": True, "model.pretrained": ""}
-  if name == "mnli":                   # import a tiny Hugging Face checkpoint
-    transformers = pytest.importorskip("transformers")
-    hf = transformers.BertForSequenceClassification(transformers.BertConfig(
-        vocab_size=25, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=32, num_labels=3))
-    hf.save_pretrained(tmp_path / "bert", safe_serialization=True)
-    overrides["model.pretrained"] = str(tmp_path / "bert")
-    overrides["experts.losses"] = "online"           # 3 BERT experts evaluated every step
-  else:
-    overrides["experts.losses"] = "multihead"
-  _, mock = fakes.mock_tfds(40)
-  with mock:
-    results = _run(_config(name, tmp_path, **overrides), tmp_path / "run")
-  assert len(results["class_names"]) == (3 if name == "mnli" else 2)
+  rng = np.random.default_rng(0)
+  bert = fakes.write_hf_bert(tmp_path / "bert", vocab=fakes.write_vocab(tmp_path),
+                             hidden=16, layers=1, heads=2, intermediate=32, max_position=32,
+                             num_labels=3 if name == "mnli" else 2)
+  k = 3 if name == "mnli" else 2
+  splits = ({"train": _glue_rows(rng, 48, k), "validation_matched": _glue_rows(rng, 12, k),
+             "validation_mismatched": _glue_rows(rng, 12, k)} if name == "mnli" else
+            {"train": _glue_rows(rng, 80, k), "validation": _glue_rows(rng, 20, k)})
+  fakes.write_glue(tmp_path / "glue_data", name, splits, malformed=1)
+  overrides = {"dataset.tokenizer": str(bert), "dataset.max_length": 16,
+               "dataset.manual_dir": str(tmp_path / "glue_data"),
+               "model.pretrained": str(bert),
+               # MNLI: 3 BERT experts evaluated every step; QQP: one multi-head model.
+               "experts.losses": "online" if name == "mnli" else "multihead"}
+  config = _config(name, tmp_path, **overrides)
+  assert config.model.hidden_size is None           # no size override anywhere
+  results = _run(config, tmp_path / "run")
+  assert len(results["class_names"]) == k
+  # An explicit size that contradicts config.json is a one-line error naming both.
+  config = _config(name, tmp_path, **overrides, **{"model.num_layers": 12})
+  with pytest.raises(configuration.ConfigError,
+                     match=r"config.model.num_layers=12 contradicts 1 .*config.json") as e:
+    train.train_and_evaluate(config, str(tmp_path / "run2"))
+  assert "\n" not in str(e.value) and not os.path.exists(tmp_path / "run2" / "checkpoints")
 
 
 def test_missing_data_is_a_one_line_config_error(tmp_path):

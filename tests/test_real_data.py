@@ -333,3 +333,112 @@ def test_clothing1m_protocol_and_lazy_pool(tmp_path):
   capped = data.make_splits(_cfg("clothing1m", data_dir=str(tmp_path / "data"),
                                  clothing1m_holdout_extra=2, max_examples=4), seed=0)
   assert (len(capped.train), len(capped.holdout), len(capped.test)) == (12, 6, 4)
+
+
+# --------------------------------------------------------------------------- GLUE TSV
+
+
+@pytest.mark.parametrize("task", ["mnli", "qqp"])
+def test_glue_tsv_and_tfds_give_the_same_splits(task, tmp_path):
+  """The GLUE release's TSV files (with malformed rows) and TFDS glue/<task> holding the
+  same examples give identical token arrays, labels and indices."""
+  pytest.importorskip("tokenizers")
+  tfds, mock = fakes.mock_tfds(40)
+  vocab = fakes.write_vocab(tmp_path)
+  splits = (("train", "validation_matched", "validation_mismatched") if task == "mnli"
+            else ("train", "validation"))
+  keys = ("premise", "hypothesis") if task == "mnli" else ("question1", "question2")
+  common = dict(tokenizer=vocab, max_length=12, manual_dir=str(tmp_path / "glue_data"))
+  with mock:
+    b = tfds.builder(f"glue/{task}")
+    rows = {s: [(e[keys[0]].decode(), e[keys[1]].decode(), int(e["label"]))
+                for e in tfds.as_numpy(b.as_dataset(split=s))] for s in splits}
+    from_tfds = data.make_splits(_cfg(task, download=True, glue_source="tfds", **common), 4)
+  folder = fakes.write_glue(tmp_path / "glue_data", task, rows, malformed=2)
+  for manual in (tmp_path / "glue_data", folder):      # the parent or the task folder
+    common["manual_dir"] = str(manual)
+    from_tsv = data.make_splits(_cfg(task, glue_source="auto", **common), 4)
+    for name in data.SPLIT_NAMES:
+      a, b = getattr(from_tfds, name), getattr(from_tsv, name)
+      np.testing.assert_array_equal(a.x, b.x)
+      np.testing.assert_array_equal(a.y, b.y)
+      np.testing.assert_array_equal(a.index, b.index)
+  assert len(from_tsv.train) > 10 and from_tsv.train.x.shape[1:] == (2, 12)
+
+
+def test_glue_tsv_parsing(tmp_path):
+  from reducr_jax.data import glue_tsv
+  pytest.importorskip("tensorflow_datasets")
+  from tensorflow_datasets.core import hashing
+  hasher = hashing.Hasher("validation")                # TFDS's own shuffling order
+  np.testing.assert_array_equal(glue_tsv.tfds_order("validation", 50),
+                                sorted(range(50), key=hasher.hash_key))
+  rows = [('He said "hi', "it's 'fine'\""), ("a", "b"), ("c", "d")]
+  folder = fakes.write_glue(tmp_path, "mnli", {
+      "train": [(a, b, y) for (a, b), y in zip(rows, (2, 0, 1))],
+      "validation_matched": [("x", "y", 1)], "validation_mismatched": [("z", "w", 0)]},
+                            malformed=1)
+  first, second, y, index, n = glue_tsv.read_split(str(folder), "mnli", "train")
+  assert sorted(zip(first, second, y.tolist())) == sorted(
+      [(a, b, l) for (a, b), l in zip(rows, (2, 0, 1))])     # quotes kept verbatim
+  assert n == 3 and index.tolist() == [0, 1, 2]
+  qqp = fakes.write_glue(tmp_path, "qqp", {"train": [("q1", "q2", 1)] * 4,
+                                           "validation": [("q", "r", 0)]}, malformed=3)
+  first, _, y, _, n = glue_tsv.read_split(str(qqp), "qqp", "train", max_examples=2)
+  assert n == 2 and y.tolist() == [1, 1] and first == ["q1", "q1"]
+  assert glue_tsv.task_dir(str(tmp_path), "qqp") == str(qqp)
+  assert glue_tsv.task_dir(str(qqp), "qqp") == str(qqp)
+  assert glue_tsv.task_dir(str(tmp_path / "nowhere"), "qqp") is None
+  with pytest.raises(FileNotFoundError, match="glue_source='tsv'.*QQP") as e:
+    data.make_splits(_cfg("qqp", tokenizer=fakes.write_vocab(tmp_path), glue_source="tsv",
+                          manual_dir=str(tmp_path / "nowhere")), 0)
+  assert "\n" not in str(e.value)
+
+
+def test_clothing1m_bad_images_named_or_skipped(tmp_path):
+  """Every undecodable file is named in one line (nothing prepared); skip_bad_images
+  leaves them out of their splits and labels and lists them in the prepared directory."""
+  pytest.importorskip("tensorflow_datasets")
+  from reducr_jax import errors
+  from reducr_jax.data import clothing1m
+  manual, keys, clean_kv, noisy_kv, _ = fakes.write_clothing1m(tmp_path)
+  truncated = fakes.truncate_file(manual / keys["noisy_train"][3])
+  garbage = manual / keys["clean_test"][0]
+  garbage.write_text("not a JPEG")
+  data_dir = tmp_path / "data"
+  cfg = _cfg("clothing1m", data_dir=str(data_dir), manual_dir=str(manual),
+             clothing1m_holdout_extra=29)
+  # A holdout larger than the pool fails from the key lists, before preparing anything.
+  with pytest.raises(errors.ConfigError, match="the largest value that works is 28$"):
+    data.make_splits(cfg, seed=0)
+  assert not data_dir.exists()
+  cfg.clothing1m_holdout_extra = 3
+  with pytest.raises(errors.ConfigError, match="2 image file.*skip_bad_images=True") as e:
+    data.make_splits(cfg, seed=0)
+  msg = str(e.value)
+  assert "\n" not in msg and truncated in msg and str(garbage) in msg and "truncated" in msg
+  assert not (data_dir / "clothing1m" / "1.0.0").exists()
+
+  cfg.skip_bad_images = True
+  s = data.make_splits(cfg, seed=0)
+  assert (len(s.train), len(s.val), len(s.test)) == (33, 6, 5)
+  np.testing.assert_array_equal(s.test.y, [clean_kv[k] for k in keys["clean_test"][1:]])
+  np.testing.assert_array_equal(s.train.y[14:], [noisy_kv[k] for i, k in enumerate(
+      keys["noisy_train"]) if i != 3])
+  assert s.test.x[:].shape == (5, 224, 224, 3) and s.train.x[-1:].shape[0] == 1
+  listed = (data_dir / "clothing1m" / "1.0.0" / "skipped_images.txt").read_text().splitlines()
+  assert sorted(line.split("\t")[:2] for line in listed) == sorted(
+      [["clean_test", str(garbage)], ["noisy_train", truncated]])
+  assert clothing1m.split_sizes(cfg)["noisy_train"] == 19    # the prepared, skipped count
+
+
+def test_embedded_holdout_per_class_says_largest_value():
+  from reducr_jax import errors
+  cfg = ml_collections.ConfigDict(dict(
+      name="digits", fractions=(0.5, 0.2, 0.1, 0.2), imbalance_class=-1,
+      imbalance_fraction=1.0, label_noise=0.0, holdout_per_class=1000))
+  with pytest.raises(errors.ConfigError, match=r"the largest value that works is (\d+) ") as e:
+    data.make_splits(cfg, seed=0)
+  largest = int(e.value.args[0].split("works is ")[1].split()[0])
+  cfg.holdout_per_class = largest
+  assert len(data.make_splits(cfg, seed=0).holdout) == largest * 10

@@ -20,7 +20,12 @@ not by TFDS. Extracted, its root (``manual_dir``) holds
 * rows in key-list order (``disable_shuffling``): row i of a split is line i of its key
   list; features ``image``, ``label``, ``path``;
 * labels also stored in the builder's ``metadata.json``, so the 1M labels are read
-  without touching an image record.
+  without touching an image record;
+* a file that cannot be decoded (public mirrors have a few truncated JPEGs) stops the
+  preparation with one line naming every such file; with
+  ``config.dataset.skip_bad_images=True`` it is left out of its split instead (so row i
+  is then the i-th *decodable* file of the key list) and listed in
+  ``<data_dir>/clothing1m/1.0.0/skipped_images.txt``.
 
 :func:`load` returns each split's images as a lazy random-access array (decoded only for
 the rows asked for), never the pool in memory.
@@ -145,6 +150,24 @@ def builder(cfg):
   """
   return tfds_loading.prepared_manual_builder(cfg, NAME, builder_class(), missing,
                                               DOWNLOAD_HINT)
+
+
+def split_sizes(cfg) -> dict[str, int] | None:
+  """Rows of every split, known without preparing anything: the prepared builder's stored
+  labels, else the line counts of the key lists in ``manual_dir`` (each cut to
+  ``config.dataset.max_examples``); ``None`` when neither exists. Preparation with
+  ``skip_bad_images`` may leave fewer rows than the key lists name."""
+  b = builder_class()(data_dir=tfds_loading.data_dir(cfg))
+  cap = int(cfg.get("max_examples", -1))
+  if b.is_prepared():
+    sizes = {s: len(tfds_loading.metadata_labels(b, s)) for s in SPLITS}
+  else:
+    manual = tfds_loading.manual_dir(cfg, NAME)
+    if missing(manual):
+      return None
+    ann = _annotation_dir(manual)
+    sizes = {s: len(_read_lines(os.path.join(ann, _key_list_file(s)))) for s in SPLITS}
+  return {s: n if cap < 0 else min(cap, n) for s, n in sizes.items()}
 
 
 def load(cfg) -> dict[str, tuple[random_access.LazyArray, np.ndarray]]:

@@ -18,12 +18,13 @@ loss (the paper's "validation" set), ``val`` picks checkpoints, ``test`` reports
   clean_test. Images are lazy (``random_access.LazyArray``): the pool is never in memory.
   ``index``: row in the concatenation clean_train ‖ clean_val ‖ clean_test ‖ noisy_train
   of the builder splits (each cut to ``max_examples``), so one image has one index.
-* ``mnli`` (TFDS ``glue/mnli``): pool = train ∪ validation_matched ∪ validation_mismatched
+* ``mnli`` (GLUE ``MNLI/*.tsv`` in ``manual_dir`` or TFDS ``glue/mnli``, chosen by
+  ``glue_source``, see :func:`glue_reader`; the same rows either way): pool = train ∪ validation_matched ∪ validation_mismatched
   (labelled rows; 392,702 + 9,815 + 9,832 = 412,349), a seeded random split by
   ``text_fractions`` (0.5, 0.4, 0.1) into train / holdout (= val) / test:
   206,175 / 164,939 / 41,235 (paper: 206k / 164k / 41k).
   ``index``: row in the concatenation train ‖ validation_matched ‖ validation_mismatched.
-* ``qqp`` (TFDS ``glue/qqp``): test = GLUE validation (40,430 pairs, class balance
+* ``qqp`` (GLUE ``QQP/*.tsv`` or TFDS ``glue/qqp``, as MNLI): test = GLUE validation (40,430 pairs, class balance
   untouched); pool = GLUE train (363,846 pairs, ~37 % class 1) with class-1 pairs removed
   by the seed until class 1 is ``qqp_class1_fraction`` (0.22) of it (~294k pairs: ~229k
   class 0 + ~65k class 1), then split randomly into train / holdout (= val) by
@@ -55,8 +56,10 @@ import ml_collections
 import numpy as np
 
 from reducr_jax import checks
+from reducr_jax import errors
 from reducr_jax.data import corruption
 from reducr_jax.data import random_access
+from reducr_jax.data import split_types
 
 REAL_DATASETS = ("cifar10", "cifar100", "cinic10", "clothing1m", "mnli", "qqp")
 TEXT_DATASETS = ("mnli", "qqp")
@@ -107,7 +110,10 @@ DEFAULTS: dict[str, object] = {
     "tokenizer": "",                 # MNLI/QQP: bert-base-uncased dir, vocab.txt or tokenizer.json
     "max_length": 128,
     "max_examples": -1,              # -1 = all; else first n rows of each source split
+    "glue_source": "auto",           # MNLI/QQP: 'tsv' (GLUE files), 'tfds', 'auto' (see below)
+    "skip_bad_images": False,        # CINIC-10/Clothing1M preparation: skip undecodable files
 }
+GLUE_SOURCES = ("auto", "tsv", "tfds")
 _SPLIT_NAMES = ("train", "holdout", "val", "test")
 _MAX_BERT_LENGTH = 512
 
@@ -184,6 +190,12 @@ def validate_real_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   if not checks.is_int(cap) or not (cap == -1 or cap >= 1):
     raise ValueError(f"config.dataset.max_examples must be -1 (all) or an int >= 1, "
                      f"got {cap!r}")
+  if _get(cfg, "glue_source") not in GLUE_SOURCES:
+    raise ValueError(f"config.dataset.glue_source must be one of {list(GLUE_SOURCES)}, "
+                     f"got {_get(cfg, 'glue_source')!r}")
+  if not isinstance(_get(cfg, "skip_bad_images"), bool):
+    raise ValueError(f"config.dataset.skip_bad_images must be True or False, "
+                     f"got {_get(cfg, 'skip_bad_images')!r}")
   if tuple(cfg.get("classes", ())):
     raise ValueError(f"config.dataset.classes must be () for {name!r} (class subsets are "
                      f"only supported for the embedded datasets), got {tuple(cfg.classes)!r}")
@@ -223,8 +235,7 @@ def _cut(n: int, fractions, rng: np.random.Generator) -> list[np.ndarray]:
 
 def _stratified_cut(y: np.ndarray, fractions, rng: np.random.Generator) -> list[np.ndarray]:
   """Row indices of each part: every class cut in ``fractions`` (cumulative rounding)."""
-  from reducr_jax.data import splits  # pylint: disable=g-import-not-at-top
-  return splits._stratified_parts(y, fractions, rng)  # pylint: disable=protected-access
+  return split_types.stratified_parts(y, fractions, rng)
 
 
 def _cap(cfg) -> int:
@@ -259,8 +270,21 @@ def _cinic10(cfg) -> dict:
   return {"train": part("train"), "holdout": valid, "val": valid, "test": part("test")}
 
 
+def _check_holdout_extra(cfg, outside_clean_val: int) -> None:
+  extra = int(_get(cfg, "clothing1m_holdout_extra"))
+  if extra > outside_clean_val:
+    cap = f", each split cut to max_examples={_cap(cfg)}" if _cap(cfg) >= 0 else ""
+    raise errors.ConfigError(
+        f"config.dataset.clothing1m_holdout_extra={extra} exceeds the {outside_clean_val} "
+        f"pool images outside clean_val (clean_train + noisy_train{cap}); the largest "
+        f"value that works is {outside_clean_val}")
+
+
 def _clothing1m(cfg, rng: np.random.Generator) -> dict:
   from reducr_jax.data import clothing1m  # pylint: disable=g-import-not-at-top
+  sizes = clothing1m.split_sizes(cfg)     # before preparing 1M images: from the key lists
+  if sizes is not None:
+    _check_holdout_extra(cfg, sizes["clean_train"] + sizes["noisy_train"])
   src = clothing1m.load(cfg)
   offsets = dict(zip(clothing1m.SPLITS, np.cumsum(
       [0] + [len(src[s][1]) for s in clothing1m.SPLITS[:-1]])))
@@ -277,9 +301,7 @@ def _clothing1m(cfg, rng: np.random.Generator) -> dict:
   n_ct, n_cv = len(pool[0][1]), len(pool[1][1])
   candidates = np.concatenate([np.arange(n_ct), np.arange(n_ct + n_cv, len(pool_y))])
   extra = int(_get(cfg, "clothing1m_holdout_extra"))
-  if extra > candidates.size:
-    raise ValueError(f"config.dataset.clothing1m_holdout_extra={extra} exceeds the "
-                     f"{candidates.size} pool images outside clean_val")
+  _check_holdout_extra(cfg, candidates.size)   # again: skip_bad_images may have cut some
   picked = np.sort(rng.choice(candidates, size=extra, replace=False))
   holdout = (random_access.concatenate([val[0], pool_x.take(picked)]),
              np.concatenate([val[1], pool_y[picked]]),
@@ -299,6 +321,39 @@ def _read_text(builder, split: str, keys: tuple[str, str], cap: int):
           len(d["label"]))
 
 
+def glue_reader(cfg, task: str):
+  """``split -> _read_text(...)`` for GLUE ``task`` from the source
+  ``config.dataset.glue_source`` picks:
+
+  * ``'tsv'``: the GLUE release's TSV files in ``manual_dir`` (the task folder itself,
+    e.g. ``glue_data/MNLI``, or its parent ``glue_data``); :mod:`reducr_jax.data.glue_tsv`;
+  * ``'tfds'``: prepared TFDS ``glue/<task>`` under ``data_dir`` (or downloaded when
+    ``download``);
+  * ``'auto'`` (default): the TSV files when ``manual_dir`` holds them, else TFDS.
+
+  Both give the same rows in the same order, hence the same splits for a seed.
+  """
+  from reducr_jax.data import glue_tsv  # pylint: disable=g-import-not-at-top
+  from reducr_jax.data import tfds_loading  # pylint: disable=g-import-not-at-top
+  source, cap = _get(cfg, "glue_source"), _cap(cfg)
+  root = os.path.expanduser(_get(cfg, "manual_dir") or os.path.join(
+      tfds_loading.data_dir(cfg), "downloads", "manual"))
+  directory = glue_tsv.task_dir(root, task) if source != "tfds" else None
+  if source == "tsv" and directory is None:
+    raise FileNotFoundError(
+        f"{task}: config.dataset.glue_source='tsv' but {root!r} holds no "
+        f"{glue_tsv.expected_files(task)} (nor does {root!r} itself); point "
+        f"config.dataset.manual_dir at the extracted GLUE folder (or its {task.upper()} "
+        f"folder), or set config.dataset.glue_source='tfds'")
+  if directory is not None:
+    return lambda split: glue_tsv.read_split(directory, task, split, cap)
+  builder = tfds_loading.catalog_builder(f"glue/{task}", cfg, task, hint=(
+      f"or put the GLUE release's {glue_tsv.expected_files(task)} in "
+      f"config.dataset.manual_dir (now {root!r})"))
+  keys = ("premise", "hypothesis") if task == "mnli" else ("question1", "question2")
+  return lambda split: _read_text(builder, split, keys, cap)
+
+
 def _tokenize(cfg, first: list[str], second: list[str]) -> np.ndarray:
   from reducr_jax.data import text  # pylint: disable=g-import-not-at-top
   tokenizer = text.load_tokenizer(os.path.expanduser(_get(cfg, "tokenizer")))
@@ -306,12 +361,11 @@ def _tokenize(cfg, first: list[str], second: list[str]) -> np.ndarray:
 
 
 def _mnli(cfg, rng: np.random.Generator) -> dict:
-  from reducr_jax.data import tfds_loading  # pylint: disable=g-import-not-at-top
-  builder = tfds_loading.catalog_builder("glue/mnli", cfg, "mnli")
+  read = glue_reader(cfg, "mnli")
   first, second, ys, index = [], [], [], []
   offset = 0
   for split in ("train", "validation_matched", "validation_mismatched"):
-    a, b, y, rows, n_read = _read_text(builder, split, ("premise", "hypothesis"), _cap(cfg))
+    a, b, y, rows, n_read = read(split)
     first += a
     second += b
     ys.append(y)
@@ -326,11 +380,9 @@ def _mnli(cfg, rng: np.random.Generator) -> dict:
 
 
 def _qqp(cfg, rng: np.random.Generator) -> dict:
-  from reducr_jax.data import tfds_loading  # pylint: disable=g-import-not-at-top
-  builder = tfds_loading.catalog_builder("glue/qqp", cfg, "qqp")
-  keys = ("question1", "question2")
-  a, b, y, rows, _ = _read_text(builder, "train", keys, _cap(cfg))
-  ta, tb, ty, trows, _ = _read_text(builder, "validation", keys, _cap(cfg))
+  read = glue_reader(cfg, "qqp")
+  a, b, y, rows, _ = read("train")
+  ta, tb, ty, trows, _ = read("validation")
   keep = np.flatnonzero(corruption.imbalance_mask(
       y, 1, float(_get(cfg, "qqp_class1_fraction")), rng, 2))
   fr = _get(cfg, "text_fractions")
@@ -367,7 +419,6 @@ def make_real_splits(dataset_config: ml_collections.ConfigDict, seed: int):
       looked and how to get it).
     ImportError: tensorflow-datasets (or ``tokenizers`` for text) is not installed.
   """
-  from reducr_jax.data import splits as splits_lib  # pylint: disable=g-import-not-at-top
   cfg = dataset_config
   validate_real_dataset_config(cfg)
   if not checks.is_int(seed) or seed < 0:
@@ -388,8 +439,8 @@ def make_real_splits(dataset_config: ml_collections.ConfigDict, seed: int):
       parts[name] = (random_access.take(x, rows), y[rows], index[rows])
   for name in _SPLIT_NAMES:
     if len(parts[name][1]) == 0:
-      raise ValueError(f"the {name} split of {cfg.name!r} is empty; raise "
-                       f"config.dataset.max_examples (now {_cap(cfg)})")
+      raise errors.ConfigError(f"the {name} split of {cfg.name!r} is empty; raise "
+                               f"config.dataset.max_examples (now {_cap(cfg)})")
 
   built = {}
   for name in _SPLIT_NAMES:
@@ -401,7 +452,7 @@ def make_real_splits(dataset_config: ml_collections.ConfigDict, seed: int):
     if name == "val" and parts["val"] is parts["holdout"]:
       built[name] = built["holdout"]
       continue
-    built[name] = splits_lib.Split(x=x, y=np.asarray(y_seen, np.int32),
+    built[name] = split_types.Split(x=x, y=np.asarray(y_seen, np.int32),
                                    y_clean=np.asarray(y, np.int32),
                                    index=np.asarray(index, np.int64))
-  return splits_lib.Splits(**built, num_classes=k, class_names=list(CLASS_NAMES[cfg.name]))
+  return split_types.Splits(**built, num_classes=k, class_names=list(CLASS_NAMES[cfg.name]))

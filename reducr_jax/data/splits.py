@@ -26,53 +26,22 @@ changing ``label_noise`` does not change which rows form each split.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import ml_collections
 import numpy as np
 
 from reducr_jax import checks
+from reducr_jax import errors
 from reducr_jax.data import corruption
 from reducr_jax.data import embedded
+from reducr_jax.data import real
+from reducr_jax.data.split_types import SPLIT_NAMES
+from reducr_jax.data.split_types import Split
+from reducr_jax.data.split_types import Splits
+from reducr_jax.data.split_types import stratified_parts
 
-SPLIT_NAMES = ("train", "holdout", "val", "test")
 _STD_EPS = 1e-6
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Split:
-  """One split; row i of every field describes the same example.
-
-  Attributes:
-    x: features float32 [n, D], standardised with the train split's statistics (embedded
-      data); real data (``real.py``): images uint8 [n, H, W, 3] in 0..255 (a lazy
-      ``random_access.LazyArray`` for Clothing1M) or text int32 [n, 2, L].
-    y: labels int32 [n] as seen by training (noisy for ``train``).
-    y_clean: labels int32 [n] before label noise (equals ``y`` except in ``train``).
-    index: int64 [n], row of the example in ``embedded.load_arrays(name)`` (real data:
-      its row in the source split, see ``real.py``).
-  """
-  x: np.ndarray
-  y: np.ndarray
-  y_clean: np.ndarray
-  index: np.ndarray
-
-  def __len__(self) -> int:
-    return int(self.y.shape[0])
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Splits:
-  """The four splits of one dataset plus its class metadata."""
-  train: Split
-  holdout: Split
-  val: Split
-  test: Split
-  num_classes: int
-  class_names: list[str]
-
-
 
 
 def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
@@ -81,7 +50,6 @@ def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   Real datasets (``real.REAL_DATASETS``) are checked by
   ``real.validate_real_dataset_config``; an unknown name lists every allowed name.
   """
-  from reducr_jax.data import real  # pylint: disable=g-import-not-at-top
   if cfg.get("name") in real.REAL_DATASETS:
     real.validate_real_dataset_config(cfg)
     return
@@ -121,7 +89,6 @@ def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
 
 def num_classes(dataset_config: ml_collections.ConfigDict) -> int:
   """Classes of the splits ``make_splits(dataset_config, ...)`` builds, without reading data."""
-  from reducr_jax.data import real  # pylint: disable=g-import-not-at-top
   validate_dataset_config(dataset_config)
   if dataset_config.name in real.REAL_DATASETS:
     return real.num_classes(dataset_config)
@@ -131,26 +98,12 @@ def num_classes(dataset_config: ml_collections.ConfigDict) -> int:
 
 def class_names(dataset_config: ml_collections.ConfigDict) -> list[str]:
   """Class names of the splits ``make_splits(dataset_config, ...)`` builds, without reading data."""
-  from reducr_jax.data import real  # pylint: disable=g-import-not-at-top
   validate_dataset_config(dataset_config)
   if dataset_config.name in real.REAL_DATASETS:
     return real.class_names(dataset_config)
   names = embedded.CLASS_NAMES[dataset_config.name]
   classes = tuple(dataset_config.get("classes", ()))
   return [names[c] for c in classes] if classes else list(names)
-
-
-def _stratified_parts(y: np.ndarray, fractions, rng: np.random.Generator) -> list[np.ndarray]:
-  """Row indices of the 4 parts: every class cut in ``fractions`` (cumulative rounding)."""
-  cum = np.cumsum(fractions)
-  cum[-1] = 1.0
-  parts = [[] for _ in fractions]
-  for c in np.unique(y):
-    rows = rng.permutation(np.flatnonzero(y == c))
-    bounds = np.concatenate([[0], np.floor(cum * rows.size + 0.5).astype(np.int64)])
-    for p in range(len(fractions)):
-      parts[p].append(rows[bounds[p]:bounds[p + 1]])
-  return [rng.permutation(np.concatenate(p)) for p in parts]
 
 
 def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
@@ -172,7 +125,6 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
   validate_dataset_config(cfg)
   if not checks.is_int(seed) or seed < 0:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-  from reducr_jax.data import real  # pylint: disable=g-import-not-at-top
   if cfg.name in real.REAL_DATASETS:
     return real.make_real_splits(cfg, seed)
   x, y = embedded.load_arrays(cfg.name, seed)
@@ -188,7 +140,7 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
   k = len(class_names)
   split_ss, imb_train_ss, imb_holdout_ss, noise_ss = np.random.SeedSequence(seed).spawn(4)
 
-  parts = dict(zip(SPLIT_NAMES, _stratified_parts(
+  parts = dict(zip(SPLIT_NAMES, stratified_parts(
       y, [float(f) for f in cfg.fractions], np.random.default_rng(split_ss))))
   imb_splits = tuple(cfg.get("imbalance_splits", ("train", "holdout")))
   imb_rngs = {"train": imb_train_ss, "holdout": imb_holdout_ss,
@@ -202,13 +154,18 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
   if per_class > 0:                   # a small, balanced, clean holdout (Ren et al.)
     rows = parts["holdout"]
     picked = [rows[y[rows] == c][:per_class] for c in range(k)]
-    if min(len(p) for p in picked) < per_class:
-      raise ValueError(f"config.dataset.holdout_per_class={per_class} exceeds the holdout "
-                       f"examples of some class; raise config.dataset.fractions[1]")
+    fewest = min(range(k), key=lambda c: len(picked[c]))
+    if len(picked[fewest]) < per_class:
+      n = len(picked[fewest])
+      largest = (f"the largest value that works is {n}" if n else
+                 "no value works")
+      raise errors.ConfigError(
+          f"config.dataset.holdout_per_class={per_class} exceeds the {n} holdout examples "
+          f"of class {class_names[fewest]!r}; {largest} (or raise config.dataset.fractions[1])")
     parts["holdout"] = np.sort(np.concatenate(picked))
   for name, rows in parts.items():
     if rows.size == 0:
-      raise ValueError(f"config.dataset.fractions {tuple(cfg.fractions)!r} leave the "
+      raise errors.ConfigError(f"config.dataset.fractions {tuple(cfg.fractions)!r} leave the "
                        f"{name} split of {cfg.name!r} empty")
 
   labels = {name: (y[rows], y[rows]) for name, rows in parts.items()}

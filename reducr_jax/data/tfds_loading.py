@@ -28,8 +28,10 @@ import sys
 import types
 from typing import Any, Sequence
 
+from absl import logging
 import numpy as np
 
+from reducr_jax import errors
 from reducr_jax.data import random_access
 
 INSTALL_HINT = 'pip install "reducr_jax[data]"'
@@ -100,13 +102,14 @@ def manual_dir(cfg, name: str) -> str:
   return sub if os.path.isdir(sub) else root
 
 
-def catalog_builder(tfds_name: str, cfg, what: str):
+def catalog_builder(tfds_name: str, cfg, what: str, hint: str = ""):
   """A prepared TFDS catalog builder (e.g. ``"cifar10"``, ``"glue/mnli"``).
 
   Args:
     tfds_name: TFDS catalog name.
     cfg: ``config.dataset`` (``data_dir``, ``download``).
     what: the dataset's name in messages (``config.dataset.name``).
+    hint: another way to get the data, appended to the missing-data message.
 
   Raises:
     FileNotFoundError: (one line) not prepared under ``data_dir`` and ``download`` is
@@ -120,7 +123,7 @@ def catalog_builder(tfds_name: str, cfg, what: str):
       raise FileNotFoundError(
           f"{what}: no prepared TFDS data {builder.info.full_name!r} under {root!r}; set "
           f"config.dataset.download=True once with internet, or copy a prepared TFDS "
-          f"data_dir and point config.dataset.data_dir at it")
+          f"data_dir and point config.dataset.data_dir at it{', ' + hint if hint else ''}")
     builder.download_and_prepare(file_format="array_record")
   return builder
 
@@ -133,6 +136,34 @@ def prepare_from_manual(builder, manual: str) -> None:
       file_format="array_record")
 
 
+SKIPPED_KEY = "skipped_images"
+SKIPPED_FILE = "skipped_images.txt"
+
+
+class BadImagesError(errors.ConfigError):
+  """Files that cannot be decoded (truncated, not an image, ...), all named in one line."""
+
+  def __init__(self, name: str, bad: Sequence[Sequence[str]]):
+    shown = "; ".join(f"{path} ({error})" for path, error in bad[:20])
+    more = f"; ... ({len(bad)} in all)" if len(bad) > 20 else ""
+    super().__init__(
+        f"{name}: {len(bad)} image file(s) cannot be decoded: {shown}{more}; replace them, "
+        f"or set config.dataset.skip_bad_images=True to leave them out of their splits "
+        f"(then listed in {SKIPPED_FILE} in the prepared data directory)")
+    self.bad = [tuple(b) for b in bad]
+
+
+def _trying(load):
+  """``path -> (load(path), None)``, or ``(None, "<error>")`` when the file cannot be read
+  or decoded (PIL's truncated/unidentified images, wrong shapes, I/O errors)."""
+  def run(path):
+    try:
+      return load(path), None
+    except Exception as e:  # pylint: disable=broad-except  # any per-file failure
+      return None, f"{type(e).__name__}: {e}".replace("\n", " ")
+  return run
+
+
 def manual_image_builder(class_name: str, module: str, *, version: str, instructions: str,
                          homepage: str,
                          image_shape: tuple[int, int, int], encoding_format: str,
@@ -143,6 +174,9 @@ def manual_image_builder(class_name: str, module: str, *, version: str, instruct
   (``class_names``) and ``id_feature`` (the file's relative path); rows keep file-list
   order (``disable_shuffling``), and every split's labels are also stored in the
   dataset metadata (``metadata["labels"]``) so they load without reading any image.
+  A file that cannot be decoded fails preparation with a :class:`BadImagesError` naming
+  every such file, unless the builder's ``skip_bad_images`` attribute is True: then it
+  is left out of its split and its labels, and listed in ``metadata["skipped_images"]``.
 
   Args:
     class_name: the builder's class name (its TFDS name in snake case).
@@ -166,13 +200,31 @@ def manual_image_builder(class_name: str, module: str, *, version: str, instruct
     manual = str(dl_manager.manual_dir)
     splits = list_splits(manual)
     self.info.metadata["labels"] = {s: list(labels) for s, (_, labels) in splits.items()}
-    return {s: self._generate_examples(manual, ids, labels)
+    self.info.metadata[SKIPPED_KEY] = {}
+    self._splits_left = set(splits)
+    return {s: self._generate_examples(manual, ids, labels, s)
             for s, (ids, labels) in splits.items()}
 
-  def _generate_examples(self, manual, ids, labels):
+  def _generate_examples(self, manual, ids, labels, split):
+    """Every decodable file of ``split``; undecodable ones are collected, then skipped
+    (``skip_bad_images``: the split's stored labels lose them too) or, once every split
+    has been read, raised as one :class:`BadImagesError` naming all of them."""
     paths = [os.path.join(manual, i) for i in ids]
-    for row, image in enumerate(map_files(load, paths)):
-      yield row, {"image": image, "label": labels[row], id_feature: ids[row]}
+    skip = bool(getattr(self, "skip_bad_images", False))
+    bad, kept = self.info.metadata[SKIPPED_KEY].setdefault(split, []), []
+    for row, (image, error) in enumerate(map_files(_trying(load), paths)):
+      if error is not None:
+        bad.append([paths[row], error])
+      else:
+        kept.append(labels[row])
+        yield row, {"image": image, "label": labels[row], id_feature: ids[row]}
+    self.info.metadata["labels"][split] = kept
+    if ids and not kept:                 # TFDS cannot write an empty split
+      raise BadImagesError(class_name.lower(), bad)
+    self._splits_left.discard(split)
+    every = [b for rows in self.info.metadata[SKIPPED_KEY].values() for b in rows]
+    if every and not skip and not self._splits_left:
+      raise BadImagesError(class_name.lower(), every)
 
   with tfds.core.registered.skip_registration():
     return type(class_name, (tfds.core.GeneratorBasedBuilder,), {
@@ -206,8 +258,28 @@ def prepared_manual_builder(cfg, name: str, builder_cls, missing, hint: str):
     problem = missing(manual)
     if problem:
       raise FileNotFoundError(f"{name}: no prepared data under {root!r} and {problem}; {hint}")
-    prepare_from_manual(builder, manual)
+    builder.skip_bad_images = bool(cfg.get("skip_bad_images", False))
+    try:
+      prepare_from_manual(builder, manual)
+    except BadImagesError as e:
+      raise BadImagesError(name, e.bad) from None
+    builder = builder_cls(data_dir=root)
+    write_skipped_list(builder, name)
   return builder
+
+
+def write_skipped_list(builder, name: str) -> None:
+  """Writes the files preparation skipped (``split<TAB>path<TAB>error`` lines) to
+  ``<prepared dir>/skipped_images.txt`` and logs how many, when there are any."""
+  skipped = builder.info.metadata.get(SKIPPED_KEY) or {}
+  rows = [(split, path, error) for split, bad in skipped.items() for path, error in bad]
+  if not rows:
+    return
+  path = os.path.join(str(builder.data_dir), SKIPPED_FILE)
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(f"{split}\t{p}\t{error}\n" for split, p, error in rows)
+  logging.warning("%s: skipped %d undecodable image file(s) (config.dataset.skip_bad_images"
+                  "=True), e.g. %s; all listed in %s", name, len(rows), rows[0][1], path)
 
 
 def map_files(fn, paths: Sequence[str]):

@@ -28,6 +28,7 @@ from reducr_jax.models.bert import BertClassifier
 from reducr_jax.models.mlp import MLP
 from reducr_jax.models.pretrained import load_pretrained
 from reducr_jax.models.pretrained import load_pretrained_stacked
+from reducr_jax.models.pretrained import resolve_sizes
 from reducr_jax.models.resnet import ResNet18
 
 MODEL_NAMES = ("mlp", "resnet18", "bert")
@@ -36,10 +37,17 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
-  """Raises a one-line ``ValueError`` naming the first bad ``config.model`` field."""
+  """Raises a one-line ``ValueError`` naming the first bad ``config.model`` field.
+
+  Size fields left ``None`` are taken from ``config.model.pretrained`` (a BERT directory's
+  ``config.json``, a torchvision state dict) or the paper model's
+  (:func:`~reducr_jax.models.pretrained.resolve_sizes`); an explicit size that
+  contradicts the checkpoint is an error naming both values.
+  """
   name = model_config.name
   if name not in MODEL_NAMES:
     raise ValueError(f"config.model.name must be one of {list(MODEL_NAMES)}, got {name!r}")
+  model_config = resolve_sizes(model_config)
   dtype = model_config.get("dtype", "float32")
   if dtype not in DTYPES:
     raise ValueError(f"config.model.dtype must be one of {list(DTYPES)}, got {dtype!r}")
@@ -58,7 +66,8 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
                          f"{'positive ' if field == 'std' else ''}numbers, got {v!r}")
   if name in ("resnet18", "bert"):
     for field in ("width",) if name == "resnet18" else (
-        "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+        "hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size",
+        "max_position", "type_vocab_size"):
       v = model_config[field]
       if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"config.model.{field} must be an int >= 1, got {v!r}")
@@ -76,6 +85,7 @@ def create_model(model_config: ml_collections.ConfigDict,
     num_outputs: logits width; ``None`` for a feature trunk (multi-head experts).
   """
   validate_model_config(model_config)
+  model_config = resolve_sizes(model_config)
   name = model_config.name
   dtype = DTYPES[model_config.get("dtype", "float32")]
   if name == "mlp":
@@ -93,7 +103,8 @@ def create_model(model_config: ml_collections.ConfigDict,
   return BertClassifier(num_outputs=num_outputs, vocab_size=m.vocab_size,
                         hidden_size=m.hidden_size, num_layers=m.num_layers,
                         num_heads=m.num_heads, intermediate_size=m.intermediate_size,
-                        max_position=m.max_position, dropout_rate=m.dropout_rate, dtype=dtype)
+                        max_position=m.max_position, type_vocab_size=m.type_vocab_size,
+                        dropout_rate=m.dropout_rate, dtype=dtype)
 
 
 class ModelFns(NamedTuple):

@@ -43,7 +43,7 @@ from typing import Any, Mapping
 from flax import traverse_util
 import numpy as np
 
-from reducr_jax.models import pretrained as pretrained_lib
+from reducr_jax.models import merge as merge_lib
 
 WEIGHTS_HELP = (
     "download bert-base-uncased (model.safetensors, vocab.txt, config.json from "
@@ -149,7 +149,7 @@ def bert_variables_from_hf(tensors: Mapping[str, Any], *,
     leaves_seen.setdefault(module, set()).add(flax_leaf)
   if unknown:
     raise ValueError(f"tensors has {len(unknown)} key(s) that are not in a Hugging Face "
-                     f"BERT: {pretrained_lib.first_names(unknown)}")
+                     f"BERT: {merge_lib.first_names(unknown)}")
 
   expected = dict((m, kind) for m, (_, kind) in _TOP_MODULES.items())
   for i in range(max(layers, default=-1) + 1):
@@ -166,7 +166,7 @@ def bert_variables_from_hf(tensors: Mapping[str, Any], *,
   if missing:
     raise ValueError(f"tensors is missing {len(missing)} key(s) of a Hugging Face BERT"
                      f"{' classifier' if include_head else ''}: "
-                     f"{pretrained_lib.first_names(missing)}")
+                     f"{merge_lib.first_names(missing)}")
   return traverse_util.unflatten_dict(flat)
 
 
@@ -206,7 +206,7 @@ def load_hf_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def merge_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any], *,
                      include_head: bool) -> dict:
-  """:func:`reducr_jax.models.pretrained.merge_variables` with the BERT head
+  """:func:`reducr_jax.models.merge.merge_variables` with the BERT head
   ``classifier`` (``include_head=False`` keeps a fresh task head)."""
-  return pretrained_lib.merge_variables(variables, pretrained, head="classifier",
-                                        include_head=include_head)
+  return merge_lib.merge_variables(variables, pretrained, head="classifier",
+                                   include_head=include_head)

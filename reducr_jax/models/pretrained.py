@@ -14,66 +14,119 @@ The multi-head experts' trunk is imported the same way (its ``trunk`` sub-tree).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import functools
+import json
+import os
+from typing import Any
 
-import flax.core
-from flax import traverse_util
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
+
+from reducr_jax.models import bert_import
+from reducr_jax.models import torch_import
+from reducr_jax.models.merge import first_names  # noqa: F401  (re-exported)
+from reducr_jax.models.merge import merge_variables  # noqa: F401  (re-exported)
 
 
-def first_names(items, n: int = 5) -> str:
-  """``"a, b, c, ... (N in all)"``: the first ``n`` sorted names, for one-line errors."""
-  items = sorted(items)
-  more = f", ... ({len(items)} in all)" if len(items) > n else ""
-  return ", ".join(items[:n]) + more
+# config.model field -> Hugging Face BertConfig key, and bert-base-uncased's value (the
+# fallback when config.model.pretrained has no config.json).
+BERT_SIZES = {
+    "vocab_size": ("vocab_size", 30522),
+    "hidden_size": ("hidden_size", 768),
+    "num_layers": ("num_hidden_layers", 12),
+    "num_heads": ("num_attention_heads", 12),
+    "intermediate_size": ("intermediate_size", 3072),
+    "max_position": ("max_position_embeddings", 512),
+    "type_vocab_size": ("type_vocab_size", 2),
+}
+# ResNet fields read from a torchvision state dict, and ResNet-18's values (the fallback).
+RESNET_SIZES = {"width": 64, "stage_sizes": (2, 2, 2, 2)}
 
 
-def merge_variables(variables: Mapping[str, Any], pretrained: Mapping[str, Any], *,
-                    head: str, include_head: bool) -> dict:
-  """Puts imported weights into freshly initialised variables, checking every shape.
+def hf_config_path(pretrained: str) -> str | None:
+  """``config.json`` of a Hugging Face checkpoint directory (or next to its
+  ``model.safetensors``), or ``None``."""
+  path = os.path.expanduser(pretrained)
+  if not pretrained or not os.path.exists(path):
+    return None
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  candidate = os.path.join(folder, "config.json")
+  return candidate if os.path.isfile(candidate) else None
 
-  Args:
-    variables: ``model.init(...)`` of the target model (unreplicated; for a trunk nested
-      in another module pass that submodule's sub-trees).
-    pretrained: imported variables with the same tree (e.g.
-      :func:`reducr_jax.models.torch_import.resnet_variables_from_torch`).
-    head: name of the classification head module (``fc`` for ResNet, ``classifier`` for
-      BERT).
-    include_head: copy the head too (shapes must match); False keeps the fresh head (a
-      new task, e.g. 14 Clothing1M classes instead of 1000) and ignores any pretrained one.
 
-  Returns:
-    variables with the same tree and dtypes as ``variables``, pretrained values inside.
+@functools.lru_cache(maxsize=8)
+def _checkpoint_sizes(name: str, path: str, mtime: float) -> tuple[dict, str]:
+  """``({field: value}, source)`` that checkpoint ``path`` of model ``name`` fixes."""
+  del mtime  # Only part of the cache key.
+  if name == "bert":
+    with open(path, encoding="utf-8") as f:
+      hf = json.load(f)
+    missing = [key for key, _ in BERT_SIZES.values() if key not in hf]
+    if missing:
+      raise ValueError(f"{path} is not a BERT config.json (model_type="
+                       f"{hf.get('model_type')!r}): it lacks {first_names(missing)}")
+    return {field: hf[key] for field, (key, _) in BERT_SIZES.items()}, path
+  shapes = torch_import.checkpoint_shapes(path)
+  sizes = torch_import.resnet_sizes(shapes)
+  return sizes, path
 
-  Raises:
-    ValueError: a variable of ``variables`` that ``pretrained`` lacks (other than a kept
-      fresh head), a pretrained one the model does not have, or a shape mismatch.
+
+def checkpoint_sizes(model_config: ml_collections.ConfigDict) -> tuple[dict, str | None]:
+  """The sizes ``config.model.pretrained`` fixes: for ``bert`` those of its ``config.json``
+  (:data:`BERT_SIZES`), for ``resnet18`` ``width``, ``stage_sizes`` and ``stem`` read
+  from the torchvision state dict's keys and shapes. ``({}, None)`` when there is no
+  checkpoint or (BERT) no ``config.json``."""
+  pretrained = model_config.get("pretrained", "") or ""
+  name = model_config.get("name")
+  if name == "bert":
+    path = hf_config_path(pretrained)
+  elif name == "resnet18" and pretrained:
+    path = os.path.expanduser(pretrained)
+    path = path if os.path.isfile(path) else None
+  else:
+    path = None
+  if path is None:
+    return {}, None
+  try:
+    return _checkpoint_sizes(name, path, os.path.getmtime(path))
+  except ImportError:   # torch / safetensors missing: check_available says which, in one line
+    return {}, None
+  except ValueError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # unreadable: one line, not a traceback
+    raise ValueError(f"config.model.pretrained: cannot read {path}: "
+                     f"{type(e).__name__}: {e}".replace("\n", " ")) from None
+
+
+def resolve_sizes(model_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of ``config.model`` with every size field set.
+
+  A size field left ``None`` ("from the checkpoint") takes the value of
+  ``config.model.pretrained`` (:func:`checkpoint_sizes`), else the paper model's
+  (bert-base-uncased, ResNet-18). An explicit value that contradicts the checkpoint is a
+  one-line ``ValueError`` naming both.
   """
-  fresh = traverse_util.flatten_dict(flax.core.unfreeze(variables))
-  new = traverse_util.flatten_dict(flax.core.unfreeze(pretrained))
-  is_head = lambda path: len(path) > 1 and path[1] == head
-  if not include_head:
-    new = {k: v for k, v in new.items() if not is_head(k)}
-  name = "/".join
-  unknown = [name(k) for k in new if k not in fresh]
-  if unknown:
-    raise ValueError(f"pretrained has {len(unknown)} variable(s) the model does not: "
-                     f"{first_names(unknown)}")
-  missing = [name(k) for k in fresh if k not in new and (include_head or not is_head(k))]
-  if missing:
-    raise ValueError(f"pretrained lacks {len(missing)} variable(s) of the model: "
-                     f"{first_names(missing)}")
-  merged = dict(fresh)
-  for k, value in new.items():
-    if tuple(np.shape(value)) != tuple(np.shape(fresh[k])):
-      hint = " (use include_head=False for a new head)" if is_head(k) else ""
-      raise ValueError(f"pretrained {name(k)} has shape {tuple(np.shape(value))} but the "
-                       f"model's is {tuple(np.shape(fresh[k]))}{hint}")
-    merged[k] = jnp.asarray(value, dtype=jnp.asarray(fresh[k]).dtype)
-  return traverse_util.unflatten_dict(merged)
+  name = model_config.get("name")
+  defaults = ({f: d for f, (_, d) in BERT_SIZES.items()} if name == "bert" else
+              RESNET_SIZES if name == "resnet18" else None)
+  if defaults is None:
+    return model_config
+  found, source = checkpoint_sizes(model_config)
+  resolved = ml_collections.ConfigDict(model_config.to_dict())
+  for field in list(defaults) + (["stem"] if "stem" in found else []):
+    value = model_config.get(field)
+    if field in found and value is not None:
+      same = (tuple(value) == tuple(found[field]) if isinstance(found[field], tuple)
+              else value == found[field])
+      if not same:
+        raise ValueError(
+            f"config.model.{field}={value!r} contradicts {found[field]!r} in the checkpoint "
+            f"{source} (config.model.pretrained); set config.model.{field}="
+            f"{found[field]!r}" + (" or None (take it from the checkpoint)"
+                                   if field != "stem" else ""))
+    if value is None:
+      resolved[field] = found.get(field, defaults[field])
+  return resolved
 
 
 def check_available(model_config: ml_collections.ConfigDict) -> None:
@@ -95,17 +148,32 @@ def _read(model_config: ml_collections.ConfigDict):
   path = model_config.pretrained
   include_head = bool(model_config.get("pretrained_head", False))
   if model_config.name == "resnet18":
-    from reducr_jax.models import torch_import  # pylint: disable=g-import-not-at-top
     pretrained = torch_import.resnet_variables_from_torch(
         torch_import.load_torch_checkpoint(path), include_head=include_head)
-    return pretrained, torch_import.merge_pretrained, include_head
+    return pretrained, _naming_sizes(torch_import.merge_pretrained, model_config), include_head
   if model_config.name == "bert":
-    from reducr_jax.models import bert_import  # pylint: disable=g-import-not-at-top
     pretrained = bert_import.bert_variables_from_hf(bert_import.load_hf_checkpoint(path),
                                                     include_head=include_head)
-    return pretrained, bert_import.merge_pretrained, include_head
+    return pretrained, _naming_sizes(bert_import.merge_pretrained, model_config), include_head
   raise ValueError(f"config.model.pretrained is only supported for config.model.name in "
                    f"['resnet18', 'bert'], got {model_config.name!r}")
+
+
+def _naming_sizes(merge, model_config: ml_collections.ConfigDict):
+  """``merge`` whose tree/shape errors end with the size fields the model was built with."""
+  fields = BERT_SIZES if model_config.name == "bert" else RESNET_SIZES
+  resolved = resolve_sizes(model_config)
+
+  def merge_naming_sizes(*args, **kwargs):
+    try:
+      return merge(*args, **kwargs)
+    except ValueError as e:
+      sizes = ", ".join(f"{f}={resolved.get(f)!r}" for f in fields)
+      hint = ("put the checkpoint's config.json next to its weights"
+              if model_config.name == "bert" else "check config.model.stem")
+      raise ValueError(f"{e}; the model was built with config.model {sizes}: set those "
+                       f"fields to the checkpoint's sizes or {hint}") from None
+  return merge_naming_sizes
 
 
 def _merge_into(params: Any, model_state: dict, pretrained, merge,

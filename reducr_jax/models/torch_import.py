@@ -29,7 +29,7 @@ from typing import Any, Mapping
 from flax import traverse_util
 import numpy as np
 
-from reducr_jax.models import pretrained as pretrained_lib
+from reducr_jax.models import merge as merge_lib
 
 WEIGHTS_HELP = (
     "torchvision's ImageNet ResNet-18 weights are torchvision.models.ResNet18_Weights."
@@ -130,7 +130,7 @@ def resnet_variables_from_torch(state_dict: Mapping[str, Any], *,
     seen.setdefault(prefix, set()).add(leaf)
   if unknown:
     raise ValueError(f"state_dict has {len(unknown)} key(s) that are not in a torchvision "
-                     f"BasicBlock ResNet: {pretrained_lib.first_names(unknown)}")
+                     f"BasicBlock ResNet: {merge_lib.first_names(unknown)}")
 
   expected = ["conv1", "bn1"] + (["fc"] if include_head else [])
   missing = []
@@ -149,8 +149,66 @@ def resnet_variables_from_torch(state_dict: Mapping[str, Any], *,
                 if leaf not in seen.get(prefix, ())]
   if missing:
     raise ValueError(f"state_dict is missing {len(missing)} key(s) of a torchvision "
-                     f"BasicBlock ResNet: {pretrained_lib.first_names(missing)}")
+                     f"BasicBlock ResNet: {merge_lib.first_names(missing)}")
   return traverse_util.unflatten_dict(flat)
+
+
+def checkpoint_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+  """``{key: shape}`` of a ``.pth``/``.pt`` or ``.safetensors`` state dict (safetensors:
+  read from the header; torch: memory-mapped), for sizing a model before loading."""
+  path = os.fspath(path)
+  if path.endswith(".safetensors"):
+    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+    with safe_open(path, framework="numpy") as f:
+      return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+  state = _torch_state_dict(path, mmap=True)
+  return {str(k): tuple(getattr(v, "shape", ())) for k, v in state.items()}
+
+
+def _torch_state_dict(path: str, mmap: bool = False) -> Mapping[str, Any]:
+  """The state dict of a ``.pth``/``.pt`` file (raw, or under ``"state_dict"``/``"model"``),
+  read with ``torch.load(weights_only=True)``, memory-mapped when ``mmap`` and possible."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError('reading .pth/.pt checkpoints needs torch: '
+                      'pip install "reducr_jax[torch]"') from None
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+  except RuntimeError:
+    if not mmap:
+      raise
+    state = torch.load(path, map_location="cpu", weights_only=True)  # old non-zip format
+  if isinstance(state, Mapping):
+    for nested in ("state_dict", "model"):
+      if isinstance(state.get(nested), Mapping):
+        state = state[nested]
+        break
+  if not isinstance(state, Mapping):
+    raise ValueError(f"checkpoint {path!r} must hold a state dict (mapping of tensors), "
+                     f"got {type(state).__name__}")
+  return state
+
+
+def resnet_sizes(shapes: Mapping[str, tuple[int, ...]]) -> dict:
+  """``width``, ``stage_sizes`` and ``stem`` of a torchvision BasicBlock ResNet state dict
+  (``{key: shape}``): ``conv1`` output channels, blocks per ``layer<i>``, and the stem
+  from ``conv1``'s kernel (7×7 ``imagenet``, 3×3 ``cifar``)."""
+  conv1 = shapes.get("conv1.weight")
+  blocks: dict[int, int] = {}
+  for key in shapes:
+    m = _BLOCK_KEY.match(key)
+    if m:
+      layer, index = int(m.group(1)), int(m.group(2))
+      blocks[layer] = max(blocks.get(layer, 0), index + 1)
+  if conv1 is None or len(conv1) != 4 or not blocks:
+    raise ValueError("the checkpoint is not a torchvision BasicBlock ResNet state dict "
+                     "(no conv1.weight or layer<i>.<j>.* keys)")
+  sizes = {"width": int(conv1[0]),
+           "stage_sizes": tuple(blocks.get(i, 0) for i in range(1, max(blocks) + 1))}
+  if conv1[2] in (7, 3):
+    sizes["stem"] = "imagenet" if conv1[2] == 7 else "cifar"
+  return sizes
 
 
 def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -175,26 +233,13 @@ def load_torch_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
                         'pip install "reducr_jax[text]"') from None
     state = load_file(path)
   else:
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      raise ImportError('reading .pth/.pt checkpoints needs torch: '
-                        'pip install "reducr_jax[torch]"') from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping):
-      for nested in ("state_dict", "model"):
-        if isinstance(state.get(nested), Mapping):
-          state = state[nested]
-          break
-  if not isinstance(state, Mapping):
-    raise ValueError(f"checkpoint {path!r} must hold a state dict (mapping of tensors), "
-                     f"got {type(state).__name__}")
+    state = _torch_state_dict(path)
   return {str(k): _to_numpy(str(k), v) for k, v in state.items()}
 
 
 def merge_pretrained(variables: Mapping[str, Any], pretrained: Mapping[str, Any], *,
                      include_head: bool) -> dict:
-  """:func:`reducr_jax.models.pretrained.merge_variables` with the ResNet head ``fc``
+  """:func:`reducr_jax.models.merge.merge_variables` with the ResNet head ``fc``
   (``include_head=False`` keeps a fresh head, e.g. 14 Clothing1M classes, not 1000)."""
-  return pretrained_lib.merge_variables(variables, pretrained, head="fc",
-                                        include_head=include_head)
+  return merge_lib.merge_variables(variables, pretrained, head="fc",
+                                   include_head=include_head)
