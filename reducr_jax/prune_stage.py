@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 from typing import NamedTuple
@@ -35,6 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from reducr_jax import caches
 from reducr_jax import data
 from reducr_jax import experts
 from reducr_jax import metrics
@@ -162,18 +164,18 @@ def prune_train_split(config: ml_collections.ConfigDict, splits: data.Splits,
   directory = p.get("cache_dir") or os.path.join(workdir, "pruning")
   scores = None
   if p.strategy != "random":
-    path = os.path.join(os.path.abspath(directory),
+    path = os.path.join(caches.absolute(directory),
                         f"scores-{_scoring_fingerprint(config)}.npz")
-    if os.path.exists(path):
-      with np.load(path) as f:
+    cached = caches.read_cache(path)
+    if cached is not None:
+      with np.load(io.BytesIO(cached)) as f:
         scores = Scores(**{k: f[k] for k in Scores._fields})
     else:
       scores = compute_scores(config, splits)
       if jax.process_index() == 0:   # every process computes the same; one writes
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, **scores._asdict())
-        os.replace(tmp, path)                 # atomic: never half a file
+        buf = io.BytesIO()
+        np.savez(buf, **scores._asdict())
+        caches.write_cache(path, buf.getvalue())      # atomic, hash-verified on load
   keep = kept_indices(config, splits, scores)
   t = splits.train
   train = data.Split(x=random_access.take(t.x, keep), y=t.y[keep], y_clean=t.y_clean[keep],
