@@ -41,8 +41,12 @@ is damaged later (a truncated copy, a flipped bit, a deleted file). After each s
 process 0 writes ``<step>/reducr_manifest.json`` *last*: the SHA-256 over every file of
 the step (relative path, size and bytes). :meth:`Checkpointer.verify` recomputes it;
 :meth:`Checkpointer.restore_newest_intact` walks the steps newest first, warns in one line
-naming each damaged or manifest-less step, deletes it (else a re-run would refuse to
-overwrite it when it reaches that step again) and restores the newest intact one. A save
+naming each damaged step (hash mismatch, or a step that fails to load), deletes it (else a
+re-run would refuse to overwrite it when it reaches that step again) and restores the
+newest intact one. A finalised step without a manifest (its writer was killed between
+orbax's rename and the manifest, or it predates manifests) is complete as far as orbax
+knows: it is restored with a warning that it is unverified, and falls back like a damaged
+one if it does not load. A save
 that fails with a full disk removes its temporary directory and raises
 :class:`reducr_jax.caches.DiskFullError`. Temporary directories of a dead writer
 (``<step>.orbax-checkpoint-tmp*``) are deleted when a writable Checkpointer opens.
@@ -66,6 +70,7 @@ from reducr_jax import caches
 __all__ = ["Checkpointer", "CheckpointDamaged", "MANIFEST", "quiet_orbax_logging"]
 
 MANIFEST = "reducr_manifest.json"
+NO_MANIFEST = "no manifest (its writer stopped right after orbax's rename)"
 _TMP_MARKER = ".orbax-checkpoint-tmp"
 
 PyTree = Any
@@ -357,7 +362,7 @@ class Checkpointer:
     try:
       manifest = json.loads(epath.Path(step_dir, MANIFEST).read_text())
     except FileNotFoundError:
-      return "no manifest: its save did not finish"
+      return NO_MANIFEST
     except (OSError, ValueError, AttributeError):
       return "unreadable manifest"
     try:
@@ -380,6 +385,10 @@ class Checkpointer:
     log = logging.getLogger(__name__)
     for step in sorted(self.all_steps(), reverse=True):
       problem = self.verify(step)
+      if problem == NO_MANIFEST:
+        log.warning("checkpoint %s has %s; restoring it unverified", self._step_dir(step),
+                    NO_MANIFEST)
+        problem = None
       if problem is None:
         try:
           state, metadata = self.restore(template, step, verify=False)
@@ -414,7 +423,8 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: no checkpoint at all, or none for ``step``.
-      CheckpointDamaged: ``verify`` and the step does not match its manifest.
+      CheckpointDamaged: ``verify`` and the step does not match its manifest (a step
+        without a manifest is restored unverified).
     """
     self._check_open()
     if step is None:
@@ -430,7 +440,7 @@ class Checkpointer:
             f"(available: {self.all_steps()}).")
     if verify:
       problem = self.verify(step)
-      if problem is not None:
+      if problem is not None and problem != NO_MANIFEST:
         raise CheckpointDamaged(f"checkpoint {self._step_dir(step)} is damaged: {problem}")
     target = jax.tree_util.tree_map_with_path(_restore_target, template)
     restored = self._manager.restore(

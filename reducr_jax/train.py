@@ -37,9 +37,12 @@ import ml_collections
 import numpy as np
 import optax
 
+from reducr_jax import caches
 from reducr_jax import checkpointing
 from reducr_jax import configuration
 from reducr_jax import data
+from reducr_jax import divergence
+from reducr_jax import eta
 from reducr_jax import experts
 from reducr_jax import group_dro
 from reducr_jax import meta_reweight
@@ -47,9 +50,11 @@ from reducr_jax import metric_writers
 from reducr_jax import metrics
 from reducr_jax import models
 from reducr_jax import mwu
+from reducr_jax import preemption
 from reducr_jax import prune_stage
 from reducr_jax import selection
 from reducr_jax import train_experts
+from reducr_jax import workdir as workdir_lib
 from reducr_jax.data import augment as augment_lib
 from reducr_jax.data import prefetch as prefetch_lib
 
@@ -283,15 +288,20 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
 
   def apply_update(params_and_opt):
     params, opt_state = params_and_opt
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    # Finite gradients can still give non-finite parameters (lr = inf, huge steps).
+    return jax.lax.cond(_all_finite(new_params),
+                        lambda: (new_params, new_opt_state, jnp.asarray(True)),
+                        lambda: (params, opt_state, jnp.asarray(False)))
 
   # A skipped (non-finite) step leaves the big buffers untouched. `cond` rather than
   # `where(ok, new, old)`: with `where` both the old and the new parameters and optimizer
   # moments are alive at once, so XLA copies the donated state instead of updating it in
   # place (benchmarks/memory.py).
-  new_params, new_opt_state = jax.lax.cond(ok, apply_update, lambda a: a,
-                                           (state.params, state.opt_state))
+  new_params, new_opt_state, ok = jax.lax.cond(ok, apply_update,
+                                               lambda a: (*a, jnp.asarray(False)),
+                                               (state.params, state.opt_state))
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
   new_state = TrainState(
       step=state.step + 1,
@@ -502,13 +512,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   n = n_local * num_processes                     # global data-parallel devices
   configuration.validate_config(config, n)
   workdir = configuration.check_workdir(workdir)
+  with workdir_lib.lock(workdir), preemption.Handler() as preempt:
+    return _train_locked(config, workdir, splits, devices, pmap_devices, preempt)
 
+
+def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
+  """:func:`train_and_evaluate` once the workdir is locked and signals are handled."""
+  num_processes, process_index = jax.process_count(), jax.process_index()
+  n_local = len(devices)
+  n = n_local * num_processes
+  workdir_lib.check_config(workdir, config)
   if splits is None:
     try:
       splits = data.make_splits(config.dataset, config.seed)
-    except (FileNotFoundError, ImportError) as e:   # missing data / extras: one line
+    except (FileNotFoundError, ImportError, ValueError) as e:   # missing/bad data: one line
       raise configuration.ConfigError(str(e)) from None
+  configuration.validate_data(config, splits)
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
+  configuration.validate_pruned(config, splits)
   c = splits.num_classes
   x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
   fns = models.model_fns(models.create_model(config.model, c), x0, axis_name=AXIS,
@@ -538,9 +559,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   best = {"params": models.variables(state.params, state.model_state),
           "worst_val": np.float32(-1.0), "step": np.int32(0)}
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
-  start = ckpt.latest_step()
-  if start is not None:
-    restored, _ = ckpt.restore(_host({"state": state, "best": best}))
+  restored = ckpt.restore_newest_intact(_host({"state": state, "best": best}))
+  if restored is not None:
+    start, restored, _ = restored
+    workdir_lib.check_num_steps(config, start)
     state, best = restored["state"], restored["best"]
     _progress(f"resumed from step {start}")
   start = int(state.step)
@@ -562,6 +584,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                  num_processes, process_index), n_local),
                                batch_sharding),
       start, config.num_steps, size=config.get("prefetch", 2))
+  skips = divergence.SkipMonitor(config.get("max_consecutive_skipped", 100))
+  preempt.defer()                   # signals now stop the loop at a step boundary
   for step, batch in zip(range(start, config.num_steps), batches):
     if cfg.method == "reducr" and cfg.holdout_loss == "epoch" and step % holdout_every == 0:
       _, loss_sums = evaluate(p_eval, p_variables(p_state), splits.holdout, eval_bs, n)
@@ -570,6 +594,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           jnp.asarray(h, jnp.float32), devices))
     p_state, step_metrics = p_step(p_state, batch, ref_params)
     done = step + 1
+    skips.push(done, step_metrics["skipped"])
 
     if done % config.log_every == 0 or done == config.num_steps:
       m = jax.tree.map(lambda a: np.asarray(a[0]), step_metrics)
@@ -587,10 +612,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           **{f"test/{k}": v for k, v in test.items()}})
       rate = (done - last_step) / max(time.time() - t_last, 1e-9)
       t_last, last_step = time.time(), done
-      _progress(f"step {done}/{config.num_steps}  {rate:.1f} steps/s  worst-class val acc "
+      _progress(f"step {done}/{config.num_steps}  {eta.rate_and_eta(done, config.num_steps, rate)}"
+                f"  skipped {int(_first_replica(p_state.num_skipped))}  worst-class val acc "
                 f"{val['worst_class_accuracy']:.3f}  val acc {val['accuracy']:.3f}")
-    if done % config.checkpoint_every == 0 or done == config.num_steps:
+    stop = preempt.requested(done) and done < config.num_steps
+    if done % config.checkpoint_every == 0 or done == config.num_steps or stop:
       ckpt.save(done, _host({"state": _first_replica(p_state), "best": best}))
+    if stop:
+      writer.close()
+      ckpt.close()
+      raise preempt.stop(done, ckpt.directory)
+  skips.flush()
+  preempt.defer(False)
   writer.close()
   ckpt.close()
 
@@ -628,7 +661,5 @@ def _progress(line: str) -> None:
 def _write_json(path: str, obj) -> None:
   if jax.process_index() != 0:
     return
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(metric_writers.to_json_compatible(obj), f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  caches.atomic_write(path, json.dumps(metric_writers.to_json_compatible(obj), indent=2,
+                                       sort_keys=True).encode())
