@@ -15,8 +15,8 @@ def duration(seconds: float) -> str:
   return f"{sec}s"
 
 
-def rate_and_eta(done: int, total: int, rate: float) -> str:
-  """``'12.3 steps/s, ETA 4m05s'`` for ``total - done`` steps left at ``rate`` steps/s."""
+def rate_and_eta(done: int, total: int, rate: float, unit: str = "steps") -> str:
+  """``'12.3 steps/s, ETA 4m05s'`` for ``total - done`` units left at ``rate`` per second."""
   left = max(0, total - done)
   eta = duration(left / rate) if rate > 0 else "?"
-  return f"{rate:.1f} steps/s, ETA {eta}"
+  return f"{rate:.1f} {unit}/s, ETA {eta}"

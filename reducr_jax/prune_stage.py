@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from typing import NamedTuple
 
 import jax
@@ -38,6 +39,7 @@ import optax
 
 from reducr_jax import caches
 from reducr_jax import data
+from reducr_jax import eta
 from reducr_jax import experts
 from reducr_jax import metrics
 from reducr_jax import models
@@ -102,6 +104,7 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
 
   forgetting = pruning.forgetting_init(p.num_inits * n)
   probs, early_params, early_logits = [], None, None
+  t0 = time.time()
   for epoch in range(1, p.score_epochs + 1):
     for i in range(steps_per_epoch):
       idx = data.batch_indices(config.seed + 11, (epoch - 1) * steps_per_epoch + i, n,
@@ -114,6 +117,11 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
                                                            jnp.asarray(train.y))))
     if epoch == p.early_epoch:
       early_params, early_logits = state.params, logits
+    if jax.process_index() == 0:
+      rate = epoch / max(time.time() - t0, 1e-9)
+      print(f"pruning scores: epoch {epoch}/{p.score_epochs}  "
+            f"{eta.rate_and_eta(epoch, p.score_epochs, rate, 'epochs')}",
+            flush=True)
 
   one_loss = lambda prm, x, y: experts.cross_entropy(apply_fn(prm, x[None]), y[None])[0]  # noqa: E731
   grand = pruning.grand_scores_stacked(one_loss, early_params,
