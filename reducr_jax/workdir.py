@@ -11,9 +11,12 @@ systems; on ``gs://`` two runs starting in the same second can both win (documen
 the README).
 
 Recorded config. ``<workdir>/config.json`` is the config of the run that owns the workdir.
-A later run with the same workdir (a resume) must agree with it in every field except
+A later run with the same workdir that would resume something (a checkpoint or a
+``results.json`` exists) must agree with it in every field except
 :data:`RESUMABLE_FIELDS`, otherwise :func:`check_config` refuses it with one line listing
-the fields that differ (:class:`reducr_jax.configuration.ConfigError`, exit 2).
+the fields that differ (:class:`reducr_jax.configuration.ConfigError`, exit 2). A workdir
+whose run stopped before its first checkpoint has nothing to resume: a new config simply
+replaces the record (caches are keyed by their own fingerprints).
 """
 
 from __future__ import annotations
@@ -240,7 +243,7 @@ def check_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> 
   import jax  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / CONFIG_NAME
   current = json.loads(config.to_json_best_effort())
-  if path.exists():
+  if path.exists() and has_run_state(workdir):
     try:
       recorded = json.loads(path.read_text())
     except ValueError:
@@ -258,6 +261,14 @@ def check_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> 
             "use a new --workdir, or the recorded config (" + os.fspath(path) + ")")
   if jax.process_index() == 0:
     caches.atomic_write(path, json.dumps(current, indent=2, sort_keys=True).encode())
+
+
+def has_run_state(workdir: epath.PathLike) -> bool:
+  """Whether ``workdir`` holds something a run would resume: a checkpoint step or results."""
+  workdir = epath.Path(workdir)
+  ckpts = workdir / "checkpoints"
+  steps = ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())
+  return steps or (workdir / "results.json").exists()
 
 
 def check_num_steps(config: ml_collections.ConfigDict, restored_step: int) -> None:

@@ -332,16 +332,22 @@ CHANGED = [("selection.method", "uniform"), ("seed", 1), ("model.hidden", (64,))
            ("experts.num_steps", 10)]
 
 
+def _started(tmp_path, config):
+  """A workdir whose run recorded ``config`` and wrote a checkpoint step."""
+  workdir_lib.check_config(tmp_path, config)
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+
+
 @pytest.mark.parametrize("field, value", CHANGED)
 def test_resume_with_a_run_changing_field_is_refused(tmp_path, field, value):
-  workdir_lib.check_config(tmp_path, default_config())
+  _started(tmp_path, default_config())
   with pytest.raises(configuration.ConfigError) as e:
     workdir_lib.check_config(tmp_path, default_config(**{field: value}))
   assert f"holds a run with a different config: {field} (" in one_line(e)
 
 
 def test_every_differing_field_is_listed(tmp_path):
-  workdir_lib.check_config(tmp_path, default_config())
+  _started(tmp_path, default_config())
   with pytest.raises(configuration.ConfigError) as e:
     workdir_lib.check_config(tmp_path, default_config(
         **{"seed": 3, "selection.method": "uniform"}))
@@ -357,10 +363,24 @@ RESUMABLE = [("num_steps", 3000), ("eval_every", 7), ("log_every", 3),
 @pytest.mark.parametrize("field, value", RESUMABLE)
 def test_resume_may_change_cadence_length_and_devices(tmp_path, field, value):
   assert field in workdir_lib.RESUMABLE_FIELDS
-  workdir_lib.check_config(tmp_path, default_config())
+  _started(tmp_path, default_config())
   workdir_lib.check_config(tmp_path, default_config(**{field: value}))
   recorded = json.loads((tmp_path / workdir_lib.CONFIG_NAME).read_text())
   assert workdir_lib.flatten(recorded)[field] == (list(value) if isinstance(value, tuple) else value)
+
+
+@pytest.mark.parametrize("state", ["nothing", "results"])
+def test_config_may_change_while_there_is_nothing_to_resume(tmp_path, state):
+  """A run that stopped before its first checkpoint (e.g. on a bad batch size) does not
+  lock the workdir to its config; once results exist, it does."""
+  workdir_lib.check_config(tmp_path, default_config(batch_size=100_000))
+  if state == "results":
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(configuration.ConfigError, match="batch_size"):
+      workdir_lib.check_config(tmp_path, default_config())
+  else:
+    workdir_lib.check_config(tmp_path, default_config())
+    assert json.loads((tmp_path / workdir_lib.CONFIG_NAME).read_text())["batch_size"] == 320
 
 
 def test_num_steps_cannot_drop_below_the_checkpoint():
