@@ -253,3 +253,29 @@ def test_full_disk_during_a_checkpoint_save_leaves_no_partial_step(tmp_path):
   ckpt.save(3, {"a": np.zeros(2)})
   assert ckpt.verify(3) is None
   ckpt.close()
+
+
+def test_processes_agree_on_the_stop_step(monkeypatch):
+  """Multi-process: the flag is all-gathered every `sync_every` steps; a process that got
+  no signal stops at the same step as the one that did."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  gathered = []
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda x: gathered.append(int(x)) or np.array([int(x), signal.SIGTERM]))
+  with preemption.Handler(sync_every=10) as h:
+    h.defer()
+    assert not h.requested(7) and gathered == []        # between sync steps: no collective
+    assert h.requested(10) and gathered == [0]          # this process had no signal
+    assert h.stop(10, "/w").exit_code == 143
+
+
+def test_a_refused_lock_stops_every_process(tmp_path, monkeypatch):
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)          # not the lock holder
+  monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: np.int32(0))
+  with pytest.raises(workdir_lib.WorkdirBusy, match="see process 0"):
+    with workdir_lib.lock(tmp_path):
+      pass
+  assert not (tmp_path / workdir_lib.LOCK_NAME).exists()
