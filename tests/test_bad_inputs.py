@@ -536,33 +536,8 @@ def test_labels_at_or_above_num_classes(label):
   logits = jnp.zeros((2, 3))
   y = jnp.asarray([0, label])
   loss = np.asarray(experts.cross_entropy(logits, y))
-  if label >= 3:
-    assert np.isfinite(loss[0]) and np.isnan(loss[1])
-  sums = metrics.class_sums(jnp.ones(2), y, 3)
-  assert np.asarray(sums.counts).tolist() == [1.0, 0.0, 0.0] or label < 3
-
-
-@pytest.mark.parametrize("flags, expected", [([], "-1"), (["--verbosity=1"], "1"),
-                                             (["-v", "0"], "0")])
-def test_verbosity_flag_is_honoured(flags, expected):
-  """Without --verbosity absl logs WARNING and above (-1); with it, what it says."""
-  script = ("import sys\nfrom absl import logging\nfrom reducr_jax import cli\n"
-            "cli.run(lambda argv: print('verbosity', logging.get_verbosity()))\n")
-  out = subprocess.run([sys.executable, "-c", script, "--config=configs/default.py",
-                        "--workdir=/nonexistent/never_written", *flags], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
-  assert out.returncode == 0, out.stderr
-  assert out.stdout.split() == ["verbosity", expected]
-
-
-@pytest.mark.parametrize("seconds, text", [(0, "0s"), (59.4, "59s"), (61, "1m01s"),
-                                           (3600 * 2 + 120, "2h02m"), (-5, "0s")])
-def test_eta_duration(seconds, text):
-  from reducr_jax import eta  # pylint: disable=g-import-not-at-top
-  assert eta.duration(seconds) == text
-
-
-def test_eta_with_zero_rate_is_unknown():
-  from reducr_jax import eta  # pylint: disable=g-import-not-at-top
-  assert eta.rate_and_eta(5, 10, 0.0) == "0.0 steps/s, ETA ?"
-  assert eta.rate_and_eta(5, 10, 1.0, "epochs") == "1.0 epochs/s, ETA 5s"
+  assert np.isfinite(loss[0]) and np.isnan(loss[1])
+  assert np.asarray(metrics.class_sums(jnp.ones(2), y, 3).counts).tolist() == [1.0, 0.0, 0.0]
+  assert np.asarray(metrics.correct_sums(logits, y).counts).tolist() == [1.0, 0.0, 0.0]
+  scores = selection.reducr_scores(jnp.asarray(loss), jnp.zeros((2, 3)), jnp.ones(3) / 3)
+  assert np.asarray(selection.top_k(scores, 1)).tolist() == [0]      # never the NaN point

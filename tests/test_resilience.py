@@ -170,24 +170,9 @@ def test_newest_intact_checkpoint_is_restored(tmp_path, damage, caplog):
 
 
 @pytest.mark.slow
-def test_changed_config_second_writer_and_shrunk_num_steps_are_refused(tmp_path):
-  config = tiny_config(**{"selection.method": "uniform", "num_steps": 10})
-  train.train_and_evaluate(config, str(tmp_path))
-  with pytest.raises(configuration.ConfigError, match="selection.method .'uniform' -> 'reducr'"):
-    train.train_and_evaluate(tiny_config(num_steps=10), str(tmp_path))
-  with pytest.raises(configuration.ConfigError, match="can only be extended"):
-    train.train_and_evaluate(configuration.with_overrides(config, {"num_steps": 5}),
-                             str(tmp_path))
-  with workdir_lib.Lock(tmp_path):
-    with pytest.raises(workdir_lib.WorkdirBusy, match=f"PID {os.getpid()}"):
-      train.train_and_evaluate(config, str(tmp_path))
-  longer = configuration.with_overrides(config, {"num_steps": 20, "eval_every": 5})
-  assert train.train_and_evaluate(longer, str(tmp_path))["num_steps"] == 20
-
-
-@pytest.mark.slow
 def test_diverged_run_stops_with_one_line_and_writes_no_nan(tmp_path):
   config = tiny_config(**{"optimizer.learning_rate": 1e30, "max_consecutive_skipped": 3,
+                          "selection.method": "uniform",
                           "num_steps": 30, "checkpoint_every": 1, "log_every": 1})
   with pytest.raises(divergence.Diverged) as e:
     train.train_and_evaluate(config, str(tmp_path))
@@ -215,7 +200,11 @@ def test_skip_monitor_counts_consecutive_skips_one_step_late():
     m.flush()
 
 
-def test_full_disk_at_results_is_one_line_and_the_next_run_succeeds(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_full_disk_changed_config_second_writer_and_shrunk_num_steps(tmp_path, monkeypatch):
+  """One workdir through several faults: a full disk at results.json (one line, no partial
+  file, the next run succeeds), then a changed config, a shorter num_steps and a second
+  writer refused, and finally an extended num_steps accepted."""
   config = tiny_config(**{"selection.method": "uniform", "num_steps": 10})
   path_cls = type(caches.temp_name(tmp_path / "x"))
   real_open = path_cls.open
@@ -236,6 +225,17 @@ def test_full_disk_at_results_is_one_line_and_the_next_run_succeeds(tmp_path, mo
   monkeypatch.undo()
   train.train_and_evaluate(config, str(tmp_path))
   assert (tmp_path / "results.json").exists()
+
+  with pytest.raises(configuration.ConfigError, match="selection.method .'uniform' -> 'reducr'"):
+    train.train_and_evaluate(tiny_config(num_steps=10), str(tmp_path))
+  with pytest.raises(configuration.ConfigError, match="can only be extended"):
+    train.train_and_evaluate(configuration.with_overrides(config, {"num_steps": 5}),
+                             str(tmp_path))
+  with workdir_lib.Lock(tmp_path):
+    with pytest.raises(workdir_lib.WorkdirBusy, match=f"PID {os.getpid()}"):
+      train.train_and_evaluate(config, str(tmp_path))
+  longer = configuration.with_overrides(config, {"num_steps": 20, "eval_every": 5})
+  assert train.train_and_evaluate(longer, str(tmp_path))["num_steps"] == 20
 
 
 def test_full_disk_during_a_checkpoint_save_leaves_no_partial_step(tmp_path):
