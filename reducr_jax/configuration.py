@@ -105,11 +105,15 @@ def validate_data(config: ml_collections.ConfigDict, splits: data.Splits) -> Non
           "classes")
 
 
-def validate_pruned(config: ml_collections.ConfigDict, splits: data.Splits) -> None:
-  """After pruning: every class keeps at least one training example."""
+def validate_pruned(config: ml_collections.ConfigDict, unpruned: data.Splits,
+                    splits: data.Splits) -> None:
+  """After pruning: every class that had training examples keeps at least one."""
+  if config.pruning.strategy == "none":
+    return
+  before = np.bincount(np.asarray(unpruned.train.y), minlength=splits.num_classes)
   counts = np.bincount(np.asarray(splits.train.y), minlength=splits.num_classes)
   empty = [splits.class_names[c] if splits.class_names else str(c)
-           for c in np.flatnonzero(counts == 0)]
+           for c in np.flatnonzero((counts == 0) & (before > 0))]
   if empty:
     raise ConfigError(f"config.pruning (strategy {config.pruning.strategy!r}, density "
                       f"{config.pruning.density}) leaves no training example of class "

@@ -290,8 +290,8 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     params, opt_state = params_and_opt
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    # Finite gradients can still give non-finite parameters (lr = inf, huge steps).
-    return jax.lax.cond(_all_finite(new_params),
+    # Finite gradients can still give non-finite parameters or moments (huge steps).
+    return jax.lax.cond(_all_finite((new_params, new_opt_state)),
                         lambda: (new_params, new_opt_state, jnp.asarray(True)),
                         lambda: (params, opt_state, jnp.asarray(False)))
 
@@ -528,8 +528,9 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
     except (FileNotFoundError, ImportError, ValueError) as e:   # missing/bad data: one line
       raise configuration.ConfigError(str(e)) from None
   configuration.validate_data(config, splits)
+  unpruned = splits
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
-  configuration.validate_pruned(config, splits)
+  configuration.validate_pruned(config, unpruned, splits)
   c = splits.num_classes
   x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
   fns = models.model_fns(models.create_model(config.model, c), x0, axis_name=AXIS,

@@ -161,9 +161,12 @@ def test_pruning_that_empties_a_class_is_one_line(digits_splits):
   pruned = dataclasses.replace(digits_splits, train=data.Split(
       x=t.x[keep], y=t.y[keep], y_clean=t.y_clean[keep], index=t.index[keep]))
   with pytest.raises(configuration.ConfigError) as e:
-    configuration.validate_pruned(default_config(**{"pruning.strategy": "drop"}), pruned)
-  assert "leaves no training example of class" in one_line(e)
-  configuration.validate_pruned(default_config(), digits_splits)
+    configuration.validate_pruned(default_config(**{"pruning.strategy": "drop"}),
+                                  digits_splits, pruned)
+  assert "leaves no training example of class 3" in one_line(e)
+  # No pruning, or a class that was already empty before pruning: not the pruning's doing.
+  configuration.validate_pruned(default_config(), digits_splits, pruned)
+  configuration.validate_pruned(default_config(**{"pruning.strategy": "drop"}), pruned, pruned)
 
 
 def test_too_large_holdout_per_class_is_a_value_error():
