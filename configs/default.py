@@ -133,4 +133,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 500
   config.num_devices = -1                           # data-parallel devices; -1 = all local devices
   config.prefetch = 2                               # batches read and copied to devices ahead
+  # Stop a diverged run (exit 1, one line) after this many consecutive updates skipped for a
+  # non-finite loss, gradient or parameter, instead of finishing with the stale parameters.
+  config.max_consecutive_skipped = 100
   return config

@@ -35,20 +35,43 @@ each array with the sharding of the corresponding template leaf, so a sharded te
 restores sharded arrays. A :class:`Checkpointer` must not be opened writable on a
 directory that another *job* is writing to (it would delete that job's in-flight
 temporary directories); evaluators should pass ``read_only=True``.
+
+Integrity. Orbax's rename protects against a writer that dies, not against a file that
+is damaged later (a truncated copy, a flipped bit, a deleted file). After each save,
+process 0 writes ``<step>/reducr_manifest.json`` *last*: the SHA-256 over every file of
+the step (relative path, size and bytes). :meth:`Checkpointer.verify` recomputes it;
+:meth:`Checkpointer.restore_newest_intact` walks the steps newest first, warns in one line
+naming each damaged step (hash mismatch, or a step that fails to load), deletes it (else a
+re-run would refuse to overwrite it when it reaches that step again) and restores the
+newest intact one. A finalised step without a manifest (its writer was killed between
+orbax's rename and the manifest, or it predates manifests) is complete as far as orbax
+knows: it is restored with a warning that it is unverified, and falls back like a damaged
+one if it does not load. A save
+that fails with a full disk removes its temporary directory and raises
+:class:`reducr_jax.caches.DiskFullError`. Temporary directories of a dead writer
+(``<step>.orbax-checkpoint-tmp*``) are deleted when a writable Checkpointer opens.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
+from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "quiet_orbax_logging"]
+from reducr_jax import caches
+
+__all__ = ["Checkpointer", "CheckpointDamaged", "MANIFEST", "quiet_orbax_logging"]
+
+MANIFEST = "reducr_manifest.json"
+NO_MANIFEST = "no manifest (its writer stopped right after orbax's rename)"
+_TMP_MARKER = ".orbax-checkpoint-tmp"
 
 PyTree = Any
 
@@ -150,6 +173,42 @@ def _to_json(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
   return json.loads(json.dumps(dict(metadata), default=_json_default))
 
 
+class CheckpointDamaged(ValueError):
+  """A checkpoint step failed verification (missing manifest, hash mismatch, unreadable)."""
+
+
+def content_digest(step_dir: str | os.PathLike) -> str:
+  """SHA-256 over every file of a step directory except the manifest (path, size, bytes)."""
+  root = epath.Path(step_dir)
+  files = sorted((os.path.relpath(os.fspath(d / n), os.fspath(root)), d / n)
+                 for d, _, names in root.walk() for n in names)
+  files = [(rel, p) for rel, p in files if rel != MANIFEST]
+  h = hashlib.sha256()
+  for rel, path in files:
+    file_hash, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):  # pylint: disable=cell-var-from-loop
+        file_hash.update(block)
+        size += len(block)
+    h.update(f"{rel}\0{size}\0{file_hash.hexdigest()}\n".encode())
+  return h.hexdigest()
+
+
+def remove_temporary_directories(directory: str | os.PathLike) -> list[str]:
+  """Deletes ``<step>.orbax-checkpoint-tmp*`` directories (saves that never finished).
+
+  Only call it when no other writer can be saving into ``directory`` (the trainer holds
+  the workdir lock). Returns the names removed.
+  """
+  directory = epath.Path(directory)
+  if not directory.is_dir():
+    return []
+  removed = sorted(p.name for p in directory.iterdir() if _TMP_MARKER in p.name)
+  for name in removed:
+    (directory / name).rmtree(missing_ok=True)
+  return removed
+
+
 class Checkpointer:
   """Atomic, resumable checkpoints of a train-state pytree plus a small JSON metadata dict.
 
@@ -188,7 +247,7 @@ class Checkpointer:
       raise ValueError(f"max_to_keep must be a positive int or None, got {max_to_keep!r}")
     if quiet:
       quiet_orbax_logging(True)
-    self._directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
+    self._directory = caches.absolute(directory)
     self._max_to_keep = None if max_to_keep is None else int(max_to_keep)
     self._read_only = bool(read_only)
     options = ocp.CheckpointManagerOptions(
@@ -200,8 +259,10 @@ class Checkpointer:
         read_only=self._read_only,
         enable_async_checkpointing=False,
     )
-    if self._read_only and not os.path.isdir(self._directory):
+    if self._read_only and not epath.Path(self._directory).is_dir():
       raise FileNotFoundError(f"Checkpoint directory {self._directory} does not exist.")
+    if not self._read_only and jax.process_index() == 0:
+      remove_temporary_directories(self._directory)
     self._manager = ocp.CheckpointManager(self._directory, options=options)
     self._closed = False
 
@@ -259,21 +320,97 @@ class Checkpointer:
           "Checkpoint for step %d already exists in %s; not overwriting.", step,
           self._directory)
       return
-    saved = self._manager.save(
-        step,
-        args=ocp.args.Composite(**{
-            _STATE: ocp.args.StandardSave(state),
-            _METADATA: ocp.args.JsonSave(meta),
-        }),
-        force=True,
-    )
-    self._manager.wait_until_finished()  # A no-op for the synchronous checkpointer.
+    try:
+      saved = self._manager.save(
+          step,
+          args=ocp.args.Composite(**{
+              _STATE: ocp.args.StandardSave(state),
+              _METADATA: ocp.args.JsonSave(meta),
+          }),
+          force=True,
+      )
+      self._manager.wait_until_finished()  # A no-op for the synchronous checkpointer.
+    except Exception as e:  # pylint: disable=broad-except
+      if not caches.is_disk_full(e):
+        raise
+      if jax.process_index() == 0:
+        remove_temporary_directories(self._directory)
+      raise caches.DiskFullError(
+          f"disk full while saving checkpoint {step} in {self._directory}: free space and "
+          "run the same command again (it resumes from the last checkpoint)") from None
     if not saved:
       raise RuntimeError(f"orbax declined to save step {step} in {self._directory}.")
+    self._write_manifest(step)
 
-  def restore(self, template: PyTree, step: int | None = None
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self._directory, str(int(step)))
+
+  def _write_manifest(self, step: int) -> None:
+    """Process 0 writes the content hash of a finalised step, last (collective)."""
+    if jax.process_index() == 0:
+      step_dir = self._step_dir(step)
+      manifest = {"step": int(step), "sha256": content_digest(step_dir)}
+      caches.atomic_write(os.path.join(step_dir, MANIFEST),
+                          json.dumps(manifest, sort_keys=True).encode())
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"reducr_manifest_{step}")
+
+  def verify(self, step: int) -> Optional[str]:
+    """``None`` when ``step`` matches its manifest, else what is wrong (one phrase)."""
+    step_dir = self._step_dir(step)
+    try:
+      manifest = json.loads(epath.Path(step_dir, MANIFEST).read_text())
+    except FileNotFoundError:
+      return NO_MANIFEST
+    except (OSError, ValueError, AttributeError):
+      return "unreadable manifest"
+    try:
+      actual = content_digest(step_dir)
+    except OSError as e:
+      return f"unreadable file ({e.strerror or e})"
+    if not isinstance(manifest, dict) or manifest.get("sha256") != actual:
+      return "content hash does not match its manifest (a file was altered or truncated)"
+    return None
+
+  def restore_newest_intact(self, template: PyTree
+                            ) -> Optional[tuple[int, PyTree, dict[str, Any]]]:
+    """Restores the newest step that verifies and loads; ``None`` when there is none.
+
+    Each damaged step met on the way (see :meth:`verify`, or failing to load) is
+    reported in one warning line naming it and deleted, so the run can save that step
+    again later. Collective in multi-process runs (every process verifies the same
+    files; process 0 deletes).
+    """
+    log = logging.getLogger(__name__)
+    for step in sorted(self.all_steps(), reverse=True):
+      problem = self.verify(step)
+      if problem == NO_MANIFEST:
+        log.warning("checkpoint %s has %s; restoring it unverified", self._step_dir(step),
+                    NO_MANIFEST)
+        problem = None
+      if problem is None:
+        try:
+          state, metadata = self.restore(template, step, verify=False)
+          return step, state, metadata
+        except Exception as e:  # pylint: disable=broad-except
+          problem = f"cannot be restored: {type(e).__name__}: {str(e).splitlines()[0]}"[:300]
+      log.warning("checkpoint %s is damaged (%s); deleting it and trying an older one",
+                  self._step_dir(step), problem)
+      if not self._read_only and jax.process_index() == 0:
+        epath.Path(self._step_dir(step)).rmtree(missing_ok=True)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        multihost_utils.sync_global_devices(f"reducr_damaged_{step}")
+      self._manager.reload()
+    return None
+
+  def restore(self, template: PyTree, step: int | None = None, *, verify: bool = True
               ) -> tuple[PyTree, dict[str, Any]]:
     """Restores ``(state, metadata)`` of ``step`` (default: the latest step).
+
+    With ``verify`` (default) the step is first checked against its manifest
+    (:meth:`verify`); :meth:`restore_newest_intact` falls back to older steps instead.
 
     Args:
       template: a pytree with the structure, leaf types, dtypes and shapes (and, for jax
@@ -286,6 +423,8 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: no checkpoint at all, or none for ``step``.
+      CheckpointDamaged: ``verify`` and the step does not match its manifest (a step
+        without a manifest is restored unverified).
     """
     self._check_open()
     if step is None:
@@ -299,6 +438,10 @@ class Checkpointer:
         raise FileNotFoundError(
             f"No complete checkpoint for step {step} in {self._directory} "
             f"(available: {self.all_steps()}).")
+    if verify:
+      problem = self.verify(step)
+      if problem is not None and problem != NO_MANIFEST:
+        raise CheckpointDamaged(f"checkpoint {self._step_dir(step)} is damaged: {problem}")
     target = jax.tree_util.tree_map_with_path(_restore_target, template)
     restored = self._manager.restore(
         step,

@@ -2,8 +2,12 @@
 
 Defines ``--config`` (an ml_collections config file; every field overridable as
 ``--config.a.b=value``) and ``--workdir``, and turns bad input into one line on stderr
-and exit status 2: flag errors, unknown ``--config.*`` fields, and
-:class:`reducr_jax.configuration.ConfigError` raised before any work.
+and exit status 2: flag errors, unknown ``--config.*`` fields, a missing or broken
+``--config`` file, and :class:`reducr_jax.configuration.ConfigError` raised before any work.
+A :class:`reducr_jax.errors.RunError` (diverged run, full disk, busy workdir, preemption
+signal) is one line ``<prefix>: <message>`` and its own exit status (README "Failure
+modes"). Logging: ``--verbosity``/``-v`` is honoured; without it absl logs WARNING and
+above (the trainer's progress lines are printed, not logged).
 """
 
 from __future__ import annotations
@@ -60,10 +64,42 @@ def initialize_distributed() -> None:
     jax.distributed.initialize()
 
 
-def fail(message: str) -> None:
-  """Prints ``error: <first line of message>`` to stderr and exits with status 2."""
-  print(f"error: {message}".splitlines()[0], file=sys.stderr)
-  sys.exit(2)
+def fail(message: str, exit_code: int = 2, prefix: str = "error") -> None:
+  """Prints ``<prefix>: <first line of message>`` to stderr and exits with ``exit_code``."""
+  line = f"{prefix}: {message}" if prefix else message
+  print(line.splitlines()[0] if line else line, file=sys.stderr, flush=True)
+  sys.exit(exit_code)
+
+
+def _last_line(e: BaseException) -> str:
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
+def config():
+  """The ``--config`` ConfigDict, or one line and exit 2 when the file is missing, does
+  not load (syntax error, failing import, exception in ``get_config``) or does not give
+  a ConfigDict."""
+  from ml_collections import config_dict  # pylint: disable=g-import-not-at-top
+  try:
+    path = FLAGS["config"].config_filename
+  except Exception:  # pylint: disable=broad-except
+    path = ""
+  if not path:
+    fail("--config must name a config file, e.g. --config=configs/default.py")
+  if not os.path.isfile(path.partition(":")[0]):
+    fail(f"--config file {path.partition(':')[0]} does not exist")
+  try:
+    value = CONFIG.value
+    if type(value).__name__ == "_ErrorConfig":
+      value.keys()                   # ml_collections defers load errors to first access
+  except Exception as e:  # pylint: disable=broad-except
+    cause = e.__cause__ or e.__context__ or e
+    fail(f"--config file {path} cannot be loaded: {_last_line(cause if str(cause) else e)}")
+  if not isinstance(value, config_dict.ConfigDict):
+    fail(f"--config file {path}: get_config() must return a ConfigDict, got "
+         f"{type(value).__name__}")
+  return value
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -72,6 +108,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     return FLAGS(argv)
   except flags.Error as e:
     fail(str(e))
+
   except (AttributeError, KeyError) as e:
     # ml_collections reports an unknown field as AttributeError("'name'\nDid you mean ...").
     text = str(e).encode().decode("unicode_escape").strip("'\"")
@@ -81,6 +118,9 @@ def parse_flags(argv: list[str]) -> list[str]:
                 field in a.split("=")[0].split(".")), f"--config.…{field}")
     hint = f" ({hint.strip()})" if hint.strip() else ""
     fail(f"{arg}: no such config field{hint}")
+  except Exception as e:  # pylint: disable=broad-except  # the --config file failed to run
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+    fail(f"--config file {path} cannot be loaded: {_last_line(e)}")
   return []  # unreachable
 
 
@@ -89,11 +129,15 @@ def run(main: Callable[[list[str]], None]) -> None:
   def wrapped(argv):
     if len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)
+    if not FLAGS["verbosity"].present:      # honour --verbosity; quiet by default
+      logging.set_verbosity(logging.WARNING)
     initialize_distributed()
     from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
+    from reducr_jax import errors  # pylint: disable=g-import-not-at-top
     try:
       main(argv)
     except configuration.ConfigError as e:
       fail(str(e))
+    except errors.RunError as e:
+      fail(str(e), e.exit_code, e.prefix)
   app.run(wrapped, flags_parser=parse_flags)

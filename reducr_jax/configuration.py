@@ -7,11 +7,14 @@ leaves a partial checkpoint behind.
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
 import ml_collections
+import numpy as np
 
+from reducr_jax import checks
 from reducr_jax import data
 from reducr_jax import models
 from reducr_jax import reweighters
@@ -45,6 +48,30 @@ def _number(name, value, low=None, high=None, low_open=False, high_open=False, i
     raise ConfigError(f"{name} must be in {rng}, got {value!r}")
 
 
+def _leaves(node, prefix="config"):
+  """``(dotted name, value)`` of every leaf field of a (nested) ConfigDict."""
+  for key, value in node.items():
+    name = f"{prefix}.{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      yield from _leaves(value, name)
+    else:
+      yield name, value
+
+
+def check_finite(config: ml_collections.ConfigDict) -> None:
+  """Rejects NaN and ±inf in every float field (and in tuples/lists of floats).
+
+  A non-finite hyper-parameter never makes sense: NaN turns every comparison false, so
+  range checks pass it and the run trains garbage (or skips every update).
+  """
+  for name, value in _leaves(config):
+    many = isinstance(value, (tuple, list))
+    for i, v in enumerate(value if many else (value,)):
+      if checks.is_real(v) and not math.isfinite(float(v)):
+        raise ConfigError(f"{name}{f'[{i}]' if many else ''} must be a finite number, "
+                          f"got {v!r}")
+
+
 def num_selected(config: ml_collections.ConfigDict) -> int:
   """k = round(percent_selected · B)."""
   return int(round(config.selection.percent_selected * config.batch_size))
@@ -59,6 +86,7 @@ def validate_config(config: ml_collections.ConfigDict,
     num_devices: data-parallel device count (default ``jax.local_device_count()``); B and
       k must split evenly across devices.
   """
+  check_finite(config)
   try:
     data.validate_dataset_config(config.dataset)
   except ValueError as e:
@@ -67,6 +95,10 @@ def validate_config(config: ml_collections.ConfigDict,
     models.validate_model_config(config.model)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  hidden = config.model.get("hidden", ())
+  if isinstance(hidden, (tuple, list)) and any(
+      not checks.is_int(h) or h < 1 for h in hidden):
+    raise ConfigError(f"config.model.hidden must hold layer widths >= 1, got {tuple(hidden)}")
   _one_of("config.dataset.augment", config.dataset.get("augment", "none"),
           augment.AUGMENTATIONS)
   _number("config.prefetch", config.get("prefetch", 2), 0, integer=True)
@@ -168,6 +200,8 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.optimizer.learning_rate", config.optimizer.learning_rate, 0, low_open=True)
   _number("config.optimizer.weight_decay", config.optimizer.weight_decay, 0)
   _number("config.optimizer.grad_clip_norm", config.optimizer.grad_clip_norm, 0)
+  _number("config.max_consecutive_skipped", config.get("max_consecutive_skipped", 100), 1,
+          integer=True)
   for name in ("eval_every", "eval_batch_size", "log_every", "checkpoint_every"):
     _number(f"config.{name}", config[name], 1, integer=True)
 
@@ -175,14 +209,19 @@ def validate_config(config: ml_collections.ConfigDict,
 def check_workdir(workdir: str) -> str:
   """Returns the absolute workdir after checking it can be created and written.
 
+  A ``gs://bucket/dir`` workdir is accepted as it is (no probe write: that would need
+  credentials before any work); every file the trainer writes goes through
+  :mod:`etils.epath` and orbax. Other URL schemes are refused.
+
   Raises:
     ConfigError: naming ``--workdir`` when it cannot be used.
   """
   if not workdir:
     raise ConfigError("--workdir must be a directory path, got ''")
   if "://" in workdir:
-    raise ConfigError(f"--workdir {workdir}: storage URLs are not supported yet; use a "
-                      "directory every process can write (a shared disk, or a gcsfuse mount)")
+    if not workdir.startswith("gs://"):
+      raise ConfigError(f"--workdir {workdir}: of storage URLs only gs:// is supported")
+    return workdir.rstrip("/")             # created on first write; see README (untested)
   path = os.path.abspath(os.path.expanduser(workdir))
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(f"--workdir {path} exists and is not a directory")
@@ -221,5 +260,15 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"--config file {path} does not exist")
   spec = importlib.util.spec_from_file_location("_reducr_config", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"--config file {path} cannot be loaded: {type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"--config file {path}: get_config() must return a ConfigDict, got "
+                      f"{type(config).__name__}")
+  return config

@@ -7,8 +7,10 @@ auto-detected on TPU VMs and under SLURM, or explicit with ``--coordinator_addre
 
 Every config field can be overridden on the command line, e.g.
 ``--config.selection.method=rho_loss --config.num_steps=500``. Bad input (an unknown field
-or value, an unwritable workdir) ends with a one-line ``error: ...`` and exit status 2,
-before anything is compiled.
+or value, a missing or broken ``--config`` file, an unwritable workdir) ends with a
+one-line ``error: ...`` and exit status 2, before anything is compiled. A run stopped by
+SIGTERM/SIGINT checkpoints the step it finished and exits 143/130; a diverged run, a full
+disk or a workdir in use by another run exit 1 (README "Failure modes").
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def main(argv):
   # Imported here so `--help` and flag errors do not pay for importing jax.
   import jax  # pylint: disable=g-import-not-at-top
   from reducr_jax import train  # pylint: disable=g-import-not-at-top
-  results = train.train_and_evaluate(cli.CONFIG.value, cli.WORKDIR.value)
+  results = train.train_and_evaluate(cli.config(), cli.WORKDIR.value)
   if jax.process_index() == 0:
     print_table(results)
 

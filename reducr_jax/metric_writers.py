@@ -1,7 +1,9 @@
 """Metrics logs: one JSON object per line (``metrics.jsonl``) plus TensorBoard events.
 
 On resume, :class:`MetricWriter` drops JSONL records written after the restored step, so
-the log of an interrupted-and-resumed run equals that of an uninterrupted one.
+the log of an interrupted-and-resumed run equals that of an uninterrupted one. Files go
+through :mod:`etils.epath` (local or ``gs://`` log directories; only local is tested); the
+truncation is an atomic rewrite (:func:`reducr_jax.caches.atomic_write`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import math
 import os
 from typing import Any, Mapping
 
+from etils import epath
 import numpy as np
+
+from reducr_jax import caches
 
 
 def to_json_compatible(value: Any) -> Any:
@@ -35,36 +40,44 @@ class MetricWriter:
 
   def __init__(self, logdir: str, resume_step: int = 0, enabled: bool = True):
     self._enabled = enabled
-    self._path = os.path.join(logdir, "metrics.jsonl")
+    self._path = epath.Path(logdir) / "metrics.jsonl"
     self._tb = None
     if not enabled:
       return
-    os.makedirs(logdir, exist_ok=True)
+    epath.Path(logdir).mkdir(parents=True, exist_ok=True)
     self._truncate_after(resume_step)
-    self._file = open(self._path, "a")
+    self._file = self._path.open("a")
     try:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(logdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(os.fspath(logdir), "tensorboard"))
     except ImportError:  # TensorBoard events are optional.
       self._tb = None
 
   def _truncate_after(self, step: int) -> None:
-    if not os.path.exists(self._path):
+    if not self._path.exists():
       return
-    with open(self._path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    tmp = self._path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, self._path)
+    kept = []
+    for line in self._path.read_text().splitlines(keepends=True):
+      try:
+        if line.strip() and json.loads(line)["step"] <= step:
+          kept.append(line)
+      except (ValueError, KeyError, TypeError):   # a line cut by a kill -9: dropped
+        pass
+    caches.atomic_write(self._path, "".join(kept).encode())
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     """Appends one record; vector metrics go to TensorBoard element by element."""
     if not self._enabled:
       return
     record = {"step": int(step), **to_json_compatible(dict(metrics))}
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    try:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+    except OSError as e:
+      if caches.is_disk_full(e):
+        raise caches.DiskFullError(f"disk full while writing {self._path}: free space and "
+                                   "run the same command again (it resumes)") from None
+      raise
     if self._tb is not None:
       for name, value in metrics.items():
         arr = np.asarray(value, dtype=np.float64) if not isinstance(value, str) else None
@@ -84,5 +97,5 @@ class MetricWriter:
 
 def read_metrics(logdir: str) -> list[dict]:
   """All records of ``<logdir>/metrics.jsonl``, in order."""
-  with open(os.path.join(logdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (epath.Path(logdir) / "metrics.jsonl").read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]

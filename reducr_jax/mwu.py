@@ -76,7 +76,10 @@ def update(log_w: jax.Array, alpha: jax.Array, eta) -> jax.Array:
   Args:
     log_w: ``[C]`` current log-weights.
     alpha: ``[C]`` objective from :func:`class_objective`.
-    eta: learning rate η > 0 (paper: 1e-4).
+    eta: learning rate η > 0 (paper: 1e-4), finite. A concrete Python/NumPy value that is
+      NaN, ±inf or ≤ 0 raises a one-line ``ValueError``; a traced η (an argument of a
+      jitted function) cannot be checked, and a non-finite traced η gives non-finite
+      log-weights, which the trainer's guard rejects (the update is skipped).
 
   Returns:
     ``[C]`` new log-weights, normalised (``logsumexp == 0``).
@@ -85,6 +88,9 @@ def update(log_w: jax.Array, alpha: jax.Array, eta) -> jax.Array:
   c = np.shape(log_w)[0]
   checks.check_shape("alpha", alpha, (c,), f"[C={c}] (C from log_w)")
   checks.check_in_range("eta", eta, 0.0, low_inclusive=False)
+  value = checks.concrete_value(eta)
+  if value is not None and not np.isfinite(value):
+    raise ValueError(f"eta must be a finite number > 0, got {value}")
   return jax.nn.log_softmax(log_w - eta * alpha)
 
 

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
+import time
 from typing import NamedTuple
 
 import jax
@@ -35,7 +37,9 @@ import ml_collections
 import numpy as np
 import optax
 
+from reducr_jax import caches
 from reducr_jax import data
+from reducr_jax import progress
 from reducr_jax import experts
 from reducr_jax import metrics
 from reducr_jax import models
@@ -100,6 +104,7 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
 
   forgetting = pruning.forgetting_init(p.num_inits * n)
   probs, early_params, early_logits = [], None, None
+  t0 = time.time()
   for epoch in range(1, p.score_epochs + 1):
     for i in range(steps_per_epoch):
       idx = data.batch_indices(config.seed + 11, (epoch - 1) * steps_per_epoch + i, n,
@@ -112,6 +117,11 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
                                                            jnp.asarray(train.y))))
     if epoch == p.early_epoch:
       early_params, early_logits = state.params, logits
+    if jax.process_index() == 0:
+      rate = epoch / max(time.time() - t0, 1e-9)
+      print(f"pruning scores: epoch {epoch}/{p.score_epochs}  "
+            f"{progress.rate_and_eta(epoch, p.score_epochs, rate, 'epochs')}",
+            flush=True)
 
   one_loss = lambda prm, x, y: experts.cross_entropy(apply_fn(prm, x[None]), y[None])[0]  # noqa: E731
   grand = pruning.grand_scores_stacked(one_loss, early_params,
@@ -162,18 +172,18 @@ def prune_train_split(config: ml_collections.ConfigDict, splits: data.Splits,
   directory = p.get("cache_dir") or os.path.join(workdir, "pruning")
   scores = None
   if p.strategy != "random":
-    path = os.path.join(os.path.abspath(directory),
+    path = os.path.join(caches.absolute(directory),
                         f"scores-{_scoring_fingerprint(config)}.npz")
-    if os.path.exists(path):
-      with np.load(path) as f:
+    cached = caches.read_cache(path)
+    if cached is not None:
+      with np.load(io.BytesIO(cached)) as f:
         scores = Scores(**{k: f[k] for k in Scores._fields})
     else:
       scores = compute_scores(config, splits)
       if jax.process_index() == 0:   # every process computes the same; one writes
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}.npz"
-        np.savez(tmp, **scores._asdict())
-        os.replace(tmp, path)                 # atomic: never half a file
+        buf = io.BytesIO()
+        np.savez(buf, **scores._asdict())
+        caches.write_cache(path, buf.getvalue())      # atomic, hash-verified on load
   keep = kept_indices(config, splits, scores)
   t = splits.train
   train = data.Split(x=random_access.take(t.x, keep), y=t.y[keep], y_clean=t.y_clean[keep],

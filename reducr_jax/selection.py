@@ -151,10 +151,18 @@ def top_k(scores: jax.Array, k: int) -> jax.Array:
 
   Returns:
     ``int32[k]`` indices into ``scores``; ties resolved towards the lower index.
+
+  NaN scores (a non-finite loss) rank as ``-inf``: they are never selected while at least
+  ``k`` scores are not NaN; otherwise the lowest-index NaN points fill the selection.
   """
   checks.check_shape("scores", scores, (None,), "[B]")
   k = checks.check_k(k, np.shape(scores)[0])
-  return jax.lax.top_k(scores, k)[1].astype(jnp.int32)
+  return jax.lax.top_k(_nan_to_neg_inf(scores), k)[1].astype(jnp.int32)
+
+
+def _nan_to_neg_inf(scores: jax.Array) -> jax.Array:
+  """NaN → ``-inf`` (``lax.top_k`` would rank NaN above every number)."""
+  return jnp.where(jnp.isnan(scores), -jnp.inf, scores)
 
 
 def gumbel_top_k(rng: jax.Array, logits: jax.Array, k: int) -> jax.Array:
@@ -194,11 +202,14 @@ def soft_top_k(rng: jax.Array, scores: jax.Array, k: int,
 
   Returns:
     ``int32[k]``.
+
+  NaN scores are treated as ``-inf`` (never drawn while ``k`` other points remain), as in
+  :func:`top_k`.
   """
   checks.check_in_range("temperature", temperature, 0.0)
   if checks.concrete_value(temperature) == 0.0:
     return top_k(scores, k)
-  return gumbel_top_k(rng, scores / temperature, k)
+  return gumbel_top_k(rng, _nan_to_neg_inf(scores) / temperature, k)
 
 
 def train_loss_logits(model_loss: jax.Array,

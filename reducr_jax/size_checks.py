@@ -10,10 +10,14 @@ by the data code.)
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
+import numpy as np
 
 from reducr_jax import errors
 from reducr_jax import reweighters
+from reducr_jax import selectors
 from reducr_jax import train_experts
 from reducr_jax.data import split_types
 
@@ -36,16 +40,27 @@ def check_batch_sizes(config: ml_collections.ConfigDict, splits: split_types.Spl
   * ``config.experts.batch_size`` (drawn from ``holdout``) when the method trains
     reference models;
   * ``config.meta.val_batch_size`` (drawn from the clean ``holdout``) when the reweighter
-    needs a validation batch (``config.reweight='meta'``).
+    needs a validation batch (``config.reweight='meta'``);
+  * ``config.batch_size`` against the holdout for the EMA class-holdout loss;
+  * ``config.pruning.batch_size`` (score-based pruning), and a pruning density that keeps
+    fewer examples than one batch or than there are classes.
   """
-  checks = [("config.batch_size", config.batch_size, "train", len(splits.train),
+  n_train, n_holdout = len(splits.train), len(splits.holdout)
+  checks = [("config.batch_size", config.batch_size, "train", n_train,
              num_devices, config.selection.percent_selected)]
   if train_experts.reference_kind(config) is not None:
     checks.append(("config.experts.batch_size", config.experts.batch_size, "holdout",
-                   len(splits.holdout), 1, None))
+                   n_holdout, 1, None))
+  if (selectors.CLASS_HOLDOUT_LOSS in selectors.get(config).needs and
+      config.selection.holdout_loss == "ema"):
+    checks.append(("config.batch_size", config.batch_size, "holdout (holdout_loss='ema')",
+                   n_holdout, num_devices, None))
   if reweighters.VALIDATION_BATCH in reweighters.get(config).needs:
     checks.append(("config.meta.val_batch_size", config.meta.val_batch_size, "holdout",
-                   len(splits.holdout), num_devices, None))
+                   n_holdout, num_devices, None))
+  p = config.pruning
+  if p.strategy not in ("none", "random"):
+    checks.append(("config.pruning.batch_size", p.batch_size, "train", n_train, 1, None))
   for field, value, split, n, devices, percent in checks:
     if value > n:
       largest = _largest_batch(n, devices, percent)
@@ -54,3 +69,25 @@ def check_batch_sizes(config: ml_collections.ConfigDict, splits: split_types.Spl
       per_device = f" on {devices} devices" if devices > 1 else ""
       raise errors.ConfigError(f"{field}={value} exceeds the {n} examples of the {split} "
                                f"split; {works}{per_device}")
+  if p.strategy != "none":
+    kept = int(math.floor(p.density * n_train + 0.5))
+    if kept < max(splits.num_classes, config.batch_size):
+      raise errors.ConfigError(
+          f"config.pruning.density={p.density} keeps {kept} of {n_train} train examples, "
+          f"fewer than config.batch_size ({config.batch_size}) or the {splits.num_classes} "
+          "classes")
+
+
+def check_pruned(config: ml_collections.ConfigDict, unpruned: split_types.Splits,
+                 splits: split_types.Splits) -> None:
+  """After pruning: every class that had training examples keeps at least one."""
+  if config.pruning.strategy == "none":
+    return
+  before = np.bincount(np.asarray(unpruned.train.y), minlength=splits.num_classes)
+  counts = np.bincount(np.asarray(splits.train.y), minlength=splits.num_classes)
+  empty = [splits.class_names[c] if splits.class_names else str(c)
+           for c in np.flatnonzero((counts == 0) & (before > 0))]
+  if empty:
+    raise errors.ConfigError(f"config.pruning (strategy {config.pruning.strategy!r}, density "
+                             f"{config.pruning.density}) leaves no training example of class "
+                             f"{', '.join(map(str, empty))}; raise config.pruning.density")

@@ -35,9 +35,11 @@ import ml_collections
 import numpy as np
 import optax
 
+from reducr_jax import caches
 from reducr_jax import checkpointing
 from reducr_jax import configuration
 from reducr_jax import data
+from reducr_jax import divergence
 from reducr_jax import evaluation
 from reducr_jax import experts
 from reducr_jax import metric_writers
@@ -45,6 +47,8 @@ from reducr_jax import metrics
 from reducr_jax import models
 from reducr_jax import mwu
 from reducr_jax import optimizers
+from reducr_jax import preemption
+from reducr_jax import progress
 from reducr_jax import prune_stage
 from reducr_jax import reweighters
 from reducr_jax import selectors
@@ -52,6 +56,7 @@ from reducr_jax import sharding
 from reducr_jax import size_checks
 from reducr_jax import train_experts
 from reducr_jax import train_state
+from reducr_jax import workdir as workdir_lib
 from reducr_jax.data import augment as augment_lib
 from reducr_jax.data import prefetch as prefetch_lib
 
@@ -192,15 +197,20 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
 
   def apply_update(params_and_opt):
     params, opt_state = params_and_opt
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    # Finite gradients can still give non-finite parameters or moments (huge steps).
+    return jax.lax.cond(_all_finite((new_params, new_opt_state)),
+                        lambda: (new_params, new_opt_state, jnp.asarray(True)),
+                        lambda: (params, opt_state, jnp.asarray(False)))
 
   # A skipped (non-finite) step leaves the big buffers untouched. `cond` rather than
   # `where(ok, new, old)`: with `where` both the old and the new parameters and optimizer
   # moments are alive at once, so XLA copies the donated state instead of updating it in
   # place (benchmarks/memory.py).
-  new_params, new_opt_state = jax.lax.cond(ok, apply_update, lambda a: a,
-                                           (state.params, state.opt_state))
+  new_params, new_opt_state, ok = jax.lax.cond(ok, apply_update,
+                                               lambda a: (*a, jnp.asarray(False)),
+                                               (state.params, state.opt_state))
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
   new_state = TrainState(
       step=state.step + 1,
@@ -251,19 +261,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       (custom protocols, e.g. Ren et al.'s imbalanced binary task).
   """
   devices, pmap_devices = sharding.data_parallel_devices(config.num_devices)
-  num_processes, process_index = jax.process_count(), jax.process_index()
-  n_local = len(devices)
-  n = n_local * num_processes                     # global data-parallel devices
+  n = len(devices) * jax.process_count()          # global data-parallel devices
   configuration.validate_config(config, n)
   workdir = configuration.check_workdir(workdir)
+  with workdir_lib.lock(workdir), preemption.Handler() as preempt:
+    return _train_locked(config, workdir, splits, devices, pmap_devices, preempt)
 
+
+def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
+  """:func:`train_and_evaluate` once the workdir is locked and signals are handled."""
+  num_processes, process_index = jax.process_count(), jax.process_index()
+  n_local = len(devices)
+  n = n_local * num_processes
+  workdir_lib.check_config(workdir, config)
   if splits is None:
     try:
       splits = data.make_splits(config.dataset, config.seed)
-    except (FileNotFoundError, ImportError) as e:   # missing data / extras: one line
+    except (FileNotFoundError, ImportError, ValueError) as e:   # missing/bad data: one line
       raise configuration.ConfigError(str(e)) from None
   size_checks.check_batch_sizes(config, splits, n)   # one line, before anything trains
+  unpruned = splits
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
+  size_checks.check_pruned(config, unpruned, splits)
   c = splits.num_classes
   x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
   fns = models.model_fns(models.create_model(config.model, c), x0, axis_name=AXIS,
@@ -285,9 +304,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   best = {"params": models.variables(state.params, state.model_state),
           "worst_val": np.float32(-1.0), "step": np.int32(0)}
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
-  start = ckpt.latest_step()
-  if start is not None:
-    restored, _ = ckpt.restore(sharding.host_copy({"state": state, "best": best}))
+  restored = ckpt.restore_newest_intact(sharding.host_copy({"state": state, "best": best}))
+  if restored is not None:
+    start, restored, _ = restored
+    workdir_lib.check_num_steps(config, start)
     state, best = restored["state"], restored["best"]
     _progress(f"resumed from step {start}")
   start = int(state.step)
@@ -312,6 +332,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           num_processes=num_processes, process_index=process_index), n_local),
           batch_sharding),
       start, config.num_steps, size=config.prefetch)
+  skips = divergence.SkipMonitor(config.max_consecutive_skipped)
+  preempt.defer()                   # signals now stop the loop at a step boundary
   for step, batch in zip(range(start, config.num_steps), batches):
     if refresh_holdout and step % holdout_every == 0:
       _, loss_sums = evaluation.evaluate(p_eval, p_variables(p_state), splits.holdout, eval_bs, n)
@@ -320,6 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           jnp.asarray(h, jnp.float32), devices))
     p_state, step_metrics = p_step(p_state, batch, refs.params)
     done = step + 1
+    skips.push(done, step_metrics["skipped"])
 
     if done % config.log_every == 0 or done == config.num_steps:
       m = jax.tree.map(lambda a: np.asarray(a[0]), step_metrics)
@@ -337,10 +360,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           **{f"test/{k}": v for k, v in test.items()}})
       rate = (done - last_step) / max(time.time() - t_last, 1e-9)
       t_last, last_step = time.time(), done
-      _progress(f"step {done}/{config.num_steps}  {rate:.1f} steps/s  worst-class val acc "
+      _progress(f"step {done}/{config.num_steps}  {progress.rate_and_eta(done, config.num_steps, rate)}"
+                f"  skipped {int(sharding.first_replica(p_state.num_skipped))}  worst-class val acc "
                 f"{val['worst_class_accuracy']:.3f}  val acc {val['accuracy']:.3f}")
-    if done % config.checkpoint_every == 0 or done == config.num_steps:
-      ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state), "best": best}))
+    stop = preempt.requested(done) and done < config.num_steps
+    if done % config.checkpoint_every == 0 or done == config.num_steps or stop:
+      ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state),
+                                          "best": best}))
+    if stop:
+      writer.close()
+      ckpt.close()
+      raise preempt.stop(done, ckpt.directory)
+  skips.flush()
+  preempt.defer(False)
   writer.close()
   ckpt.close()
 
@@ -379,7 +411,5 @@ def _progress(line: str) -> None:
 def _write_json(path: str, obj) -> None:
   if jax.process_index() != 0:
     return
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(metric_writers.to_json_compatible(obj), f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  caches.atomic_write(path, json.dumps(metric_writers.to_json_compatible(obj), indent=2,
+                                       sort_keys=True).encode())

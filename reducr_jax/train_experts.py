@@ -9,7 +9,8 @@ split), as the official implementation checkpoints by validation loss.
 The result is cached as ``<workdir>/experts/<kind>-<fingerprint>.msgpack`` (or in
 ``config.experts.cache_dir``); the fingerprint hashes everything the models depend on
 (dataset, model and expert configs, seed), so a re-run reuses them and a changed config
-retrains.
+retrains. The file is written atomically with a content hash and verified on load; a
+damaged one is reported and retrained (:mod:`reducr_jax.caches`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from reducr_jax import caches
 from reducr_jax import data
 from reducr_jax import experts
 from reducr_jax import models
@@ -67,7 +69,7 @@ def cache_path(config: ml_collections.ConfigDict, workdir: str, kind: str) -> st
   ``<workdir>/experts``; the file name holds the config fingerprint.
   """
   directory = config.experts.get("cache_dir") or os.path.join(workdir, "experts")
-  return os.path.join(os.path.abspath(directory), f"{kind}-{_fingerprint(config, kind)}.msgpack")
+  return os.path.join(caches.absolute(directory), f"{kind}-{_fingerprint(config, kind)}.msgpack")
 
 
 def reference_kind(config: ml_collections.ConfigDict) -> str | None:
@@ -208,9 +210,9 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
     return None
   fns, loss_fn, num, gamma = _build(config, splits, kind)
   path = cache_path(config, workdir, kind)
-  if os.path.exists(path):
-    with open(path, "rb") as f:
-      params = flax.serialization.msgpack_restore(f.read())["params"]
+  cached = caches.read_cache(path)
+  if cached is not None:
+    params = flax.serialization.msgpack_restore(cached)["params"]
     params = jax.tree.map(jnp.asarray, params)
     logging.info("Loaded cached %s reference models from %s", kind, path)
   else:
@@ -219,12 +221,8 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
                  len(splits.holdout))
     params, best_val = _train(config, splits, kind, fns, num, gamma)
     if jax.process_index() == 0:   # every process computes the same; one writes
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = f"{path}.tmp-{os.getpid()}"
-      with open(tmp, "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(
-            {"params": jax.tree.map(np.asarray, params), "best_val_loss": best_val}))
-      os.replace(tmp, path)                      # atomic: a killed run never leaves half a file
+      caches.write_cache(path, flax.serialization.msgpack_serialize(
+          {"params": jax.tree.map(np.asarray, params), "best_val_loss": best_val}))
   return ReferenceModels(kind, params, loss_fn)
 
 

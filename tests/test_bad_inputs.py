@@ -1,0 +1,548 @@
+"""Bad input of every kind: each case asserts the one-line error or the documented behaviour.
+
+CLI (subprocesses, each fails before anything trains), configs (every float field with
+NaN/±inf, sizes <= 0, impossible values, data-dependent limits), workdirs (paths, lock,
+recorded config) and the pure functions (NaN scores, non-finite η, labels >= C, caches).
+"""
+
+import errno
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from reducr_jax import caches
+from reducr_jax import configuration
+from reducr_jax import experts
+from reducr_jax import metrics
+from reducr_jax import mwu
+from reducr_jax import selection
+from reducr_jax import size_checks
+from reducr_jax import workdir as workdir_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT = os.path.join(REPO, "configs", "default.py")
+
+
+def default_config(**overrides):
+  return configuration.with_overrides(configuration.load_config(DEFAULT), overrides)
+
+
+def _leaves(node, prefix=""):
+  for key, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+FLOAT_FIELDS = sorted(name for name, v in _leaves(configuration.load_config(DEFAULT))
+                      if isinstance(v, float))
+
+
+def one_line(e) -> str:
+  text = str(e.value)
+  assert "\n" not in text, text
+  return text
+
+
+# --------------------------------------------------------------------------------------
+# Configs.
+
+
+def test_every_float_field_is_covered():
+  assert len(FLOAT_FIELDS) >= 15, FLOAT_FIELDS
+  assert "selection.eta" in FLOAT_FIELDS and "optimizer.learning_rate" in FLOAT_FIELDS
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_non_finite_float_field_is_one_line(field, bad):
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.validate_config(default_config(**{field: bad}), 8)
+  assert f"config.{field} must be a finite number" in one_line(e)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_in_a_tuple_field(bad):
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.validate_config(default_config(**{"dataset.fractions": (0.4, bad, 0.2, 0.2)}), 8)
+  assert "config.dataset.fractions[1] must be a finite number" in one_line(e)
+
+
+SIZE_FIELDS = ["batch_size", "num_steps", "experts.num_steps", "experts.batch_size",
+               "experts.eval_every", "eval_every", "eval_batch_size", "log_every",
+               "checkpoint_every", "meta.val_batch_size", "pruning.batch_size",
+               "pruning.num_inits", "pruning.score_epochs", "max_consecutive_skipped"]
+
+
+@pytest.mark.parametrize("value", [0, -1])
+@pytest.mark.parametrize("field", SIZE_FIELDS)
+def test_size_field_below_one_is_one_line(field, value):
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.validate_config(default_config(**{field: value}), 8)
+  assert f"config.{field}" in one_line(e)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.hidden": (0,)}, "config.model.hidden must hold layer widths >= 1"),
+    ({"model.hidden": (32, 0)}, "config.model.hidden must hold layer widths >= 1"),
+    ({"model.hidden": (-4,)}, "config.model.hidden must hold layer widths >= 1"),
+    ({"model.hidden": (1.5,)}, "config.model.hidden must hold layer widths >= 1"),
+    ({"selection.percent_selected": 0.0}, "config.selection.percent_selected must be in"),
+    ({"selection.percent_selected": 1.5}, "config.selection.percent_selected must be in"),
+    ({"pruning.density": 0.0}, "config.pruning.density must be in"),
+    ({"pruning.density": 2.0}, "config.pruning.density must be in"),
+    ({"selection.ema_decay": 1.0}, "config.selection.ema_decay must be in"),
+    ({"selection.eta": -1.0}, "config.selection.eta must be in"),
+    ({"selection.selection_pressure": 1.0}, "config.selection.selection_pressure"),
+    ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate must be in"),
+    ({"optimizer.weight_decay": -0.1}, "config.optimizer.weight_decay must be in"),
+    ({"experts.learning_rate": 0.0}, "config.experts.learning_rate must be in"),
+    ({"seed": -1}, "config.seed must be in"),
+    ({"dataset.label_noise": 1.5}, "config.dataset.label_noise"),
+    ({"dataset.imbalance_fraction": -0.5}, "config.dataset.imbalance_fraction"),
+    ({"selection.holdout_every": 0}, "config.selection.holdout_every must be -1"),
+    ({"prefetch": -1}, "config.prefetch must be in"),
+    ({"experts.gamma": -1.0}, "config.experts.gamma must be in"),
+])
+def test_impossible_value_is_one_line(overrides, message):
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.validate_config(default_config(**overrides), 8)
+  assert message in one_line(e)
+
+
+def test_default_config_is_valid_and_has_the_skip_limit():
+  config = default_config()
+  configuration.validate_config(config, 8)
+  assert config.max_consecutive_skipped == 100
+
+
+@pytest.fixture(scope="module")
+def digits_splits():
+  from reducr_jax import data  # pylint: disable=g-import-not-at-top
+  config = default_config()
+  return data.make_splits(config.dataset, config.seed)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 100_000}, "config.batch_size=100000 exceeds the 718 examples of the train split"),
+    ({"experts.batch_size": 100_000}, "config.experts.batch_size=100000 exceeds the 340 examples of the holdout split"),
+    ({"reweight": "meta", "meta.val_batch_size": 100_000}, "config.meta.val_batch_size=100000 exceeds"),
+    ({"pruning.strategy": "random", "pruning.density": 0.0001}, "config.pruning.density=0.0001 keeps"),
+    ({"pruning.strategy": "el2n", "pruning.batch_size": 100_000}, "config.pruning.batch_size=100000 exceeds"),
+    ({"selection.holdout_loss": "ema", "batch_size": 500}, "config.batch_size=500 exceeds the 340 examples of the holdout (holdout_loss='ema')"),
+])
+def test_data_dependent_limits_are_one_line(digits_splits, overrides, message):
+  with pytest.raises(configuration.ConfigError) as e:
+    size_checks.check_batch_sizes(default_config(**overrides), digits_splits, 8)
+  assert message in one_line(e)
+
+
+def test_data_dependent_limits_ignore_unused_fields(digits_splits):
+  # experts are not trained for uniform selection, so their batch size does not matter.
+  size_checks.check_batch_sizes(default_config(**{"selection.method": "uniform",
+                                                  "experts.batch_size": 100_000}),
+                                digits_splits, 8)
+
+
+def test_pruning_that_empties_a_class_is_one_line(digits_splits):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from reducr_jax import data  # pylint: disable=g-import-not-at-top
+  t = digits_splits.train
+  keep = np.flatnonzero(t.y != 3)
+  pruned = dataclasses.replace(digits_splits, train=data.Split(
+      x=t.x[keep], y=t.y[keep], y_clean=t.y_clean[keep], index=t.index[keep]))
+  with pytest.raises(configuration.ConfigError) as e:
+    size_checks.check_pruned(default_config(**{"pruning.strategy": "drop"}),
+                             digits_splits, pruned)
+  assert "leaves no training example of class 3" in one_line(e)
+  # No pruning, or a class that was already empty before pruning: not the pruning's doing.
+  size_checks.check_pruned(default_config(), digits_splits, pruned)
+  size_checks.check_pruned(default_config(**{"pruning.strategy": "drop"}), pruned, pruned)
+
+
+def test_too_large_holdout_per_class_is_a_value_error():
+  from reducr_jax import data  # pylint: disable=g-import-not-at-top
+  config = default_config(**{"dataset.holdout_per_class": 10_000})
+  with pytest.raises(ValueError, match="holdout_per_class"):
+    data.make_splits(config.dataset, config.seed)   # the trainer turns it into ConfigError
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    ("def get_config(:\n", "cannot be loaded: SyntaxError: invalid syntax"),
+    ("import no_such_module_xyz\n", "No module named 'no_such_module_xyz'"),
+    ("def get_config():\n  return 5\n", "must return a ConfigDict"),
+    ("x = 1\n", "cannot be loaded"),
+    ("def get_config():\n  raise RuntimeError('boom')\n", "cannot be loaded: RuntimeError: boom"),
+])
+def test_load_config_bad_file_is_one_line(tmp_path, content, message):
+  path = tmp_path / "cfg.py"
+  if content is not None:
+    path.write_text(content)
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.load_config(str(path))
+  assert message in one_line(e)
+
+
+# --------------------------------------------------------------------------------------
+# CLI: one line on stderr, exit status 2, nothing written.
+
+MAIN = [sys.executable, "-m", "reducr_jax.main"]
+
+
+def _cli(args, tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run(MAIN + args + [f"--workdir={tmp_path / 'w'}"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/nope.py"], "error: --config file configs/nope.py does not exist"),
+    (["--config=BROKEN"], "cannot be loaded: invalid syntax"),
+    (["--config=NOTCONFIG"], "must return a ConfigDict"),
+    (["--config=configs/default.py", "--config.selection.eta=nan"], "error: config.selection.eta must be a finite number, got nan"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, args, message):
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(:\n")
+  notconfig = tmp_path / "notconfig.py"
+  notconfig.write_text("def get_config():\n  return [1]\n")
+  args = [a.replace("BROKEN", str(broken)).replace("NOTCONFIG", str(notconfig)) for a in args]
+  out = _cli(args, tmp_path)
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 2, out.stderr
+  assert len(lines) == 1 and message in lines[0], out.stderr
+  assert not (tmp_path / "w").exists() or not os.listdir(tmp_path / "w")
+
+
+# --------------------------------------------------------------------------------------
+# Workdirs.
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: "", "--workdir must be a directory path"),
+    (lambda p: str(_file(p)), "exists and is not a directory"),
+    (lambda p: str(_file(p) / "sub"), "cannot be written"),
+    (lambda p: "s3://bucket/run", "only gs:// is supported"),
+    (lambda p: "http://host/run", "only gs:// is supported"),
+])
+def test_bad_workdir_is_one_line(tmp_path, make, message):
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.check_workdir(make(tmp_path))
+  assert message in one_line(e)
+
+
+def _file(tmp_path):
+  path = tmp_path / "a_file"
+  path.write_text("x")
+  return path
+
+
+@pytest.mark.parametrize("url", ["gs://bucket/run", "gs://bucket/run/", "gs://b/a/b/c"])
+def test_gs_workdir_is_accepted_without_touching_it(url):
+  assert configuration.check_workdir(url) == url.rstrip("/")
+
+
+def _dead_pid() -> int:
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  return proc.pid
+
+
+def _write_lock(workdir, holder, age_s=0.0):
+  path = workdir / workdir_lib.LOCK_NAME
+  path.write_text(json.dumps(holder))
+  if age_s:
+    t = time.time() - age_s
+    os.utime(path, (t, t))
+  return path
+
+
+def test_second_run_is_refused_naming_the_holder(tmp_path):
+  with workdir_lib.Lock(tmp_path):
+    with pytest.raises(workdir_lib.WorkdirBusy) as e:
+      workdir_lib.Lock(tmp_path)
+  text = one_line(e)
+  assert f"PID {os.getpid()} on host {socket.gethostname()}" in text
+  assert not (tmp_path / workdir_lib.LOCK_NAME).exists()          # released
+
+
+def test_lock_of_a_live_process_on_this_host_is_refused(tmp_path):
+  proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    _write_lock(tmp_path, {"host": socket.gethostname(), "pid": proc.pid})
+    with pytest.raises(workdir_lib.WorkdirBusy, match=f"PID {proc.pid}"):
+      workdir_lib.Lock(tmp_path)
+  finally:
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("holder, age_s", [
+    ("dead_pid", 0.0),                                               # same host, PID gone
+    ({"host": "another-host", "pid": 1}, workdir_lib.STALE_AFTER_S + 60),  # no heartbeat
+    ("garbage", workdir_lib.STALE_AFTER_S + 60),                      # unreadable, old
+])
+def test_stale_lock_is_taken_over(tmp_path, holder, age_s):
+  if holder == "dead_pid":
+    holder = {"host": socket.gethostname(), "pid": _dead_pid()}
+  if holder == "garbage":
+    path = tmp_path / workdir_lib.LOCK_NAME
+    path.write_text("{not json")
+    t = time.time() - age_s
+    os.utime(path, (t, t))
+  else:
+    _write_lock(tmp_path, holder, age_s)
+  with workdir_lib.Lock(tmp_path) as lock:
+    assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("holder", [{"host": "another-host", "pid": 1}, "garbage"])
+def test_fresh_lock_of_another_host_is_refused(tmp_path, holder):
+  if holder == "garbage":
+    (tmp_path / workdir_lib.LOCK_NAME).write_text("{not json")
+  else:
+    _write_lock(tmp_path, holder)
+  with pytest.raises(workdir_lib.WorkdirBusy):
+    workdir_lib.Lock(tmp_path)
+
+
+def test_lock_heartbeat_refreshes_the_file(tmp_path):
+  lock = workdir_lib.Lock(tmp_path, heartbeat_s=0.05)
+  try:
+    t = time.time() - 1000
+    os.utime(lock.path, (t, t))
+    time.sleep(0.5)
+    assert time.time() - lock.path.stat().mtime < 100
+  finally:
+    lock.release()
+
+
+CHANGED = [("selection.method", "uniform"), ("seed", 1), ("model.hidden", (64,)),
+           ("optimizer.learning_rate", 1e-2), ("selection.eta", 0.5), ("experts.gamma", 4.0),
+           ("batch_size", 160), ("dataset.name", "mnist1d"), ("dataset.label_noise", 0.2),
+           ("selection.percent_selected", 0.2), ("reweight", "meta"),
+           ("pruning.strategy", "random"), ("eval_batch_size", 256),
+           ("experts.num_steps", 10)]
+
+
+def _started(tmp_path, config):
+  """A workdir whose run recorded ``config`` and wrote a checkpoint step."""
+  workdir_lib.check_config(tmp_path, config)
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+
+
+@pytest.mark.parametrize("field, value", CHANGED)
+def test_resume_with_a_run_changing_field_is_refused(tmp_path, field, value):
+  _started(tmp_path, default_config())
+  with pytest.raises(configuration.ConfigError) as e:
+    workdir_lib.check_config(tmp_path, default_config(**{field: value}))
+  assert f"holds a run with a different config: {field} (" in one_line(e)
+
+
+def test_every_differing_field_is_listed(tmp_path):
+  _started(tmp_path, default_config())
+  with pytest.raises(configuration.ConfigError) as e:
+    workdir_lib.check_config(tmp_path, default_config(
+        **{"seed": 3, "selection.method": "uniform"}))
+  assert "seed (0 -> 3), selection.method ('reducr' -> 'uniform')" in one_line(e)
+
+
+RESUMABLE = [("num_steps", 3000), ("eval_every", 7), ("log_every", 3),
+             ("checkpoint_every", 11), ("num_devices", 2), ("prefetch", 0),
+             ("experts.cache_dir", "/tmp/shared"), ("pruning.cache_dir", "/tmp/p"),
+             ("max_consecutive_skipped", 5)]
+
+
+@pytest.mark.parametrize("field, value", RESUMABLE)
+def test_resume_may_change_cadence_length_and_devices(tmp_path, field, value):
+  assert field in workdir_lib.RESUMABLE_FIELDS
+  _started(tmp_path, default_config())
+  workdir_lib.check_config(tmp_path, default_config(**{field: value}))
+  recorded = json.loads((tmp_path / workdir_lib.CONFIG_NAME).read_text())
+  assert workdir_lib.flatten(recorded)[field] == (list(value) if isinstance(value, tuple) else value)
+
+
+@pytest.mark.parametrize("state", ["nothing", "results"])
+def test_config_may_change_while_there_is_nothing_to_resume(tmp_path, state):
+  """A run that stopped before its first checkpoint (e.g. on a bad batch size) does not
+  lock the workdir to its config; once results exist, it does."""
+  workdir_lib.check_config(tmp_path, default_config(batch_size=100_000))
+  if state == "results":
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(configuration.ConfigError, match="batch_size"):
+      workdir_lib.check_config(tmp_path, default_config())
+  else:
+    workdir_lib.check_config(tmp_path, default_config())
+    assert json.loads((tmp_path / workdir_lib.CONFIG_NAME).read_text())["batch_size"] == 320
+
+
+def test_num_steps_cannot_drop_below_the_checkpoint():
+  with pytest.raises(configuration.ConfigError) as e:
+    workdir_lib.check_num_steps(default_config(num_steps=100), 200)
+  assert "can only be extended" in one_line(e)
+  workdir_lib.check_num_steps(default_config(num_steps=300), 200)
+
+
+def test_unreadable_recorded_config_is_replaced(tmp_path):
+  (tmp_path / workdir_lib.CONFIG_NAME).write_text("{garbage")
+  workdir_lib.check_config(tmp_path, default_config())
+  assert json.loads((tmp_path / workdir_lib.CONFIG_NAME).read_text())["seed"] == 0
+
+
+# --------------------------------------------------------------------------------------
+# Caches and file writes.
+
+
+def _damage(kind, path):
+  raw = path.read_bytes()
+  if kind == "truncated":
+    path.write_bytes(raw[:len(raw) // 2])
+  elif kind == "flipped":
+    b = bytearray(raw)
+    for i in range(16):
+      b[-1 - i] ^= 0xFF
+    path.write_bytes(bytes(b))
+  elif kind == "garbage":
+    path.write_bytes(b"\x00garbage" * 10)
+  elif kind == "empty":
+    path.write_bytes(b"")
+  elif kind == "old_format":
+    path.write_bytes(raw.partition(b"\n")[2])
+
+
+@pytest.mark.parametrize("kind", ["truncated", "flipped", "garbage", "empty", "old_format"])
+def test_damaged_cache_is_reported_deleted_and_rebuilt(tmp_path, kind, caplog):
+  path = tmp_path / "experts-abc.msgpack"
+  caches.write_cache(path, b"payload " * 100)
+  assert caches.read_cache(path) == b"payload " * 100
+  _damage(kind, path)
+  with caplog.at_level("WARNING"):
+    assert caches.read_cache(path) is None
+  assert not path.exists()
+  assert any("is damaged" in r.getMessage() and str(path) in r.getMessage()
+             for r in caplog.records)
+
+
+def test_missing_cache_is_none_silently(tmp_path):
+  assert caches.read_cache(tmp_path / "nope") is None
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_disk_full_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, code):
+  path = tmp_path / "results.json"
+  real_open = type(caches.temp_name(path)).open
+
+  def full_open(self, mode="r", *args, **kwargs):
+    f = real_open(self, mode, *args, **kwargs)
+    if "w" in mode:
+      f.close()
+      raise OSError(code, os.strerror(code))
+    return f
+  monkeypatch.setattr(type(caches.temp_name(path)), "open", full_open)
+  with pytest.raises(caches.DiskFullError) as e:
+    caches.atomic_write(path, b"{}")
+  assert "disk full while writing" in one_line(e) and e.value.exit_code == 1
+  assert os.listdir(tmp_path) == []
+  monkeypatch.undo()
+  caches.atomic_write(path, b"{}")                 # the next try with space succeeds
+  assert path.read_bytes() == b"{}" and os.listdir(tmp_path) == ["results.json"]
+
+
+@pytest.mark.parametrize("name, removed", [
+    ("experts-x.msgpack.tmp-{host}-{dead}", True),     # dead writer on this host
+    ("experts-x.msgpack.tmp-{dead}", True),            # older naming, dead writer
+    ("experts-x.msgpack.tmp-{host}-{me}", False),      # this (live) process
+    ("experts-x.msgpack.tmp-other-host-1", False),     # another host, recent
+    ("experts-x.msgpack", False),                      # not a temporary file
+])
+def test_stale_temp_files_are_removed(tmp_path, name, removed):
+  name = name.format(host=socket.gethostname(), dead=_dead_pid(), me=os.getpid())
+  (tmp_path / name).write_text("partial")
+  caches.remove_stale_temp_files(tmp_path)
+  assert (tmp_path / name).exists() != removed
+
+
+def test_old_temp_file_of_another_host_is_removed(tmp_path):
+  path = tmp_path / "scores.npz.tmp-other-host-12"
+  path.write_text("partial")
+  t = time.time() - caches.FOREIGN_TMP_AGE_S - 60
+  os.utime(path, (t, t))
+  assert caches.remove_stale_temp_files(tmp_path) == [path.name]
+
+
+# --------------------------------------------------------------------------------------
+# Pure functions.
+
+
+@pytest.mark.parametrize("nan_at", [[0], [3], [7], [0, 1], [2, 5, 6], [7, 0]])
+@pytest.mark.parametrize("k", [1, 3])
+def test_top_k_never_selects_nan(nan_at, k):
+  scores = np.arange(8, dtype=np.float32)
+  scores[nan_at] = np.nan
+  sel = np.asarray(selection.top_k(jnp.asarray(scores), k))
+  assert not set(sel.tolist()) & set(nan_at)
+  expected = [i for i in np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")][:k]
+  assert sel.tolist() == expected
+
+
+def test_top_k_with_fewer_than_k_numbers_fills_with_nan_points():
+  scores = jnp.asarray([np.nan, 1.0, np.nan, np.nan])
+  assert np.asarray(selection.top_k(scores, 2)).tolist() == [1, 0]
+
+
+def test_top_k_nan_ranks_like_minus_inf_under_jit():
+  scores = jnp.asarray([np.nan, -np.inf, 0.0, np.nan])
+  sel = jax.jit(selection.top_k, static_argnums=1)(scores, 2)
+  assert np.asarray(sel).tolist()[0] == 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("temperature", [0.0, 0.5, 10.0])
+def test_soft_top_k_never_draws_nan(seed, temperature):
+  scores = jnp.asarray([np.nan, 0.1, np.nan, 0.3, 0.2, np.nan, 0.0, np.nan])
+  sel = np.asarray(selection.soft_top_k(jax.random.PRNGKey(seed), scores, 4, temperature))
+  assert set(sel.tolist()) == {1, 3, 4, 6}
+
+
+@pytest.mark.parametrize("eta", [math.nan, math.inf, -math.inf, np.float32("nan"),
+                                 np.float64("inf"), 0.0, -1.0, np.asarray(np.nan)],
+                         ids=["nan", "inf", "-inf", "f32nan", "f64inf", "zero", "neg", "arraynan"])
+def test_mwu_update_rejects_bad_eta(eta):
+  with pytest.raises(ValueError) as e:
+    mwu.update(mwu.init(3), jnp.ones(3), eta)
+  assert one_line(e).startswith("eta must be")
+
+
+def test_mwu_update_traced_eta_is_not_checked():
+  """Documented: a traced η cannot be checked; a NaN one gives NaN log-weights (the
+  trainer's guard then skips the update)."""
+  out = jax.jit(mwu.update)(mwu.init(3), jnp.ones(3), jnp.float32(np.nan))
+  assert np.all(np.isnan(np.asarray(out)))
+  out = jax.jit(mwu.update)(mwu.init(3), jnp.ones(3), jnp.float32(0.1))
+  np.testing.assert_allclose(np.exp(np.asarray(out)).sum(), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("label", [3, 4, 100])
+def test_labels_at_or_above_num_classes(label):
+  """Documented (README "Failure modes"): a label >= C gives a NaN cross-entropy (so the
+  trainer skips that update and never selects the point) and counts in no class."""
+  logits = jnp.zeros((2, 3))
+  y = jnp.asarray([0, label])
+  loss = np.asarray(experts.cross_entropy(logits, y))
+  assert np.isfinite(loss[0]) and np.isnan(loss[1])
+  assert np.asarray(metrics.class_sums(jnp.ones(2), y, 3).counts).tolist() == [1.0, 0.0, 0.0]
+  assert np.asarray(metrics.correct_sums(logits, y).counts).tolist() == [1.0, 0.0, 0.0]
+  scores = selection.reducr_scores(jnp.asarray(loss), jnp.zeros((2, 3)), jnp.ones(3) / 3)
+  assert np.asarray(selection.top_k(scores, 1)).tolist() == [0]      # never the NaN point
