@@ -177,9 +177,6 @@ def validate_config(config: ml_collections.ConfigDict,
     raise ConfigError(str(e)) from None
   pr = config.pruning
   _one_of("config.pruning.strategy", pr.strategy, PRUNING_STRATEGIES)
-  if pr.strategy not in ("none", "random") and config.model.name != "mlp":
-    raise ConfigError(f"config.pruning.strategy={pr.strategy!r} scores with config.model.name "
-                      f"'mlp' only (got {config.model.name!r}); use 'none' or 'random'")
   _number("config.pruning.density", pr.density, 0, 1, low_open=True)
   _one_of("config.pruning.keep", pr.keep, ("hardest", "easiest"))
   for name in ("num_inits", "score_epochs", "batch_size", "dyn_unc_window"):

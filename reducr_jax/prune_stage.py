@@ -9,7 +9,9 @@
     inside each class.
 
 All scores and recalls come from one short *scoring* run: ``num_inits`` models (the
-config's architecture, stacked and trained together with ``vmap``, plain cross-entropy)
+config's architecture — MLP, ResNet with batch norm, BERT — through the same
+:class:`reducr_jax.models.ModelFns` as the trainer, stacked and trained together with
+``vmap``, plain cross-entropy)
 trained for ``score_epochs`` epochs on the train split. After each epoch the stack is
 evaluated on the whole train split; EL2N and GraNd use the models after ``early_epoch``
 epochs (Paul et al.: early in training), forgetting events and dynamic uncertainty use
@@ -85,15 +87,19 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
   """The scoring run (see the module docstring) → :class:`Scores`."""
   p = config.pruning
   c = splits.num_classes
-  model = models.create_model(config.model, c)
-  apply_fn = lambda prm, x: model.apply({"params": prm}, x)  # noqa: E731
-  x0 = jnp.zeros((1,) + splits.train.x.shape[1:], jnp.float32)
+  x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
+  fns = models.model_fns(models.create_model(config.model, c), x0,
+                         init_impl=models.init_rng_impl(config.model))
   tx = optax.adamw(config.optimizer.learning_rate, weight_decay=config.optimizer.weight_decay)
-  state = experts.init_experts(lambda r: model.init(r, x0)["params"], tx,
-                               jax.random.PRNGKey(config.seed + 2_000_003), p.num_inits)
-  # γ = 0: every stacked model minimises the plain cross-entropy.
-  step = jax.jit(lambda s, x, y: experts.train_step(apply_fn, tx, s, x, y, 0.0))
-  logits_of = jax.jit(jax.vmap(apply_fn, in_axes=(0, None)))         # [S, b, K]
+  init_key = jax.random.PRNGKey(config.seed + 2_000_003)
+  state = experts.init_experts(fns.init, tx, init_key, p.num_inits)
+  # γ = 0: every stacked model minimises the plain cross-entropy (training mode: batch
+  # norm statistics and dropout as the model has them).
+  step = jax.jit(lambda s, x, y, i: experts.train_step(
+      fns.apply, tx, s, x, y, 0.0, train_apply_fn=fns.apply_train,
+      rng=jax.random.fold_in(init_key, i)))
+  variables_of = lambda st: models.variables(st.params, st.model_state or {})  # noqa: E731
+  logits_of = jax.jit(jax.vmap(fns.apply, in_axes=(0, None)))        # [S, b, K]
   train, n = splits.train, len(splits.train)
   steps_per_epoch = max(1, -(-n // p.batch_size))
 
@@ -109,21 +115,25 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
     for i in range(steps_per_epoch):
       idx = data.batch_indices(config.seed + 11, (epoch - 1) * steps_per_epoch + i, n,
                                p.batch_size)
-      state, _ = step(state, train.x[idx], train.y[idx])
-    logits = train_logits(state.params)
+      state, _ = step(state, train.x[idx], train.y[idx], (epoch - 1) * steps_per_epoch + i)
+    logits = train_logits(variables_of(state))
     correct = (logits.argmax(-1) == train.y[None]).reshape(-1)
     forgetting = pruning.forgetting_update(forgetting, jnp.asarray(correct))
     probs.append(np.asarray(pruning.true_label_probability(jnp.asarray(logits),
                                                            jnp.asarray(train.y))))
     if epoch == p.early_epoch:
-      early_params, early_logits = state.params, logits
+      early_params, early_logits = (state.params, state.model_state or {}), logits
     if jax.process_index() == 0:
       rate = epoch / max(time.time() - t0, 1e-9)
       print(f"pruning scores: epoch {epoch}/{p.score_epochs}  "
             f"{progress.rate_and_eta(epoch, p.score_epochs, rate, 'epochs')}",
             flush=True)
 
-  one_loss = lambda prm, x, y: experts.cross_entropy(apply_fn(prm, x[None]), y[None])[0]  # noqa: E731
+  def one_loss(params_and_state, x, y):
+    # GraNd: the gradient norm w.r.t. the parameters only (batch statistics are constants).
+    params, model_state = params_and_state
+    variables = models.variables(params, jax.lax.stop_gradient(model_state))
+    return experts.cross_entropy(fns.apply(variables, x[None]), y[None])[0]
   grand = pruning.grand_scores_stacked(one_loss, early_params,
                                        (jnp.asarray(train.x), jnp.asarray(train.y)),
                                        chunk_size=256)
@@ -133,9 +143,9 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
   dyn = np.mean([np.asarray(pruning.dynamic_uncertainty(jnp.asarray(history[:, s]),
                                                         p.dyn_unc_window))
                  for s in range(p.num_inits)], axis=0)
-  per_model = jax.jit(jax.vmap(lambda prm, xb, yb, mb: metrics.correct_sums(
-      apply_fn(prm, xb), yb, mb), in_axes=(0, None, None, None)))
-  val = [per_model(state.params, xb, yb, mb)
+  per_model = jax.jit(jax.vmap(lambda v, xb, yb, mb: metrics.correct_sums(
+      fns.apply(v, xb), yb, mb), in_axes=(0, None, None, None)))
+  val = [per_model(variables_of(state), xb, yb, mb)
          for xb, yb, mb in data.iterate_batches(splits.val, config.eval_batch_size)]
   val = jax.tree.map(lambda *a: np.sum(a, axis=(0, 1)), *val)         # summed over S
   return Scores(el2n=np.asarray(el2n), grand=np.asarray(grand),
