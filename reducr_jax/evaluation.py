@@ -8,6 +8,7 @@ import numpy as np
 from reducr_jax import data
 from reducr_jax import experts
 from reducr_jax import metrics
+from reducr_jax import sharding
 from reducr_jax.sharding import AXIS
 from reducr_jax.sharding import shard
 
@@ -46,3 +47,12 @@ def evaluate_summary(p_eval, p_params, split: data.Split, batch_size: int,
   """:func:`reducr_jax.metrics.summary` of the accuracy of ``p_params`` on a split."""
   correct, _ = evaluate(p_eval, p_params, split, batch_size, num_devices)
   return metrics.summary(metrics.ClassSums(*correct))
+
+
+def keep_best(best: dict, val: dict, p_variables, step: int) -> dict:
+  """The model to keep (REDUCR App. A.6): ``p_variables`` (replicated) at ``step`` when its
+  worst-class validation accuracy beats ``best["worst_val"]``, else ``best`` unchanged."""
+  if val["worst_class_accuracy"] <= float(best["worst_val"]):
+    return best
+  return {"params": sharding.first_replica(p_variables),
+          "worst_val": np.float32(val["worst_class_accuracy"]), "step": np.int32(step)}

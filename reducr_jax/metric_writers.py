@@ -99,3 +99,12 @@ def read_metrics(logdir: str) -> list[dict]:
   """All records of ``<logdir>/metrics.jsonl``, in order."""
   text = (epath.Path(logdir) / "metrics.jsonl").read_text()
   return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def write_json(path: str, obj) -> None:
+  """Writes ``obj`` as indented JSON, atomically, from process 0 only (results, timing)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return
+  caches.atomic_write(path, json.dumps(to_json_compatible(obj), indent=2,
+                                       sort_keys=True).encode())

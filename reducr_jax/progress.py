@@ -1,4 +1,4 @@
-"""Rate and time-left text for progress lines."""
+"""Progress lines: rate and time-left text, printed by process 0."""
 
 from __future__ import annotations
 
@@ -20,3 +20,10 @@ def rate_and_eta(done: int, total: int, rate: float, unit: str = "steps") -> str
   left = max(0, total - done)
   eta = duration(left / rate) if rate > 0 else "?"
   return f"{rate:.1f} {unit}/s, ETA {eta}"
+
+
+def say(line: str) -> None:
+  """Prints ``line`` (flushed) on process 0 only."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(line, flush=True)

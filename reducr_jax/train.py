@@ -35,7 +35,6 @@ import ml_collections
 import numpy as np
 import optax
 
-from reducr_jax import caches
 from reducr_jax import checkpointing
 from reducr_jax import configuration
 from reducr_jax import data
@@ -75,15 +74,6 @@ def _all_finite(tree) -> jax.Array:
   if not leaves:
     return jnp.asarray(True)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def as_model_fns(model) -> models.ModelFns:
-  """``model`` as :class:`reducr_jax.models.ModelFns`; a bare ``apply_fn(params, x)`` of a
-  stateless model is wrapped (so library users can pass ``lambda p, x: ...``)."""
-  if isinstance(model, models.ModelFns):
-    return model
-  return models.ModelFns(init=None, apply=lambda v, x: model(v["params"], x),
-                         apply_train=lambda p, s, x, rng: (model(p, x), s))
 
 
 def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfig):
@@ -131,7 +121,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   n, k, c = cfg.num_devices, cfg.k, cfg.num_classes
   kd = k // n
   needs = cfg.needs
-  fns = as_model_fns(model)
+  fns = models.as_model_fns(model)
   apply_fn = lambda p, xb: fns.apply(models.variables(p, state.model_state), xb)  # noqa: E731
   gather = lambda a: jax.lax.all_gather(a, AXIS, tiled=True)  # noqa: E731
   key = jax.random.fold_in(state.rng, state.step)
@@ -309,7 +299,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
     start, restored, _ = restored
     workdir_lib.check_num_steps(config, start)
     state, best = restored["state"], restored["best"]
-    _progress(f"resumed from step {start}")
+    progress.say(f"resumed from step {start}")
   start = int(state.step)
   writer = metric_writers.MetricWriter(workdir, resume_step=start,
                                        enabled=jax.process_index() == 0)
@@ -353,14 +343,12 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       params = p_variables(p_state)
       val = evaluation.evaluate_summary(p_eval, params, splits.val, eval_bs, n)
       test = evaluation.evaluate_summary(p_eval, params, splits.test, eval_bs, n)
-      if val["worst_class_accuracy"] > float(best["worst_val"]):
-        best = {"params": sharding.first_replica(params),
-                "worst_val": np.float32(val["worst_class_accuracy"]), "step": np.int32(done)}
+      best = evaluation.keep_best(best, val, params, done)
       writer.write(done, {**{f"val/{k}": v for k, v in val.items()},
                           **{f"test/{k}": v for k, v in test.items()}})
       rate = (done - last_step) / max(time.time() - t_last, 1e-9)
       t_last, last_step = time.time(), done
-      _progress(f"step {done}/{config.num_steps}  {progress.rate_and_eta(done, config.num_steps, rate)}"
+      progress.say(f"step {done}/{config.num_steps}  {progress.rate_and_eta(done, config.num_steps, rate)}"
                 f"  skipped {int(sharding.first_replica(p_state.num_skipped))}  worst-class val acc "
                 f"{val['worst_class_accuracy']:.3f}  val acc {val['accuracy']:.3f}")
     stop = preempt.requested(done) and done < config.num_steps
@@ -395,21 +383,9 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       "num_skipped": int(final_state.num_skipped),
       "config": json.loads(config.to_json_best_effort()),
   }
-  _write_json(os.path.join(workdir, "results.json"), results)
-  _write_json(os.path.join(workdir, "timing.json"),
+  metric_writers.write_json(os.path.join(workdir, "results.json"), results)
+  metric_writers.write_json(os.path.join(workdir, "timing.json"),
               {"expert_seconds": expert_seconds, "train_seconds": time.time() - t_start,
                "steps_run": config.num_steps - start, "devices": n,
                "backend": jax.default_backend()})
   return results
-
-
-def _progress(line: str) -> None:
-  if jax.process_index() == 0:
-    print(line, flush=True)
-
-
-def _write_json(path: str, obj) -> None:
-  if jax.process_index() != 0:
-    return
-  caches.atomic_write(path, json.dumps(metric_writers.to_json_compatible(obj), indent=2,
-                                       sort_keys=True).encode())

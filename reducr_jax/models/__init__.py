@@ -182,3 +182,12 @@ def model_fns(module: nn.Module, input_example: jax.Array,
 def variables(params, model_state: dict) -> dict:
   """``{"params": params, **model_state}``: what :attr:`ModelFns.apply` takes."""
   return {"params": params, **model_state}
+
+
+def as_model_fns(model) -> ModelFns:
+  """``model`` as :class:`ModelFns`; a bare ``apply_fn(params, x)`` of a
+  stateless model is wrapped (so library users can pass ``lambda p, x: ...``)."""
+  if isinstance(model, ModelFns):
+    return model
+  return ModelFns(init=None, apply=lambda v, x: model(v["params"], x),
+                  apply_train=lambda p, s, x, rng: (model(p, x), s))
