@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "mlp"
   config.model.hidden = (256, 256)
+  config.model.dtype = "float32"                   # 'bfloat16': mixed precision
+  config.model.pretrained = ""                      # checkpoint to import ('' = from scratch)
+  config.model.pretrained_head = False              # also import the classifier head
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-3
   config.optimizer.weight_decay = 0.01

@@ -99,10 +99,10 @@ def validate_config(config: ml_collections.ConfigDict,
   if isinstance(hidden, (tuple, list)) and any(
       not checks.is_int(h) or h < 1 for h in hidden):
     raise ConfigError(f"config.model.hidden must hold layer widths >= 1, got {tuple(hidden)}")
-  _one_of("config.dataset.augment", config.dataset.get("augment", "none"),
+  _one_of("config.dataset.augment", config.dataset.augment,
           augment.AUGMENTATIONS)
-  _number("config.prefetch", config.get("prefetch", 2), 0, integer=True)
-  pretrained = config.model.get("pretrained", "")
+  _number("config.prefetch", config.prefetch, 0, integer=True)
+  pretrained = config.model.pretrained
   if not isinstance(pretrained, str):
     raise ConfigError(f"config.model.pretrained must be a path or '', got {pretrained!r}")
   if pretrained:
@@ -197,7 +197,7 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.optimizer.learning_rate", config.optimizer.learning_rate, 0, low_open=True)
   _number("config.optimizer.weight_decay", config.optimizer.weight_decay, 0)
   _number("config.optimizer.grad_clip_norm", config.optimizer.grad_clip_norm, 0)
-  _number("config.max_consecutive_skipped", config.get("max_consecutive_skipped", 100), 1,
+  _number("config.max_consecutive_skipped", config.max_consecutive_skipped, 1,
           integer=True)
   for name in ("eval_every", "eval_batch_size", "log_every", "checkpoint_every"):
     _number(f"config.{name}", config[name], 1, integer=True)
