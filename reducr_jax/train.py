@@ -47,13 +47,18 @@ from reducr_jax import metric_writers
 from reducr_jax import metrics
 from reducr_jax import models
 from reducr_jax import mwu
+from reducr_jax import parallel
 from reducr_jax import prune_stage
 from reducr_jax import selection
 from reducr_jax import train_experts
 from reducr_jax.data import augment as augment_lib
 from reducr_jax.data import prefetch as prefetch_lib
 
-AXIS = "devices"
+AXIS = parallel.AXIS
+# Placement helpers shared with stage 1 (reducr_jax.parallel).
+process_rows = parallel.process_rows
+_device_sharding, _replicate = parallel.device_sharding, parallel.replicate
+_first_replica, _shard = parallel.first_replica, parallel.shard
 
 
 class TrainState(NamedTuple):
@@ -380,16 +385,6 @@ def make_eval_step(apply_fn, num_classes: int, devices):
   return jax.pmap(eval_step, axis_name=AXIS, devices=devices)
 
 
-def process_rows(tree, num_processes: int, process_index: int):
-  """This process's contiguous share of a global batch (leading axis split in order)."""
-  if num_processes == 1:
-    return tree
-  def rows(a):
-    per = a.shape[0] // num_processes
-    return a[process_index * per:(process_index + 1) * per]
-  return jax.tree.map(rows, tree)
-
-
 def evaluate(p_eval, p_params, split: data.Split, batch_size: int, num_devices: int):
   """Per-class correct counts and loss sums over a whole split (host values).
 
@@ -447,30 +442,6 @@ def _host(tree):
   """NumPy copies of every leaf: what checkpoints hold. (A device-local ``jax.Array``
   cannot be saved by orbax from several processes; a NumPy array is written once.)"""
   return jax.tree.map(np.asarray, tree)
-
-
-def _device_sharding(devices) -> jax.sharding.NamedSharding:
-  """Leading axis split over ``devices`` on mesh axis :data:`AXIS`, as the pmapped step
-  returns its outputs: inputs placed this way never trigger a second compilation."""
-  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                    jax.sharding.PartitionSpec(AXIS))
-
-
-def _replicate(tree, devices):
-  """One copy of ``tree`` per device, placed like the step's outputs."""
-  return jax.device_put(jax.tree.map(lambda a: np.stack([np.asarray(a)] * len(devices)),
-                                     tree), _device_sharding(devices))
-
-
-def _first_replica(tree):
-  """This process's first replica of a ``pmap`` output, as host arrays without the device
-  axis. (``flax.jax_utils.unreplicate`` keeps a leading axis of 1 when the pmap spans
-  fewer devices than the process has, i.e. ``config.num_devices`` < local devices.)"""
-  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)).reshape(a.shape[1:]), tree)
-
-
-def _shard(tree, n: int):
-  return jax.tree.map(lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:]), tree)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
