@@ -52,7 +52,7 @@ from reducr_jax import prune_stage
 from reducr_jax import selection
 from reducr_jax import train_experts
 from reducr_jax.data import augment as augment_lib
-from reducr_jax.data import prefetch as prefetch_lib
+from reducr_jax.data import pipeline
 
 AXIS = parallel.AXIS
 # Placement helpers shared with stage 1 (reducr_jax.parallel).
@@ -495,7 +495,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       ref_params = _replicate(refs.params, devices)
     else:
       reference = "table"
-      table = train_experts.precompute_table(refs, splits.train, config.eval_batch_size)
+      table = train_experts.precompute_table(refs, splits.train, config.eval_batch_size,
+                                             config)
   expert_seconds = time.time() - t0
 
   # Stage 2: online batch selection.
@@ -528,11 +529,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   t_start, t_last, last_step = time.time(), time.time(), start
   batch_sharding = _device_sharding(devices)
-  batches = prefetch_lib.prefetch(       # read, decode and copy to the devices ahead
-      lambda t: jax.device_put(_shard(host_batch(config, cfg, splits, table, t,
-                                                 num_processes, process_index), n_local),
-                               batch_sharding),
-      start, config.num_steps, size=config.get("prefetch", 2))
+  batches = pipeline.batches(            # read, decode (config.data_workers) and copy ahead
+      config, lambda t: _shard(host_batch(config, cfg, splits, table, t, num_processes,
+                                          process_index), n_local),
+      start, config.num_steps, put=functools.partial(jax.device_put, device=batch_sharding))
   for step, batch in zip(range(start, config.num_steps), batches):
     if cfg.method == "reducr" and cfg.holdout_loss == "epoch" and step % holdout_every == 0:
       _, loss_sums = evaluate(p_eval, p_variables(p_state), splits.holdout, eval_bs, n)
