@@ -41,16 +41,31 @@ def device_capacity_bytes(device: Any = None) -> int:
   return int(CPU_RAM_FRACTION * physical_memory_bytes() / max(1, jax.local_device_count()))
 
 
-def compiled_peak_bytes(compiled: Any) -> int | None:
-  """Peak bytes of a compiled program on one device from XLA's memory analysis
-  (``argument + output + temp − alias``); ``None`` when the backend gives none."""
+MEMORY_FIELDS = ("argument", "output", "alias", "temp", "generated_code")
+
+
+def compiled_memory(compiled: Any) -> dict[str, int]:
+  """Bytes of a ``jax.stages.Compiled`` from XLA's memory analysis (per device).
+
+  Returns ``{argument, output, alias, temp, generated_code, peak}``: ``alias`` is the part
+  of the outputs written into donated argument buffers, and ``peak = argument + output −
+  alias + temp`` estimates what the program holds at once (XLA's own live-range peak is
+  not exposed; this is its upper bound from the same numbers). Empty if unavailable.
+  """
   try:
-    m = compiled.memory_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if m is None:
-    return None
-  if isinstance(m, (list, tuple)):      # one per device (pmap on some versions)
-    m = m[0]
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
+    stats = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except  (backends without it raise)
+    return {}
+  if isinstance(stats, (list, tuple)):   # one per device on some versions
+    stats = stats[0] if stats else None
+  if stats is None:
+    return {}
+  out = {f: int(getattr(stats, f"{f}_size_in_bytes")) for f in MEMORY_FIELDS}
+  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  return out
+
+
+def compiled_peak_bytes(compiled: Any) -> int | None:
+  """Peak bytes of a compiled program on one device (:func:`compiled_memory`), ``None``
+  when the backend gives no memory analysis."""
+  return compiled_memory(compiled).get("peak")

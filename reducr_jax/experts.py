@@ -174,7 +174,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
                x: jax.Array, y: jax.Array, gamma, *,
                train_apply_fn: Optional[TrainApplyFn] = None,
                rng: Optional[jax.Array] = None, strategy: str = "vmap", chunk: int = 0,
-               axis_name: Optional[str] = None) -> tuple[ExpertsState, jax.Array]:
+               axis_name: Optional[str] = None,
+               microbatches: int = 1) -> tuple[ExpertsState, jax.Array]:
   """One optimizer step of all C experts at once on the same holdout batch.
 
   Expert ``c`` minimises :func:`class_weighted_loss` with ``expert_class = c``; the C
@@ -203,6 +204,10 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
 
     strategy, chunk: see :func:`map_experts`.
     axis_name: the mapped device axis to average gradients over (``None``: one device).
+    microbatches: m ≥ 1 dividing B: each expert's gradient is accumulated over m slices
+      of B/m (``lax.scan``), so only B/m examples' activations are live — the same
+      update up to float order, except that batch norm normalises (and updates its
+      running statistics) per slice and dropout draws a key per slice.
 
   Returns:
     ``(new_state, losses[C])`` with each expert's γ-weighted training loss.
@@ -210,16 +215,33 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
   checks.check_in_range("gamma", gamma, 0.0)
   c = num_experts(state.params)
 
+  m = int(microbatches)
+  if m < 1 or x.shape[0] % m:
+    raise ValueError(f"microbatches must be >= 1 and divide the batch {x.shape[0]}, got {m}")
+
   def one(args):
     params, opt_state, model_state, expert_class, key = args
-    def loss_fn(p):
+    def loss_fn(p, model_state, xb, yb, key):
       if train_apply_fn is None:
-        logits, new_model_state = apply_fn(p, x), model_state
+        logits, new_model_state = apply_fn(p, xb), model_state
       else:
-        logits, new_model_state = train_apply_fn(p, model_state, x, key)
-      return class_weighted_loss(cross_entropy(logits, y), y, expert_class,
+        logits, new_model_state = train_apply_fn(p, model_state, xb, key)
+      return class_weighted_loss(cross_entropy(logits, yb), yb, expert_class,
                                  gamma), new_model_state
-    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if m == 1:
+      (loss, model_state), grads = grad_fn(params, model_state, x, y, key)
+    else:
+      def accumulate(carry, xs):
+        loss_sum, grad_sum, ms = carry
+        xb, yb, i = xs
+        (l, ms), g = grad_fn(params, ms, xb, yb, jax.random.fold_in(key, i))
+        return (loss_sum + l, jax.tree.map(jnp.add, grad_sum, g), ms), None
+      slices = (x.reshape((m, -1) + x.shape[1:]), y.reshape((m, -1)), jnp.arange(m))
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (loss, grads, model_state), _ = jax.lax.scan(
+          accumulate, (jnp.zeros((), jnp.float32), zeros, model_state), slices)
+      loss, grads = loss / m, jax.tree.map(lambda g: g / m, grads)
     if axis_name is not None:
       grads, loss = jax.lax.pmean((grads, loss), axis_name)
     updates, opt_state = tx.update(grads, opt_state, params)

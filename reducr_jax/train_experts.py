@@ -134,24 +134,32 @@ def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma) 
   return jnp.sum(w * table * mask[:, None], axis=0)
 
 
-def strategy_candidates(num: int, strategy: str, chunk: int,
-                        backend: str | None = None) -> list[tuple[str, int]]:
-  """``(strategy, chunk)`` pairs for C = ``num`` stacked experts, best first.
+def strategy_candidates(num: int, strategy: str, chunk: int, batch: int = 1,
+                        backend: str | None = None) -> list[tuple[str, int, int]]:
+  """``(strategy, chunk, microbatches)`` for C = ``num`` stacked experts, best first.
 
   An explicit ``strategy`` is the one candidate. ``auto``: on CPU ``map`` (conv nets:
   ``vmap`` lowers to grouped convolutions, several times slower and C× the activation
   memory, see :func:`reducr_jax.experts.default_strategy`); on GPU/TPU ``vmap`` of all C,
-  then chunks of C/2, C/4, … ≥ 2 experts per ``vmap``, then ``map`` (one at a time).
+  then chunks of C/2, C/4, … ≥ 2 experts per ``vmap``, then ``map`` (one at a time);
+  then, when even one expert's step is too big, ``map`` with its gradient accumulated
+  over 2, 4, 8, … slices of the per-device ``batch`` (:func:`reducr_jax.experts.train_step`
+  ``microbatches``; batch norm then sees slices).
   """
   if strategy != "auto":
-    return [(strategy, int(chunk))]
-  if experts.default_strategy(backend) == "map" or num == 1:
-    return [("map", 0)]
-  out, width = [("vmap", 0)], num // 2
-  while width >= 2:
-    out.append(("vmap", width))
-    width //= 2
-  return out + [("map", 0)]
+    return [(strategy, int(chunk), 1)]
+  out = [("map", 0, 1)]
+  if experts.default_strategy(backend) != "map" and num > 1:
+    out, width = [("vmap", 0, 1)], num // 2
+    while width >= 2:
+      out.append(("vmap", width, 1))
+      width //= 2
+    out.append(("map", 0, 1))
+  m = 2
+  while batch % m == 0:
+    out.append(("map", 0, m))
+    m *= 2
+  return out
 
 
 def models_in_flight(num: int, strategy: str, chunk: int) -> int:
@@ -161,12 +169,13 @@ def models_in_flight(num: int, strategy: str, chunk: int) -> int:
   return 1
 
 
-def pick_strategy(compile_fn: Callable[[str, int], Any], num: int,
-                  candidates: list[tuple[str, int]], budget_bytes: float):
+def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
+                  candidates: list[tuple[str, int, int]], budget_bytes: float):
   """The first candidate whose compiled step fits the memory budget.
 
   Args:
-    compile_fn: ``(strategy, chunk) -> compiled program`` (``.lower(...).compile()``).
+    compile_fn: ``(strategy, chunk, microbatches) -> compiled program``
+      (``.lower(...).compile()``).
     num: C, the stacked experts.
     candidates: :func:`strategy_candidates`, best first.
     budget_bytes: device bytes the step may use. The target model's own step must fit
@@ -174,23 +183,21 @@ def pick_strategy(compile_fn: Callable[[str, int], Any], num: int,
       (``peak / models in flight``).
 
   Returns:
-    ``(strategy, chunk, compiled, peak_bytes)``; the last candidate when none fits (or
-    the only one), ``peak_bytes`` ``None`` where the backend reports no memory analysis.
+    ``(candidate, compiled, peak_bytes)``; the last candidate when none fits (or the only
+    one), ``peak_bytes`` ``None`` where the backend reports no memory analysis.
   """
-  for i, (strategy, chunk) in enumerate(candidates):
-    compiled = compile_fn(strategy, chunk)
+  for i, cand in enumerate(candidates):
+    compiled = compile_fn(*cand)
     peak = device_memory.compiled_peak_bytes(compiled)
-    last = i == len(candidates) - 1
-    if last or peak is None:
-      if peak is not None and peak * (1 + 1 / models_in_flight(num, strategy, chunk)) > budget_bytes:
-        logging.warning("stage 1: no expert strategy fits %.2f GB (%s, chunk %d needs %.2f GB)",
-                        budget_bytes / device_memory.GIB, strategy, chunk,
-                        peak / device_memory.GIB)
-      return strategy, chunk, compiled, peak
-    if peak * (1 + 1 / models_in_flight(num, strategy, chunk)) <= budget_bytes:
-      return strategy, chunk, compiled, peak
-    logging.info("stage 1: %s (chunk %d) needs %.2f GB > budget %.2f GB; trying the next",
-                 strategy, chunk, peak / device_memory.GIB, budget_bytes / device_memory.GIB)
+    need = None if peak is None else peak * (1 + 1 / models_in_flight(num, *cand[:2]))
+    if need is None or need <= budget_bytes:
+      return cand, compiled, peak
+    if i == len(candidates) - 1:
+      logging.warning("stage 1: no expert strategy fits %.2f GB (%s needs %.2f GB)",
+                      budget_bytes / device_memory.GIB, cand, need / device_memory.GIB)
+      return cand, compiled, peak
+    logging.info("stage 1: %s needs %.2f GB > budget %.2f GB; trying the next", cand,
+                 need / device_memory.GIB, budget_bytes / device_memory.GIB)
   raise ValueError("no strategy candidates")
 
 
@@ -241,7 +248,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   n = n_local * procs
   b_local = ex.batch_size // n
 
-  def train_step(state, x, y, step, strategy, chunk):
+  def train_step(state, x, y, step, strategy, chunk, microbatches):
     """One device's step: x [b_local, ...], y int[b_local], step int scalar."""
     d = jax.lax.axis_index(parallel.AXIS)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1_000_033), step)
@@ -257,7 +264,8 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
       return experts.ExpertsState(p, o, ms), loss[None]
     return experts.train_step(fns.apply, tx, state, x, y, gamma,
                               train_apply_fn=fns.apply_train, rng=dropout,
-                              strategy=strategy, chunk=chunk, axis_name=parallel.AXIS)
+                              strategy=strategy, chunk=chunk, axis_name=parallel.AXIS,
+                              microbatches=microbatches)
 
   def val_sums(variables, x, y, mask, strategy, chunk):
     """Σ over all devices' rows of each model's eq. 8 val loss → ``[num]``."""
@@ -270,8 +278,8 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
     return jax.lax.psum(sums, parallel.AXIS)
 
   def pmapped(fn, donate=()):
-    return lambda strategy, chunk: jax.pmap(
-        functools.partial(fn, strategy=strategy, chunk=chunk), axis_name=parallel.AXIS,
+    return lambda strategy, chunk, **kw: jax.pmap(
+        functools.partial(fn, strategy=strategy, chunk=chunk, **kw), axis_name=parallel.AXIS,
         devices=parallel.pmap_devices(devices), donate_argnums=donate)
 
   if kind == "multihead":
@@ -297,15 +305,18 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
 
   batches = pipeline.batches(config, lambda t: put(holdout_batch(t + 1)), 0, ex.num_steps)
   x1, y1 = next(batches)
-  compile_step = lambda s, c: pmapped(train_step, (0,))(s, c).lower(  # noqa: E731
+  compile_step = lambda s, c, m: pmapped(train_step, (0,))(s, c, microbatches=m).lower(  # noqa: E731
       state, x1, y1, step_arg(1)).compile()
-  strategy, chunk, p_step, peak = pick_strategy(
-      compile_step, num, strategy_candidates(num, ex.strategy, ex.get("chunk", 0)),
-      memory_budget_bytes(config, devices[0]))
-  logging.info("stage 1: %s, chunk %d, %d devices, compiled peak %s GB per device",
-               strategy, chunk, n, None if peak is None else round(peak / device_memory.GIB, 3))
+  (strategy, chunk, micro), p_step, peak = pick_strategy(
+      compile_step, num,
+      strategy_candidates(num, ex.strategy, ex.get("chunk", 0), b_local,
+                          jax.default_backend()) if kind != "multihead" else
+      [("map", 0, 1)], memory_budget_bytes(config, devices[0]))
+  logging.info("stage 1: %s, chunk %d, %d microbatches, %d devices, compiled peak %s GB "
+               "per device", strategy, chunk, micro, n,
+               None if peak is None else round(peak / device_memory.GIB, 3))
   if procs > 1:   # a multi-process pmap's compiled program takes global arrays: re-jit
-    p_step = pmapped(train_step, (0,))(strategy, chunk)
+    p_step = pmapped(train_step, (0,))(strategy, chunk, microbatches=micro)
   p_val = pmapped(val_sums)(strategy, chunk)
   eval_global = -(-config.eval_batch_size // n) * n
 

@@ -92,15 +92,17 @@ def test_training_strategies_agree():
   init, apply = make_model()
   tx = optax.adam(3e-2)
   states = {}
-  for strategy, chunk in [("vmap", 0), ("vmap", 2), ("map", 0), ("loop", 0)]:
+  # Gradients accumulated over 4 slices of the batch: the same update (no batch norm).
+  for strategy, chunk, micro in [("vmap", 0, 1), ("vmap", 2, 1), ("map", 0, 1),
+                                 ("loop", 0, 1), ("map", 0, 4)]:
     state = experts.init_experts(init, tx, jax.random.key(0), 3)
     step = jax.jit(functools.partial(experts.train_step, apply, tx, strategy=strategy,
-                                     chunk=chunk))
+                                     chunk=chunk, microbatches=micro))
     for _ in range(3):
       state, losses = step(state, x, y, 9.0)
-    states[strategy, chunk] = (state.params, losses)
+    states[strategy, chunk, micro] = (state.params, losses)
   for got in states.values():
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(states["vmap", 0])):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(states["vmap", 0, 1])):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 

@@ -57,20 +57,24 @@ def test_data_parallel_equals_one_device(tmp_path):
 
 def test_auto_strategy_fits_the_budget():
   picked = []
-  def compile_fn(strategy, chunk):
-    picked.append((strategy, chunk))
-    peak = {0: 14, 7: 7, 3: 3}[chunk] if strategy == "vmap" else 1
+  def compile_fn(strategy, chunk, micro):
+    picked.append((strategy, chunk, micro))
+    gib = ({0: 14, 7: 7, 3: 3}[chunk] if strategy == "vmap" else 1) / micro
     return type("C", (), {"memory_analysis": lambda self: type("M", (), dict(
         argument_size_in_bytes=0, output_size_in_bytes=0, alias_size_in_bytes=0,
-        temp_size_in_bytes=peak * 2**30))()})()
-  cands = train_experts.strategy_candidates(14, "auto", 0, backend="gpu")
-  assert cands == [("vmap", 0), ("vmap", 7), ("vmap", 3), ("map", 0)]
+        generated_code_size_in_bytes=0, temp_size_in_bytes=int(gib * 2**30)))()})()
+  cands = train_experts.strategy_candidates(14, "auto", 0, 8, backend="gpu")
+  assert cands == [("vmap", 0, 1), ("vmap", 7, 1), ("vmap", 3, 1), ("map", 0, 1),
+                   ("map", 0, 2), ("map", 0, 4), ("map", 0, 8)]
   # 7 experts: 7 GB + one model's 1 GB (the target step) = 8 GB ≤ 8.5 GB.
-  strategy, chunk, _, peak = train_experts.pick_strategy(compile_fn, 14, cands, 8.5 * 2**30)
-  assert (strategy, chunk, peak) == ("vmap", 7, 7 * 2**30)
-  assert picked == [("vmap", 0), ("vmap", 7)]
-  assert train_experts.strategy_candidates(14, "auto", 0, backend="cpu") == [("map", 0)]
-  assert train_experts.strategy_candidates(14, "vmap", 5) == [("vmap", 5)]
+  cand, _, peak = train_experts.pick_strategy(compile_fn, 14, cands, 8.5 * 2**30)
+  assert (cand, peak) == (("vmap", 7, 1), 7 * 2**30)
+  assert picked == [("vmap", 0, 1), ("vmap", 7, 1)]
+  # Not even one expert fits 1.5 GB: its gradient over 2 slices (0.5 + 0.5 GB) does.
+  cand, _, _ = train_experts.pick_strategy(compile_fn, 14, cands, 1.5 * 2**30)
+  assert cand == ("map", 0, 2)
+  assert train_experts.strategy_candidates(14, "auto", 0, 3, backend="cpu") == [("map", 0, 1)]
+  assert train_experts.strategy_candidates(14, "vmap", 5, 8) == [("vmap", 5, 1)]
 
 
 def _free_port() -> int:
