@@ -68,11 +68,12 @@ def build(stem: str, num: int, strategy: str, chunk: int, args) -> tuple[Any, tu
   x = np.random.default_rng(0).integers(0, 256, (args.batch, args.image, args.image, 3),
                                         dtype=np.uint8)
   y = (np.arange(args.batch) % 10).astype(np.int32)
-  fns = models.model_fns(module, jnp.zeros((1,) + x.shape[1:], jnp.uint8))
+  fns = models.model_fns(module, jnp.zeros((1,) + x.shape[1:], jnp.uint8), init_impl="rbg")
   tx = optax.adamw(1e-3)
   state = experts.init_experts(fns.init, tx, jax.random.PRNGKey(0), num)
-  step = jax.jit(functools.partial(experts.train_step, fns.apply, tx, train_apply_fn=fns.apply_train,
-                                   strategy=strategy, chunk=chunk), donate_argnums=0)
+  step = jax.jit(functools.partial(experts.train_step, fns.apply, tx,
+                                   train_apply_fn=fns.apply_train, strategy=strategy,
+                                   chunk=chunk), donate_argnums=0)
   args_ = (state, jnp.asarray(x), jnp.asarray(y), 9.0)
   return step.lower(*args_).compile(), args_
 

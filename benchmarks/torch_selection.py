@@ -863,6 +863,8 @@ def main() -> None:
                       help="about this long per timing (back-to-back calls)")
   parser.add_argument("--check_steps", type=int, default=3,
                       help="train steps compared before timing")
+  parser.add_argument("--mlp_batch", type=int, default=None,
+                      help="B of the mlp (default 320), e.g. 32768 for the selection at scale")
   parser.add_argument("--resnet_width", type=int, default=16)
   parser.add_argument("--resnet_batch", type=int, default=None, help="default 128 (--quick: 64)")
   parser.add_argument("--cnn_features", type=harness.int_list, default="8,16,32")
@@ -899,7 +901,7 @@ def main() -> None:
   rng = np.random.default_rng(0)
   rows, checks, per_model = [], {}, {}
   for name in models:
-    batch = None
+    batch = args.mlp_batch if name == "mlp" else None
     if name == "resnet":
       batch = args.resnet_batch or (64 if args.quick else 128)
     spec = make_spec(name, batch_size=batch, cnn_features=args.cnn_features,

@@ -10,8 +10,8 @@ them never changes what they contain, and a resumed run continues exactly.
 * ``0`` (default): one background thread runs ahead (:func:`reducr_jax.data.prefetch.prefetch`);
   Clothing1M rows are decoded by the shared thread pool of
   :mod:`reducr_jax.data.random_access`. Light: no extra processes.
-* ``n > 0``: ``n`` worker processes (``fork``-ed when the iterator starts, so ``make`` and
-  the data it closes over need not be picklable) each build whole batches — read and
+* ``n > 0``: ``n`` worker processes (spawned when the iterator starts; ``make`` and the
+  data it closes over travel by ``cloudpickle``) each build whole batches — read and
   decode the JPEG/PNG rows — for steps ``start + i, start + i + n, …``; up to
   ``n + prefetch`` batches are in flight and they are yielded in step order. Each worker
   decodes with one thread, so ``n`` is the number of cores given to decoding.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
 import multiprocessing
 from typing import Any, Callable, Iterator, Optional
 
@@ -33,11 +34,16 @@ from reducr_jax.data import random_access
 _MAKE: Optional[Callable[[int], Any]] = None   # what forked workers call (inherited)
 
 
-def _worker_init() -> None:
-  """In a fresh worker: the inherited decode pool's threads did not survive ``fork``;
-  decode with one thread of its own (the worker is the unit of parallelism)."""
+def _worker_init(payload: bytes) -> None:
+  """A fresh (spawned) worker: unpickle ``make``; decode with one thread (the worker is
+  the unit of parallelism)."""
+  global _MAKE
+  import cloudpickle  # pylint: disable=g-import-not-at-top,unused-import
+  import pickle  # pylint: disable=g-import-not-at-top
+  os.environ["JAX_PLATFORMS"] = "cpu"   # a worker never computes with JAX
   random_access._POOL = concurrent.futures.ThreadPoolExecutor(  # pylint: disable=protected-access
       max_workers=1, thread_name_prefix="reducr_decode")
+  _MAKE = pickle.loads(payload)
 
 
 def _work(step: int) -> Any:
@@ -47,12 +53,17 @@ def _work(step: int) -> Any:
 def _from_workers(make: Callable[[int], Any], start: int, stop: int, workers: int,
                   ahead: int) -> Iterator[Any]:
   """``make(step)`` for ``step`` in ``[start, stop)``, in order, built by ``workers``
-  forked processes with up to ``workers + ahead`` batches in flight."""
-  global _MAKE
-  _MAKE = make
-  ctx = multiprocessing.get_context("fork")
-  with ctx.Pool(workers, initializer=_worker_init) as pool:
-    _MAKE = None                        # the workers hold their copy
+  spawned processes with up to ``workers + ahead`` batches in flight.
+
+  Spawned, not forked: a forked child inherits the parent's data readers (array_record,
+  TFDS) whose internal thread pools did not survive the fork, and hangs on its first
+  read. ``make`` travels by ``cloudpickle`` (closures and lambdas included); lazy TFDS
+  sources pickle as their file lists and reopen in the worker.
+  """
+  import cloudpickle  # pylint: disable=g-import-not-at-top
+  payload = cloudpickle.dumps(make)
+  ctx = multiprocessing.get_context("spawn")
+  with ctx.Pool(workers, initializer=_worker_init, initargs=(payload,)) as pool:
     pending: collections.deque = collections.deque()
     nxt = start
     for _ in range(start, stop):
