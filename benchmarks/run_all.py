@@ -51,8 +51,8 @@ BENCHMARKS = {  # name → flags (besides --out); the script is benchmarks/<name
     "torch_selection": ["--quick"],
     "torch_selection@32k": ["--quick", "--models", "mlp", "--mlp_batch", "32768",
                             "--check_steps", "1"],
-    "stage1": [],
-    "pipeline": [],
+    "stage1": ["--width", "4", "--image", "32", "--batch", "16", "--rounds", "3"],
+    "pipeline": ["--images", "96", "--batch", "32", "--steps", "3", "--step_rounds", "2"],
     "whole_run": ["--configs", "cifar10,cinic10,clothing1m", "--timeout", "900"],
 }
 TORCH = ("torch_selection", "torch_selection@32k")

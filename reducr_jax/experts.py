@@ -290,7 +290,8 @@ def default_strategy(backend: str | None = None) -> str:
 def precompute_table(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: np.ndarray,
                      y: np.ndarray, batch_size: int = 1024, start: int = 0,
                      stop: Optional[int] = None,
-                     put: Callable[[np.ndarray], Any] = jnp.asarray) -> np.ndarray:
+                     put: Callable[[np.ndarray], Any] = jnp.asarray,
+                     multiple_of: int = 1) -> np.ndarray:
   """One pass over a dataset → the ``[N, C]`` table of expert losses (official default).
 
   Args:
@@ -304,6 +305,8 @@ def precompute_table(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: np
     start, stop: the rows to score (default all): what one process scores of a table
       computed in shards (:func:`reducr_jax.train_experts.precompute_table`).
     put: host batch → device array (e.g. split over the local devices).
+    multiple_of: the batch (shrunk to the rows when they are fewer) stays a multiple of
+      this (e.g. the devices ``put`` splits it over).
 
   Returns:
     ``float32[stop - start, C]`` NumPy table; row ``i`` is the expert losses of example
@@ -315,7 +318,8 @@ def precompute_table(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: np
   stop = n if stop is None else int(stop)
   if not 0 <= start < stop <= n:
     raise ValueError(f"need 0 <= start < stop <= N={n}, got start={start}, stop={stop}")
-  batch_size = max(1, min(int(batch_size), n))
+  rows_up = -(-(stop - start) // multiple_of) * multiple_of
+  batch_size = max(1, min(int(batch_size), rows_up))
   rows = []
   for lo in range(start, stop, batch_size):
     hi = min(lo + batch_size, stop)

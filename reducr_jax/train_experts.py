@@ -412,7 +412,7 @@ def precompute_table(refs: ReferenceModels, split: data.Split, batch_size: int,
   # A process with no rows still scores one (dropped) so every share has C columns.
   start = min(lo, n - 1)
   mine = experts.precompute_table(fn, split.x, split.y, local_bs, start, max(hi, start + 1),
-                                  put)[:hi - lo]
+                                  put, multiple_of=len(devices))[:hi - lo]
   if procs == 1:
     return mine
   padded = np.zeros((per_process,) + mine.shape[1:], np.float32)
