@@ -179,8 +179,8 @@ def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
     num: C, the stacked experts.
     candidates: :func:`strategy_candidates`, best first.
     budget_bytes: device bytes the step may use. The target model's own step must fit
-      next to it; it is estimated as one model's share of the candidate's peak
-      (``peak / models in flight``).
+      next to it; it is estimated as one model's share of the candidate's arguments
+      (the stacked state: ``/ C``) plus of the rest (activations: ``/ models in flight``).
 
   Returns:
     ``(candidate, compiled, peak_bytes)``; the last candidate when none fits (or the only
@@ -188,8 +188,12 @@ def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
   """
   for i, cand in enumerate(candidates):
     compiled = compile_fn(*cand)
-    peak = device_memory.compiled_peak_bytes(compiled)
-    need = None if peak is None else peak * (1 + 1 / models_in_flight(num, *cand[:2]))
+    mem = device_memory.compiled_memory(compiled)
+    peak = mem.get("peak")
+    need = None
+    if peak is not None:   # + one model's step: its share of the state and of the rest
+      state = mem["argument"]
+      need = peak + state / num + (peak - state) / models_in_flight(num, *cand[:2])
     if need is None or need <= budget_bytes:
       return cand, compiled, peak
     if i == len(candidates) - 1:
