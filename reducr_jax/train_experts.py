@@ -307,7 +307,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   def step_arg(step):
     return put(np.full((n_local,), step, np.int32))
 
-  batches = pipeline.batches(config, lambda t: put(holdout_batch(t + 1)), 0, ex.num_steps)
+  batches = pipeline.batches(config, lambda t: holdout_batch(t + 1), 0, ex.num_steps, put)
   x1, y1 = next(batches)
   compile_step = lambda s, c, m: pmapped(train_step, (0,))(s, c, microbatches=m).lower(  # noqa: E731
       state, x1, y1, step_arg(1)).compile()
