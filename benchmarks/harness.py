@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from reducr_jax import device_memory
 from reducr_jax import experts
 from reducr_jax import models
 from reducr_jax import train
@@ -185,23 +186,8 @@ def compiled_flops(compiled: Any) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-MEMORY_FIELDS = ("argument", "output", "alias", "temp", "generated_code")
-
-
-def memory_stats(compiled: Any) -> dict[str, int]:
-  """Bytes of a ``jax.stages.Compiled`` from XLA's memory analysis (per device).
-
-  Returns ``{argument, output, alias, temp, generated_code, peak}``: ``alias`` is the part
-  of the outputs written into donated argument buffers, and ``peak = argument + output −
-  alias + temp`` estimates what the program holds at once (XLA's own live-range peak is
-  not exposed; this is its upper bound from the same numbers). Empty if unavailable.
-  """
-  stats = compiled.memory_analysis()
-  if stats is None:
-    return {}
-  out = {f: int(getattr(stats, f"{f}_size_in_bytes")) for f in MEMORY_FIELDS}
-  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
-  return out
+MEMORY_FIELDS = device_memory.MEMORY_FIELDS
+memory_stats = device_memory.compiled_memory   # {argument, output, alias, temp, …, peak}
 
 
 def mib(num_bytes: float) -> str:

@@ -15,6 +15,13 @@ settings:
   ``scaling``         ``scaling.py`` (B, C and device-count sweeps on the MLP)
   ``memory``          ``memory.py`` (compile-only memory analysis, incl. ResNet-18 B = 320)
   ``torch_selection`` ``torch_selection.py --quick`` (only if ``torch`` is importable)
+  ``…@32k``           the same, MLP only, B = 32 768 (the selection step at scale)
+  ``stage1``          ``stage1.py`` (expert-training strategies vs one model's step,
+                      CIFAR and ImageNet-stem ResNets, C = 10 and 14, shrunk)
+  ``pipeline``        ``pipeline.py`` (decode images/s per worker count vs the images/s
+                      the B = 320 train step consumes)
+  ``whole_run``       ``whole_run.py`` (wall time and peak RSS of 2-step runs of the
+                      vision paper configs on fake data, full-size models)
   ==================  =========================================================
 
 Each writes ``<out_dir>/<name>.{json,md}`` and its output to ``<out_dir>/<name>.log``
@@ -34,14 +41,21 @@ from typing import Any, Optional, Sequence
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/run_all.py``
 
-BENCHMARKS = {  # name → flags (besides --out)
+BENCHMARKS = {  # name → flags (besides --out); the script is benchmarks/<name>.py unless
+    # the name has a suffix after "@" (then benchmarks/<name before "@">.py)
     "experts": ["--build_rounds", "2"],
     "train_step": ["--all", "--resnet_rounds", "12"],
     "meta_reweight": ["--models", "mlp,cnn"],
     "scaling": [],
     "memory": [],
     "torch_selection": ["--quick"],
+    "torch_selection@32k": ["--quick", "--models", "mlp", "--mlp_batch", "32768",
+                            "--check_steps", "1"],
+    "stage1": ["--width", "4", "--image", "32", "--batch", "16", "--rounds", "3"],
+    "pipeline": ["--images", "96", "--batch", "32", "--steps", "3", "--step_rounds", "2"],
+    "whole_run": ["--configs", "cifar10,cinic10,clothing1m", "--timeout", "900"],
 }
+TORCH = ("torch_selection", "torch_selection@32k")
 
 
 def torch_available() -> bool:
@@ -52,8 +66,8 @@ def torch_available() -> bool:
 def run_one(name: str, flags: Sequence[str], out_dir: pathlib.Path,
             timeout: float) -> dict[str, Any]:
   """Runs ``benchmarks/<name>.py`` with ``flags`` → status, wall time, command, table."""
-  out = out_dir / f"{name}.json"
-  argv = [f"benchmarks/{name}.py", *flags, "--out", str(out)]
+  out = out_dir / f"{name.replace('@', '_')}.json"
+  argv = [f"benchmarks/{name.split('@')[0]}.py", *flags, "--out", str(out)]
   command = "python " + " ".join(argv[:-2])
   print(f"== {command}", flush=True)
   start = time.perf_counter()
@@ -64,7 +78,7 @@ def run_one(name: str, flags: Sequence[str], out_dir: pathlib.Path,
   except Exception as e:  # pylint: disable=broad-except  (a timeout: report, go on)
     status, log = f"failed ({type(e).__name__})", str(e)
   seconds = time.perf_counter() - start
-  (out_dir / f"{name}.log").write_text(log)
+  out.with_suffix(".log").write_text(log)
   table = out.with_suffix(".md").read_text() if status == "ok" else ""
   print(f"   {status} in {seconds:.0f} s", flush=True)
   if status != "ok":
@@ -123,9 +137,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   for name, flags in BENCHMARKS.items():
     if (args.only and name not in args.only) or name in args.skip:
       continue
-    if name == "torch_selection" and not torch_available():
-      print("== torch_selection: skipped (torch is not installed)", flush=True)
-      results.append({"name": name, "command": "python benchmarks/torch_selection.py --quick",
+    if name in TORCH and not torch_available():
+      print(f"== {name}: skipped (torch is not installed)", flush=True)
+      results.append({"name": name, "command": "python benchmarks/torch_selection.py "
+                                               + " ".join(flags),
                       "status": "skipped (no torch)", "seconds": 0.0, "table": ""})
       continue
     results.append(run_one(name, flags, out_dir, args.timeout))

@@ -597,7 +597,7 @@ def torch_optimizer(model, config):
 def check_selection(setup: Setup, atol: float = 1e-5) -> dict[str, float]:
   """Runs both selection steps on the same inputs; asserts equal work.
 
-  Checks: the same selected indices in the same order, the same model losses' effect
+  Checks: the same selected indices (as a set: near-equal scores may swap), the same model losses' effect
   (α increment ``Σ_sel (R − h)`` vs ``mwu.class_objective``), the same class weights
   after the update (``softmax(−η α)`` vs ``mwu.weights(log_w)``), and that the weights
   were not uniform (the check would not test the weighting otherwise).
@@ -619,7 +619,10 @@ def check_selection(setup: Setup, atol: float = 1e-5) -> dict[str, float]:
   t_sel, t_w_used = t_select(setup.k, data, target, gidx, model, table_t, h_t)
   w_used = np.asarray(mwu.weights(setup.log_w0))
   np.testing.assert_allclose(t_w_used.numpy(), w_used, atol=1e-6, err_msg="weights used")
-  np.testing.assert_array_equal(t_sel.numpy(), np.asarray(sel), err_msg="selected indices")
+  # The same k points; their order may differ where two scores differ only by the two
+  # frameworks' float rounding (seen at B = 32 768: a few adjacent swaps).
+  np.testing.assert_array_equal(np.sort(t_sel.numpy()), np.sort(np.asarray(sel)),
+                                err_msg="selected indices")
   t_alpha = (t_select.losses - before).numpy()
   alpha = np.asarray(alpha)
   scale = max(1.0, float(np.max(np.abs(alpha))))
@@ -672,7 +675,8 @@ def check_train_step(setup: Setup, config, steps: int = 3, atol: float = 1e-5,
     t_sel, t_loss = torch_train_step(t_select, model, optimizer, cfg.k,
                                      *setup.torch_inputs(x, y, index), table_t, h_t,
                                      setup.spec.has_batch_norm)
-    np.testing.assert_array_equal(t_sel.numpy(), np.asarray(metrics["selected_indices"][0]),
+    np.testing.assert_array_equal(np.sort(t_sel.numpy()),
+                                  np.sort(np.asarray(metrics["selected_indices"][0])),
                                   err_msg=f"selected indices at step {i}")
     w = np.asarray(metrics["class_weights"][0])
     np.testing.assert_allclose(t_select.weights(), w, atol=atol,
@@ -866,6 +870,8 @@ def main() -> None:
                       help="about this long per timing (back-to-back calls)")
   parser.add_argument("--check_steps", type=int, default=3,
                       help="train steps compared before timing")
+  parser.add_argument("--mlp_batch", type=int, default=None,
+                      help="B of the mlp (default 320), e.g. 32768 for the selection at scale")
   parser.add_argument("--resnet_width", type=int, default=16)
   parser.add_argument("--resnet_batch", type=int, default=None, help="default 128 (--quick: 64)")
   parser.add_argument("--cnn_features", type=harness.int_list, default="8,16,32")
@@ -902,7 +908,7 @@ def main() -> None:
   rng = np.random.default_rng(0)
   rows, checks, per_model = [], {}, {}
   for name in models:
-    batch = None
+    batch = args.mlp_batch if name == "mlp" else None
     if name == "resnet":
       batch = args.resnet_batch or (64 if args.quick else 128)
     spec = make_spec(name, batch_size=batch, cnn_features=args.cnn_features,

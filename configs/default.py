@@ -83,7 +83,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.experts = ml_collections.ConfigDict()
   config.experts.gamma = 9.0                        # eq. 8 up-weighting (paper: 9 vision, 4 text)
   config.experts.losses = "precomputed"             # 'precomputed' N×C table | 'online' C models | 'multihead'
-  config.experts.strategy = "auto"                  # online evaluation: 'auto' | 'vmap' | 'map' | 'loop'
+  # How the C stacked experts run (training, validation, table, online losses): 'vmap'
+  # (one batched program, C× the activation memory; best on GPU/TPU), 'map' (one expert
+  # at a time in one program; best for conv nets on CPU), 'loop' (unrolled), or 'auto':
+  # by backend, the first candidate whose compiled training step fits `max_memory_gb`.
+  config.experts.strategy = "auto"
+  config.experts.chunk = 0                          # 'vmap': experts per vmap (0 = all C)
+  config.experts.max_memory_gb = 0.0                # 'auto' budget per device; 0 = what it has
   config.experts.num_steps = 500
   config.experts.batch_size = 128
   config.experts.learning_rate = 1e-3
@@ -139,4 +145,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Stop a diverged run (exit 1, one line) after this many consecutive updates skipped for a
   # non-finite loss, gradient or parameter, instead of finishing with the stale parameters.
   config.max_consecutive_skipped = 100
+  # Worker processes that read and decode batches (reducr_jax.data.pipeline); 0 = one
+  # background thread in this process. Batches are the same either way.
+  config.data_workers = 0
   return config

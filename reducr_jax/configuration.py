@@ -12,7 +12,6 @@ import os
 
 import jax
 import ml_collections
-import numpy as np
 
 from reducr_jax import checks
 from reducr_jax import data
@@ -165,6 +164,9 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.experts.learning_rate", ex.learning_rate, 0, low_open=True)
   _number("config.experts.weight_decay", ex.weight_decay, 0)
   _number("config.experts.eval_every", ex.eval_every, 1, integer=True)
+  _number("config.experts.chunk", ex.chunk, 0, integer=True)
+  _number("config.experts.max_memory_gb", ex.max_memory_gb, 0)
+  _number("config.data_workers", config.data_workers, 0, integer=True)
   _number("config.selection.beta", sel.beta, 0)
   _one_of("config.selection.sampling", sel.sampling, selectors.weighted.SAMPLINGS)
   _number("config.selection.uniform_after_steps", sel.uniform_after_steps, 0, integer=True)

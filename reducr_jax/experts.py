@@ -15,10 +15,13 @@ Their losses on a batch form the ``[B, C]`` matrix that :mod:`reducr_jax.selecti
 consumes, obtained in one of three ways that agree to float tolerance:
 
   * online from the stacked models — :func:`expert_losses` with ``strategy``
-    ``"vmap"`` (best on GPU/TPU), ``"map"`` (``lax.map``, a sequential loop inside one
-    compiled program) or ``"loop"`` (a Python loop unrolled at trace time); on CPU, ``vmap``
-    over conv nets lowers to grouped convolutions that are many times slower, so use
-    ``"map"`` there (see :func:`default_strategy`);
+    ``"vmap"`` (best on GPU/TPU; with ``chunk`` = n, ``n`` experts per ``vmap`` and a
+    ``lax.map`` over the chunks, so only n copies of the activations are live), ``"map"``
+    (``lax.map``, a sequential loop inside one compiled program) or ``"loop"`` (a Python
+    loop unrolled at trace time); on CPU, ``vmap`` over conv nets lowers to grouped
+    convolutions that are many times slower, so use ``"map"`` there (see
+    :func:`default_strategy`). Training (:func:`train_step`) takes the same strategies
+    (:func:`map_experts`);
   * precomputed once over the whole training set as an ``[N, C]`` table
     (:func:`precompute_table`), the official implementation's default, then gathered;
   * one multi-head model (:class:`MultiHead`: shared trunk, C heads), trained with the
@@ -132,17 +135,60 @@ def init_experts(init_fn: InitFn, tx: optax.GradientTransformation, rng: jax.Arr
   return ExpertsState(params, jax.vmap(tx.init)(params), model_state)
 
 
+def map_experts(fn: Callable[[Any], Any], stacked: Any, strategy: str = "vmap",
+                chunk: int = 0) -> Any:
+  """``fn`` applied to each expert's slice of ``stacked``, outputs stacked on axis 0.
+
+  The one place the stacked-expert strategies live; every strategy computes the same
+  values (up to float summation order), they differ in speed and live memory.
+
+  Args:
+    fn: one expert's ``slice -> outputs`` (any pytrees); must be traceable.
+    stacked: pytree whose leaves all have the leading axis C (``None`` leaves allowed).
+    strategy: ``"vmap"`` (one batched program: C copies of every activation live),
+      ``"map"`` (``lax.map``: one expert at a time inside one program) or ``"loop"``
+      (Python loop unrolled at trace time).
+    chunk: with ``"vmap"``, ``0`` (or ≥ C) = all C experts in one ``vmap``; ``n`` in
+      ``[1, C)`` = ``n`` experts per ``vmap``, the chunks run one after another in a
+      ``lax.map`` (``batch_size=n``), so n copies of the activations are live.
+
+  Returns:
+    ``fn``'s outputs with a leading axis C.
+  """
+  if strategy not in STRATEGIES:
+    raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+  if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 0:
+    raise ValueError(f"chunk must be an int >= 0, got {chunk!r}")
+  c = num_experts(stacked)
+  if strategy == "vmap" and (chunk == 0 or chunk >= c):
+    return jax.vmap(fn)(stacked)
+  if strategy == "vmap":
+    return jax.lax.map(fn, stacked, batch_size=int(chunk))
+  if strategy == "map":
+    return jax.lax.map(fn, stacked)
+  outs = [fn(jax.tree.map(lambda a, i=i: a[i], stacked)) for i in range(c)]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
 def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: ExpertsState,
                x: jax.Array, y: jax.Array, gamma, *,
                train_apply_fn: Optional[TrainApplyFn] = None,
-               rng: Optional[jax.Array] = None,
-               axis_name: Optional[str] = None) -> tuple[ExpertsState, jax.Array]:
+               rng: Optional[jax.Array] = None, strategy: str = "vmap", chunk: int = 0,
+               axis_name: Optional[str] = None,
+               microbatches: int = 1) -> tuple[ExpertsState, jax.Array]:
   """One optimizer step of all C experts at once on the same holdout batch.
 
   Expert ``c`` minimises :func:`class_weighted_loss` with ``expert_class = c``; the C
-  updates run as one ``vmap`` over stacked params, optimizer states and class index.
-  Jit with ``apply_fn`` and ``tx`` static (e.g. ``jax.jit(functools.partial(train_step,
+  updates run over stacked params, optimizer states and class index with
+  :func:`map_experts` (``strategy``, ``chunk``). Jit with ``apply_fn``, ``tx``,
+  ``strategy`` and ``chunk`` static (e.g. ``jax.jit(functools.partial(train_step,
   apply_fn, tx))``).
+
+  Data parallel: under ``pmap`` (or ``shard_map``) over ``axis_name``, ``x``/``y`` are
+  this device's equal share of the batch; gradients and losses are averaged over the axis
+  (``pmean``), so the update equals the one-device update on the whole batch (up to float
+  summation order) — with batch norm, build ``train_apply_fn`` with the same
+  ``axis_name`` so its statistics are those of the whole batch too.
 
   Args:
     apply_fn: ``(params, x) -> logits [B, K]`` of one model.
@@ -155,8 +201,12 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
       (:attr:`reducr_jax.models.ModelFns.apply_train`); then ``apply_fn`` is unused and
       each expert's batch-norm statistics are its own (no cross-expert averaging).
     rng: key for dropout (split per expert); unused by deterministic models.
-    axis_name: under ``pmap``, average the gradients (and losses) over this axis: each
-      device holds an equal share of the batch, so the step equals the one-device step.
+    strategy, chunk: see :func:`map_experts`.
+    axis_name: the mapped device axis to average gradients over (``None``: one device).
+    microbatches: m ≥ 1 dividing B: each expert's gradient is accumulated over m slices
+      of B/m (``lax.scan``), so only B/m examples' activations are live — the same
+      update up to float order, except that batch norm normalises (and updates its
+      running statistics) per slice and dropout draws a key per slice.
 
   Returns:
     ``(new_state, losses[C])`` with each expert's γ-weighted training loss.
@@ -164,28 +214,47 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
   checks.check_in_range("gamma", gamma, 0.0)
   c = num_experts(state.params)
 
-  def one(params, opt_state, model_state, expert_class, key):
-    def loss_fn(p):
+  m = int(microbatches)
+  if m < 1 or x.shape[0] % m:
+    raise ValueError(f"microbatches must be >= 1 and divide the batch {x.shape[0]}, got {m}")
+
+  def one(args):
+    params, opt_state, model_state, expert_class, key = args
+    def loss_fn(p, model_state, xb, yb, key):
       if train_apply_fn is None:
-        logits, new_model_state = apply_fn(p, x), model_state
+        logits, new_model_state = apply_fn(p, xb), model_state
       else:
-        logits, new_model_state = train_apply_fn(p, model_state, x, key)
-      return class_weighted_loss(cross_entropy(logits, y), y, expert_class,
+        logits, new_model_state = train_apply_fn(p, model_state, xb, key)
+      return class_weighted_loss(cross_entropy(logits, yb), yb, expert_class,
                                  gamma), new_model_state
-    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if m == 1:
+      (loss, model_state), grads = grad_fn(params, model_state, x, y, key)
+    else:
+      def accumulate(carry, xs):
+        loss_sum, grad_sum, ms = carry
+        xb, yb, i = xs
+        (l, ms), g = grad_fn(params, ms, xb, yb, jax.random.fold_in(key, i))
+        return (loss_sum + l, jax.tree.map(jnp.add, grad_sum, g), ms), None
+      slices = (x.reshape((m, -1) + x.shape[1:]), y.reshape((m, -1)), jnp.arange(m))
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (loss, grads, model_state), _ = jax.lax.scan(
+          accumulate, (jnp.zeros((), jnp.float32), zeros, model_state), slices)
+      loss, grads = loss / m, jax.tree.map(lambda g: g / m, grads)
     if axis_name is not None:
-      loss, grads = jax.lax.pmean((loss, grads), axis_name)
+      grads, loss = jax.lax.pmean((grads, loss), axis_name)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, model_state, loss
 
   keys = jax.random.split(jax.random.PRNGKey(0) if rng is None else rng, c)
-  params, opt_state, model_state, losses = jax.vmap(one)(
-      state.params, state.opt_state, state.model_state, jnp.arange(c, dtype=jnp.int32), keys)
+  params, opt_state, model_state, losses = map_experts(
+      one, (state.params, state.opt_state, state.model_state,
+            jnp.arange(c, dtype=jnp.int32), keys), strategy, chunk)
   return ExpertsState(params, opt_state, model_state), losses
 
 
 def expert_losses(apply_fn: ApplyFn, stacked_params, x: jax.Array, y: jax.Array,
-                  strategy: str = "vmap") -> jax.Array:
+                  strategy: str = "vmap", chunk: int = 0) -> jax.Array:
   """Loss of every point under every expert → ``[B, C]``.
 
   Args:
@@ -195,22 +264,13 @@ def expert_losses(apply_fn: ApplyFn, stacked_params, x: jax.Array, y: jax.Array,
     strategy: ``"vmap"`` (one batched program; best on GPU/TPU and for MLPs), ``"map"``
       (``lax.map``: C sequential applications in one program, small to compile) or
       ``"loop"`` (a Python loop unrolled at trace time; one program per expert, slow to compile).
+    chunk: experts per ``vmap`` (``0`` = all); see :func:`map_experts`.
 
   Returns:
     ``[B, C]`` cross-entropy losses, column c from expert c.
   """
-  if strategy not in STRATEGIES:
-    raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
-  c = num_experts(stacked_params)
   loss_of = lambda p: cross_entropy(apply_fn(p, x), y)  # noqa: E731
-  if strategy == "vmap":
-    per_expert = jax.vmap(loss_of)(stacked_params)
-  elif strategy == "map":
-    per_expert = jax.lax.map(loss_of, stacked_params)
-  else:
-    per_expert = jnp.stack(
-        [loss_of(jax.tree.map(lambda a, i=i: a[i], stacked_params)) for i in range(c)])
-  return per_expert.T
+  return map_experts(loss_of, stacked_params, strategy, chunk).T
 
 
 def default_strategy(backend: str | None = None) -> str:
@@ -227,7 +287,10 @@ def default_strategy(backend: str | None = None) -> str:
 
 
 def precompute_table(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: np.ndarray,
-                     y: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+                     y: np.ndarray, batch_size: int = 1024, start: int = 0,
+                     stop: Optional[int] = None,
+                     put: Callable[[np.ndarray], Any] = jnp.asarray,
+                     multiple_of: int = 1) -> np.ndarray:
   """One pass over a dataset → the ``[N, C]`` table of expert losses (official default).
 
   Args:
@@ -235,25 +298,36 @@ def precompute_table(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: np
       ``jax.jit(functools.partial(expert_losses, apply_fn, params, strategy=...))`` with
       the params bound, or a multi-head equivalent. Called on fixed-size batches (the
       last one zero-padded), so it compiles once.
-    x: ``[N, ...]`` inputs; y: ``int[N]`` labels.
+    x: ``[N, ...]`` inputs; y: ``int[N]`` labels. Only rows ``[start, stop)`` are read,
+      one batch at a time (a lazy ``x`` decodes only those).
     batch_size: evaluation batch size.
+    start, stop: the rows to score (default all): what one process scores of a table
+      computed in shards (:func:`reducr_jax.train_experts.precompute_table`).
+    put: host batch → device array (e.g. split over the local devices).
+    multiple_of: the batch (shrunk to the rows when they are fewer) stays a multiple of
+      this (e.g. the devices ``put`` splits it over).
 
   Returns:
-    ``float32[N, C]`` NumPy table; ``table[i]`` is the expert losses of example ``i``.
-    During training gather rows with the batch's indices into the dataset.
+    ``float32[stop - start, C]`` NumPy table; row ``i`` is the expert losses of example
+    ``start + i``. During training gather rows with the batch's indices into the dataset.
   """
   n = len(x)
   if len(y) != n:
     raise ValueError(f"y must have length N={n} like x, got {len(y)}")
-  batch_size = max(1, min(int(batch_size), n))
+  stop = n if stop is None else int(stop)
+  if not 0 <= start < stop <= n:
+    raise ValueError(f"need 0 <= start < stop <= N={n}, got start={start}, stop={stop}")
+  rows_up = -(-(stop - start) // multiple_of) * multiple_of
+  batch_size = max(1, min(int(batch_size), rows_up))
   rows = []
-  for start in range(0, n, batch_size):
-    xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+  for lo in range(start, stop, batch_size):
+    hi = min(lo + batch_size, stop)
+    xb, yb = x[lo:hi], np.asarray(y[lo:hi])
     pad = batch_size - len(xb)
     if pad:
       xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
       yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
-    rows.append(np.asarray(loss_fn(jnp.asarray(xb), jnp.asarray(yb)))[:batch_size - pad])
+    rows.append(np.asarray(loss_fn(put(xb), put(yb)))[:batch_size - pad])
   return np.concatenate(rows).astype(np.float32)
 
 
@@ -315,7 +389,7 @@ def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, pa
   ``apply_fn(params, x) -> [B, C, K]``. Returns ``(params, opt_state, loss)``; with
   ``train_apply_fn`` (``(params, model_state, x, rng) -> (logits, new_model_state)``,
   models with batch norm or dropout) returns ``(params, opt_state, loss, model_state)``.
-  ``axis_name``: average gradients over this ``pmap`` axis (equal per-device shares).
+  ``axis_name``: data parallel as in :func:`train_step` (gradients ``pmean``-ed).
   """
   checks.check_in_range("gamma", gamma, 0.0)
 
@@ -327,7 +401,7 @@ def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, pa
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   if axis_name is not None:
-    loss, grads = jax.lax.pmean((loss, grads), axis_name)
+    grads, loss = jax.lax.pmean((grads, loss), axis_name)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
   if train_apply_fn is None:

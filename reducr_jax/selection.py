@@ -142,8 +142,19 @@ def rho_loss_scores(model_loss: jax.Array, irreducible_loss: jax.Array) -> jax.A
   return model_loss - irreducible_loss
 
 
+#: From this large-batch size on, :func:`top_k` on CPU uses the partial host selection;
+#: below it ``lax.top_k`` (a host callback costs ~0.4 ms, more than sorting a few thousand).
+HOST_TOP_K_MIN_BATCH = 8192
+
+
 def top_k(scores: jax.Array, k: int) -> jax.Array:
   """Indices of the ``k`` largest scores, largest first.
+
+  ``lax.top_k``, except on CPU for ``B >= HOST_TOP_K_MIN_BATCH``: there a partial selection
+  (:func:`_top_k_host`: ``np.partition`` finds the k-th largest key, one pass keeps the k
+  above it, only those k are sorted) runs as a host callback, since XLA:CPU's ``lax.top_k``
+  fully sorts (at B = 32 768, k = 10 % about 2.3× ``torch.topk``, ``benchmarks/README.md``).
+  Both give the same indices (``-0.0`` ranks below ``+0.0`` in both).
 
   Args:
     scores: ``[B]``.
@@ -152,17 +163,53 @@ def top_k(scores: jax.Array, k: int) -> jax.Array:
   Returns:
     ``int32[k]`` indices into ``scores``; ties resolved towards the lower index.
 
-  NaN scores (a non-finite loss) rank as ``-inf``: they are never selected while at least
-  ``k`` scores are not NaN; otherwise the lowest-index NaN points fill the selection.
+  NaN scores (a non-finite loss) rank below every number, ``-inf`` included: they are
+  never selected while at least ``k`` scores are not NaN; otherwise the lowest-index NaN
+  points fill the selection.
   """
   checks.check_shape("scores", scores, (None,), "[B]")
   k = checks.check_k(k, np.shape(scores)[0])
-  return jax.lax.top_k(_nan_to_neg_inf(scores), k)[1].astype(jnp.int32)
+  key = _monotone_key(scores)
+
+  def on_device(key):      # lax.top_k on the order-preserving signed view of the key
+    signed = jax.lax.bitcast_convert_type(key ^ jnp.uint32(1 << 31), jnp.int32)
+    return jax.lax.top_k(signed, k)[1].astype(jnp.int32)
+
+  if np.shape(scores)[0] < HOST_TOP_K_MIN_BATCH:
+    return on_device(key)
+
+  def on_cpu(key):
+    return jax.pure_callback(lambda a: _top_k_host(np.asarray(a), k),
+                             jax.ShapeDtypeStruct((k,), jnp.int32), key,
+                             vmap_method="sequential")
+
+  return jax.lax.platform_dependent(key, cpu=on_cpu, default=on_device)
+
+
+def _monotone_key(scores: jax.Array) -> jax.Array:
+  """``uint32[B]`` keys in the float32 scores' total order (``-0.0`` below ``+0.0``, as
+  ``lax.top_k`` orders them); NaN → 0, below every number including ``-inf``."""
+  bits = jax.lax.bitcast_convert_type(scores.astype(jnp.float32), jnp.uint32)
+  key = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+  return jnp.where(jnp.isnan(scores), jnp.uint32(0), key)
 
 
 def _nan_to_neg_inf(scores: jax.Array) -> jax.Array:
-  """NaN → ``-inf`` (``lax.top_k`` would rank NaN above every number)."""
+  """NaN → ``-inf`` (never drawn by the Gumbel top-k of :func:`soft_top_k`)."""
   return jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+
+
+def _top_k_host(key: np.ndarray, k: int) -> np.ndarray:
+  """``uint32[B]`` keys → ``int32[k]`` indices of the k largest, largest first, ties to
+  the lower index: the k-th largest key by ``np.partition`` (introselect), then a sort of
+  the k kept ``(key desc, index asc)`` pairs packed into one ``uint64``."""
+  n = key.shape[0]
+  kth = np.partition(key, n - k)[n - k]
+  above = np.flatnonzero(key > kth)
+  at = np.flatnonzero(key == kth)[:k - above.size]
+  sel = np.concatenate([above, at])
+  packed = (np.uint64(0xFFFFFFFF) - key[sel].astype(np.uint64)) << np.uint64(32)
+  return (np.sort(packed | sel.astype(np.uint64)) & np.uint64(0xFFFFFFFF)).astype(np.int32)
 
 
 def gumbel_top_k(rng: jax.Array, logits: jax.Array, k: int) -> jax.Array:

@@ -1,6 +1,7 @@
 """Data parallelism over the ``devices`` axis: placement, replication and row shares.
 
-The train and evaluation steps are ``pmap``-ed over :data:`AXIS`. A global batch is split
+Every stage that runs over devices (expert training, the loss table, the train and
+evaluation steps) is ``pmap``-ed over :data:`AXIS`. A global batch is split
 over processes first (:func:`process_rows`: each host reads only its contiguous share) and
 then over each process's local devices (:func:`shard`). State is replicated with
 :func:`replicate` and read back with :func:`first_replica`.
@@ -8,11 +9,49 @@ then over each process's local devices (:func:`shard`). State is replicated with
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from reducr_jax import errors
+
 AXIS = "devices"
+
+
+def local_devices(config: ml_collections.ConfigDict) -> list:
+  """This process's data-parallel devices: all local ones, or the first
+  ``config.num_devices`` (``-1`` = all; a multi-process run must use all).
+
+  Raises:
+    ConfigError: ``config.num_devices`` out of range, or not ``-1`` with several processes.
+  """
+  devices = jax.local_devices()
+  num = config.num_devices if "num_devices" in config else -1
+  if num != -1:
+    if not 1 <= num <= len(devices):
+      raise errors.ConfigError(
+          f"config.num_devices must be -1 or in [1, {len(devices)}], got {num}")
+    if jax.process_count() > 1 and num != len(devices):
+      raise errors.ConfigError("config.num_devices must be -1 in a multi-process run")
+    devices = devices[:num]
+  return devices
+
+
+def pmap_devices(devices: Sequence) -> Sequence | None:
+  """``devices`` argument of ``jax.pmap``: ``None`` (every device of every process, each
+  process feeding its own) with several processes, else exactly ``devices``."""
+  return None if jax.process_count() > 1 else devices
+
+
+def process_range(n: int, num_processes: int, process_index: int) -> tuple[int, int]:
+  """Rows ``[lo, hi)`` of ``n`` that process ``process_index`` owns: contiguous blocks of
+  ``ceil(n / num_processes)`` (the last ones shorter, possibly empty)."""
+  per = -(-n // num_processes)
+  lo = min(process_index * per, n)
+  return lo, min(lo + per, n)
 
 
 def process_rows(tree, num_processes: int, process_index: int):
@@ -75,27 +114,3 @@ def selected_rows(x: jax.Array, sel: jax.Array, kd: int) -> jax.Array:
     return jax.lax.psum_scatter(rows.astype(jnp.int32), AXIS, scatter_dimension=0,
                                 tiled=True).astype(x.dtype)
   return jax.lax.psum_scatter(rows, AXIS, scatter_dimension=0, tiled=True)
-
-
-def data_parallel_devices(num_devices: int):
-  """``(devices, pmap_devices)`` for ``config.num_devices`` (-1 = all local devices).
-
-  With several processes the ``pmap`` spans every device of every process (each process
-  feeds its own), so ``pmap_devices`` is ``None`` and ``num_devices`` must be -1; with one
-  process it spans exactly ``devices``.
-
-  Raises:
-    ConfigError: ``num_devices`` out of range, or not -1 in a multi-process run.
-  """
-  from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
-  devices = jax.local_devices()
-  if num_devices != -1:
-    if not 1 <= num_devices <= len(devices):
-      raise configuration.ConfigError(
-          f"config.num_devices must be -1 or in [1, {len(devices)}], got {num_devices}")
-    devices = devices[:num_devices]
-  if jax.process_count() > 1:
-    if len(devices) != jax.local_device_count():
-      raise configuration.ConfigError("config.num_devices must be -1 in a multi-process run")
-    return devices, None
-  return devices, devices

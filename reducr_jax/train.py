@@ -57,7 +57,7 @@ from reducr_jax import train_experts
 from reducr_jax import train_state
 from reducr_jax import workdir as workdir_lib
 from reducr_jax.data import augment as augment_lib
-from reducr_jax.data import prefetch as prefetch_lib
+from reducr_jax.data import pipeline
 
 AXIS = sharding.AXIS
 
@@ -250,7 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     splits: data to use instead of ``data.make_splits(config.dataset, config.seed)``
       (custom protocols, e.g. Ren et al.'s imbalanced binary task).
   """
-  devices, pmap_devices = sharding.data_parallel_devices(config.num_devices)
+  devices = sharding.local_devices(config)
+  pmap_devices = sharding.pmap_devices(devices)
   n = len(devices) * jax.process_count()          # global data-parallel devices
   configuration.validate_config(config, n)
   workdir = configuration.check_workdir(workdir)
@@ -314,14 +315,13 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   refresh_holdout = selectors.CLASS_HOLDOUT_LOSS in cfg.needs and cfg.holdout_loss == "epoch"
 
   t_start, t_last, last_step = time.time(), time.time(), start
-  batch_sharding = sharding.device_sharding(devices)
-  batches = prefetch_lib.prefetch(       # read, decode and copy to the devices ahead
-      lambda t: jax.device_put(sharding.shard(data.train_batch(
+  batches = pipeline.batches(            # read, decode (config.data_workers) and copy ahead
+      config, lambda t: sharding.shard(data.train_batch(
           config, splits, refs.table, t, holdout=cfg.ema_holdout,
           validation=reweighters.VALIDATION_BATCH in cfg.needs,
           num_processes=num_processes, process_index=process_index), n_local),
-          batch_sharding),
-      start, config.num_steps, size=config.prefetch)
+      start, config.num_steps,
+      put=functools.partial(jax.device_put, device=sharding.device_sharding(devices)))
   skips = divergence.SkipMonitor(config.max_consecutive_skipped)
   preempt.defer()                   # signals now stop the loop at a step boundary
   for step, batch in zip(range(start, config.num_steps), batches):

@@ -6,6 +6,17 @@ one expert and γ = 0. Both train with AdamW on holdout batches and keep, per ex
 parameters with the best validation loss (each expert's own γ-weighted loss on the val
 split), as the official implementation checkpoints by validation loss.
 
+Stage 1 is data parallel like the train step: one ``pmap`` over every device of every
+process (each process feeds its own rows of every holdout batch, gradients are averaged
+over the device axis, batch norm statistics are those of the whole batch), so it equals a
+one-device run up to float summation order. The C stacked experts run with
+``config.experts.strategy`` (``vmap`` / ``map`` / ``loop``; ``vmap`` with
+``config.experts.chunk`` = n runs n experts per ``vmap``); ``auto`` compiles the training
+step for the backend's candidates, best first, and keeps the first whose compiled memory
+fits ``config.experts.max_memory_gb`` (:func:`pick_strategy`). The ``[N, C]`` loss table is
+computed in shards, each process scoring its contiguous share of the rows on its local
+devices, and assembled once (:func:`precompute_table`).
+
 The result is cached as ``<workdir>/experts/<kind>-<fingerprint>.msgpack`` (or in
 ``config.experts.cache_dir``); the fingerprint hashes everything the models depend on
 (dataset, model and expert configs, seed), so a re-run reuses them and a changed config
@@ -17,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 from typing import Any, Callable, NamedTuple, Optional
@@ -28,14 +40,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from reducr_jax import caches
 from reducr_jax import data
+from reducr_jax import device_memory
 from reducr_jax import experts
 from reducr_jax import models
 from reducr_jax import selectors
 from reducr_jax import sharding
 from reducr_jax.data import augment as augment_lib
+from reducr_jax.data import pipeline
 
 
 class ReferenceModels(NamedTuple):
@@ -53,8 +68,14 @@ class ReferenceModels(NamedTuple):
   loss_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
+# Fields that change how stage 1 runs, not what it computes (results equal to float
+# tolerance), so a change reuses the cached models.
+EXECUTION_FIELDS = ("cache_dir", "strategy", "chunk", "max_memory_gb")
+
+
 def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
-  expert_config = {k: v for k, v in config.experts.to_dict().items() if k != "cache_dir"}
+  expert_config = {k: v for k, v in config.experts.to_dict().items()
+                   if k not in EXECUTION_FIELDS}
   blob = json.dumps({"format": 2, "kind": kind, "seed": config.seed, "dataset": config.dataset.to_dict(),
                      "model": config.model.to_dict(), "experts": expert_config,
                      "eval_batch_size": config.eval_batch_size},
@@ -94,18 +115,21 @@ def _build(config, splits: data.Splits, kind: str):
   """
   num_classes = splits.num_classes
   x0 = np.zeros((1,) + splits.holdout.x.shape[1:], splits.holdout.x.dtype)
+  # Training-mode batch norm averages over the device axis of the pmapped stage 1.
+  make_fns = functools.partial(models.model_fns, input_example=x0, axis_name=sharding.AXIS,
+                               init_impl=models.init_rng_impl(config.model))
   if kind == "multihead":
     module = experts.MultiHead(trunk=models.create_model(config.model, None),
                                num_heads=num_classes, num_classes=num_classes)
-    fns = models.model_fns(module, x0, init_impl=models.init_rng_impl(config.model))
+    fns = make_fns(module)
     loss_fn = lambda v, x, y: experts.multihead_expert_losses(fns.apply(v, x), y)  # noqa: E731
     num, gamma = 1, config.experts.gamma
   else:
-    fns = models.model_fns(models.create_model(config.model, num_classes), x0,
-                           init_impl=models.init_rng_impl(config.model))
+    fns = make_fns(models.create_model(config.model, num_classes))
     strategy = config.experts.strategy
     strategy = experts.default_strategy() if strategy == "auto" else strategy
-    loss_fn = functools.partial(experts.expert_losses, fns.apply, strategy=strategy)
+    loss_fn = functools.partial(experts.expert_losses, fns.apply, strategy=strategy,
+                                chunk=config.experts.get("chunk", 0))
     num = num_classes if kind == "experts" else 1
     gamma = config.experts.gamma if kind == "experts" else 0.0
   return fns, loss_fn, num, gamma
@@ -117,85 +141,224 @@ def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma) 
   return jnp.sum(w * table * mask[:, None], axis=0)
 
 
+def strategy_candidates(num: int, strategy: str, chunk: int, batch: int = 1,
+                        backend: str | None = None) -> list[tuple[str, int, int]]:
+  """``(strategy, chunk, microbatches)`` for C = ``num`` stacked experts, best first.
+
+  An explicit ``strategy`` is the one candidate. ``auto``: on CPU ``map`` (conv nets:
+  ``vmap`` lowers to grouped convolutions, several times slower and C× the activation
+  memory, see :func:`reducr_jax.experts.default_strategy`); on GPU/TPU ``vmap`` of all C,
+  then chunks of C/2, C/4, … ≥ 2 experts per ``vmap``, then ``map`` (one at a time);
+  then, when even one expert's step is too big, ``map`` with its gradient accumulated
+  over 2, 4, 8, … slices of the per-device ``batch`` (:func:`reducr_jax.experts.train_step`
+  ``microbatches``; batch norm then sees slices).
+  """
+  if strategy != "auto":
+    return [(strategy, int(chunk), 1)]
+  out = [("map", 0, 1)]
+  if experts.default_strategy(backend) != "map" and num > 1:
+    out, width = [("vmap", 0, 1)], num // 2
+    while width >= 2:
+      out.append(("vmap", width, 1))
+      width //= 2
+    out.append(("map", 0, 1))
+  m = 2
+  while batch % m == 0:
+    out.append(("map", 0, m))
+    m *= 2
+  return out
+
+
+def models_in_flight(num: int, strategy: str, chunk: int) -> int:
+  """How many of the C models' activations one step holds at once."""
+  if strategy == "vmap":
+    return num if chunk in (0, None) or chunk >= num else int(chunk)
+  return 1
+
+
+def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
+                  candidates: list[tuple[str, int, int]], budget_bytes: float):
+  """The first candidate whose compiled step fits the memory budget.
+
+  Args:
+    compile_fn: ``(strategy, chunk, microbatches) -> compiled program``
+      (``.lower(...).compile()``).
+    num: C, the stacked experts.
+    candidates: :func:`strategy_candidates`, best first.
+    budget_bytes: device bytes the step may use. The target model's own step must fit
+      next to it; it is estimated as one model's share of the candidate's arguments
+      (the stacked state: ``/ C``) plus of the rest (activations: ``/ models in flight``).
+
+  Returns:
+    ``(candidate, compiled, peak_bytes)``; the last candidate when none fits (or the only
+    one), ``peak_bytes`` ``None`` where the backend reports no memory analysis.
+  """
+  for i, cand in enumerate(candidates):
+    compiled = compile_fn(*cand)
+    mem = device_memory.compiled_memory(compiled)
+    peak = mem.get("peak")
+    need = None
+    if peak is not None:   # + one model's step: its share of the state and of the rest
+      state = mem["argument"]
+      need = peak + state / num + (peak - state) / models_in_flight(num, *cand[:2])
+    if need is None or need <= budget_bytes:
+      return cand, compiled, peak
+    if i == len(candidates) - 1:
+      logging.warning("stage 1: no expert strategy fits %.2f GB (%s needs %.2f GB)",
+                      budget_bytes / device_memory.GIB, cand, need / device_memory.GIB)
+      return cand, compiled, peak
+    logging.info("stage 1: %s needs %.2f GB > budget %.2f GB; trying the next", cand,
+                 need / device_memory.GIB, budget_bytes / device_memory.GIB)
+  raise ValueError("no strategy candidates")
+
+
+def memory_budget_bytes(config: ml_collections.ConfigDict, device: Any) -> float:
+  """``config.experts.max_memory_gb`` in bytes, or (``0``) what ``device`` has."""
+  gb = float(config.experts.get("max_memory_gb", 0.0) or 0.0)
+  return gb * device_memory.GIB if gb > 0 else float(device_memory.device_capacity_bytes(device))
+
+
+def stage_devices(config: ml_collections.ConfigDict, batch_size: int) -> list:
+  """This process's devices for a data-parallel batch of ``batch_size``: every local
+  device (``config.num_devices``), fewer in a one-process run when the global device
+  count does not divide the batch (the largest count that does).
+
+  Raises:
+    ValueError: with several processes, a batch the global device count does not divide.
+  """
+  devices = sharding.local_devices(config)
+  procs = jax.process_count()
+  if procs > 1:
+    if batch_size % (len(devices) * procs):
+      raise ValueError(f"config.experts.batch_size={batch_size} must be a multiple of the "
+                       f"{len(devices) * procs} devices of a multi-process run")
+    return devices
+  while batch_size % len(devices):
+    devices = devices[:-1]
+  return devices
+
+
 def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: int,
            gamma: float):
   """Trains the reference models, keeping the variables with the best val loss.
 
-  Stacked experts keep their best variables expert by expert; a multi-head model keeps
-  the whole model at its best mean head loss (its heads share a trunk). Holdout batches
-  get the training augmentation of ``config.dataset.augment`` (on device). Returns the
-  best variables (``{"params": ..., **model_state}``, stacked for experts).
+  Data parallel over every device of every process (see the module docstring). Stacked
+  experts keep their best variables expert by expert; a multi-head model keeps the whole
+  model at its best mean head loss (its heads share a trunk). Holdout batches get the
+  training augmentation of ``config.dataset.augment`` (on device, by global position in
+  the batch). Returns the best variables (``{"params": ..., **model_state}``, stacked for
+  experts, host arrays) and the best val losses ``[num]``.
   """
   ex = config.experts
   tx = optax.adamw(ex.learning_rate, weight_decay=ex.weight_decay)
   rng = jax.random.PRNGKey(config.seed + 1_000_003)
   aug_kind = config.dataset.get("augment", "none")
+  devices = stage_devices(config, ex.batch_size)
+  procs, proc = jax.process_count(), jax.process_index()
+  n_local = len(devices)
+  n = n_local * procs
+  b_local = ex.batch_size // n
 
-  def augment(x, step):
+  def train_step(state, x, y, step, strategy, chunk, microbatches):
+    """One device's step: x [b_local, ...], y int[b_local], step int scalar."""
+    d = jax.lax.axis_index(sharding.AXIS)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1_000_033), step)
-    return augment_lib.augment(key, x, jnp.arange(x.shape[0]), aug_kind)
+    x = augment_lib.augment(key, x, d * b_local + jnp.arange(b_local), aug_kind)
+    dropout = jax.random.fold_in(rng, step)
+    if n > 1:        # independent dropout masks per device (1 device: as before)
+      dropout = jax.random.fold_in(dropout, d)
+    if kind == "multihead":
+      p, o, loss, ms = experts.multihead_train_step(
+          fns.apply, tx, state.params, state.opt_state, x, y, gamma,
+          model_state=state.model_state, train_apply_fn=fns.apply_train, rng=dropout,
+          axis_name=sharding.AXIS)
+      return experts.ExpertsState(p, o, ms), loss[None]
+    return experts.train_step(fns.apply, tx, state, x, y, gamma,
+                              train_apply_fn=fns.apply_train, rng=dropout,
+                              strategy=strategy, chunk=chunk, axis_name=sharding.AXIS,
+                              microbatches=microbatches)
+
+  def val_sums(variables, x, y, mask, strategy, chunk):
+    """Σ over all devices' rows of each model's eq. 8 val loss → ``[num]``."""
+    if kind == "multihead":
+      table = experts.multihead_expert_losses(fns.apply(variables, x), y)
+      sums = jnp.mean(_weighted_loss_sums(table, y, mask, gamma), keepdims=True)
+    else:
+      table = experts.expert_losses(fns.apply, variables, x, y, strategy, chunk)  # [b, num]
+      sums = _weighted_loss_sums(table, y, mask, gamma)
+    return jax.lax.psum(sums, sharding.AXIS)
+
+  def pmapped(fn, donate=()):
+    return lambda strategy, chunk, **kw: jax.pmap(
+        functools.partial(fn, strategy=strategy, chunk=chunk, **kw), axis_name=sharding.AXIS,
+        devices=sharding.pmap_devices(devices), donate_argnums=donate)
 
   if kind == "multihead":
     params, model_state = models.load_pretrained(config.model, *jax.jit(fns.init)(rng))
     state = experts.ExpertsState(params, tx.init(params), model_state)
-
-    @jax.jit
-    def train_step(state, x, y, step):
-      x = augment(x, step)
-      p, o, loss, ms = experts.multihead_train_step(
-          fns.apply, tx, state.params, state.opt_state, x, y, gamma,
-          model_state=state.model_state, train_apply_fn=fns.apply_train,
-          rng=jax.random.fold_in(rng, step))
-      return experts.ExpertsState(p, o, ms), loss[None]
-
-    @jax.jit
-    def val_sums(variables, x, y, mask):
-      table = experts.multihead_expert_losses(fns.apply(variables, x), y)
-      return jnp.mean(_weighted_loss_sums(table, y, mask, gamma), keepdims=True)
-
-    def keep_best(better, new, old):
-      return jnp.where(better[0], new, old)
   else:
     state = experts.init_experts(fns.init, tx, rng, num)
     params, model_state = models.load_pretrained_stacked(config.model, state.params,
                                                          state.model_state)
-    state = state._replace(params=jax.tree.map(jnp.asarray, params),
-                           model_state=jax.tree.map(jnp.asarray, model_state))
+    state = state._replace(params=params, model_state=model_state)
+  state = sharding.replicate(state, devices)
+  put = functools.partial(jax.device_put, device=sharding.device_sharding(devices))
 
-    @jax.jit
-    def train_step(state, x, y, step):
-      return experts.train_step(fns.apply, tx, state, augment(x, step), y, gamma,
-                                train_apply_fn=fns.apply_train,
-                                rng=jax.random.fold_in(rng, step))
+  def holdout_batch(step):
+    """This process's rows of expert batch ``step`` (1-based), split over its devices."""
+    idx = sharding.process_rows(
+        data.batch_indices(config.seed + 7, step - 1, len(splits.holdout), ex.batch_size),
+        procs, proc)
+    return sharding.shard((splits.holdout.x[idx], splits.holdout.y[idx]), n_local)
 
-    @jax.jit
-    def val_sums(variables, x, y, mask):
-      table = experts.expert_losses(fns.apply, variables, x, y, "vmap")        # [b, num]
-      return _weighted_loss_sums(table, y, mask, gamma)
+  def step_arg(step):
+    return put(np.full((n_local,), step, np.int32))
 
-    def keep_best(better, new, old):
-      return jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+  batches = pipeline.batches(config, lambda t: holdout_batch(t + 1), 0, ex.num_steps, put)
+  x1, y1 = next(batches)
+  compile_step = lambda s, c, m: pmapped(train_step, (0,))(s, c, microbatches=m).lower(  # noqa: E731
+      state, x1, y1, step_arg(1)).compile()
+  (strategy, chunk, micro), p_step, peak = pick_strategy(
+      compile_step, num,
+      strategy_candidates(num, ex.strategy, ex.get("chunk", 0), b_local,
+                          jax.default_backend()) if kind != "multihead" else
+      [("map", 0, 1)], memory_budget_bytes(config, devices[0]))
+  logging.info("stage 1: %s, chunk %d, %d microbatches, %d devices, compiled peak %s GB "
+               "per device", strategy, chunk, micro, n,
+               None if peak is None else round(peak / device_memory.GIB, 3))
+  if procs > 1:   # a multi-process pmap's compiled program takes global arrays: re-jit
+    p_step = pmapped(train_step, (0,))(strategy, chunk, microbatches=micro)
+  p_val = pmapped(val_sums)(strategy, chunk)
+  eval_global = -(-config.eval_batch_size // n) * n
 
   def variables_of(state):
     return models.variables(state.params, state.model_state or {})
 
-  best, best_val = variables_of(state), None
-  for step in range(1, ex.num_steps + 1):
-    idx = data.batch_indices(config.seed + 7, step - 1, len(splits.holdout), ex.batch_size)
-    state, train_losses = train_step(state, splits.holdout.x[idx], splits.holdout.y[idx],
-                                     step)
+  best, best_val = None, None
+  for step, (x, y) in zip(range(1, ex.num_steps + 1),
+                          itertools.chain([(x1, y1)], batches)):
+    state, train_losses = p_step(state, x, y, step_arg(step))
     if step % ex.eval_every == 0 or step == ex.num_steps:
       current = variables_of(state)
-      val = sum(val_sums(current, x, y, m)
-                for x, y, m in data.iterate_batches(splits.val, config.eval_batch_size))
+      val = sum(np.asarray(p_val(current, *put(sharding.shard(b, n_local)))[0], np.float64)
+                for b in data.iterate_batches(splits.val, eval_global, procs, proc))
       val = val / len(splits.val)
-      better = jnp.ones_like(val, bool) if best_val is None else val < best_val
-      best_val = val if best_val is None else jnp.where(better, val, best_val)
-      best = jax.tree.map(lambda n, o: keep_best(better, n, o), current, best)
+      current = sharding.first_replica(current)
+      better = np.ones_like(val, bool) if best_val is None else val < best_val
+      best_val = val if best_val is None else np.where(better, val, best_val)
+      best = current if best is None else jax.tree.map(
+          lambda new, old: _keep_best(better, new, old, kind), current, best)
       logging.info("%s step %d: train loss %s, val loss %s", kind, step,
-                   np.round(np.asarray(train_losses), 4).tolist(),
-                   np.round(np.asarray(val), 4).tolist())
-  return best, np.asarray(best_val)
+                   np.round(np.asarray(train_losses[0]), 4).tolist(),
+                   np.round(val, 4).tolist())
+  return best, np.asarray(best_val, np.float32)
+
+
+def _keep_best(better: np.ndarray, new: np.ndarray, old: np.ndarray, kind: str):
+  """``new`` where ``better`` (per expert: ``[num]`` over the leading axis), else ``old``."""
+  if kind == "multihead":
+    return np.where(better[0], new, old)
+  return np.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
 
 def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
@@ -226,11 +389,47 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
   return ReferenceModels(kind, params, loss_fn)
 
 
-def precompute_table(refs: ReferenceModels, split: data.Split,
-                     batch_size: int) -> np.ndarray:
-  """The ``[N, C']`` table of reference losses over a split (one pass)."""
-  fn = jax.jit(functools.partial(refs.loss_fn, refs.params))
-  return experts.precompute_table(fn, split.x, split.y, batch_size)
+def precompute_table(refs: ReferenceModels, split: data.Split, batch_size: int,
+                     config: ml_collections.ConfigDict | None = None) -> np.ndarray:
+  """The ``[N, C']`` table of reference losses over a split, computed once in shards.
+
+  Each process scores its contiguous share of the rows (:func:`sharding.process_range`)
+  on its local devices (the batch split over them, params replicated), reading only
+  those rows; the shares are then all-gathered, so every process holds the whole table
+  and no host recomputes another's rows.
+
+  Args:
+    refs: the reference models.
+    split: the split to score (``x`` may be lazy).
+    batch_size: global evaluation batch (rounded up to a multiple of the local devices).
+    config: for ``num_devices`` (default: every local device).
+  """
+  devices = sharding.local_devices(config or ml_collections.ConfigDict())
+  procs, proc = jax.process_count(), jax.process_index()
+  n = len(split.y)
+  per_process = -(-n // procs)
+  local_bs = -(-max(1, batch_size // procs) // len(devices)) * len(devices)
+  mesh_sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices),
+                                                               (sharding.AXIS,)),
+                                             jax.sharding.PartitionSpec())
+  params = jax.device_put(refs.params, mesh_sharding)            # replicated
+  fn = jax.jit(functools.partial(refs.loss_fn, params))
+  put = functools.partial(jax.device_put, device=sharding.device_sharding(devices))
+  lo, hi = sharding.process_range(n, procs, proc)
+  # A process with no rows still scores one (dropped) so every share has C columns.
+  start = min(lo, n - 1)
+  mine = experts.precompute_table(fn, split.x, split.y, local_bs, start, max(hi, start + 1),
+                                  put, multiple_of=len(devices))[:hi - lo]
+  if procs == 1:
+    return mine
+  padded = np.zeros((per_process,) + mine.shape[1:], np.float32)
+  padded[:len(mine)] = mine
+  gathered = np.asarray(multihost_utils.process_allgather(padded))   # [procs, per, C']
+  shares = []
+  for p in range(procs):
+    p_lo, p_hi = sharding.process_range(n, procs, p)
+    shares.append(gathered[p, :p_hi - p_lo])
+  return np.concatenate(shares)
 
 
 def online_update(config: ml_collections.ConfigDict, refs: ReferenceModels,
@@ -305,4 +504,4 @@ def prepare_references(config: ml_collections.ConfigDict, splits: data.Splits,
     return References("online", params=sharding.replicate(refs.params, devices),
                       loss_fn=refs.loss_fn)
   return References("table", table=precompute_table(refs, splits.train,
-                                                    config.eval_batch_size))
+                                                    config.eval_batch_size, config))

@@ -85,6 +85,27 @@ def test_strategies_and_precomputed_table_agree(trained):
   np.testing.assert_allclose(table[idx], results["vmap"][idx], rtol=1e-5, atol=1e-6)
 
 
+def test_training_strategies_agree():
+  # vmap of all C, chunks of 2 of the 3 (a remainder chunk), lax.map and an unrolled
+  # loop: the same three optimizer steps.
+  x, y = toy_problem(n=64)
+  init, apply = make_model()
+  tx = optax.adam(3e-2)
+  states = {}
+  # Gradients accumulated over 4 slices of the batch: the same update (no batch norm).
+  for strategy, chunk, micro in [("vmap", 0, 1), ("vmap", 2, 1), ("map", 0, 1),
+                                 ("loop", 0, 1), ("map", 0, 4)]:
+    state = experts.init_experts(init, tx, jax.random.key(0), 3)
+    step = jax.jit(functools.partial(experts.train_step, apply, tx, strategy=strategy,
+                                     chunk=chunk, microbatches=micro))
+    for _ in range(3):
+      state, losses = step(state, x, y, 9.0)
+    states[strategy, chunk, micro] = (state.params, losses)
+  for got in states.values():
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(states["vmap", 0, 1])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_multihead_trains_and_specialises():
   x, y = toy_problem()
   init, apply = make_model(heads=3)

@@ -147,3 +147,24 @@ def test_bad_input_is_a_one_line_value_error(call, match):
 def test_bad_input_raises_at_trace_time_under_jit():
   with pytest.raises(ValueError, match="expert_losses"):
     jax.jit(selection.reducr_scores)(jnp.zeros(4), jnp.zeros((3, 2)), jnp.ones(2) / 2)
+
+
+def test_top_k_partial_selection_matches_lax_top_k_and_skips_nan():
+  # The CPU partial selection (B >= HOST_TOP_K_MIN_BATCH): same indices as lax.top_k
+  # (ties to the lower index, -inf, -0.0 below +0.0), NaN never selected while k numbers
+  # exist, works under vmap.
+  n = selection.HOST_TOP_K_MIN_BATCH
+  rng = np.random.default_rng(0)
+  s = np.round(rng.normal(size=n) * 3).astype(np.float32)      # many ties
+  s[::5] = -np.inf
+  s[1::7] = np.where(rng.random(len(s[1::7])) < 0.5, -0.0, 0.0)
+  for k in (1, 7, 819, n):
+    np.testing.assert_array_equal(jax.jit(selection.top_k, static_argnums=1)(s, k),
+                                  jax.lax.top_k(s, k)[1])
+  with_nan = s.copy()
+  with_nan[[3, 9, 100]] = np.nan
+  got = np.asarray(selection.top_k(jnp.asarray(with_nan), n - 10))
+  assert not set(got.tolist()) & {3, 9, 100}
+  assert sorted(np.asarray(selection.top_k(jnp.asarray(with_nan), n)).tolist()) == list(range(n))
+  batched = jax.vmap(lambda a: selection.top_k(a, 3))(jnp.asarray(s.reshape(2, n // 2)))
+  np.testing.assert_array_equal(batched, jax.lax.top_k(s.reshape(2, n // 2), 3)[1])

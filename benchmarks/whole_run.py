@@ -1,0 +1,144 @@
+"""Whole runs: wall time and peak RSS of a 2-step run of every paper config on fake data.
+
+Each config runs as a user runs it (``configs/<name>.py`` with only the step counts and
+batch shrunk: ``num_steps=2 batch_size=32 experts.num_steps=2``, full-size models) on the
+tests' fake data (``tests/fakes.py``: mocked TFDS CIFAR / GLUE, fake CINIC-10 and
+Clothing1M releases in the official layouts), each in a fresh child process whose peak
+resident memory comes from ``os.wait4``'s ``ru_maxrss`` (the child's own peak, not the
+parent's). ``--repos`` runs the same table for other checkouts side by side, e.g. the
+code before this change (``git archive 8afda95 | tar -x -C /tmp/before``).
+
+  python benchmarks/whole_run.py --configs clothing1m,cinic10 --repos .,/tmp/before
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIGS = ("cifar10", "cifar100", "cinic10", "clothing1m", "mnli", "qqp")
+SMOKE = {"num_steps": 2, "batch_size": 32, "experts.num_steps": 2, "experts.eval_every": 2,
+         "eval_every": 2, "log_every": 1, "checkpoint_every": 2}
+# Fake Clothing1M: 336 images over the four key lists (the issue's smoke release).
+CLOTHING1M_SIZES = {"clean_train": 56, "clean_val": 56, "clean_test": 56, "noisy_train": 168}
+
+
+def child(name: str, workdir: str, extra: dict[str, Any]) -> None:
+  """Writes the fake data for ``name``, runs its 2-step config, prints timing JSON."""
+  sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+  import fakes  # pylint: disable=g-import-not-at-top
+  from reducr_jax import configuration, train  # pylint: disable=g-import-not-at-top
+  tmp = pathlib.Path(workdir)
+  config = configuration.load_config(os.path.join("configs", f"{name}.py"))
+  overrides = {**SMOKE, "dataset.data_dir": str(tmp / "tfds"), "model.pretrained": ""}
+  mock = None
+  if name in ("cifar10", "cifar100", "mnli", "qqp"):
+    _, mock = fakes.mock_tfds(96)
+    overrides["dataset.download"] = True
+  if name == "cinic10":
+    overrides["dataset.manual_dir"] = str(fakes.write_cinic10(tmp)[0])
+  if name == "clothing1m":
+    overrides["dataset.manual_dir"] = str(fakes.write_clothing1m(tmp, CLOTHING1M_SIZES)[0])
+    overrides["dataset.clothing1m_holdout_extra"] = 40
+  if name in ("mnli", "qqp"):
+    overrides["dataset.tokenizer"] = fakes.write_vocab(tmp)
+  config = configuration.with_overrides(config, {**overrides, **extra})
+  start = time.perf_counter()
+  if mock is None:
+    train.train_and_evaluate(config, str(tmp / "run"))
+  else:
+    with mock:
+      train.train_and_evaluate(config, str(tmp / "run"))
+  timing = json.loads((tmp / "run" / "timing.json").read_text())
+  print("RESULT " + json.dumps({**timing, "run_s": time.perf_counter() - start}))
+
+
+def run(repo: str, name: str, extra: dict[str, Any], timeout: float) -> dict[str, Any]:
+  """One child run of config ``name`` with ``repo``'s package → wall s, peak RSS, log.
+
+  The child is reaped with ``os.wait4``, whose ``ru_maxrss`` (KiB on Linux) is that
+  child's own peak resident set (its output goes to a file, so nothing blocks on a pipe).
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(repo).resolve()))
+    env.pop("XLA_FLAGS", None)                       # the machine's own devices
+    argv = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", name, tmp,
+            json.dumps(extra)]
+    log_path = pathlib.Path(tmp) / "log.txt"
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+      proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    out = log_path.read_text()
+  code = proc.returncode
+  result = {"repo": repo, "config": name, "extra": extra,
+            "status": "ok" if code == 0 else (f"killed after {timeout:.0f} s" if code < 0
+                                              else f"exit {code}"),
+            "wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
+  for line in out.splitlines():
+    if line.startswith("RESULT "):
+      result.update(json.loads(line[len("RESULT "):]))
+  if code != 0:
+    result["log_tail"] = out[-3000:]
+  return result
+
+
+def parse_args(argv=None):
+  """Command-line flags."""
+  import harness  # pylint: disable=g-import-not-at-top
+  p = harness.argument_parser(__doc__)
+  p.add_argument("--configs", type=harness.comma_list, default=",".join(CONFIGS))
+  p.add_argument("--repos", type=harness.comma_list, default=".",
+                 help="checkouts to run side by side ('.' = this one)")
+  p.add_argument("--set", default="{}", help="JSON of extra config overrides for every run")
+  p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+  harness.add_out_flag(p, "whole_run")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+  """Runs every (repo, config) pair in turn; writes the table."""
+  import harness  # pylint: disable=g-import-not-at-top
+  args = parse_args(argv)
+  info = harness.machine_info()
+  start = time.perf_counter()
+  extra = json.loads(args.set)
+  rows = []
+  for name in args.configs:
+    for repo in args.repos:
+      r = run(str(ROOT) if repo == "." else repo, name, extra, args.timeout)
+      print(json.dumps({k: v for k, v in r.items() if k != "log_tail"}), flush=True)
+      rows.append(r)
+  harness.finish_info(info, start)
+  lines = [f"# Whole runs: 2 steps of every paper config on fake data", "",
+           harness.machine_line(info), harness.load_line(info), "",
+           "Overrides: " + " ".join(f"{k}={v}" for k, v in {**SMOKE, **extra}.items())
+           + "; full-size models, no pretrained weights; each run a fresh process "
+           "(peak RSS: `ru_maxrss` of that child).", ""]
+  lines += harness.markdown_table(
+      ["config", "checkout", "status", "wall s", "stage 1 s", "peak RSS GB"],
+      [[r["config"], r["repo"], r["status"], r["wall_s"],
+        round(r["expert_seconds"], 1) if "expert_seconds" in r else "",
+        r["peak_rss_gb"]] for r in rows], "lllrrr")
+  harness.write_results(args.out, "whole_run", {"info": info, "flags": harness.flag_values(args),
+                                                 "results": rows}, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  if len(sys.argv) > 1 and sys.argv[1] == "--child":
+    child(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+  else:
+    main()

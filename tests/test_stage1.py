@@ -1,0 +1,127 @@
+"""Stage 1 (reference models): strategies, data parallelism and the sharded loss table."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+
+from reducr_jax import configuration
+from reducr_jax import data
+from reducr_jax import train_experts
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _splits(n=48, classes=3, shape=(8, 8, 3), seed=0):
+  """Tiny random image splits (uint8 [n, 8, 8, 3]) with every class in each split."""
+  rng = np.random.default_rng(seed)
+
+  def split(m):
+    y = (np.arange(m) % classes).astype(np.int32)
+    x = rng.integers(0, 256, (m,) + shape, dtype=np.uint8)
+    return data.Split(x, y, y, np.arange(m))
+  return data.Splits(split(n), split(n), split(24), split(24), classes,
+                     [str(c) for c in range(classes)])
+
+
+def _config(**overrides):
+  config = configuration.load_config(os.path.join(REPO, "configs", "cifar10.py"))
+  return configuration.with_overrides(config, {
+      "model.width": 4, "model.stage_sizes": (1,), "experts.num_steps": 3,
+      "experts.batch_size": 16, "experts.eval_every": 2, "eval_batch_size": 16,
+      "dataset.augment": "crop_flip", **overrides})
+
+
+def _train(tmp_path, name, **overrides):
+  refs = train_experts.get_reference_models(_config(**overrides), _splits(),
+                                            str(tmp_path / name))
+  return jax.tree.map(np.asarray, refs.params)
+
+
+def _assert_close(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+
+
+def test_data_parallel_equals_one_device(tmp_path):
+  # A batch-norm ResNet with crop+flip augmentation on 8 fake devices, 2 of the 3 experts
+  # per vmap, against `map` on one device: same trained params and batch statistics.
+  ref = _train(tmp_path, "one", **{"experts.strategy": "map", "num_devices": 1})
+  _assert_close(_train(tmp_path, "eight", **{"experts.strategy": "vmap",
+                                             "experts.chunk": 2}), ref)
+
+
+def test_auto_strategy_fits_the_budget():
+  picked = []
+  def compile_fn(strategy, chunk, micro):
+    picked.append((strategy, chunk, micro))
+    gib = ({0: 14, 7: 7, 3: 3}[chunk] if strategy == "vmap" else 1) / micro
+    return type("C", (), {"memory_analysis": lambda self: type("M", (), dict(
+        argument_size_in_bytes=0, output_size_in_bytes=0, alias_size_in_bytes=0,
+        generated_code_size_in_bytes=0, temp_size_in_bytes=int(gib * 2**30)))()})()
+  cands = train_experts.strategy_candidates(14, "auto", 0, 8, backend="gpu")
+  assert cands == [("vmap", 0, 1), ("vmap", 7, 1), ("vmap", 3, 1), ("map", 0, 1),
+                   ("map", 0, 2), ("map", 0, 4), ("map", 0, 8)]
+  # 7 experts: 7 GB + one model's 1 GB (the target step) = 8 GB ≤ 8.5 GB.
+  cand, _, peak = train_experts.pick_strategy(compile_fn, 14, cands, 8.5 * 2**30)
+  assert (cand, peak) == (("vmap", 7, 1), 7 * 2**30)
+  assert picked == [("vmap", 0, 1), ("vmap", 7, 1)]
+  # Not even one expert fits 1.5 GB: its gradient over 2 slices (0.5 + 0.5 GB) does.
+  cand, _, _ = train_experts.pick_strategy(compile_fn, 14, cands, 1.5 * 2**30)
+  assert cand == ("map", 0, 2)
+  assert train_experts.strategy_candidates(14, "auto", 0, 3, backend="cpu") == [("map", 0, 1)]
+  assert train_experts.strategy_candidates(14, "vmap", 5, 8) == [("vmap", 5, 1)]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+_WORKER = """
+import sys, numpy as np, jax
+port, pid, num, out = sys.argv[1:5]
+if int(num) > 1:
+  jax.distributed.initialize(f"127.0.0.1:{port}", int(num), int(pid))
+sys.path.insert(0, "tests")
+import test_stage1 as t
+from reducr_jax import train_experts
+splits = t._splits(n=45)            # 45 rows: uneven process shares
+config = t._config(**{"experts.strategy": "map", "experts.num_steps": 2,
+                      "model.name": "mlp", "model.hidden": (8,)})
+refs = train_experts.get_reference_models(config, splits, out + "/work")
+table = train_experts.precompute_table(refs, splits.train, 8)
+np.save(out + f"/table{pid}.npy", table)
+np.save(out + f"/leaf{pid}.npy", np.asarray(jax.tree.leaves(refs.params)[0]))
+"""
+
+
+def test_sharded_table_equals_single_process(tmp_path):
+  # 2 processes × 2 fake devices: stage 1 over 4 devices, each process scores its half of
+  # the pool and all-gathers it; equals one process on 1 device.
+  env = lambda d: dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={d}",  # noqa: E731
+                       JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  port = _free_port()
+  multi = [subprocess.Popen([sys.executable, "-c", _WORKER, str(port), str(i), "2",
+                             str(tmp_path / "multi")], cwd=REPO, env=env(2),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  single = subprocess.run([sys.executable, "-c", _WORKER, "0", "0", "1",
+                           str(tmp_path / "single")], cwd=REPO, env=env(1),
+                          capture_output=True, text=True)
+  outs = [p.communicate(timeout=300)[0] for p in multi]
+  assert single.returncode == 0, single.stderr[-3000:]
+  assert all(p.returncode == 0 for p in multi), [o[-3000:] for o in outs]
+  ref = np.load(tmp_path / "single" / "table0.npy")
+  assert ref.shape == (45, 3)
+  for pid in range(2):
+    np.testing.assert_allclose(np.load(tmp_path / "multi" / f"table{pid}.npy"), ref,
+                               rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "multi" / f"leaf{pid}.npy"),
+                               np.load(tmp_path / "single" / "leaf0.npy"), rtol=2e-4,
+                               atol=2e-5)
