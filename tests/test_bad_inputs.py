@@ -135,12 +135,12 @@ def digits_splits():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"batch_size": 100_000}, "config.batch_size=100000 exceeds the 718 examples of the train split"),
-    ({"experts.batch_size": 100_000}, "config.experts.batch_size=100000 exceeds the 340 examples of the holdout split"),
+    ({"batch_size": 100_000}, "config.batch_size=100000 exceeds the 663 examples of the train split"),
+    ({"experts.batch_size": 100_000}, "config.experts.batch_size=100000 exceeds the 330 examples of the holdout split"),
     ({"reweight": "meta", "meta.val_batch_size": 100_000}, "config.meta.val_batch_size=100000 exceeds"),
     ({"pruning.strategy": "random", "pruning.density": 0.0001}, "config.pruning.density=0.0001 keeps"),
     ({"pruning.strategy": "el2n", "pruning.batch_size": 100_000}, "config.pruning.batch_size=100000 exceeds"),
-    ({"selection.holdout_loss": "ema", "batch_size": 500}, "config.batch_size=500 exceeds the 340 examples of the holdout (holdout_loss='ema')"),
+    ({"selection.holdout_loss": "ema", "batch_size": 500}, "config.batch_size=500 exceeds the 330 examples of the holdout (holdout_loss='ema')"),
 ])
 def test_data_dependent_limits_are_one_line(digits_splits, overrides, message):
   with pytest.raises(configuration.ConfigError) as e:
