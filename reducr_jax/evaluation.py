@@ -8,6 +8,7 @@ import numpy as np
 from reducr_jax import data
 from reducr_jax import experts
 from reducr_jax import metrics
+from reducr_jax import progress
 from reducr_jax import sharding
 from reducr_jax.sharding import AXIS
 from reducr_jax.sharding import shard
@@ -33,12 +34,15 @@ def evaluate(p_eval, p_params, split: data.Split, batch_size: int, num_devices: 
   """
   total = None
   num_local = num_devices // jax.process_count()
-  for batch in data.iterate_batches(split, batch_size * num_devices, jax.process_count(),
-                                    jax.process_index()):
+  global_batch = batch_size * num_devices
+  reporter = progress.Reporter("evaluation", -(-len(split.y) // global_batch), "batches")
+  for i, batch in enumerate(data.iterate_batches(split, global_batch, jax.process_count(),
+                                                 jax.process_index())):
     x, y, mask = shard(batch, num_local)
     res = p_eval(p_params, x, y, mask)
     res = jax.tree.map(lambda a: np.asarray(a[0], np.float64), res)
     total = res if total is None else jax.tree.map(np.add, total, res)
+    reporter.update(i + 1)
   return total
 
 

@@ -290,7 +290,8 @@ def precompute_table(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: np
                      y: np.ndarray, batch_size: int = 1024, start: int = 0,
                      stop: Optional[int] = None,
                      put: Callable[[np.ndarray], Any] = jnp.asarray,
-                     multiple_of: int = 1) -> np.ndarray:
+                     multiple_of: int = 1,
+                     report: Optional[Callable[[int], None]] = None) -> np.ndarray:
   """One pass over a dataset → the ``[N, C]`` table of expert losses (official default).
 
   Args:
@@ -306,6 +307,7 @@ def precompute_table(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: np
     put: host batch → device array (e.g. split over the local devices).
     multiple_of: the batch (shrunk to the rows when they are fewer) stays a multiple of
       this (e.g. the devices ``put`` splits it over).
+    report: called with the number of rows scored so far after each batch (progress).
 
   Returns:
     ``float32[stop - start, C]`` NumPy table; row ``i`` is the expert losses of example
@@ -328,6 +330,8 @@ def precompute_table(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: np
       xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
       yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
     rows.append(np.asarray(loss_fn(put(xb), put(yb)))[:batch_size - pad])
+    if report is not None:
+      report(hi - start)
   return np.concatenate(rows).astype(np.float32)
 
 

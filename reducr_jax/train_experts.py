@@ -47,6 +47,7 @@ from reducr_jax import data
 from reducr_jax import device_memory
 from reducr_jax import experts
 from reducr_jax import models
+from reducr_jax import progress
 from reducr_jax import selectors
 from reducr_jax import sharding
 from reducr_jax.data import augment as augment_lib
@@ -335,9 +336,11 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
     return models.variables(state.params, state.model_state or {})
 
   best, best_val = None, None
+  reporter = progress.Reporter(f"stage 1: training {kind} reference models", ex.num_steps)
   for step, (x, y) in zip(range(1, ex.num_steps + 1),
                           itertools.chain([(x1, y1)], batches)):
     state, train_losses = p_step(state, x, y, step_arg(step))
+    reporter.update(step)
     if step % ex.eval_every == 0 or step == ex.num_steps:
       current = variables_of(state)
       val = sum(np.asarray(p_val(current, *put(sharding.shard(b, n_local)))[0], np.float64)
@@ -418,8 +421,11 @@ def precompute_table(refs: ReferenceModels, split: data.Split, batch_size: int,
   lo, hi = sharding.process_range(n, procs, proc)
   # A process with no rows still scores one (dropped) so every share has C columns.
   start = min(lo, n - 1)
+  reporter = progress.Reporter("stage 1: reference-loss table", max(hi, start + 1) - start,
+                               "rows")
   mine = experts.precompute_table(fn, split.x, split.y, local_bs, start, max(hi, start + 1),
-                                  put, multiple_of=len(devices))[:hi - lo]
+                                  put, multiple_of=len(devices),
+                                  report=reporter.update)[:hi - lo]
   if procs == 1:
     return mine
   padded = np.zeros((per_process,) + mine.shape[1:], np.float32)

@@ -1,0 +1,49 @@
+"""Progress lines of long stages: rate, ETA, throttled, quiet for short stages."""
+
+from reducr_jax import progress
+from reducr_jax import train_experts
+
+
+class Clock:
+  def __init__(self):
+    self.t = 0.0
+
+  def __call__(self):
+    return self.t
+
+
+def test_reporter_prints_rate_and_eta_at_most_every_interval(capsys, monkeypatch):
+  monkeypatch.setattr(progress, "EVERY_SECONDS", 10.0)
+  clock = Clock()
+  r = progress.Reporter("stage 1: training experts", 100, clock=clock)
+  for step in range(1, 101):
+    clock.t = step * 0.5                      # 2 steps/s
+    r.update(step)
+  lines = capsys.readouterr().out.splitlines()
+  # 50 s in all: a line at 10, 20, 30, 40 s and the last one at 50 s.
+  assert len(lines) == 5
+  assert lines[0] == "stage 1: training experts: 20/100 steps  2.0 steps/s, ETA 40s"
+  assert lines[-1] == "stage 1: training experts: 100/100 steps  2.0 steps/s, ETA 0s"
+
+
+def test_short_stage_is_quiet(capsys):
+  clock = Clock()
+  r = progress.Reporter("evaluation", 3, "batches", clock=clock)
+  for i in range(1, 4):
+    clock.t = i
+    r.update(i)
+  assert capsys.readouterr().out == ""
+
+
+def test_stage_one_and_table_show_progress(tmp_path, capsys, monkeypatch):
+  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  from reducr_jax import data  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(progress, "EVERY_SECONDS", 0.0)
+  config = tiny_config(**{"experts.num_steps": 4, "experts.eval_every": 2})
+  splits = data.make_splits(config.dataset, config.seed)
+  refs = train_experts.get_reference_models(config, splits, str(tmp_path))
+  train_experts.precompute_table(refs, splits.train, 128, config)
+  out = capsys.readouterr().out
+  assert "stage 1: training experts reference models: 4/4 steps" in out
+  assert f"stage 1: reference-loss table: {len(splits.train)}/{len(splits.train)} rows" in out
+  assert "ETA" in out
