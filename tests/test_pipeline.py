@@ -46,6 +46,7 @@ def test_workers_build_the_same_batches_as_one_thread():
   # Resuming at step 4 gives steps 4.. exactly; abandoning the iterator stops the workers.
   resumed = run(2, 4, 7)
   np.testing.assert_array_equal(resumed[0]["x"], single[2]["x"])
-  it = pipeline.batches(ml_collections.ConfigDict({"data_workers": 2}), make, 0, 100)
+  it = pipeline.batches(ml_collections.ConfigDict({"data_workers": 2, "prefetch": 2}), make,
+                        0, 100)
   next(it)
   it.close()

@@ -68,8 +68,11 @@ def test_end_to_end_learns_and_writes_results(tmp_path):
 # Every rule and reweighting as it ran before selection moved into the registry
 # (reducr_jax.selectors / reweighters): recorded at commit 8afda95 with these overrides of
 # tiny_config(num_steps=12, log_every=1, eval_every=6, checkpoint_every=12) on the 8 fake
-# devices. Selections (class counts of the selected points at every step), class weights
-# and the kept model's per-class accuracies must stay exactly as they were.
+# devices. Selections (class counts of the selected points at every step) and the kept
+# model's per-class accuracies must stay exactly as they were. The registry reproduced the
+# class weights bitwise too; since stage 1 runs data parallel (gradients pmean-ed over the
+# 8 devices instead of one device's sum) the experts' losses, and so the weights, move in
+# the 7th digit: rtol 1e-5.
 BEFORE_REGISTRY = os.path.join(REPO, "tests", "data", "before_selector_registry.json")
 VARIANTS = {
     "reducr": {},
@@ -101,9 +104,9 @@ def test_every_method_and_variant_is_unchanged_by_the_registry(tmp_path, name):
   records = [r for r in log if "train/selected_class_counts" in r]
   assert [r["train/selected_class_counts"] for r in records] == before["selected_class_counts"]
   np.testing.assert_allclose([r["train/class_weights"] for r in records],
-                             before["class_weights"], rtol=1e-6, atol=0)
+                             before["class_weights"], rtol=1e-5, atol=0)
   np.testing.assert_allclose(results["class_weights"], before["final_class_weights"],
-                             rtol=1e-6, atol=0)
+                             rtol=1e-5, atol=0)
   assert results["test"]["per_class_accuracy"] == pytest.approx(
       before["test_per_class_accuracy"], abs=1e-7)
   assert results["val"]["per_class_accuracy"] == pytest.approx(
