@@ -15,9 +15,9 @@ atomic ``rename(2)``; ``AtomicRenameTemporaryPath``). Step discovery only accept
 directories whose name is a bare integer and does not contain ``.orbax-checkpoint-tmp``,
 so a save killed at any point before the rename (even ``kill -9`` right before it) is
 never reported by :meth:`Checkpointer.latest_step` nor restored. Leftover temporary
-directories are deleted in the background when a writable :class:`Checkpointer` is opened
-(``cleanup_tmp_directories=True``; orbax completes this before the first save), and a
-re-save of the same step also replaces its stale temporary directory. On GCS orbax instead writes in place and marks completion with
+directories are deleted (by process 0, synchronously) when a writable
+:class:`Checkpointer` is opened, and a re-save of the same step also replaces its stale
+temporary directory. On GCS orbax instead writes in place and marks completion with
 ``commit_success.txt`` (``CommitFileTemporaryPath``); discovery then requires that file.
 Old steps beyond ``max_to_keep`` are deleted only after the new step is finalised, so a
 crash never leaves fewer complete checkpoints than before. (This is crash consistency
@@ -255,7 +255,10 @@ class Checkpointer:
         save_interval_steps=0 if self._read_only else 1,
         max_to_keep=None if self._read_only else self._max_to_keep,
         create=not self._read_only,
-        cleanup_tmp_directories=not self._read_only,
+        # Stale temporary directories are removed synchronously below (process 0);
+        # orbax's own clean-up runs in a background thread that raced with it (a directory
+        # listed there and removed here made its rmtree, and so the next save, fail).
+        cleanup_tmp_directories=False,
         read_only=self._read_only,
         enable_async_checkpointing=False,
     )

@@ -99,7 +99,7 @@ def test_score_pruning_runs_for_batch_norm_resnet_and_bert(kind):
   config, _, _ = _setup("el2n")
   model, splits = _model_splits(kind)
   config.model = ml_collections.ConfigDict(model)
-  config.pruning.update(num_inits=2, score_epochs=3, early_epoch=1, dyn_unc_window=2,
+  config.pruning.update(num_inits=2, score_epochs=2, early_epoch=1, dyn_unc_window=2,
                         batch_size=16)
   config.eval_batch_size = 32
   configuration.validate_config(config, 1)         # score pruning is no longer MLP-only

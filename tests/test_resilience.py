@@ -22,6 +22,7 @@ from reducr_jax import divergence
 from reducr_jax import preemption
 from reducr_jax import train
 from reducr_jax import workdir as workdir_lib
+import test_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = [sys.executable, "-m", "reducr_jax.main", "--config=configs/default.py"]
@@ -33,19 +34,11 @@ TINY_FLAGS = ["--config.dataset.name=digits", "--config.dataset.imbalance_fracti
 
 
 def tiny_config(**overrides):
-  config = configuration.load_config(os.path.join(REPO, "configs/default.py"))
-  config.model.hidden = (16,)
-  config.batch_size = 80
-  config.num_steps = 20
-  config.experts.num_steps = 20
-  config.experts.batch_size = 64
-  config.experts.eval_every = 20
-  config.eval_every = 10
-  config.log_every = 10
-  config.checkpoint_every = 10
-  config.eval_batch_size = 256
-  config.num_devices = 1
-  return configuration.with_overrides(config, overrides)
+  """test_train's tiny config, smaller still, on one device."""
+  return test_train.tiny_config(**{
+      "model.hidden": (16,), "num_steps": 20, "experts.num_steps": 20,
+      "experts.eval_every": 20, "eval_every": 10, "checkpoint_every": 10,
+      "eval_batch_size": 256, "num_devices": 1, "selection.eta": 3e-2, **overrides})
 
 
 def _env():
