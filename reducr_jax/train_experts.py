@@ -72,11 +72,14 @@ class ReferenceModels(NamedTuple):
 # Fields that change how stage 1 runs, not what it computes (results equal to float
 # tolerance), so a change reuses the cached models.
 EXECUTION_FIELDS = ("cache_dir", "strategy", "chunk", "max_memory_gb")
+# Fields of config.experts that act only in stage 2 (the online update of the trained
+# models on the selected points): the stage-1 models they start from are the same.
+STAGE2_FIELDS = ("update_on_selected", "update_lr_factor")
 
 
 def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
   expert_config = {k: v for k, v in config.experts.to_dict().items()
-                   if k not in EXECUTION_FIELDS}
+                   if k not in EXECUTION_FIELDS + STAGE2_FIELDS}
   blob = json.dumps({"format": 2, "kind": kind, "seed": config.seed, "dataset": config.dataset.to_dict(),
                      "model": config.model.to_dict(), "experts": expert_config,
                      "eval_batch_size": config.eval_batch_size},

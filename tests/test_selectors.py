@@ -270,3 +270,16 @@ def test_update_on_selected_needs_online_losses():
   from test_train import tiny_config  # pylint: disable=g-import-not-at-top
   with pytest.raises(configuration.ConfigError, match="update_on_selected=True needs"):
     configuration.validate_config(tiny_config(**{"experts.update_on_selected": True}), 8)
+
+
+def test_online_update_settings_reuse_the_cached_stage_one_models(tmp_path):
+  from reducr_jax import train_experts  # pylint: disable=g-import-not-at-top
+  from test_train import tiny_config  # pylint: disable=g-import-not-at-top
+  base = tiny_config(**{"experts.losses": "online"})
+  updated = configuration.with_overrides(base, {"experts.update_on_selected": True,
+                                                "experts.update_lr_factor": 0.5})
+  assert (train_experts.cache_path(base, str(tmp_path), "experts") ==
+          train_experts.cache_path(updated, str(tmp_path), "experts"))
+  other = configuration.with_overrides(base, {"experts.gamma": 4.0})
+  assert (train_experts.cache_path(base, str(tmp_path), "experts") !=
+          train_experts.cache_path(other, str(tmp_path), "experts"))
