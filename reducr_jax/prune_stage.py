@@ -41,11 +41,12 @@ import optax
 
 from reducr_jax import caches
 from reducr_jax import data
-from reducr_jax import progress
 from reducr_jax import experts
 from reducr_jax import metrics
 from reducr_jax import models
+from reducr_jax import progress
 from reducr_jax import pruning
+from reducr_jax import rng_streams
 from reducr_jax.data import random_access
 
 
@@ -91,7 +92,7 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
   fns = models.model_fns(models.create_model(config.model, c), x0,
                          init_impl=models.init_rng_impl(config.model))
   tx = optax.adamw(config.optimizer.learning_rate, weight_decay=config.optimizer.weight_decay)
-  init_key = jax.random.PRNGKey(config.seed + 2_000_003)
+  init_key = rng_streams.key(config.seed, "pruning_init")
   state = experts.init_experts(fns.init, tx, init_key, p.num_inits)
   # γ = 0: every stacked model minimises the plain cross-entropy (training mode: batch
   # norm statistics and dropout as the model has them).
@@ -108,12 +109,13 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
                            for xb, _, m in data.iterate_batches(train, config.eval_batch_size)],
                           axis=1)                                     # [S, N, K]
 
+  order = rng_streams.order_seed(config.seed, "pruning_order")
   forgetting = pruning.forgetting_init(p.num_inits * n)
   probs, early_params, early_logits = [], None, None
   t0 = time.time()
   for epoch in range(1, p.score_epochs + 1):
     for i in range(steps_per_epoch):
-      idx = data.batch_indices(config.seed + 11, (epoch - 1) * steps_per_epoch + i, n,
+      idx = data.batch_indices(order, (epoch - 1) * steps_per_epoch + i, n,
                                p.batch_size)
       state, _ = step(state, train.x[idx], train.y[idx], (epoch - 1) * steps_per_epoch + i)
     logits = train_logits(variables_of(state))
@@ -158,7 +160,7 @@ def kept_indices(config: ml_collections.ConfigDict, splits: data.Splits,
   """Sorted indices into the train split kept by ``config.pruning``."""
   p = config.pruning
   labels = splits.train.y
-  rng = jax.random.PRNGKey(config.seed + 3_000_017)
+  rng = rng_streams.key(config.seed, "pruning_random")
   if p.strategy == "random":
     return np.sort(np.asarray(jax.random.permutation(rng, len(labels)))[
         :int(np.floor(p.density * len(labels) + 0.5))])

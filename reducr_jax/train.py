@@ -50,6 +50,7 @@ from reducr_jax import preemption
 from reducr_jax import progress
 from reducr_jax import prune_stage
 from reducr_jax import reweighters
+from reducr_jax import rng_streams
 from reducr_jax import selectors
 from reducr_jax import sharding
 from reducr_jax import size_checks
@@ -289,9 +290,9 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   cfg = StepConfig.from_config(config, c, n, refs.reference,
                                np.bincount(splits.train.y, minlength=c), refs.update)
   tx = make_optimizer(config.optimizer)
-  state = init_state(jax.random.PRNGKey(config.seed),
+  state = init_state(rng_streams.key(config.seed, "target_init"),
                      lambda r: models.load_pretrained(config.model, *jax.jit(fns.init)(r)),
-                     tx, cfg, jax.random.PRNGKey(config.seed + 1), refs.state)
+                     tx, cfg, rng_streams.key(config.seed, "selection"), refs.state)
   best = {"params": models.variables(state.params, state.model_state),
           "worst_val": np.float32(-1.0), "step": np.int32(0)}
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))

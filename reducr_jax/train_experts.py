@@ -48,6 +48,7 @@ from reducr_jax import device_memory
 from reducr_jax import experts
 from reducr_jax import models
 from reducr_jax import progress
+from reducr_jax import rng_streams
 from reducr_jax import selectors
 from reducr_jax import sharding
 from reducr_jax.data import augment as augment_lib
@@ -255,7 +256,8 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   """
   ex = config.experts
   tx = optax.adamw(ex.learning_rate, weight_decay=ex.weight_decay)
-  rng = jax.random.PRNGKey(config.seed + 1_000_003)
+  rng = rng_streams.key(config.seed, "expert_init")
+  augment_key = rng_streams.key(config.seed, "expert_augment")
   aug_kind = config.dataset.get("augment", "none")
   devices = stage_devices(config, ex.batch_size)
   procs, proc = jax.process_count(), jax.process_index()
@@ -266,7 +268,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   def train_step(state, x, y, step, strategy, chunk, microbatches):
     """One device's step: x [b_local, ...], y int[b_local], step int scalar."""
     d = jax.lax.axis_index(sharding.AXIS)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1_000_033), step)
+    key = jax.random.fold_in(augment_key, step)
     x = augment_lib.augment(key, x, d * b_local + jnp.arange(b_local), aug_kind)
     dropout = jax.random.fold_in(rng, step)
     if n > 1:        # independent dropout masks per device (1 device: as before)
@@ -311,7 +313,8 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   def holdout_batch(step):
     """This process's rows of expert batch ``step`` (1-based), split over its devices."""
     idx = sharding.process_rows(
-        data.batch_indices(config.seed + 7, step - 1, len(splits.holdout), ex.batch_size),
+        data.batch_indices(rng_streams.order_seed(config.seed, "expert_order"), step - 1,
+                           len(splits.holdout), ex.batch_size),
         procs, proc)
     return sharding.shard((splits.holdout.x[idx], splits.holdout.y[idx]), n_local)
 

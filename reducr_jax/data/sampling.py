@@ -2,7 +2,8 @@
 
 Training order is a pure function of ``(seed, step)``: the example stream is the
 concatenation of independent permutations of ``range(num_examples)``, permutation ``e``
-drawn from ``np.random.default_rng([seed, e])``, and the batch at ``step`` is the slice
+drawn from ``np.random.default_rng([*seed, e])`` (``seed`` an int or a tuple of ints, e.g.
+a named stream's :func:`reducr_jax.rng_streams.order_seed`), and the batch at ``step`` is the slice
 ``[step * B, (step + 1) * B)`` of that stream. Resuming from a checkpoint therefore needs
 only the step; no iterator state is saved.
 """
@@ -22,21 +23,23 @@ def _check_positive_int(name: str, v, minimum: int) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+def _epoch_permutation(seed: tuple[int, ...], epoch: int, num_examples: int) -> np.ndarray:
   """Read-only int64 [num_examples]: the order of epoch ``epoch``."""
-  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  perm = np.random.default_rng([*seed, epoch]).permutation(num_examples)
   perm.flags.writeable = False
   return perm
 
 
-def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+def batch_indices(seed: int | tuple[int, ...], step: int, num_examples: int,
+                  batch_size: int) -> np.ndarray:
   """Indices of the training batch at ``step``; see the module docstring.
 
   Only the permutations of the epochs the batch overlaps are drawn (one or two, more
   only when ``batch_size > num_examples``), so any step costs O(num_examples).
 
   Args:
-    seed: non-negative int.
+    seed: a non-negative int, or a tuple of them (a named stream's
+      :func:`reducr_jax.rng_streams.order_seed`); ``s`` and ``(s,)`` are the same stream.
     step: non-negative int (Python ints, so no overflow for large steps).
     num_examples: size N of the split, >= 1.
     batch_size: B >= 1; may exceed N, then the batch spans several epochs.
@@ -44,17 +47,22 @@ def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> n
   Returns:
     int64 [batch_size], values in [0, N).
   """
-  _check_positive_int("seed", seed, 0)
+  seeds = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
+  if not seeds:
+    raise ValueError("seed must be a non-negative int or a non-empty tuple of them, got ()")
+  for s in seeds:
+    _check_positive_int("seed", s, 0)
   _check_positive_int("step", step, 0)
   _check_positive_int("num_examples", num_examples, 1)
   _check_positive_int("batch_size", batch_size, 1)
-  seed, step, n, b = int(seed), int(step), int(num_examples), int(batch_size)
+  seeds = tuple(int(s) for s in seeds)
+  step, n, b = int(step), int(num_examples), int(batch_size)
   start, stop = step * b, (step + 1) * b
   pieces = []
   for epoch in range(start // n, (stop - 1) // n + 1):
     lo = max(start - epoch * n, 0)
     hi = min(stop - epoch * n, n)
-    pieces.append(_epoch_permutation(seed, epoch, n)[lo:hi])
+    pieces.append(_epoch_permutation(seeds, epoch, n)[lo:hi])
   return np.concatenate(pieces).astype(np.int64)
 
 
