@@ -149,6 +149,8 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   elif cfg.reference == "online":
     live = state.reference.params if cfg.reference_update is not None else ref_params
     inputs = inputs._replace(reference_losses=gather(ref_loss_fn(live, x, y)))
+  if inputs.reference_losses is not None:    # mean [B, C'] reference loss; moves as they learn
+    out["reference_loss"] = jnp.mean(inputs.reference_losses)
 
   new_ema = state.ema
   if selectors.CLASS_HOLDOUT_LOSS in needs:

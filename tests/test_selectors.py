@@ -262,8 +262,13 @@ def test_trainer_updates_reference_models_on_selected_points(tmp_path, method, l
                    (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
   counts = lambda d: [r["train/selected_class_counts"] for r in log(d)  # noqa: E731
                       if "train/selected_class_counts" in r]
+  refs = lambda d: [r["train/reference_loss"] for r in log(d)  # noqa: E731
+                    if "train/reference_loss" in r]
   assert counts("updated")[0] == counts("frozen")[0]      # same first selection
-  assert counts("updated") != counts("frozen")             # then the experts moved
+  assert refs("updated")[0] == refs("frozen")[0]          # same experts at step 0
+  # From step 1 on the updated experts' losses on the large batch differ at every step.
+  assert all(u != f for u, f in zip(refs("updated")[1:], refs("frozen")[1:]))
+  assert len(refs("updated")) == 4
 
 
 def test_update_on_selected_needs_online_losses():
