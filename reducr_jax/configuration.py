@@ -94,7 +94,7 @@ def validate_config(config: ml_collections.ConfigDict,
     models.validate_model_config(config.model)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  hidden = config.model.get("hidden", ())
+  hidden = config.model.hidden if "hidden" in config.model else ()
   if isinstance(hidden, (tuple, list)) and any(
       not checks.is_int(h) or h < 1 for h in hidden):
     raise ConfigError(f"config.model.hidden must hold layer widths >= 1, got {tuple(hidden)}")

@@ -233,7 +233,8 @@ def test_sizes_from_config_json(tmp_path):
         "type_vocab_size": 1, "model_type": "bert"}
   (tmp_path / "config.json").write_text(json.dumps(hf))
   cfg = ml_collections.ConfigDict({"name": "bert", "pretrained": str(tmp_path),
-                                   "dropout_rate": 0.1, "num_heads": 4,
+                                   "dropout_rate": 0.1, "num_heads": 4, "dtype": "float32",
+                                   "pretrained_head": False,
                                    **{f: None for f in pretrained.BERT_SIZES if f != "num_heads"}})
   got = pretrained.resolve_sizes(cfg)
   assert [got[f] for f in pretrained.BERT_SIZES] == [100, 32, 2, 4, 64, 40, 1]

@@ -19,6 +19,15 @@ def _resnet_config(**kw):
       dtype="float32", pretrained="", pretrained_head=False), **kw})
 
 
+def test_model_config_missing_a_field_is_one_line():
+  cfg = _resnet_config()
+  del cfg["stem"]
+  with pytest.raises(ValueError) as e:
+    models.validate_model_config(cfg)
+  assert str(e.value).startswith("config.model lacks ['stem']: a 'resnet18' model config "
+                                 "defines every field of") and "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("field,value,needle", [
     ("name", "vit", "config.model.name must be one of"),
     ("stem", "deep", "config.model.stem must be one of"),
@@ -48,7 +57,9 @@ def test_model_fns_split_params_and_batch_stats():
   np.testing.assert_allclose(fns.apply(models.variables(params, state), x)[:1],
                              fns.apply(models.variables(params, state), x[:1]), rtol=1e-5)
   mlp = models.model_fns(models.create_model(
-      ml_collections.ConfigDict({"name": "mlp", "hidden": (8,)}), 2), np.zeros((1, 5)))
+      ml_collections.ConfigDict(
+          {"name": "mlp", "hidden": (8,), "dtype": "float32", "pretrained": "",
+           "pretrained_head": False}), 2), np.zeros((1, 5)))
   p, s = mlp.init(jax.random.PRNGKey(0))
   assert s == {} and mlp.apply_train(p, s, np.ones((3, 5)), jax.random.PRNGKey(0))[1] == {}
 

@@ -34,6 +34,16 @@ from reducr_jax.models.resnet import ResNet18
 MODEL_NAMES = ("mlp", "resnet18", "bert")
 RESNET_STEMS = ("cifar", "imagenet")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The fields every ``config.model`` of a model defines (configs/default.py: mlp;
+# configs/cifar10.py: resnet18; configs/mnli.py: bert). The library reads them directly, so
+# a config missing one is a one-line error here rather than a silent default.
+_COMMON = ("name", "dtype", "pretrained", "pretrained_head")
+FIELDS = {
+    "mlp": _COMMON + ("hidden",),
+    "resnet18": _COMMON + ("stem", "width", "stage_sizes", "mean", "std"),
+    "bert": _COMMON + ("vocab_size", "hidden_size", "num_layers", "num_heads",
+                       "intermediate_size", "max_position", "type_vocab_size", "dropout_rate"),
+}
 
 
 def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
@@ -44,23 +54,27 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
   (:func:`~reducr_jax.models.pretrained.resolve_sizes`); an explicit size that
   contradicts the checkpoint is an error naming both values.
   """
-  name = model_config.name
+  name = model_config.get("name")
   if name not in MODEL_NAMES:
     raise ValueError(f"config.model.name must be one of {list(MODEL_NAMES)}, got {name!r}")
+  missing = [f for f in FIELDS[name] if f not in model_config]
+  if missing:
+    raise ValueError(f"config.model lacks {missing}: a {name!r} model config defines every "
+                     f"field of {list(FIELDS[name])} (see reducr_jax.models.FIELDS)")
   model_config = resolve_sizes(model_config)
-  dtype = model_config.get("dtype", "float32")
+  dtype = model_config.dtype
   if dtype not in DTYPES:
     raise ValueError(f"config.model.dtype must be one of {list(DTYPES)}, got {dtype!r}")
   if name == "resnet18":
     if model_config.stem not in RESNET_STEMS:
       raise ValueError(f"config.model.stem must be one of {list(RESNET_STEMS)}, "
                        f"got {model_config.stem!r}")
-    stages = tuple(model_config.get("stage_sizes", (2, 2, 2, 2)))
+    stages = tuple(model_config.stage_sizes)
     if not stages or not all(isinstance(n, int) and n >= 1 for n in stages):
       raise ValueError(f"config.model.stage_sizes must be a non-empty tuple of ints >= 1 "
                        f"(ResNet-18: (2, 2, 2, 2)), got {stages!r}")
     for field in ("mean", "std"):
-      v = tuple(model_config.get(field, ()))
+      v = tuple(model_config[field])
       if v and (len(v) != 3 or (field == "std" and min(v) <= 0)):
         raise ValueError(f"config.model.{field} must be () (the stem's default) or 3 "
                          f"{'positive ' if field == 'std' else ''}numbers, got {v!r}")
@@ -87,16 +101,15 @@ def create_model(model_config: ml_collections.ConfigDict,
   validate_model_config(model_config)
   model_config = resolve_sizes(model_config)
   name = model_config.name
-  dtype = DTYPES[model_config.get("dtype", "float32")]
+  dtype = DTYPES[model_config.dtype]
   if name == "mlp":
     return MLP(hidden=tuple(model_config.hidden), num_outputs=num_outputs)
   if name == "resnet18":
-    kwargs = {f: tuple(model_config[f]) for f in ("mean", "std") if model_config.get(f)}
+    kwargs = {f: tuple(model_config[f]) for f in ("mean", "std") if model_config[f]}
     if not kwargs and model_config.stem == "imagenet":
       from reducr_jax.models import resnet  # pylint: disable=g-import-not-at-top
       kwargs = {"mean": resnet.IMAGENET_MEAN, "std": resnet.IMAGENET_STD}
-    if model_config.get("stage_sizes"):
-      kwargs["stage_sizes"] = tuple(model_config.stage_sizes)
+    kwargs["stage_sizes"] = tuple(model_config.stage_sizes)
     return ResNet18(num_outputs=num_outputs, stem=model_config.stem,
                     width=model_config.width, dtype=dtype, **kwargs)
   m = model_config

@@ -76,8 +76,8 @@ def checkpoint_sizes(model_config: ml_collections.ConfigDict) -> tuple[dict, str
   (:data:`BERT_SIZES`), for ``resnet18`` ``width``, ``stage_sizes`` and ``stem`` read
   from the torchvision state dict's keys and shapes. ``({}, None)`` when there is no
   checkpoint or (BERT) no ``config.json``."""
-  pretrained = model_config.get("pretrained", "") or ""
-  name = model_config.get("name")
+  pretrained = model_config.pretrained or ""
+  name = model_config.name
   if name == "bert":
     path = hf_config_path(pretrained)
   elif name == "resnet18" and pretrained:
@@ -106,7 +106,7 @@ def resolve_sizes(model_config: ml_collections.ConfigDict) -> ml_collections.Con
   (bert-base-uncased, ResNet-18). An explicit value that contradicts the checkpoint is a
   one-line ``ValueError`` naming both.
   """
-  name = model_config.get("name")
+  name = model_config.name
   defaults = ({f: d for f, (_, d) in BERT_SIZES.items()} if name == "bert" else
               RESNET_SIZES if name == "resnet18" else None)
   if defaults is None:
@@ -114,7 +114,7 @@ def resolve_sizes(model_config: ml_collections.ConfigDict) -> ml_collections.Con
   found, source = checkpoint_sizes(model_config)
   resolved = ml_collections.ConfigDict(model_config.to_dict())
   for field in list(defaults) + (["stem"] if "stem" in found else []):
-    value = model_config.get(field)
+    value = model_config[field]
     if field in found and value is not None:
       same = (tuple(value) == tuple(found[field]) if isinstance(found[field], tuple)
               else value == found[field])
@@ -133,7 +133,7 @@ def check_available(model_config: ml_collections.ConfigDict) -> None:
   """Raises a one-line ``ImportError`` when the library that reads
   ``config.model.pretrained`` is missing (checked before anything compiles)."""
   import importlib.util  # pylint: disable=g-import-not-at-top
-  path = model_config.get("pretrained", "")
+  path = model_config.pretrained
   if not path:
     return
   needs = ("torch", "reducr_jax[torch]") if path.endswith((".pth", ".pt")) else (
@@ -146,7 +146,7 @@ def check_available(model_config: ml_collections.ConfigDict) -> None:
 def _read(model_config: ml_collections.ConfigDict):
   """``(pretrained variables, merge function, include_head)`` of ``config.model.pretrained``."""
   path = model_config.pretrained
-  include_head = bool(model_config.get("pretrained_head", False))
+  include_head = bool(model_config.pretrained_head)
   if model_config.name == "resnet18":
     pretrained = torch_import.resnet_variables_from_torch(
         torch_import.load_torch_checkpoint(path), include_head=include_head)
@@ -195,7 +195,7 @@ def _merge_into(params: Any, model_state: dict, pretrained, merge,
 def load_pretrained(model_config: ml_collections.ConfigDict, params: Any,
                     model_state: dict) -> tuple[Any, dict]:
   """``(params, model_state)`` with ``config.model.pretrained`` merged in (unchanged if '')."""
-  if not model_config.get("pretrained", ""):
+  if not model_config.pretrained:
     return params, model_state
   return _merge_into(params, model_state, *_read(model_config))
 
@@ -209,7 +209,7 @@ def load_pretrained_stacked(model_config: ml_collections.ConfigDict, params: Any
   parts that stay fresh (the head, unless ``pretrained_head``) keep each model's own
   initialisation.
   """
-  if not model_config.get("pretrained", ""):
+  if not model_config.pretrained:
     return params, model_state
   pretrained, merge, include_head = _read(model_config)
   return jax.vmap(lambda p, s: _merge_into(p, s, pretrained, merge, include_head))(
