@@ -52,6 +52,7 @@ from reducr_jax import selectors
 from reducr_jax import sharding
 from reducr_jax.data import augment as augment_lib
 from reducr_jax.data import pipeline
+from reducr_jax.data import streams
 
 
 class ReferenceModels(NamedTuple):
@@ -311,7 +312,9 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   def holdout_batch(step):
     """This process's rows of expert batch ``step`` (1-based), split over its devices."""
     idx = sharding.process_rows(
-        data.batch_indices(config.seed + 7, step - 1, len(splits.holdout), ex.batch_size),
+        streams.split_batch_indices(config.dataset, splits.holdout, "holdout",
+                                    config.seed + 7, step - 1, ex.batch_size,
+                                    splits.num_classes),
         procs, proc)
     return sharding.shard((splits.holdout.x[idx], splits.holdout.y[idx]), n_local)
 

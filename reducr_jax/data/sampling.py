@@ -5,6 +5,12 @@ concatenation of independent permutations of ``range(num_examples)``, permutatio
 drawn from ``np.random.default_rng([seed, e])``, and the batch at ``step`` is the slice
 ``[step * B, (step + 1) * B)`` of that stream. Resuming from a checkpoint therefore needs
 only the step; no iterator state is saved.
+
+With ``config.dataset.imbalance_mode='weighted_sampler'`` (the official REDUCR weighted
+sampler, ``src/datamodules/datasets/imbalanced_dataloader.py``) the batch at ``step`` is
+instead drawn *with replacement* with per-example probabilities
+(:func:`weighted_batch_indices`), from ``np.random.default_rng([seed, step, 1])``: still
+a pure function of ``(seed, step)``.
 """
 
 from __future__ import annotations
@@ -56,6 +62,33 @@ def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> n
     hi = min(stop - epoch * n, n)
     pieces.append(_epoch_permutation(seed, epoch, n)[lo:hi])
   return np.concatenate(pieces).astype(np.int64)
+
+
+_WEIGHTED_TAG = 1     # keeps the weighted stream apart from the epoch permutations
+
+
+def weighted_batch_indices(seed: int, step: int, probabilities: np.ndarray,
+                           batch_size: int) -> np.ndarray:
+  """Indices of the batch at ``step`` drawn with replacement, ``P(i) = probabilities[i]``.
+
+  Args:
+    seed, step: non-negative ints; the batch is a pure function of them (and the
+      probabilities).
+    probabilities: float [N], non-negative, summing to 1 (e.g.
+      ``corruption.sampler_probabilities``).
+    batch_size: B >= 1.
+
+  Returns:
+    int64 [batch_size], values in [0, N).
+  """
+  _check_positive_int("seed", seed, 0)
+  _check_positive_int("step", step, 0)
+  _check_positive_int("batch_size", batch_size, 1)
+  p = np.asarray(probabilities, np.float64)
+  rng = np.random.default_rng([int(seed), int(step), _WEIGHTED_TAG])
+  cdf = np.cumsum(p)
+  u = rng.random(int(batch_size)) * cdf[-1]
+  return np.minimum(np.searchsorted(cdf, u, side="right"), p.size - 1).astype(np.int64)
 
 
 def epoch_of(step: int, num_examples: int, batch_size: int) -> int:

@@ -8,8 +8,32 @@ import ml_collections
 import numpy as np
 
 from reducr_jax import sharding
+from reducr_jax.data import corruption
+from reducr_jax.data import variants
 from reducr_jax.data.sampling import batch_indices
+from reducr_jax.data.sampling import weighted_batch_indices
+from reducr_jax.data.split_types import Split
 from reducr_jax.data.splits import Splits
+
+
+def split_batch_indices(dataset_config: ml_collections.ConfigDict, split: Split,
+                        split_name: str, seed: int, step: int, batch_size: int,
+                        num_classes: int) -> np.ndarray:
+  """int64 [batch_size]: the batch of ``split`` at ``step``: epochs of
+  :func:`batch_indices`, or with ``imbalance_mode='weighted_sampler'`` on an
+  ``imbalance_splits`` split, :func:`weighted_batch_indices` (with replacement). Pure
+  function of its arguments.
+
+  Official: ``src/datamodules/datasets/imbalanced_dataloader.py`` (the train and the
+  validation loaders get the sampler; our ``holdout`` is the paper's validation set)."""
+  cfg = dataset_config
+  cls = int(cfg.get("imbalance_class", -1))
+  if (variants.get(cfg, "imbalance_mode") == "weighted_sampler" and cls != -1 and
+      split_name in tuple(cfg.get("imbalance_splits", ("train", "holdout")))):
+    p = corruption.sampler_probabilities(split.y, cls, float(cfg.imbalance_fraction),
+                                         num_classes)
+    return weighted_batch_indices(seed, step, p, batch_size)
+  return batch_indices(seed, step, len(split), batch_size)
 
 
 def train_batch(config: ml_collections.ConfigDict, splits: Splits,
@@ -33,15 +57,17 @@ def train_batch(config: ml_collections.ConfigDict, splits: Splits,
   reads and decodes only its own rows.
   """
   rows = lambda idx: sharding.process_rows(idx, num_processes, process_index)  # noqa: E731
-  idx = rows(batch_indices(config.seed, step, len(splits.train), config.batch_size))
+  pick = lambda split, name, seed, b: split_batch_indices(  # noqa: E731
+      config.dataset, split, name, seed, step, b, splits.num_classes)
+  idx = rows(pick(splits.train, "train", config.seed, config.batch_size))
   batch = {"x": splits.train.x[idx], "y": splits.train.y[idx]}
   if table is not None:
     batch["ref_losses"] = table[idx]
   if holdout:
-    hidx = rows(batch_indices(config.seed + 1, step, len(splits.holdout), config.batch_size))
+    hidx = rows(pick(splits.holdout, "holdout", config.seed + 1, config.batch_size))
     batch["holdout_x"], batch["holdout_y"] = splits.holdout.x[hidx], splits.holdout.y[hidx]
   if validation:
-    vidx = rows(batch_indices(config.seed + 2, step, len(splits.holdout),
-                              config.meta.val_batch_size))
+    vidx = rows(pick(splits.holdout, "holdout", config.seed + 2,
+                     config.meta.val_batch_size))
     batch["meta_x"], batch["meta_y"] = splits.holdout.x[vidx], splits.holdout.y[vidx]
   return batch
