@@ -100,7 +100,8 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   Args:
     state: this device's replica of the :class:`TrainState`.
     batch: ``x [b, ...]``, ``y int[b]`` (b = B/n), plus ``ref_losses [b, C']`` when
-      ``cfg.reference == 'table'``, ``holdout_x``/``holdout_y`` for the 'ema' estimator
+      ``cfg.reference == 'table'``, ``corrupted bool[b]`` (label differs from the clean one;
+      adds metric ``selected_corrupted_share``), ``holdout_x``/``holdout_y`` for the 'ema' estimator
       and ``meta_x``/``meta_y`` for a reweighter that needs a validation batch.
     ref_params: reference-model params for ``cfg.reference == 'online'`` (else unused;
       with ``cfg.reference_update`` the updated ones in ``state.reference`` are used).
@@ -158,6 +159,9 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   sel, aux = cfg.selector.select(state.selector_state, inputs, key, k)
   new_selector_state = cfg.selector.update(state.selector_state, inputs, sel, aux)
 
+  if "corrupted" in batch:         # label noise known (data.streams): share of the selected
+    out["selected_corrupted_share"] = jnp.mean(gather(batch["corrupted"])[sel].astype(
+        jnp.float32))
   mine = jax.lax.dynamic_slice_in_dim(sel, device * kd, kd)
   xs, ys = sharding.selected_rows(x, sel, kd), y_all[mine]
   validation = None

@@ -36,6 +36,14 @@ def split_batch_indices(dataset_config: ml_collections.ConfigDict, split: Split,
   return batch_indices(seed, step, len(split), batch_size)
 
 
+def corrupted_labels_known(config: ml_collections.ConfigDict) -> bool:
+  """Whether the train split's clean labels are known apart from its seen labels: label
+  noise was added by this project (``config.dataset.label_noise > 0``). Clothing1M's pool
+  labels are noisy by nature and its loader keeps no clean label for them (the images that
+  ``clean_label_kv.txt`` also annotates are not matched), so it logs no share."""
+  return float(config.dataset.get("label_noise", 0.0)) > 0
+
+
 def train_batch(config: ml_collections.ConfigDict, splits: Splits,
                 table: Optional[np.ndarray], step: int, *, holdout: bool = False,
                 validation: bool = False, num_processes: int = 1,
@@ -46,6 +54,8 @@ def train_batch(config: ml_collections.ConfigDict, splits: Splits,
   alone. Streams (each with its own seed offset):
 
   * ``x``/``y``: the large batch of ``config.batch_size`` train points;
+  * ``corrupted`` bool [B] (when :func:`corrupted_labels_known`): the label differs from
+    the clean label, for the corrupted-label share of the selected points;
   * ``ref_losses``: its rows of the precomputed reference-loss ``table`` (when given);
   * ``holdout_x``/``holdout_y`` (``holdout``): a holdout batch for the EMA class-holdout
     loss;
@@ -61,6 +71,8 @@ def train_batch(config: ml_collections.ConfigDict, splits: Splits,
       config.dataset, split, name, seed, step, b, splits.num_classes)
   idx = rows(pick(splits.train, "train", config.seed, config.batch_size))
   batch = {"x": splits.train.x[idx], "y": splits.train.y[idx]}
+  if corrupted_labels_known(config):
+    batch["corrupted"] = splits.train.y[idx] != splits.train.y_clean[idx]
   if table is not None:
     batch["ref_losses"] = table[idx]
   if holdout:

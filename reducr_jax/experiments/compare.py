@@ -8,7 +8,9 @@ finished runs and resuming interrupted ones, then writes ``DIR/table.{md,json}``
 std over seeds of worst-class and average test accuracy) and ``DIR/figures/``: class
 weights over steps (REDUCR run, seed 0), worst-class validation accuracy over steps,
 per-class test accuracy, the share of the imbalanced (or worst) class in the selected
-points over steps, and each method's class mix of selected points over steps.
+points over steps, the share of selected points with a corrupted label (when the label
+noise is known: ``selected_corrupted.png``), and each method's class mix of selected
+points over steps.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def report(workdir: str, runs: dict[str, list[runner.Run]], results: dict) -> di
   figures.selected_fractions({m: l[0] for m, l in logs.items()}, names, focus,
                              sweeps.figure_path(workdir, "selected_fraction.png"),
                              f"Share of class {names[focus]} in the selected points (seed 0)")
+  figures.selected_corrupted({m: l[0] for m, l in logs.items()},
+                             sweeps.figure_path(workdir, "selected_corrupted.png"),
+                             "Selected points with a corrupted label (seed 0)")
   for method, log in logs.items():
     figures.selected_classes(log[0], names,
                              sweeps.figure_path(workdir, f"selected_classes_{method}.png"),
