@@ -118,6 +118,8 @@ def test_size_field_below_one_is_one_line(field, value):
     ({"dataset.split_mode": "fixed"}, "config.dataset.split_mode must be one of"),
     ({"dataset.split_mode": "official"}, "config.dataset.split_mode must be 'random' for"),
     ({"dataset.groups": (0, 1)}, "config.dataset.groups must be ()"),
+    ({"dataset.groups": (0, 0, 0, 0, 0, 1, 1, 1, 1, 1), "reweight": "meta"},
+     "config.reweight must be 'none' with config.dataset.groups"),
     ({"dataset.groups": (0, 0, 0, 0, 0, 2, 2, 2, 2, 2)}, "config.dataset.groups must be ()"),
     ({"selection.holdout_every": 0}, "config.selection.holdout_every must be -1"),
     ({"prefetch": -1}, "config.prefetch must be in"),

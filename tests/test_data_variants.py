@@ -183,3 +183,59 @@ def test_groups_mapping_and_labels():
     groups.validate("cifar100_superclasses", 10)
   with pytest.raises(ValueError, match="config.dataset.groups"):
     groups.validate((0, 2, 2, 0), 4)                    # group 1 unused
+
+
+# ------------------------------------------------------------- groups in the trainer
+
+
+def test_group_metrics_by_hand():
+  from reducr_jax import metrics  # pylint: disable=g-import-not-at-top
+  # 4 classes, groups (0, 0, 1, 1): correct 8/10, 2/10, 9/10, 9/10 → group 0: 10/20 = 0.5,
+  # group 1: 18/20 = 0.9; worst group 0.5 while the worst class is 0.2.
+  stats = metrics.ClassSums(np.array([8., 2., 9., 9.]), np.array([10., 10., 10., 10.]))
+  out = metrics.group_summary(stats, np.array([0, 0, 1, 1]))
+  assert out["per_group_accuracy"] == pytest.approx([0.5, 0.9])
+  assert out["worst_group_accuracy"] == pytest.approx(0.5)
+  assert out["group_counts"] == [20, 20]
+  assert float(metrics.worst_class_accuracy(stats)) == pytest.approx(0.2)
+
+
+def test_grouped_experts_weight_the_group():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from reducr_jax import experts  # pylint: disable=g-import-not-at-top
+  # Head g of 2, labels [0, 1, 2, 3] in groups (0, 0, 1, 1), γ = 9, per-head losses all 1:
+  # head 0 weights [10, 10, 1, 1], head 1 [1, 1, 10, 10] → mean over 8 entries = 44/8.
+  logits = jnp.zeros((4, 2, 4))
+  loss = experts.multihead_loss(logits, jnp.array([0, 1, 2, 3]), 9.0,
+                                np.array([0, 0, 1, 1]))
+  assert float(loss) == pytest.approx(44 / 8 * np.log(4), rel=1e-6)
+
+
+def test_grouped_run_on_digits(tmp_path):
+  import os  # pylint: disable=g-import-not-at-top
+  from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
+  from reducr_jax import train  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = configuration.with_overrides(
+      configuration.load_config(os.path.join(repo, "configs/default.py")), {
+          "dataset.groups": (0, 1) * 5, "model.hidden": (16,), "batch_size": 40,
+          "num_steps": 6, "log_every": 3, "eval_every": 6, "checkpoint_every": 6,
+          "experts.num_steps": 6, "experts.eval_every": 6, "experts.batch_size": 32,
+          "eval_batch_size": 256, "num_devices": 1})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert len(results["class_weights"]) == 2                     # MWU over even / odd
+  assert results["group_names"] == ["0+2+4+6+8", "1+3+5+7+9"]
+  assert len(results["test"]["per_class_accuracy"]) == 10
+  per_group, counts = results["test"]["per_group_accuracy"], results["test"]["group_counts"]
+  per_class = np.array(results["test"]["per_class_accuracy"])
+  class_counts = np.array(results["test"]["class_counts"])
+  for g in range(2):   # group accuracy = its classes' correct over its examples
+    rows = np.arange(g, 10, 2)
+    assert counts[g] == class_counts[rows].sum()
+    assert per_group[g] == pytest.approx(
+        (per_class[rows] * class_counts[rows]).sum() / class_counts[rows].sum())
+  assert results["test"]["worst_group_accuracy"] == pytest.approx(min(per_group))
+  assert len(os.listdir(tmp_path / "experts")) == 1
+  from reducr_jax import train_experts  # pylint: disable=g-import-not-at-top
+  splits = data.make_splits(config.dataset, config.seed)
+  assert train_experts._build(config, splits, "experts")[2] == 2   # one expert per group

@@ -85,3 +85,12 @@ def group_names(groups, class_names) -> list[str]:
     return list(class_names)
   return ["+".join(class_names[c] for c in np.flatnonzero(g == k))
           for k in range(int(g.max()) + 1)]
+
+
+def from_config(dataset_config, num_classes: int) -> np.ndarray | None:
+  """int32 [C] class → group of ``config.dataset.groups``, or ``None`` for ``()`` (every
+  class its own group: the code paths of the ungrouped trainer, unchanged)."""
+  groups = dataset_config.get("groups", ())
+  if not isinstance(groups, str) and tuple(groups) == ():
+    return None
+  return group_of(groups, num_classes)
