@@ -239,3 +239,28 @@ def test_grouped_run_on_digits(tmp_path):
   from reducr_jax import train_experts  # pylint: disable=g-import-not-at-top
   splits = data.make_splits(config.dataset, config.seed)
   assert train_experts._build(config, splits, "experts")[2] == 2   # one expert per group
+
+
+def test_four_class_toy_groups_give_two_experts_and_two_weights():
+  import os  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
+  from reducr_jax import selectors  # pylint: disable=g-import-not-at-top
+  from reducr_jax import train_experts  # pylint: disable=g-import-not-at-top
+  from reducr_jax import train_state  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = configuration.with_overrides(
+      configuration.load_config(os.path.join(repo, "configs/default.py")),
+      {"dataset.classes": (0, 1, 2, 3), "dataset.groups": (0, 0, 1, 1),
+       "dataset.imbalance_class": -1})
+  configuration.validate_config(config, 1)
+  splits = data.make_splits(config.dataset, config.seed)
+  assert splits.num_classes == 4
+  assert train_experts._build(config, splits, "experts")[2] == 2   # experts = groups
+  # Class sizes 5, 7, 3, 1 → group sizes 12, 4.
+  cfg = train_state.StepConfig.from_config(config, 4, 1, "table", (5, 7, 3, 1))
+  assert cfg.num_classes == 2 and cfg.group_of == (0, 0, 1, 1)
+  assert cfg.train_class_counts == (12, 4)
+  w = selectors.class_weights(cfg.selector, cfg.selector.init(cfg.num_classes), 2)
+  np.testing.assert_allclose(np.asarray(w), [0.5, 0.5])              # MWU weights [2]
+  assert jax.numpy.shape(w) == (2,)
