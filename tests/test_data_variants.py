@@ -264,3 +264,24 @@ def test_four_class_toy_groups_give_two_experts_and_two_weights():
   w = selectors.class_weights(cfg.selector, cfg.selector.init(cfg.num_classes), 2)
   np.testing.assert_allclose(np.asarray(w), [0.5, 0.5])              # MWU weights [2]
   assert jax.numpy.shape(w) == (2,)
+
+
+def test_official_cifar_split_through_make_splits(monkeypatch):
+  from reducr_jax.data import tfds_loading  # pylint: disable=g-import-not-at-top
+  # A fake TFDS cifar10: 10 train images stored shuffled (ids give the original index),
+  # 4 test images. Originals 0, 2, 4, 6, 8 → train; 1, 3, 5, 7, 9 → holdout (= val).
+  originals = np.array([7, 2, 9, 0, 4, 1, 8, 3, 6, 5])
+  train = {"image": np.zeros((10, 32, 32, 3), np.uint8) + originals[:, None, None, None],
+           "label": originals % 10, "id": np.array([f"train_{o:05d}".encode()
+                                                     for o in originals])}
+  test = {"image": np.zeros((4, 32, 32, 3), np.uint8), "label": np.arange(4),
+          "id": np.array([b"test_0", b"test_1", b"test_2", b"test_3"])}
+  monkeypatch.setattr(tfds_loading, "catalog_builder", lambda *a, **k: "builder")
+  monkeypatch.setattr(tfds_loading, "read_split", lambda b, split, keys, cap=-1: {
+      k: (train if split == "train" else test)[k] for k in keys})
+  s = data.make_splits(real.default_config("cifar10", split_mode="official"), seed=3)
+  assert sorted(s.train.x[:, 0, 0, 0]) == [0, 2, 4, 6, 8]
+  assert sorted(s.holdout.x[:, 0, 0, 0]) == [1, 3, 5, 7, 9]
+  assert s.val is s.holdout and len(s.test) == 4
+  again = data.make_splits(real.default_config("cifar10", split_mode="official"), seed=4)
+  np.testing.assert_array_equal(again.train.index, s.train.index)   # seed-independent
