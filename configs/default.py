@@ -29,6 +29,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.classes = ()                       # () = all; e.g. (4, 9): a relabelled subset
   config.dataset.holdout_per_class = -1             # >0: a balanced holdout of n per class
   config.dataset.augment = "none"                   # on-device augmentation: 'none' | 'flip' | 'crop_flip'
+  # Official-code variants (issue #17; reducr_jax/data/variants.py). Defaults keep this
+  # project's behaviour; the official REDUCR code's value is given in each comment.
+  # Imbalance: 'subsample' drops rare-class rows | 'weighted_sampler' (official,
+  # src/datamodules/datasets/imbalanced_dataloader.py) keeps them and draws train/holdout
+  # batches with replacement, class weights fraction / (1-fraction)/(C-1).
+  config.dataset.imbalance_mode = "subsample"
+  # 'different': a noisy label is another class | 'any' (official _corrupt_dataset in
+  # src/datamodules/datamodules.py): int(N*rate) rows relabelled uniformly over all C.
+  config.dataset.label_noise_mode = "different"
+  # 'random' | 'official' (CIFAR even/odd indices, QQP's fixed split; real datasets only).
+  config.dataset.split_mode = "random"
+  # Robust unit: () one group per class | C group ids | 'cifar100_superclasses' (official
+  # CIFAR-100: 20 groups, selection_method.num_categories).
+  config.dataset.groups = ()
 
   # --- Target model and optimiser (paper: AdamW, lr 1e-3, weight decay 0.01) ----------
   config.model = ml_collections.ConfigDict()

@@ -3,9 +3,11 @@
 Data (GLUE ``QQP/train.tsv``, ``dev.tsv`` in ``config.dataset.manual_dir``, or TFDS
 ``glue/qqp``, as in ``configs/mnli.py``; paper App. A.5): GLUE validation (40k pairs, balance untouched)
 is the test set; class-1 pairs are removed from GLUE train by the seed until class 1 is 22 %
-of it, and the rest is split into train and holdout (= validation). The paper's split sizes
-(148k / 67k / 40k) do not reconcile with QQP's 404k pairs; see
-:mod:`reducr_jax.data.real`. Everything else as ``configs/mnli.py``.
+of it, and the rest is split into train and holdout (= validation).
+``--config.dataset.split_mode=official`` uses the official code's fixed split instead
+(≈148k / ≈148k / 40,428, class 1 ≈ 22.6 % of train), which reconciles the paper's 148k train
+and 40k test; see :func:`reducr_jax.data.real.official_qqp_rows`. Everything else as
+``configs/mnli.py``.
 
   python -m reducr_jax.main --config=configs/qqp.py --workdir=/tmp/reducr_qqp \\
       --config.dataset.manual_dir=/data/glue_data \\

@@ -90,6 +90,10 @@ def validate_config(config: ml_collections.ConfigDict,
     data.validate_dataset_config(config.dataset)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  groups = config.dataset.get("groups", ())
+  if (isinstance(groups, str) or tuple(groups)) and config.get("reweight", "none") != "none":
+    raise ConfigError(f"config.reweight must be 'none' with config.dataset.groups set "
+                      f"(reweighting is per class), got {config.reweight!r}")
   try:
     models.validate_model_config(config.model)
   except ValueError as e:

@@ -47,16 +47,24 @@ def evaluate(p_eval, p_params, split: data.Split, batch_size: int, num_devices: 
 
 
 def evaluate_summary(p_eval, p_params, split: data.Split, batch_size: int,
-                     num_devices: int) -> dict:
-  """:func:`reducr_jax.metrics.summary` of the accuracy of ``p_params`` on a split."""
+                     num_devices: int, group_of=None) -> dict:
+  """:func:`reducr_jax.metrics.summary` of the accuracy of ``p_params`` on a split; with
+  ``group_of`` (int [C], ``config.dataset.groups``) also
+  :func:`reducr_jax.metrics.group_summary` (worst-group and per-group accuracy)."""
   correct, _ = evaluate(p_eval, p_params, split, batch_size, num_devices)
-  return metrics.summary(metrics.ClassSums(*correct))
+  stats = metrics.ClassSums(*correct)
+  out = metrics.summary(stats)
+  if group_of is not None:
+    out.update(metrics.group_summary(stats, group_of))
+  return out
 
 
 def keep_best(best: dict, val: dict, p_variables, step: int) -> dict:
   """The model to keep (REDUCR App. A.6): ``p_variables`` (replicated) at ``step`` when its
-  worst-class validation accuracy beats ``best["worst_val"]``, else ``best`` unchanged."""
-  if val["worst_class_accuracy"] <= float(best["worst_val"]):
+  worst-class validation accuracy beats ``best["worst_val"]``, else ``best`` unchanged.
+  With class groups (``val`` has ``worst_group_accuracy``) the worst-group accuracy."""
+  worst = val.get("worst_group_accuracy", val["worst_class_accuracy"])
+  if worst <= float(best["worst_val"]):
     return best
   return {"params": sharding.first_replica(p_variables),
-          "worst_val": np.float32(val["worst_class_accuracy"]), "step": np.int32(step)}
+          "worst_val": np.float32(worst), "step": np.int32(step)}

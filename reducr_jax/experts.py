@@ -175,7 +175,7 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
                train_apply_fn: Optional[TrainApplyFn] = None,
                rng: Optional[jax.Array] = None, strategy: str = "vmap", chunk: int = 0,
                axis_name: Optional[str] = None,
-               microbatches: int = 1) -> tuple[ExpertsState, jax.Array]:
+               microbatches: int = 1, group_of=None) -> tuple[ExpertsState, jax.Array]:
   """One optimizer step of all C experts at once on the same holdout batch.
 
   Expert ``c`` minimises :func:`class_weighted_loss` with ``expert_class = c``; the C
@@ -207,6 +207,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
       of B/m (``lax.scan``), so only B/m examples' activations are live — the same
       update up to float order, except that batch norm normalises (and updates its
       running statistics) per slice and dropout draws a key per slice.
+    group_of: ``None`` (expert c up-weights class c), or int [K] class → group for
+      ``config.dataset.groups``: expert g (C = G experts) up-weights the classes of group g.
 
   Returns:
     ``(new_state, losses[C])`` with each expert's γ-weighted training loss.
@@ -225,8 +227,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
         logits, new_model_state = apply_fn(p, xb), model_state
       else:
         logits, new_model_state = train_apply_fn(p, model_state, xb, key)
-      return class_weighted_loss(cross_entropy(logits, yb), yb, expert_class,
-                                 gamma), new_model_state
+      return class_weighted_loss(cross_entropy(logits, yb), _weight_labels(yb, group_of),
+                                 expert_class, gamma), new_model_state
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if m == 1:
       (loss, model_state), grads = grad_fn(params, model_state, x, y, key)
@@ -366,7 +368,13 @@ def multihead_expert_losses(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return cross_entropy(logits, labels[:, None])
 
 
-def multihead_loss(logits: jax.Array, labels: jax.Array, gamma) -> jax.Array:
+def _weight_labels(labels: jax.Array, group_of) -> jax.Array:
+  """The labels eq. 8 compares with the expert index: the class, or with class groups
+  (``config.dataset.groups``, ``group_of`` int [C]) the class's group."""
+  return labels if group_of is None else jnp.asarray(group_of, jnp.int32)[labels]
+
+
+def multihead_loss(logits: jax.Array, labels: jax.Array, gamma, group_of=None) -> jax.Array:
   """Training loss of a :class:`MultiHead`: mean over heads of head c's eq. 8 loss.
 
   Head ``c`` gets ``mean_i (1 + γ · 1[y_i = c]) · ℓ_{i,c}``; each head's gradient reaches
@@ -374,12 +382,15 @@ def multihead_loss(logits: jax.Array, labels: jax.Array, gamma) -> jax.Array:
 
   Args:
     logits: ``[B, C, K]``; labels: ``int[B]``; gamma: γ ≥ 0.
+    group_of: ``None``, or int [K] class → group: head ``g`` (C = G heads) up-weights the
+      classes of group g.
 
   Returns:
     scalar.
   """
   losses = multihead_expert_losses(logits, labels)                  # [B, C]
-  return jnp.mean(class_weight_matrix(labels, losses.shape[1], gamma) * losses)
+  return jnp.mean(class_weight_matrix(_weight_labels(labels, group_of), losses.shape[1],
+                                      gamma) * losses)
 
 
 def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, params: Any,
@@ -387,8 +398,9 @@ def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, pa
                          model_state: Any = None,
                          train_apply_fn: Optional[TrainApplyFn] = None,
                          rng: Optional[jax.Array] = None,
-                         axis_name: Optional[str] = None):
-  """One optimizer step of a :class:`MultiHead` on :func:`multihead_loss`.
+                         axis_name: Optional[str] = None, group_of=None):
+  """One optimizer step of a :class:`MultiHead` on :func:`multihead_loss` (``group_of``
+  as there).
 
   ``apply_fn(params, x) -> [B, C, K]``. Returns ``(params, opt_state, loss)``; with
   ``train_apply_fn`` (``(params, model_state, x, rng) -> (logits, new_model_state)``,
@@ -399,9 +411,9 @@ def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, pa
 
   def loss_fn(p):
     if train_apply_fn is None:
-      return multihead_loss(apply_fn(p, x), y, gamma), model_state
+      return multihead_loss(apply_fn(p, x), y, gamma, group_of), model_state
     logits, new_model_state = train_apply_fn(p, model_state, x, rng)
-    return multihead_loss(logits, y, gamma), new_model_state
+    return multihead_loss(logits, y, gamma, group_of), new_model_state
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   if axis_name is not None:
@@ -417,7 +429,7 @@ def update_on_selected(apply_fn: ApplyFn, tx: optax.GradientTransformation,
                        state: ExpertsState, x: jax.Array, y: jax.Array, gamma, *,
                        train_apply_fn: Optional[TrainApplyFn] = None,
                        rng: Optional[jax.Array] = None, axis_name: Optional[str] = None,
-                       stacked: bool = True) -> ExpertsState:
+                       stacked: bool = True, group_of=None) -> ExpertsState:
   """One step of the reference models on the points just selected (online update).
 
   The official REDUCR code's ``update_irreducible``: the amortised experts keep learning
@@ -438,9 +450,9 @@ def update_on_selected(apply_fn: ApplyFn, tx: optax.GradientTransformation,
   """
   if stacked:
     return train_step(apply_fn, tx, state, x, y, gamma, train_apply_fn=train_apply_fn,
-                      rng=rng, axis_name=axis_name)[0]
+                      rng=rng, axis_name=axis_name, group_of=group_of)[0]
   out = multihead_train_step(apply_fn, tx, state.params, state.opt_state, x, y, gamma,
                              model_state=state.model_state, train_apply_fn=train_apply_fn,
-                             rng=rng, axis_name=axis_name)
+                             rng=rng, axis_name=axis_name, group_of=group_of)
   model_state = out[3] if train_apply_fn is not None else state.model_state
   return ExpertsState(out[0], out[1], model_state)

@@ -129,6 +129,29 @@ def accuracy_std(stats: ClassSums) -> jax.Array:
   return jnp.sqrt(jnp.sum(jnp.square(acc - mean)) / jnp.maximum(jnp.sum(present), 1))
 
 
+def group_sums(stats: ClassSums, group_of: Optional[np.ndarray]) -> ClassSums:
+  """Per-class sums added up per group (``config.dataset.groups``) → ``[G]`` fields.
+
+  Sums and counts add, so the group's statistic is exact (a group's accuracy is its
+  correct predictions over its examples). ``group_of`` int [C] class → group; ``None``
+  returns ``stats`` unchanged.
+  """
+  if group_of is None:
+    return stats
+  g = np.asarray(group_of)
+  one_hot = jax.nn.one_hot(g, int(g.max()) + 1, dtype=jnp.float32)   # [C, G]
+  return ClassSums(sums=jnp.asarray(stats.sums, jnp.float32) @ one_hot,
+                   counts=jnp.asarray(stats.counts, jnp.float32) @ one_hot)
+
+
+def group_summary(stats: ClassSums, group_of: np.ndarray) -> dict:
+  """``{"worst_group_accuracy", "per_group_accuracy": [G], "group_counts": [G]}``."""
+  g = group_sums(stats, group_of)
+  return {"worst_group_accuracy": float(worst_class_accuracy(g)),
+          "per_group_accuracy": [float(a) for a in np.asarray(per_class_accuracy(g))],
+          "group_counts": [int(c) for c in np.asarray(g.counts)]}
+
+
 def summary(stats: ClassSums) -> dict:
   """All accuracy metrics as plain Python floats (host side; for logs and results.json).
 

@@ -58,6 +58,7 @@ from reducr_jax import train_experts
 from reducr_jax import train_state
 from reducr_jax import workdir as workdir_lib
 from reducr_jax.data import augment as augment_lib
+from reducr_jax.data import groups as groups_lib
 from reducr_jax.data import pipeline
 
 AXIS = sharding.AXIS
@@ -77,6 +78,11 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def _units(y: jax.Array, cfg: StepConfig) -> jax.Array:
+  """Selection labels: the class, or its group with ``config.dataset.groups``."""
+  return y if not cfg.group_of else jnp.asarray(cfg.group_of, jnp.int32)[y]
+
+
 def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfig):
   """``(h [C], new EMA state)``: the last full pass ('epoch') or the EMA updated with this
   step's holdout batch ('ema', App. A.9.4)."""
@@ -84,7 +90,8 @@ def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfi
     return state.holdout_loss, state.ema
   h_loss = experts.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
                                  batch["holdout_y"])
-  stats = jax.lax.psum(metrics.class_sums(h_loss, batch["holdout_y"], cfg.num_classes), AXIS)
+  stats = jax.lax.psum(metrics.class_sums(h_loss, _units(batch["holdout_y"], cfg),
+                                          cfg.num_classes), AXIS)
   ema = mwu.ema_update(state.ema, stats, cfg.ema_decay)
   return mwu.ema_value(ema, cfg.ema_decay), ema
 
@@ -101,7 +108,8 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   Args:
     state: this device's replica of the :class:`TrainState`.
     batch: ``x [b, ...]``, ``y int[b]`` (b = B/n), plus ``ref_losses [b, C']`` when
-      ``cfg.reference == 'table'``, ``holdout_x``/``holdout_y`` for the 'ema' estimator
+      ``cfg.reference == 'table'``, ``corrupted bool[b]`` (label differs from the clean one;
+      adds metric ``selected_corrupted_share``), ``holdout_x``/``holdout_y`` for the 'ema' estimator
       and ``meta_x``/``meta_y`` for a reweighter that needs a validation batch.
     ref_params: reference-model params for ``cfg.reference == 'online'`` (else unused;
       with ``cfg.reference_update`` the updated ones in ``state.reference`` are used).
@@ -135,7 +143,8 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   y_all = gather(y)
   out = {}
 
-  inputs = selectors.SelectionInputs(labels=y_all, step=state.step)
+  units_all = _units(y_all, cfg)          # = y_all unless config.dataset.groups
+  inputs = selectors.SelectionInputs(labels=units_all, step=state.step)
   if needs & {selectors.MODEL_LOSS, selectors.MODEL_LOGITS}:
     logits = apply_fn(state.params, x)
     model_loss_all = gather(experts.cross_entropy(logits, y))
@@ -161,6 +170,9 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   sel, aux = cfg.selector.select(state.selector_state, inputs, key, k)
   new_selector_state = cfg.selector.update(state.selector_state, inputs, sel, aux)
 
+  if "corrupted" in batch:         # label noise known (data.streams): share of the selected
+    out["selected_corrupted_share"] = jnp.mean(gather(batch["corrupted"])[sel].astype(
+        jnp.float32))
   mine = jax.lax.dynamic_slice_in_dim(sel, device * kd, kd)
   xs, ys = sharding.selected_rows(x, sel, kd), y_all[mine]
   validation = None
@@ -180,7 +192,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   loss, grads = jax.lax.psum((loss, grads), AXIS)      # Σ over all k selected points
-  selected_counts = jnp.sum(jax.nn.one_hot(y_all[sel], c, dtype=jnp.int32), axis=0)
+  selected_counts = jnp.sum(jax.nn.one_hot(units_all[sel], c, dtype=jnp.int32), axis=0)
   new_reference = state.reference
   if cfg.reference_update is not None:
     new_reference = cfg.reference_update(state.reference, xs, ys,
@@ -311,6 +323,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   p_step = make_train_step(fns, refs.loss_fn, tx, cfg, pmap_devices)
   p_eval = evaluation.make_eval_step(fns.apply, c, pmap_devices)
   p_variables = lambda st: models.variables(st.params, st.model_state)  # noqa: E731
+  group_of = np.asarray(cfg.group_of, np.int32) if cfg.group_of else None
   holdout_every = config.selection.holdout_every
   if holdout_every == -1:
     holdout_every = max(1, len(splits.train) // config.batch_size)
@@ -330,7 +343,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   for step, batch in zip(range(start, config.num_steps), batches):
     if refresh_holdout and step % holdout_every == 0:
       _, loss_sums = evaluation.evaluate(p_eval, p_variables(p_state), splits.holdout, eval_bs, n)
-      h = mwu.class_holdout_loss(metrics.ClassSums(*loss_sums))
+      h = mwu.class_holdout_loss(metrics.group_sums(metrics.ClassSums(*loss_sums), group_of))
       p_state = p_state._replace(holdout_loss=sharding.replicate(
           jnp.asarray(h, jnp.float32), devices))
     p_state, step_metrics = p_step(p_state, batch, refs.params)
@@ -344,8 +357,8 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       writer.write(done, {f"train/{k}": v for k, v in m.items()})
     if done % config.eval_every == 0 or done == config.num_steps:
       params = p_variables(p_state)
-      val = evaluation.evaluate_summary(p_eval, params, splits.val, eval_bs, n)
-      test = evaluation.evaluate_summary(p_eval, params, splits.test, eval_bs, n)
+      val = evaluation.evaluate_summary(p_eval, params, splits.val, eval_bs, n, group_of)
+      test = evaluation.evaluate_summary(p_eval, params, splits.test, eval_bs, n, group_of)
       best = evaluation.keep_best(best, val, params, done)
       writer.write(done, {**{f"val/{k}": v for k, v in val.items()},
                           **{f"test/{k}": v for k, v in test.items()}})
@@ -370,8 +383,8 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   # Stage 3: evaluate the kept model.
   final_state = sharding.first_replica(p_state)
   p_best = sharding.replicate(best["params"], devices)
-  val = evaluation.evaluate_summary(p_eval, p_best, splits.val, eval_bs, n)
-  test = evaluation.evaluate_summary(p_eval, p_best, splits.test, eval_bs, n)
+  val = evaluation.evaluate_summary(p_eval, p_best, splits.val, eval_bs, n, group_of)
+  test = evaluation.evaluate_summary(p_eval, p_best, splits.test, eval_bs, n, group_of)
   results = {
       "method": config.selection.method,
       "reweight": config.reweight,
@@ -381,8 +394,10 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       "val": val,
       "test": test,
       "class_weights": np.asarray(selectors.class_weights(
-          cfg.selector, final_state.selector_state, c)).tolist(),
+          cfg.selector, final_state.selector_state, cfg.num_classes)).tolist(),
       "class_names": splits.class_names,
+      **({"group_names": groups_lib.group_names(config.dataset.groups, splits.class_names)}
+         if group_of is not None else {}),
       "num_skipped": int(final_state.num_skipped),
       "config": json.loads(config.to_json_best_effort()),
   }

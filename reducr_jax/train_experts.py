@@ -52,7 +52,9 @@ from reducr_jax import rng_streams
 from reducr_jax import selectors
 from reducr_jax import sharding
 from reducr_jax.data import augment as augment_lib
+from reducr_jax.data import groups as groups_lib
 from reducr_jax.data import pipeline
+from reducr_jax.data import streams
 
 
 class ReferenceModels(NamedTuple):
@@ -119,13 +121,17 @@ def _build(config, splits: data.Splits, kind: str):
   ``[b, C']`` reference losses from the (stacked) variables.
   """
   num_classes = splits.num_classes
+  # With config.dataset.groups there is one expert (head) per group, up-weighting the
+  # group's classes (official: selection_method.num_categories experts).
+  group_of = groups_lib.from_config(config.dataset, num_classes)
+  num_units = num_classes if group_of is None else int(group_of.max()) + 1
   x0 = np.zeros((1,) + splits.holdout.x.shape[1:], splits.holdout.x.dtype)
   # Training-mode batch norm averages over the device axis of the pmapped stage 1.
   make_fns = functools.partial(models.model_fns, input_example=x0, axis_name=sharding.AXIS,
                                init_impl=models.init_rng_impl(config.model))
   if kind == "multihead":
     module = experts.MultiHead(trunk=models.create_model(config.model, None),
-                               num_heads=num_classes, num_classes=num_classes)
+                               num_heads=num_units, num_classes=num_classes)
     fns = make_fns(module)
     loss_fn = lambda v, x, y: experts.multihead_expert_losses(fns.apply(v, x), y)  # noqa: E731
     num, gamma = 1, config.experts.gamma
@@ -135,13 +141,17 @@ def _build(config, splits: data.Splits, kind: str):
     strategy = experts.default_strategy() if strategy == "auto" else strategy
     loss_fn = functools.partial(experts.expert_losses, fns.apply, strategy=strategy,
                                 chunk=config.experts.get("chunk", 0))
-    num = num_classes if kind == "experts" else 1
+    num = num_units if kind == "experts" else 1
     gamma = config.experts.gamma if kind == "experts" else 0.0
   return fns, loss_fn, num, gamma
 
 
-def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma) -> jax.Array:
-  """``Σ_i mask_i (1 + γ·1[y_i = e]) table[i, e]`` per column e → ``[E]`` (eq. 8 on val)."""
+def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma,
+                        group_of=None) -> jax.Array:
+  """``Σ_i mask_i (1 + γ·1[y_i = e]) table[i, e]`` per column e → ``[E]`` (eq. 8 on val);
+  with ``group_of`` (int [C]) ``y_i`` is replaced by its group."""
+  if group_of is not None:
+    y = jnp.asarray(group_of, jnp.int32)[y]
   w = experts.class_weight_matrix(y, table.shape[1], gamma)
   return jnp.sum(w * table * mask[:, None], axis=0)
 
@@ -264,6 +274,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   n_local = len(devices)
   n = n_local * procs
   b_local = ex.batch_size // n
+  group_of = groups_lib.from_config(config.dataset, splits.num_classes)
 
   def train_step(state, x, y, step, strategy, chunk, microbatches):
     """One device's step: x [b_local, ...], y int[b_local], step int scalar."""
@@ -277,21 +288,21 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
       p, o, loss, ms = experts.multihead_train_step(
           fns.apply, tx, state.params, state.opt_state, x, y, gamma,
           model_state=state.model_state, train_apply_fn=fns.apply_train, rng=dropout,
-          axis_name=sharding.AXIS)
+          axis_name=sharding.AXIS, group_of=group_of)
       return experts.ExpertsState(p, o, ms), loss[None]
     return experts.train_step(fns.apply, tx, state, x, y, gamma,
                               train_apply_fn=fns.apply_train, rng=dropout,
                               strategy=strategy, chunk=chunk, axis_name=sharding.AXIS,
-                              microbatches=microbatches)
+                              microbatches=microbatches, group_of=group_of)
 
   def val_sums(variables, x, y, mask, strategy, chunk):
     """Σ over all devices' rows of each model's eq. 8 val loss → ``[num]``."""
     if kind == "multihead":
       table = experts.multihead_expert_losses(fns.apply(variables, x), y)
-      sums = jnp.mean(_weighted_loss_sums(table, y, mask, gamma), keepdims=True)
+      sums = jnp.mean(_weighted_loss_sums(table, y, mask, gamma, group_of), keepdims=True)
     else:
       table = experts.expert_losses(fns.apply, variables, x, y, strategy, chunk)  # [b, num]
-      sums = _weighted_loss_sums(table, y, mask, gamma)
+      sums = _weighted_loss_sums(table, y, mask, gamma, group_of)
     return jax.lax.psum(sums, sharding.AXIS)
 
   def pmapped(fn, donate=()):
@@ -313,8 +324,9 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   def holdout_batch(step):
     """This process's rows of expert batch ``step`` (1-based), split over its devices."""
     idx = sharding.process_rows(
-        data.batch_indices(rng_streams.order_seed(config.seed, "expert_order"), step - 1,
-                           len(splits.holdout), ex.batch_size),
+        streams.split_batch_indices(config.dataset, splits.holdout, "holdout",
+                                    rng_streams.order_seed(config.seed, "expert_order"),
+                                    step - 1, ex.batch_size, splits.num_classes),
         procs, proc)
     return sharding.shard((splits.holdout.x[idx], splits.holdout.y[idx]), n_local)
 
@@ -474,7 +486,9 @@ def online_update(config: ml_collections.ConfigDict, refs: ReferenceModels,
     inner = experts.ExpertsState(state.params["params"], state.opt_state, model_state)
     inner = experts.update_on_selected(fns.apply, tx, inner, x, y, gamma,
                                        train_apply_fn=fns.apply_train, rng=rng,
-                                       axis_name=axis_name, stacked=stacked)
+                                       axis_name=axis_name, stacked=stacked,
+                                       group_of=groups_lib.from_config(
+                                           config.dataset, splits.num_classes))
     return experts.ExpertsState(models.variables(inner.params, inner.model_state),
                                 inner.opt_state, None)
   return state, update

@@ -13,12 +13,14 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from reducr_jax import configuration
 from reducr_jax import mwu
 from reducr_jax import reweighters
 from reducr_jax import selectors
+from reducr_jax.data import groups as groups_lib
 
 
 class TrainState(NamedTuple):
@@ -71,6 +73,10 @@ class StepConfig:
     augment: on-device augmentation of the large batch.
     reference_update: ``None``, or the online update of the reference models on the
       selected points (:func:`reducr_jax.train_experts.online_update`).
+    group_of: ``()``, or the group of every class (``config.dataset.groups``); then
+      ``num_classes`` is the number of groups G and selection, class weights, the
+      class-holdout loss and the selected counts are over groups ("selection labels"
+      ``group_of[y]``), while the model still classifies the C classes.
   """
   selector: selectors.Selector
   reweighter: reweighters.Reweighter
@@ -83,13 +89,21 @@ class StepConfig:
   train_class_counts: tuple = ()
   augment: str = "none"
   reference_update: Optional[Callable] = None
+  group_of: tuple = ()
 
   @classmethod
   def from_config(cls, config, num_classes: int, num_devices: int,
                   reference: Optional[str], train_class_counts=(),
                   reference_update: Optional[Callable] = None) -> "StepConfig":
+    group_of = groups_lib.from_config(config.dataset, num_classes)
+    if group_of is not None:          # the robust unit is the group (reducr_jax.data.groups)
+      num_classes = int(group_of.max()) + 1
+      if len(train_class_counts):
+        train_class_counts = np.bincount(group_of, weights=np.asarray(train_class_counts),
+                                         minlength=num_classes)
     return cls(selector=selectors.get(config), reweighter=reweighters.get(config),
                k=configuration.num_selected(config), num_classes=num_classes,
+               group_of=() if group_of is None else tuple(int(g) for g in group_of),
                num_devices=num_devices, reference=reference,
                holdout_loss=config.selection.holdout_loss,
                ema_decay=float(config.selection.ema_decay),

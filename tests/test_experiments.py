@@ -42,7 +42,8 @@ def test_compare_table_figures_and_resume(tmp_path):
   md = (tmp_path / "table.md").read_text()
   assert f"{table['reducr']['accuracy']['mean']:.2f} ± {table['reducr']['accuracy']['std']:.2f}" in md
   figs = tmp_path / "figures"
-  for name in ("class_weights", "worst_class_val", "per_class_test", "selected_fraction"):
+  for name in ("class_weights", "worst_class_val", "per_class_test", "selected_fraction",
+               "selected_corrupted"):
     assert (figs / f"{name}.png").stat().st_size > 10_000
   weights = json.loads((figs / "class_weights.json").read_text())
   log = [json.loads(l) for l in (tmp_path / "runs/reducr/seed0/metrics.jsonl").read_text().splitlines()]

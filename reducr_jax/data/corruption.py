@@ -2,8 +2,14 @@
 
 * Class imbalance (REDUCR paper, section 5.3): one class is subsampled so that it makes
   up a chosen fraction of a split.
-* Symmetric label noise: each label is, with probability ``rate``, replaced by a
-  uniformly drawn *different* class.
+* Symmetric label noise (``config.dataset.label_noise_mode``): ``'different'`` (default):
+  each label is, with probability ``rate``, replaced by a uniformly drawn *different*
+  class; ``'any'`` (official REDUCR code, ``src/datamodules/datamodules.py``
+  ``_corrupt_dataset``): exactly ``int(N · rate)`` rows, drawn without replacement, get a
+  label drawn uniformly from *all* C classes, so a redraw may keep the true label and the
+  expected share of changed labels is ``int(N · rate)/N · (C − 1)/C``.
+* The official weighted sampler (``imbalance_mode='weighted_sampler'``,
+  ``src/datamodules/datasets/imbalanced_dataloader.py``): :func:`sampler_probabilities`.
 """
 
 from __future__ import annotations
@@ -115,3 +121,89 @@ def symmetric_label_noise(
   offset = rng.integers(1, max(num_classes, 2), size=y.shape)
   y_noisy = np.where(flipped, (y + offset) % num_classes, y).astype(y.dtype)
   return y_noisy, flipped
+
+
+LABEL_NOISE_MODES = ("different", "any")
+
+
+def uniform_label_noise(
+    y: np.ndarray,
+    rate: float,
+    num_classes: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+  """The official REDUCR label noise: ``int(N · rate)`` rows relabelled uniformly over all classes.
+
+  Official: ``src/datamodules/datamodules.py`` ``_corrupt_dataset``:
+  ``n_corrupt = int(n_dataset * pc_corrupted)``, ``np.random.choice(n, n_corrupt,
+  replace=False)`` rows, each given ``randint(n_classes)`` (the true class included).
+
+  Args:
+    y: int labels [N] in [0, num_classes).
+    rate: share of rows redrawn, in [0, 1].
+    num_classes: C (>= 2 when ``rate > 0``).
+    rng: draws which rows are redrawn, then their new labels.
+
+  Returns:
+    ``(y_noisy, redrawn)``: y_noisy [N] with ``y``'s dtype; bool [N] redrawn (True on
+    the ``int(N · rate)`` redrawn rows, also where the redraw kept the true label; the
+    labels that changed are ``y_noisy != y``).
+  """
+  y = np.asarray(y)
+  if not 0.0 <= float(rate) <= 1.0:
+    raise ValueError(f"config.dataset.label_noise must be in [0, 1], got {rate!r}")
+  if y.size and (y.min() < 0 or y.max() >= num_classes):
+    raise ValueError(f"labels must be in [0, {num_classes}), got range "
+                     f"[{y.min()}, {y.max()}]")
+  n_corrupt = int(y.size * float(rate))
+  rows = rng.choice(y.size, size=n_corrupt, replace=False)
+  y_noisy = y.copy()
+  y_noisy[rows] = rng.integers(0, num_classes, size=n_corrupt)
+  redrawn = np.zeros(y.shape, bool)
+  redrawn[rows] = True
+  return y_noisy.astype(y.dtype), redrawn
+
+
+def label_noise(y: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator,
+                mode: str = "different") -> np.ndarray:
+  """Noisy labels [N] of ``mode`` (``LABEL_NOISE_MODES``); see the module docstring."""
+  if mode == "different":
+    return symmetric_label_noise(y, rate, num_classes, rng)[0]
+  if mode == "any":
+    return uniform_label_noise(y, rate, num_classes, rng)[0]
+  raise ValueError(f"config.dataset.label_noise_mode must be one of "
+                   f"{list(LABEL_NOISE_MODES)}, got {mode!r}")
+
+
+def sampler_class_weights(num_classes: int, cls: int, fraction: float) -> np.ndarray:
+  """float64 [C]: the official ``ImbalancedSamplerFactory`` class weights.
+
+  ``w[cls] = fraction``, every other class ``(1 − fraction) / (C − 1)`` (official
+  ``src/datamodules/datasets/imbalanced_dataloader.py``; they sum to 1). ``cls == -1``:
+  all ones (no imbalance).
+  """
+  if cls == -1:
+    return np.ones(num_classes)
+  w = np.full(num_classes, (1.0 - float(fraction)) / (num_classes - 1))
+  w[cls] = float(fraction)
+  return w
+
+
+def sampler_probabilities(y: np.ndarray, cls: int, fraction: float,
+                          num_classes: int) -> np.ndarray:
+  """float64 [N]: per-example draw probabilities of the official weighted sampler.
+
+  The official ``ImbalancedDatasetSampler`` gives example i the weight ``w[y_i]`` of
+  :func:`sampler_class_weights` and draws ``torch.multinomial(weights, N,
+  replacement=True)``, i.e. ``p_i = w[y_i] / Σ_j w[y_j]``. Class c is then drawn with
+  probability ``w_c n_c / Σ_d w_d n_d``: exactly ``fraction`` for ``cls`` when the classes
+  are equally frequent (CIFAR-10, the paper's §5.3 setting); otherwise it also scales
+  with the class sizes (as the official code does).
+  """
+  y = np.asarray(y)
+  w = sampler_class_weights(num_classes, cls, fraction)[y]
+  total = w.sum()
+  if total <= 0:
+    raise ValueError("sampler_probabilities: every example has weight 0 (the split holds "
+                     "only the imbalanced class and config.dataset.imbalance_fraction is 0)")
+  return w / total

@@ -78,7 +78,8 @@ def tfds_order(split: str, num_records: int) -> np.ndarray:
   return np.asarray(sorted(range(num_records), key=key), dtype=np.int64)
 
 
-def read_split(directory: str, task: str, split: str, max_examples: int = -1):
+def read_split(directory: str, task: str, split: str, max_examples: int = -1,
+               file_order: bool = False):
   """One split of ``task`` from its TSV file.
 
   Args:
@@ -87,10 +88,13 @@ def read_split(directory: str, task: str, split: str, max_examples: int = -1):
     split: TFDS split name (``train``, ``validation_matched``, ``validation_mismatched``
       for MNLI; ``train``, ``validation`` for QQP).
     max_examples: -1 for all rows, else the first ``max_examples`` in TFDS order.
+    file_order: rows in the file's record order instead of TFDS's (the order Hugging
+      Face ``datasets`` and the official REDUCR code see; ``split_mode='official'``).
 
   Returns:
     ``(first, second, labels int32 [n], rows int64 [n], n)``: the sentence pairs (lists
-    of str), labels, and each row's position in the TFDS split (``arange(n)``).
+    of str), labels, and each row's position in the TFDS split (``arange(n)``; with
+    ``file_order``, its position among the file's well-formed rows).
   """
   _, files, (col_a, col_b), label_col, names = TASKS[task]
   path = os.path.join(directory, files[split])
@@ -113,7 +117,8 @@ def read_split(directory: str, task: str, split: str, max_examples: int = -1):
   if skipped:
     logging.warning("%s: skipped %d malformed row(s) of %s (record numbers %s%s)", task,
                     len(skipped), path, skipped[:5], " ..." if len(skipped) > 5 else "")
-  order = [int(n) for n in tfds_order(split, num_records) if n in records]
+  order = (sorted(records) if file_order else
+           [int(n) for n in tfds_order(split, num_records) if n in records])
   if max_examples >= 0:
     order = order[:max_examples]
   first = [records[n][0] for n in order]

@@ -5,7 +5,8 @@ Protocols follow the paper's App. A.5 (Bankes et al., 2024) and the official cod
 loss (the paper's "validation" set), ``val`` picks checkpoints, ``test`` reports.
 
 * ``cifar10`` / ``cifar100`` (TFDS catalog): TFDS ``train`` cut stratified by the seed into
-  train / holdout (``holdout_fraction`` = 0.5: 25k / 25k); ``val`` = holdout (the paper
+  train / holdout (``holdout_fraction`` = 0.5: 25k / 25k; ``split_mode='official'``: even
+  original indices train, odd holdout, :func:`official_cifar_rows`); ``val`` = holdout (the paper
   measures validation performance on its validation = holdout set); ``test`` = TFDS
   ``test``. ``index``: row in the TFDS split (train, or test for ``test``).
 * ``cinic10`` (local builder, :mod:`reducr_jax.data.cinic10`): train = ``train``, holdout =
@@ -29,11 +30,13 @@ loss (the paper's "validation" set), ``val`` picks checkpoints, ``test`` reports
   by the seed until class 1 is ``qqp_class1_fraction`` (0.22) of it (~294k pairs: ~229k
   class 0 + ~65k class 1), then split randomly into train / holdout (= val) by
   ``text_fractions[:2]`` renormalised (5/9, 4/9: ~163k / ~131k).
-  The paper's counts do not reconcile with QQP: it states 431k labelled pairs (GLUE has
-  363,846 + 40,430 = 404,276) and train 148k / validation 67k / test 40k, i.e. a pool of
-  215k, while removing only class-1 pairs from GLUE train down to 22 % leaves ~294k. We
-  follow the stated protocol (class 1 cut to 22 %, test balance untouched) and let the
-  sizes follow from it.
+  ``split_mode='official'`` instead reproduces the official code's fixed split
+  (:func:`official_qqp_rows`): GLUE train ‖ validation (404,276 pairs, file order), the
+  last 40,428 are test, the first half of the class-1 pairs before them is kept and the
+  rest alternates train / holdout: ≈148k / ≈148k / 40,428 with class 1 ≈ 22.6 % of train.
+  That reconciles the paper's train 148k, test 40k and 22 %; its "validation 67k" is the
+  official ``small_val`` option (balanced validation, ≈2 × 33.6k; not reproduced), and its
+  "431k labelled pairs" matches neither (GLUE has 404,276).
   ``index``: row in the GLUE split (train, or validation for ``test``).
 
 Text is tokenised with ``config.dataset.tokenizer`` (a local ``bert-base-uncased``
@@ -60,6 +63,7 @@ from reducr_jax import errors
 from reducr_jax.data import corruption
 from reducr_jax.data import random_access
 from reducr_jax.data import split_types
+from reducr_jax.data import variants
 
 REAL_DATASETS = ("cifar10", "cifar100", "cinic10", "clothing1m", "mnli", "qqp")
 TEXT_DATASETS = ("mnli", "qqp")
@@ -112,6 +116,7 @@ DEFAULTS: dict[str, object] = {
     "max_examples": -1,              # -1 = all; else first n rows of each source split
     "glue_source": "auto",           # MNLI/QQP: 'tsv' (GLUE files), 'tfds', 'auto' (see below)
     "skip_bad_images": False,        # CINIC-10/Clothing1M preparation: skip undecodable files
+    **variants.DEFAULTS,             # imbalance_mode, label_noise_mode, split_mode, groups
 }
 GLUE_SOURCES = ("auto", "tsv", "tfds")
 _SPLIT_NAMES = ("train", "holdout", "val", "test")
@@ -202,6 +207,7 @@ def validate_real_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   if cfg.get("holdout_per_class", -1) != -1:
     raise ValueError(f"config.dataset.holdout_per_class must be -1 for {name!r} (only "
                      f"supported for the embedded datasets), got {cfg.holdout_per_class!r}")
+  variants.validate(cfg, k)
   if name in TEXT_DATASETS:
     tok = _get(cfg, "tokenizer")
     if not tok or not os.path.exists(os.path.expanduser(tok)):
@@ -249,13 +255,82 @@ def _cifar(cfg, rng: np.random.Generator) -> dict:
   train = tfds_loading.read_split(builder, "train", ("image", "label"), _cap(cfg))
   test = tfds_loading.read_split(builder, "test", ("image", "label"), _cap(cfg))
   x, y = train["image"].astype(np.uint8), train["label"].astype(np.int32)
-  h = float(_get(cfg, "holdout_fraction"))
-  train_rows, holdout_rows = _stratified_cut(y, [1.0 - h, h], rng)
+  if _get(cfg, "split_mode") == "official":
+    ids = tfds_loading.read_split(builder, "train", ("id",), _cap(cfg))["id"]
+    train_rows, holdout_rows = official_cifar_rows(ids)
+  else:
+    h = float(_get(cfg, "holdout_fraction"))
+    train_rows, holdout_rows = _stratified_cut(y, [1.0 - h, h], rng)
   holdout = (x[holdout_rows], y[holdout_rows], holdout_rows)
   return {"train": (x[train_rows], y[train_rows], train_rows), "holdout": holdout,
           "val": holdout,
           "test": (test["image"].astype(np.uint8), test["label"].astype(np.int32),
                    np.arange(len(test["label"])))}
+
+
+def official_cifar_rows(ids) -> tuple[np.ndarray, np.ndarray]:
+  """The official CIFAR train / holdout cut: even original indices train, odd holdout.
+
+  Official ``src/datamodules/datamodules.py`` (``CIFAR10DataModule``, ``CIFAR100DataModule``):
+  ``train_subset = range(0, 50000, 2)``, ``val_subset = range(1, 50000, 2)`` of the
+  torchvision (= original batch file) order; the paper's validation set is our holdout.
+  TFDS stores CIFAR shuffled, so the original index comes from the ``id`` feature
+  (``b"train_16399"`` is original image 16399).
+
+  Args:
+    ids: [n] TFDS ``id`` values (bytes or str), ``<split>_<original index>``.
+
+  Returns:
+    ``(train_rows, holdout_rows)``: int64 rows into ``ids`` (TFDS order), each sorted by
+    original index.
+  """
+  original = np.empty(len(ids), np.int64)
+  for i, v in enumerate(ids):
+    text = v.decode("utf-8") if isinstance(v, bytes) else str(v)
+    tail = text.rsplit("_", 1)[-1]
+    if not tail.isdigit():
+      raise ValueError(f"config.dataset.split_mode='official' needs TFDS ids like "
+                       f"'train_123' (the original CIFAR index), got {text!r}")
+    original[i] = int(tail)
+  order = np.argsort(original, kind="stable")
+  even = original[order] % 2 == 0
+  return order[even].astype(np.int64), order[~even].astype(np.int64)
+
+
+def official_qqp_rows(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The official QQP split of the pool GLUE train ‖ GLUE validation (file order).
+
+  Official ``src/datamodules/nlp_datamodules.py`` ``QQPDataModule.train_test_val_split``:
+  with N pool rows, ``train_end = N // 2`` and ``val_end = train_end + int(N // 2.5)``;
+  rows ``[val_end, N)`` are the test set; of rows ``[0, val_end)`` the class-1 rows keep
+  their first half (``len // 2``, in order), followed by all class-0 rows; train = even
+  positions of that list, validation (our holdout) = odd positions; then, as there,
+  ``filter(idx != 1)`` drops pool row 1 from train and ``filter(idx != 0)`` pool row 0
+  from validation (a quirk: at most one row each).
+
+  On GLUE QQP (N = 363,846 + 40,430 = 404,276): test = 40,428 rows; train and holdout
+  ≈ 148k each with class 1 ≈ 22.6 % (half of ≈134k duplicates over ≈297k pairs), which is
+  the paper's "148k" train, "40k" test and 22 % class-1 share; the paper's "67k"
+  validation matches the official ``small_val=True`` option (the validation's ≈33.6k
+  duplicates plus as many non-duplicates; off by default in ``configs/datamodule/
+  QQPDataModule.yaml``, not reproduced here) and also the ≈67k class-1 pairs kept.
+
+  Args:
+    y: int labels [N] of the pool in file order.
+
+  Returns:
+    ``(train, holdout, test)`` int64 positions into the pool.
+  """
+  y = np.asarray(y)
+  n = y.size
+  train_end = n // 2
+  val_end = int(train_end + n // 2.5)
+  head = np.arange(val_end)
+  positives = head[y[head] == 1]
+  kept = np.concatenate([positives[:positives.size // 2], head[y[head] == 0]])
+  train, holdout = kept[::2], kept[1::2]
+  return (train[train != 1].astype(np.int64), holdout[holdout != 0].astype(np.int64),
+          np.arange(val_end, n, dtype=np.int64))
 
 
 def _cinic10(cfg) -> dict:
@@ -310,18 +385,23 @@ def _clothing1m(cfg, rng: np.random.Generator) -> dict:
           "test": part("clean_test")}
 
 
-def _read_text(builder, split: str, keys: tuple[str, str], cap: int):
-  """(first, second, label int32 [n], row int64 [n], rows read) of a split's labelled rows."""
+def _read_text(builder, split: str, keys: tuple[str, str], cap: int,
+               file_order: bool = False):
+  """(first, second, label int32 [n], row int64 [n], rows read) of a split's labelled rows;
+  ``file_order``: sorted by the ``idx`` feature (the record number in the GLUE file)."""
   from reducr_jax.data import tfds_loading  # pylint: disable=g-import-not-at-top
-  d = tfds_loading.read_split(builder, split, keys + ("label",), cap)
+  d = tfds_loading.read_split(builder, split, keys + ("label",) + (
+      ("idx",) if file_order else ()), cap)
   rows = np.flatnonzero(d["label"] >= 0)
+  if file_order:
+    rows = rows[np.argsort(d["idx"][rows], kind="stable")]
   text = [[v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in d[k][rows]]
           for k in keys]
   return (text[0], text[1], d["label"][rows].astype(np.int32), rows.astype(np.int64),
           len(d["label"]))
 
 
-def glue_reader(cfg, task: str):
+def glue_reader(cfg, task: str, file_order: bool = False):
   """``split -> _read_text(...)`` for GLUE ``task`` from the source
   ``config.dataset.glue_source`` picks:
 
@@ -332,6 +412,8 @@ def glue_reader(cfg, task: str):
   * ``'auto'`` (default): the TSV files when ``manual_dir`` holds them, else TFDS.
 
   Both give the same rows in the same order, hence the same splits for a seed.
+  ``file_order``: rows in the GLUE files' record order (as Hugging Face ``datasets``,
+  which the official code reads, holds them) instead of TFDS's.
   """
   from reducr_jax.data import glue_tsv  # pylint: disable=g-import-not-at-top
   from reducr_jax.data import tfds_loading  # pylint: disable=g-import-not-at-top
@@ -346,12 +428,12 @@ def glue_reader(cfg, task: str):
         f"config.dataset.manual_dir at the extracted GLUE folder (or its {task.upper()} "
         f"folder), or set config.dataset.glue_source='tfds'")
   if directory is not None:
-    return lambda split: glue_tsv.read_split(directory, task, split, cap)
+    return lambda split: glue_tsv.read_split(directory, task, split, cap, file_order)
   builder = tfds_loading.catalog_builder(f"glue/{task}", cfg, task, hint=(
       f"or put the GLUE release's {glue_tsv.expected_files(task)} in "
       f"config.dataset.manual_dir (now {root!r})"))
   keys = ("premise", "hypothesis") if task == "mnli" else ("question1", "question2")
-  return lambda split: _read_text(builder, split, keys, cap)
+  return lambda split: _read_text(builder, split, keys, cap, file_order)
 
 
 def _tokenize(cfg, first: list[str], second: list[str]) -> np.ndarray:
@@ -379,7 +461,22 @@ def _mnli(cfg, rng: np.random.Generator) -> dict:
           "test": (x[test], y[test], index[test])}
 
 
+def _qqp_official(cfg) -> dict:
+  """``split_mode='official'``: :func:`official_qqp_rows` on GLUE train ‖ validation."""
+  read = glue_reader(cfg, "qqp", file_order=True)
+  a, b, y, rows, n_read = read("train")
+  ta, tb, ty, trows, _ = read("validation")
+  x = _tokenize(cfg, a + ta, b + tb)
+  y, index = np.concatenate([y, ty]), np.concatenate([rows, n_read + trows])
+  train, holdout, test = official_qqp_rows(y)
+  hold = (x[holdout], y[holdout], index[holdout])
+  return {"train": (x[train], y[train], index[train]), "holdout": hold, "val": hold,
+          "test": (x[test], y[test], index[test])}
+
+
 def _qqp(cfg, rng: np.random.Generator) -> dict:
+  if _get(cfg, "split_mode") == "official":
+    return _qqp_official(cfg)
   read = glue_reader(cfg, "qqp")
   a, b, y, rows, _ = read("train")
   ta, tb, ty, trows, _ = read("validation")
@@ -429,7 +526,10 @@ def make_real_splits(dataset_config: ml_collections.ConfigDict, seed: int):
 
   imb_rngs = dict(zip(("train", "holdout", "val"),
                       (np.random.default_rng(s) for s in imb_ss.spawn(3))))
-  for name in _get(cfg, "imbalance_splits"):
+  imb_splits = _get(cfg, "imbalance_splits")
+  if _get(cfg, "imbalance_mode") == "weighted_sampler":
+    imb_splits = ()          # rows kept; batches drawn by the weighted sampler (streams.py)
+  for name in imb_splits:
     x, y, index = parts[name]
     keep = corruption.imbalance_mask(y, int(_get(cfg, "imbalance_class")),
                                      float(_get(cfg, "imbalance_fraction")),
@@ -447,8 +547,9 @@ def make_real_splits(dataset_config: ml_collections.ConfigDict, seed: int):
     x, y, index = parts[name]
     y_seen = y
     if name == "train":
-      y_seen, _ = corruption.symmetric_label_noise(
-          y, float(_get(cfg, "label_noise")), k, np.random.default_rng(noise_ss))
+      y_seen = corruption.label_noise(y, float(_get(cfg, "label_noise")), k,
+                                      np.random.default_rng(noise_ss),
+                                      _get(cfg, "label_noise_mode"))
     if name == "val" and parts["val"] is parts["holdout"]:
       built[name] = built["holdout"]
       continue

@@ -6,6 +6,12 @@ drawn from ``np.random.default_rng([*seed, e])`` (``seed`` an int or a tuple of 
 a named stream's :func:`reducr_jax.rng_streams.order_seed`), and the batch at ``step`` is the slice
 ``[step * B, (step + 1) * B)`` of that stream. Resuming from a checkpoint therefore needs
 only the step; no iterator state is saved.
+
+With ``config.dataset.imbalance_mode='weighted_sampler'`` (the official REDUCR weighted
+sampler, ``src/datamodules/datasets/imbalanced_dataloader.py``) the batch at ``step`` is
+instead drawn *with replacement* with per-example probabilities
+(:func:`weighted_batch_indices`), from ``np.random.default_rng([seed, step, 1])``: still
+a pure function of ``(seed, step)``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,16 @@ def _check_positive_int(name: str, v, minimum: int) -> None:
   if (not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or
       v < minimum):
     raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
+
+
+def _seeds(seed) -> tuple[int, ...]:
+  """``seed`` (an int or a non-empty tuple of non-negative ints) as a tuple of ints."""
+  seeds = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
+  if not seeds:
+    raise ValueError("seed must be a non-negative int or a non-empty tuple of them, got ()")
+  for s in seeds:
+    _check_positive_int("seed", s, 0)
+  return tuple(int(s) for s in seeds)
 
 
 @functools.lru_cache(maxsize=8)
@@ -47,15 +63,10 @@ def batch_indices(seed: int | tuple[int, ...], step: int, num_examples: int,
   Returns:
     int64 [batch_size], values in [0, N).
   """
-  seeds = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
-  if not seeds:
-    raise ValueError("seed must be a non-negative int or a non-empty tuple of them, got ()")
-  for s in seeds:
-    _check_positive_int("seed", s, 0)
+  seeds = _seeds(seed)
   _check_positive_int("step", step, 0)
   _check_positive_int("num_examples", num_examples, 1)
   _check_positive_int("batch_size", batch_size, 1)
-  seeds = tuple(int(s) for s in seeds)
   step, n, b = int(step), int(num_examples), int(batch_size)
   start, stop = step * b, (step + 1) * b
   pieces = []
@@ -64,6 +75,33 @@ def batch_indices(seed: int | tuple[int, ...], step: int, num_examples: int,
     hi = min(stop - epoch * n, n)
     pieces.append(_epoch_permutation(seeds, epoch, n)[lo:hi])
   return np.concatenate(pieces).astype(np.int64)
+
+
+_WEIGHTED_TAG = 1     # keeps the weighted stream apart from the epoch permutations
+
+
+def weighted_batch_indices(seed: int | tuple[int, ...], step: int, probabilities: np.ndarray,
+                           batch_size: int) -> np.ndarray:
+  """Indices of the batch at ``step`` drawn with replacement, ``P(i) = probabilities[i]``.
+
+  Args:
+    seed, step: non-negative ints (``seed`` also a tuple of them, as in
+      :func:`batch_indices`); the batch is a pure function of them (and the probabilities).
+    probabilities: float [N], non-negative, summing to 1 (e.g.
+      ``corruption.sampler_probabilities``).
+    batch_size: B >= 1.
+
+  Returns:
+    int64 [batch_size], values in [0, N).
+  """
+  seeds = _seeds(seed)
+  _check_positive_int("step", step, 0)
+  _check_positive_int("batch_size", batch_size, 1)
+  p = np.asarray(probabilities, np.float64)
+  rng = np.random.default_rng([*seeds, int(step), _WEIGHTED_TAG])
+  cdf = np.cumsum(p)
+  u = rng.random(int(batch_size)) * cdf[-1]
+  return np.minimum(np.searchsorted(cdf, u, side="right"), p.size - 1).astype(np.int64)
 
 
 def epoch_of(step: int, num_examples: int, batch_size: int) -> int:

@@ -16,8 +16,11 @@ Pipeline of ``make_splits``:
    class balance up to rounding);
 3. class imbalance (``corruption.imbalance_mask``) on ``train`` and ``holdout`` only. The
    paper (section 5.3) "only artificially imbalance[s] the training and validation
-   sets", and its validation set is our ``holdout``; ``val`` and ``test`` stay balanced;
-4. symmetric label noise on ``train`` only (``y_clean`` keeps the true labels);
+   sets", and its validation set is our ``holdout``; ``val`` and ``test`` stay balanced.
+   With ``imbalance_mode='weighted_sampler'`` (official) no row is dropped: the batches of
+   those splits are drawn with replacement instead (:mod:`reducr_jax.data.streams`);
+4. symmetric label noise on ``train`` only (``y_clean`` keeps the true labels), of
+   ``label_noise_mode`` (:mod:`reducr_jax.data.corruption`);
 5. standardisation of every split with the train split's per-feature mean and std.
 
 Each stage draws from its own child of ``np.random.SeedSequence(seed)``, so e.g.
@@ -36,6 +39,7 @@ from reducr_jax import errors
 from reducr_jax.data import corruption
 from reducr_jax.data import embedded
 from reducr_jax.data import real
+from reducr_jax.data import variants
 from reducr_jax.data.split_types import SPLIT_NAMES
 from reducr_jax.data.split_types import Split
 from reducr_jax.data.split_types import Splits
@@ -85,6 +89,7 @@ def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
                      f"got {cfg.imbalance_fraction!r}")
   if not checks.is_real(cfg.label_noise) or not 0 <= cfg.label_noise < 1:
     raise ValueError(f"config.dataset.label_noise must be in [0, 1), got {cfg.label_noise!r}")
+  variants.validate(cfg, k)
 
 
 def num_classes(dataset_config: ml_collections.ConfigDict) -> int:
@@ -145,6 +150,8 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
   imb_splits = tuple(cfg.get("imbalance_splits", ("train", "holdout")))
   imb_rngs = {"train": imb_train_ss, "holdout": imb_holdout_ss,
               "val": np.random.SeedSequence([seed, 3])}
+  if variants.get(cfg, "imbalance_mode") == "weighted_sampler":
+    imb_splits = ()                   # rows kept; batches drawn by the weighted sampler
   for name in imb_splits:
     keep = corruption.imbalance_mask(y[parts[name]], cfg.imbalance_class,
                                      cfg.imbalance_fraction,
@@ -169,8 +176,9 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
                        f"{name} split of {cfg.name!r} empty")
 
   labels = {name: (y[rows], y[rows]) for name, rows in parts.items()}
-  y_noisy, _ = corruption.symmetric_label_noise(
-      labels["train"][1], cfg.label_noise, k, np.random.default_rng(noise_ss))
+  y_noisy = corruption.label_noise(labels["train"][1], cfg.label_noise, k,
+                                   np.random.default_rng(noise_ss),
+                                   variants.get(cfg, "label_noise_mode"))
   labels["train"] = (y_noisy, labels["train"][1])
 
   x_train = x[parts["train"]].astype(np.float64)

@@ -9,8 +9,41 @@ import numpy as np
 
 from reducr_jax import rng_streams
 from reducr_jax import sharding
+from reducr_jax.data import corruption
+from reducr_jax.data import variants
 from reducr_jax.data.sampling import batch_indices
+from reducr_jax.data.sampling import weighted_batch_indices
+from reducr_jax.data.split_types import Split
 from reducr_jax.data.splits import Splits
+
+
+def split_batch_indices(dataset_config: ml_collections.ConfigDict, split: Split,
+                        split_name: str, seed: int | tuple[int, ...], step: int,
+                        batch_size: int,
+                        num_classes: int) -> np.ndarray:
+  """int64 [batch_size]: the batch of ``split`` at ``step``: epochs of
+  :func:`batch_indices`, or with ``imbalance_mode='weighted_sampler'`` on an
+  ``imbalance_splits`` split, :func:`weighted_batch_indices` (with replacement). Pure
+  function of its arguments.
+
+  Official: ``src/datamodules/datasets/imbalanced_dataloader.py`` (the train and the
+  validation loaders get the sampler; our ``holdout`` is the paper's validation set)."""
+  cfg = dataset_config
+  cls = int(cfg.get("imbalance_class", -1))
+  if (variants.get(cfg, "imbalance_mode") == "weighted_sampler" and cls != -1 and
+      split_name in tuple(cfg.get("imbalance_splits", ("train", "holdout")))):
+    p = corruption.sampler_probabilities(split.y, cls, float(cfg.imbalance_fraction),
+                                         num_classes)
+    return weighted_batch_indices(seed, step, p, batch_size)
+  return batch_indices(seed, step, len(split), batch_size)
+
+
+def corrupted_labels_known(config: ml_collections.ConfigDict) -> bool:
+  """Whether the train split's clean labels are known apart from its seen labels: label
+  noise was added by this project (``config.dataset.label_noise > 0``). Clothing1M's pool
+  labels are noisy by nature and its loader keeps no clean label for them (the images that
+  ``clean_label_kv.txt`` also annotates are not matched), so it logs no share."""
+  return float(config.dataset.get("label_noise", 0.0)) > 0
 
 
 def train_batch(config: ml_collections.ConfigDict, splits: Splits,
@@ -23,6 +56,8 @@ def train_batch(config: ml_collections.ConfigDict, splits: Splits,
   alone. Streams (each a named :mod:`reducr_jax.rng_streams` order):
 
   * ``x``/``y``: the large batch of ``config.batch_size`` train points (``train_order``);
+  * ``corrupted`` bool [B] (when :func:`corrupted_labels_known`): the label differs from
+    the clean label, for the corrupted-label share of the selected points;
   * ``ref_losses``: its rows of the precomputed reference-loss ``table`` (when given);
   * ``holdout_x``/``holdout_y`` (``holdout``): a holdout batch for the EMA class-holdout
     loss (``holdout_order``);
@@ -35,16 +70,19 @@ def train_batch(config: ml_collections.ConfigDict, splits: Splits,
   """
   rows = lambda idx: sharding.process_rows(idx, num_processes, process_index)  # noqa: E731
   order = lambda name: rng_streams.order_seed(config.seed, name)  # noqa: E731
-  idx = rows(batch_indices(order("train_order"), step, len(splits.train), config.batch_size))
+  pick = lambda split, name, stream, b: split_batch_indices(  # noqa: E731
+      config.dataset, split, name, order(stream), step, b, splits.num_classes)
+  idx = rows(pick(splits.train, "train", "train_order", config.batch_size))
   batch = {"x": splits.train.x[idx], "y": splits.train.y[idx]}
+  if corrupted_labels_known(config):
+    batch["corrupted"] = splits.train.y[idx] != splits.train.y_clean[idx]
   if table is not None:
     batch["ref_losses"] = table[idx]
   if holdout:
-    hidx = rows(batch_indices(order("holdout_order"), step, len(splits.holdout),
-                              config.batch_size))
+    hidx = rows(pick(splits.holdout, "holdout", "holdout_order", config.batch_size))
     batch["holdout_x"], batch["holdout_y"] = splits.holdout.x[hidx], splits.holdout.y[hidx]
   if validation:
-    vidx = rows(batch_indices(order("validation_order"), step, len(splits.holdout),
-                              config.meta.val_batch_size))
+    vidx = rows(pick(splits.holdout, "holdout", "validation_order",
+                     config.meta.val_batch_size))
     batch["meta_x"], batch["meta_y"] = splits.holdout.x[vidx], splits.holdout.y[vidx]
   return batch

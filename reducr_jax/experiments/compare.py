@@ -8,7 +8,9 @@ finished runs and resuming interrupted ones, then writes ``DIR/table.{md,json}``
 std over seeds of worst-class and average test accuracy) and ``DIR/figures/``: class
 weights over steps (REDUCR run, seed 0), worst-class validation accuracy over steps,
 per-class test accuracy, the share of the imbalanced (or worst) class in the selected
-points over steps, and each method's class mix of selected points over steps.
+points over steps, the share of selected points with a corrupted label (when the label
+noise is known: ``selected_corrupted.png``), and each method's class mix of selected
+points over steps.
 """
 
 from __future__ import annotations
@@ -46,20 +48,28 @@ def report(workdir: str, runs: dict[str, list[runner.Run]], results: dict) -> di
   focus = some["config"]["dataset"]["imbalance_class"]
   if focus < 0:
     focus = int(np.argmin(sweeps.mean_per_class(by_method[next(iter(by_method))])))
+  units = names          # what class weights and selected counts are over
+  if "group_names" in some:     # config.dataset.groups: per group; focus the worst group
+    units = some["group_names"]
+    focus = int(np.argmin(np.nanmean([r["test"]["per_group_accuracy"]
+                                      for r in by_method[next(iter(by_method))]], axis=0)))
   figures.worst_class_curves(logs, sweeps.figure_path(workdir, "worst_class_val.png"),
                              "Worst-class validation accuracy")
   figures.per_class_bars({m: sweeps.mean_per_class(v) for m, v in by_method.items()}, names,
                          sweeps.figure_path(workdir, "per_class_test.png"),
                          "Per-class test accuracy (mean over seeds)")
-  figures.selected_fractions({m: l[0] for m, l in logs.items()}, names, focus,
+  figures.selected_fractions({m: l[0] for m, l in logs.items()}, units, focus,
                              sweeps.figure_path(workdir, "selected_fraction.png"),
-                             f"Share of class {names[focus]} in the selected points (seed 0)")
+                             f"Share of {units[focus]} in the selected points (seed 0)")
+  figures.selected_corrupted({m: l[0] for m, l in logs.items()},
+                             sweeps.figure_path(workdir, "selected_corrupted.png"),
+                             "Selected points with a corrupted label (seed 0)")
   for method, log in logs.items():
-    figures.selected_classes(log[0], names,
+    figures.selected_classes(log[0], units,
                              sweeps.figure_path(workdir, f"selected_classes_{method}.png"),
                              f"Classes of the points {method} selects (seed 0)")
   if "reducr" in logs:
-    figures.class_weights(logs["reducr"][0], names,
+    figures.class_weights(logs["reducr"][0], units,
                           sweeps.figure_path(workdir, "class_weights.png"),
                           "REDUCR class weights over training (seed 0)")
   return table

@@ -6,6 +6,8 @@
   * :func:`per_class_bars` — per-class test accuracy per method (mean over seeds);
   * :func:`selected_fractions` — share of one class in the selected points over steps, per
     method; :func:`selected_classes` — the class mix of one run's selected points;
+  * :func:`selected_corrupted` — share of corrupted labels among the selected points over
+    steps, per method (runs with known label noise);
   * :func:`sweep` — worst-class test accuracy vs a swept value, median with min–max bars
     (REDUCR Fig. 5).
 """
@@ -118,6 +120,33 @@ def selected_fractions(records_by_method: Mapping[str, Sequence[dict]],
     data[method] = {"steps": steps, "selected_counts_per_interval": counts}
   ax.set(xlabel="training step",
          ylabel=f"selected points of class {class_names[focus_class]} (%)", title=title)
+  ax.legend(title="method")
+  ax.grid(alpha=0.3)
+  return _save(fig, path, data)
+
+
+def selected_corrupted(records_by_method: Mapping[str, Sequence[dict]], path: str,
+                       title: str) -> str | None:
+  """Share of the selected points whose label was corrupted, per method, over steps.
+
+  Each logged value is one step's share (``train/selected_corrupted_share``, written every
+  ``log_every`` steps), drawn faint, with its running mean over the logged steps bold.
+  Returns ``None`` (no figure) when no run logged the share (clean labels unknown).
+  """
+  series = {m: _series(r, "train/selected_corrupted_share")
+            for m, r in records_by_method.items()}
+  series = {m: s for m, s in series.items() if s[0].size}
+  if not series:
+    return None
+  fig, ax = plt.subplots(figsize=(7, 4))
+  data = {}
+  for method, (steps, share) in series.items():
+    running = np.cumsum(share) / np.arange(1, share.size + 1)
+    line, = ax.plot(steps, 100 * running, label=method)
+    ax.plot(steps, 100 * share, color=line.get_color(), alpha=0.25, linewidth=0.8)
+    data[method] = {"steps": steps, "share": share, "running_mean": running}
+  ax.set(xlabel="training step", ylabel="selected points with a corrupted label (%)",
+         title=title, ylim=(0, 100))
   ax.legend(title="method")
   ax.grid(alpha=0.3)
   return _save(fig, path, data)
