@@ -106,6 +106,8 @@ def test_size_field_below_one_is_one_line(field, value):
     ({"selection.eta": -1.0}, "config.selection.eta must be in"),
     ({"selection.eta": "automatic"}, "config.selection.eta must be a number > 0 or 'auto', got 'automatic'"),
     ({"selection.eta": "nan"}, "config.selection.eta must be a finite number, got nan"),
+    ({"dataset.num_samples": 8000}, "config.dataset.num_samples applies to mnist1d only"),
+    ({"dataset.name": "mnist1d", "dataset.num_samples": 10}, "config.dataset.num_samples must be -1 (5000) or an int >= 100"),
     ({"selection.selection_pressure": 1.0}, "config.selection.selection_pressure"),
     ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate must be in"),
     ({"optimizer.weight_decay": -0.1}, "config.optimizer.weight_decay must be in"),
