@@ -38,6 +38,35 @@ def parse_fractions(text: str, flag: str) -> list[float]:
   return values
 
 
+# Methods whose rule reads config.selection.eta (the others are run once per seed whatever
+# --etas says).
+ETA_METHODS = ("reducr",)
+
+
+def parse_etas(text: str, flag: str = "--etas") -> dict[str, object]:
+  """``--etas=3e-3,1e-2,auto`` → ``{"0.003": 0.003, "0.01": 0.01, "auto": "auto"}``
+  (label → config value, in flag order); ``""`` → ``{}`` (the config's η)."""
+  out = {}
+  for token in (t.strip() for t in text.split(",")):
+    if not token:
+      continue
+    if token == configuration.ETA_AUTO:
+      out[token] = token
+      continue
+    try:
+      value = float(token)
+    except ValueError:
+      value = float("nan")
+    if not (value > 0 and np.isfinite(value)):
+      raise configuration.ConfigError(
+          f"{flag} must be comma-separated numbers > 0 or 'auto', got {text!r}")
+    out[f"{value:g}"] = value
+  if text.strip() and not out:
+    raise configuration.ConfigError(
+        f"{flag} must be comma-separated numbers > 0 or 'auto', got {text!r}")
+  return out
+
+
 def seeds() -> list[int]:
   if SEEDS.value < 1:
     raise configuration.ConfigError(f"--seeds must be >= 1, got {SEEDS.value}")
