@@ -114,7 +114,8 @@ def main(argv):
   etas = sweeps.parse_etas(ETAS.value)
   runs = grid(cli.CONFIG.value, methods, sweeps.seeds(), etas)
   results = runner.run_grid([r for by in runs.values() for rs in by.values() for r in rs],
-                            cli.WORKDIR.value, sweeps.WORKERS.value)
+                            cli.WORKDIR.value, sweeps.WORKERS.value,
+                            sweeps.COMPILE_CACHE.value)
   workdir = os.path.abspath(cli.WORKDIR.value)
   selected, selection = select(runs, results)
   report(workdir, selected, results, selection)

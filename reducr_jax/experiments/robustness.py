@@ -196,7 +196,8 @@ def main(argv):
   runs = grid(config, datasets, rare, methods, seeds, etas, MNIST1D_SAMPLES.value)
   flat = [r for by_m in runs.values() for by_s in by_m.values() for rs in by_s.values()
           for r in rs]
-  results = runner.run_grid(flat, cli.WORKDIR.value, sweeps.WORKERS.value)
+  results = runner.run_grid(flat, cli.WORKDIR.value, sweeps.WORKERS.value,
+                            sweeps.COMPILE_CACHE.value)
   workdir = os.path.abspath(cli.WORKDIR.value)
   selection = select_per_dataset(runs, results)
   analysis = analyse(runs, results, selection, RESAMPLES.value)

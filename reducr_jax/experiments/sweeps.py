@@ -14,6 +14,9 @@ from reducr_jax.experiments import runner
 
 SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per setting (seeds 0 … N-1).")
 WORKERS = flags.DEFINE_integer("workers", 2, "Runs in parallel (processes).")
+COMPILE_CACHE = flags.DEFINE_bool(
+    "compile_cache", True, "JAX persistent compilation cache in <workdir>/compile_cache, "
+    "shared by the sweep's runs (same results; identical programs compile once).")
 
 
 def parse_methods(text: str, flag: str = "--methods") -> list[str]:
