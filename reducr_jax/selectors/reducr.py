@@ -79,7 +79,9 @@ def resolved_eta(config, num_classes: int | None = None) -> float:
   loss) and ``h ≥ 0``; per point, the spread of ``R[i,c] − h_c`` across classes is taken
   to be at most ``ln C``, the cross-entropy of a uniform guess, the scale both the model
   loss (hence R) and the class-holdout losses start from and stay below while the model
-  learns. T: one MWU update per training step (the class-holdout refresh adds none).
+  learns. T: one MWU update per training step (the class-holdout refresh adds none;
+  ``uniform_after`` with base ``reducr`` also uses T = num_steps, although its MWU stops
+  after ``uniform_after_steps``).
   """
   eta = config.selection.eta
   if eta != "auto":
