@@ -76,3 +76,25 @@ def test_parse_etas():
     with pytest.raises(configuration.ConfigError,
                        match=r"--etas must be comma-separated numbers > 0 or 'auto'"):
       sweeps.parse_etas(bad)
+
+
+def test_compare_grid_sweeps_eta_for_reducr_only_and_selects_on_val():
+  import os  # pylint: disable=g-import-not-at-top
+  from reducr_jax.experiments import compare  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = configuration.load_config(os.path.join(repo, "configs/default.py"))
+  runs = compare.grid(config, ["uniform", "reducr"], [0, 1], sweeps.parse_etas("1e-2,auto"))
+  assert {l: [r.name for r in rs] for l, rs in runs["uniform"].items()} == {
+      "config": ["uniform/seed0", "uniform/seed1"]}
+  assert [r.name for r in runs["reducr"]["auto"]] == ["reducr/etaauto/seed0", "reducr/etaauto/seed1"]
+  assert runs["reducr"]["auto"][1].config.selection.eta == "auto"
+  assert runs["reducr"]["0.01"][0].config.selection.eta == 0.01
+  assert runs["uniform"]["config"][0].config.selection.eta == config.selection.eta
+  # Val worst: η 0.01 → mean 0.7, auto → 0.6; test says the opposite and is not read.
+  val = {"uniform/seed0": 0.5, "uniform/seed1": 0.5, "reducr/eta0.01/seed0": 0.6,
+         "reducr/eta0.01/seed1": 0.8, "reducr/etaauto/seed0": 0.6, "reducr/etaauto/seed1": 0.6}
+  results = {name: _run(v, 1.0 - v) for name, v in val.items()}
+  selected, selection = compare.select(runs, results)
+  assert [r.name for r in selected["reducr"]] == ["reducr/eta0.01/seed0", "reducr/eta0.01/seed1"]
+  assert selection["reducr"]["val_worst_class_accuracy"] == pytest.approx({"0.01": 0.7, "auto": 0.6})
+  assert selection["uniform"]["selected"] == "config"
