@@ -24,7 +24,9 @@ steps). :func:`run_grid` turns on JAX's persistent compilation cache in
 ``<workdir>/compile_cache`` in every worker process (and restores the settings after an
 in-process grid), so each distinct program is compiled once per sweep. A cache hit loads
 the executable XLA wrote for the same program, so results are unchanged (tested:
-``tests/test_experiments.py``).
+``tests/test_experiments.py``). Without a size limit JAX writes entries without a file
+lock, so a worker may read an entry another worker is still writing; the truncated,
+compressed entry then fails to load, JAX warns and compiles the program itself.
 """
 
 from __future__ import annotations
