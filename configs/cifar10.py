@@ -33,7 +33,7 @@ def get_config():
   config.optimizer.weight_decay = 0.01
   config.batch_size = 320                          # B (paper)
   config.selection.percent_selected = 0.1          # k = 32 (paper)
-  config.selection.eta = 1e-4                      # MWU η (paper, CIFAR)
+  config.selection.eta = configuration.eta_field(1e-4)  # MWU η (paper, CIFAR); or "auto"
   config.selection.holdout_every = -1              # class-holdout loss once per epoch (paper)
   config.num_steps = 7_800                         # ours: 100 epochs of the 25k pool at B = 320
   config.experts.gamma = 9.0                       # γ, vision (paper)

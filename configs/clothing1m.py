@@ -46,7 +46,7 @@ def get_config():
   config.optimizer.weight_decay = 0.01
   config.batch_size = 320                          # B (official)
   config.selection.percent_selected = 0.1          # k = 32
-  config.selection.eta = 1e-4
+  config.selection.eta = configuration.eta_field(1e-4)
   config.num_steps = 165_900                       # official: 50 epochs of the 1.06M pool at B = 320
   config.experts.gamma = 9.0
   config.experts.batch_size = 320                  # ours

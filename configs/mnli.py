@@ -51,7 +51,7 @@ def get_config(dataset: str = "mnli"):
   config.optimizer.weight_decay = 0.01
   config.batch_size = 320                          # B
   config.selection.percent_selected = 0.1          # k = 32 (official NLP batch 32)
-  config.selection.eta = 1e-4
+  config.selection.eta = configuration.eta_field(1e-4)
   config.num_steps = 200_000                       # ours: the paper's Fig. 6 runs to ~2·10^5 steps
   config.experts.gamma = 4.0                       # γ, text (paper)
   config.experts.learning_rate = 1e-6              # ours: as the target model

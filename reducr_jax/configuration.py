@@ -25,6 +25,7 @@ from reducr_jax.models import pretrained as model_pretrained
 HOLDOUT_LOSSES = ("epoch", "ema")
 EXPERT_LOSSES = ("precomputed", "online", "multihead")
 EXPERT_STRATEGIES = ("auto", "vmap", "map", "loop")
+ETA_AUTO = "auto"                  # config.selection.eta = "auto": see resolve_eta
 PRUNING_STRATEGIES = ("none", "random", "el2n", "grand", "forgetting", "dyn_unc", "drop")
 
 
@@ -69,6 +70,42 @@ def check_finite(config: ml_collections.ConfigDict) -> None:
       if checks.is_real(v) and not math.isfinite(float(v)):
         raise ConfigError(f"{name}{f'[{i}]' if many else ''} must be a finite number, "
                           f"got {v!r}")
+
+
+def eta_field(value) -> ml_collections.FieldReference:
+  """A ``selection.eta`` config field that holds a number or the string ``"auto"``.
+
+  ConfigDict fields are typed by their first value, so a plain ``3e-2`` refuses
+  ``--config.selection.eta=auto``; this field accepts either (the value is unchanged).
+  """
+  return ml_collections.FieldReference(value, field_type=object)
+
+
+def _check_eta(eta) -> None:
+  """``config.selection.eta``: a finite number > 0 or ``"auto"``."""
+  if isinstance(eta, str) and eta != ETA_AUTO:
+    try:                                  # '--config.selection.eta=nan' arrives as a string
+      number = float(eta)
+    except ValueError:
+      number = None
+    if number is not None and not math.isfinite(number):
+      raise ConfigError(f"config.selection.eta must be a finite number, got {eta}")
+    raise ConfigError(f"config.selection.eta must be a number > 0 or {ETA_AUTO!r}, got {eta!r}")
+  if eta != ETA_AUTO:
+    _number("config.selection.eta", eta, 0, low_open=True)
+
+
+def resolve_eta(config: ml_collections.ConfigDict, num_classes: int | None = None):
+  """``(config with a numeric selection.eta, η)``; ``"auto"`` is resolved by
+  :func:`reducr_jax.selectors.reducr.resolved_eta` (``η = (1/k) √(8 / (T ln C))``, the
+  regret-bound optimum of :func:`reducr_jax.mwu.auto_eta` with T = num_steps, L = k ln C).
+  A number is returned unchanged (config not copied). ``num_steps`` is resumable: a run
+  resumed with more steps gets a smaller η for the rest of the run.
+  """
+  if config.selection.eta != ETA_AUTO:
+    return config, float(config.selection.eta)
+  eta = selectors.reducr.resolved_eta(config, num_classes)
+  return with_overrides(config, {"selection.eta": eta}), eta
 
 
 def num_selected(config: ml_collections.ConfigDict) -> int:
@@ -134,7 +171,7 @@ def validate_config(config: ml_collections.ConfigDict,
     raise ConfigError(
         f"config.batch_size ({config.batch_size}) and k = {k} must be divisible by the "
         f"number of devices ({n})")
-  _number("config.selection.eta", sel.eta, 0, low_open=True)
+  _check_eta(sel.eta)
   _number("config.selection.soft_temperature", sel.soft_temperature, 0)
   _number("config.selection.selection_pressure", sel.selection_pressure, 1, low_open=True)
   for flag in ("clip", "use_holdout", "use_expert", "use_model_loss"):
@@ -241,8 +278,12 @@ def check_workdir(workdir: str) -> str:
 
 def with_overrides(config: ml_collections.ConfigDict,
                    overrides) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with dotted fields set, e.g. ``{"selection.method": "uniform"}``."""
-  config = ml_collections.ConfigDict(config.to_dict())
+  """A copy of ``config`` with dotted fields set, e.g. ``{"selection.method": "uniform"}``.
+
+  Field references are kept, so a field typed ``object`` (:func:`eta_field`) still takes
+  a number or ``"auto"``.
+  """
+  config = ml_collections.ConfigDict(config.to_dict(preserve_field_references=True))
   for key, value in overrides.items():
     node = config
     *path, last = key.split(".")

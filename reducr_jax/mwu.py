@@ -94,6 +94,39 @@ def update(log_w: jax.Array, alpha: jax.Array, eta) -> jax.Array:
   return jax.nn.log_softmax(log_w - eta * alpha)
 
 
+def auto_eta(num_classes: int, num_updates: int, loss_range: float) -> float:
+  """The step size that minimises the Hedge/MWU regret bound: ``η* = √(8 ln C / (T L²))``.
+
+  Hedge with C experts, T rounds and per-round losses whose spread across experts is at
+  most L (``max_c ℓ_{t,c} − min_c ℓ_{t,c} ≤ L``; a loss common to all experts cancels in the
+  softmax) has regret ``≤ ln C / η + η T L² / 8`` (Cesa-Bianchi & Lugosi 2006, Thm 2.2,
+  Hoeffding's lemma); its derivative ``−ln C/η² + T L²/8`` vanishes at ``η*``, where the
+  bound is ``L √(T ln C / 2)``.
+
+  In REDUCR the experts are the classes, the "loss" of class c in round t is
+  ``α_{t,c}`` (:func:`class_objective`; :func:`update` multiplies by ``exp(−η α)``) and T
+  is the number of MWU updates (one per training step: :func:`update` runs once per step
+  whatever the class-holdout loss refresh schedule, which only changes ``h``, not how
+  often the weights move). ``loss_range`` is the caller's bound on the spread of α; the
+  trainer uses ``k · ln C`` (see :func:`reducr_jax.configuration.resolve_eta`).
+
+  Args:
+    num_classes: C ≥ 2 (ln 1 = 0: one class has nothing to weigh).
+    num_updates: T ≥ 1.
+    loss_range: L > 0, finite.
+
+  Returns:
+    ``η*`` as a Python float, e.g. ``auto_eta(2, 8, √ln 2) = √(8 ln 2 / (8 ln 2)) = 1``.
+  """
+  if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
+    raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+  if isinstance(num_updates, bool) or int(num_updates) != num_updates or num_updates < 1:
+    raise ValueError(f"num_updates must be an int >= 1, got {num_updates!r}")
+  if not (np.isfinite(loss_range) and loss_range > 0):
+    raise ValueError(f"loss_range must be a finite number > 0, got {loss_range!r}")
+  return float(np.sqrt(8.0 * np.log(num_classes) / (num_updates * float(loss_range) ** 2)))
+
+
 # ---------------------------------------------------------------------------------------
 # Class-holdout loss: per-class mean over a full holdout pass.
 

@@ -290,6 +290,12 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
   size_checks.check_pruned(config, unpruned, splits)
   c = splits.num_classes
+  given_eta = config.selection.eta
+  config, eta = configuration.resolve_eta(config, c)     # "auto" → a number, before compiling
+  if given_eta == configuration.ETA_AUTO:
+    progress.say(f"selection.eta = auto -> {eta:.4g} (sqrt(8 ln C / (T L^2)), C = {c}, "
+                 f"T = {config.num_steps}, L = k ln C = {configuration.num_selected(config)}"
+                 f" ln {c})")
   x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
   fns = models.model_fns(models.create_model(config.model, c), x0, axis_name=AXIS,
                          init_impl=models.init_rng_impl(config.model))
@@ -385,12 +391,14 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   p_best = sharding.replicate(best["params"], devices)
   val = evaluation.evaluate_summary(p_eval, p_best, splits.val, eval_bs, n, group_of)
   test = evaluation.evaluate_summary(p_eval, p_best, splits.test, eval_bs, n, group_of)
+  recorded = json.loads(config.to_json_best_effort())
   results = {
       "method": config.selection.method,
       "reweight": config.reweight,
       "pruning": pruning_info,
       "best_step": int(best["step"]),
       "num_steps": int(config.num_steps),
+      "eta": eta,                           # MWU step size used (``"auto"`` resolved)
       "val": val,
       "test": test,
       "class_weights": np.asarray(selectors.class_weights(
@@ -399,8 +407,9 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       **({"group_names": groups_lib.group_names(config.dataset.groups, splits.class_names)}
          if group_of is not None else {}),
       "num_skipped": int(final_state.num_skipped),
-      "config": json.loads(config.to_json_best_effort()),
+      "config": recorded,
   }
+  recorded["selection"]["eta"] = given_eta                # as given ("auto" stays "auto")
   metric_writers.write_json(os.path.join(workdir, "results.json"), results)
   metric_writers.write_json(os.path.join(workdir, "timing.json"),
               {"expert_seconds": expert_seconds, "train_seconds": time.time() - t_start,

@@ -104,6 +104,10 @@ def test_size_field_below_one_is_one_line(field, value):
     ({"pruning.density": 2.0}, "config.pruning.density must be in"),
     ({"selection.ema_decay": 1.0}, "config.selection.ema_decay must be in"),
     ({"selection.eta": -1.0}, "config.selection.eta must be in"),
+    ({"selection.eta": "automatic"}, "config.selection.eta must be a number > 0 or 'auto', got 'automatic'"),
+    ({"selection.eta": "nan"}, "config.selection.eta must be a finite number, got nan"),
+    ({"dataset.num_samples": 8000}, "config.dataset.num_samples applies to mnist1d only"),
+    ({"dataset.name": "mnist1d", "dataset.num_samples": 10}, "config.dataset.num_samples must be -1 (5000) or an int >= 100"),
     ({"selection.selection_pressure": 1.0}, "config.selection.selection_pressure"),
     ({"optimizer.learning_rate": 0.0}, "config.optimizer.learning_rate must be in"),
     ({"optimizer.weight_decay": -0.1}, "config.optimizer.weight_decay must be in"),
@@ -129,6 +133,16 @@ def test_impossible_value_is_one_line(overrides, message):
   with pytest.raises(configuration.ConfigError) as e:
     configuration.validate_config(default_config(**overrides), 8)
   assert message in one_line(e)
+
+
+def test_eta_auto_is_valid_and_resolves_from_the_regret_bound():
+  config = default_config(**{"selection.eta": "auto"})
+  configuration.validate_config(config, 8)
+  resolved, eta = configuration.resolve_eta(config, 10)
+  # k = 0.1 · 320 = 32, T = 1500: (1/k) √(8 / (T ln C)) = (1/32) √(8 / 3453.88) = 1.50398e-3.
+  assert eta == pytest.approx(1.50398e-3, rel=1e-5) and resolved.selection.eta == eta
+  assert config.selection.eta == "auto"
+  assert configuration.resolve_eta(default_config(), 10)[1] == 3e-2
 
 
 def test_default_config_is_valid_and_has_the_skip_limit():
@@ -222,6 +236,7 @@ def _cli(args, tmp_path):
     (["--config=BROKEN"], "cannot be loaded: invalid syntax"),
     (["--config=NOTCONFIG"], "must return a ConfigDict"),
     (["--config=configs/default.py", "--config.selection.eta=nan"], "error: config.selection.eta must be a finite number, got nan"),
+    (["--config=configs/default.py", "--config.selection.eta=fast"], "error: config.selection.eta must be a number > 0 or 'auto', got 'fast'"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, message):
   broken = tmp_path / "broken.py"

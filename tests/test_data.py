@@ -35,6 +35,24 @@ def test_load_arrays(name, n, d):
     assert np.array_equal(np.bincount(y), np.full(10, 500))
 
 
+def test_mnist1d_num_samples_sets_the_generated_size():
+  x, y = data.load_arrays("mnist1d", 0, num_samples=1000)
+  assert x.shape == (1000, 40) and np.array_equal(np.bincount(y), np.full(10, 100))
+  # Stratified 20 % test split: 0.2 · 100 = 20 per class (10 000 → 200, the robustness sweep).
+  splits = data.make_splits(_config(name="mnist1d", num_samples=1000), 0)
+  assert np.array_equal(np.bincount(splits.test.y), np.full(10, 20))
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("digits", 3000, "config.dataset.num_samples applies to mnist1d only"),
+    ("mnist1d", 50, "config.dataset.num_samples must be -1 (5000) or an int >= 100"),
+    ("mnist1d", 2.5e3, "config.dataset.num_samples must be -1 (5000) or an int >= 100"),
+])
+def test_bad_num_samples_is_one_line(name, value, message):
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    data.validate_dataset_config(_config(name=name, num_samples=value))
+
+
 def test_load_arrays_returns_copies_and_keeps_global_rng():
   np.random.seed(123)
   expected = np.random.rand()

@@ -78,11 +78,72 @@ def test_ablate_and_imbalance(tmp_path):
   assert (tmp_path / "imb/figures/imbalance_sweep.png").stat().st_size > 10_000
 
 
+def test_robustness_every_rare_class_paired_stats_and_eta_chosen_on_val(tmp_path):
+  out = _run("robustness", tmp_path, "--datasets=digits,mnist1d", "--mnist1d_samples=1000",
+             "--rare_classes=2", "--seeds=2", "--methods=uniform,reducr",
+             "--etas=0.01,auto", "--workers=2", "--num_resamples=200")
+  assert out.returncode == 0, out.stderr
+  table = json.loads((tmp_path / "robustness.json").read_text())
+  for dataset in ("digits", "mnist1d"):
+    # η chosen per dataset on mean worst-class *validation* accuracy over protocols × seeds.
+    val = {label: np.mean([_results(tmp_path, f"{dataset}/rare2/reducr/eta{label}/seed{s}")
+                           ["val"]["worst_class_accuracy"] for s in range(2)])
+           for label in ("0.01", "auto")}
+    chosen = "0.01" if val["0.01"] >= val["auto"] else "auto"
+    assert table["selection"][dataset]["reducr"]["selected"] == chosen
+    assert table["selection"][dataset]["reducr"]["val_worst_class_accuracy"] == pytest.approx(val)
+    r = _results(tmp_path, f"{dataset}/rare2/reducr/etaauto/seed0")
+    assert r["config"]["dataset"]["imbalance_class"] == 2 and r["config"]["dataset"]["name"] == dataset
+    assert r["config"]["selection"]["eta"] == "auto" and r["eta"] > 0
+    diffs = [100 * (_results(tmp_path, f"{dataset}/rare2/reducr/eta{chosen}/seed{s}")
+                    ["test"]["worst_class_accuracy"] -
+                    _results(tmp_path, f"{dataset}/rare2/uniform/seed{s}")
+                    ["test"]["worst_class_accuracy"]) for s in range(2)]
+    for stats in (table["per_protocol"][dataset]["2"]["uniform"],
+                  table["pooled"][dataset]["uniform"]):   # one protocol: pooled = it
+      assert stats["mean"] == pytest.approx(np.mean(diffs))
+      assert stats["median"] == pytest.approx(np.median(diffs))
+      assert stats["lo"] <= stats["mean"] <= stats["hi"] and stats["num_pairs"] == 2
+      assert stats["win_rate"] == pytest.approx(np.mean([(d > 0) + 0.5 * (d == 0) for d in diffs]))
+  assert _results(tmp_path, "mnist1d/rare2/uniform/seed0")["config"]["dataset"]["num_samples"] == 1000
+  assert "| **pooled** |" in (tmp_path / "robustness.md").read_text()
+  assert (tmp_path / "figures/robustness_gain.png").stat().st_size > 10_000
+  assert os.listdir(tmp_path / "compile_cache")
+
+
+def test_compile_cache_keeps_results_identical(tmp_path):
+  from reducr_jax import configuration
+  from reducr_jax.experiments import runner
+  config = configuration.with_overrides(
+      configuration.load_config(os.path.join(REPO, "configs/default.py")),
+      {"dataset.imbalance_fraction": 0.05, "model.hidden": (16,), "batch_size": 80,
+       "num_steps": 10, "experts.num_steps": 10, "experts.eval_every": 10, "eval_every": 10,
+       "log_every": 10, "checkpoint_every": 10, "num_devices": 1})
+  off = runner.run_grid([runner.Run("a", config)], str(tmp_path / "off"), 1,
+                        cache_compilation=False)["a"]
+  assert not (tmp_path / "off/compile_cache").exists()
+  cold = runner.run_grid([runner.Run("a", config)], str(tmp_path / "on"), 1)["a"]
+  written = set(os.listdir(tmp_path / "on/compile_cache"))
+  assert written
+  warm = runner.run_grid([runner.Run("b", config)], str(tmp_path / "on"), 1)["b"]
+  assert set(os.listdir(tmp_path / "on/compile_cache")) == written   # every program a hit
+  for r in (cold, warm):
+    for split in ("val", "test"):
+      assert r[split]["per_class_accuracy"] == off[split]["per_class_accuracy"]
+    assert r["class_weights"] == off["class_weights"] and r["best_step"] == off["best_step"]
+  import jax  # the in-process grid restored JAX's settings
+  assert jax.config.jax_compilation_cache_dir in (None, "")
+
+
 @pytest.mark.parametrize("module, flags, message", [
     ("compare", ["--methods=uniform,greedy"], "--methods must be a comma-separated subset of"),
     ("compare", ["--seeds=0"], "--seeds must be >= 1, got 0"),
     ("imbalance", ["--fractions=0.01,1.5"], "--fractions must be comma-separated numbers in (0, 1]"),
     ("ablate", ["--config.selection.etaa=1"], "--config.selection.etaa: no such config field"),
+    ("compare", ["--etas=1e-2,0"], "--etas must be comma-separated numbers > 0 or 'auto'"),
+    ("robustness", ["--datasets=digits,cifar"], "--datasets must be distinct names from"),
+    ("robustness", ["--rare_classes=10"], "--rare_classes must be 'all' or distinct class indices in [0, 10)"),
+    ("robustness", ["--methods=uniform,rho_loss"], "--methods must include reducr and at least one baseline"),
 ])
 def test_bad_input_before_any_run(tmp_path, module, flags, message):
   out = _run(module, tmp_path / "w", *flags)

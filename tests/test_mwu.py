@@ -22,6 +22,27 @@ def test_class_objective_by_hand():
   np.testing.assert_allclose(mwu.class_objective(excess, h, use_holdout=False), [4.0, 0.5])
 
 
+def test_auto_eta_by_hand():
+  # √(8 ln 2 / (8 · (√ln 2)²)) = 1 exactly; C = 10, T = 1500, L = 32 ln 10 (the default
+  # config's k): √(8 / (1500 · 32² · ln 10)) = √(8 / 3 536 865.2) = 1.50398e-3.
+  assert mwu.auto_eta(2, 8, np.sqrt(np.log(2))) == pytest.approx(1.0, rel=1e-12)
+  assert mwu.auto_eta(10, 1500, 32 * np.log(10)) == pytest.approx(1.50398e-3, rel=1e-5)
+  # Quadrupling T halves η; doubling L halves η.
+  assert mwu.auto_eta(10, 6000, 1.0) == pytest.approx(mwu.auto_eta(10, 1500, 1.0) / 2)
+  assert mwu.auto_eta(10, 1500, 2.0) == pytest.approx(mwu.auto_eta(10, 1500, 1.0) / 2)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((1, 10, 1.0), "num_classes must be an int >= 2"),
+    ((10, 0, 1.0), "num_updates must be an int >= 1"),
+    ((10, 10, 0.0), "loss_range must be a finite number > 0"),
+    ((10, 10, float("nan")), "loss_range must be a finite number > 0"),
+])
+def test_auto_eta_bad_input(args, message):
+  with pytest.raises(ValueError, match=message):
+    mwu.auto_eta(*args)
+
+
 def test_update_by_hand():
   log_w = jnp.log(jnp.array([0.5, 0.5]))
   new = mwu.weights(mwu.update(log_w, jnp.array([2.0, -1.0]), 0.5))

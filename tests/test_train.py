@@ -372,3 +372,15 @@ def test_fewer_devices_than_the_process_has(tmp_path):
   assert np.shape(results["class_weights"]) == (10,)
   np.testing.assert_allclose(np.sum(results["class_weights"]), 1.0, rtol=1e-5)
   assert len(results["test"]["per_class_accuracy"]) == 10
+
+
+def test_eta_auto_is_resolved_before_training_and_reported(tmp_path, capsys):
+  config = tiny_config(num_steps=10, eval_every=10, checkpoint_every=10,
+                       **{"selection.eta": "auto"})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  # k = round(0.1 · 80) = 8, T = 10, C = 10: (1/8) √(8 / (10 ln 10)) = 0.0736796.
+  assert results["eta"] == pytest.approx(0.0736796, rel=1e-5)
+  assert results["config"]["selection"]["eta"] == "auto"
+  assert "selection.eta = auto -> 0.07368" in capsys.readouterr().out
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk["eta"] == results["eta"] and on_disk["config"]["selection"]["eta"] == "auto"

@@ -4,7 +4,10 @@
   with the package's default arguments, *including its default seed (42)*, so the
   source arrays are the same on every machine and in every run. Its own train and test
   parts are concatenated: 5000 examples x 40 features, 10 balanced classes (500 each).
-  ``mnist1d.data.get_dataset`` is never called (it downloads a pickle).
+  ``mnist1d.data.get_dataset`` is never called (it downloads a pickle). An optional
+  ``config.dataset.num_samples`` (absent or -1: the package default, 5000) generates that
+  many examples instead (``num_samples // 10`` per class, same generation seed); the
+  robustness sweep uses 10 000 so that each test class has 200 points.
 * ``"digits"``: scikit-learn's bundled 8x8 digits (``load_digits``), 1797 examples x 64
   features scaled to [0, 1] (pixel values / 16), 10 classes (174-183 each).
 
@@ -34,7 +37,21 @@ def check_name(name: str) -> None:
         f"config.dataset.name must be one of {sorted(NUM_CLASSES)}, got {name!r}")
 
 
-def load_arrays(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def check_num_samples(name: str, num_samples) -> None:
+  """``config.dataset.num_samples``: -1 (the source's size), or for mnist1d an int >= 100."""
+  if num_samples == -1 and not isinstance(num_samples, bool):
+    return
+  if name != "mnist1d":
+    raise ValueError(f"config.dataset.num_samples applies to mnist1d only (the {name!r} "
+                     f"source is fixed): use -1, got {num_samples!r}")
+  if (isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or
+      num_samples < 100):
+    raise ValueError(f"config.dataset.num_samples must be -1 (5000) or an int >= 100 "
+                     f"(10 per class for each of the 10 mnist1d classes), got {num_samples!r}")
+
+
+def load_arrays(name: str, seed: int = 0,
+                num_samples: int = -1) -> tuple[np.ndarray, np.ndarray]:
   """Returns the whole source dataset ``name`` as fresh (writable) arrays.
 
   Args:
@@ -45,16 +62,18 @@ def load_arrays(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
   Returns:
     ``(x, y)``: features float32 [N, D] and labels int32 [N] in [0, NUM_CLASSES[name]);
-    mnist1d: N=5000, D=40; digits: N=1797, D=64.
+    mnist1d: N=5000 (or ``num_samples`` rounded down to a multiple of 10), D=40;
+    digits: N=1797, D=64.
   """
   del seed  # The source arrays are fixed; see the docstring.
   check_name(name)
-  x, y = _cached_arrays(name)
+  check_num_samples(name, num_samples)
+  x, y = _cached_arrays(name, int(num_samples))
   return x.copy(), y.copy()
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+def _cached_arrays(name: str, num_samples: int = -1) -> tuple[np.ndarray, np.ndarray]:
   """Builds the source arrays once per process (MNIST-1D generation takes ~1-3 s)."""
   if name == "mnist1d":
     from mnist1d.data import get_dataset_args, make_dataset  # pylint: disable=g-import-not-at-top
@@ -62,7 +81,10 @@ def _cached_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     # loading data has no side effect on the caller's global RNGs.
     np_state, py_state = np.random.get_state(), random.getstate()
     try:
-      data = make_dataset(get_dataset_args())
+      args = get_dataset_args()
+      if num_samples != -1:
+        args.num_samples = num_samples
+      data = make_dataset(args)
     finally:
       np.random.set_state(np_state)
       random.setstate(py_state)

@@ -61,6 +61,7 @@ def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.dataset.name must be one of "
                      f"{sorted(embedded.NUM_CLASSES) + list(real.REAL_DATASETS)}, "
                      f"got {cfg.get('name')!r}")
+  embedded.check_num_samples(cfg.name, cfg.get("num_samples", -1))
   source_k = embedded.NUM_CLASSES[cfg.name]
   classes = tuple(cfg.get("classes", ()))
   if classes and (len(classes) < 2 or len(set(classes)) != len(classes) or
@@ -132,7 +133,7 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}")
   if cfg.name in real.REAL_DATASETS:
     return real.make_real_splits(cfg, seed)
-  x, y = embedded.load_arrays(cfg.name, seed)
+  x, y = embedded.load_arrays(cfg.name, seed, cfg.get("num_samples", -1))
   source_rows = np.arange(len(y))
   class_names = list(embedded.CLASS_NAMES[cfg.name])
   classes = tuple(cfg.get("classes", ()))

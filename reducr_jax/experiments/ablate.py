@@ -40,7 +40,8 @@ def main(argv):
   del argv
   runs = grid(cli.CONFIG.value, sweeps.seeds())
   results = runner.run_grid([r for rs in runs.values() for r in rs], cli.WORKDIR.value,
-                            sweeps.WORKERS.value)
+                            sweeps.WORKERS.value,
+                            sweeps.COMPILE_CACHE.value)
   workdir = os.path.abspath(cli.WORKDIR.value)
   by_variant = {v: [results[r.name] for r in rs] for v, rs in runs.items()}
   table = tables.mean_std_table(by_variant)

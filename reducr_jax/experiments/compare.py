@@ -11,6 +11,12 @@ per-class test accuracy, the share of the imbalanced (or worst) class in the sel
 points over steps, the share of selected points with a corrupted label (when the label
 noise is known: ``selected_corrupted.png``), and each method's class mix of selected
 points over steps.
+
+``--etas=3e-3,1e-2,3e-2,auto`` also sweeps REDUCR's MWU step size (runs
+``reducr/eta<η>/seed<s>``); η is chosen on mean worst-class *validation* accuracy over
+the seeds (:mod:`reducr_jax.experiments.selection_protocol`), the table reports the
+selected η's test accuracy only and names it, and ``table.json`` keeps every η's mean
+validation score under ``selection``.
 """
 
 from __future__ import annotations
@@ -24,26 +30,63 @@ from reducr_jax import cli
 from reducr_jax import configuration
 from reducr_jax.experiments import figures
 from reducr_jax.experiments import runner
+from reducr_jax.experiments import selection_protocol
 from reducr_jax.experiments import sweeps
 from reducr_jax.experiments import tables
 
 METHODS = flags.DEFINE_string("methods", "uniform,train_loss,rho_loss,reducr",
                               "Comma-separated methods to compare.")
+ETAS = flags.DEFINE_string(
+    "etas", "", "Comma-separated MWU step sizes (numbers > 0 or 'auto') to sweep for "
+    f"{', '.join(sweeps.ETA_METHODS)}, chosen on validation; '' = the config's.")
+
+CONFIG_SETTING = "config"        # label of a method run with the config as it is
 
 
-def grid(config, methods, seeds) -> dict[str, list[runner.Run]]:
-  return {m: [runner.Run(f"{m}/seed{s}", configuration.with_overrides(
-      config, {"selection.method": m, "seed": s})) for s in seeds] for m in methods}
+def grid(config, methods, seeds, etas=None) -> dict[str, dict[str, list[runner.Run]]]:
+  """``{method: {setting label: [Run per seed]}}``; η swept for :data:`sweeps.ETA_METHODS`."""
+  out = {}
+  for m in methods:
+    base = configuration.with_overrides(config, {"selection.method": m})
+    if etas and m in sweeps.ETA_METHODS:
+      out[m] = {label: [runner.Run(f"{m}/eta{label}/seed{s}", configuration.with_overrides(
+          base, {"selection.eta": value, "seed": s})) for s in seeds]
+                for label, value in etas.items()}
+    else:
+      out[m] = {CONFIG_SETTING: [runner.Run(f"{m}/seed{s}", configuration.with_overrides(
+          base, {"seed": s})) for s in seeds]}
+  return out
 
 
-def report(workdir: str, runs: dict[str, list[runner.Run]], results: dict) -> dict:
-  """Writes the table and figures of a finished comparison; returns the table."""
+def select(runs: dict[str, dict[str, list[runner.Run]]], results: dict):
+  """``(selected runs {method: [Run]}, selection {method: {...}})``: each method's setting
+  chosen on mean worst-class validation accuracy over seeds."""
+  selection = selection_protocol.select_per_group(
+      {m: {label: [results[r.name] for r in rs] for label, rs in by.items()}
+       for m, by in runs.items()})
+  return {m: runs[m][selection[m]["selected"]] for m in runs}, selection
+
+
+def report(workdir: str, runs: dict[str, list[runner.Run]], results: dict,
+           selection: dict | None = None) -> dict:
+  """Writes the table and figures of a finished comparison; returns the table.
+
+  ``runs``: the runs of each method's selected setting; ``selection``: from :func:`select`
+  (recorded in the table, and named in it when some method had several settings).
+  """
   by_method = {m: [results[r.name] for r in rs] for m, rs in runs.items()}
   table = tables.mean_std_table(by_method)
+  notes = None
+  if selection:
+    for m in table:
+      table[m]["selection"] = selection[m]
+    if any(len(s["val_worst_class_accuracy"]) > 1 for s in selection.values()):
+      notes = {m: f"η = {s['selected']}" for m, s in selection.items()
+               if len(s["val_worst_class_accuracy"]) > 1}
   some = next(iter(results.values()))
   names = some["class_names"]
   tables.write(workdir, "table", table, tables.mean_std_markdown(
-      table, f"Test accuracy, mean ± std over {len(next(iter(runs.values())))} seeds"))
+      table, f"Test accuracy, mean ± std over {len(next(iter(runs.values())))} seeds", notes))
   logs = {m: [sweeps.records(workdir, r) for r in rs] for m, rs in runs.items()}
   focus = some["config"]["dataset"]["imbalance_class"]
   if focus < 0:
@@ -78,11 +121,14 @@ def report(workdir: str, runs: dict[str, list[runner.Run]], results: dict) -> di
 def main(argv):
   del argv
   methods = sweeps.parse_methods(METHODS.value)
-  runs = grid(cli.CONFIG.value, methods, sweeps.seeds())
-  results = runner.run_grid([r for rs in runs.values() for r in rs], cli.WORKDIR.value,
-                            sweeps.WORKERS.value)
+  etas = sweeps.parse_etas(ETAS.value)
+  runs = grid(cli.CONFIG.value, methods, sweeps.seeds(), etas)
+  results = runner.run_grid([r for by in runs.values() for rs in by.values() for r in rs],
+                            cli.WORKDIR.value, sweeps.WORKERS.value,
+                            sweeps.COMPILE_CACHE.value)
   workdir = os.path.abspath(cli.WORKDIR.value)
-  report(workdir, runs, results)
+  selected, selection = select(runs, results)
+  report(workdir, selected, results, selection)
   with open(os.path.join(workdir, "table.md")) as f:
     print(f.read())
 

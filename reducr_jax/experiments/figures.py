@@ -166,3 +166,33 @@ def sweep(table: Mapping[str, Mapping[str, dict]], value_name: str, path: str,
   ax.legend(title="method")
   ax.grid(alpha=0.3)
   return _save(fig, path, dict(table))
+
+
+def gains(analysis: Mapping[str, dict], path: str, title: str) -> str:
+  """Paired gain per rare class with its 95 % bootstrap interval, one panel per dataset.
+
+  ``analysis``: :func:`reducr_jax.experiments.robustness.analyse`'s output; each panel
+  shows, per baseline, the mean gain (pp) at each rare class and the pooled one at "all".
+  """
+  datasets = list(analysis["per_protocol"])
+  fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+  for ax, d in zip(axes[0], datasets):
+    rows = analysis["per_protocol"][d]
+    baselines = list(analysis["pooled"][d])
+    labels = list(rows) + ["all"]
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(baselines), 1)
+    for i, b in enumerate(baselines):
+      stats = [rows[c][b] for c in rows] + [analysis["pooled"][d][b]]
+      mean = np.array([s["mean"] for s in stats])
+      err = [mean - np.array([s["lo"] for s in stats]),
+             np.array([s["hi"] for s in stats]) - mean]
+      ax.errorbar(x + (i - (len(baselines) - 1) / 2) * width, mean, yerr=err, fmt="o",
+                  capsize=3, label=f"vs {b}")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xticks(x, labels)
+    ax.set(xlabel="rare class", ylabel="worst-class test acc. gain (pp)", title=d)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  fig.suptitle(title)
+  return _save(fig, path, dict(analysis))

@@ -42,7 +42,8 @@ def main(argv):
       "selection.method": m, "seed": s, "dataset.imbalance_class": cls,
       "dataset.imbalance_fraction": f})) for s in seeds] for f in fractions} for m in methods}
   flat = [r for by_f in runs.values() for rs in by_f.values() for r in rs]
-  results = runner.run_grid(flat, cli.WORKDIR.value, sweeps.WORKERS.value)
+  results = runner.run_grid(flat, cli.WORKDIR.value, sweeps.WORKERS.value,
+                            sweeps.COMPILE_CACHE.value)
   workdir = os.path.abspath(cli.WORKDIR.value)
   table = tables.median_range_table(
       {m: {f: [results[r.name] for r in rs] for f, rs in by_f.items()}

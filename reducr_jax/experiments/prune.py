@@ -52,7 +52,8 @@ def main(argv):
       base, {"pruning.strategy": st, "pruning.density": d, "seed": s}))
       for s in sweeps.seeds()] for d in densities} for st in strategies}
   flat = [r for by_d in runs.values() for rs in by_d.values() for r in rs]
-  results = runner.run_grid(flat, workdir, sweeps.WORKERS.value)
+  results = runner.run_grid(flat, workdir, sweeps.WORKERS.value,
+                            sweeps.COMPILE_CACHE.value)
   table = tables.mean_std_by_value(
       {st: {d: [results[r.name] for r in rs] for d, rs in by_d.items()}
        for st, by_d in runs.items()}, METRICS)

@@ -60,7 +60,8 @@ def main(argv):
   runs = {rw: [runner.Run(f"{rw}/seed{s}", configuration.with_overrides(
       base, {"reweight": rw, "seed": s})) for s in sweeps.seeds()] for rw in REWEIGHTS}
   results = runner.run_grid([r for rs in runs.values() for r in rs], cli.WORKDIR.value,
-                            sweeps.WORKERS.value)
+                            sweeps.WORKERS.value,
+                            sweeps.COMPILE_CACHE.value)
   workdir = os.path.abspath(cli.WORKDIR.value)
   table = tables.mean_std_table({rw: [results[r.name] for r in rs] for rw, rs in runs.items()})
   some = next(iter(results.values()))

@@ -14,6 +14,9 @@ from reducr_jax.experiments import runner
 
 SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per setting (seeds 0 … N-1).")
 WORKERS = flags.DEFINE_integer("workers", 2, "Runs in parallel (processes).")
+COMPILE_CACHE = flags.DEFINE_bool(
+    "compile_cache", True, "JAX persistent compilation cache in <workdir>/compile_cache, "
+    "shared by the sweep's runs (same results; identical programs compile once).")
 
 
 def parse_methods(text: str, flag: str = "--methods") -> list[str]:
@@ -36,6 +39,35 @@ def parse_fractions(text: str, flag: str) -> list[float]:
     raise configuration.ConfigError(
         f"{flag} must be comma-separated numbers in (0, 1], got {text!r}")
   return values
+
+
+# Methods whose rule reads config.selection.eta (the others are run once per seed whatever
+# --etas says).
+ETA_METHODS = ("reducr",)
+
+
+def parse_etas(text: str, flag: str = "--etas") -> dict[str, object]:
+  """``--etas=3e-3,1e-2,auto`` → ``{"0.003": 0.003, "0.01": 0.01, "auto": "auto"}``
+  (label → config value, in flag order); ``""`` → ``{}`` (the config's η)."""
+  out = {}
+  for token in (t.strip() for t in text.split(",")):
+    if not token:
+      continue
+    if token == configuration.ETA_AUTO:
+      out[token] = token
+      continue
+    try:
+      value = float(token)
+    except ValueError:
+      value = float("nan")
+    if not (value > 0 and np.isfinite(value)):
+      raise configuration.ConfigError(
+          f"{flag} must be comma-separated numbers > 0 or 'auto', got {text!r}")
+    out[f"{value:g}"] = value
+  if text.strip() and not out:
+    raise configuration.ConfigError(
+        f"{flag} must be comma-separated numbers > 0 or 'auto', got {text!r}")
+  return out
 
 
 def seeds() -> list[int]:

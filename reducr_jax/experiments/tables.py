@@ -47,17 +47,24 @@ def median_range_table(results: Mapping[str, Mapping[float, Sequence[dict]]],
   return out
 
 
-def mean_std_markdown(table: dict, title: str) -> str:
-  """A markdown table: rows = groups, columns = metrics as ``mean ± std``; best in bold."""
-  lines = [f"### {title}", "", "| | " + " | ".join(TITLES[m] for m in METRICS) + " | runs |",
-           "|---|" + "---|" * (len(METRICS) + 1)]
+def mean_std_markdown(table: dict, title: str, notes: Mapping[str, str] | None = None,
+                      notes_title: str = "setting (chosen on val.)") -> str:
+  """A markdown table: rows = groups, columns = metrics as ``mean ± std``; best in bold.
+
+  ``notes``: an extra last column, e.g. the setting selected on validation per group.
+  """
+  extra = f" {notes_title} |" if notes else ""
+  lines = [f"### {title}", "",
+           "| | " + " | ".join(TITLES[m] for m in METRICS) + " | runs |" + extra,
+           "|---|" + "---|" * (len(METRICS) + 1 + bool(notes))]
   best = {m: max(v[m]["mean"] for v in table.values()) for m in METRICS}
   for group, row in table.items():
     cells = []
     for m in METRICS:
       cell = f"{row[m]['mean']:.2f} ± {row[m]['std']:.2f}"
       cells.append(f"**{cell}**" if row[m]["mean"] == best[m] else cell)
-    lines.append(f"| {group} | " + " | ".join(cells) + f" | {row['num_runs']} |")
+    note = f" {notes.get(group, '')} |" if notes else ""
+    lines.append(f"| {group} | " + " | ".join(cells) + f" | {row['num_runs']} |" + note)
   return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ soft_temperature}``.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -68,8 +69,32 @@ def reducr(*, eta, clip: bool = True, use_holdout: bool = True, use_expert: bool
                        class_weights=lambda state: mwu.weights(state.log_w))
 
 
+def resolved_eta(config, num_classes: int | None = None) -> float:
+  """``config.selection.eta`` as a number: ``"auto"`` → :func:`reducr_jax.mwu.auto_eta`.
+
+  ``η = auto_eta(C, T = num_steps, L = k · ln C) = (1/k) √(8 / (T ln C))``, with
+  ``k = round(percent_selected · B)`` and C ``num_classes`` (default: the dataset
+  config's, :func:`reducr_jax.data.num_classes`). Assumption behind L: the MWU loss of
+  class c at a step is ``α_c = Σ_{i∈b} R[i,c] − k h_c`` with ``R ≥ 0`` (clipped excess
+  loss) and ``h ≥ 0``; per point, the spread of ``R[i,c] − h_c`` across classes is taken
+  to be at most ``ln C``, the cross-entropy of a uniform guess, the scale both the model
+  loss (hence R) and the class-holdout losses start from and stay below while the model
+  learns. T: one MWU update per training step (the class-holdout refresh adds none;
+  ``uniform_after`` with base ``reducr`` also uses T = num_steps, although its MWU stops
+  after ``uniform_after_steps``).
+  """
+  eta = config.selection.eta
+  if eta != "auto":
+    return float(eta)
+  if num_classes is None:
+    from reducr_jax import data  # pylint: disable=g-import-not-at-top
+    num_classes = data.num_classes(config.dataset)
+  k = int(round(config.selection.percent_selected * config.batch_size))
+  return mwu.auto_eta(num_classes, int(config.num_steps), k * math.log(num_classes))
+
+
 def from_config(config) -> core.Selector:
   s = config.selection
-  return reducr(eta=float(s.eta), clip=s.clip, use_holdout=s.use_holdout,
+  return reducr(eta=resolved_eta(config), clip=s.clip, use_holdout=s.use_holdout,
                 use_expert=s.use_expert, use_model_loss=s.use_model_loss,
                 soft_temperature=float(s.soft_temperature))
