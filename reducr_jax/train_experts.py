@@ -3,8 +3,13 @@
 REDUCR needs C class-irreducible experts (eq. 8, γ-weighted); RHO-LOSS needs one
 irreducible-loss model trained on all the holdout data, which is the same procedure with
 one expert and γ = 0. Both train with AdamW on holdout batches and keep, per expert, the
-parameters with the best validation loss (each expert's own γ-weighted loss on the val
-split), as the official implementation checkpoints by validation loss.
+parameters with the best γ-weighted loss (each expert's own) on ``config.experts.select_on``:
+``"val"`` (the val split; for CIFAR / CINIC-10 / MNLI / QQP the val split *is* the holdout
+the experts train on) or ``"train_pool"`` (the train split, data the experts never train on:
+the official ``src/train_irreducible.py`` fits on ``datamodule.val_dataloader()`` with
+``val_dataloaders=datamodule.train_dataloader()`` and ``callbacks: val_loss.yaml``, i.e.
+the checkpoint of minimal ``val_loss_epoch`` measured on the train pool). The batch loss
+is averaged as ``config.experts.loss_normalisation`` says (:func:`experts.weighted_average`).
 
 Stage 1 is data parallel like the train step: one ``pmap`` over every device of every
 process (each process feeds its own rows of every holdout batch, gradients are averaged
@@ -145,6 +150,31 @@ def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma) 
   return jnp.sum(w * table * mask[:, None], axis=0)
 
 
+def _weight_sums(y: jax.Array, mask: jax.Array, num: int, gamma) -> jax.Array:
+  """``Σ_i mask_i (1 + γ·1[y_i = e])`` per column e → ``[num]`` (``"weight_sum"``)."""
+  return jnp.sum(experts.class_weight_matrix(y, num, gamma) * mask[:, None], axis=0)
+
+
+def selection_split(config: ml_collections.ConfigDict, splits: data.Splits) -> data.Split:
+  """The split whose γ-weighted loss picks each expert's checkpoint
+  (``config.experts.select_on``: ``"val"`` → ``splits.val``, ``"train_pool"`` →
+  ``splits.train``, the official choice)."""
+  return splits.train if config.experts.get("select_on", "val") == "train_pool" else splits.val
+
+
+def checkpoint_criterion(loss_sums: np.ndarray, weight_sums: np.ndarray, count: int,
+                         normalisation: str) -> np.ndarray:
+  """Each expert's selection loss from its sums over a split → ``[num]``.
+
+  ``"mean"``: ``Σ w ℓ / N``; ``"weight_sum"``: ``Σ w ℓ / Σ w``. For one expert on one
+  split both denominators are constants, so they keep the same checkpoint; only the
+  logged and cached values differ.
+  """
+  if normalisation == "weight_sum":
+    return loss_sums / weight_sums
+  return loss_sums / count
+
+
 def strategy_candidates(num: int, strategy: str, chunk: int, batch: int = 1,
                         backend: str | None = None) -> list[tuple[str, int, int]]:
   """``(strategy, chunk, microbatches)`` for C = ``num`` stacked experts, best first.
@@ -244,7 +274,8 @@ def stage_devices(config: ml_collections.ConfigDict, batch_size: int) -> list:
 
 def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: int,
            gamma: float):
-  """Trains the reference models, keeping the variables with the best val loss.
+  """Trains the reference models, keeping the variables with the best γ-weighted loss on
+  :func:`selection_split` (``config.experts.select_on``).
 
   Data parallel over every device of every process (see the module docstring). Stacked
   experts keep their best variables expert by expert; a multi-head model keeps the whole
@@ -254,6 +285,8 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   experts, host arrays) and the best val losses ``[num]``.
   """
   ex = config.experts
+  norm = ex.get("loss_normalisation", "mean")
+  select_split = selection_split(config, splits)
   tx = optax.adamw(ex.learning_rate, weight_decay=ex.weight_decay)
   rng = jax.random.PRNGKey(config.seed + 1_000_003)
   aug_kind = config.dataset.get("augment", "none")
@@ -275,22 +308,27 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
       p, o, loss, ms = experts.multihead_train_step(
           fns.apply, tx, state.params, state.opt_state, x, y, gamma,
           model_state=state.model_state, train_apply_fn=fns.apply_train, rng=dropout,
-          axis_name=sharding.AXIS)
+          axis_name=sharding.AXIS, normalisation=norm)
       return experts.ExpertsState(p, o, ms), loss[None]
     return experts.train_step(fns.apply, tx, state, x, y, gamma,
                               train_apply_fn=fns.apply_train, rng=dropout,
                               strategy=strategy, chunk=chunk, axis_name=sharding.AXIS,
-                              microbatches=microbatches)
+                              microbatches=microbatches, normalisation=norm)
 
   def val_sums(variables, x, y, mask, strategy, chunk):
-    """Σ over all devices' rows of each model's eq. 8 val loss → ``[num]``."""
+    """Σ over all devices' rows of each model's eq. 8 loss on the selection split →
+    ``[num]``, and (``"weight_sum"``) the weight sums ``[num]`` (per head for multihead)."""
     if kind == "multihead":
       table = experts.multihead_expert_losses(fns.apply(variables, x), y)
-      sums = jnp.mean(_weighted_loss_sums(table, y, mask, gamma), keepdims=True)
+      sums = _weighted_loss_sums(table, y, mask, gamma)               # [C] heads
+      if norm == "mean":
+        sums = jnp.mean(sums, keepdims=True)
+      wsums = _weight_sums(y, mask, table.shape[1], gamma)
     else:
       table = experts.expert_losses(fns.apply, variables, x, y, strategy, chunk)  # [b, num]
       sums = _weighted_loss_sums(table, y, mask, gamma)
-    return jax.lax.psum(sums, sharding.AXIS)
+      wsums = _weight_sums(y, mask, table.shape[1], gamma)
+    return jax.lax.psum((sums, wsums), sharding.AXIS)
 
   def pmapped(fn, donate=()):
     return lambda strategy, chunk, **kw: jax.pmap(
@@ -346,17 +384,21 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
     reporter.update(step)
     if step % ex.eval_every == 0 or step == ex.num_steps:
       current = variables_of(state)
-      val = sum(np.asarray(p_val(current, *put(sharding.shard(b, n_local)))[0], np.float64)
-                for b in data.iterate_batches(splits.val, eval_global, procs, proc))
-      val = val / len(splits.val)
+      sums = [jax.tree.map(lambda a: np.asarray(a[0], np.float64),
+                           p_val(current, *put(sharding.shard(b, n_local))))
+              for b in data.iterate_batches(select_split, eval_global, procs, proc)]
+      val = checkpoint_criterion(sum(s[0] for s in sums), sum(s[1] for s in sums),
+                                 len(select_split), norm)
+      if kind == "multihead" and norm != "mean":   # mean over heads of each head's loss
+        val = np.mean(val, keepdims=True)
       current = sharding.first_replica(current)
       better = np.ones_like(val, bool) if best_val is None else val < best_val
       best_val = val if best_val is None else np.where(better, val, best_val)
       best = current if best is None else jax.tree.map(
           lambda new, old: _keep_best(better, new, old, kind), current, best)
-      logging.info("%s step %d: train loss %s, val loss %s", kind, step,
+      logging.info("%s step %d: train loss %s, %s loss %s", kind, step,
                    np.round(np.asarray(train_losses[0]), 4).tolist(),
-                   np.round(val, 4).tolist())
+                   ex.get("select_on", "val"), np.round(val, 4).tolist())
   return best, np.asarray(best_val, np.float32)
 
 
@@ -471,7 +513,8 @@ def online_update(config: ml_collections.ConfigDict, refs: ReferenceModels,
     inner = experts.ExpertsState(state.params["params"], state.opt_state, model_state)
     inner = experts.update_on_selected(fns.apply, tx, inner, x, y, gamma,
                                        train_apply_fn=fns.apply_train, rng=rng,
-                                       axis_name=axis_name, stacked=stacked)
+                                       axis_name=axis_name, stacked=stacked,
+                                       normalisation=ex.get("loss_normalisation", "mean"))
     return experts.ExpertsState(models.variables(inner.params, inner.model_state),
                                 inner.opt_state, None)
   return state, update
