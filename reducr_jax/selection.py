@@ -64,9 +64,12 @@ def reducible_losses(model_loss: jax.Array, expert_losses: jax.Array, *,
       is exactly ``0`` — the official code's behaviour (``robust_reducible_loss_selection``
       with ``model_loss=False``, ``clipped=True``, ``src/curricula/selection_methods.py``):
       all scores tie and :func:`top_k` takes the first k points of the large batch (lowest
-      indices), which is what ``torch.argsort(descending=True)`` returns for equal values on
-      CPU (a stable sort; CUDA order unverified). Exact ``+0.0`` here (not ``max(−0.0, 0)``)
-      so an expert loss of exactly 0 cannot reorder the tie. ``clip=False`` keeps the
+      indices). The official ``torch.argsort(descending=True)`` is not stable: on ties it
+      returns a fixed, implementation-defined set of positions (torch 2.13 CPU, B = 320:
+      210, 219, 218, …; CUDA differs again). The large batch is a uniform random draw, so
+      any fixed set of k positions — ours or torch's — is a uniform random subset of it:
+      the same selection in distribution, not index for index. Exact ``+0.0`` here (not
+      ``max(−0.0, 0)``) so an expert loss of exactly 0 cannot reorder the tie. ``clip=False`` keeps the
       signal: ``R = −expert_loss`` (the points the experts find easiest).
 
   Returns:

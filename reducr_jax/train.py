@@ -288,7 +288,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   # Stage 2: online batch selection.
   cfg = StepConfig.from_config(config, c, n, refs.reference,
                                np.bincount(splits.train.y, minlength=c), refs.update)
-  tx = make_optimizer(config.optimizer)
+  tx = optimizers.from_config(config)
   state = init_state(jax.random.PRNGKey(config.seed),
                      lambda r: models.load_pretrained(config.model, *jax.jit(fns.init)(r)),
                      tx, cfg, jax.random.PRNGKey(config.seed + 1), refs.state)
@@ -326,7 +326,8 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   preempt.defer()                   # signals now stop the loop at a step boundary
   for step, batch in zip(range(start, config.num_steps), batches):
     if refresh_holdout and step % holdout_every == 0:
-      _, loss_sums = evaluation.evaluate(p_eval, p_variables(p_state), splits.holdout, eval_bs, n)
+      _, loss_sums = evaluation.evaluate(p_eval, p_variables(p_state),
+                                         data.class_holdout_split(config, splits), eval_bs, n)
       h = mwu.class_holdout_loss(metrics.ClassSums(*loss_sums))
       p_state = p_state._replace(holdout_loss=sharding.replicate(
           jnp.asarray(h, jnp.float32), devices))
@@ -343,7 +344,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       params = p_variables(p_state)
       val = evaluation.evaluate_summary(p_eval, params, splits.val, eval_bs, n)
       test = evaluation.evaluate_summary(p_eval, params, splits.test, eval_bs, n)
-      best = evaluation.keep_best(best, val, params, done)
+      best = evaluation.keep_best(best, val, params, done, selectors.model_selection(config))
       writer.write(done, {**{f"val/{k}": v for k, v in val.items()},
                           **{f"test/{k}": v for k, v in test.items()}})
       rate = (done - last_step) / max(time.time() - t_last, 1e-9)
@@ -374,6 +375,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       "reweight": config.reweight,
       "pruning": pruning_info,
       "best_step": int(best["step"]),
+      "model_selection": selectors.model_selection(config),
       "num_steps": int(config.num_steps),
       "val": val,
       "test": test,

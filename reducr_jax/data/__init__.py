@@ -19,7 +19,7 @@ from reducr_jax.data.splits import Split
 from reducr_jax.data.splits import SPLIT_NAMES
 from reducr_jax.data.splits import Splits
 from reducr_jax.data.splits import validate_dataset_config
-from reducr_jax.data.streams import train_batch
+from reducr_jax.data.streams import class_holdout_split, train_batch
 
 __all__ = [
     "CLASS_NAMES",
@@ -39,6 +39,7 @@ __all__ = [
     "make_splits",
     "num_classes",
     "symmetric_label_noise",
+    "class_holdout_split",
     "train_batch",
     "validate_dataset_config",
     "validate_real_dataset_config",

@@ -9,7 +9,7 @@ import numpy as np
 
 from reducr_jax import sharding
 from reducr_jax.data.sampling import batch_indices
-from reducr_jax.data.splits import Splits
+from reducr_jax.data.splits import Split, Splits
 
 
 def train_batch(config: ml_collections.ConfigDict, splits: Splits,
@@ -37,11 +37,19 @@ def train_batch(config: ml_collections.ConfigDict, splits: Splits,
   batch = {"x": splits.train.x[idx], "y": splits.train.y[idx]}
   if table is not None:
     batch["ref_losses"] = table[idx]
-  if holdout:
-    hidx = rows(batch_indices(config.seed + 1, step, len(splits.holdout), config.batch_size))
-    batch["holdout_x"], batch["holdout_y"] = splits.holdout.x[hidx], splits.holdout.y[hidx]
+  if holdout:     # the EMA class-holdout loss reads config.selection.holdout_source's split
+    h_split = class_holdout_split(config, splits)
+    hidx = rows(batch_indices(config.seed + 1, step, len(h_split), config.batch_size))
+    batch["holdout_x"], batch["holdout_y"] = h_split.x[hidx], h_split.y[hidx]
   if validation:
     vidx = rows(batch_indices(config.seed + 2, step, len(splits.holdout),
                               config.meta.val_batch_size))
     batch["meta_x"], batch["meta_y"] = splits.holdout.x[vidx], splits.holdout.y[vidx]
   return batch
+
+
+def class_holdout_split(config, splits: Splits) -> Split:
+  """The split the class-holdout loss h is measured on (``config.selection.holdout_source``):
+  ``"holdout"`` (the split the experts train on) or ``"val"`` (the validation split; the
+  official Clothing1M main robust run, ``clean_val_mode: 'val'``: the clean val set only)."""
+  return splits.val if config.selection.get("holdout_source", "holdout") == "val" else splits.holdout

@@ -6,7 +6,8 @@ Variants: REDUCR; no clipping of the excess loss; no class-holdout term in the M
 objective; no class-irreducible (expert) term (R = model loss); no model-loss term, both
 ways: clipped as the official code runs it (``model_loss=False`` with the default
 ``clipped=True``: R = max(−expert loss, 0) = 0, every score ties and the first k points of
-each large batch are taken, only the class weights still move through −k·h) and unclipped
+each large batch are taken — a uniform random subset, as torch's fixed tie order gives —
+while the class weights still move through −k·h) and unclipped
 (R = −expert loss). Writes ``DIR/ablation.{md,json}`` and ``DIR/figures/``.
 """
 
