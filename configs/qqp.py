@@ -15,6 +15,8 @@ of it, and the rest is split into train and holdout (= validation). The paper's 
 
 import os
 
+import ml_collections
+
 from reducr_jax import configuration
 
 
@@ -22,4 +24,6 @@ def get_config():
   config = configuration.load_config(
       os.path.join(os.path.dirname(__file__), "mnli.py") + ":qqp")
   config.dataset.qqp_class1_fraction = 0.22        # paper
+  config.optimizer.weight_decay = 0.01             # official qqp_robust.yaml / qqp_rho.yaml
+  config.optimizer.learning_rate_by_method = ml_collections.ConfigDict()  # official: 1e-6 for all
   return config
