@@ -170,3 +170,21 @@ def test_expert_checkpoint_follows_the_chosen_split(monkeypatch, select_on, expe
   _, best_val = train_experts._train(config, splits, "experts", fns, num, gamma)
   np.testing.assert_allclose(best_val, [expected] * 3)
   assert seen == [7 if select_on == "val" else 11] * 3
+
+
+@pytest.mark.parametrize("kind", ["experts", "multihead"])
+def test_train_pool_and_weight_sum_run_for_every_kind(kind):
+  """The official pair (train-pool checkpoints, Σwℓ/Σw) through the real criterion: one
+  finite loss per stacked expert, one for the multi-head model (mean over its heads)."""
+  config = configuration.load_config(os.path.join(REPO, "configs", "default.py"))
+  config = configuration.with_overrides(config, {
+      "model.hidden": (4,), "experts.num_steps": 2, "experts.eval_every": 1,
+      "experts.batch_size": 8, "eval_batch_size": 8, "num_devices": 1,
+      "experts.strategy": "vmap", "experts.select_on": "train_pool",
+      "experts.loss_normalisation": "weight_sum",
+      "experts.losses": "multihead" if kind == "multihead" else "precomputed"})
+  splits = _flat_splits()
+  fns, _, num, gamma = train_experts._build(config, splits, kind)
+  _, best_val = train_experts._train(config, splits, kind, fns, num, gamma)
+  assert best_val.shape == ((3,) if kind == "experts" else (1,))
+  assert np.all(np.isfinite(best_val)) and np.all(best_val > 0)
