@@ -78,6 +78,20 @@ def check_finite(config: ml_collections.ConfigDict) -> None:
 
 K_ROUNDINGS = ("round", "floor")
 
+# Fields added after runs were recorded, with the value that reproduces what those runs
+# did: a recorded config without the field equals a current one holding this value
+# (resuming a workdir, :func:`reducr_jax.workdir.changed_fields`), and the experts cache
+# fingerprint leaves the field out at this value, so older caches are still found.
+ADDED_FIELDS = {
+    "experts.select_on": "val",
+    "experts.loss_normalisation": "mean",
+    "model_selection": "worst_class",
+    "optimizer.schedule": "constant",
+    "optimizer.warmup_steps": 0,
+    "selection.k_rounding": "round",
+    "selection.holdout_source": "holdout",
+}
+
 
 def num_selected(config: ml_collections.ConfigDict) -> int:
   """k = round(percent_selected · B), or (``selection.k_rounding='floor'``, the official

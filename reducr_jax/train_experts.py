@@ -48,6 +48,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from reducr_jax import caches
+from reducr_jax import configuration
 from reducr_jax import data
 from reducr_jax import device_memory
 from reducr_jax import experts
@@ -83,8 +84,11 @@ STAGE2_FIELDS = ("update_on_selected", "update_lr_factor")
 
 
 def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
+  legacy = {k.split(".", 1)[1]: v for k, v in configuration.ADDED_FIELDS.items()
+            if k.startswith("experts.")}    # at these values, as before the fields existed
   expert_config = {k: v for k, v in config.experts.to_dict().items()
-                   if k not in EXECUTION_FIELDS + STAGE2_FIELDS}
+                   if k not in EXECUTION_FIELDS + STAGE2_FIELDS
+                   and not (k in legacy and v == legacy[k])}
   blob = json.dumps({"format": 2, "kind": kind, "seed": config.seed, "dataset": config.dataset.to_dict(),
                      "model": config.model.to_dict(), "experts": expert_config,
                      "eval_batch_size": config.eval_batch_size},

@@ -73,3 +73,32 @@ def test_paper_configs_carry_the_official_training_settings(name):
     assert (c.batch_size, configuration.num_selected(c), c.experts.gamma) == (32, 3, 9.0)
   if name == "clothing1m":
     assert (c.selection.eta, c.selection.holdout_source) == (1.0, "val")
+
+
+def _without_added_fields(config):
+  """The config as recorded before the fields of configuration.ADDED_FIELDS existed."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  d = config.to_dict()
+  for name in configuration.ADDED_FIELDS:
+    *path, last = name.split(".")
+    node = d
+    for part in path:
+      node = node[part]
+    del node[last]
+  return ml_collections.ConfigDict(d)
+
+
+def test_older_workdirs_and_expert_caches_stay_usable(tmp_path):
+  from reducr_jax import train_experts, workdir  # pylint: disable=g-import-not-at-top
+  old, new = _without_added_fields(_config()), _config()
+  assert train_experts._fingerprint(old, "experts") == train_experts._fingerprint(
+      new, "experts")
+  workdir.check_config(tmp_path, old)
+  (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+  workdir.check_config(tmp_path, new)                    # same run: resumes
+  workdir.check_config(tmp_path, old)                    # (re-record the old layout)
+  with pytest.raises(configuration.ConfigError, match=r"experts.select_on \('val' -> "
+                     r"'train_pool'\)"):
+    workdir.check_config(tmp_path, _config(**{"experts.select_on": "train_pool"}))
+  assert train_experts._fingerprint(_config(**{"experts.select_on": "train_pool"}),
+                                    "experts") != train_experts._fingerprint(new, "experts")
