@@ -61,3 +61,25 @@ def test_auto_follows_the_official_yamls(method, expected):
   assert selectors.model_selection(config) == expected
   config.model_selection = "final"
   assert selectors.model_selection(config) == "final"
+
+
+def test_trainer_keeps_the_average_rule_s_checkpoint(tmp_path):
+  """End to end (uniform: no reference models): the kept step is the first maximum of the
+  logged average validation accuracy, and the final evaluation reproduces it. (The
+  worst-class rule runs end to end in test_train's registry tests.)"""
+  rule, key = "average", "val/accuracy"
+  import json  # pylint: disable=g-import-not-at-top
+  from reducr_jax import train  # pylint: disable=g-import-not-at-top
+  config = configuration.load_config(os.path.join(REPO, "configs", "default.py"))
+  config = configuration.with_overrides(config, {
+      "selection.method": "uniform", "model_selection": rule, "model.hidden": (16,),
+      "batch_size": 80, "num_steps": 8, "eval_every": 2, "log_every": 8,
+      "checkpoint_every": 8, "eval_batch_size": 128, "num_devices": 1})
+  results = train.train_and_evaluate(config, str(tmp_path))
+  log = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  evals = [(r["step"], r[key]) for r in log if key in r]
+  assert [s for s, _ in evals] == [2, 4, 6, 8]
+  best = max(v for _, v in evals)
+  assert results["best_step"] == next(s for s, v in evals if v == best)
+  assert results["model_selection"] == rule
+  assert results["val"]["accuracy"] == pytest.approx(best, abs=1e-7)
