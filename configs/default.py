@@ -72,7 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.selection.clip = True                      # clip excess loss at 0 (ablation: False)
   config.selection.use_holdout = True               # class-holdout term in α (ablation: False)
   config.selection.use_expert = True                # expert term (ablation: False -> R = model loss)
-  config.selection.use_model_loss = True            # model-loss term (ablation: False -> R = -expert loss; needs clip=False)
+  # model-loss term (ablation: False -> R = -expert loss with clip=False; with clip=True R = 0,
+  # every score ties and the first k points are taken, as the official code does)
+  config.selection.use_model_loss = True
   config.selection.soft_temperature = 0.0           # 0 = hard top-k; >0 Gumbel top-k on score/τ (App. A.9.3)
   config.selection.selection_pressure = 100.0       # train_loss baseline s (Loshchilov & Hutter; paper 100)
   # Class-holdout loss h: 'epoch' = per-class mean over the full holdout set, recomputed
