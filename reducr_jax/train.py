@@ -4,8 +4,8 @@ Stages:
   1. reference models on the holdout split (:mod:`reducr_jax.train_experts`, cached);
   2. target-model training with online batch selection, one ``pmap``-ed step per large
      batch (:func:`make_train_step`);
-  3. evaluation of the kept model (best worst-class validation accuracy, REDUCR App. A.6)
-     on the validation and test splits → ``<workdir>/results.json``.
+  3. evaluation of the kept model (``config.model_selection``, e.g. the best worst-class
+     validation accuracy, REDUCR App. A.6) on the val and test splits → ``results.json``.
 
 Data parallelism and global selection. The large batch of B points is split across the
 ``n`` local devices (B/n each). Every device computes the model loss (and reference losses)
