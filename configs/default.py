@@ -55,6 +55,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = 1e-3
   config.optimizer.weight_decay = 0.01
   config.optimizer.grad_clip_norm = 0.0             # 0 = off
+  # Learning-rate schedule over config.num_steps: 'constant' | 'cosine' | 'warmup_cosine'
+  # (linear warm-up over warmup_steps, then cosine to 0) | 'linear' (to 0). Paper: none
+  # stated; official: 'constant' in every REDUCR/baseline experiment (no `scheduler`;
+  # `cosine_annealing.yaml` only in configs/baselines/, `linear.yaml` only in
+  # experiment/mnli_uniform_full.yaml).
+  config.optimizer.schedule = "constant"
+  config.optimizer.warmup_steps = 0                 # 'warmup_cosine' only (official: no warm-up)
+  # Per-method peak learning rate, e.g. {'rho_loss': 2e-5}; methods not listed use
+  # learning_rate. Empty here; official MNLI: baselines 2e-5, REDUCR 1e-6 (configs/mnli.py).
+  config.optimizer.learning_rate_by_method = ml_collections.ConfigDict()
 
   # --- Online batch selection ---------------------------------------------------------
   config.batch_size = 320                           # large batch B (paper: 320)
@@ -65,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 'irreducible' | 'uniform_after' (RHO-LOSS baselines), or one registered by user code.
   config.selection.method = "reducr"
   config.selection.percent_selected = 0.1           # k = percent · B (paper: 10 %)
+  # How k = percent · B is rounded: 'round' (ours) | 'floor' (official MultiModels.py:
+  # max(1, int(B · percent)); paper: not stated). Same k for B = 320 or 32 at 10 %.
+  config.selection.k_rounding = "round"
   # MWU step size η. Paper: 1e-4 over ~10^5 CIFAR steps; this run is ~100× shorter and its
   # holdout set ~100× smaller, so η is scaled up to let the class weights move within it
   # (on this config, 5 seeds: η = 3e-3 / 1e-2 / 3e-2 gave worst-class test accuracy
@@ -75,7 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.selection.clip = True                      # clip excess loss at 0 (ablation: False)
   config.selection.use_holdout = True               # class-holdout term in α (ablation: False)
   config.selection.use_expert = True                # expert term (ablation: False -> R = model loss)
-  config.selection.use_model_loss = True            # model-loss term (ablation: False -> R = -expert loss; needs clip=False)
+  # model-loss term (ablation: False -> R = -expert loss with clip=False; with clip=True R = 0,
+  # every score ties and the first k points are taken, as the official code does)
+  config.selection.use_model_loss = True
   config.selection.soft_temperature = 0.0           # 0 = hard top-k; >0 Gumbel top-k on score/τ (App. A.9.3)
   config.selection.selection_pressure = 100.0       # train_loss baseline s (Loshchilov & Hutter; paper 100)
   # Class-holdout loss h: 'epoch' = per-class mean over the full holdout set, recomputed
@@ -84,6 +99,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.selection.holdout_loss = "epoch"
   config.selection.holdout_every = -1
   config.selection.ema_decay = 0.9                  # paper App. A.9.4: 0.9 or 0.99
+  # Split the class-holdout loss h is measured on: 'holdout' (the split the experts train
+  # on; paper App. A.5; official Clothing1M "fair" run, clean_val_mode 'dirty_val') | 'val'
+  # (the validation split; official Clothing1M main robust run, clean_val_mode 'val': the
+  # clean val set only). The same split for CIFAR / CINIC-10 / MNLI / QQP.
+  config.selection.holdout_source = "holdout"
   # 'weighted' (official weighted_reducible_loss_selection): fixed class weights (() =
   # uniform; one per class, normalised), sampling 'top_k' | 'power' | 'softmax' | 'rank'
   # with β (official default top-k, β = 1); it uses `clip` (official default False) and
@@ -111,6 +131,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.experts.learning_rate = 1e-3
   config.experts.weight_decay = 0.01
   config.experts.eval_every = 100                   # keep each expert's best validation loss
+  # Which split's γ-weighted loss picks each expert's checkpoint: 'val' (ours; paper: "best
+  # validation loss") | 'train_pool' (official src/train_irreducible.py: validates on the
+  # train pool, data the experts never train on). For CIFAR/CINIC/MNLI/QQP 'val' is the
+  # holdout the experts train on.
+  config.experts.select_on = "val"
+  # Batch average of the γ-weighted loss: 'mean' (ours: Σ w·ℓ / n) | 'weight_sum' (official
+  # OneModel.py, nn.CrossEntropyLoss(weight=…): Σ w·ℓ / Σ w). Paper eq. 8: a sum (no scale).
+  config.experts.loss_normalisation = "mean"
   config.experts.cache_dir = ""                     # '' = <workdir>/experts; sweeps share one
   # Online update of the reference models on the selected points (official
   # `update_irreducible`, there for RHO-LOSS; here also REDUCR's experts): one AdamW step at
@@ -153,6 +181,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Evaluation, logging, checkpoints -----------------------------------------------
   config.eval_every = 100                           # per-class val/test accuracy; keep best worst-class val
+  # Checkpoint of the target model kept and evaluated on test: 'worst_class' (best
+  # worst-class val accuracy; paper App. A.6, official callbacks/worst_val_acc.yaml) |
+  # 'average' (best val accuracy; official callbacks/default.yaml for vision RHO-LOSS and
+  # train loss) | 'final' | 'auto' (per method as the official yamls:
+  # reducr_jax.selectors.MODEL_SELECTION).
+  config.model_selection = "worst_class"
   config.eval_batch_size = 512
   config.log_every = 50
   config.checkpoint_every = 500

@@ -34,7 +34,7 @@ BERT_DIR = os.path.expanduser("~/bert-base-uncased")
 def get_config(dataset: str = "mnli"):
   config = configuration.load_config(os.path.join(os.path.dirname(__file__), "default.py"))
   config.dataset = real.default_config(dataset, tokenizer=BERT_DIR)
-  config.dataset.max_length = 128                  # tokens per pair (ours; BERT max 512)
+  config.dataset.max_length = 128                  # tokens per pair (official max_seq_length, nlp_datamodules.py)
   config.dataset.augment = "none"
   config.model = ml_collections.ConfigDict()
   config.model.name = "bert"
@@ -47,18 +47,34 @@ def get_config(dataset: str = "mnli"):
   config.model.dtype = "float32"                   # 'bfloat16': mixed precision
   config.model.pretrained = BERT_DIR               # dir or model.safetensors (HF layout)
   config.model.pretrained_head = False             # fresh classifier
-  config.optimizer.learning_rate = 1e-6            # paper: NLP
-  config.optimizer.weight_decay = 0.01
-  config.batch_size = 320                          # B
-  config.selection.percent_selected = 0.1          # k = 32 (official NLP batch 32)
-  config.selection.eta = configuration.eta_field(1e-4)
+  config.optimizer.learning_rate = 1e-6            # paper: NLP; official REDUCR (mnli_robust.yaml)
+  # Official MNLI baselines (mnli_{rho,uniform,train_loss}.yaml) use lr 2e-5 (paper: 1e-6 for
+  # all); QQP (qqp_*.yaml) uses 1e-6 for every method.
+  config.optimizer.learning_rate_by_method = ml_collections.ConfigDict(
+      {"rho_loss": 2e-5, "uniform": 2e-5, "train_loss": 2e-5})
+  config.optimizer.weight_decay = 0.0              # official MNLI (paper: PyTorch default 0.01)
+  config.optimizer.schedule = "constant"           # official: no scheduler (paper: none stated)
+  config.optimizer.warmup_steps = 0
+  # Official: datamodule batch_size 32 = B, percent_train 0.1 → k = int(3.2) = 3 (paper: not
+  # stated). (Official QQP RHO-LOSS: B = 320, qqp_rho.yaml.)
+  config.batch_size = 32
+  config.selection.percent_selected = 0.1
+  config.selection.k_rounding = "floor"
+  config.selection.eta = configuration.eta_field(1e-4)  # paper; official mnli_robust.yaml
   config.num_steps = 200_000                       # ours: the paper's Fig. 6 runs to ~2·10^5 steps
-  config.experts.gamma = 4.0                       # γ, text (paper)
-  config.experts.learning_rate = 1e-6              # ours: as the target model
-  config.experts.weight_decay = 0.01
-  config.experts.batch_size = 32                   # ours
-  config.experts.num_steps = 20_000                # ours
+  # Official NLP experts: gradient_weight 10, i.e. γ = 9 (mnli_irred_weights.yaml,
+  # qqp_irred_weighted.yaml); paper §5: γ = 4.
+  config.experts.gamma = 9.0
+  config.experts.learning_rate = 1e-6              # official (mnli_irred_weights.yaml)
+  config.experts.weight_decay = 0.0                # official MNLI and QQP experts
+  config.experts.batch_size = 32                   # official
+  config.experts.num_steps = 20_000                # ours (official: 10 epochs MNLI, 30 QQP)
   config.experts.eval_every = 2_000
+  config.experts.select_on = "train_pool"          # official src/train_irreducible.py
+  config.experts.loss_normalisation = "weight_sum"  # official OneModel.py
+  # Official NLP yamls keep `callbacks: worst_val_acc` for every method (the `default`
+  # override is commented out), so the baselines too keep the worst-class checkpoint.
+  config.model_selection = "worst_class"
   config.eval_every = 2_000
   config.eval_batch_size = 512
   config.log_every = 200

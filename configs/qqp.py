@@ -17,6 +17,8 @@ and 40k test; see :func:`reducr_jax.data.real.official_qqp_rows`. Everything els
 
 import os
 
+import ml_collections
+
 from reducr_jax import configuration
 
 
@@ -24,4 +26,6 @@ def get_config():
   config = configuration.load_config(
       os.path.join(os.path.dirname(__file__), "mnli.py") + ":qqp")
   config.dataset.qqp_class1_fraction = 0.22        # paper
+  config.optimizer.weight_decay = 0.01             # official qqp_robust.yaml / qqp_rho.yaml
+  config.optimizer.learning_rate_by_method = ml_collections.ConfigDict()  # official: 1e-6 for all
   return config

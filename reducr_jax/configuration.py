@@ -15,7 +15,10 @@ import ml_collections
 
 from reducr_jax import checks
 from reducr_jax import data
+from reducr_jax import evaluation as evaluation_rules
+from reducr_jax import experts
 from reducr_jax import models
+from reducr_jax import optimizers
 from reducr_jax import reweighters
 from reducr_jax import selectors
 from reducr_jax.data import augment
@@ -23,6 +26,8 @@ from reducr_jax.errors import ConfigError  # noqa: F401  (defined in a leaf modu
 from reducr_jax.models import pretrained as model_pretrained
 
 HOLDOUT_LOSSES = ("epoch", "ema")
+HOLDOUT_SOURCES = ("holdout", "val")
+EXPERT_SELECT_ON = ("val", "train_pool")
 EXPERT_LOSSES = ("precomputed", "online", "multihead")
 EXPERT_STRATEGIES = ("auto", "vmap", "map", "loop")
 ETA_AUTO = "auto"                  # config.selection.eta = "auto": see resolve_eta
@@ -108,9 +113,30 @@ def resolve_eta(config: ml_collections.ConfigDict, num_classes: int | None = Non
   return with_overrides(config, {"selection.eta": eta}), eta
 
 
+K_ROUNDINGS = ("round", "floor")
+
+# Fields added after runs were recorded, with the value that reproduces what those runs
+# did: a recorded config without the field equals a current one holding this value
+# (resuming a workdir, :func:`reducr_jax.workdir.changed_fields`), and the experts cache
+# fingerprint leaves the field out at this value, so older caches are still found.
+ADDED_FIELDS = {
+    "experts.select_on": "val",
+    "experts.loss_normalisation": "mean",
+    "model_selection": "worst_class",
+    "optimizer.schedule": "constant",
+    "optimizer.warmup_steps": 0,
+    "selection.k_rounding": "round",
+    "selection.holdout_source": "holdout",
+}
+
+
 def num_selected(config: ml_collections.ConfigDict) -> int:
-  """k = round(percent_selected · B)."""
-  return int(round(config.selection.percent_selected * config.batch_size))
+  """k = round(percent_selected · B), or (``selection.k_rounding='floor'``, the official
+  ``max(1, int(B · percent_train))`` of ``src/models/MultiModels.py``) int() truncation."""
+  k = config.selection.percent_selected * config.batch_size
+  if config.selection.get("k_rounding", "round") == "floor":
+    return max(1, int(k))
+  return int(round(k))
 
 
 def validate_config(config: ml_collections.ConfigDict,
@@ -161,6 +187,7 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.batch_size", config.batch_size, 1, integer=True)
   _number("config.num_steps", config.num_steps, 1, integer=True)
   _number("config.selection.percent_selected", sel.percent_selected, 0, 1, low_open=True)
+  _one_of("config.selection.k_rounding", sel.get("k_rounding", "round"), K_ROUNDINGS)
   k = num_selected(config)
   if k < 1:
     raise ConfigError(
@@ -180,16 +207,18 @@ def validate_config(config: ml_collections.ConfigDict,
   if not (sel.use_expert or sel.use_model_loss):
     raise ConfigError("config.selection.use_expert and config.selection.use_model_loss "
                       "cannot both be False")
-  if sel.clip and not sel.use_model_loss:
-    raise ConfigError("config.selection.clip must be False when "
-                      "config.selection.use_model_loss is False (R = -expert loss <= 0)")
   _one_of("config.selection.holdout_loss", sel.holdout_loss, HOLDOUT_LOSSES)
   _number("config.selection.holdout_every", sel.holdout_every, integer=True)
   if sel.holdout_every == 0 or sel.holdout_every < -1:
     raise ConfigError("config.selection.holdout_every must be -1 (once per epoch) or >= 1, "
                       f"got {sel.holdout_every}")
   _number("config.selection.ema_decay", sel.ema_decay, 0, 1, high_open=True)
+  _one_of("config.selection.holdout_source", sel.get("holdout_source", "holdout"),
+          HOLDOUT_SOURCES)
   ex = config.experts
+  _one_of("config.experts.select_on", ex.get("select_on", "val"), EXPERT_SELECT_ON)
+  _one_of("config.experts.loss_normalisation", ex.get("loss_normalisation", "mean"),
+          experts.NORMALISATIONS)
   _number("config.experts.gamma", ex.gamma, 0)
   _one_of("config.experts.losses", ex.losses, EXPERT_LOSSES)
   if not isinstance(ex.update_on_selected, bool):
@@ -240,6 +269,17 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.optimizer.learning_rate", config.optimizer.learning_rate, 0, low_open=True)
   _number("config.optimizer.weight_decay", config.optimizer.weight_decay, 0)
   _number("config.optimizer.grad_clip_norm", config.optimizer.grad_clip_norm, 0)
+  opt = config.optimizer
+  _one_of("config.optimizer.schedule", opt.get("schedule", "constant"), optimizers.SCHEDULES)
+  _number("config.optimizer.warmup_steps", opt.get("warmup_steps", 0), 0, integer=True)
+  if opt.get("warmup_steps", 0) >= config.num_steps and opt.get("schedule") == "warmup_cosine":
+    raise ConfigError(f"config.optimizer.warmup_steps ({opt.warmup_steps}) must be < "
+                      f"config.num_steps ({config.num_steps}) for 'warmup_cosine'")
+  for method, lr in (opt.get("learning_rate_by_method", None) or {}).items():
+    _one_of("config.optimizer.learning_rate_by_method key", method, selectors.names())
+    _number(f"config.optimizer.learning_rate_by_method.{method}", lr, 0, low_open=True)
+  _one_of("config.model_selection", config.get("model_selection", "worst_class"),
+          evaluation_rules.MODEL_SELECTION)
   _number("config.max_consecutive_skipped", config.max_consecutive_skipped, 1,
           integer=True)
   for name in ("eval_every", "eval_batch_size", "log_every", "checkpoint_every"):

@@ -59,12 +59,33 @@ def evaluate_summary(p_eval, p_params, split: data.Split, batch_size: int,
   return out
 
 
-def keep_best(best: dict, val: dict, p_variables, step: int) -> dict:
-  """The model to keep (REDUCR App. A.6): ``p_variables`` (replicated) at ``step`` when its
-  worst-class validation accuracy beats ``best["worst_val"]``, else ``best`` unchanged.
-  With class groups (``val`` has ``worst_group_accuracy``) the worst-group accuracy."""
-  worst = val.get("worst_group_accuracy", val["worst_class_accuracy"])
-  if worst <= float(best["worst_val"]):
+# Which checkpoint of the target model is kept and evaluated (``config.model_selection``).
+MODEL_SELECTION = ("worst_class", "average", "final", "auto")
+
+
+def model_score(val: dict, rule: str) -> float:
+  """The validation score a model-selection ``rule`` maximises: ``"worst_class"`` → the
+  worst-class accuracy (REDUCR App. A.6; official ``callbacks/worst_val_acc.yaml``),
+  ``"average"`` → the accuracy over all points (official ``callbacks/default.yaml``,
+  ``val_acc_epoch``), ``"final"`` → the accuracy too (only logged: the last model is kept)."""
+  if rule == "worst_class":     # with class groups (config.dataset.groups): worst group
+    return float(val.get("worst_group_accuracy", val["worst_class_accuracy"]))
+  if rule in ("average", "final"):
+    return float(val["accuracy"])
+  raise ValueError(f"rule must be one of {list(MODEL_SELECTION[:3])}, got {rule!r}")
+
+
+def keep_best(best: dict, val: dict, p_variables, step: int,
+              rule: str = "worst_class") -> dict:
+  """The model to keep: ``p_variables`` (replicated) at ``step`` when its
+  :func:`model_score` under ``rule`` beats ``best["worst_val"]`` (strictly: the earliest of
+  equal scores is kept, like Lightning's ``ModelCheckpoint``), or always for ``"final"``;
+  else ``best`` unchanged. ``best["worst_val"]`` holds the kept model's score under
+  ``rule`` (the key keeps the checkpoint layout of runs made before the rule existed).
+  ``rule``: ``"worst_class"`` | ``"average"`` | ``"final"`` (``"auto"`` is resolved first,
+  :func:`reducr_jax.selectors.model_selection`)."""
+  score = model_score(val, rule)
+  if rule != "final" and score <= float(best["worst_val"]):
     return best
   return {"params": sharding.first_replica(p_variables),
-          "worst_val": np.float32(worst), "step": np.int32(step)}
+          "worst_val": np.float32(score), "step": np.int32(step)}

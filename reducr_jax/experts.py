@@ -48,6 +48,8 @@ TrainApplyFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
 InitFn = Callable[[jax.Array], Any]
 
 STRATEGIES = ("vmap", "map", "loop")
+# How a batch's γ-weighted losses are averaged (``config.experts.loss_normalisation``).
+NORMALISATIONS = ("mean", "weight_sum")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -71,20 +73,51 @@ def class_weight_matrix(labels: jax.Array, num_experts: int, gamma) -> jax.Array
   return 1.0 + gamma * (labels[:, None] == jnp.arange(num_experts)[None, :]).astype(jnp.float32)
 
 
+def weighted_average(per_example_loss: jax.Array, weights: jax.Array,
+                     normalisation: str = "mean", axis=None) -> jax.Array:
+  """Average of ``weights · per_example_loss`` over ``axis`` (all axes when ``None``).
+
+  ``"mean"``: ``Σ_i w_i ℓ_i / n`` (n = the number of terms, this project's original
+  loss); ``"weight_sum"``: ``Σ_i w_i ℓ_i / Σ_i w_i`` — PyTorch's
+  ``nn.CrossEntropyLoss(weight=…)`` with ``reduction='mean'``, which the official expert
+  training uses (``src/models/OneModel.py``). With weights ``1 + γ·1[y = c]`` the two
+  differ by the batch-dependent factor ``n / Σ w = 1 / (1 + γ · share of class c)``.
+
+  Args:
+    per_example_loss: ``[...]`` losses; weights: same shape (or broadcastable).
+    normalisation: ``"mean"`` or ``"weight_sum"``.
+    axis: reduction axis (``None``: all).
+
+  Returns:
+    the reduced array (scalar for ``axis=None``).
+  """
+  if normalisation not in NORMALISATIONS:
+    raise ValueError(f"normalisation must be one of {list(NORMALISATIONS)}, got "
+                     f"{normalisation!r}")
+  weighted = weights * per_example_loss
+  if normalisation == "mean":
+    return jnp.mean(weighted, axis=axis)
+  return jnp.sum(weighted, axis=axis) / jnp.sum(jnp.broadcast_to(weights, weighted.shape),
+                                                 axis=axis)
+
+
 def class_weighted_loss(per_example_loss: jax.Array, labels: jax.Array, expert_class,
-                        gamma) -> jax.Array:
-  """Batch estimate of eq. 8: ``mean_i (1 + γ · 1[y_i = c]) · ℓ_i`` → scalar.
+                        gamma, normalisation: str = "mean") -> jax.Array:
+  """Batch estimate of eq. 8 → scalar: ``mean_i (1 + γ · 1[y_i = c]) · ℓ_i``, or with
+  ``normalisation="weight_sum"`` ``Σ_i w_i ℓ_i / Σ_i w_i`` (:func:`weighted_average`).
 
   Args:
     per_example_loss: ``[B]``.
     labels: ``int[B]``.
     expert_class: c, the class the expert is for (int or traced int scalar).
     gamma: γ ≥ 0.
+    normalisation: ``"mean"`` | ``"weight_sum"`` (official).
   """
   checks.check_shape("per_example_loss", per_example_loss, (None,), "[B]")
   b = np.shape(per_example_loss)[0]
   checks.check_shape("labels", labels, (b,), f"[B={b}]")
-  return jnp.mean(class_weights_for(labels, expert_class, gamma) * per_example_loss)
+  return weighted_average(per_example_loss, class_weights_for(labels, expert_class, gamma),
+                          normalisation)
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,7 +208,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
                train_apply_fn: Optional[TrainApplyFn] = None,
                rng: Optional[jax.Array] = None, strategy: str = "vmap", chunk: int = 0,
                axis_name: Optional[str] = None,
-               microbatches: int = 1, group_of=None) -> tuple[ExpertsState, jax.Array]:
+               microbatches: int = 1, group_of=None,
+               normalisation: str = "mean") -> tuple[ExpertsState, jax.Array]:
   """One optimizer step of all C experts at once on the same holdout batch.
 
   Expert ``c`` minimises :func:`class_weighted_loss` with ``expert_class = c``; the C
@@ -228,7 +262,7 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
       else:
         logits, new_model_state = train_apply_fn(p, model_state, xb, key)
       return class_weighted_loss(cross_entropy(logits, yb), _weight_labels(yb, group_of),
-                                 expert_class, gamma), new_model_state
+                                 expert_class, gamma, normalisation), new_model_state
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if m == 1:
       (loss, model_state), grads = grad_fn(params, model_state, x, y, key)
@@ -374,23 +408,29 @@ def _weight_labels(labels: jax.Array, group_of) -> jax.Array:
   return labels if group_of is None else jnp.asarray(group_of, jnp.int32)[labels]
 
 
-def multihead_loss(logits: jax.Array, labels: jax.Array, gamma, group_of=None) -> jax.Array:
+def multihead_loss(logits: jax.Array, labels: jax.Array, gamma, group_of=None,
+                   normalisation: str = "mean") -> jax.Array:
   """Training loss of a :class:`MultiHead`: mean over heads of head c's eq. 8 loss.
 
-  Head ``c`` gets ``mean_i (1 + γ · 1[y_i = c]) · ℓ_{i,c}``; each head's gradient reaches
+  Head ``c`` gets ``mean_i (1 + γ · 1[y_i = c]) · ℓ_{i,c}`` (``"weight_sum"``:
+  ``Σ_i w_ic ℓ_ic / Σ_i w_ic``, :func:`weighted_average`); each head's gradient reaches
   only its own weights and the shared trunk.
 
   Args:
     logits: ``[B, C, K]``; labels: ``int[B]``; gamma: γ ≥ 0.
     group_of: ``None``, or int [K] class → group: head ``g`` (C = G heads) up-weights the
       classes of group g.
+    normalisation: ``"mean"`` | ``"weight_sum"``.
 
   Returns:
     scalar.
   """
   losses = multihead_expert_losses(logits, labels)                  # [B, C]
-  return jnp.mean(class_weight_matrix(_weight_labels(labels, group_of), losses.shape[1],
-                                      gamma) * losses)
+  weights = class_weight_matrix(_weight_labels(labels, group_of), losses.shape[1],
+                                gamma)                              # [B, C]
+  if normalisation == "mean":      # one mean over [B, C] (= mean over heads of head means)
+    return jnp.mean(weights * losses)
+  return jnp.mean(weighted_average(losses, weights, normalisation, axis=0))
 
 
 def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, params: Any,
@@ -398,9 +438,10 @@ def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, pa
                          model_state: Any = None,
                          train_apply_fn: Optional[TrainApplyFn] = None,
                          rng: Optional[jax.Array] = None,
-                         axis_name: Optional[str] = None, group_of=None):
+                         axis_name: Optional[str] = None, group_of=None,
+                         normalisation: str = "mean"):
   """One optimizer step of a :class:`MultiHead` on :func:`multihead_loss` (``group_of``
-  as there).
+  and ``normalisation`` as there).
 
   ``apply_fn(params, x) -> [B, C, K]``. Returns ``(params, opt_state, loss)``; with
   ``train_apply_fn`` (``(params, model_state, x, rng) -> (logits, new_model_state)``,
@@ -411,9 +452,9 @@ def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, pa
 
   def loss_fn(p):
     if train_apply_fn is None:
-      return multihead_loss(apply_fn(p, x), y, gamma, group_of), model_state
+      return multihead_loss(apply_fn(p, x), y, gamma, group_of, normalisation), model_state
     logits, new_model_state = train_apply_fn(p, model_state, x, rng)
-    return multihead_loss(logits, y, gamma, group_of), new_model_state
+    return multihead_loss(logits, y, gamma, group_of, normalisation), new_model_state
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   if axis_name is not None:
@@ -429,7 +470,8 @@ def update_on_selected(apply_fn: ApplyFn, tx: optax.GradientTransformation,
                        state: ExpertsState, x: jax.Array, y: jax.Array, gamma, *,
                        train_apply_fn: Optional[TrainApplyFn] = None,
                        rng: Optional[jax.Array] = None, axis_name: Optional[str] = None,
-                       stacked: bool = True, group_of=None) -> ExpertsState:
+                       stacked: bool = True, group_of=None,
+                       normalisation: str = "mean") -> ExpertsState:
   """One step of the reference models on the points just selected (online update).
 
   The official REDUCR code's ``update_irreducible``: the amortised experts keep learning
@@ -440,7 +482,7 @@ def update_on_selected(apply_fn: ApplyFn, tx: optax.GradientTransformation,
   :func:`multihead_train_step`.
 
   Args:
-    apply_fn, tx, gamma, train_apply_fn, rng: as :func:`train_step`.
+    apply_fn, tx, gamma, train_apply_fn, rng, normalisation: as :func:`train_step`.
     state: :class:`ExpertsState` (``model_state`` ``{}``/``None`` for stateless models).
     x: ``[k, ...]`` selected inputs (this device's share under ``pmap``); y: ``int[k]``.
     axis_name: average gradients over this ``pmap`` axis.
@@ -450,9 +492,11 @@ def update_on_selected(apply_fn: ApplyFn, tx: optax.GradientTransformation,
   """
   if stacked:
     return train_step(apply_fn, tx, state, x, y, gamma, train_apply_fn=train_apply_fn,
-                      rng=rng, axis_name=axis_name, group_of=group_of)[0]
+                      rng=rng, axis_name=axis_name, group_of=group_of,
+                      normalisation=normalisation)[0]
   out = multihead_train_step(apply_fn, tx, state.params, state.opt_state, x, y, gamma,
                              model_state=state.model_state, train_apply_fn=train_apply_fn,
-                             rng=rng, axis_name=axis_name, group_of=group_of)
+                             rng=rng, axis_name=axis_name, group_of=group_of,
+                             normalisation=normalisation)
   model_state = out[3] if train_apply_fn is not None else state.model_state
   return ExpertsState(out[0], out[1], model_state)

@@ -60,8 +60,17 @@ def reducible_losses(model_loss: jax.Array, expert_losses: jax.Array, *,
     use_expert: keep the expert term; ``False`` gives ``R = model_loss`` for every class
       (the "no class-irreducible loss" ablation).
     use_model_loss: keep the model-loss term; ``False`` gives ``R = −expert_loss`` (the
-      "no model loss" ablation). It is never positive, so clipping would zero every score:
-      this ablation requires ``clip=False``.
+      "no model loss" ablation). It is never positive, so with ``clip=True`` every ``R``
+      is exactly ``0`` — the official code's behaviour (``robust_reducible_loss_selection``
+      with ``model_loss=False``, ``clipped=True``, ``src/curricula/selection_methods.py``):
+      all scores tie and :func:`top_k` takes the first k points of the large batch (lowest
+      indices). The official ``torch.argsort(descending=True)`` is not stable: on ties it
+      returns a fixed, implementation-defined set of positions (torch 2.13 CPU, B = 320:
+      210, 219, 218, …; CUDA differs again). The large batch is a uniform random draw, so
+      any fixed set of k positions — ours or torch's — is a uniform random subset of it:
+      the same selection in distribution, not index for index. Exact ``+0.0`` here (not
+      ``max(−0.0, 0)``) so an expert loss of exactly 0 cannot reorder the tie. ``clip=False`` keeps the
+      signal: ``R = −expert_loss`` (the points the experts find easiest).
 
   Returns:
     ``[B, C]`` float array.
@@ -73,8 +82,7 @@ def reducible_losses(model_loss: jax.Array, expert_losses: jax.Array, *,
   if not (use_expert or use_model_loss):
     raise ValueError("use_expert and use_model_loss cannot both be False: the score would be 0")
   if clip and not use_model_loss:
-    raise ValueError("clip must be False when use_model_loss=False: R = -expert_loss <= 0 "
-                     "is clipped to 0 for every point")
+    return jnp.zeros(jnp.shape(expert_losses), jnp.result_type(expert_losses, jnp.float32))
   if use_model_loss and use_expert:
     r = model_loss[:, None] - expert_losses
   elif use_model_loss:

@@ -4,8 +4,8 @@ Stages:
   1. reference models on the holdout split (:mod:`reducr_jax.train_experts`, cached);
   2. target-model training with online batch selection, one ``pmap``-ed step per large
      batch (:func:`make_train_step`);
-  3. evaluation of the kept model (best worst-class validation accuracy, REDUCR App. A.6)
-     on the validation and test splits → ``<workdir>/results.json``.
+  3. evaluation of the kept model (``config.model_selection``, e.g. the best worst-class
+     validation accuracy, REDUCR App. A.6) on the val and test splits → ``results.json``.
 
 Data parallelism and global selection. The large batch of B points is split across the
 ``n`` local devices (B/n each). Every device computes the model loss (and reference losses)
@@ -309,7 +309,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   # Stage 2: online batch selection.
   cfg = StepConfig.from_config(config, c, n, refs.reference,
                                np.bincount(splits.train.y, minlength=c), refs.update)
-  tx = make_optimizer(config.optimizer)
+  tx = optimizers.from_config(config)
   state = init_state(rng_streams.key(config.seed, "target_init"),
                      lambda r: models.load_pretrained(config.model, *jax.jit(fns.init)(r)),
                      tx, cfg, rng_streams.key(config.seed, "selection"), refs.state)
@@ -348,7 +348,8 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   preempt.defer()                   # signals now stop the loop at a step boundary
   for step, batch in zip(range(start, config.num_steps), batches):
     if refresh_holdout and step % holdout_every == 0:
-      _, loss_sums = evaluation.evaluate(p_eval, p_variables(p_state), splits.holdout, eval_bs, n)
+      _, loss_sums = evaluation.evaluate(p_eval, p_variables(p_state),
+                                         data.class_holdout_split(config, splits), eval_bs, n)
       h = mwu.class_holdout_loss(metrics.group_sums(metrics.ClassSums(*loss_sums), group_of))
       p_state = p_state._replace(holdout_loss=sharding.replicate(
           jnp.asarray(h, jnp.float32), devices))
@@ -365,7 +366,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       params = p_variables(p_state)
       val = evaluation.evaluate_summary(p_eval, params, splits.val, eval_bs, n, group_of)
       test = evaluation.evaluate_summary(p_eval, params, splits.test, eval_bs, n, group_of)
-      best = evaluation.keep_best(best, val, params, done)
+      best = evaluation.keep_best(best, val, params, done, selectors.model_selection(config))
       writer.write(done, {**{f"val/{k}": v for k, v in val.items()},
                           **{f"test/{k}": v for k, v in test.items()}})
       rate = (done - last_step) / max(time.time() - t_last, 1e-9)
@@ -397,6 +398,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       "reweight": config.reweight,
       "pruning": pruning_info,
       "best_step": int(best["step"]),
+      "model_selection": selectors.model_selection(config),
       "num_steps": int(config.num_steps),
       "eta": eta,                           # MWU step size used (``"auto"`` resolved)
       "val": val,

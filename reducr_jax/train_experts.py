@@ -3,8 +3,13 @@
 REDUCR needs C class-irreducible experts (eq. 8, γ-weighted); RHO-LOSS needs one
 irreducible-loss model trained on all the holdout data, which is the same procedure with
 one expert and γ = 0. Both train with AdamW on holdout batches and keep, per expert, the
-parameters with the best validation loss (each expert's own γ-weighted loss on the val
-split), as the official implementation checkpoints by validation loss.
+parameters with the best γ-weighted loss (each expert's own) on ``config.experts.select_on``:
+``"val"`` (the val split; for CIFAR / CINIC-10 / MNLI / QQP the val split *is* the holdout
+the experts train on) or ``"train_pool"`` (the train split, data the experts never train on:
+the official ``src/train_irreducible.py`` fits on ``datamodule.val_dataloader()`` with
+``val_dataloaders=datamodule.train_dataloader()`` and ``callbacks: val_loss.yaml``, i.e.
+the checkpoint of minimal ``val_loss_epoch`` measured on the train pool). The batch loss
+is averaged as ``config.experts.loss_normalisation`` says (:func:`experts.weighted_average`).
 
 Stage 1 is data parallel like the train step: one ``pmap`` over every device of every
 process (each process feeds its own rows of every holdout batch, gradients are averaged
@@ -43,6 +48,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from reducr_jax import caches
+from reducr_jax import configuration
 from reducr_jax import data
 from reducr_jax import device_memory
 from reducr_jax import experts
@@ -81,8 +87,11 @@ STAGE2_FIELDS = ("update_on_selected", "update_lr_factor")
 
 
 def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
+  legacy = {k.split(".", 1)[1]: v for k, v in configuration.ADDED_FIELDS.items()
+            if k.startswith("experts.")}    # at these values, as before the fields existed
   expert_config = {k: v for k, v in config.experts.to_dict().items()
-                   if k not in EXECUTION_FIELDS + STAGE2_FIELDS}
+                   if k not in EXECUTION_FIELDS + STAGE2_FIELDS
+                   and not (k in legacy and v == legacy[k])}
   blob = json.dumps({"format": 2, "kind": kind, "seed": config.seed, "dataset": config.dataset.to_dict(),
                      "model": config.model.to_dict(), "experts": expert_config,
                      "eval_batch_size": config.eval_batch_size},
@@ -154,6 +163,35 @@ def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma,
     y = jnp.asarray(group_of, jnp.int32)[y]
   w = experts.class_weight_matrix(y, table.shape[1], gamma)
   return jnp.sum(w * table * mask[:, None], axis=0)
+
+
+def _weight_sums(y: jax.Array, mask: jax.Array, num: int, gamma,
+                 group_of=None) -> jax.Array:
+  """``Σ_i mask_i (1 + γ·1[y_i = e])`` per column e → ``[num]`` (``"weight_sum"``; with
+  ``group_of`` ``y_i`` is replaced by its group)."""
+  if group_of is not None:
+    y = jnp.asarray(group_of, jnp.int32)[y]
+  return jnp.sum(experts.class_weight_matrix(y, num, gamma) * mask[:, None], axis=0)
+
+
+def selection_split(config: ml_collections.ConfigDict, splits: data.Splits) -> data.Split:
+  """The split whose γ-weighted loss picks each expert's checkpoint
+  (``config.experts.select_on``: ``"val"`` → ``splits.val``, ``"train_pool"`` →
+  ``splits.train``, the official choice)."""
+  return splits.train if config.experts.get("select_on", "val") == "train_pool" else splits.val
+
+
+def checkpoint_criterion(loss_sums: np.ndarray, weight_sums: np.ndarray, count: int,
+                         normalisation: str) -> np.ndarray:
+  """Each expert's selection loss from its sums over a split → ``[num]``.
+
+  ``"mean"``: ``Σ w ℓ / N``; ``"weight_sum"``: ``Σ w ℓ / Σ w``. For one expert on one
+  split both denominators are constants, so they keep the same checkpoint; only the
+  logged and cached values differ.
+  """
+  if normalisation == "weight_sum":
+    return loss_sums / weight_sums
+  return loss_sums / count
 
 
 def strategy_candidates(num: int, strategy: str, chunk: int, batch: int = 1,
@@ -255,7 +293,8 @@ def stage_devices(config: ml_collections.ConfigDict, batch_size: int) -> list:
 
 def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: int,
            gamma: float):
-  """Trains the reference models, keeping the variables with the best val loss.
+  """Trains the reference models, keeping the variables with the best γ-weighted loss on
+  :func:`selection_split` (``config.experts.select_on``).
 
   Data parallel over every device of every process (see the module docstring). Stacked
   experts keep their best variables expert by expert; a multi-head model keeps the whole
@@ -265,6 +304,8 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   experts, host arrays) and the best val losses ``[num]``.
   """
   ex = config.experts
+  norm = ex.get("loss_normalisation", "mean")
+  select_split = selection_split(config, splits)
   tx = optax.adamw(ex.learning_rate, weight_decay=ex.weight_decay)
   rng = rng_streams.key(config.seed, "expert_init")
   augment_key = rng_streams.key(config.seed, "expert_augment")
@@ -288,22 +329,28 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
       p, o, loss, ms = experts.multihead_train_step(
           fns.apply, tx, state.params, state.opt_state, x, y, gamma,
           model_state=state.model_state, train_apply_fn=fns.apply_train, rng=dropout,
-          axis_name=sharding.AXIS, group_of=group_of)
+          axis_name=sharding.AXIS, group_of=group_of, normalisation=norm)
       return experts.ExpertsState(p, o, ms), loss[None]
     return experts.train_step(fns.apply, tx, state, x, y, gamma,
                               train_apply_fn=fns.apply_train, rng=dropout,
                               strategy=strategy, chunk=chunk, axis_name=sharding.AXIS,
-                              microbatches=microbatches, group_of=group_of)
+                              microbatches=microbatches, group_of=group_of,
+                              normalisation=norm)
 
   def val_sums(variables, x, y, mask, strategy, chunk):
-    """Σ over all devices' rows of each model's eq. 8 val loss → ``[num]``."""
+    """Σ over all devices' rows of each model's eq. 8 loss on the selection split →
+    ``[num]``, and (``"weight_sum"``) the weight sums ``[num]`` (per head for multihead)."""
     if kind == "multihead":
       table = experts.multihead_expert_losses(fns.apply(variables, x), y)
-      sums = jnp.mean(_weighted_loss_sums(table, y, mask, gamma, group_of), keepdims=True)
+      sums = _weighted_loss_sums(table, y, mask, gamma, group_of)     # [C] heads
+      if norm == "mean":
+        sums = jnp.mean(sums, keepdims=True)
+      wsums = _weight_sums(y, mask, table.shape[1], gamma, group_of)
     else:
       table = experts.expert_losses(fns.apply, variables, x, y, strategy, chunk)  # [b, num]
       sums = _weighted_loss_sums(table, y, mask, gamma, group_of)
-    return jax.lax.psum(sums, sharding.AXIS)
+      wsums = _weight_sums(y, mask, table.shape[1], gamma, group_of)
+    return jax.lax.psum((sums, wsums), sharding.AXIS)
 
   def pmapped(fn, donate=()):
     return lambda strategy, chunk, **kw: jax.pmap(
@@ -361,17 +408,21 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
     reporter.update(step)
     if step % ex.eval_every == 0 or step == ex.num_steps:
       current = variables_of(state)
-      val = sum(np.asarray(p_val(current, *put(sharding.shard(b, n_local)))[0], np.float64)
-                for b in data.iterate_batches(splits.val, eval_global, procs, proc))
-      val = val / len(splits.val)
+      sums = [jax.tree.map(lambda a: np.asarray(a[0], np.float64),
+                           p_val(current, *put(sharding.shard(b, n_local))))
+              for b in data.iterate_batches(select_split, eval_global, procs, proc)]
+      val = checkpoint_criterion(sum(s[0] for s in sums), sum(s[1] for s in sums),
+                                 len(select_split), norm)
+      if kind == "multihead" and norm != "mean":   # mean over heads of each head's loss
+        val = np.mean(val, keepdims=True)
       current = sharding.first_replica(current)
       better = np.ones_like(val, bool) if best_val is None else val < best_val
       best_val = val if best_val is None else np.where(better, val, best_val)
       best = current if best is None else jax.tree.map(
           lambda new, old: _keep_best(better, new, old, kind), current, best)
-      logging.info("%s step %d: train loss %s, val loss %s", kind, step,
+      logging.info("%s step %d: train loss %s, %s loss %s", kind, step,
                    np.round(np.asarray(train_losses[0]), 4).tolist(),
-                   np.round(val, 4).tolist())
+                   ex.get("select_on", "val"), np.round(val, 4).tolist())
   return best, np.asarray(best_val, np.float32)
 
 
@@ -488,7 +539,8 @@ def online_update(config: ml_collections.ConfigDict, refs: ReferenceModels,
                                        train_apply_fn=fns.apply_train, rng=rng,
                                        axis_name=axis_name, stacked=stacked,
                                        group_of=groups_lib.from_config(
-                                           config.dataset, splits.num_classes))
+                                           config.dataset, splits.num_classes),
+                                       normalisation=ex.loss_normalisation)
     return experts.ExpertsState(models.variables(inner.params, inner.model_state),
                                 inner.opt_state, None)
   return state, update

@@ -223,10 +223,17 @@ def flatten(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, 
   return out
 
 
+def _with_added_fields(config) -> dict[str, Any]:
+  """:func:`flatten`, fields of ``configuration.ADDED_FIELDS`` filled in where absent."""
+  return {**configuration.ADDED_FIELDS, **flatten(config)}
+
+
 def changed_fields(recorded: Mapping[str, Any], current: Mapping[str, Any],
                    resumable=RESUMABLE_FIELDS) -> list[str]:
-  """Sorted dotted names whose values differ (or exist in one only), except ``resumable``."""
-  a, b = flatten(recorded), flatten(current)
+  """Sorted dotted names whose values differ (or exist in one only), except ``resumable``.
+  A field of :data:`reducr_jax.configuration.ADDED_FIELDS` absent on one side counts as
+  holding its listed value (what runs recorded before it existed did)."""
+  a, b = _with_added_fields(recorded), _with_added_fields(current)
   return sorted(k for k in set(a) | set(b)
                 if k not in resumable and (k not in a or k not in b or a[k] != b[k]))
 
@@ -252,7 +259,7 @@ def check_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> 
     if recorded is not None:
       changed = changed_fields(recorded, current)
       if changed:
-        a, b = flatten(recorded), flatten(current)
+        a, b = _with_added_fields(recorded), _with_added_fields(current)
         shown = ", ".join(f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})"
                           for k in changed[:8])
         more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""

@@ -128,6 +128,25 @@ def test_size_field_below_one_is_one_line(field, value):
     ({"selection.holdout_every": 0}, "config.selection.holdout_every must be -1"),
     ({"prefetch": -1}, "config.prefetch must be in"),
     ({"experts.gamma": -1.0}, "config.experts.gamma must be in"),
+    ({"experts.select_on": "holdout"},
+     "config.experts.select_on must be one of ['val', 'train_pool'], got 'holdout'"),
+    ({"experts.loss_normalisation": "sum"},
+     "config.experts.loss_normalisation must be one of ['mean', 'weight_sum'], got 'sum'"),
+    ({"model_selection": "best"},
+     "config.model_selection must be one of ['worst_class', 'average', 'final', 'auto']"),
+    ({"optimizer.schedule": "step"}, "config.optimizer.schedule must be one of ['constant', "
+                                     "'cosine', 'warmup_cosine', 'linear'], got 'step'"),
+    ({"optimizer.warmup_steps": -1}, "config.optimizer.warmup_steps must be in [0, inf]"),
+    ({"optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": 1500},
+     "config.optimizer.warmup_steps (1500) must be < config.num_steps (1500)"),
+    ({"optimizer.learning_rate_by_method": {"rho": 1e-5}},
+     "config.optimizer.learning_rate_by_method key must be one of"),
+    ({"optimizer.learning_rate_by_method": {"rho_loss": 0.0}},
+     "config.optimizer.learning_rate_by_method.rho_loss must be in (0, inf]"),
+    ({"selection.k_rounding": "ceil"},
+     "config.selection.k_rounding must be one of ['round', 'floor'], got 'ceil'"),
+    ({"selection.holdout_source": "train"},
+     "config.selection.holdout_source must be one of ['holdout', 'val'], got 'train'"),
 ])
 def test_impossible_value_is_one_line(overrides, message):
   with pytest.raises(configuration.ConfigError) as e:

@@ -62,10 +62,14 @@ def test_ablate_and_imbalance(tmp_path):
   assert out.returncode == 0, out.stderr
   table = json.loads((tmp_path / "ablate/ablation.json").read_text())
   assert list(table) == ["REDUCR", "no clip", "no class-holdout term", "no expert term",
-                         "no model-loss term"]
-  r = _results(tmp_path / "ablate", "no_model_loss_term/seed0")
+                         "no model-loss term (clipped, official)",
+                         "no model-loss term (unclipped)"]
+  r = _results(tmp_path / "ablate", "no_model_loss_term_unclipped/seed0")
   assert r["config"]["selection"]["use_model_loss"] is False and not r["config"]["selection"]["clip"]
-  assert table["no model-loss term"]["accuracy"]["values"] == [pytest.approx(100 * r["test"]["accuracy"])]
+  assert table["no model-loss term (unclipped)"]["accuracy"]["values"] == [
+      pytest.approx(100 * r["test"]["accuracy"])]
+  r = _results(tmp_path / "ablate", "no_model_loss_term_clipped_official/seed0")
+  assert r["config"]["selection"]["use_model_loss"] is False and r["config"]["selection"]["clip"]
   assert (tmp_path / "ablate/figures/class_weights_no_class_holdout_term.png").exists()
 
   out = _run("imbalance", tmp_path / "imb", "--seeds=1", "--workers=2",

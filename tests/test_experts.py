@@ -20,6 +20,44 @@ def test_class_weighted_loss_by_hand():
   assert float(experts.class_weighted_loss(loss, labels, 0, 0.0)) == pytest.approx(2.0)
 
 
+def test_weight_sum_normalisation_by_hand():
+  """Official nn.CrossEntropyLoss(weight=…): Σ w·ℓ / Σ w."""
+  loss = jnp.array([1.0, 2.0, 3.0])
+  labels = jnp.array([0, 1, 1])
+  # class 1, γ = 9: weights [1, 10, 10] → (1 + 20 + 30) / 21
+  assert float(experts.class_weighted_loss(loss, labels, 1, 9.0, "weight_sum")) == \
+      pytest.approx(51 / 21)
+  # class 0: weights [10, 1, 1] → (10 + 2 + 3) / 12
+  assert float(experts.class_weighted_loss(loss, labels, 0, 9.0, "weight_sum")) == \
+      pytest.approx(15 / 12)
+  # γ = 0: both normalisations are the plain mean.
+  assert float(experts.class_weighted_loss(loss, labels, 0, 0.0, "weight_sum")) == \
+      pytest.approx(2.0)
+  # Per column over axis 0: [[1, 2], [3, 4]] with weights [[1, 3], [1, 1]].
+  np.testing.assert_allclose(experts.weighted_average(
+      jnp.array([[1.0, 2.0], [3.0, 4.0]]), jnp.array([[1.0, 3.0], [1.0, 1.0]]),
+      "weight_sum", axis=0), [4 / 2, 10 / 4])
+  with pytest.raises(ValueError, match="normalisation must be one of"):
+    experts.weighted_average(loss, loss, "sum")
+
+
+def test_multihead_loss_weight_sum_by_hand():
+  # Two examples, two heads, two classes; every logit 0 (ℓ = log 2) except example 0 under
+  # head 0, which gives its label p = 3/4.
+  logits = jnp.stack([jnp.array([[0.0, 0.0], [0.0, 0.0]]),        # example 0 (y = 0)
+                      jnp.array([[0.0, 0.0], [0.0, 0.0]])])       # example 1 (y = 1)
+  logits = logits.at[0, 0].set(jnp.array([jnp.log(3.0), 0.0]))   # ex 0, head 0: p(0) = 3/4
+  y = jnp.array([0, 1])
+  l00, l = -np.log(0.75), np.log(2.0)        # ℓ[ex 0, head 0]; every other ℓ = log 2
+  # γ = 9, head 0 weights [10, 1], head 1 weights [1, 10].
+  head0 = (10 * l00 + l) / 11
+  head1 = (l + 10 * l) / 11
+  assert float(experts.multihead_loss(logits, y, 9.0, "weight_sum")) == pytest.approx(
+      (head0 + head1) / 2, rel=1e-6)
+  assert float(experts.multihead_loss(logits, y, 9.0)) == pytest.approx(
+      (10 * l00 + l + l + 10 * l) / 4, rel=1e-6)
+
+
 def toy_problem(n=600, seed=0):
   """Three overlapping 2-D Gaussian classes: no model is right everywhere, so an expert
   up-weighting its class trades the other classes' loss for its own."""

@@ -36,11 +36,30 @@ def test_ablations():
   np.testing.assert_allclose(r, np.tile(np.asarray(MODEL_LOSS)[:, None], (1, 2)))
   r = selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_model_loss=False, clip=False)
   np.testing.assert_allclose(r, -np.asarray(EXPERT_LOSSES))
-  with pytest.raises(ValueError, match="clip"):
-    selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_model_loss=False)
+  # Clipped (official): max(-expert, 0) = 0 everywhere, exact +0.0.
+  r = selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_model_loss=False)
+  np.testing.assert_array_equal(r, np.zeros((4, 2)))
+  assert not np.any(np.signbit(np.asarray(r)))
   with pytest.raises(ValueError, match="use_expert"):
     selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_expert=False,
                                use_model_loss=False, clip=False)
+
+
+def test_no_model_loss_clipped_takes_the_first_k_points():
+  """Official ablation (model_loss=False, clipped=True): all scores 0, top-k = indices
+  0..k-1 (torch's unstable argsort takes another fixed set of positions: equal in
+  distribution on a random batch). An expert loss of exactly 0 (−0.0 after negation) must
+  not change that."""
+  expert = EXPERT_LOSSES.at[3, 0].set(0.0)
+  r = selection.reducible_losses(MODEL_LOSS, expert, use_model_loss=False)
+  scores = selection.weighted_scores(r, jnp.array([0.3, 0.7]))
+  np.testing.assert_array_equal(selection.top_k(scores, 2), [0, 1])
+  np.testing.assert_array_equal(selection.top_k(scores, 3), [0, 1, 2])
+  # Unclipped: R = -expert; w·R = [-1.7, -0.8, -2.8, -0.7] → top-2 = points 3, 1.
+  r = selection.reducible_losses(MODEL_LOSS, expert, use_model_loss=False, clip=False)
+  scores = selection.weighted_scores(r, jnp.array([0.3, 0.7]))
+  np.testing.assert_allclose(scores, [-1.7, -0.8, -2.8, -0.7], atol=1e-6)
+  np.testing.assert_array_equal(selection.top_k(scores, 2), [3, 1])
 
 
 def test_rho_loss_scores():

@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 
 from reducr_jax import configuration
@@ -125,3 +126,65 @@ def test_sharded_table_equals_single_process(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "multi" / f"leaf{pid}.npy"),
                                np.load(tmp_path / "single" / "leaf0.npy"), rtol=2e-4,
                                atol=2e-5)
+
+
+def _flat_splits(n_train=11, n_val=7, classes=3):
+  """Flat float features; train and val of different sizes so the criterion can tell them."""
+  rng = np.random.default_rng(0)
+
+  def split(m):
+    y = (np.arange(m) % classes).astype(np.int32)
+    return data.Split(rng.normal(size=(m, 4)).astype(np.float32), y, y, np.arange(m))
+  return data.Splits(split(n_train), split(16), split(n_val), split(5), classes,
+                     [str(c) for c in range(classes)])
+
+
+def test_expert_checkpoint_criterion_by_hand():
+  # Σwℓ = [6, 9] over N = 4 points whose weights sum to [3, 12].
+  sums, wsums = np.array([6.0, 9.0]), np.array([3.0, 12.0])
+  np.testing.assert_allclose(train_experts.checkpoint_criterion(sums, wsums, 4, "mean"),
+                             [1.5, 2.25])
+  np.testing.assert_allclose(train_experts.checkpoint_criterion(sums, wsums, 4, "weight_sum"),
+                             [2.0, 0.75])
+
+
+@pytest.mark.parametrize("select_on, expected", [("val", 1.0), ("train_pool", 0.5)])
+def test_expert_checkpoint_follows_the_chosen_split(monkeypatch, select_on, expected):
+  """Scripted criteria per split (val: 3, 1, 2; train pool: 0.5, 2, 3 at the three
+  evaluations): the kept loss is the chosen split's minimum, and only that split is read."""
+  script = {7: [3.0, 1.0, 2.0], 11: [0.5, 2.0, 3.0]}       # by split length
+  seen = []
+
+  def scripted(loss_sums, weight_sums, count, normalisation):
+    seen.append(count)
+    return np.array([script[count][len(seen) - 1]] * len(loss_sums))
+
+  monkeypatch.setattr(train_experts, "checkpoint_criterion", scripted)
+  config = configuration.load_config(os.path.join(REPO, "configs", "default.py"))
+  config = configuration.with_overrides(config, {
+      "model.hidden": (4,), "experts.num_steps": 3, "experts.eval_every": 1,
+      "experts.batch_size": 8, "eval_batch_size": 8, "num_devices": 1,
+      "experts.strategy": "vmap", "experts.select_on": select_on})
+  splits = _flat_splits()
+  fns, _, num, gamma = train_experts._build(config, splits, "experts")
+  _, best_val = train_experts._train(config, splits, "experts", fns, num, gamma)
+  np.testing.assert_allclose(best_val, [expected] * 3)
+  assert seen == [7 if select_on == "val" else 11] * 3
+
+
+@pytest.mark.parametrize("kind", ["experts", "multihead"])
+def test_train_pool_and_weight_sum_run_for_every_kind(kind):
+  """The official pair (train-pool checkpoints, Σwℓ/Σw) through the real criterion: one
+  finite loss per stacked expert, one for the multi-head model (mean over its heads)."""
+  config = configuration.load_config(os.path.join(REPO, "configs", "default.py"))
+  config = configuration.with_overrides(config, {
+      "model.hidden": (4,), "experts.num_steps": 2, "experts.eval_every": 1,
+      "experts.batch_size": 8, "eval_batch_size": 8, "num_devices": 1,
+      "experts.strategy": "vmap", "experts.select_on": "train_pool",
+      "experts.loss_normalisation": "weight_sum",
+      "experts.losses": "multihead" if kind == "multihead" else "precomputed"})
+  splits = _flat_splits()
+  fns, _, num, gamma = train_experts._build(config, splits, kind)
+  _, best_val = train_experts._train(config, splits, kind, fns, num, gamma)
+  assert best_val.shape == ((3,) if kind == "experts" else (1,))
+  assert np.all(np.isfinite(best_val)) and np.all(best_val > 0)

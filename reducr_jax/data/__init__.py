@@ -19,7 +19,7 @@ from reducr_jax.data.splits import Split
 from reducr_jax.data.splits import SPLIT_NAMES
 from reducr_jax.data.splits import Splits
 from reducr_jax.data.splits import validate_dataset_config
-from reducr_jax.data.streams import train_batch
+from reducr_jax.data.streams import class_holdout_split, train_batch
 
 __all__ = [
     "CLASS_NAMES",
@@ -30,6 +30,7 @@ __all__ = [
     "Split",
     "Splits",
     "batch_indices",
+    "class_holdout_split",
     "class_names",
     "epoch_of",
     "imbalance_class",

@@ -78,11 +78,20 @@ def train_batch(config: ml_collections.ConfigDict, splits: Splits,
     batch["corrupted"] = splits.train.y[idx] != splits.train.y_clean[idx]
   if table is not None:
     batch["ref_losses"] = table[idx]
-  if holdout:
-    hidx = rows(pick(splits.holdout, "holdout", "holdout_order", config.batch_size))
-    batch["holdout_x"], batch["holdout_y"] = splits.holdout.x[hidx], splits.holdout.y[hidx]
+  if holdout:     # the EMA class-holdout loss reads config.selection.holdout_source's split
+    h_split = class_holdout_split(config, splits)
+    hidx = rows(pick(h_split, config.selection.holdout_source, "holdout_order",
+                     config.batch_size))
+    batch["holdout_x"], batch["holdout_y"] = h_split.x[hidx], h_split.y[hidx]
   if validation:
     vidx = rows(pick(splits.holdout, "holdout", "validation_order",
                      config.meta.val_batch_size))
     batch["meta_x"], batch["meta_y"] = splits.holdout.x[vidx], splits.holdout.y[vidx]
   return batch
+
+
+def class_holdout_split(config, splits: Splits) -> Split:
+  """The split the class-holdout loss h is measured on (``config.selection.holdout_source``):
+  ``"holdout"`` (the split the experts train on) or ``"val"`` (the validation split; the
+  official Clothing1M main robust run, ``clean_val_mode: 'val'``: the clean val set only)."""
+  return splits.val if config.selection.get("holdout_source", "holdout") == "val" else splits.holdout

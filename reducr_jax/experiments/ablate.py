@@ -3,8 +3,12 @@
   python -m reducr_jax.experiments.ablate --config=configs/default.py --workdir=DIR --seeds=5
 
 Variants: REDUCR; no clipping of the excess loss; no class-holdout term in the MWU
-objective; no class-irreducible (expert) term (R = model loss); no model-loss term
-(R = −expert loss, unclipped). Writes ``DIR/ablation.{md,json}`` and ``DIR/figures/``.
+objective; no class-irreducible (expert) term (R = model loss); no model-loss term, both
+ways: clipped as the official code runs it (``model_loss=False`` with the default
+``clipped=True``: R = max(−expert loss, 0) = 0, every score ties and the first k points of
+each large batch are taken — a uniform random subset, as torch's fixed tie order gives —
+while the class weights still move through −k·h) and unclipped
+(R = −expert loss). Writes ``DIR/ablation.{md,json}`` and ``DIR/figures/``.
 """
 
 from __future__ import annotations
@@ -23,14 +27,24 @@ VARIANTS = {
     "no clip": {"selection.clip": False},
     "no class-holdout term": {"selection.use_holdout": False},
     "no expert term": {"selection.use_expert": False},
-    "no model-loss term": {"selection.use_model_loss": False, "selection.clip": False},
+    "no model-loss term (clipped, official)": {"selection.use_model_loss": False},
+    "no model-loss term (unclipped)": {"selection.use_model_loss": False,
+                                       "selection.clip": False},
 }
+
+
+def _slug(name: str) -> str:
+  """A directory name for a variant: ``no model-loss term (clipped, official)`` →
+  ``no_model_loss_term_clipped_official``."""
+  for old, new in ((" (", "_"), (", ", "_"), (")", ""), (" ", "_"), ("-", "_")):
+    name = name.replace(old, new)
+  return name
 
 
 def grid(config, seeds) -> dict[str, list[runner.Run]]:
   runs = {}
   for name, overrides in VARIANTS.items():
-    slug = name.replace(" ", "_").replace("-", "_")
+    slug = _slug(name)
     runs[name] = [runner.Run(f"{slug}/seed{s}", configuration.with_overrides(
         config, {"selection.method": "reducr", "seed": s, **overrides})) for s in seeds]
   return runs
@@ -52,7 +66,7 @@ def main(argv):
   figures.worst_class_curves(logs, sweeps.figure_path(workdir, "ablation_worst_class_val.png"),
                              "REDUCR ablations: worst-class validation accuracy")
   for variant in ("REDUCR", "no class-holdout term"):
-    slug = variant.replace(" ", "_").replace("-", "_")
+    slug = _slug(variant)
     figures.class_weights(logs[variant][0], names,
                           sweeps.figure_path(workdir, f"class_weights_{slug}.png"),
                           f"Class weights, {variant} (seed 0)")

@@ -30,13 +30,15 @@ from reducr_jax.selectors import reducr
 from reducr_jax.selectors import uniform_after
 from reducr_jax.selectors import weighted
 from reducr_jax.selectors.core import (CLASS_HOLDOUT_LOSS, EXPERT_LOSSES, IRREDUCIBLE_LOSS,
-                                       MODEL_LOGITS, MODEL_LOSS, NEEDS, SelectionInputs,
-                                       Selector, class_weights, get, names, reference_kind,
-                                       register, stateless, unregister)
+                                       MODEL_LOGITS, MODEL_LOSS, MODEL_SELECTION, NEEDS,
+                                       SelectionInputs, Selector, class_weights, get,
+                                       model_selection, names, reference_kind, register,
+                                       stateless, unregister)
 
 __all__ = ["CLASS_HOLDOUT_LOSS", "EXPERT_LOSSES", "IRREDUCIBLE_LOSS", "MODEL_LOGITS",
-           "MODEL_LOSS", "NEEDS", "SelectionInputs", "Selector", "class_weights", "get",
-           "names", "reference_kind", "register", "stateless", "unregister"]
+           "MODEL_LOSS", "MODEL_SELECTION", "NEEDS", "SelectionInputs", "Selector",
+           "class_weights", "get", "model_selection", "names", "reference_kind", "register",
+           "stateless", "unregister"]
 
 register("reducr", reducr.from_config)
 register("rho_loss", baselines.rho_loss_from_config)

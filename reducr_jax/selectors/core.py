@@ -121,6 +121,28 @@ def reference_kind(needs) -> Optional[str]:
   return None
 
 
+# The checkpoint each rule keeps under ``config.model_selection='auto'``, as the official
+# experiment yamls choose it: ``configs/config.yaml`` defaults to ``callbacks:
+# worst_val_acc`` (REDUCR, uniform, payoff, weighted), while the vision RHO-LOSS and
+# train-loss experiments (``configs/experiment/{cifar10,cinic10}_resnet18_main.yaml``,
+# ``*_train_loss.yaml``, ``clothing1m_main_rho.yaml``) override ``callbacks: default`` (best
+# average ``val_acc_epoch``). (The official NLP yamls leave that override commented out:
+# there every rule keeps the worst-class checkpoint; configs/mnli.py sets it explicitly.)
+# Rules not listed keep the worst-class checkpoint; user code may add its own entry.
+MODEL_SELECTION = {"reducr": "worst_class", "uniform": "worst_class",
+                   "rho_loss": "average", "train_loss": "average"}
+
+
+def model_selection(config: ml_collections.ConfigDict) -> str:
+  """``config.model_selection`` with ``"auto"`` resolved by the rule's name
+  (:data:`MODEL_SELECTION`, ``"worst_class"`` when absent): ``"worst_class"`` |
+  ``"average"`` | ``"final"``."""
+  rule = config.get("model_selection", "worst_class")
+  if rule != "auto":
+    return rule
+  return MODEL_SELECTION.get(config.selection.method, "worst_class")
+
+
 _RULES = registry.Registry("selector", "config.selection.method", NEEDS)
 #: ``register(name, factory)``: ``factory(config) -> Selector`` becomes
 #: ``config.selection.method=name``; a name registered twice is a one-line ``ValueError``.

@@ -37,7 +37,9 @@ def reducr(*, eta, clip: bool = True, use_holdout: bool = True, use_expert: bool
     eta: MWU step size η > 0.
     clip: clip the excess loss at 0; use_holdout: the ``− k·h`` term of α;
     use_expert: the expert term (``False``: R = model loss, no experts trained);
-    use_model_loss: the model-loss term (``False``: R = −expert loss, needs ``clip=False``).
+    use_model_loss: the model-loss term (``False``: R = −expert loss with ``clip=False``;
+      with ``clip=True`` R = 0, all scores tie and the first k points are taken, as the
+      official code does).
     soft_temperature: τ of :func:`reducr_jax.selection.soft_top_k` (0 = top-k).
   """
   needs = {core.MODEL_LOSS}
