@@ -254,15 +254,30 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
   if m < 1 or x.shape[0] % m:
     raise ValueError(f"microbatches must be >= 1 and divide the batch {x.shape[0]}, got {m}")
 
+  if normalisation not in NORMALISATIONS:
+    raise ValueError(f"normalisation must be one of {list(NORMALISATIONS)}, got "
+                     f"{normalisation!r}")
+
   def one(args):
     params, opt_state, model_state, expert_class, key = args
+    # "weight_sum": Σwℓ / Σw over the *whole* batch (all devices, all microbatches), as on
+    # one device: each slice's mean(wℓ) is scaled by B_local / pmean(Σ_local w), so the
+    # pmean over devices of the microbatch average is Σ_all wℓ / Σ_all w.
+    scale = 1.0
+    if normalisation == "weight_sum":
+      w_sum = jnp.sum(class_weights_for(_weight_labels(y, group_of), expert_class, gamma))
+      if axis_name is not None:
+        w_sum = jax.lax.pmean(w_sum, axis_name)
+      scale = y.shape[0] / w_sum
+
     def loss_fn(p, model_state, xb, yb, key):
       if train_apply_fn is None:
         logits, new_model_state = apply_fn(p, xb), model_state
       else:
         logits, new_model_state = train_apply_fn(p, model_state, xb, key)
-      return class_weighted_loss(cross_entropy(logits, yb), _weight_labels(yb, group_of),
-                                 expert_class, gamma, normalisation), new_model_state
+      loss = class_weighted_loss(cross_entropy(logits, yb), _weight_labels(yb, group_of),
+                                 expert_class, gamma)
+      return loss * scale, new_model_state
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if m == 1:
       (loss, model_state), grads = grad_fn(params, model_state, x, y, key)
@@ -409,7 +424,8 @@ def _weight_labels(labels: jax.Array, group_of) -> jax.Array:
 
 
 def multihead_loss(logits: jax.Array, labels: jax.Array, gamma, group_of=None,
-                   normalisation: str = "mean") -> jax.Array:
+                   normalisation: str = "mean",
+                   axis_name: Optional[str] = None) -> jax.Array:
   """Training loss of a :class:`MultiHead`: mean over heads of head c's eq. 8 loss.
 
   Head ``c`` gets ``mean_i (1 + γ · 1[y_i = c]) · ℓ_{i,c}`` (``"weight_sum"``:
@@ -421,6 +437,9 @@ def multihead_loss(logits: jax.Array, labels: jax.Array, gamma, group_of=None,
     group_of: ``None``, or int [K] class → group: head ``g`` (C = G heads) up-weights the
       classes of group g.
     normalisation: ``"mean"`` | ``"weight_sum"``.
+    axis_name: data parallel (``"weight_sum"`` only): each head's Σ_i w_ic is ``pmean``-ed
+      over the devices, so the ``pmean`` of the devices' losses is the whole batch's
+      Σwℓ / Σw, as on one device.
 
   Returns:
     scalar.
@@ -430,7 +449,10 @@ def multihead_loss(logits: jax.Array, labels: jax.Array, gamma, group_of=None,
                                 gamma)                              # [B, C]
   if normalisation == "mean":      # one mean over [B, C] (= mean over heads of head means)
     return jnp.mean(weights * losses)
-  return jnp.mean(weighted_average(losses, weights, normalisation, axis=0))
+  if axis_name is None:
+    return jnp.mean(weighted_average(losses, weights, normalisation, axis=0))
+  w_sum = jax.lax.pmean(jnp.sum(weights, axis=0), axis_name)        # [C]
+  return jnp.mean(jnp.sum(weights * losses, axis=0) / w_sum)
 
 
 def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, params: Any,
@@ -452,9 +474,11 @@ def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, pa
 
   def loss_fn(p):
     if train_apply_fn is None:
-      return multihead_loss(apply_fn(p, x), y, gamma, group_of, normalisation), model_state
+      return (multihead_loss(apply_fn(p, x), y, gamma, group_of, normalisation, axis_name),
+              model_state)
     logits, new_model_state = train_apply_fn(p, model_state, x, rng)
-    return multihead_loss(logits, y, gamma, group_of, normalisation), new_model_state
+    return (multihead_loss(logits, y, gamma, group_of, normalisation, axis_name),
+            new_model_state)
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   if axis_name is not None:

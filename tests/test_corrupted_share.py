@@ -9,6 +9,7 @@ import pytest
 
 from reducr_jax import configuration
 from reducr_jax import data
+from reducr_jax import rng_streams
 from reducr_jax import train
 from reducr_jax.experiments import figures
 
@@ -37,7 +38,8 @@ def test_share_is_logged_every_step_and_matches_a_hand_count(tmp_path):
   train.train_and_evaluate(config, str(tmp_path / "all"))
   splits = data.make_splits(config.dataset, config.seed)
   expected = [float(np.mean(splits.train.y[i] != splits.train.y_clean[i]))
-              for i in (data.batch_indices(0, t, len(splits.train), 40) for t in range(8))]
+              for i in (data.batch_indices(rng_streams.order_seed(0, "train_order"), t,
+                                           len(splits.train), 40) for t in range(8))]
   shares = _logged(tmp_path / "all")
   assert sorted(shares) == list(range(1, 9))
   np.testing.assert_allclose([shares[t] for t in range(1, 9)], expected, rtol=1e-6)

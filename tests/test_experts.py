@@ -52,7 +52,7 @@ def test_multihead_loss_weight_sum_by_hand():
   # γ = 9, head 0 weights [10, 1], head 1 weights [1, 10].
   head0 = (10 * l00 + l) / 11
   head1 = (l + 10 * l) / 11
-  assert float(experts.multihead_loss(logits, y, 9.0, "weight_sum")) == pytest.approx(
+  assert float(experts.multihead_loss(logits, y, 9.0, normalisation="weight_sum")) == pytest.approx(
       (head0 + head1) / 2, rel=1e-6)
   assert float(experts.multihead_loss(logits, y, 9.0)) == pytest.approx(
       (10 * l00 + l + l + 10 * l) / 4, rel=1e-6)
@@ -193,3 +193,21 @@ def test_loss_functions_jit():
 def test_class_weight_matrix_by_hand():
   np.testing.assert_allclose(experts.class_weight_matrix(jnp.array([0, 2, 1]), 3, 9.0),
                              [[10, 1, 1], [1, 1, 10], [1, 10, 1]])
+
+
+def test_weight_sum_loss_over_devices_equals_one_device():
+  # Σwℓ/Σw over a batch split over 8 devices: the pmean of the devices' losses must be the
+  # whole batch's ratio (not the mean of 8 local ratios, which weights rare-class rows
+  # differently on each device).
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(16, 3, 3)), jnp.float32)    # [B, C heads, K]
+  y = jnp.asarray([0] * 13 + [1, 2, 2])                            # skewed: device 0 all 0s
+  one = experts.multihead_loss(logits, y, 9.0, normalisation="weight_sum")
+  per_device = jax.pmap(lambda lg, yy: jax.lax.pmean(experts.multihead_loss(
+      lg, yy, 9.0, normalisation="weight_sum", axis_name="d"), "d"), axis_name="d")(
+          logits.reshape(8, 2, 3, 3), y.reshape(8, 2))
+  np.testing.assert_allclose(np.asarray(per_device), float(one), rtol=1e-6)
+  local = jax.pmap(lambda lg, yy: jax.lax.pmean(experts.multihead_loss(
+      lg, yy, 9.0, normalisation="weight_sum"), "d"), axis_name="d")(
+          logits.reshape(8, 2, 3, 3), y.reshape(8, 2))
+  assert abs(float(local[0]) - float(one)) > 1e-3      # the naive mean of ratios differs
