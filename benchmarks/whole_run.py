@@ -90,7 +90,8 @@ def run(repo: str, name: str, extra: dict[str, Any], timeout: float) -> dict[str
     start = time.perf_counter()
     with open(log_path, "w") as log:
       proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
-    timer = threading.Timer(timeout, proc.kill)
+    timed_out = threading.Event()
+    timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
     timer.start()
     _, status, usage = os.wait4(proc.pid, 0)
     timer.cancel()
@@ -99,8 +100,9 @@ def run(repo: str, name: str, extra: dict[str, Any], timeout: float) -> dict[str
     out = log_path.read_text()
   code = proc.returncode
   result = {"repo": repo, "config": name, "extra": extra,
-            "status": "ok" if code == 0 else (f"killed after {timeout:.0f} s" if code < 0
-                                              else f"exit {code}"),
+            "status": "ok" if code == 0 else (
+                f"killed after {timeout:.0f} s" if timed_out.is_set() else
+                f"killed (signal {-code})" if code < 0 else f"exit {code}"),
             "wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
   for line in out.splitlines():
     if line.startswith("RESULT "):
