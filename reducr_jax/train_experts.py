@@ -322,6 +322,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
                                                          state.model_state)
     state = state._replace(params=params, model_state=model_state)
   state = sharding.replicate(state, devices)
+  del params, model_state          # the unreplicated copies (C models' parameters)
   put = functools.partial(jax.device_put, device=sharding.device_sharding(devices))
 
   def holdout_batch(step):
