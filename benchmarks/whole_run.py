@@ -6,7 +6,8 @@ tests' fake data (``tests/fakes.py``: mocked TFDS CIFAR / GLUE, fake CINIC-10 an
 Clothing1M releases in the official layouts), each in a fresh child process whose peak
 resident memory comes from ``os.wait4``'s ``ru_maxrss`` (the child's own peak, not the
 parent's). ``--repos`` runs the same table for other checkouts side by side, e.g. the
-code before this change (``git archive 8afda95 | tar -x -C /tmp/before``).
+code before issue 16 (``git worktree add --detach /tmp/before 70c5f0a``, the main commit
+just before #16 was merged).
 
   python benchmarks/whole_run.py --configs clothing1m,cinic10 --repos .,/tmp/before
 """
@@ -48,6 +49,8 @@ def child(name: str, workdir: str, extra: dict[str, Any]) -> None:
   side by side gets the same data; the library and the configs from the working directory.
   """
   sys.path.insert(0, str(ROOT / "tests"))
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)     # the log names each stage and stage 1's strategy
   import fakes  # pylint: disable=g-import-not-at-top
   from reducr_jax import configuration, train  # pylint: disable=g-import-not-at-top
   tmp = pathlib.Path(workdir)
