@@ -6,7 +6,8 @@ tests' fake data (``tests/fakes.py``: mocked TFDS CIFAR / GLUE, fake CINIC-10 an
 Clothing1M releases in the official layouts), each in a fresh child process whose peak
 resident memory comes from ``os.wait4``'s ``ru_maxrss`` (the child's own peak, not the
 parent's). ``--repos`` runs the same table for other checkouts side by side, e.g. the
-code before this change (``git archive 8afda95 | tar -x -C /tmp/before``).
+code before issue 16 (``git worktree add --detach /tmp/before 70c5f0a``, the main commit
+just before #16 was merged).
 
   python benchmarks/whole_run.py --configs clothing1m,cinic10 --repos .,/tmp/before
 """
@@ -27,13 +28,29 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ("cifar10", "cifar100", "cinic10", "clothing1m", "mnli", "qqp")
 SMOKE = {"num_steps": 2, "batch_size": 32, "experts.num_steps": 2, "experts.eval_every": 2,
          "eval_every": 2, "log_every": 1, "checkpoint_every": 2}
-# Fake Clothing1M: 336 images over the four key lists (the issue's smoke release).
-CLOTHING1M_SIZES = {"clean_train": 56, "clean_val": 56, "clean_test": 56, "noisy_train": 168}
+# Fake Clothing1M in the authors' layout: 632 small JPEGs over the four key lists. The
+# issue's 336-image release had a 96-image holdout (clean val + 40 pool images), which the
+# size checks (#18) now reject for the config's expert batch of 320; 280 pool images moved
+# to the holdout give it 336, so stage 1 runs at the paper's expert batch.
+CLOTHING1M_SIZES = {"clean_train": 56, "clean_val": 56, "clean_test": 56, "noisy_train": 464}
+CLOTHING1M_HOLDOUT_EXTRA = 280
+
+
+# Fake data large enough for each config's own expert batch (320 for the vision configs):
+# the size checks reject an expert batch larger than the holdout split.
+TFDS_EXAMPLES = 672          # mocked CIFAR / GLUE splits: a 336-example CIFAR holdout
+CINIC10_PER_CLASS = 33       # a 330-image CINIC-10 valid (= holdout) split
 
 
 def child(name: str, workdir: str, extra: dict[str, Any]) -> None:
-  """Writes the fake data for ``name``, runs its 2-step config, prints timing JSON."""
-  sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+  """Writes the fake data for ``name``, runs its 2-step config, prints timing JSON.
+
+  The fakes come from this benchmark's checkout (``ROOT/tests``), so every checkout run
+  side by side gets the same data; the library and the configs from the working directory.
+  """
+  sys.path.insert(0, str(ROOT / "tests"))
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)     # the log names each stage and stage 1's strategy
   import fakes  # pylint: disable=g-import-not-at-top
   from reducr_jax import configuration, train  # pylint: disable=g-import-not-at-top
   tmp = pathlib.Path(workdir)
@@ -41,13 +58,13 @@ def child(name: str, workdir: str, extra: dict[str, Any]) -> None:
   overrides = {**SMOKE, "dataset.data_dir": str(tmp / "tfds"), "model.pretrained": ""}
   mock = None
   if name in ("cifar10", "cifar100", "mnli", "qqp"):
-    _, mock = fakes.mock_tfds(96)
+    _, mock = fakes.mock_tfds(TFDS_EXAMPLES)
     overrides["dataset.download"] = True
   if name == "cinic10":
-    overrides["dataset.manual_dir"] = str(fakes.write_cinic10(tmp)[0])
+    overrides["dataset.manual_dir"] = str(fakes.write_cinic10(tmp, CINIC10_PER_CLASS)[0])
   if name == "clothing1m":
     overrides["dataset.manual_dir"] = str(fakes.write_clothing1m(tmp, CLOTHING1M_SIZES)[0])
-    overrides["dataset.clothing1m_holdout_extra"] = 40
+    overrides["dataset.clothing1m_holdout_extra"] = CLOTHING1M_HOLDOUT_EXTRA
   if name in ("mnli", "qqp"):
     overrides["dataset.tokenizer"] = fakes.write_vocab(tmp)
   config = configuration.with_overrides(config, {**overrides, **extra})
@@ -76,7 +93,8 @@ def run(repo: str, name: str, extra: dict[str, Any], timeout: float) -> dict[str
     start = time.perf_counter()
     with open(log_path, "w") as log:
       proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
-    timer = threading.Timer(timeout, proc.kill)
+    timed_out = threading.Event()
+    timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
     timer.start()
     _, status, usage = os.wait4(proc.pid, 0)
     timer.cancel()
@@ -85,8 +103,9 @@ def run(repo: str, name: str, extra: dict[str, Any], timeout: float) -> dict[str
     out = log_path.read_text()
   code = proc.returncode
   result = {"repo": repo, "config": name, "extra": extra,
-            "status": "ok" if code == 0 else (f"killed after {timeout:.0f} s" if code < 0
-                                              else f"exit {code}"),
+            "status": "ok" if code == 0 else (
+                f"killed after {timeout:.0f} s" if timed_out.is_set() else
+                f"killed (signal {-code})" if code < 0 else f"exit {code}"),
             "wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
   for line in out.splitlines():
     if line.startswith("RESULT "):

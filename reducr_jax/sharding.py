@@ -78,9 +78,16 @@ def device_sharding(devices) -> jax.sharding.NamedSharding:
 
 
 def replicate(tree, devices):
-  """One copy of ``tree`` per device, placed like the step's outputs."""
-  return jax.device_put(jax.tree.map(lambda a: np.stack([np.asarray(a)] * len(devices)),
-                                     tree), device_sharding(devices))
+  """One copy of ``tree`` per device, placed like the step's outputs.
+
+  Leaf by leaf from a broadcast view (no stacked host copy): each device's copy is the only
+  new buffer. Stacking first held the tree three times at once (the input, the stacked
+  host array, the device copies): for 14 ResNet-18 experts with AdamW moments, 3 × 1.8 GiB.
+  """
+  sharding = device_sharding(devices)
+  n = len(devices)
+  return jax.tree.map(lambda a: jax.device_put(
+      np.broadcast_to(np.asarray(a)[None], (n,) + np.shape(a)), sharding), tree)
 
 
 def first_replica(tree):

@@ -246,14 +246,30 @@ def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
     ``(candidate, compiled, peak_bytes)``; the last candidate when none fits (or the only
     one), ``peak_bytes`` ``None`` where the backend reports no memory analysis.
   """
+  def need_of(cand, peak, state):   # + one model's step: its share of the state and rest
+    return peak + state / num + (peak - state) / models_in_flight(num, *cand[:2])
+
+  measured = {}    # (strategy, chunk) -> (microbatches, peak, argument bytes)
   for i, cand in enumerate(candidates):
+    # Skip, without compiling, a microbatch count that cannot fit even if everything but
+    # the arguments shrank as 1/microbatches (it shrinks less: the state's updates do
+    # not): each compile of a full ResNet costs 15-80 s on 2 CPU cores.
+    seen = measured.get(cand[:2])
+    if seen is not None and i < len(candidates) - 1:
+      m0, peak0, state0 = seen
+      guess = state0 + (peak0 - state0) * m0 / cand[2]
+      if need_of(cand, guess, state0) > budget_bytes:
+        logging.info("stage 1: %s needs at least %.2f GB > budget %.2f GB; not compiled",
+                     cand, need_of(cand, guess, state0) / device_memory.GIB,
+                     budget_bytes / device_memory.GIB)
+        continue
     compiled = compile_fn(*cand)
     mem = device_memory.compiled_memory(compiled)
     peak = mem.get("peak")
     need = None
-    if peak is not None:   # + one model's step: its share of the state and of the rest
-      state = mem["argument"]
-      need = peak + state / num + (peak - state) / models_in_flight(num, *cand[:2])
+    if peak is not None:
+      need = need_of(cand, peak, mem["argument"])
+      measured[cand[:2]] = (cand[2], peak, mem["argument"])
     if need is None or need <= budget_bytes:
       return cand, compiled, peak
     if i == len(candidates) - 1:
@@ -366,6 +382,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
                                                          state.model_state)
     state = state._replace(params=params, model_state=model_state)
   state = sharding.replicate(state, devices)
+  del params, model_state          # the unreplicated copies (C models' parameters)
   put = functools.partial(jax.device_put, device=sharding.device_sharding(devices))
 
   def holdout_batch(step):

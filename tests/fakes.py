@@ -40,9 +40,10 @@ def smooth_image(rng, h, w):
   return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_cinic10(tmp_path):
-  """A fake CINIC-10 release under ``tmp_path/manual``: 3 random 32×32 PNGs per class and
-  split (one grayscale) → ``(manual, pixels)``, ``pixels[split, class, j]`` the image."""
+def write_cinic10(tmp_path, per_class=3):
+  """A fake CINIC-10 release under ``tmp_path/manual``: ``per_class`` (≥ 3) random 32×32
+  PNGs per class and split (one grayscale) → ``(manual, pixels)``, ``pixels[split, class,
+  j]`` the image."""
   from PIL import Image
   from reducr_jax.data import cinic10
   rng = np.random.default_rng(0)
@@ -51,7 +52,7 @@ def write_cinic10(tmp_path):
   for split in cinic10.SPLITS:
     for c, cls in enumerate(cinic10.CLASS_NAMES):
       os.makedirs(manual / split / cls)
-      for j in (2, 0, 1):                                   # written out of order
+      for j in (2, 0, 1, *range(3, per_class)):             # written out of order
         img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
         if (c, j) == (4, 1):                                # a grayscale file -> RGB
           img = np.repeat(img[..., :1], 3, axis=2)

@@ -74,6 +74,12 @@ def test_auto_strategy_fits_the_budget():
   # Not even one expert fits 1.5 GB: its gradient over 2 slices (0.5 + 0.5 GB) does.
   cand, _, _ = train_experts.pick_strategy(compile_fn, 14, cands, 1.5 * 2**30)
   assert cand == ("map", 0, 2)
+  # Microbatch counts that cannot fit even at 1/m of the measured step are not compiled.
+  picked.clear()
+  cand, _, _ = train_experts.pick_strategy(
+      compile_fn, 14, train_experts.strategy_candidates(14, "auto", 0, 8, backend="cpu"),
+      0.3 * 2**30)
+  assert cand == ("map", 0, 8) and picked == [("map", 0, 1), ("map", 0, 8)]
   assert train_experts.strategy_candidates(14, "auto", 0, 3, backend="cpu") == [("map", 0, 1)]
   assert train_experts.strategy_candidates(14, "vmap", 5, 8) == [("vmap", 5, 1)]
 
