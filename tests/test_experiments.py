@@ -58,7 +58,7 @@ def test_compare_table_figures_and_resume(tmp_path):
 
 
 def test_ablate_and_imbalance(tmp_path):
-  out = _run("ablate", tmp_path / "ablate", "--seeds=1", "--workers=2")
+  out = _run("ablate", tmp_path / "ablate", "--seeds=1", "--workers=1")
   assert out.returncode == 0, out.stderr
   table = json.loads((tmp_path / "ablate/ablation.json").read_text())
   assert list(table) == ["REDUCR", "no clip", "no class-holdout term", "no expert term",
@@ -72,7 +72,7 @@ def test_ablate_and_imbalance(tmp_path):
   assert r["config"]["selection"]["use_model_loss"] is False and r["config"]["selection"]["clip"]
   assert (tmp_path / "ablate/figures/class_weights_no_class_holdout_term.png").exists()
 
-  out = _run("imbalance", tmp_path / "imb", "--seeds=1", "--workers=2",
+  out = _run("imbalance", tmp_path / "imb", "--seeds=1", "--workers=1",
              "--methods=uniform,reducr", "--fractions=0.02,0.1", "--imbalance_class=2")
   assert out.returncode == 0, out.stderr
   table = json.loads((tmp_path / "imb/imbalance.json").read_text())
@@ -85,7 +85,7 @@ def test_ablate_and_imbalance(tmp_path):
 def test_robustness_every_rare_class_paired_stats_and_eta_chosen_on_val(tmp_path):
   out = _run("robustness", tmp_path, "--datasets=digits,mnist1d", "--mnist1d_samples=1000",
              "--rare_classes=2", "--seeds=2", "--methods=uniform,reducr",
-             "--etas=0.01,auto", "--workers=2", "--num_resamples=200")
+             "--etas=0.01,auto", "--workers=1", "--num_resamples=200")
   assert out.returncode == 0, out.stderr
   table = json.loads((tmp_path / "robustness.json").read_text())
   for dataset in ("digits", "mnist1d"):
