@@ -100,16 +100,22 @@ def _check_eta(eta) -> None:
     _number("config.selection.eta", eta, 0, low_open=True)
 
 
-def resolve_eta(config: ml_collections.ConfigDict, num_classes: int | None = None):
+def resolve_eta(config: ml_collections.ConfigDict, num_classes: int | None = None,
+                announce=None):
   """``(config with a numeric selection.eta, η)``; ``"auto"`` is resolved by
   :func:`reducr_jax.selectors.reducr.resolved_eta` (``η = (1/k) √(8 / (T ln C))``, the
-  regret-bound optimum of :func:`reducr_jax.mwu.auto_eta` with T = num_steps, L = k ln C).
-  A number is returned unchanged (config not copied). ``num_steps`` is resumable: a run
-  resumed with more steps gets a smaller η for the rest of the run.
+  regret-bound optimum of :func:`reducr_jax.mwu.auto_eta` with T = num_steps, L = k ln C)
+  and, with ``announce`` (e.g. ``progress.say``), reported in one line. A number is
+  returned unchanged (config not copied). ``num_steps`` is resumable: a run resumed with
+  more steps gets a smaller η for the rest of the run.
   """
   if config.selection.eta != ETA_AUTO:
     return config, float(config.selection.eta)
   eta = selectors.reducr.resolved_eta(config, num_classes)
+  if announce is not None:
+    c = num_classes
+    announce(f"selection.eta = auto -> {eta:.4g} (sqrt(8 ln C / (T L^2)), C = {c}, "
+             f"T = {config.num_steps}, L = k ln C = {num_selected(config)} ln {c})")
   return with_overrides(config, {"selection.eta": eta}), eta
 
 

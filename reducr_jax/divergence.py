@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from reducr_jax import errors
@@ -20,6 +22,16 @@ DEFAULT_LIMIT = 100
 
 class Diverged(errors.RunError):
   """Too many consecutive skipped updates (exit status 1)."""
+
+
+def all_finite(tree) -> jax.Array:
+  """Scalar bool: every leaf of ``tree`` is finite (``True`` for an empty tree); jit-able.
+  The train step applies an update only where this holds for its loss, gradients and
+  new states."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.asarray(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def _first(a: Any) -> int:

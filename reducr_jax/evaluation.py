@@ -59,6 +59,19 @@ def evaluate_summary(p_eval, p_params, split: data.Split, batch_size: int,
   return out
 
 
+def initial_best(variables) -> dict:
+  """The kept-model record before any evaluation (any first score beats -1):
+  ``{"params", "worst_val" (the kept model's score under the model-selection rule), "step"}``."""
+  return {"params": variables, "worst_val": np.float32(-1.0), "step": np.int32(0)}
+
+
+def val_and_test(p_eval, p_params, splits, batch_size: int, num_devices: int,
+                 group_of=None) -> tuple[dict, dict]:
+  """:func:`evaluate_summary` of the val and the test split (``splits``: ``data.Splits``)."""
+  return tuple(evaluate_summary(p_eval, p_params, split, batch_size, num_devices, group_of)
+               for split in (splits.val, splits.test))
+
+
 # Which checkpoint of the target model is kept and evaluated (``config.model_selection``).
 MODEL_SELECTION = ("worst_class", "average", "final", "auto")
 

@@ -71,18 +71,6 @@ init_state = train_state.init_state
 make_optimizer = optimizers.make_optimizer
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    return jnp.asarray(True)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def _units(y: jax.Array, cfg: StepConfig) -> jax.Array:
-  """Selection labels: the class, or its group with ``config.dataset.groups``."""
-  return y if not cfg.group_of else jnp.asarray(cfg.group_of, jnp.int32)[y]
-
-
 def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfig):
   """``(h [C], new EMA state)``: the last full pass ('epoch') or the EMA updated with this
   step's holdout batch ('ema', App. A.9.4)."""
@@ -90,7 +78,7 @@ def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfi
     return state.holdout_loss, state.ema
   h_loss = experts.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
                                  batch["holdout_y"])
-  stats = jax.lax.psum(metrics.class_sums(h_loss, _units(batch["holdout_y"], cfg),
+  stats = jax.lax.psum(metrics.class_sums(h_loss, groups_lib.group_labels(batch["holdout_y"], cfg.group_of),
                                           cfg.num_classes), AXIS)
   ema = mwu.ema_update(state.ema, stats, cfg.ema_decay)
   return mwu.ema_value(ema, cfg.ema_decay), ema
@@ -143,7 +131,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   y_all = gather(y)
   out = {}
 
-  units_all = _units(y_all, cfg)          # = y_all unless config.dataset.groups
+  units_all = groups_lib.group_labels(y_all, cfg.group_of)   # y_all unless dataset.groups
   inputs = selectors.SelectionInputs(labels=units_all, step=state.step)
   if needs & {selectors.MODEL_LOSS, selectors.MODEL_LOGITS}:
     logits = apply_fn(state.params, x)
@@ -197,15 +185,14 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   if cfg.reference_update is not None:
     new_reference = cfg.reference_update(state.reference, xs, ys,
                                          jax.random.fold_in(key, 3), AXIS)
-  ok = (jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_selector_state) &
-        _all_finite(new_reference))
+  ok = jnp.isfinite(loss) & divergence.all_finite((grads, new_selector_state, new_reference))
 
   def apply_update(params_and_opt):
     params, opt_state = params_and_opt
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     # Finite gradients can still give non-finite parameters or moments (huge steps).
-    return jax.lax.cond(_all_finite((new_params, new_opt_state)),
+    return jax.lax.cond(divergence.all_finite((new_params, new_opt_state)),
                         lambda: (new_params, new_opt_state, jnp.asarray(True)),
                         lambda: (params, opt_state, jnp.asarray(False)))
 
@@ -291,11 +278,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   size_checks.check_pruned(config, unpruned, splits)
   c = splits.num_classes
   given_eta = config.selection.eta
-  config, eta = configuration.resolve_eta(config, c)     # "auto" → a number, before compiling
-  if given_eta == configuration.ETA_AUTO:
-    progress.say(f"selection.eta = auto -> {eta:.4g} (sqrt(8 ln C / (T L^2)), C = {c}, "
-                 f"T = {config.num_steps}, L = k ln C = {configuration.num_selected(config)}"
-                 f" ln {c})")
+  config, eta = configuration.resolve_eta(config, c, progress.say)   # "auto": before compiling
   x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
   fns = models.model_fns(models.create_model(config.model, c), x0, axis_name=AXIS,
                          init_impl=models.init_rng_impl(config.model))
@@ -313,8 +296,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   state = init_state(rng_streams.key(config.seed, "target_init"),
                      lambda r: models.load_pretrained(config.model, *jax.jit(fns.init)(r)),
                      tx, cfg, rng_streams.key(config.seed, "selection"), refs.state)
-  best = {"params": models.variables(state.params, state.model_state),
-          "worst_val": np.float32(-1.0), "step": np.int32(0)}
+  best = evaluation.initial_best(models.variables(state.params, state.model_state))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   restored = ckpt.restore_newest_intact(sharding.host_copy({"state": state, "best": best}))
   if restored is not None:
@@ -330,9 +312,8 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   p_eval = evaluation.make_eval_step(fns.apply, c, pmap_devices)
   p_variables = lambda st: models.variables(st.params, st.model_state)  # noqa: E731
   group_of = np.asarray(cfg.group_of, np.int32) if cfg.group_of else None
-  holdout_every = config.selection.holdout_every
-  if holdout_every == -1:
-    holdout_every = max(1, len(splits.train) // config.batch_size)
+  holdout_every = (config.selection.holdout_every if config.selection.holdout_every != -1
+                   else max(1, len(splits.train) // config.batch_size))   # -1: every epoch
   eval_bs = max(1, config.eval_batch_size // n)
   refresh_holdout = selectors.CLASS_HOLDOUT_LOSS in cfg.needs and cfg.holdout_loss == "epoch"
 
@@ -344,7 +325,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
           num_processes=num_processes, process_index=process_index), n_local),
       start, config.num_steps,
       put=functools.partial(jax.device_put, device=sharding.device_sharding(devices)))
-  skips = divergence.SkipMonitor(config.max_consecutive_skipped)
+  skips, stop = divergence.SkipMonitor(config.max_consecutive_skipped), False
   preempt.defer()                   # signals now stop the loop at a step boundary
   for step, batch in zip(range(start, config.num_steps), batches):
     if refresh_holdout and step % holdout_every == 0:
@@ -364,8 +345,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       writer.write(done, {f"train/{k}": v for k, v in m.items()})
     if done % config.eval_every == 0 or done == config.num_steps:
       params = p_variables(p_state)
-      val = evaluation.evaluate_summary(p_eval, params, splits.val, eval_bs, n, group_of)
-      test = evaluation.evaluate_summary(p_eval, params, splits.test, eval_bs, n, group_of)
+      val, test = evaluation.val_and_test(p_eval, params, splits, eval_bs, n, group_of)
       best = evaluation.keep_best(best, val, params, done, selectors.model_selection(config))
       writer.write(done, {**{f"val/{k}": v for k, v in val.items()},
                           **{f"test/{k}": v for k, v in test.items()}})
@@ -379,19 +359,18 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state),
                                           "best": best}))
     if stop:
-      writer.close()
-      ckpt.close()
-      raise preempt.stop(done, ckpt.directory)
-  skips.flush()
-  preempt.defer(False)
+      break
   writer.close()
   ckpt.close()
+  if stop:
+    raise preempt.stop(done, ckpt.directory)
+  skips.flush()
+  preempt.defer(False)
 
   # Stage 3: evaluate the kept model.
   final_state = sharding.first_replica(p_state)
   p_best = sharding.replicate(best["params"], devices)
-  val = evaluation.evaluate_summary(p_eval, p_best, splits.val, eval_bs, n, group_of)
-  test = evaluation.evaluate_summary(p_eval, p_best, splits.test, eval_bs, n, group_of)
+  val, test = evaluation.val_and_test(p_eval, p_best, splits, eval_bs, n, group_of)
   recorded = json.loads(config.to_json_best_effort())
   results = {
       "method": config.selection.method,

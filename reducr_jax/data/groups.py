@@ -71,8 +71,14 @@ def num_groups(groups, num_classes: int) -> int:
 
 
 def group_labels(labels, group_of_class):
-  """``group_of_class[labels]``: labels [n] -> group labels [n] (NumPy or JAX arrays)."""
-  return group_of_class[labels]
+  """``group_of_class[labels]``: labels [n] -> group labels [n] (NumPy or JAX arrays, also
+  under ``jit``); ``group_of_class`` ``None`` or empty (no groups) returns ``labels``."""
+  if group_of_class is None or len(group_of_class) == 0:
+    return labels
+  if isinstance(labels, np.ndarray):
+    return np.asarray(group_of_class)[labels]
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top  # NumPy-only module otherwise
+  return jnp.asarray(group_of_class, jnp.int32)[labels]
 
 
 def group_names(groups, class_names) -> list[str]:
