@@ -28,6 +28,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.imbalance_splits = ("train", "holdout")  # splits the imbalance applies to
   config.dataset.classes = ()                       # () = all; e.g. (4, 9): a relabelled subset
   config.dataset.holdout_per_class = -1             # >0: a balanced holdout of n per class
+  config.dataset.num_samples = -1                   # mnist1d: examples generated (-1: 5 000;
+                                                    # 10 000 gives 200 per test class)
   config.dataset.augment = "none"                   # on-device augmentation: 'none' | 'flip' | 'crop_flip'
   # Official-code variants (issue #17; reducr_jax/data/variants.py). Defaults keep this
   # project's behaviour; the official REDUCR code's value is given in each comment.

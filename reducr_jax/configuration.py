@@ -133,6 +133,12 @@ ADDED_FIELDS = {
     "optimizer.warmup_steps": 0,
     "selection.k_rounding": "round",
     "selection.holdout_source": "holdout",
+    "dataset.num_samples": -1,
+    "dataset.imbalance_mode": "subsample",
+    "dataset.label_noise_mode": "different",
+    "dataset.split_mode": "random",
+    "dataset.groups": [],                 # as JSON records it
+    "optimizer.learning_rate_by_method": {},
 }
 
 
@@ -140,7 +146,7 @@ def num_selected(config: ml_collections.ConfigDict) -> int:
   """k = round(percent_selected · B), or (``selection.k_rounding='floor'``, the official
   ``max(1, int(B · percent_train))`` of ``src/models/MultiModels.py``) int() truncation."""
   k = config.selection.percent_selected * config.batch_size
-  if config.selection.get("k_rounding", "round") == "floor":
+  if config.selection.k_rounding == "floor":
     return max(1, int(k))
   return int(round(k))
 
@@ -159,8 +165,8 @@ def validate_config(config: ml_collections.ConfigDict,
     data.validate_dataset_config(config.dataset)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  groups = config.dataset.get("groups", ())
-  if (isinstance(groups, str) or tuple(groups)) and config.get("reweight", "none") != "none":
+  groups = config.dataset.groups
+  if (isinstance(groups, str) or tuple(groups)) and config.reweight != "none":
     raise ConfigError(f"config.reweight must be 'none' with config.dataset.groups set "
                       f"(reweighting is per class), got {config.reweight!r}")
   try:
@@ -193,7 +199,7 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.batch_size", config.batch_size, 1, integer=True)
   _number("config.num_steps", config.num_steps, 1, integer=True)
   _number("config.selection.percent_selected", sel.percent_selected, 0, 1, low_open=True)
-  _one_of("config.selection.k_rounding", sel.get("k_rounding", "round"), K_ROUNDINGS)
+  _one_of("config.selection.k_rounding", sel.k_rounding, K_ROUNDINGS)
   k = num_selected(config)
   if k < 1:
     raise ConfigError(
@@ -219,11 +225,11 @@ def validate_config(config: ml_collections.ConfigDict,
     raise ConfigError("config.selection.holdout_every must be -1 (once per epoch) or >= 1, "
                       f"got {sel.holdout_every}")
   _number("config.selection.ema_decay", sel.ema_decay, 0, 1, high_open=True)
-  _one_of("config.selection.holdout_source", sel.get("holdout_source", "holdout"),
+  _one_of("config.selection.holdout_source", sel.holdout_source,
           HOLDOUT_SOURCES)
   ex = config.experts
-  _one_of("config.experts.select_on", ex.get("select_on", "val"), EXPERT_SELECT_ON)
-  _one_of("config.experts.loss_normalisation", ex.get("loss_normalisation", "mean"),
+  _one_of("config.experts.select_on", ex.select_on, EXPERT_SELECT_ON)
+  _one_of("config.experts.loss_normalisation", ex.loss_normalisation,
           experts.NORMALISATIONS)
   _number("config.experts.gamma", ex.gamma, 0)
   _one_of("config.experts.losses", ex.losses, EXPERT_LOSSES)
@@ -276,15 +282,15 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.optimizer.weight_decay", config.optimizer.weight_decay, 0)
   _number("config.optimizer.grad_clip_norm", config.optimizer.grad_clip_norm, 0)
   opt = config.optimizer
-  _one_of("config.optimizer.schedule", opt.get("schedule", "constant"), optimizers.SCHEDULES)
-  _number("config.optimizer.warmup_steps", opt.get("warmup_steps", 0), 0, integer=True)
-  if opt.get("warmup_steps", 0) >= config.num_steps and opt.get("schedule") == "warmup_cosine":
+  _one_of("config.optimizer.schedule", opt.schedule, optimizers.SCHEDULES)
+  _number("config.optimizer.warmup_steps", opt.warmup_steps, 0, integer=True)
+  if opt.warmup_steps >= config.num_steps and opt.schedule == "warmup_cosine":
     raise ConfigError(f"config.optimizer.warmup_steps ({opt.warmup_steps}) must be < "
                       f"config.num_steps ({config.num_steps}) for 'warmup_cosine'")
-  for method, lr in (opt.get("learning_rate_by_method", None) or {}).items():
+  for method, lr in (opt.learning_rate_by_method or {}).items():
     _one_of("config.optimizer.learning_rate_by_method key", method, selectors.names())
     _number(f"config.optimizer.learning_rate_by_method.{method}", lr, 0, low_open=True)
-  _one_of("config.model_selection", config.get("model_selection", "worst_class"),
+  _one_of("config.model_selection", config.model_selection,
           evaluation_rules.MODEL_SELECTION)
   _number("config.max_consecutive_skipped", config.max_consecutive_skipped, 1,
           integer=True)

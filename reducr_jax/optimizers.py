@@ -42,7 +42,7 @@ def method_learning_rate(config: ml_collections.ConfigDict) -> float:
   ``config.optimizer.learning_rate_by_method[method]`` when listed, else
   ``config.optimizer.learning_rate``. (Official MNLI: REDUCR 1e-6, the RHO-LOSS / uniform /
   train-loss baselines 2e-5 — ``configs/experiment/mnli_{robust,rho,uniform,train_loss}.yaml``.)"""
-  by_method = config.optimizer.get("learning_rate_by_method", None) or {}
+  by_method = config.optimizer.learning_rate_by_method or {}
   return float(by_method.get(config.selection.method, config.optimizer.learning_rate))
 
 
@@ -59,8 +59,8 @@ def make_optimizer(opt_config: ml_collections.ConfigDict,
   """AdamW (paper default) at :func:`learning_rate_schedule`, optionally after global-norm
   gradient clipping. ``num_steps``: the run's gradient steps (``config.num_steps``), the
   horizon of the decaying schedules."""
-  lr = learning_rate_schedule(opt_config.learning_rate, opt_config.get("schedule", "constant"),
-                              num_steps, opt_config.get("warmup_steps", 0))
+  lr = learning_rate_schedule(opt_config.learning_rate, opt_config.schedule,
+                              num_steps, opt_config.warmup_steps)
   tx = optax.adamw(lr, weight_decay=opt_config.weight_decay)
   if opt_config.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)

@@ -181,7 +181,7 @@ def prune_train_split(config: ml_collections.ConfigDict, splits: data.Splits,
   p = config.pruning
   if p.strategy == "none":
     return splits, {"strategy": "none"}
-  directory = p.get("cache_dir") or os.path.join(workdir, "pruning")
+  directory = p.cache_dir or os.path.join(workdir, "pruning")
   scores = None
   if p.strategy != "random":
     path = os.path.join(caches.absolute(directory),

@@ -87,12 +87,18 @@ STAGE2_FIELDS = ("update_on_selected", "update_lr_factor")
 
 
 def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
-  legacy = {k.split(".", 1)[1]: v for k, v in configuration.ADDED_FIELDS.items()
-            if k.startswith("experts.")}    # at these values, as before the fields existed
-  expert_config = {k: v for k, v in config.experts.to_dict().items()
-                   if k not in EXECUTION_FIELDS + STAGE2_FIELDS
-                   and not (k in legacy and v == legacy[k])}
-  blob = json.dumps({"format": 2, "kind": kind, "seed": config.seed, "dataset": config.dataset.to_dict(),
+  def legacy(section):    # added fields at these values, as before the fields existed
+    return {k.split(".", 1)[1]: v for k, v in configuration.ADDED_FIELDS.items()
+            if k.startswith(section + ".")}
+
+  def without_legacy(d: dict, section: str) -> dict:
+    old = legacy(section)
+    return {k: v for k, v in d.items()
+            if not (k in old and json.dumps(v, default=str) == json.dumps(old[k], default=str))}
+  expert_config = {k: v for k, v in without_legacy(config.experts.to_dict(), "experts").items()
+                   if k not in EXECUTION_FIELDS + STAGE2_FIELDS}
+  dataset = without_legacy(config.dataset.to_dict(), "dataset")
+  blob = json.dumps({"format": 2, "kind": kind, "seed": config.seed, "dataset": dataset,
                      "model": config.model.to_dict(), "experts": expert_config,
                      "eval_batch_size": config.eval_batch_size},
                     sort_keys=True, default=str)
@@ -105,7 +111,7 @@ def cache_path(config: ml_collections.ConfigDict, workdir: str, kind: str) -> st
   ``config.experts.cache_dir`` when set (e.g. shared by the runs of a sweep), else
   ``<workdir>/experts``; the file name holds the config fingerprint.
   """
-  directory = config.experts.get("cache_dir") or os.path.join(workdir, "experts")
+  directory = config.experts.cache_dir or os.path.join(workdir, "experts")
   return os.path.join(caches.absolute(directory), f"{kind}-{_fingerprint(config, kind)}.msgpack")
 
 
@@ -149,7 +155,7 @@ def _build(config, splits: data.Splits, kind: str):
     strategy = config.experts.strategy
     strategy = experts.default_strategy() if strategy == "auto" else strategy
     loss_fn = functools.partial(experts.expert_losses, fns.apply, strategy=strategy,
-                                chunk=config.experts.get("chunk", 0))
+                                chunk=config.experts.chunk)
     num = num_units if kind == "experts" else 1
     gamma = config.experts.gamma if kind == "experts" else 0.0
   return fns, loss_fn, num, gamma
@@ -178,7 +184,7 @@ def selection_split(config: ml_collections.ConfigDict, splits: data.Splits) -> d
   """The split whose γ-weighted loss picks each expert's checkpoint
   (``config.experts.select_on``: ``"val"`` → ``splits.val``, ``"train_pool"`` →
   ``splits.train``, the official choice)."""
-  return splits.train if config.experts.get("select_on", "val") == "train_pool" else splits.val
+  return splits.train if config.experts.select_on == "train_pool" else splits.val
 
 
 def checkpoint_criterion(loss_sums: np.ndarray, weight_sums: np.ndarray, count: int,
@@ -283,7 +289,7 @@ def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
 
 def memory_budget_bytes(config: ml_collections.ConfigDict, device: Any) -> float:
   """``config.experts.max_memory_gb`` in bytes, or (``0``) what ``device`` has."""
-  gb = float(config.experts.get("max_memory_gb", 0.0) or 0.0)
+  gb = float(config.experts.max_memory_gb or 0.0)
   return gb * device_memory.GIB if gb > 0 else float(device_memory.device_capacity_bytes(device))
 
 
@@ -320,12 +326,12 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   experts, host arrays) and the best val losses ``[num]``.
   """
   ex = config.experts
-  norm = ex.get("loss_normalisation", "mean")
+  norm = ex.loss_normalisation
   select_split = selection_split(config, splits)
   tx = optax.adamw(ex.learning_rate, weight_decay=ex.weight_decay)
   rng = rng_streams.key(config.seed, "expert_init")
   augment_key = rng_streams.key(config.seed, "expert_augment")
-  aug_kind = config.dataset.get("augment", "none")
+  aug_kind = config.dataset.augment
   devices = stage_devices(config, ex.batch_size)
   procs, proc = jax.process_count(), jax.process_index()
   n_local = len(devices)
@@ -403,7 +409,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
       state, x1, y1, step_arg(1)).compile()
   (strategy, chunk, micro), p_step, peak = pick_strategy(
       compile_step, num,
-      strategy_candidates(num, ex.strategy, ex.get("chunk", 0), b_local,
+      strategy_candidates(num, ex.strategy, ex.chunk, b_local,
                           jax.default_backend()) if kind != "multihead" else
       [("map", 0, 1)], memory_budget_bytes(config, devices[0]))
   logging.info("stage 1: %s, chunk %d, %d microbatches, %d devices, compiled peak %s GB "
@@ -439,7 +445,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
           lambda new, old: _keep_best(better, new, old, kind), current, best)
       logging.info("%s step %d: train loss %s, %s loss %s", kind, step,
                    np.round(np.asarray(train_losses[0]), 4).tolist(),
-                   ex.get("select_on", "val"), np.round(val, 4).tolist())
+                   ex.select_on, np.round(val, 4).tolist())
   return best, np.asarray(best_val, np.float32)
 
 

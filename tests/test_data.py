@@ -11,10 +11,8 @@ from reducr_jax.data import embedded
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
-  cfg = dict(name="digits", fractions=(0.5, 0.2, 0.1, 0.2), imbalance_class=-1,
-             imbalance_fraction=1.0, label_noise=0.0)
-  cfg.update(overrides)
-  return ml_collections.ConfigDict(cfg)
+  return data.dataset_config(**{"name": "digits", "fractions": (0.5, 0.2, 0.1, 0.2),
+                                **overrides})
 
 
 # ---------------------------------------------------------------------------- embedded
@@ -295,11 +293,8 @@ def test_iterate_batches_parts_are_the_rows_of_each_global_batch():
 
 
 def _cfg(**overrides):
-  cfg = ml_collections.ConfigDict({
-      "name": "digits", "fractions": (0.5, 0.2, 0.1, 0.2), "imbalance_class": -1,
-      "imbalance_fraction": 1.0, "label_noise": 0.0})
-  cfg.update(overrides)
-  return cfg
+  return data.dataset_config(**{"name": "digits", "fractions": (0.5, 0.2, 0.1, 0.2),
+                                **overrides})
 
 
 def test_class_subset_relabels_and_keeps_source_rows():
@@ -335,3 +330,16 @@ def test_ren_protocol_splits():
 def test_bad_subset_config(overrides, field):
   with pytest.raises(ValueError, match=field):
     data.make_splits(_cfg(**overrides), seed=0)
+
+
+def test_dataset_config_missing_a_field_is_one_line():
+  cfg = _cfg()
+  del cfg["imbalance_splits"]
+  with pytest.raises(ValueError) as e:
+    data.make_splits(cfg, seed=0)
+  assert str(e.value).startswith("config.dataset lacks ['imbalance_splits']: a 'digits' "
+                                 "dataset config defines every field") and "\n" not in str(e.value)
+  real_cfg = data.dataset_config("cifar10")
+  del real_cfg["label_noise"]
+  with pytest.raises(ValueError, match=r"config.dataset lacks \['label_noise'\]: a 'cifar10'"):
+    data.validate_dataset_config(real_cfg)

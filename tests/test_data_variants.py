@@ -18,10 +18,8 @@ from reducr_jax.data import streams
 
 
 def _config(**overrides) -> ml_collections.ConfigDict:
-  cfg = dict(name="digits", fractions=(0.5, 0.2, 0.1, 0.2), imbalance_class=-1,
-             imbalance_fraction=1.0, label_noise=0.0)
-  cfg.update(overrides)
-  return ml_collections.ConfigDict(cfg)
+  return data.dataset_config(**{"name": "digits", "fractions": (0.5, 0.2, 0.1, 0.2),
+                                **overrides})
 
 
 # ----------------------------------------------------------------------- label noise

@@ -146,9 +146,7 @@ def test_names_and_num_classes_without_data():
     assert data.num_classes(cfg) == k and len(data.class_names(cfg)) == k
   assert data.class_names(_cfg("cifar100"))[:3] == ["apple", "aquarium_fish", "baby"]
   assert data.class_names(_cfg("clothing1m"))[-1] == "Underwear"
-  embedded = ml_collections.ConfigDict(dict(
-      name="digits", fractions=(0.5, 0.2, 0.1, 0.2), imbalance_class=-1,
-      imbalance_fraction=1.0, label_noise=0.0, classes=(4, 9)))
+  embedded = data.dataset_config("digits", classes=(4, 9))
   assert data.num_classes(embedded) == 2 and data.class_names(embedded) == ["4", "9"]
 
 
@@ -434,9 +432,7 @@ def test_clothing1m_bad_images_named_or_skipped(tmp_path):
 
 def test_embedded_holdout_per_class_says_largest_value():
   from reducr_jax import errors
-  cfg = ml_collections.ConfigDict(dict(
-      name="digits", fractions=(0.5, 0.2, 0.1, 0.2), imbalance_class=-1,
-      imbalance_fraction=1.0, label_noise=0.0, holdout_per_class=1000))
+  cfg = data.dataset_config("digits", fractions=(0.5, 0.2, 0.1, 0.2), holdout_per_class=1000)
   with pytest.raises(errors.ConfigError, match=r"the largest value that works is (\d+) ") as e:
     data.make_splits(cfg, seed=0)
   largest = int(e.value.args[0].split("works is ")[1].split()[0])

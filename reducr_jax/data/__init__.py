@@ -13,6 +13,7 @@ from reducr_jax.data.sampling import batch_indices
 from reducr_jax.data.sampling import epoch_of
 from reducr_jax.data.sampling import iterate_batches
 from reducr_jax.data.splits import class_names
+from reducr_jax.data.splits import dataset_config
 from reducr_jax.data.splits import make_splits
 from reducr_jax.data.splits import num_classes
 from reducr_jax.data.splits import Split
@@ -37,6 +38,7 @@ __all__ = [
     "imbalance_mask",
     "iterate_batches",
     "load_arrays",
+    "dataset_config",
     "make_splits",
     "num_classes",
     "symmetric_label_noise",

@@ -97,7 +97,7 @@ def load(cfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   are decoded by the thread pool (90,000 x 3 kB = 276 MB a split).
   """
   b = builder(cfg)
-  cap = int(cfg.get("max_examples", -1))
+  cap = int(cfg.max_examples)
   out = {}
   for split in SPLITS:
     y = tfds_loading.metadata_labels(b, split)

@@ -158,7 +158,7 @@ def split_sizes(cfg) -> dict[str, int] | None:
   ``config.dataset.max_examples``); ``None`` when neither exists. Preparation with
   ``skip_bad_images`` may leave fewer rows than the key lists name."""
   b = builder_class()(data_dir=tfds_loading.data_dir(cfg))
-  cap = int(cfg.get("max_examples", -1))
+  cap = int(cfg.max_examples)
   if b.is_prepared():
     sizes = {s: len(tfds_loading.metadata_labels(b, s)) for s in SPLITS}
   else:
@@ -176,7 +176,7 @@ def load(cfg) -> dict[str, tuple[random_access.LazyArray, np.ndarray]]:
   ``config.dataset.max_examples`` (-1 = all) keeps the first rows of each split.
   """
   b = builder(cfg)
-  cap = int(cfg.get("max_examples", -1))
+  cap = int(cfg.max_examples)
   out = {}
   for split in SPLITS:
     y = tfds_loading.metadata_labels(b, split)

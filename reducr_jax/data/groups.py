@@ -96,7 +96,7 @@ def group_names(groups, class_names) -> list[str]:
 def from_config(dataset_config, num_classes: int) -> np.ndarray | None:
   """int32 [C] class → group of ``config.dataset.groups``, or ``None`` for ``()`` (every
   class its own group: the code paths of the ungrouped trainer, unchanged)."""
-  groups = dataset_config.get("groups", ())
+  groups = dataset_config.groups
   if not isinstance(groups, str) and tuple(groups) == ():
     return None
   return group_of(groups, num_classes)

@@ -135,81 +135,83 @@ def check_name(name) -> None:
     raise ValueError(f"config.dataset.name must be one of {list(REAL_DATASETS)}, got {name!r}")
 
 
-def _get(cfg, field: str):
-  return cfg.get(field, DEFAULTS[field])
-
-
 
 
 def validate_real_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises a one-line ``ValueError`` naming the first bad ``config.dataset`` field.
 
-  Fields and allowed values are those of ``DEFAULTS`` (missing fields take the default);
+  Fields and allowed values are those of ``DEFAULTS`` (every one must be present:
+  :func:`default_config` builds a complete config);
   the embedded datasets' ``classes`` / ``holdout_per_class`` must be unset or off, and
   MNLI/QQP need ``tokenizer`` pointing at an existing file or directory.
   """
-  name = cfg.get("name")
+  name = cfg.name if "name" in cfg else None
   check_name(name)
+  missing = sorted(f for f in DEFAULTS if f not in cfg)
+  if missing:
+    raise ValueError(f"config.dataset lacks {missing}: a {name!r} dataset config defines "
+                     f"every field (reducr_jax.data.dataset_config({name!r}) builds a "
+                     f"complete one)")
   k = NUM_CLASSES[name]
   for field in ("data_dir", "manual_dir", "tokenizer"):
-    if not isinstance(_get(cfg, field), str):
+    if not isinstance(cfg[field], str):
       raise ValueError(f"config.dataset.{field} must be a str path ('' for the default), "
-                       f"got {_get(cfg, field)!r}")
-  if not isinstance(_get(cfg, "download"), bool):
+                       f"got {cfg[field]!r}")
+  if not isinstance(cfg.download, bool):
     raise ValueError(f"config.dataset.download must be True or False, "
-                     f"got {_get(cfg, 'download')!r}")
-  h = _get(cfg, "holdout_fraction")
+                     f"got {cfg.download!r}")
+  h = cfg.holdout_fraction
   if not checks.is_real(h) or not 0 < h < 1:
     raise ValueError(f"config.dataset.holdout_fraction must be in (0, 1), got {h!r}")
-  ic = _get(cfg, "imbalance_class")
+  ic = cfg.imbalance_class
   if not checks.is_int(ic) or not -1 <= ic < k:
     raise ValueError(f"config.dataset.imbalance_class must be -1 (none) or an int in "
                      f"[0, {k}), got {ic!r}")
-  f = _get(cfg, "imbalance_fraction")
+  f = cfg.imbalance_fraction
   if not checks.is_real(f) or not 0 < f <= 1:
     raise ValueError(f"config.dataset.imbalance_fraction must be in (0, 1], got {f!r}")
-  imb = _get(cfg, "imbalance_splits")
+  imb = cfg.imbalance_splits
   if not isinstance(imb, (tuple, list)) or not set(imb) <= {"train", "holdout", "val"}:
     raise ValueError("config.dataset.imbalance_splits must be a subset of "
                      f"('train', 'holdout', 'val'), got {imb!r}")
-  noise = _get(cfg, "label_noise")
+  noise = cfg.label_noise
   if not checks.is_real(noise) or not 0 <= noise < 1:
     raise ValueError(f"config.dataset.label_noise must be in [0, 1), got {noise!r}")
-  extra = _get(cfg, "clothing1m_holdout_extra")
+  extra = cfg.clothing1m_holdout_extra
   if not checks.is_int(extra) or extra < 0:
     raise ValueError(f"config.dataset.clothing1m_holdout_extra must be an int >= 0, "
                      f"got {extra!r}")
-  fr = _get(cfg, "text_fractions")
+  fr = cfg.text_fractions
   if (not isinstance(fr, (tuple, list)) or len(fr) != 3 or
       not all(checks.is_real(v) and v > 0 for v in fr) or abs(math.fsum(fr) - 1.0) > 1e-6):
     raise ValueError(f"config.dataset.text_fractions must be 3 positive numbers "
                      f"(train, holdout, test) summing to 1, got {fr!r}")
-  q = _get(cfg, "qqp_class1_fraction")
+  q = cfg.qqp_class1_fraction
   if not checks.is_real(q) or not 0 < q < 1:
     raise ValueError(f"config.dataset.qqp_class1_fraction must be in (0, 1), got {q!r}")
-  length = _get(cfg, "max_length")
+  length = cfg.max_length
   if not checks.is_int(length) or not 3 <= length <= _MAX_BERT_LENGTH:
     raise ValueError(f"config.dataset.max_length must be an int in [3, {_MAX_BERT_LENGTH}], "
                      f"got {length!r}")
-  cap = _get(cfg, "max_examples")
+  cap = cfg.max_examples
   if not checks.is_int(cap) or not (cap == -1 or cap >= 1):
     raise ValueError(f"config.dataset.max_examples must be -1 (all) or an int >= 1, "
                      f"got {cap!r}")
-  if _get(cfg, "glue_source") not in GLUE_SOURCES:
+  if cfg.glue_source not in GLUE_SOURCES:
     raise ValueError(f"config.dataset.glue_source must be one of {list(GLUE_SOURCES)}, "
-                     f"got {_get(cfg, 'glue_source')!r}")
-  if not isinstance(_get(cfg, "skip_bad_images"), bool):
+                     f"got {cfg.glue_source!r}")
+  if not isinstance(cfg.skip_bad_images, bool):
     raise ValueError(f"config.dataset.skip_bad_images must be True or False, "
-                     f"got {_get(cfg, 'skip_bad_images')!r}")
-  if tuple(cfg.get("classes", ())):
+                     f"got {cfg.skip_bad_images!r}")
+  if "classes" in cfg and tuple(cfg.classes):        # embedded-only fields: absent or off
     raise ValueError(f"config.dataset.classes must be () for {name!r} (class subsets are "
                      f"only supported for the embedded datasets), got {tuple(cfg.classes)!r}")
-  if cfg.get("holdout_per_class", -1) != -1:
+  if "holdout_per_class" in cfg and cfg.holdout_per_class != -1:
     raise ValueError(f"config.dataset.holdout_per_class must be -1 for {name!r} (only "
                      f"supported for the embedded datasets), got {cfg.holdout_per_class!r}")
   variants.validate(cfg, k)
   if name in TEXT_DATASETS:
-    tok = _get(cfg, "tokenizer")
+    tok = cfg.tokenizer
     if not tok or not os.path.exists(os.path.expanduser(tok)):
       raise ValueError(f"config.dataset.tokenizer must name a local bert-base-uncased "
                        f"directory, vocab.txt or tokenizer.json for {name!r}, got {tok!r}")
@@ -217,13 +219,13 @@ def validate_real_dataset_config(cfg: ml_collections.ConfigDict) -> None:
 
 def num_classes(cfg: ml_collections.ConfigDict) -> int:
   """Number of classes of real dataset ``cfg.name`` (no data read)."""
-  check_name(cfg.get("name"))
+  check_name(cfg.name if "name" in cfg else None)
   return NUM_CLASSES[cfg.name]
 
 
 def class_names(cfg: ml_collections.ConfigDict) -> list[str]:
   """Class names of real dataset ``cfg.name`` (no data read)."""
-  check_name(cfg.get("name"))
+  check_name(cfg.name if "name" in cfg else None)
   return list(CLASS_NAMES[cfg.name])
 
 
@@ -245,7 +247,7 @@ def _stratified_cut(y: np.ndarray, fractions, rng: np.random.Generator) -> list[
 
 
 def _cap(cfg) -> int:
-  return int(_get(cfg, "max_examples"))
+  return int(cfg.max_examples)
 
 
 def _cifar(cfg, rng: np.random.Generator) -> dict:
@@ -255,11 +257,11 @@ def _cifar(cfg, rng: np.random.Generator) -> dict:
   train = tfds_loading.read_split(builder, "train", ("image", "label"), _cap(cfg))
   test = tfds_loading.read_split(builder, "test", ("image", "label"), _cap(cfg))
   x, y = train["image"].astype(np.uint8), train["label"].astype(np.int32)
-  if _get(cfg, "split_mode") == "official":
+  if cfg.split_mode == "official":
     ids = tfds_loading.read_split(builder, "train", ("id",), _cap(cfg))["id"]
     train_rows, holdout_rows = official_cifar_rows(ids)
   else:
-    h = float(_get(cfg, "holdout_fraction"))
+    h = float(cfg.holdout_fraction)
     train_rows, holdout_rows = _stratified_cut(y, [1.0 - h, h], rng)
   holdout = (x[holdout_rows], y[holdout_rows], holdout_rows)
   return {"train": (x[train_rows], y[train_rows], train_rows), "holdout": holdout,
@@ -346,7 +348,7 @@ def _cinic10(cfg) -> dict:
 
 
 def _check_holdout_extra(cfg, outside_clean_val: int) -> None:
-  extra = int(_get(cfg, "clothing1m_holdout_extra"))
+  extra = int(cfg.clothing1m_holdout_extra)
   if extra > outside_clean_val:
     cap = f", each split cut to max_examples={_cap(cfg)}" if _cap(cfg) >= 0 else ""
     raise errors.ConfigError(
@@ -375,7 +377,7 @@ def _clothing1m(cfg, rng: np.random.Generator) -> dict:
   val = part("clean_val")
   n_ct, n_cv = len(pool[0][1]), len(pool[1][1])
   candidates = np.concatenate([np.arange(n_ct), np.arange(n_ct + n_cv, len(pool_y))])
-  extra = int(_get(cfg, "clothing1m_holdout_extra"))
+  extra = int(cfg.clothing1m_holdout_extra)
   _check_holdout_extra(cfg, candidates.size)   # again: skip_bad_images may have cut some
   picked = np.sort(rng.choice(candidates, size=extra, replace=False))
   holdout = (random_access.concatenate([val[0], pool_x.take(picked)]),
@@ -417,8 +419,8 @@ def glue_reader(cfg, task: str, file_order: bool = False):
   """
   from reducr_jax.data import glue_tsv  # pylint: disable=g-import-not-at-top
   from reducr_jax.data import tfds_loading  # pylint: disable=g-import-not-at-top
-  source, cap = _get(cfg, "glue_source"), _cap(cfg)
-  root = os.path.expanduser(_get(cfg, "manual_dir") or os.path.join(
+  source, cap = cfg.glue_source, _cap(cfg)
+  root = os.path.expanduser(cfg.manual_dir or os.path.join(
       tfds_loading.data_dir(cfg), "downloads", "manual"))
   directory = glue_tsv.task_dir(root, task) if source != "tfds" else None
   if source == "tsv" and directory is None:
@@ -438,8 +440,8 @@ def glue_reader(cfg, task: str, file_order: bool = False):
 
 def _tokenize(cfg, first: list[str], second: list[str]) -> np.ndarray:
   from reducr_jax.data import text  # pylint: disable=g-import-not-at-top
-  tokenizer = text.load_tokenizer(os.path.expanduser(_get(cfg, "tokenizer")))
-  return text.encode_pairs(tokenizer, first, second, int(_get(cfg, "max_length")))
+  tokenizer = text.load_tokenizer(os.path.expanduser(cfg.tokenizer))
+  return text.encode_pairs(tokenizer, first, second, int(cfg.max_length))
 
 
 def _mnli(cfg, rng: np.random.Generator) -> dict:
@@ -455,7 +457,7 @@ def _mnli(cfg, rng: np.random.Generator) -> dict:
     offset += n_read
   x = _tokenize(cfg, first, second)
   y, index = np.concatenate(ys), np.concatenate(index)
-  train, holdout, test = _cut(len(y), _get(cfg, "text_fractions"), rng)
+  train, holdout, test = _cut(len(y), cfg.text_fractions, rng)
   hold = (x[holdout], y[holdout], index[holdout])
   return {"train": (x[train], y[train], index[train]), "holdout": hold, "val": hold,
           "test": (x[test], y[test], index[test])}
@@ -475,14 +477,14 @@ def _qqp_official(cfg) -> dict:
 
 
 def _qqp(cfg, rng: np.random.Generator) -> dict:
-  if _get(cfg, "split_mode") == "official":
+  if cfg.split_mode == "official":
     return _qqp_official(cfg)
   read = glue_reader(cfg, "qqp")
   a, b, y, rows, _ = read("train")
   ta, tb, ty, trows, _ = read("validation")
   keep = np.flatnonzero(corruption.imbalance_mask(
-      y, 1, float(_get(cfg, "qqp_class1_fraction")), rng, 2))
-  fr = _get(cfg, "text_fractions")
+      y, 1, float(cfg.qqp_class1_fraction), rng, 2))
+  fr = cfg.text_fractions
   train, holdout = _cut(keep.size, (fr[0], fr[1]), rng)
   x = _tokenize(cfg, [a[i] for i in keep] + ta, [b[i] for i in keep] + tb)
   x_pool, x_test = x[:keep.size], x[keep.size:]
@@ -526,13 +528,13 @@ def make_real_splits(dataset_config: ml_collections.ConfigDict, seed: int):
 
   imb_rngs = dict(zip(("train", "holdout", "val"),
                       (np.random.default_rng(s) for s in imb_ss.spawn(3))))
-  imb_splits = _get(cfg, "imbalance_splits")
-  if _get(cfg, "imbalance_mode") == "weighted_sampler":
+  imb_splits = cfg.imbalance_splits
+  if cfg.imbalance_mode == "weighted_sampler":
     imb_splits = ()          # rows kept; batches drawn by the weighted sampler (streams.py)
   for name in imb_splits:
     x, y, index = parts[name]
-    keep = corruption.imbalance_mask(y, int(_get(cfg, "imbalance_class")),
-                                     float(_get(cfg, "imbalance_fraction")),
+    keep = corruption.imbalance_mask(y, int(cfg.imbalance_class),
+                                     float(cfg.imbalance_fraction),
                                      imb_rngs[name], k)
     if not keep.all():
       rows = np.flatnonzero(keep)
@@ -547,9 +549,9 @@ def make_real_splits(dataset_config: ml_collections.ConfigDict, seed: int):
     x, y, index = parts[name]
     y_seen = y
     if name == "train":
-      y_seen = corruption.label_noise(y, float(_get(cfg, "label_noise")), k,
+      y_seen = corruption.label_noise(y, float(cfg.label_noise), k,
                                       np.random.default_rng(noise_ss),
-                                      _get(cfg, "label_noise_mode"))
+                                      cfg.label_noise_mode)
     if name == "val" and parts["val"] is parts["holdout"]:
       built[name] = built["holdout"]
       continue

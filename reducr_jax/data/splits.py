@@ -47,6 +47,39 @@ from reducr_jax.data.split_types import stratified_parts
 
 _STD_EPS = 1e-6
 
+# Every field of an embedded dataset's ``config.dataset`` (``configs/default.py`` defines
+# them all, with comments) and the value :func:`dataset_config` gives it. The library reads
+# the fields directly: a config that lacks one is a one-line error, not a silent default.
+EMBEDDED_DEFAULTS: dict[str, object] = {
+    "fractions": (0.4, 0.2, 0.2, 0.2),   # train / holdout / val / test
+    "imbalance_class": -1,               # §5.3 imbalance: -1 none
+    "imbalance_fraction": 1.0,
+    "imbalance_splits": ("train", "holdout"),
+    "label_noise": 0.0,                  # symmetric label noise on train
+    "classes": (),                       # () = all; else a relabelled subset
+    "holdout_per_class": -1,             # >0: a balanced holdout of n per class
+    "num_samples": -1,                   # mnist1d: examples generated (-1: 5 000)
+    "augment": "none",
+    **variants.DEFAULTS,                 # imbalance_mode, label_noise_mode, split_mode, groups
+}
+
+
+def dataset_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """A complete ``config.dataset`` for dataset ``name`` (embedded: ``EMBEDDED_DEFAULTS``,
+  real: ``real.DEFAULTS``) with ``overrides``, for scripts and tests."""
+  if name in real.REAL_DATASETS:
+    return real.default_config(name, **overrides)
+  return ml_collections.ConfigDict(dict(EMBEDDED_DEFAULTS, name=name, **overrides))
+
+
+def check_fields(cfg: ml_collections.ConfigDict, fields) -> None:
+  """One-line ``ValueError`` when ``config.dataset`` lacks any of ``fields``."""
+  missing = sorted(f for f in fields if f not in cfg)
+  if missing:
+    raise ValueError(f"config.dataset lacks {missing}: a {cfg.name!r} dataset config "
+                     f"defines every field (reducr_jax.data.dataset_config({cfg.name!r}) "
+                     f"builds a complete one)")
+
 
 def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises a one-line ``ValueError`` naming the first bad ``config.dataset`` field.
@@ -54,25 +87,27 @@ def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   Real datasets (``real.REAL_DATASETS``) are checked by
   ``real.validate_real_dataset_config``; an unknown name lists every allowed name.
   """
-  if cfg.get("name") in real.REAL_DATASETS:
+  name = cfg.name if "name" in cfg else None
+  if name in real.REAL_DATASETS:
     real.validate_real_dataset_config(cfg)
     return
-  if cfg.get("name") not in embedded.NUM_CLASSES:
+  if name not in embedded.NUM_CLASSES:
     raise ValueError(f"config.dataset.name must be one of "
                      f"{sorted(embedded.NUM_CLASSES) + list(real.REAL_DATASETS)}, "
-                     f"got {cfg.get('name')!r}")
-  embedded.check_num_samples(cfg.name, cfg.get("num_samples", -1))
+                     f"got {name!r}")
+  check_fields(cfg, EMBEDDED_DEFAULTS)
+  embedded.check_num_samples(cfg.name, cfg.num_samples)
   source_k = embedded.NUM_CLASSES[cfg.name]
-  classes = tuple(cfg.get("classes", ()))
+  classes = tuple(cfg.classes)
   if classes and (len(classes) < 2 or len(set(classes)) != len(classes) or
                   not all(checks.is_int(c) and 0 <= c < source_k for c in classes)):
     raise ValueError(f"config.dataset.classes must be () (all) or >= 2 distinct ints in "
                      f"[0, {source_k}), got {classes!r}")
-  imb_splits = tuple(cfg.get("imbalance_splits", ("train", "holdout")))
+  imb_splits = tuple(cfg.imbalance_splits)
   if not set(imb_splits) <= {"train", "holdout", "val"}:
     raise ValueError("config.dataset.imbalance_splits must be a subset of "
                      f"('train', 'holdout', 'val'), got {imb_splits!r}")
-  per_class = cfg.get("holdout_per_class", -1)
+  per_class = cfg.holdout_per_class
   if not checks.is_int(per_class) or not (per_class == -1 or per_class >= 1):
     raise ValueError(f"config.dataset.holdout_per_class must be -1 (use fractions) or an "
                      f"int >= 1, got {per_class!r}")
@@ -98,7 +133,7 @@ def num_classes(dataset_config: ml_collections.ConfigDict) -> int:
   validate_dataset_config(dataset_config)
   if dataset_config.name in real.REAL_DATASETS:
     return real.num_classes(dataset_config)
-  return len(tuple(dataset_config.get("classes", ()))) or embedded.NUM_CLASSES[
+  return len(tuple(dataset_config.classes)) or embedded.NUM_CLASSES[
       dataset_config.name]
 
 
@@ -108,7 +143,7 @@ def class_names(dataset_config: ml_collections.ConfigDict) -> list[str]:
   if dataset_config.name in real.REAL_DATASETS:
     return real.class_names(dataset_config)
   names = embedded.CLASS_NAMES[dataset_config.name]
-  classes = tuple(dataset_config.get("classes", ()))
+  classes = tuple(dataset_config.classes)
   return [names[c] for c in classes] if classes else list(names)
 
 
@@ -133,10 +168,10 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}")
   if cfg.name in real.REAL_DATASETS:
     return real.make_real_splits(cfg, seed)
-  x, y = embedded.load_arrays(cfg.name, seed, cfg.get("num_samples", -1))
+  x, y = embedded.load_arrays(cfg.name, seed, cfg.num_samples)
   source_rows = np.arange(len(y))
   class_names = list(embedded.CLASS_NAMES[cfg.name])
-  classes = tuple(cfg.get("classes", ()))
+  classes = tuple(cfg.classes)
   if classes:                         # keep a subset of classes, relabelled 0..len-1
     source_rows = np.flatnonzero(np.isin(y, classes))
     relabel = np.full(embedded.NUM_CLASSES[cfg.name], -1, np.int64)
@@ -148,17 +183,17 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
 
   parts = dict(zip(SPLIT_NAMES, stratified_parts(
       y, [float(f) for f in cfg.fractions], np.random.default_rng(split_ss))))
-  imb_splits = tuple(cfg.get("imbalance_splits", ("train", "holdout")))
+  imb_splits = tuple(cfg.imbalance_splits)
   imb_rngs = {"train": imb_train_ss, "holdout": imb_holdout_ss,
               "val": np.random.SeedSequence([seed, 3])}
-  if variants.get(cfg, "imbalance_mode") == "weighted_sampler":
+  if cfg.imbalance_mode == "weighted_sampler":
     imb_splits = ()                   # rows kept; batches drawn by the weighted sampler
   for name in imb_splits:
     keep = corruption.imbalance_mask(y[parts[name]], cfg.imbalance_class,
                                      cfg.imbalance_fraction,
                                      np.random.default_rng(imb_rngs[name]), k)
     parts[name] = parts[name][keep]
-  per_class = cfg.get("holdout_per_class", -1)
+  per_class = cfg.holdout_per_class
   if per_class > 0:                   # a small, balanced, clean holdout (Ren et al.)
     rows = parts["holdout"]
     picked = [rows[y[rows] == c][:per_class] for c in range(k)]
@@ -179,7 +214,7 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
   labels = {name: (y[rows], y[rows]) for name, rows in parts.items()}
   y_noisy = corruption.label_noise(labels["train"][1], cfg.label_noise, k,
                                    np.random.default_rng(noise_ss),
-                                   variants.get(cfg, "label_noise_mode"))
+                                   cfg.label_noise_mode)
   labels["train"] = (y_noisy, labels["train"][1])
 
   x_train = x[parts["train"]].astype(np.float64)

@@ -29,9 +29,9 @@ def split_batch_indices(dataset_config: ml_collections.ConfigDict, split: Split,
   Official: ``src/datamodules/datasets/imbalanced_dataloader.py`` (the train and the
   validation loaders get the sampler; our ``holdout`` is the paper's validation set)."""
   cfg = dataset_config
-  cls = int(cfg.get("imbalance_class", -1))
-  if (variants.get(cfg, "imbalance_mode") == "weighted_sampler" and cls != -1 and
-      split_name in tuple(cfg.get("imbalance_splits", ("train", "holdout")))):
+  cls = int(cfg.imbalance_class)
+  if (cfg.imbalance_mode == "weighted_sampler" and cls != -1 and
+      split_name in tuple(cfg.imbalance_splits)):
     p = corruption.sampler_probabilities(split.y, cls, float(cfg.imbalance_fraction),
                                          num_classes)
     return weighted_batch_indices(seed, step, p, batch_size)
@@ -43,7 +43,7 @@ def corrupted_labels_known(config: ml_collections.ConfigDict) -> bool:
   noise was added by this project (``config.dataset.label_noise > 0``). Clothing1M's pool
   labels are noisy by nature and its loader keeps no clean label for them (the images that
   ``clean_label_kv.txt`` also annotates are not matched), so it logs no share."""
-  return float(config.dataset.get("label_noise", 0.0)) > 0
+  return float(config.dataset.label_noise) > 0
 
 
 def train_batch(config: ml_collections.ConfigDict, splits: Splits,
@@ -94,4 +94,4 @@ def class_holdout_split(config, splits: Splits) -> Split:
   """The split the class-holdout loss h is measured on (``config.selection.holdout_source``):
   ``"holdout"`` (the split the experts train on) or ``"val"`` (the validation split; the
   official Clothing1M main robust run, ``clean_val_mode: 'val'``: the clean val set only)."""
-  return splits.val if config.selection.get("holdout_source", "holdout") == "val" else splits.holdout
+  return splits.val if config.selection.holdout_source == "val" else splits.holdout

@@ -96,7 +96,7 @@ def manual_dir(cfg, name: str) -> str:
   a sub-directory named after the dataset (e.g. ``<manual_dir>/clothing1m``) is used
   when it exists, so one manual directory can hold several datasets.
   """
-  root = os.path.expanduser(cfg.get("manual_dir", "") or
+  root = os.path.expanduser(cfg.manual_dir or
                             os.path.join(data_dir(cfg), "downloads", "manual"))
   sub = os.path.join(root, name)
   return sub if os.path.isdir(sub) else root
@@ -119,7 +119,7 @@ def catalog_builder(tfds_name: str, cfg, what: str, hint: str = ""):
   root = data_dir(cfg)
   builder = tfds.builder(tfds_name, data_dir=root)
   if not builder.is_prepared():
-    if not cfg.get("download", False):
+    if not cfg.download:
       raise FileNotFoundError(
           f"{what}: no prepared TFDS data {builder.info.full_name!r} under {root!r}; set "
           f"config.dataset.download=True once with internet, or copy a prepared TFDS "
@@ -258,7 +258,7 @@ def prepared_manual_builder(cfg, name: str, builder_cls, missing, hint: str):
     problem = missing(manual)
     if problem:
       raise FileNotFoundError(f"{name}: no prepared data under {root!r} and {problem}; {hint}")
-    builder.skip_bad_images = bool(cfg.get("skip_bad_images", False))
+    builder.skip_bad_images = bool(cfg.skip_bad_images)
     try:
       prepare_from_manual(builder, manual)
     except BadImagesError as e:

@@ -1,7 +1,8 @@
 """The ``config.dataset`` fields choosing between this project's and the official REDUCR
 code's data behaviour (issue #17), and their one-line validation.
 
-Every field defaults to this project's behaviour; the official value is noted.
+Every field's default (``DEFAULTS``, part of the complete dataset configs of
+``data.dataset_config``) is this project's behaviour; the official value is noted.
 """
 
 from __future__ import annotations
@@ -31,30 +32,25 @@ SPLIT_MODES = ("random", "official")
 OFFICIAL_SPLIT_DATASETS = ("cifar10", "cifar100", "qqp")
 
 
-def get(cfg: ml_collections.ConfigDict, field: str):
-  """``cfg.field``, or its default when the config predates the field."""
-  return cfg.get(field, DEFAULTS[field])
-
-
 def validate(cfg: ml_collections.ConfigDict, num_classes: int) -> None:
   """Raises a one-line ``ValueError`` naming the first bad field of ``DEFAULTS``."""
-  mode = get(cfg, "imbalance_mode")
+  mode = cfg.imbalance_mode
   if mode not in IMBALANCE_MODES:
     raise ValueError(f"config.dataset.imbalance_mode must be one of {list(IMBALANCE_MODES)}, "
                      f"got {mode!r}")
-  if mode == "weighted_sampler" and "val" in tuple(cfg.get("imbalance_splits", ())):
+  if mode == "weighted_sampler" and "val" in tuple(cfg.imbalance_splits):
     raise ValueError("config.dataset.imbalance_splits must be a subset of ('train', "
                      "'holdout') with imbalance_mode='weighted_sampler' (val is evaluated "
                      f"whole, not sampled), got {tuple(cfg.imbalance_splits)!r}")
-  noise = get(cfg, "label_noise_mode")
+  noise = cfg.label_noise_mode
   if noise not in corruption.LABEL_NOISE_MODES:
     raise ValueError(f"config.dataset.label_noise_mode must be one of "
                      f"{list(corruption.LABEL_NOISE_MODES)}, got {noise!r}")
-  split = get(cfg, "split_mode")
+  split = cfg.split_mode
   if split not in SPLIT_MODES:
     raise ValueError(f"config.dataset.split_mode must be one of {list(SPLIT_MODES)}, "
                      f"got {split!r}")
-  if split == "official" and cfg.get("name") not in OFFICIAL_SPLIT_DATASETS:
-    raise ValueError(f"config.dataset.split_mode must be 'random' for {cfg.get('name')!r} "
+  if split == "official" and cfg.name not in OFFICIAL_SPLIT_DATASETS:
+    raise ValueError(f"config.dataset.split_mode must be 'random' for {cfg.name!r} "
                      f"('official' exists for {list(OFFICIAL_SPLIT_DATASETS)})")
-  groups_lib.validate(get(cfg, "groups"), num_classes)
+  groups_lib.validate(cfg.groups, num_classes)

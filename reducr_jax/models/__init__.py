@@ -54,7 +54,7 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
   (:func:`~reducr_jax.models.pretrained.resolve_sizes`); an explicit size that
   contradicts the checkpoint is an error naming both values.
   """
-  name = model_config.get("name")
+  name = model_config.name if "name" in model_config else None
   if name not in MODEL_NAMES:
     raise ValueError(f"config.model.name must be one of {list(MODEL_NAMES)}, got {name!r}")
   missing = [f for f in FIELDS[name] if f not in model_config]

@@ -137,7 +137,7 @@ def model_selection(config: ml_collections.ConfigDict) -> str:
   """``config.model_selection`` with ``"auto"`` resolved by the rule's name
   (:data:`MODEL_SELECTION`, ``"worst_class"`` when absent): ``"worst_class"`` |
   ``"average"`` | ``"final"``."""
-  rule = config.get("model_selection", "worst_class")
+  rule = config.model_selection
   if rule != "auto":
     return rule
   return MODEL_SELECTION.get(config.selection.method, "worst_class")
