@@ -90,6 +90,17 @@ def imbalance_class(
   return np.asarray(x)[keep], np.asarray(y)[keep]
 
 
+def _checked_labels(y, rate: float, num_classes: int) -> np.ndarray:
+  """``y`` as an array, after the one-line checks both label-noise variants share."""
+  y = np.asarray(y)
+  if not 0.0 <= float(rate) <= 1.0:
+    raise ValueError(f"config.dataset.label_noise must be in [0, 1], got {rate!r}")
+  if y.size and (y.min() < 0 or y.max() >= num_classes):
+    raise ValueError(f"labels must be in [0, {num_classes}), got range "
+                     f"[{y.min()}, {y.max()}]")
+  return y
+
+
 def symmetric_label_noise(
     y: np.ndarray,
     rate: float,
@@ -108,12 +119,7 @@ def symmetric_label_noise(
     ``(y_noisy, flipped)``: y_noisy [N] with ``y``'s dtype, and bool [N] flipped,
     which equals ``y_noisy != y`` (a flipped label never lands on its own class).
   """
-  y = np.asarray(y)
-  if not 0.0 <= float(rate) <= 1.0:
-    raise ValueError(f"config.dataset.label_noise must be in [0, 1], got {rate!r}")
-  if y.size and (y.min() < 0 or y.max() >= num_classes):
-    raise ValueError(f"labels must be in [0, {num_classes}), got range "
-                     f"[{y.min()}, {y.max()}]")
+  y = _checked_labels(y, rate, num_classes)
   if rate > 0 and num_classes < 2:
     raise ValueError(f"label noise needs num_classes >= 2, got {num_classes}")
   flipped = rng.random(y.shape) < rate
@@ -149,12 +155,7 @@ def uniform_label_noise(
     the ``int(N · rate)`` redrawn rows, also where the redraw kept the true label; the
     labels that changed are ``y_noisy != y``).
   """
-  y = np.asarray(y)
-  if not 0.0 <= float(rate) <= 1.0:
-    raise ValueError(f"config.dataset.label_noise must be in [0, 1], got {rate!r}")
-  if y.size and (y.min() < 0 or y.max() >= num_classes):
-    raise ValueError(f"labels must be in [0, {num_classes}), got range "
-                     f"[{y.min()}, {y.max()}]")
+  y = _checked_labels(y, rate, num_classes)
   n_corrupt = int(y.size * float(rate))
   rows = rng.choice(y.size, size=n_corrupt, replace=False)
   y_noisy = y.copy()
