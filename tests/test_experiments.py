@@ -57,7 +57,7 @@ def test_compare_table_figures_and_resume(tmp_path):
   assert os.path.getmtime(tmp_path / "runs/reducr/seed0/results.json") == before["results.json"]
 
 
-def test_ablate_and_imbalance(tmp_path):
+def test_ablate(tmp_path):
   out = _run("ablate", tmp_path / "ablate", "--seeds=1", "--workers=1")
   assert out.returncode == 0, out.stderr
   table = json.loads((tmp_path / "ablate/ablation.json").read_text())
@@ -72,6 +72,8 @@ def test_ablate_and_imbalance(tmp_path):
   assert r["config"]["selection"]["use_model_loss"] is False and r["config"]["selection"]["clip"]
   assert (tmp_path / "ablate/figures/class_weights_no_class_holdout_term.png").exists()
 
+
+def test_imbalance(tmp_path):
   out = _run("imbalance", tmp_path / "imb", "--seeds=1", "--workers=1",
              "--methods=uniform,reducr", "--fractions=0.02,0.1", "--imbalance_class=2")
   assert out.returncode == 0, out.stderr
