@@ -45,8 +45,9 @@ def _leaves(node, prefix=""):
       yield f"{prefix}{key}", value
 
 
+# selection.eta defaults to "auto" but takes any float too.
 FLOAT_FIELDS = sorted(name for name, v in _leaves(configuration.load_config(DEFAULT))
-                      if isinstance(v, float))
+                      if isinstance(v, float) or name == "selection.eta")
 
 
 def one_line(e) -> str:
@@ -161,7 +162,8 @@ def test_eta_auto_is_valid_and_resolves_from_the_regret_bound():
   # k = 0.1 · 320 = 32, T = 1500: (1/k) √(8 / (T ln C)) = (1/32) √(8 / 3453.88) = 1.50398e-3.
   assert eta == pytest.approx(1.50398e-3, rel=1e-5) and resolved.selection.eta == eta
   assert config.selection.eta == "auto"
-  assert configuration.resolve_eta(default_config(), 10)[1] == 3e-2
+  assert configuration.resolve_eta(default_config(**{"selection.eta": 3e-2}), 10)[1] == 3e-2
+  assert configuration.resolve_eta(default_config(), 10)[1] == eta        # the default
 
 
 def test_default_config_is_valid_and_has_the_skip_limit():
