@@ -10,7 +10,6 @@ import numpy as np
 from reducr_jax import rng_streams
 from reducr_jax import sharding
 from reducr_jax.data import corruption
-from reducr_jax.data import variants
 from reducr_jax.data.sampling import batch_indices
 from reducr_jax.data.sampling import weighted_batch_indices
 from reducr_jax.data.split_types import Split
