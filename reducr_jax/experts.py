@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from reducr_jax import checks
+from reducr_jax.data import groups as groups_lib
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 TrainApplyFn = Callable[[Any, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
@@ -265,7 +266,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
     # pmean over devices of the microbatch average is Σ_all wℓ / Σ_all w.
     scale = 1.0
     if normalisation == "weight_sum":
-      w_sum = jnp.sum(class_weights_for(_weight_labels(y, group_of), expert_class, gamma))
+      units = groups_lib.group_labels(y, group_of)
+      w_sum = jnp.sum(class_weights_for(units, expert_class, gamma))
       if axis_name is not None:
         w_sum = jax.lax.pmean(w_sum, axis_name)
       scale = y.shape[0] / w_sum
@@ -275,7 +277,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
         logits, new_model_state = apply_fn(p, xb), model_state
       else:
         logits, new_model_state = train_apply_fn(p, model_state, xb, key)
-      loss = class_weighted_loss(cross_entropy(logits, yb), _weight_labels(yb, group_of),
+      loss = class_weighted_loss(cross_entropy(logits, yb),
+                                 groups_lib.group_labels(yb, group_of),
                                  expert_class, gamma)
       return loss * scale, new_model_state
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -447,12 +450,6 @@ def multihead_expert_losses(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return cross_entropy(logits, labels[:, None])
 
 
-def _weight_labels(labels: jax.Array, group_of) -> jax.Array:
-  """The labels eq. 8 compares with the expert index: the class, or with class groups
-  (``config.dataset.groups``, ``group_of`` int [C]) the class's group."""
-  return labels if group_of is None else jnp.asarray(group_of, jnp.int32)[labels]
-
-
 def multihead_loss(logits: jax.Array, labels: jax.Array, gamma, group_of=None,
                    normalisation: str = "mean",
                    axis_name: Optional[str] = None) -> jax.Array:
@@ -475,7 +472,7 @@ def multihead_loss(logits: jax.Array, labels: jax.Array, gamma, group_of=None,
     scalar.
   """
   losses = multihead_expert_losses(logits, labels)                  # [B, C]
-  weights = class_weight_matrix(_weight_labels(labels, group_of), losses.shape[1],
+  weights = class_weight_matrix(groups_lib.group_labels(labels, group_of), losses.shape[1],
                                 gamma)                              # [B, C]
   if normalisation == "mean":      # one mean over [B, C] (= mean over heads of head means)
     return jnp.mean(weights * losses)

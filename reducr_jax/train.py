@@ -78,8 +78,8 @@ def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfi
     return state.holdout_loss, state.ema
   h_loss = experts.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
                                  batch["holdout_y"])
-  stats = jax.lax.psum(metrics.class_sums(h_loss, groups_lib.group_labels(batch["holdout_y"], cfg.group_of),
-                                          cfg.num_classes), AXIS)
+  units = groups_lib.group_labels(batch["holdout_y"], cfg.group_of)
+  stats = jax.lax.psum(metrics.class_sums(h_loss, units, cfg.num_classes), AXIS)
   ema = mwu.ema_update(state.ema, stats, cfg.ema_decay)
   return mwu.ema_value(ema, cfg.ema_decay), ema
 

@@ -165,9 +165,8 @@ def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma,
                         group_of=None) -> jax.Array:
   """``Σ_i mask_i (1 + γ·1[y_i = e]) table[i, e]`` per column e → ``[E]`` (eq. 8 on val);
   with ``group_of`` (int [C]) ``y_i`` is replaced by its group."""
-  if group_of is not None:
-    y = jnp.asarray(group_of, jnp.int32)[y]
-  w = experts.class_weight_matrix(y, table.shape[1], gamma)
+  w = experts.class_weight_matrix(groups_lib.group_labels(y, group_of), table.shape[1],
+                                  gamma)
   return jnp.sum(w * table * mask[:, None], axis=0)
 
 
@@ -175,9 +174,8 @@ def _weight_sums(y: jax.Array, mask: jax.Array, num: int, gamma,
                  group_of=None) -> jax.Array:
   """``Σ_i mask_i (1 + γ·1[y_i = e])`` per column e → ``[num]`` (``"weight_sum"``; with
   ``group_of`` ``y_i`` is replaced by its group)."""
-  if group_of is not None:
-    y = jnp.asarray(group_of, jnp.int32)[y]
-  return jnp.sum(experts.class_weight_matrix(y, num, gamma) * mask[:, None], axis=0)
+  w = experts.class_weight_matrix(groups_lib.group_labels(y, group_of), num, gamma)
+  return jnp.sum(w * mask[:, None], axis=0)
 
 
 def selection_split(config: ml_collections.ConfigDict, splits: data.Splits) -> data.Split:
