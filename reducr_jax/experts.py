@@ -303,37 +303,63 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
   keys = jax.random.split(jax.random.PRNGKey(0) if rng is None else rng, c)
   if strategy == "map":
     return _update_in_place(one, state, keys)
+  if strategy == "vmap" and 0 < chunk < c and c % chunk == 0:
+    return _update_in_place(one, state, keys, chunk)
   params, opt_state, model_state, losses = map_experts(
       one, (state.params, state.opt_state, state.model_state,
             jnp.arange(c, dtype=jnp.int32), keys), strategy, chunk)
   return ExpertsState(params, opt_state, model_state), losses
 
 
-def _update_in_place(one: Callable[[Any], Any], state: ExpertsState,
-                     keys: jax.Array) -> tuple[ExpertsState, jax.Array]:
-  """``map`` for the training step: one expert at a time, written back into the state.
+def _update_in_place(one: Callable[[Any], Any], state: ExpertsState, keys: jax.Array,
+                     chunk: int = 1) -> tuple[ExpertsState, jax.Array]:
+  """``map`` (``chunk`` = 1) or ``vmap`` in chunks of ``chunk`` | C for the training step:
+  a ``fori_loop`` over the chunks whose carry is the stacked state, each chunk's slice
+  read, updated and written back with ``dynamic_update_slice``, in place.
 
-  A ``fori_loop`` whose carry is the stacked state: expert ``i``'s slice is read and its
-  update written back with ``dynamic_update_index_in_dim``, which XLA does in place. The
-  ``lax.map`` form stacks its outputs into fresh buffers, a second copy of the whole
+  Why not ``lax.map``: it stacks its outputs into fresh buffers, a second copy of the whole
   stacked state (params + AdamW moments: 1.75 GiB for 14 ResNet-18s) that XLA cannot alias
-  with the donated input. XLA:CPU's memory analysis, 14 ResNet-18s at 224 px, B = 320 in
-  16 slices: temp 2.51 → 2.06 GiB, peak 4.31 → 3.85 GiB (``benchmarks/README.md``,
-  Clothing1M profile).
-  """
-  c = keys.shape[0]
-  take = lambda i: lambda a: jax.lax.dynamic_index_in_dim(a, i, 0, keepdims=False)  # noqa: E731
+  with the donated input.
 
-  def body(i, carry):
+  Why the ``lax.cond``: without it XLA fuses the reads of the *old* moments (the slice of
+  the stacked ``mu``/``nu``) into the fusion that writes the new parameters, so the
+  moments' in-place writes must wait for it and copy insertion copies the whole stacked
+  ``mu`` and ``nu`` twice per iteration (optax AdamW; plain SGD has no moments and no
+  copies). A conditional is a fusion boundary, so the chunk's slice is read into its own
+  small buffer first. (``optimization_barrier`` does not help: XLA:CPU drops it before
+  fusion.) XLA:CPU memory analysis, 14 small ResNets, AdamW, B = 32 in 4 slices: temp
+  45.7 → 11.3 MiB, no stacked copies left; 14 ResNet-18s at 224 px: see
+  ``benchmarks/README.md``.
+  """
+  c, n = keys.shape[0], int(chunk)
+  if c % n:
+    raise ValueError(f"chunk must divide the {c} experts for an in-place update, got {n}")
+  fn = one if n == 1 else jax.vmap(one)
+
+  def take(a, start):
+    if n == 1:
+      return jax.lax.dynamic_index_in_dim(a, start, 0, keepdims=False)
+    return jax.lax.dynamic_slice_in_dim(a, start, n, 0)
+
+  def put(a, v, start):
+    return jax.lax.dynamic_update_slice_in_dim(a, v if n > 1 else v[None], start, 0)
+
+  def body(j, carry):
     stacked, losses = carry
-    p, o, ms, loss = one((*jax.tree.map(take(i), stacked), i.astype(jnp.int32), keys[i]))
-    stacked = jax.tree.map(lambda a, v: jax.lax.dynamic_update_index_in_dim(a, v, i, 0),
-                           stacked, (p, o, ms))
-    return stacked, losses.at[i].set(loss.astype(losses.dtype))
+    start = (j * n).astype(jnp.int32)
+    index = start if n == 1 else start + jnp.arange(n, dtype=jnp.int32)
+    args = (*jax.tree.map(lambda a: take(a, start), stacked), index, take(keys, start))
+    shapes = jax.eval_shape(fn, args)
+    # j >= 0 always holds; XLA does not fold it, so the branch stays a conditional.
+    p, o, ms, loss = jax.lax.cond(
+        j >= 0, fn, lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+        args)
+    stacked = jax.tree.map(lambda a, v: put(a, v, start), stacked, (p, o, ms))
+    return stacked, put(losses, loss.astype(losses.dtype), start)
 
   stacked = (state.params, state.opt_state, state.model_state)
   (params, opt_state, model_state), losses = jax.lax.fori_loop(
-      0, c, body, (stacked, jnp.zeros((c,), jnp.float32)))
+      0, c // n, body, (stacked, jnp.zeros((c,), jnp.float32)))
   return ExpertsState(params, opt_state, model_state), losses
 
 

@@ -205,7 +205,9 @@ def strategy_candidates(num: int, strategy: str, chunk: int, batch: int = 1,
   An explicit ``strategy`` is the one candidate. ``auto``: on CPU ``map`` (conv nets:
   ``vmap`` lowers to grouped convolutions, several times slower and C× the activation
   memory, see :func:`reducr_jax.experts.default_strategy`); on GPU/TPU ``vmap`` of all C,
-  then chunks of C/2, C/4, … ≥ 2 experts per ``vmap``, then ``map`` (one at a time);
+  then chunks of the largest divisor of C ≤ C/2, C/4, … (≥ 2 experts per ``vmap``; a
+  divisor, so :func:`reducr_jax.experts.train_step` updates the chunks in place), then
+  ``map`` (one at a time);
   then, when even one expert's step is too big, ``map`` with its gradient accumulated
   over 2, 4, 8, … slices of the per-device ``batch`` (:func:`reducr_jax.experts.train_step`
   ``microbatches``; batch norm then sees slices).
@@ -214,10 +216,12 @@ def strategy_candidates(num: int, strategy: str, chunk: int, batch: int = 1,
     return [(strategy, int(chunk), 1)]
   out = [("map", 0, 1)]
   if experts.default_strategy(backend) != "map" and num > 1:
-    out, width = [("vmap", 0, 1)], num // 2
-    while width >= 2:
-      out.append(("vmap", width, 1))
-      width //= 2
+    out, target = [("vmap", 0, 1)], num // 2
+    while target >= 2:   # the largest divisor of C ≤ C/2, C/4, …: chunks update in place
+      width = max(d for d in range(1, target + 1) if num % d == 0)
+      if width >= 2 and ("vmap", width, 1) not in out:
+        out.append(("vmap", width, 1))
+      target //= 2
     out.append(("map", 0, 1))
   m = 2
   while batch % m == 0:

@@ -144,6 +144,38 @@ def test_training_strategies_agree():
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_in_place_training_holds_one_copy_of_the_stacked_state():
+  """``map`` and ``vmap`` in chunks dividing C update the stacked state in place.
+
+  XLA's memory analysis of the donated step: its temporaries (the working set of one chunk)
+  stay a fraction of the stacked state (before the in-place form, ``lax.map``'s stacked
+  outputs and XLA's copies of the AdamW moments made them a whole copy or more), and it
+  computes the same update as one ``vmap``."""
+  model = MLP(hidden=(128, 128), num_outputs=8)
+  init = lambda rng: model.init(rng, jnp.zeros((1, 64)))["params"]  # noqa: E731
+  apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+  tx = optax.adamw(1e-2)
+  x = jax.random.normal(jax.random.key(1), (16, 64))
+  y = jnp.arange(16) % 8
+  results = {}
+  for strategy, chunk in [("vmap", 0), ("map", 0), ("vmap", 2)]:
+    state = experts.init_experts(init, tx, jax.random.key(0), 8)
+    state_bytes = sum(a.nbytes for a in jax.tree.leaves(state))
+    step = jax.jit(functools.partial(experts.train_step, apply, tx, strategy=strategy,
+                                     chunk=chunk), donate_argnums=0)
+    if strategy != "vmap" or chunk:
+      temp = step.lower(state, x, y, 9.0).compile().memory_analysis().temp_size_in_bytes
+      # One expert's working set is ≈ 1/4 of the 8 experts' state (measured 0.25, 0.50
+      # for chunks of 2; 0.84 for map before the in-place form).
+      assert temp < 0.3 * max(chunk, 1) * state_bytes, (strategy, chunk, temp, state_bytes)
+    for _ in range(2):
+      state, losses = step(state, x, y, 9.0)
+    results[strategy, chunk] = (state.params, state.opt_state, losses)
+  for got in results.values():
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(results["vmap", 0])):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)   # Adam: float order
+
+
 def test_multihead_trains_and_specialises():
   x, y = toy_problem()
   init, apply = make_model(heads=3)

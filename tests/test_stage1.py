@@ -60,12 +60,12 @@ def test_auto_strategy_fits_the_budget():
   picked = []
   def compile_fn(strategy, chunk, micro):
     picked.append((strategy, chunk, micro))
-    gib = ({0: 14, 7: 7, 3: 3}[chunk] if strategy == "vmap" else 1) / micro
+    gib = ({0: 14, 7: 7, 2: 2}[chunk] if strategy == "vmap" else 1) / micro
     return type("C", (), {"memory_analysis": lambda self: type("M", (), dict(
         argument_size_in_bytes=0, output_size_in_bytes=0, alias_size_in_bytes=0,
         generated_code_size_in_bytes=0, temp_size_in_bytes=int(gib * 2**30)))()})()
   cands = train_experts.strategy_candidates(14, "auto", 0, 8, backend="gpu")
-  assert cands == [("vmap", 0, 1), ("vmap", 7, 1), ("vmap", 3, 1), ("map", 0, 1),
+  assert cands == [("vmap", 0, 1), ("vmap", 7, 1), ("vmap", 2, 1), ("map", 0, 1),
                    ("map", 0, 2), ("map", 0, 4), ("map", 0, 8)]
   # 7 experts: 7 GB + one model's 1 GB (the target step) = 8 GB ≤ 8.5 GB.
   cand, _, peak = train_experts.pick_strategy(compile_fn, 14, cands, 8.5 * 2**30)
@@ -82,6 +82,9 @@ def test_auto_strategy_fits_the_budget():
   assert cand == ("map", 0, 8) and picked == [("map", 0, 1), ("map", 0, 8)]
   assert train_experts.strategy_candidates(14, "auto", 0, 3, backend="cpu") == [("map", 0, 1)]
   assert train_experts.strategy_candidates(14, "vmap", 5, 8) == [("vmap", 5, 1)]
+  # Chunk widths divide C (in-place chunk updates): 100 experts → 50, 25, 10, 5, 2.
+  assert [c for s, c, m in train_experts.strategy_candidates(100, "auto", 0, 1, "gpu")
+          if s == "vmap"] == [0, 50, 25, 10, 5, 2]
 
 
 def _free_port() -> int:
