@@ -19,11 +19,18 @@ step (the same function with C = 1). Per row:
 Models are shrunk to run on a CPU (``--width``, ``--stages``, ``--image``); on a GPU/TPU
 pass the full ResNet-18 (``--width 64 --stages 2,2,2,2 --image 224``).
 
+A second table needs no time on the device: the compiled memory of the **full-size**
+paper steps (``--full``: ResNet-18 at 224 px with the ImageNet stem and C = 14 as for
+Clothing1M, at 32 px with the CIFAR stem and C = 10 as for CIFAR-10; expert batch 320,
+AdamW) for every strategy and for ``map`` with the gradient accumulated over 16 slices,
+from XLA's memory analysis of programs lowered from shapes only (nothing is allocated).
+
   python benchmarks/stage1.py [--classes 10,14] [--batch 32] [--rounds 5]
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import time
 from typing import Any
@@ -77,6 +84,42 @@ def build(stem: str, num: int, strategy: str, chunk: int, args) -> tuple[Any, tu
   return step.lower(*args_).compile(), args_
 
 
+# (stem, image size, C) of the full-size table: Clothing1M's and CIFAR-10's.
+FULL = (("imagenet", 224, 14), ("cifar", 32, 10))
+
+
+def full_size_memory(batch: int, slices: int) -> list[dict[str, Any]]:
+  """Compiled memory (GiB per device) of the full ResNet-18 experts' step per strategy."""
+  rows = []
+  for stem, image, num in FULL:
+    module = ResNet18(num_outputs=num, stem=stem)
+    fns = models.model_fns(module, jnp.zeros((1, image, image, 3), jnp.float32),
+                           init_impl="rbg")
+    tx = optax.adamw(1e-3)
+    x = jax.ShapeDtypeStruct((batch, image, image, 3), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    base = None
+    for name, n, strategy, chunk, micro in [
+        ("one model", 1, "map", 0, 1), ("vmap", num, "vmap", 0, 1),
+        (f"chunk {num // 2}", num, "vmap", num // 2, 1), ("map", num, "map", 0, 1),
+        (f"map, {slices} slices", num, "map", 0, slices)]:
+      state = jax.eval_shape(lambda n=n: experts.init_experts(fns.init, tx,
+                                                              jax.random.PRNGKey(0), n))
+      step = jax.jit(functools.partial(experts.train_step, fns.apply, tx,
+                                       train_apply_fn=fns.apply_train, strategy=strategy,
+                                       chunk=chunk, microbatches=micro), donate_argnums=0)
+      t0 = time.perf_counter()
+      mem = device_memory.compiled_memory(step.lower(state, x, y, 9.0).compile())
+      gib = {k: v / 2**30 for k, v in mem.items()}
+      base = base or gib.get("peak")
+      rows.append({"model": f"ResNet-18 {stem} {image}px", "num_experts": num,
+                   "batch": batch, "strategy": name, "compile_s": time.perf_counter() - t0,
+                   **{f"{k}_gib": v for k, v in gib.items()},
+                   "peak_ratio": gib["peak"] / base if base and "peak" in gib else None})
+      print(f"full {stem} C={num} {name}: {gib}", flush=True)
+  return rows
+
+
 def bench_model(stem: str, num: int, args, rng) -> list[dict[str, Any]]:
   """Rows for one (model, C)."""
   variants = {"one model": (1, "map", 0), "vmap": (num, "vmap", 0),
@@ -102,7 +145,7 @@ def bench_model(stem: str, num: int, args, rng) -> list[dict[str, Any]]:
           f"{(mem[name] or 0) / 2**20:.0f} MiB, RSS {rss[name]}", flush=True)
   times = harness.round_robin(calls, args.rounds, rng)
   base = "one model"
-  picks = train_experts.strategy_candidates(num, "auto", 0)
+  picks = train_experts.strategy_candidates(num, "auto", 0, args.batch)
   rows = []
   for name in variants:
     r = {"model": stem, "num_experts": num, "strategy": name, **harness.summarize(times[name]),
@@ -116,7 +159,26 @@ def bench_model(stem: str, num: int, args, rng) -> list[dict[str, Any]]:
   return rows
 
 
-def markdown(info, rows, args) -> str:
+def full_markdown(rows) -> list[str]:
+  """The full-size compiled-memory table."""
+  if not rows:
+    return []
+  lines = ["", "## Full-size steps: compiled memory per device (XLA memory analysis, shapes "
+           "only)", "",
+           f"ResNet-18, expert batch {rows[0]['batch']}, fp32, AdamW; `argument` = the "
+           "stacked parameters and moments (donated: the outputs alias them), `temp` = "
+           "activations and the step's scratch.", ""]
+  lines += harness.markdown_table(
+      ["model", "C", "strategy", "argument GiB", "temp GiB", "peak GiB", "× one model",
+       "compile s"],
+      [[r["model"], r["num_experts"], r["strategy"], f"{r.get('argument_gib', 0):.2f}",
+        f"{r.get('temp_gib', 0):.2f}", f"{r.get('peak_gib', 0):.2f}",
+        "" if r["peak_ratio"] is None else f"{r['peak_ratio']:.1f}",
+        f"{r['compile_s']:.0f}"] for r in rows], "llrrrrrr")
+  return lines
+
+
+def markdown(info, rows, args, full_rows=()) -> str:
   lines = ["# Stage 1: stacked experts' training step per strategy vs one model's step", "",
            harness.machine_line(info), harness.load_line(info), "",
            f"ResNet width {args.width}, stages {tuple(args.stages)}, {args.image}×{args.image} "
@@ -136,10 +198,12 @@ def markdown(info, rows, args) -> str:
         f"{r['first_call_s']:.1f}"] for r in rows], "llllrrrrrr")
   cands = rows[0]["auto_candidates"] if rows else []
   lines += ["", f"`auto` on this backend (`{info['backend']}`) tries, best first: "
-            + ", ".join(f"{s}{'' if not c else f' (chunk {c})'}" for s, c in cands)
+            + ", ".join(f"{s}{'' if not c else f' (chunk {c})'}"
+                        f"{'' if m == 1 else f' in {m} slices'}" for s, c, m in cands)
             + f"; the first whose compiled peak (+ one model's share) fits "
               f"{device_memory.device_capacity_bytes() / 2**30:.1f} GiB per device "
               "(`experts.max_memory_gb` = 0)."]
+  lines += full_markdown(full_rows)
   return "\n".join(lines) + "\n"
 
 
@@ -152,6 +216,10 @@ def main() -> None:
   p.add_argument("--image", type=int, default=32)
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
+                 help="also the full-size compiled-memory table (compile only)")
+  p.add_argument("--full_batch", type=int, default=320)
+  p.add_argument("--full_slices", type=int, default=16)
   harness.add_out_flag(p, f"benchmarks/results/stage1_<backend>.json")
   args = p.parse_args()
   info = harness.machine_info(("optax",))
@@ -161,10 +229,12 @@ def main() -> None:
   for stem in args.stems:
     for num in args.classes:
       rows += bench_model(stem, num, args, rng)
+  full_rows = full_size_memory(args.full_batch, args.full_slices) if args.full else []
   harness.finish_info(info, start)
   harness.write_results(args.out, f"stage1_{info['backend']}",
-                        {"info": info, "flags": harness.flag_values(args), "rows": rows},
-                        markdown(info, rows, args))
+                        {"info": info, "flags": harness.flag_values(args), "rows": rows,
+                         "full_size": full_rows},
+                        markdown(info, rows, args, full_rows))
 
 
 if __name__ == "__main__":

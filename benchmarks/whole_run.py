@@ -42,6 +42,43 @@ TFDS_EXAMPLES = 672          # mocked CIFAR / GLUE splits: a 336-example CIFAR h
 CINIC10_PER_CLASS = 33       # a 330-image CINIC-10 valid (= holdout) split
 
 
+RSS_EVERY_S = 5.0
+
+
+def _sample_rss(every: float) -> None:
+  """Prints ``RSS <seconds> <GiB>`` (``VmRSS``) every ``every`` s from a daemon thread, so
+  the log shows which stage holds the memory (between the stage's own log lines)."""
+  start = time.perf_counter()
+
+  def loop():
+    while True:
+      try:
+        with open("/proc/self/status") as f:
+          kib = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+      except (OSError, StopIteration):
+        return
+      print(f"RSS {time.perf_counter() - start:.0f} {kib / 2**20:.2f}", flush=True)
+      time.sleep(every)
+  threading.Thread(target=loop, daemon=True).start()
+
+
+def rss_by_stage(log: str) -> list[list]:
+  """``[[stage log line, peak RSS GiB while it ran], ...]`` from a child's log: each
+  ``RSS`` sample is charged to the last log line of stage 1 / training before it."""
+  out, stage = [], "start"
+  for line in log.splitlines():
+    if line.startswith("RSS "):
+      gib = float(line.split()[2])
+      if out and out[-1][0] == stage:
+        out[-1][1] = max(out[-1][1], gib)
+      else:
+        out.append([stage, gib])
+    elif any(w in line for w in ("stage 1", "Training", "Loaded", "step", "table",
+                                 "Compil", "strategy")):
+      stage = (line.split("] ", 1)[1] if "] " in line else line)[:120]
+  return out
+
+
 def child(name: str, workdir: str, extra: dict[str, Any]) -> None:
   """Writes the fake data for ``name``, runs its 2-step config, prints timing JSON.
 
@@ -49,6 +86,7 @@ def child(name: str, workdir: str, extra: dict[str, Any]) -> None:
   side by side gets the same data; the library and the configs from the working directory.
   """
   sys.path.insert(0, str(ROOT / "tests"))
+  _sample_rss(RSS_EVERY_S)
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)     # the log names each stage and stage 1's strategy
   import fakes  # pylint: disable=g-import-not-at-top
@@ -107,6 +145,7 @@ def run(repo: str, name: str, extra: dict[str, Any], timeout: float) -> dict[str
                 f"killed after {timeout:.0f} s" if timed_out.is_set() else
                 f"killed (signal {-code})" if code < 0 else f"exit {code}"),
             "wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
+  result["rss_by_stage"] = rss_by_stage(out)
   for line in out.splitlines():
     if line.startswith("RESULT "):
       result.update(json.loads(line[len("RESULT "):]))

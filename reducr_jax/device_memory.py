@@ -16,12 +16,13 @@ from typing import Any
 import jax
 
 GIB = 1 << 30
-# Of physical RAM, shared by the local CPU devices. A quarter, not more: the process also
-# holds the data, host copies of the experts' best variables, the loss table and XLA's
-# compile-time memory, and on CPU a step in more slices does the same FLOPs. At 0.5 the
-# Clothing1M smoke run (14 ResNet-18 experts, 224 px, expert batch 320) got 4 slices
-# (compiled peak 6.2 GiB) and the process passed 9 GB resident.
-CPU_RAM_FRACTION = 0.25
+# Of physical RAM, shared by the local CPU devices. An eighth: the process also holds the
+# data, host copies of the experts' best variables, the loss table and XLA's compile-time
+# memory, and on CPU a step in more slices does the same FLOPs. At 0.5 the Clothing1M
+# smoke run (14 ResNet-18 experts, 224 px, expert batch 320) got 4 slices (compiled peak
+# 6.2 GiB) and the process passed 9 GB resident; at 0.25 it got 8 slices (3.4 GiB
+# compiled, in place); at 0.125 on a 23 GiB machine 64 slices (2.3 GiB compiled).
+CPU_RAM_FRACTION = 0.125
 
 
 def physical_memory_bytes() -> int:

@@ -289,6 +289,29 @@ def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
   raise ValueError("no strategy candidates")
 
 
+def fitting_batch(compile_at: Callable[[int], Any], batch: int, multiple_of: int,
+                  budget_bytes: float) -> tuple[int, Any]:
+  """``(b, compile_at(b))`` for the largest ``b`` of ``batch``, ``batch/2``, …
+  (multiples of ``multiple_of``) whose compiled program fits the per-device budget (the
+  smallest when none does; ``batch`` where the backend reports no memory analysis).
+
+  For forward-only passes (the loss table): their memory is the models' parameters plus
+  the activations of one batch, and a 500-image ResNet-18 forward at 224 px needs ≈ 5 GiB.
+  """
+  b = batch
+  while True:
+    compiled = compile_at(b)
+    peak = device_memory.compiled_peak_bytes(compiled)
+    smaller = (b // 2) // multiple_of * multiple_of
+    if peak is None or peak <= budget_bytes or smaller < multiple_of:
+      if b != batch:
+        logging.info("reference-loss table: batch %d (of %d), compiled peak %.2f GB, "
+                     "budget %.2f GB per device", b, batch, (peak or 0) / device_memory.GIB,
+                     budget_bytes / device_memory.GIB)
+      return b, compiled
+    b = smaller
+
+
 def memory_budget_bytes(config: ml_collections.ConfigDict, device: Any) -> float:
   """``config.experts.max_memory_gb`` in bytes, or (``0``) what ``device`` has."""
   gb = float(config.experts.max_memory_gb or 0.0)
@@ -361,7 +384,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
                               microbatches=microbatches, group_of=group_of,
                               normalisation=norm)
 
-  def val_sums(variables, x, y, mask, strategy, chunk):
+  def val_sums(variables, x, y, mask, strategy, chunk, slices):
     """Σ over all devices' rows of each model's eq. 8 loss on the selection split →
     ``[num]``, and (``"weight_sum"``) the weight sums ``[num]`` (per head for multihead)."""
     if kind == "multihead":
@@ -370,8 +393,11 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
       if norm == "mean":
         sums = jnp.mean(sums, keepdims=True)
       wsums = _weight_sums(y, mask, table.shape[1], gamma, group_of)
-    else:
-      table = experts.expert_losses(fns.apply, variables, x, y, strategy, chunk)  # [b, num]
+    else:       # in `slices` slices of the batch, like the training step's microbatches
+      table = jax.lax.map(
+          lambda xy: experts.expert_losses(fns.apply, variables, *xy, strategy, chunk),
+          (x.reshape((slices, -1) + x.shape[1:]), y.reshape((slices, -1))))
+      table = table.reshape((-1, table.shape[-1]))                    # [b, num]
       sums = _weighted_loss_sums(table, y, mask, gamma, group_of)
       wsums = _weight_sums(y, mask, table.shape[1], gamma, group_of)
     return jax.lax.psum((sums, wsums), sharding.AXIS)
@@ -389,8 +415,8 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
     params, model_state = models.load_pretrained_stacked(config.model, state.params,
                                                          state.model_state)
     state = state._replace(params=params, model_state=model_state)
-  state = sharding.replicate(state, devices)
-  del params, model_state          # the unreplicated copies (C models' parameters)
+  del params, model_state
+  state = sharding.replicate(state, devices, consume=True)   # held once, not twice
   put = functools.partial(jax.device_put, device=sharding.device_sharding(devices))
 
   def holdout_batch(step):
@@ -419,8 +445,14 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
                None if peak is None else round(peak / device_memory.GIB, 3))
   if procs > 1:   # a multi-process pmap's compiled program takes global arrays: re-jit
     p_step = pmapped(train_step, (0,))(strategy, chunk, microbatches=micro)
-  p_val = pmapped(val_sums)(strategy, chunk)
-  eval_global = -(-config.eval_batch_size // n) * n
+  # Validation batches: no larger than the split needs, and with the training step's
+  # slices, evaluated in slices of the same size (activations of a 500-image ResNet-18
+  # forward at 224 px are ≈ 5 GiB; the training step was fitted to the memory budget).
+  eval_local = -(-min(config.eval_batch_size, len(select_split)) // n)
+  slice_rows = b_local // micro if micro > 1 and kind != "multihead" else eval_local
+  eval_local = -(-eval_local // slice_rows) * slice_rows
+  eval_global = eval_local * n
+  p_val = pmapped(val_sums)(strategy, chunk, slices=eval_local // slice_rows)
 
   def variables_of(state):
     return models.variables(state.params, state.model_state or {})
@@ -515,6 +547,14 @@ def precompute_table(refs: ReferenceModels, split: data.Split, batch_size: int,
   lo, hi = sharding.process_range(n, procs, proc)
   # A process with no rows still scores one (dropped) so every share has C columns.
   start = min(lo, n - 1)
+  y_dtype = np.asarray(split.y[:1]).dtype
+  local_bs, fn = fitting_batch(     # every batch has this size (the last one padded)
+      lambda b: fn.lower(*put((np.zeros((b,) + split.x.shape[1:], split.x.dtype),
+                               np.zeros((b,), y_dtype)))).compile(),
+      min(local_bs, -(-(max(hi, start + 1) - start) // len(devices)) * len(devices)),
+      len(devices),
+      float(device_memory.device_capacity_bytes(devices[0])) if config is None else
+      memory_budget_bytes(config, devices[0]))
   reporter = progress.Reporter("stage 1: reference-loss table", max(hi, start + 1) - start,
                                "rows")
   mine = experts.precompute_table(fn, split.x, split.y, local_bs, start, max(hi, start + 1),

@@ -87,6 +87,42 @@ def test_auto_strategy_fits_the_budget():
           if s == "vmap"] == [0, 50, 25, 10, 5, 2]
 
 
+def test_sliced_validation_equals_whole_batch_losses(caplog):
+  # A budget nothing fits: the last candidate, `map` with the batch in 16 slices of one
+  # row; validation then runs in slices too. Each expert's checkpoint loss must equal its
+  # eq.-8 loss on the whole selection split computed in one batch.
+  config = _config(**{"experts.strategy": "auto", "experts.max_memory_gb": 1e-6,
+                      "num_devices": 1})
+  splits = _splits()
+  fns, loss_fn, num, gamma = train_experts._build(config, splits, "experts")
+  with caplog.at_level("INFO"):
+    best, best_val = train_experts._train(config, splits, "experts", fns, num, gamma)
+  assert "16 microbatches" in caplog.text
+  split = train_experts.selection_split(config, splits)
+  table = np.asarray(loss_fn(best, split.x, split.y))                     # [n, C]
+  w = 1.0 + gamma * (split.y[:, None] == np.arange(num)[None, :])
+  expected = train_experts.checkpoint_criterion(
+      (w * table).sum(0), w.sum(0), len(split.y), config.experts.loss_normalisation)
+  np.testing.assert_allclose(best_val, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_fitting_batch_halves_until_the_forward_fits():
+  compiled_at = []
+
+  def compile_at(b):       # 0.2 GB of parameters + 10 MB per row of activations
+    compiled_at.append(b)
+    return type("C", (), {"memory_analysis": lambda self: type("M", (), dict(
+        argument_size_in_bytes=int(0.2e9), output_size_in_bytes=0, alias_size_in_bytes=0,
+        generated_code_size_in_bytes=0, temp_size_in_bytes=b * 10**7))()})()
+  b, compiled = train_experts.fitting_batch(compile_at, 500, 4, 1.0e9)
+  # 500 → 248 → 124 → 60: 0.2 + 0.6 GB ≤ 1.0 GB (multiples of the 4 devices).
+  assert b == 60 and compiled_at == [500, 248, 124, 60]
+  assert compiled.memory_analysis().temp_size_in_bytes == 60 * 10**7
+  # Nothing fits: the smallest multiple of the devices; everything fits: the batch.
+  assert train_experts.fitting_batch(compile_at, 16, 4, 1.0)[0] == 4
+  assert train_experts.fitting_batch(compile_at, 500, 4, 1e12)[0] == 500
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
