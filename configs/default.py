@@ -129,9 +129,12 @@ def get_config() -> ml_collections.ConfigDict:
   # (one batched program, C× the activation memory; best on GPU/TPU), 'map' (one expert
   # at a time in one program; best for conv nets on CPU), 'loop' (unrolled), or 'auto':
   # by backend, the first candidate whose compiled training step fits `max_memory_gb`.
+  # `map` and `vmap` in chunks that divide C update the stacked state in place.
   config.experts.strategy = "auto"
   config.experts.chunk = 0                          # 'vmap': experts per vmap (0 = all C)
-  config.experts.max_memory_gb = 0.0                # 'auto' budget per device; 0 = what it has
+  # 'auto' budget per device, also for the loss table's batch; 0 = what it has (GPU/TPU:
+  # bytes_limit; CPU: 1/8 of RAM over the local devices).
+  config.experts.max_memory_gb = 0.0
   config.experts.num_steps = 500
   config.experts.batch_size = 128
   config.experts.learning_rate = 1e-3

@@ -21,7 +21,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Optional
+import time
+from typing import Any, Optional
 
 import numpy as np
 
@@ -29,6 +30,29 @@ from reducr_jax import errors
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+#: Seconds between two readiness checks of :func:`wait`.
+POLL_SECONDS = 0.05
+
+
+def wait(tree: Any, poll_seconds: float = POLL_SECONDS) -> Any:
+  """Returns ``tree`` once every ``jax.Array`` leaf is computed, checking in short sleeps.
+
+  Python runs signal handlers only between bytecodes of the main thread, and converting a
+  pending array to NumPy (``np.asarray``, ``float``) holds it in C++ until the computation
+  ends: measured on CPU, a SIGTERM 0.3 s into a 6 s computation reached its handler after
+  6.4 s; while waiting here, after ≤ ``poll_seconds``. Stage 1 waits like this after every
+  step (a step of 14 ResNet-18 experts on 2 CPU cores takes tens of minutes), so a
+  preemption stops it at once, and its progress lines report computed steps rather than
+  dispatched ones.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, jax.Array):
+      while not leaf.is_ready():
+        time.sleep(poll_seconds)
+  return tree
 
 
 class Preempted(errors.RunError):

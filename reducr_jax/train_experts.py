@@ -53,6 +53,7 @@ from reducr_jax import data
 from reducr_jax import device_memory
 from reducr_jax import experts
 from reducr_jax import models
+from reducr_jax import preemption
 from reducr_jax import progress
 from reducr_jax import rng_streams
 from reducr_jax import selectors
@@ -462,7 +463,10 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   for step, (x, y) in zip(range(1, ex.num_steps + 1),
                           itertools.chain([(x1, y1)], batches)):
     state, train_losses = p_step(state, x, y, step_arg(step))
+    preemption.wait(train_losses)      # a signal stops a long step at once (not at its end)
     reporter.update(step)
+    if step == ex.num_steps:       # the moments are not needed again: free them before
+      jax.tree.map(lambda a: a.delete(), state.opt_state)    # the last validation
     if step % ex.eval_every == 0 or step == ex.num_steps:
       current = variables_of(state)
       sums = [jax.tree.map(lambda a: np.asarray(a[0], np.float64),

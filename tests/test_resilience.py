@@ -9,9 +9,11 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -90,6 +92,26 @@ def test_signal_handler_defers_inside_the_loop_and_stops_at_once_outside():
       time.sleep(1)
     assert e.value.exit_code == 143
   assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # handlers put back
+
+
+def test_a_signal_stops_a_long_device_computation_while_waiting():
+  """Stage 1 waits for each step with preemption.wait: a SIGTERM during a long
+  computation raises Preempted while the computation is still running (np.asarray would
+  hold the main thread until it ended)."""
+  @jax.jit
+  def slow(x):
+    return jax.lax.fori_loop(0, 40, lambda i, a: jnp.tanh(a @ a), x)
+  x = jnp.full((700, 700), 1e-3)
+  slow(x).block_until_ready()              # compiled; 27 GFLOP per call, ≈ 1 s on 2 cores
+  with preemption.Handler():
+    y = slow(x)
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    with pytest.raises(preemption.Preempted) as e:
+      preemption.wait({"losses": y, "host": np.zeros(2)}, poll_seconds=0.01)
+    assert e.value.exit_code == 143
+    assert not y.is_ready()                        # stopped before the step ended
+  y.block_until_ready()
+  assert preemption.wait(y) is y
 
 
 def _flip(path, n=16):
