@@ -19,8 +19,10 @@ directories are deleted (by process 0, synchronously) when a writable
 :class:`Checkpointer` is opened, and a re-save of the same step also replaces its stale
 temporary directory. On GCS orbax instead writes in place and marks completion with
 ``commit_success.txt`` (``CommitFileTemporaryPath``); discovery then requires that file.
-Old steps beyond ``max_to_keep`` are deleted only after the new step is finalised, so a
-crash never leaves fewer complete checkpoints than before. (This is crash consistency
+Old steps beyond ``max_to_keep`` are deleted only after the new step is finalised *and*
+its manifest written (see Integrity), counting only steps with a manifest, so a crash
+never leaves fewer complete checkpoints than before and the newest verified step is kept
+until a newer verified one exists. (This is crash consistency
 against the process dying; orbax 0.12's v0 API does not ``fsync`` the rename, so
 durability across a power loss is up to the file system.)
 
@@ -45,8 +47,11 @@ naming each damaged step (hash mismatch, or a step that fails to load), deletes 
 re-run would refuse to overwrite it when it reaches that step again) and restores the
 newest intact one. A finalised step without a manifest (its writer was killed between
 orbax's rename and the manifest, or it predates manifests) is complete as far as orbax
-knows: it is restored with a warning that it is unverified, and falls back like a damaged
-one if it does not load. A save
+knows: it is restored with a warning that it is unverified; it falls back like a damaged
+one if it does not load or holds non-finite floats where the template's are finite.
+A step whose stored tree (orbax's metadata) has other shapes than the template, or an
+intact (manifest-verified) step that does not load, was written by another config: that
+is :class:`CheckpointMismatch` (a ``ConfigError``, exit 2), and the step is kept. A save
 that fails with a full disk removes its temporary directory and raises
 :class:`reducr_jax.caches.DiskFullError`. Temporary directories of a dead writer
 (``<step>.orbax-checkpoint-tmp*``) are deleted when a writable Checkpointer opens.
@@ -66,8 +71,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from reducr_jax import caches
+from reducr_jax import errors
 
-__all__ = ["Checkpointer", "CheckpointDamaged", "MANIFEST", "quiet_orbax_logging"]
+__all__ = ["Checkpointer", "CheckpointDamaged", "CheckpointMismatch", "MANIFEST",
+           "quiet_orbax_logging", "stored_metadata"]
 
 MANIFEST = "reducr_manifest.json"
 NO_MANIFEST = "no manifest (its writer stopped right after orbax's rename)"
@@ -177,6 +184,44 @@ class CheckpointDamaged(ValueError):
   """A checkpoint step failed verification (missing manifest, hash mismatch, unreadable)."""
 
 
+class CheckpointMismatch(errors.ConfigError):
+  """An intact checkpoint holds another state than the template (written by another
+  config): a bad input (exit 2), never damage; the checkpoint is kept."""
+
+
+def stored_metadata(step_dir: str | os.PathLike) -> Optional[dict[str, Any]]:
+  """The metadata dict saved with a step, read without orbax (``None`` when absent or
+  unreadable). orbax 0.12's ``JsonSave`` writes the item ``metadata`` as the file
+  ``<step>/metadata/metadata``."""
+  try:
+    value = json.loads(epath.Path(step_dir, _METADATA, _METADATA).read_text())
+  except (OSError, ValueError):
+    return None
+  return value if isinstance(value, dict) else None
+
+
+def _shape_list(leaves) -> list[tuple[int, ...]]:
+  """Sorted shapes of the array leaves (rank ≥ 1) of a tree: what a config decides."""
+  return sorted(tuple(int(d) for d in leaf.shape) for leaf in leaves
+                if getattr(leaf, "shape", None) is not None and len(leaf.shape) >= 1)
+
+
+def _non_finite(template: PyTree, state: PyTree) -> list[str]:
+  """Paths of float leaves that are finite in ``template`` but not in ``state``."""
+  bad = []
+  t_leaves = jax.tree_util.tree_flatten_with_path(template)[0]
+  for (path, t), v in zip(t_leaves, jax.tree.leaves(state)):
+    if _is_key_array(t) or isinstance(t, jax.ShapeDtypeStruct):
+      continue
+    t = np.asarray(t)
+    if t.dtype.kind != "f" and str(t.dtype) != "bfloat16":
+      continue
+    v = np.asarray(v, np.float64)
+    if np.all(np.isfinite(np.asarray(t, np.float64))) and not np.all(np.isfinite(v)):
+      bad.append(jax.tree_util.keystr(path))
+  return bad
+
+
 def content_digest(step_dir: str | os.PathLike) -> str:
   """SHA-256 over every file of a step directory except the manifest (path, size, bytes)."""
   root = epath.Path(step_dir)
@@ -253,7 +298,10 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         # Settings that read_only would otherwise override with a warning.
         save_interval_steps=0 if self._read_only else 1,
-        max_to_keep=None if self._read_only else self._max_to_keep,
+        # Old steps are deleted by :meth:`_rotate` once the new step's manifest is
+        # written (orbax would delete them before it, and could delete the last verified
+        # step while the newer ones have no manifest).
+        max_to_keep=None,
         create=not self._read_only,
         # Stale temporary directories are removed synchronously below (process 0);
         # orbax's own clean-up runs in a background thread that raced with it (a directory
@@ -349,15 +397,33 @@ class Checkpointer:
     return os.path.join(self._directory, str(int(step)))
 
   def _write_manifest(self, step: int) -> None:
-    """Process 0 writes the content hash of a finalised step, last (collective)."""
+    """Process 0 writes the content hash of a finalised step, last, then deletes the
+    steps it makes obsolete (:meth:`_rotate`) (collective)."""
     if jax.process_index() == 0:
       step_dir = self._step_dir(step)
       manifest = {"step": int(step), "sha256": content_digest(step_dir)}
       caches.atomic_write(os.path.join(step_dir, MANIFEST),
                           json.dumps(manifest, sort_keys=True).encode())
+      self._rotate()
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f"reducr_manifest_{step}")
+    self._manager.reload()
+
+  def _rotate(self) -> None:
+    """Keeps the newest ``max_to_keep`` steps that have a manifest; deletes older steps
+    and steps without a manifest that are older than the newest one with a manifest. So
+    the newest verified step is kept until a newer verified one exists."""
+    if self._max_to_keep is None:
+      return
+    steps = sorted((int(s) for s in self._manager.all_steps()), reverse=True)
+    verified = [s for s in steps if epath.Path(self._step_dir(s), MANIFEST).exists()]
+    keep = set(verified[:self._max_to_keep])
+    if not keep:
+      return
+    for s in steps:
+      if s not in keep and s < max(keep):
+        epath.Path(self._step_dir(s)).rmtree(missing_ok=True)
 
   def verify(self, step: int) -> Optional[str]:
     """``None`` when ``step`` matches its manifest, else what is wrong (one phrase)."""
@@ -388,16 +454,25 @@ class Checkpointer:
     log = logging.getLogger(__name__)
     for step in sorted(self.all_steps(), reverse=True):
       problem = self.verify(step)
-      if problem == NO_MANIFEST:
+      unverified = problem == NO_MANIFEST
+      if unverified:
         log.warning("checkpoint %s has %s; restoring it unverified", self._step_dir(step),
                     NO_MANIFEST)
         problem = None
       if problem is None:
+        self._check_layout(template, step)
         try:
           state, metadata = self.restore(template, step, verify=False)
-          return step, state, metadata
         except Exception as e:  # pylint: disable=broad-except
-          problem = f"cannot be restored: {type(e).__name__}: {str(e).splitlines()[0]}"[:300]
+          what = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"[:300]
+          if not unverified:        # its bytes are those written: not damage
+            raise self._mismatch(step, f"it does not load: {what}") from None
+          problem = f"cannot be restored: {what}"
+        else:
+          bad = _non_finite(template, state) if unverified else []
+          if not bad:
+            return step, state, metadata
+          problem = f"non-finite values in {', '.join(bad[:3])}"
       log.warning("checkpoint %s is damaged (%s); deleting it and trying an older one",
                   self._step_dir(step), problem)
       if not self._read_only and jax.process_index() == 0:
@@ -407,6 +482,29 @@ class Checkpointer:
         multihost_utils.sync_global_devices(f"reducr_damaged_{step}")
       self._manager.reload()
     return None
+
+  def _mismatch(self, step: int, what: str) -> CheckpointMismatch:
+    return CheckpointMismatch(
+        f"checkpoint {self._step_dir(step)} holds another state than this config builds "
+        f"({what}): it was written by another config; it is kept (nothing deleted): use a "
+        "new --workdir, or the config that wrote it")
+
+  def _check_layout(self, template: PyTree, step: int) -> None:
+    """Raises :class:`CheckpointMismatch` when the step's stored tree (orbax's own
+    metadata) has other array shapes than ``template`` (nothing when it is unreadable)."""
+    try:
+      stored = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(self._step_dir(step), _STATE))
+      stored = jax.tree.leaves(getattr(stored, "tree", stored),
+                               is_leaf=lambda x: hasattr(x, "shape"))
+    except Exception:  # pylint: disable=broad-except  # unreadable: restoring decides
+      return
+    mine = jax.tree.leaves(template)
+    a, b = _shape_list(stored), _shape_list(mine)
+    if a != b:
+      diff = sorted(set(a) ^ set(b))[:3]
+      raise self._mismatch(step, f"{len(a)} arrays, {len(b)} expected; shapes differ: "
+                           f"{', '.join(map(str, diff)) or 'in how many there are'}")
 
   def restore(self, template: PyTree, step: int | None = None, *, verify: bool = True
               ) -> tuple[PyTree, dict[str, Any]]:

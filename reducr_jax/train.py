@@ -267,6 +267,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   n_local = len(devices)
   n = n_local * num_processes
   workdir_lib.check_config(workdir, config)
+  as_given = json.loads(config.to_json_best_effort())    # stored in every checkpoint
   if splits is None:
     try:
       splits = data.make_splits(config.dataset, config.seed)
@@ -357,7 +358,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
     stop = preempt.requested(done) and done < config.num_steps
     if done % config.checkpoint_every == 0 or done == config.num_steps or stop:
       ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state),
-                                          "best": best}))
+                                          "best": best}), {"config": as_given})
     if stop:
       break
   writer.close()
