@@ -59,7 +59,6 @@ that fails with a full disk removes its temporary directory and raises
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -71,19 +70,22 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from reducr_jax import caches
+from reducr_jax import checkpoint_io
 from reducr_jax import errors
+from reducr_jax.checkpoint_io import content_digest, is_key_array  # noqa: F401  (re-exported)
+from reducr_jax.checkpoint_io import remove_temporary_directories
+from reducr_jax.checkpoint_io import stored_metadata  # noqa: F401  (re-exported)
 
 __all__ = ["Checkpointer", "CheckpointDamaged", "CheckpointMismatch", "MANIFEST",
            "quiet_orbax_logging", "stored_metadata"]
 
-MANIFEST = "reducr_manifest.json"
+MANIFEST = checkpoint_io.MANIFEST
 NO_MANIFEST = "no manifest (its writer stopped right after orbax's rename)"
-_TMP_MARKER = ".orbax-checkpoint-tmp"
 
 PyTree = Any
 
-_STATE = "state"
-_METADATA = "metadata"
+_STATE = checkpoint_io.STATE
+_METADATA = checkpoint_io.METADATA
 
 
 class _OrbaxInfoFilter(logging.Filter):
@@ -114,57 +116,6 @@ def quiet_orbax_logging(quiet: bool = True) -> None:
     absl_logger.removeFilter(_ORBAX_FILTER)
 
 
-def _is_key_array(x: Any) -> bool:
-  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
-def _restore_target(path: Any, leaf: Any) -> Any:
-  """Template leaf → what ``StandardRestore`` needs to restore it with the same type."""
-  if isinstance(leaf, (bool, int, float)):  # Python scalars: orbax restores them as such.
-    return leaf
-  if isinstance(leaf, jax.ShapeDtypeStruct):
-    return leaf
-  if isinstance(leaf, jax.Array):
-    if _is_key_array(leaf):  # Typed PRNG keys: orbax needs the array itself.
-      return leaf
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-  if isinstance(leaf, np.ndarray):
-    return leaf
-  if isinstance(leaf, np.generic):
-    return np.asarray(leaf)
-  raise TypeError(
-      f"Unsupported template leaf at {jax.tree_util.keystr(path)}: {type(leaf).__name__}. "
-      "Leaves must be jax/numpy arrays, numpy scalars, Python int/float/bool or "
-      "jax.ShapeDtypeStruct.")
-
-
-def _coerce(path: Any, leaf: Any, value: Any) -> Any:
-  """Restored value → the type, dtype and shape of the template leaf."""
-  where = jax.tree_util.keystr(path)
-  if isinstance(leaf, (bool, int, float)):
-    return type(leaf)(np.asarray(value).item())
-  if isinstance(leaf, np.generic):
-    return leaf.dtype.type(np.asarray(value, dtype=leaf.dtype))
-  shape, dtype = tuple(leaf.shape), leaf.dtype
-  if tuple(np.shape(value)) != shape:
-    raise ValueError(f"Checkpoint leaf {where} has shape {np.shape(value)}; template "
-                     f"expects {shape}.")
-  if isinstance(leaf, np.ndarray):
-    return np.asarray(value, dtype=dtype)
-  if isinstance(leaf, jax.Array):
-    if _is_key_array(leaf):
-      if not (isinstance(value, jax.Array) and value.dtype == dtype):
-        value = jax.random.wrap_key_data(np.asarray(value), impl=jax.random.key_impl(leaf))
-      return jax.device_put(value, leaf.sharding)
-    if not isinstance(value, jax.Array):
-      value = jax.device_put(np.asarray(value, dtype=dtype), leaf.sharding)
-    return value if value.dtype == dtype else value.astype(dtype)
-  # jax.ShapeDtypeStruct template: a jax array (numpy if it came back as numpy).
-  if isinstance(value, jax.Array):
-    return value if value.dtype == dtype else value.astype(dtype)
-  return np.asarray(value, dtype=dtype)
-
-
 def _json_default(obj: Any) -> Any:
   if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
     return np.asarray(obj).tolist()
@@ -187,71 +138,6 @@ class CheckpointDamaged(ValueError):
 class CheckpointMismatch(errors.ConfigError):
   """An intact checkpoint holds another state than the template (written by another
   config): a bad input (exit 2), never damage; the checkpoint is kept."""
-
-
-def stored_metadata(step_dir: str | os.PathLike) -> Optional[dict[str, Any]]:
-  """The metadata dict saved with a step, read without orbax (``None`` when absent or
-  unreadable). orbax 0.12's ``JsonSave`` writes the item ``metadata`` as the file
-  ``<step>/metadata/metadata``."""
-  try:
-    value = json.loads(epath.Path(step_dir, _METADATA, _METADATA).read_text())
-  except (OSError, ValueError):
-    return None
-  return value if isinstance(value, dict) else None
-
-
-def _shape_list(leaves) -> list[tuple[int, ...]]:
-  """Sorted shapes of the array leaves (rank ≥ 1) of a tree: what a config decides."""
-  return sorted(tuple(int(d) for d in leaf.shape) for leaf in leaves
-                if getattr(leaf, "shape", None) is not None and len(leaf.shape) >= 1)
-
-
-def _non_finite(template: PyTree, state: PyTree) -> list[str]:
-  """Paths of float leaves that are finite in ``template`` but not in ``state``."""
-  bad = []
-  t_leaves = jax.tree_util.tree_flatten_with_path(template)[0]
-  for (path, t), v in zip(t_leaves, jax.tree.leaves(state)):
-    if _is_key_array(t) or isinstance(t, jax.ShapeDtypeStruct):
-      continue
-    t = np.asarray(t)
-    if t.dtype.kind != "f" and str(t.dtype) != "bfloat16":
-      continue
-    v = np.asarray(v, np.float64)
-    if np.all(np.isfinite(np.asarray(t, np.float64))) and not np.all(np.isfinite(v)):
-      bad.append(jax.tree_util.keystr(path))
-  return bad
-
-
-def content_digest(step_dir: str | os.PathLike) -> str:
-  """SHA-256 over every file of a step directory except the manifest (path, size, bytes)."""
-  root = epath.Path(step_dir)
-  files = sorted((os.path.relpath(os.fspath(d / n), os.fspath(root)), d / n)
-                 for d, _, names in root.walk() for n in names)
-  files = [(rel, p) for rel, p in files if rel != MANIFEST]
-  h = hashlib.sha256()
-  for rel, path in files:
-    file_hash, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-      for block in iter(lambda: f.read(1 << 20), b""):  # pylint: disable=cell-var-from-loop
-        file_hash.update(block)
-        size += len(block)
-    h.update(f"{rel}\0{size}\0{file_hash.hexdigest()}\n".encode())
-  return h.hexdigest()
-
-
-def remove_temporary_directories(directory: str | os.PathLike) -> list[str]:
-  """Deletes ``<step>.orbax-checkpoint-tmp*`` directories (saves that never finished).
-
-  Only call it when no other writer can be saving into ``directory`` (the trainer holds
-  the workdir lock). Returns the names removed.
-  """
-  directory = epath.Path(directory)
-  if not directory.is_dir():
-    return []
-  removed = sorted(p.name for p in directory.iterdir() if _TMP_MARKER in p.name)
-  for name in removed:
-    (directory / name).rmtree(missing_ok=True)
-  return removed
 
 
 class Checkpointer:
@@ -469,7 +355,7 @@ class Checkpointer:
             raise self._mismatch(step, f"it does not load: {what}") from None
           problem = f"cannot be restored: {what}"
         else:
-          bad = _non_finite(template, state) if unverified else []
+          bad = checkpoint_io.non_finite(template, state) if unverified else []
           if not bad:
             return step, state, metadata
           problem = f"non-finite values in {', '.join(bad[:3])}"
@@ -500,7 +386,7 @@ class Checkpointer:
     except Exception:  # pylint: disable=broad-except  # unreadable: restoring decides
       return
     mine = jax.tree.leaves(template)
-    a, b = _shape_list(stored), _shape_list(mine)
+    a, b = checkpoint_io.shape_list(stored), checkpoint_io.shape_list(mine)
     if a != b:
       diff = sorted(set(a) ^ set(b))[:3]
       raise self._mismatch(step, f"{len(a)} arrays, {len(b)} expected; shapes differ: "
@@ -543,7 +429,7 @@ class Checkpointer:
       problem = self.verify(step)
       if problem is not None and problem != NO_MANIFEST:
         raise CheckpointDamaged(f"checkpoint {self._step_dir(step)} is damaged: {problem}")
-    target = jax.tree_util.tree_map_with_path(_restore_target, template)
+    target = jax.tree_util.tree_map_with_path(checkpoint_io.restore_target, template)
     restored = self._manager.restore(
         step,
         args=ocp.args.Composite(**{
@@ -554,7 +440,7 @@ class Checkpointer:
     values = jax.tree_util.tree_structure(template).flatten_up_to(restored[_STATE])
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     state = jax.tree_util.tree_unflatten(
-        treedef, [_coerce(p, l, v) for (p, l), v in zip(paths_leaves, values)])
+        treedef, [checkpoint_io.coerce(p, l, v) for (p, l), v in zip(paths_leaves, values)])
     metadata = restored[_METADATA]
     return state, dict(metadata) if metadata is not None else {}
 
