@@ -25,8 +25,9 @@ devices, and assembled once (:func:`precompute_table`).
 The result is cached as ``<workdir>/experts/<kind>-<fingerprint>.msgpack`` (or in
 ``config.experts.cache_dir``); the fingerprint hashes everything the models depend on
 (dataset, model and expert configs, seed), so a re-run reuses them and a changed config
-retrains. The file is written atomically with a content hash and verified on load; a
-damaged one is reported and retrained (:mod:`reducr_jax.caches`).
+retrains. The file is written atomically with a content hash and the fingerprint, both
+verified on load; a damaged one, or one written for another config (copied under this
+config's name), is reported and retrained (:mod:`reducr_jax.caches`).
 """
 
 from __future__ import annotations
@@ -506,7 +507,8 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
     return None
   fns, loss_fn, num, gamma = _build(config, splits, kind)
   path = cache_path(config, workdir, kind)
-  cached = caches.read_cache(path)
+  fingerprint = _fingerprint(config, kind)
+  cached = caches.read_cache(path, fingerprint)
   if cached is not None:
     params = flax.serialization.msgpack_restore(cached)["params"]
     params = jax.tree.map(jnp.asarray, params)
@@ -518,7 +520,8 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
     params, best_val = _train(config, splits, kind, fns, num, gamma)
     if jax.process_index() == 0:   # every process computes the same; one writes
       caches.write_cache(path, flax.serialization.msgpack_serialize(
-          {"params": jax.tree.map(np.asarray, params), "best_val_loss": best_val}))
+          {"params": jax.tree.map(np.asarray, params), "best_val_loss": best_val}),
+          fingerprint)
   return ReferenceModels(kind, params, loss_fn)
 
 
