@@ -139,5 +139,38 @@ def run(main: Callable[[list[str]], None]) -> None:
     except configuration.ConfigError as e:
       fail(str(e))
     except errors.RunError as e:
-      fail(str(e), e.exit_code, e.prefix)
+      print(f"{e.prefix}: {e}" if e.prefix else str(e), file=sys.stderr, flush=True)
+      exit_at_once(e.exit_code, shutdown=getattr(e, "collective", True))
   app.run(wrapped, flags_parser=parse_flags)
+
+
+def exit_at_once(code: int, shutdown: bool = True) -> None:
+  """Ends the process with ``code`` without the interpreter's teardown (``os._exit``).
+
+  A run that stops (signal, divergence, full disk) may leave the batch-prefetch thread
+  inside JAX (``device_put``); a normal exit tears the runtime down under it, which
+  crashed with SIGSEGV / SIGABRT after the right line in some trials. Everything the run
+  writes is already on disk (atomic files, synchronous checkpoints); output streams and
+  log handlers are flushed here. ``shutdown``: in a multi-process run, first leave JAX's
+  distributed runtime together with the other processes (they stop at the same step).
+  """
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  for handler in list(std_logging.getLogger().handlers) + list(
+      std_logging.getLogger("absl").handlers):
+    try:
+      handler.flush()
+    except Exception:  # pylint: disable=broad-except
+      pass
+  jax = sys.modules.get("jax")
+  if shutdown and jax is not None:
+    try:
+      if jax.process_count() > 1:
+        jax.distributed.shutdown()
+    except Exception:  # pylint: disable=broad-except
+      pass
+  os._exit(code)  # pylint: disable=protected-access

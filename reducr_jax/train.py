@@ -357,8 +357,9 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
                 f"{val['worst_class_accuracy']:.3f}  val acc {val['accuracy']:.3f}")
     stop = preempt.requested(done) and done < config.num_steps
     if done % config.checkpoint_every == 0 or done == config.num_steps or stop:
-      ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state),
-                                          "best": best}), {"config": as_given})
+      with preempt.critical():        # a second signal waits for the manifest
+        ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state),
+                                            "best": best}), {"config": as_given})
     if stop:
       break
   writer.close()

@@ -465,6 +465,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
                           itertools.chain([(x1, y1)], batches)):
     state, train_losses = p_step(state, x, y, step_arg(step))
     preemption.wait(train_losses)      # a signal stops a long step at once (not at its end)
+    preemption.boundary(step, "stage 1")   # several processes: all stop at this step
     reporter.update(step)
     if step == ex.num_steps:       # the moments are not needed again: free them before
       jax.tree.map(lambda a: a.delete(), state.opt_state)    # the last validation
