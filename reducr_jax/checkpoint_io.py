@@ -71,9 +71,12 @@ def stored_metadata(step_dir: str | os.PathLike) -> Optional[dict[str, Any]]:
 
 
 def shape_list(leaves) -> list[tuple[int, ...]]:
-  """Sorted shapes of the array leaves (rank ≥ 1) of a tree: what a config decides."""
-  return sorted(tuple(int(d) for d in leaf.shape) for leaf in leaves
-                if getattr(leaf, "shape", None) is not None and len(leaf.shape) >= 1)
+  """Sorted shapes of the array leaves (rank ≥ 1) of a tree: what a config decides.
+  Typed PRNG keys count with the shape of their key data (as they are stored)."""
+  shapes = [getattr(jax.random.key_data(leaf) if is_key_array(leaf) else leaf, "shape", None)
+            for leaf in leaves]
+  return sorted(tuple(int(d) for d in shape) for shape in shapes
+                if shape is not None and len(shape) >= 1)
 
 
 def is_key_array(x: Any) -> bool:

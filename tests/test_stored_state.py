@@ -60,6 +60,18 @@ def test_a_checkpoint_of_another_state_is_a_mismatch_and_is_kept(tmp_path, caplo
   assert "damaged" not in caplog.text
 
 
+def test_a_matching_state_with_typed_keys_is_no_mismatch(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  state = {"k": jax.random.key(0), "keys": jax.random.split(jax.random.key(1), 4),
+           "raw": jax.random.PRNGKey(2), "a": np.zeros(3), "n": 7}
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state)
+    step, restored, _ = ckpt.restore_newest_intact(state)
+  assert step == 1 and restored["n"] == 7
+  assert np.array_equal(jax.random.key_data(restored["keys"]),
+                        jax.random.key_data(state["keys"]))
+
+
 def test_checkpoints_record_their_config(tmp_path):
   config = tiny_config(**{"selection.method": "uniform", "num_steps": 10,
                           "checkpoint_every": 5})
