@@ -134,8 +134,9 @@ class Handler:
       stop = Preempted(f"stopped at once by a second {name}; run the same command to "
                        "resume from the last checkpoint", code, collective=False)
     elif not self._deferred and self._processes == 1:
-      stop = Preempted(f"stopped by {name} before the training loop (nothing to save: "
-                       "cached stages are kept); run the same command to resume", code)
+      stop = Preempted(f"stopped by {name} outside the training loop (nothing to save "
+                       "there; caches and checkpoints are kept); run the same command to "
+                       "resume", code)
     else:
       self._signum = signum
       where = ("after this step" if self._deferred else

@@ -54,8 +54,8 @@ def test_a_signal_before_the_loop_exits_cleanly_while_jax_threads_run(tmp_path, 
   out = subprocess.run([sys.executable, str(script), str(tmp_path / "w")], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == code, out.stderr
-  assert out.stderr == (f"stopped by {sig} before the training loop (nothing to save: cached "
-                        "stages are kept); run the same command to resume\n")
+  assert out.stderr == (f"stopped by {sig} outside the training loop (nothing to save there; "
+                        "caches and checkpoints are kept); run the same command to resume\n")
 
 
 def test_a_second_signal_waits_for_the_checkpoint_being_written(tmp_path, capsys):
