@@ -139,6 +139,7 @@ ADDED_FIELDS = {
     "dataset.split_mode": "random",
     "dataset.groups": [],                 # as JSON records it
     "optimizer.learning_rate_by_method": {},
+    "max_skipped_share": 0.5,
 }
 
 
@@ -294,6 +295,7 @@ def validate_config(config: ml_collections.ConfigDict,
           evaluation_rules.MODEL_SELECTION)
   _number("config.max_consecutive_skipped", config.max_consecutive_skipped, 1,
           integer=True)
+  _number("config.max_skipped_share", config.max_skipped_share, 0, 1)
   for name in ("eval_every", "eval_batch_size", "log_every", "checkpoint_every"):
     _number(f"config.{name}", config[name], 1, integer=True)
 
