@@ -143,13 +143,21 @@ ADDED_FIELDS = {
 }
 
 
+def k_for(batch_size: int, percent_selected: float, k_rounding: str = "round") -> int:
+  """The one rule for k, the points selected per large batch of B = ``batch_size``:
+  ``round(percent_selected · B)``, or for ``k_rounding='floor'`` (the official
+  ``int(B · percent_train)`` of ``src/models/MultiModels.py``) int() truncation. May be 0:
+  :func:`validate_config` refuses that (the official code's ``max(1, ·)`` would silently
+  select one point); nothing else computes k."""
+  k = percent_selected * batch_size
+  return int(k) if k_rounding == "floor" else int(round(k))
+
+
 def num_selected(config: ml_collections.ConfigDict) -> int:
-  """k = round(percent_selected · B), or (``selection.k_rounding='floor'``, the official
-  ``max(1, int(B · percent_train))`` of ``src/models/MultiModels.py``) int() truncation."""
-  k = config.selection.percent_selected * config.batch_size
-  if config.selection.k_rounding == "floor":
-    return max(1, int(k))
-  return int(round(k))
+  """k of ``config`` (:func:`k_for`): what the train step selects and what η='auto',
+  the reweighters and the size checks use."""
+  return k_for(config.batch_size, config.selection.percent_selected,
+               config.selection.k_rounding)
 
 
 def validate_config(config: ml_collections.ConfigDict,
@@ -204,8 +212,9 @@ def validate_config(config: ml_collections.ConfigDict,
   k = num_selected(config)
   if k < 1:
     raise ConfigError(
-        f"config.selection.percent_selected · config.batch_size must give k >= 1, got "
-        f"k = round({sel.percent_selected} · {config.batch_size}) = {k}")
+        f"config.selection.percent_selected · config.batch_size must give k >= 1 points "
+        f"per step, got k = {sel.k_rounding}({sel.percent_selected} · {config.batch_size}) "
+        f"= {k} (config.selection.k_rounding={sel.k_rounding!r}); raise one of them")
   n = num_devices or jax.local_device_count()
   if config.batch_size % n or k % n:
     raise ConfigError(

@@ -15,6 +15,7 @@ import math
 import ml_collections
 import numpy as np
 
+from reducr_jax import configuration
 from reducr_jax import errors
 from reducr_jax import reweighters
 from reducr_jax import selectors
@@ -22,10 +23,12 @@ from reducr_jax import train_experts
 from reducr_jax.data import split_types
 
 
-def _largest_batch(n: int, num_devices: int, percent_selected: float | None) -> int:
-  """The largest B <= n that splits over the devices (and whose k = round(p·B) does)."""
+def _largest_batch(n: int, num_devices: int, percent_selected: float | None,
+                   k_rounding: str = "round") -> int:
+  """The largest B <= n that splits over the devices (and whose k does)."""
   for b in range(n - n % num_devices, 0, -num_devices):
-    k = round(percent_selected * b) if percent_selected is not None else num_devices
+    k = (configuration.k_for(b, percent_selected, k_rounding)
+         if percent_selected is not None else num_devices)
     if k >= 1 and k % num_devices == 0:
       return b
   return 0
@@ -63,7 +66,7 @@ def check_batch_sizes(config: ml_collections.ConfigDict, splits: split_types.Spl
     checks.append(("config.pruning.batch_size", p.batch_size, "train", n_train, 1, None))
   for field, value, split, n, devices, percent in checks:
     if value > n:
-      largest = _largest_batch(n, devices, percent)
+      largest = _largest_batch(n, devices, percent, config.selection.k_rounding)
       works = (f"the largest value that works is {largest}" if largest else
                "no value works")
       per_device = f" on {devices} devices" if devices > 1 else ""

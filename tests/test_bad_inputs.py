@@ -166,6 +166,30 @@ def test_eta_auto_is_valid_and_resolves_from_the_regret_bound():
   assert configuration.resolve_eta(default_config(), 10)[1] == eta        # the default
 
 
+def test_floor_rounding_gives_one_k_to_selection_and_eta():
+  """B = 35, 10 %: 'floor' selects int(3.5) = 3 points, and η='auto' is computed for those
+  3 (the same η as a config whose k is 3 by rounding), not for round(3.5) = 4."""
+  floor = default_config(**{"batch_size": 35, "selection.k_rounding": "floor"})
+  configuration.validate_config(floor, 1)
+  assert configuration.num_selected(floor) == 3
+  assert configuration.num_selected(default_config(batch_size=35)) == 4
+  three = default_config(**{"batch_size": 30})                  # round(3.0) = 3
+  assert configuration.resolve_eta(floor, 10)[1] == configuration.resolve_eta(three, 10)[1]
+  assert configuration.resolve_eta(floor, 10)[1] != configuration.resolve_eta(
+      default_config(batch_size=35), 10)[1]
+
+
+@pytest.mark.parametrize("rounding", ["floor", "round"])
+def test_k_of_zero_is_one_line_about_k(rounding):
+  config = default_config(**{"batch_size": 35, "selection.percent_selected": 0.01,
+                             "selection.k_rounding": rounding})
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.validate_config(config, 1)
+  text = one_line(e)
+  assert "config.selection.percent_selected · config.batch_size must give k >= 1" in text
+  assert f"k = {rounding}(0.01 · 35) = 0 (config.selection.k_rounding='{rounding}')" in text
+
+
 def test_default_config_is_valid_and_has_the_skip_limit():
   config = default_config()
   configuration.validate_config(config, 8)
