@@ -369,6 +369,9 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+      raise ConfigError(f"--config file {path} defines no get_config() function (an empty "
+                        "file, or a misspelt name?)")
     config = module.get_config(arg) if arg else module.get_config()
   except ConfigError:
     raise

@@ -252,7 +252,8 @@ def test_too_large_holdout_per_class_is_a_value_error():
     ("def get_config(:\n", "cannot be loaded: SyntaxError: invalid syntax"),
     ("import no_such_module_xyz\n", "No module named 'no_such_module_xyz'"),
     ("def get_config():\n  return 5\n", "must return a ConfigDict"),
-    ("x = 1\n", "cannot be loaded"),
+    ("x = 1\n", "defines no get_config() function"),
+    ("", "defines no get_config() function"),
     ("def get_config():\n  raise RuntimeError('boom')\n", "cannot be loaded: RuntimeError: boom"),
 ])
 def test_load_config_bad_file_is_one_line(tmp_path, content, message):
@@ -282,13 +283,22 @@ def _cli(args, tmp_path):
     (["--config=NOTCONFIG"], "must return a ConfigDict"),
     (["--config=configs/default.py", "--config.selection.eta=nan"], "error: config.selection.eta must be a finite number, got nan"),
     (["--config=configs/default.py", "--config.selection.eta=fast"], "error: config.selection.eta must be a number > 0 or 'auto', got 'fast'"),
+    (["--config.num_steps=5"], "error: --config.num_steps overrides a field of the config file, but no --config=FILE is given"),
+    (["--config=EMPTY"], "defines no get_config() function"),
+    (["--config=NOGET"], "defines no get_config() function"),
+    (["--config=configs/default.py:foo"], "cannot be loaded with argument 'foo' (get_config('foo')): TypeError: get_config() takes 0 positional arguments but 1 was given"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, message):
   broken = tmp_path / "broken.py"
   broken.write_text("def get_config(:\n")
   notconfig = tmp_path / "notconfig.py"
   notconfig.write_text("def get_config():\n  return [1]\n")
-  args = [a.replace("BROKEN", str(broken)).replace("NOTCONFIG", str(notconfig)) for a in args]
+  (tmp_path / "empty.py").write_text("")
+  (tmp_path / "noget.py").write_text("def get_konfig():\n  return None\n")
+  files = {"BROKEN": broken, "NOTCONFIG": notconfig, "EMPTY": tmp_path / "empty.py",
+           "NOGET": tmp_path / "noget.py"}
+  for name, path in files.items():
+    args = [a.replace(name, str(path)) for a in args]
   out = _cli(args, tmp_path)
   lines = out.stderr.strip().splitlines()
   assert out.returncode == 2, out.stderr
