@@ -626,3 +626,69 @@ def test_labels_at_or_above_num_classes(label):
   assert np.asarray(metrics.correct_sums(logits, y).counts).tolist() == [1.0, 0.0, 0.0]
   scores = selection.reducr_scores(jnp.asarray(loss), jnp.zeros((2, 3)), jnp.ones(3) / 3)
   assert np.asarray(selection.top_k(scores, 1)).tolist() == [0]      # never the NaN point
+
+
+def _mlp_apply(p, x):
+  return x @ p
+
+
+def _meta_loss(p, batch):
+  return experts.cross_entropy(batch["x"] @ p, batch["y"])
+
+
+def _int(n):
+  return jnp.zeros((n,), jnp.int32)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: selection.reducr_scores(jnp.ones(4), jnp.zeros((4, 2)), jnp.asarray([-1.0, 2.0])),
+     "class_weights must be >= 0 everywhere, got -1.0 at index 0"),
+    (lambda: selection.weighted_scores(jnp.ones((4, 2)), jnp.asarray([0.5, np.nan])),
+     "class_weights must be >= 0 everywhere, got nan at index 1"),
+    (lambda: mwu.ema_init(0), "num_classes must be a positive int, got 0"),
+    (lambda: mwu.ema_init(-1), "num_classes must be a positive int, got -1"),
+    (lambda: mwu.init(0), "num_classes must be a positive int, got 0"),
+    (lambda: metrics.class_sums(jnp.ones(3), jnp.asarray([0, 1, 2]), 0),
+     "num_classes must be a positive int, got 0"),
+    (lambda: metrics.class_sums(jnp.ones(3), jnp.asarray([0.0, 1.0, 2.0]), 3),
+     "labels must be integer class labels, got dtype float32"),
+    (lambda: metrics.summary(metrics.ClassSums(jnp.zeros(3), jnp.zeros(3))),
+     "stats must count at least one example"),
+    (lambda: metrics.summary(metrics.ClassSums(jnp.asarray([5.0, 1.0]), jnp.asarray([1.0, 1.0]))),
+     "stats.sums must be correct-prediction counts in [0, stats.counts], got class 0: 5 correct of 1"),
+    (lambda: selection.gumbel_top_k(7, jnp.zeros(5), 2),
+     "rng must be a PRNG key (jax.random.key(seed)), got int 7"),
+    (lambda: selection.gumbel_top_k(jnp.zeros(3), jnp.zeros(5), 2),
+     "rng must be a PRNG key (jax.random.key(seed)), got an array of dtype float32"),
+    (lambda: experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 4)), _int(6)),
+     "y must have shape [n=5], got (6,)"),
+    (lambda: experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 4)), jnp.zeros(5)),
+     "y must be integer class labels, got dtype float32"),
+    (lambda: experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 7)), _int(5)),
+     "apply_fn(stacked_params[c], x) fails for x of shape (5, 7)"),
+    (lambda: __import__("reducr_jax.meta_reweight").meta_reweight.example_weights(
+        _meta_loss, jnp.zeros((4, 2)), {"x": jnp.ones((3, 4)), "y": _int(3)},
+        {"x": jnp.ones((3, 5)), "y": _int(3)}, 0.1),
+     "val_batch['x'] must have train_batch['x']'s per-example shape (4,), got (5,)"),
+], ids=["reducr_scores_negative", "weighted_scores_nan", "ema_init_0", "ema_init_-1",
+        "init_0", "class_sums_C0", "class_sums_float_labels", "summary_empty",
+        "summary_sums_gt_counts", "gumbel_int_rng", "gumbel_float_rng",
+        "expert_losses_mismatch", "expert_losses_float_labels", "expert_losses_features",
+        "example_weights_features"])
+def test_pure_function_bad_argument_is_one_line_value_error(call, message):
+  with pytest.raises(ValueError) as e:
+    call()
+  assert message in one_line(e)
+
+
+def test_nan_logits_are_never_correct():
+  logits = jnp.asarray([[np.nan, 0.0, 0.0], [0.0, np.nan, 5.0], [3.0, 0.0, 0.0]])
+  stats = metrics.correct_sums(logits, jnp.asarray([0, 2, 0]))
+  assert np.asarray(stats.sums).tolist() == [1.0, 0.0, 0.0]      # only the finite row
+  assert np.asarray(stats.counts).tolist() == [2.0, 0.0, 1.0]
+
+
+def test_traced_class_weights_are_not_checked():
+  """Documented: negative weights known only inside jit cannot be checked at trace time."""
+  out = jax.jit(selection.weighted_scores)(jnp.ones((2, 2)), jnp.asarray([-1.0, 2.0]))
+  assert np.asarray(out).tolist() == [1.0, 1.0]
