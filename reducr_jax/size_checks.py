@@ -20,6 +20,7 @@ from reducr_jax import errors
 from reducr_jax import reweighters
 from reducr_jax import selectors
 from reducr_jax import train_experts
+from reducr_jax.data import groups as groups_lib
 from reducr_jax.data import split_types
 
 
@@ -94,3 +95,22 @@ def check_pruned(config: ml_collections.ConfigDict, unpruned: split_types.Splits
     raise errors.ConfigError(f"config.pruning (strategy {config.pruning.strategy!r}, density "
                              f"{config.pruning.density}) leaves no training example of class "
                              f"{', '.join(map(str, empty))}; raise config.pruning.density")
+
+
+def check_against_data(config: ml_collections.ConfigDict, splits: split_types.Splits) -> None:
+  """Config fields that only the data can check, before anything is compiled: an image
+  augmentation (``config.dataset.augment``) needs image examples ``[H, W, C]``, and the
+  selection rule's and reweighter's per-class fields (e.g. ``config.selection.class_weights``)
+  must match the number of classes (groups with ``config.dataset.groups``)."""
+  augment = config.dataset.augment
+  shape = tuple(np.shape(splits.train.x)[1:])
+  if augment != "none" and len(shape) != 3:
+    raise errors.ConfigError(
+        f"config.dataset.augment={augment!r} needs image examples [H, W, C], but dataset "
+        f"{config.dataset.name!r} has examples of shape {shape}; use 'none'")
+  units = groups_lib.num_groups(config.dataset.groups, splits.num_classes)
+  try:
+    selectors.get(config).init(units)
+    reweighters.get(config).init(units)
+  except ValueError as e:
+    raise errors.ConfigError(str(e).splitlines()[0]) from None

@@ -260,6 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   n = len(devices) * jax.process_count()          # global data-parallel devices
   configuration.validate_config(config, n)
   workdir = configuration.check_workdir(workdir)
+  configuration.check_output_dirs(config, workdir)
   with workdir_lib.lock(workdir), preemption.Handler() as preempt:
     return _train_locked(config, workdir, splits, devices, pmap_devices, preempt)
 
@@ -276,6 +277,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
     except (FileNotFoundError, ImportError, ValueError) as e:   # missing/bad data: one line
       raise configuration.ConfigError(str(e)) from None
   size_checks.check_batch_sizes(config, splits, n)   # one line, before anything trains
+  size_checks.check_against_data(config, splits)
   unpruned = splits
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
   size_checks.check_pruned(config, unpruned, splits)

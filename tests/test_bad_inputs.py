@@ -217,6 +217,21 @@ def test_data_dependent_limits_are_one_line(digits_splits, overrides, message):
   assert message in one_line(e)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"dataset.augment": "flip"}, "config.dataset.augment='flip' needs image examples [H, W, C], "
+     "but dataset 'digits' has examples of shape (64,); use 'none'"),
+    ({"dataset.augment": "crop_flip"}, "config.dataset.augment='crop_flip' needs image examples"),
+    ({"selection.method": "weighted", "selection.class_weights": (1.0, 2.0)},
+     "config.selection.class_weights must have one weight per class (10), got 2"),
+])
+def test_fields_only_the_data_can_check_are_one_line_before_stage_1(digits_splits, overrides,
+                                                                    message):
+  with pytest.raises(configuration.ConfigError) as e:
+    size_checks.check_against_data(default_config(**overrides), digits_splits)
+  assert message in one_line(e)
+  size_checks.check_against_data(default_config(), digits_splits)
+
+
 def test_data_dependent_limits_ignore_unused_fields(digits_splits):
   # experts are not trained for uniform selection, so their batch size does not matter.
   size_checks.check_batch_sizes(default_config(**{"selection.method": "uniform",
@@ -330,8 +345,46 @@ def _file(tmp_path):
 
 
 @pytest.mark.parametrize("url", ["gs://bucket/run", "gs://bucket/run/", "gs://b/a/b/c"])
-def test_gs_workdir_is_accepted_without_touching_it(url):
+def test_gs_workdir_is_accepted_after_one_read(url, monkeypatch):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  probed = []
+  monkeypatch.setattr(type(epath.Path(url)), "exists", lambda self: probed.append(str(self)))
   assert configuration.check_workdir(url) == url.rstrip("/")
+  assert probed == [url.rstrip("/")]
+
+
+def test_unreachable_gs_workdir_is_one_line(monkeypatch, capfd):
+  """No network: TensorFlow's GCS client raises a multi-line error and logs its retries in
+  C++ on file descriptor 2; the run ends with one line."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  def unreachable(self):
+    os.write(2, b"W0000 google_auth_provider.cc:196] All attempts to get a token failed\n")
+    raise RuntimeError("Error executing an HTTP request: libcurl code 6 meaning 'Could not "
+                       "resolve hostname'\n\twhen reading metadata of gs://b/run")
+  monkeypatch.setattr(type(epath.Path("gs://b/run")), "exists", unreachable)
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.check_workdir("gs://b/run")
+  assert one_line(e) == ("--workdir gs://b/run cannot be reached: RuntimeError: Error "
+                         "executing an HTTP request: libcurl code 6 meaning 'Could not "
+                         "resolve hostname'")
+  assert "google_auth_provider" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name, field", [("checkpoints", "--workdir"),
+                                         ("experts", "config.experts.cache_dir"),
+                                         ("pruning", "config.pruning.cache_dir")])
+def test_output_dir_that_is_a_plain_file_is_one_line(tmp_path, name, field):
+  (tmp_path / name).write_text("x")
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.check_output_dirs(default_config(), str(tmp_path))
+  assert one_line(e) == (f"{tmp_path / name} ({field}) exists and is not a directory: move "
+                         "the file away or choose another path")
+  cache = tmp_path / "elsewhere"                       # a cache_dir set elsewhere: fine
+  cache.mkdir()
+  if name != "checkpoints":
+    configuration.check_output_dirs(default_config(**{f"{name}.cache_dir": str(cache)}),
+                                    str(tmp_path))
 
 
 def _dead_pid() -> int:

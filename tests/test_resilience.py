@@ -363,3 +363,32 @@ def test_skipped_share_threshold_and_bounded_rule():
 def test_max_skipped_share_is_validated():
   with pytest.raises(configuration.ConfigError, match=r"config.max_skipped_share must be in \[0, 1\]"):
     configuration.validate_config(tiny_config(max_skipped_share=1.5), 1)
+
+
+def test_full_disk_save_hides_orbax_background_tracebacks(tmp_path, caplog, monkeypatch):
+  """A full disk during a save: orbax's background threads log an ERROR with a traceback
+  per failed write, and tensorstore's pending writes report "Event loop is closed" as
+  unraisable, dozens of tracebacks around the one line; both are dropped (nothing else)."""
+  ckpt = checkpointing.Checkpointer(tmp_path)
+  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "future.py")
+
+  def full_save(step, *args, **kwargs):
+    for message in ("_SignalingThread.run() raised: RESOURCE_EXHAUSTED: Failed to write: "
+                    "No space left on device [os_error_code='28']", "an unrelated orbax error"):
+      logging.getLogger("absl").handle(logging.LogRecord(
+          "absl", logging.ERROR, orbax_file, 387, message, None, None))
+    for value in (RuntimeError("Event loop is closed"), RuntimeError("another")):
+      sys.unraisablehook(type("U", (), {"exc_type": RuntimeError, "exc_value": value,
+                                        "exc_traceback": None, "err_msg": None,
+                                        "object": None})())
+    raise OSError(errno.ENOSPC, "No space left on device")
+  ckpt._manager.save = full_save  # pylint: disable=protected-access
+  reported = []                                      # what would print a traceback
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(str(u.exc_value)))
+  with caplog.at_level(logging.WARNING), pytest.raises(caches.DiskFullError):
+    ckpt.save(3, {"a": np.zeros(2)})
+  messages = [r.getMessage() for r in caplog.records]
+  assert "an unrelated orbax error" in messages
+  assert not any("No space left" in m for m in messages)
+  assert reported == ["another"]
+  ckpt.close()
