@@ -204,6 +204,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Stop a diverged run (exit 1, one line) after this many consecutive updates skipped for a
   # non-finite loss, gradient or parameter, instead of finishing with the stale parameters.
   config.max_consecutive_skipped = 100
+  # A run that ends with more than this share of its updates skipped is reported
+  # "diverged" in results.json and exits 1 (a short run the limit above cannot stop).
+  config.max_skipped_share = 0.5
   # Worker processes that read and decode batches (reducr_jax.data.pipeline); 0 = one
   # background thread in this process. Batches are the same either way.
   config.data_workers = 0

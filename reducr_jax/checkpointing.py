@@ -62,6 +62,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Any, Mapping, Optional
 
 import jax
@@ -89,14 +90,18 @@ _METADATA = checkpoint_io.METADATA
 
 
 class _OrbaxInfoFilter(logging.Filter):
-  """Drops absl records below WARNING that orbax emits (it logs a lot at INFO)."""
+  """Drops absl records below WARNING that orbax emits (it logs a lot at INFO), and its
+  background threads' ERROR records (each with a traceback) of a full disk: the save that
+  failed reports it in one line (:class:`reducr_jax.caches.DiskFullError`)."""
 
   _marker = os.sep + "orbax" + os.sep
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.WARNING:
+    if self._marker not in (record.pathname or ""):
       return True
-    return self._marker not in (record.pathname or "")
+    if record.levelno >= logging.WARNING:
+      return not caches.is_disk_full(RuntimeError(record.getMessage()))
+    return False
 
 
 _ORBAX_FILTER = _OrbaxInfoFilter()
@@ -114,6 +119,33 @@ def quiet_orbax_logging(quiet: bool = True) -> None:
       absl_logger.addFilter(_ORBAX_FILTER)
   else:
     absl_logger.removeFilter(_ORBAX_FILTER)
+
+
+def _closed_loop(value) -> bool:
+  return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+
+def _drop_closed_loop_tracebacks():
+  """Installs a ``sys.unraisablehook`` that drops ``RuntimeError: Event loop is closed``
+  and passes everything else to the previous hook; returns a function that puts the
+  previous hook back. Used around a save: when a write fails (a full disk), tensorstore's
+  writes still pending complete into orbax's event loops, already closed, and their
+  callbacks report these errors as unraisable, a traceback each (dozens, around the
+  one-line error)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_reducr_closed_loop_filter", False):
+    return lambda: None
+
+  def hook(unraisable):
+    if not _closed_loop(unraisable.exc_value):
+      previous(unraisable)
+  hook._reducr_closed_loop_filter = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+
+  def restore():
+    if sys.unraisablehook is hook:
+      sys.unraisablehook = previous
+  return restore
 
 
 def _json_default(obj: Any) -> Any:
@@ -257,6 +289,7 @@ class Checkpointer:
           "Checkpoint for step %d already exists in %s; not overwriting.", step,
           self._directory)
       return
+    restore_hook = _drop_closed_loop_tracebacks()   # kept after a full disk (see there)
     try:
       saved = self._manager.save(
           step,
@@ -269,12 +302,14 @@ class Checkpointer:
       self._manager.wait_until_finished()  # A no-op for the synchronous checkpointer.
     except Exception as e:  # pylint: disable=broad-except
       if not caches.is_disk_full(e):
+        restore_hook()
         raise
       if jax.process_index() == 0:
         remove_temporary_directories(self._directory)
       raise caches.DiskFullError(
           f"disk full while saving checkpoint {step} in {self._directory}: free space and "
           "run the same command again (it resumes from the last checkpoint)") from None
+    restore_hook()
     if not saved:
       raise RuntimeError(f"orbax declined to save step {step} in {self._directory}.")
     self._write_manifest(step)

@@ -7,8 +7,10 @@ leaves a partial checkpoint behind.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 
 import jax
 import ml_collections
@@ -139,16 +141,25 @@ ADDED_FIELDS = {
     "dataset.split_mode": "random",
     "dataset.groups": [],                 # as JSON records it
     "optimizer.learning_rate_by_method": {},
+    "max_skipped_share": 0.5,
 }
 
 
+def k_for(batch_size: int, percent_selected: float, k_rounding: str = "round") -> int:
+  """The one rule for k, the points selected per large batch of B = ``batch_size``:
+  ``round(percent_selected · B)``, or for ``k_rounding='floor'`` (the official
+  ``int(B · percent_train)`` of ``src/models/MultiModels.py``) int() truncation. May be 0:
+  :func:`validate_config` refuses that (the official code's ``max(1, ·)`` would silently
+  select one point); nothing else computes k."""
+  k = percent_selected * batch_size
+  return int(k) if k_rounding == "floor" else int(round(k))
+
+
 def num_selected(config: ml_collections.ConfigDict) -> int:
-  """k = round(percent_selected · B), or (``selection.k_rounding='floor'``, the official
-  ``max(1, int(B · percent_train))`` of ``src/models/MultiModels.py``) int() truncation."""
-  k = config.selection.percent_selected * config.batch_size
-  if config.selection.k_rounding == "floor":
-    return max(1, int(k))
-  return int(round(k))
+  """k of ``config`` (:func:`k_for`): what the train step selects and what η='auto',
+  the reweighters and the size checks use."""
+  return k_for(config.batch_size, config.selection.percent_selected,
+               config.selection.k_rounding)
 
 
 def validate_config(config: ml_collections.ConfigDict,
@@ -203,8 +214,9 @@ def validate_config(config: ml_collections.ConfigDict,
   k = num_selected(config)
   if k < 1:
     raise ConfigError(
-        f"config.selection.percent_selected · config.batch_size must give k >= 1, got "
-        f"k = round({sel.percent_selected} · {config.batch_size}) = {k}")
+        f"config.selection.percent_selected · config.batch_size must give k >= 1 points "
+        f"per step, got k = {sel.k_rounding}({sel.percent_selected} · {config.batch_size}) "
+        f"= {k} (config.selection.k_rounding={sel.k_rounding!r}); raise one of them")
   n = num_devices or jax.local_device_count()
   if config.batch_size % n or k % n:
     raise ConfigError(
@@ -294,15 +306,32 @@ def validate_config(config: ml_collections.ConfigDict,
           evaluation_rules.MODEL_SELECTION)
   _number("config.max_consecutive_skipped", config.max_consecutive_skipped, 1,
           integer=True)
+  _number("config.max_skipped_share", config.max_skipped_share, 0, 1)
   for name in ("eval_every", "eval_batch_size", "log_every", "checkpoint_every"):
     _number(f"config.{name}", config[name], 1, integer=True)
+
+
+@contextlib.contextmanager
+def _stderr_fd_discarded():
+  """Discards what C/C++ code writes to file descriptor 2 inside the block (Python's
+  ``sys.stderr`` is flushed first, so nothing of it is lost); the descriptor is restored."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "wb") as sink:
+      os.dup2(sink.fileno(), 2)
+      yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
 
 
 def check_workdir(workdir: str) -> str:
   """Returns the absolute workdir after checking it can be created and written.
 
-  A ``gs://bucket/dir`` workdir is accepted as it is (no probe write: that would need
-  credentials before any work); every file the trainer writes goes through
+  A ``gs://bucket/dir`` workdir is probed with one read (does it exist?), no write; a
+  storage that cannot be reached (no network, no credentials) is one line here instead of
+  a traceback from the first write. Every file the trainer writes goes through
   :mod:`etils.epath` and orbax. Other URL schemes are refused.
 
   Raises:
@@ -313,7 +342,16 @@ def check_workdir(workdir: str) -> str:
   if "://" in workdir:
     if not workdir.startswith("gs://"):
       raise ConfigError(f"--workdir {workdir}: of storage URLs only gs:// is supported")
-    return workdir.rstrip("/")             # created on first write; see README (untested)
+    workdir = workdir.rstrip("/")          # created on first write; see README (untested)
+    try:
+      from etils import epath  # pylint: disable=g-import-not-at-top
+      with _stderr_fd_discarded():     # TensorFlow's GCS client logs its retries in C++
+        epath.Path(workdir).exists()
+    except Exception as e:  # pylint: disable=broad-except  # any storage client's error
+      lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+      raise ConfigError(f"--workdir {workdir} cannot be reached: {type(e).__name__}: "
+                        f"{lines[0] if lines else ''}") from None
+    return workdir
   path = os.path.abspath(os.path.expanduser(workdir))
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(f"--workdir {path} exists and is not a directory")
@@ -326,6 +364,25 @@ def check_workdir(workdir: str) -> str:
   except OSError as e:
     raise ConfigError(f"--workdir {path} cannot be written: {e.strerror or e}") from None
   return path
+
+
+def check_output_dirs(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The directories a run writes into (checkpoints, experts and pruning caches, as
+  :mod:`reducr_jax.train_experts` / :mod:`reducr_jax.prune_stage` name them) must not be
+  plain files: one line naming the path and its field, before any work (otherwise the run
+  fails when it first writes there, after stage 1 or the training loop)."""
+  if "://" in workdir:
+    return
+  dirs = [("--workdir", os.path.join(workdir, "checkpoints")),
+          ("config.experts.cache_dir", config.experts.cache_dir or
+           os.path.join(workdir, "experts")),
+          ("config.pruning.cache_dir", config.pruning.cache_dir or
+           os.path.join(workdir, "pruning"))]
+  for field, path in dirs:
+    path = os.path.expanduser(path)
+    if "://" not in path and os.path.exists(path) and not os.path.isdir(path):
+      raise ConfigError(f"{path} ({field}) exists and is not a directory: move the file "
+                        "away or choose another path")
 
 
 def with_overrides(config: ml_collections.ConfigDict,
@@ -358,6 +415,9 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+      raise ConfigError(f"--config file {path} defines no get_config() function (an empty "
+                        "file, or a misspelt name?)")
     config = module.get_config(arg) if arg else module.get_config()
   except ConfigError:
     raise

@@ -379,6 +379,13 @@ def expert_losses(apply_fn: ApplyFn, stacked_params, x: jax.Array, y: jax.Array,
   Returns:
     ``[B, C]`` cross-entropy losses, column c from expert c.
   """
+  b = np.shape(x)[0] if np.ndim(x) else None
+  checks.check_labels("y", y, b)               # int[B], B = x's first axis
+  try:                                         # one expert on x, abstractly: one line
+    jax.eval_shape(lambda p: apply_fn(jax.tree.map(lambda a: a[0], p), x), stacked_params)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"apply_fn(stacked_params[c], x) fails for x of shape {np.shape(x)}: "
+                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
   loss_of = lambda p: cross_entropy(apply_fn(p, x), y)  # noqa: E731
   return map_experts(loss_of, stacked_params, strategy, chunk).T
 

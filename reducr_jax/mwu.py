@@ -37,9 +37,8 @@ from reducr_jax import metrics
 
 def init(num_classes: int) -> jax.Array:
   """Uniform log-weights ``log(1/C) · 1`` → ``float32[C]`` (Algorithm 1, line 2)."""
-  if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
-    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-  return jnp.full((int(num_classes),), -np.log(num_classes), jnp.float32)
+  num_classes = checks.check_num_classes(num_classes)
+  return jnp.full((num_classes,), -np.log(num_classes), jnp.float32)
 
 
 def weights(log_w: jax.Array) -> jax.Array:
@@ -165,7 +164,8 @@ class EMAState(NamedTuple):
 
 
 def ema_init(num_classes: int) -> EMAState:
-  """Zero EMA state for C classes."""
+  """Zero EMA state for C classes (C >= 1, as :func:`init`)."""
+  num_classes = checks.check_num_classes(num_classes)
   return EMAState(jnp.zeros((num_classes,), jnp.float32),
                   jnp.zeros((num_classes,), jnp.int32))
 

@@ -186,13 +186,16 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     new_reference = cfg.reference_update(state.reference, xs, ys,
                                          jax.random.fold_in(key, 3), AXIS)
   ok = jnp.isfinite(loss) & divergence.all_finite((grads, new_selector_state, new_reference))
+  if cfg.reference_update is not None:     # updated reference models: the same rule as θ
+    ok = ok & divergence.bounded(new_reference.params)
 
   def apply_update(params_and_opt):
     params, opt_state = params_and_opt
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    # Finite gradients can still give non-finite parameters or moments (huge steps).
-    return jax.lax.cond(divergence.all_finite((new_params, new_opt_state)),
+    # Finite gradients can still give non-finite moments or parameters too large to use
+    # (huge steps): divergence.bounded.
+    return jax.lax.cond(divergence.all_finite(new_opt_state) & divergence.bounded(new_params),
                         lambda: (new_params, new_opt_state, jnp.asarray(True)),
                         lambda: (params, opt_state, jnp.asarray(False)))
 
@@ -257,6 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   n = len(devices) * jax.process_count()          # global data-parallel devices
   configuration.validate_config(config, n)
   workdir = configuration.check_workdir(workdir)
+  configuration.check_output_dirs(config, workdir)
   with workdir_lib.lock(workdir), preemption.Handler() as preempt:
     return _train_locked(config, workdir, splits, devices, pmap_devices, preempt)
 
@@ -274,6 +278,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
     except (FileNotFoundError, ImportError, ValueError) as e:   # missing/bad data: one line
       raise configuration.ConfigError(str(e)) from None
   size_checks.check_batch_sizes(config, splits, n)   # one line, before anything trains
+  size_checks.check_against_data(config, splits)
   unpruned = splits
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
   size_checks.check_pruned(config, unpruned, splits)
@@ -374,6 +379,8 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   p_best = sharding.replicate(best["params"], devices)
   val, test = evaluation.val_and_test(p_eval, p_best, splits, eval_bs, n, group_of)
   recorded = json.loads(config.to_json_best_effort())
+  status = divergence.run_status(int(final_state.num_skipped), config.num_steps,
+                                 config.max_skipped_share)
   results = {
       "method": config.selection.method,
       "reweight": config.reweight,
@@ -390,6 +397,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       **({"group_names": groups_lib.group_names(config.dataset.groups, splits.class_names)}
          if group_of is not None else {}),
       "num_skipped": int(final_state.num_skipped),
+      **status,                        # "status": "ok" | "diverged", "skipped_share"
       "config": recorded,
   }
   recorded["selection"]["eta"] = given_eta                # as given ("auto" stays "auto")
@@ -398,4 +406,6 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
               {"expert_seconds": expert_seconds, "train_seconds": time.time() - t_start,
                "steps_run": config.num_steps - start, "devices": n,
                "backend": jax.default_backend()})
+  divergence.check_share(status, int(final_state.num_skipped), config.num_steps,
+                         config.max_skipped_share)
   return results

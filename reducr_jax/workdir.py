@@ -49,7 +49,7 @@ STALE_AFTER_S = 600.0
 # data are read from. (`num_steps` may only grow past the checkpointed step.)
 RESUMABLE_FIELDS = (
     "num_steps", "eval_every", "log_every", "checkpoint_every", "num_devices", "prefetch",
-    "max_consecutive_skipped", "experts.cache_dir", "pruning.cache_dir",
+    "max_consecutive_skipped", "max_skipped_share", "experts.cache_dir", "pruning.cache_dir",
     "dataset.data_dir", "dataset.manual_dir", "dataset.download",
 )
 

@@ -75,7 +75,7 @@ def resolved_eta(config, num_classes: int | None = None) -> float:
   """``config.selection.eta`` as a number: ``"auto"`` → :func:`reducr_jax.mwu.auto_eta`.
 
   ``η = auto_eta(C, T = num_steps, L = k · ln C) = (1/k) √(8 / (T ln C))``, with
-  ``k = round(percent_selected · B)`` and C ``num_classes`` (default: the dataset
+  k = :func:`reducr_jax.configuration.num_selected` (``selection.k_rounding``) and C ``num_classes`` (default: the dataset
   config's, :func:`reducr_jax.data.num_classes`). Assumption behind L: the MWU loss of
   class c at a step is ``α_c = Σ_{i∈b} R[i,c] − k h_c`` with ``R ≥ 0`` (clipped excess
   loss) and ``h ≥ 0``; per point, the spread of ``R[i,c] − h_c`` across classes is taken
@@ -91,7 +91,8 @@ def resolved_eta(config, num_classes: int | None = None) -> float:
   if num_classes is None:
     from reducr_jax import data  # pylint: disable=g-import-not-at-top
     num_classes = data.num_classes(config.dataset)
-  k = int(round(config.selection.percent_selected * config.batch_size))
+  from reducr_jax import configuration  # pylint: disable=g-import-not-at-top  (imports us)
+  k = configuration.num_selected(config)       # the k the train step selects (k_rounding)
   return mwu.auto_eta(num_classes, int(config.num_steps), k * math.log(num_classes))
 
 
