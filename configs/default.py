@@ -117,6 +117,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.selection.class_weights = ()
   config.selection.sampling = "top_k"
   config.selection.beta = 1.0
+  # 'grad_norm': 'top_k' of ‖softmax − onehot‖₂ (official gradnorm_ub_selection) |
+  # 'proportional' (k draws without replacement ∝ the bound; Katharopoulos & Fleuret).
+  config.selection.grad_norm_sampling = "top_k"
   # 'uniform_after': `base_method` for the first `uniform_after_steps` steps, uniform after.
   config.selection.base_method = "reducr"
   config.selection.uniform_after_steps = 500
