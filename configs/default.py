@@ -153,9 +153,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.experts.loss_normalisation = "mean"
   config.experts.cache_dir = ""                     # '' = <workdir>/experts; sweeps share one
   # Online update of the reference models on the selected points (official
-  # `update_irreducible`, there for RHO-LOSS; here also REDUCR's experts): one AdamW step at
-  # learning_rate · update_lr_factor (official lr/100) per train step. Needs losses 'online'
-  # or 'multihead' (a precomputed table cannot learn).
+  # `update_irreducible`, there for rho_loss and weighted; here also REDUCR's / payoff's
+  # experts): one step of the *target's* AdamW (optimizer.weight_decay) at the method's
+  # learning rate · update_lr_factor (official lr/100), constant, on the unweighted mean
+  # cross-entropy of the k selected points. Needs losses 'online' or 'multihead'.
   config.experts.update_on_selected = False
   config.experts.update_lr_factor = 0.01
 

@@ -60,3 +60,48 @@ def test_grad_norm_in_the_train_step_one_hots_class_labels_not_groups():
   # the selected counts are per group
   np.testing.assert_array_equal(np.asarray(m["selected_class_counts"][0]),
                                 np.bincount(np.asarray(GROUPS)[y[expected]], minlength=4))
+
+
+def _adamw_first_step(p, g, lr, wd, eps=1e-8):
+  """PyTorch ``AdamW.step`` from fresh moments, by hand: m̂ = g, v̂ = g², so
+  p ← p·(1 − lr·wd) − lr·g / (|g| + eps)."""
+  return p * (1.0 - lr * wd) - lr * g / (np.abs(g) + eps)
+
+
+def test_update_on_selected_is_one_official_update_irreducible_step():
+  """Official ``UpdateIrreducible*LossGenerator``: the target's AdamW (lr, weight decay) at
+  lr / 100 on the unweighted mean cross-entropy of the selected points — for RHO-LOSS's
+  model and for each of ``weighted``'s class experts alike (γ, the experts' own lr and wd
+  play no part)."""
+  from reducr_jax import train_experts  # pylint: disable=g-import-not-at-top
+  for method, kind, num in (("rho_loss", "irreducible", 1), ("weighted", "experts", 10)):
+    config = _config(**{"model.hidden": (), "selection.method": method,
+                        "experts.losses": "online", "experts.update_on_selected": True,
+                        "experts.gamma": 9.0, "experts.learning_rate": 5e-2,
+                        "experts.weight_decay": 0.0, "experts.loss_normalisation": "weight_sum",
+                        "optimizer.learning_rate": 1e-3, "optimizer.weight_decay": 0.1,
+                        "optimizer.schedule": "cosine",
+                        "optimizer.learning_rate_by_method": {method: 3e-3}})
+    splits = data.make_splits(config.dataset, config.seed)
+    rng = np.random.default_rng(1)
+    w0 = rng.normal(0, 0.3, (num, 64, 10)).astype(np.float32)
+    b0 = rng.normal(0, 0.3, (num, 10)).astype(np.float32)
+    refs = train_experts.ReferenceModels(
+        kind, {"params": {"Dense_0": {"kernel": jnp.asarray(w0), "bias": jnp.asarray(b0)}}},
+        None)
+    state, update = train_experts.online_update(config, refs, splits)
+    x = splits.train.x[:8].reshape(8, -1).astype(np.float32)
+    y = splits.train.y[:8]
+    new = jax.pmap(lambda s, xb, yb: update(s, xb, yb, jax.random.PRNGKey(0), "d"),
+                   axis_name="d", in_axes=(None, 0, 0))(state, x[None], y[None])
+    lr = 3e-3 / 100                                   # the rule's target lr, / 100
+    for e in range(num):
+      p = _softmax(x.astype(np.float64) @ w0[e] + b0[e])
+      err = (p - np.eye(10)[y]) / len(y)              # d mean CE / d logits
+      want_w = _adamw_first_step(w0[e], x.T.astype(np.float64) @ err, lr, 0.1)
+      want_b = _adamw_first_step(b0[e], err.sum(axis=0), lr, 0.1)
+      got = new.params["params"]["Dense_0"]
+      np.testing.assert_allclose(np.asarray(got["kernel"])[0, e], want_w, rtol=0, atol=2e-6)
+      np.testing.assert_allclose(np.asarray(got["bias"])[0, e], want_b, rtol=0, atol=2e-6)
+    # the step is lr-sized: a wrong lr / wd / weighting would move it by ≥ 1e-6 somewhere
+    assert np.max(np.abs(np.asarray(got["kernel"])[0] - w0)) > 1e-5
