@@ -67,6 +67,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Per-method peak learning rate, e.g. {'rho_loss': 2e-5}; methods not listed use
   # learning_rate. Empty here; official MNLI: baselines 2e-5, REDUCR 1e-6 (configs/mnli.py).
   config.optimizer.learning_rate_by_method = ml_collections.ConfigDict()
+  # Per-method settings of the official experiment yamls, applied over this config when
+  # config.selection.method is listed: {method: {field: value, ...}} with nested fields,
+  # e.g. {'uniform': {'batch_size': 640, 'optimizer': {'weight_decay': 0.01}}} (official
+  # CINIC-10, configs/cinic10.py); an entry a config file sets can be changed from the
+  # command line (--config.method_overrides.uniform.batch_size=320). Empty here.
+  config.method_overrides = ml_collections.ConfigDict()
 
   # --- Online batch selection ---------------------------------------------------------
   config.batch_size = 320                           # large batch B (paper: 320)

@@ -254,6 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     splits: data to use instead of ``data.make_splits(config.dataset, config.seed)``
       (custom protocols, e.g. Ren et al.'s imbalanced binary task).
   """
+  config = configuration.apply_method_overrides(config)   # the method's official settings
   devices = sharding.local_devices(config)
   pmap_devices = sharding.pmap_devices(devices)
   n = len(devices) * jax.process_count()          # global data-parallel devices
