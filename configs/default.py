@@ -67,6 +67,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Per-method peak learning rate, e.g. {'rho_loss': 2e-5}; methods not listed use
   # learning_rate. Empty here; official MNLI: baselines 2e-5, REDUCR 1e-6 (configs/mnli.py).
   config.optimizer.learning_rate_by_method = ml_collections.ConfigDict()
+  # Per-method settings of the official experiment yamls, applied over this config when
+  # config.selection.method is listed: {method: {field: value, ...}} with nested fields,
+  # e.g. {'uniform': {'batch_size': 640, 'optimizer': {'weight_decay': 0.01}}} (official
+  # CINIC-10, configs/cinic10.py); an entry a config file sets can be changed from the
+  # command line (--config.method_overrides.uniform.batch_size=320). Empty here.
+  config.method_overrides = ml_collections.ConfigDict()
 
   # --- Online batch selection ---------------------------------------------------------
   config.batch_size = 320                           # large batch B (paper: 320)
@@ -117,6 +123,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.selection.class_weights = ()
   config.selection.sampling = "top_k"
   config.selection.beta = 1.0
+  # 'grad_norm': 'top_k' of ‖softmax − onehot‖₂ (official gradnorm_ub_selection) |
+  # 'proportional' (k draws without replacement ∝ the bound; Katharopoulos & Fleuret).
+  config.selection.grad_norm_sampling = "top_k"
   # 'uniform_after': `base_method` for the first `uniform_after_steps` steps, uniform after.
   config.selection.base_method = "reducr"
   config.selection.uniform_after_steps = 500
@@ -150,9 +159,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.experts.loss_normalisation = "mean"
   config.experts.cache_dir = ""                     # '' = <workdir>/experts; sweeps share one
   # Online update of the reference models on the selected points (official
-  # `update_irreducible`, there for RHO-LOSS; here also REDUCR's experts): one AdamW step at
-  # learning_rate · update_lr_factor (official lr/100) per train step. Needs losses 'online'
-  # or 'multihead' (a precomputed table cannot learn).
+  # `update_irreducible`, there for rho_loss and weighted; here also REDUCR's / payoff's
+  # experts): one step of the *target's* AdamW (optimizer.weight_decay) at the method's
+  # learning rate · update_lr_factor (official lr/100), constant, on the unweighted mean
+  # cross-entropy of the k selected points. Needs losses 'online' or 'multihead'.
   config.experts.update_on_selected = False
   config.experts.update_lr_factor = 0.01
 

@@ -142,6 +142,8 @@ ADDED_FIELDS = {
     "dataset.groups": [],                 # as JSON records it
     "optimizer.learning_rate_by_method": {},
     "max_skipped_share": 0.5,
+    "selection.grad_norm_sampling": "top_k",
+    "method_overrides": {},
 }
 
 
@@ -172,6 +174,7 @@ def validate_config(config: ml_collections.ConfigDict,
       k must split evenly across devices.
   """
   check_finite(config)
+  apply_method_overrides(config)            # its one-line errors (the trainer applies it)
   try:
     data.validate_dataset_config(config.dataset)
   except ValueError as e:
@@ -383,6 +386,39 @@ def check_output_dirs(config: ml_collections.ConfigDict, workdir: str) -> None:
     if "://" not in path and os.path.exists(path) and not os.path.isdir(path):
       raise ConfigError(f"{path} ({field}) exists and is not a directory: move the file "
                         "away or choose another path")
+
+
+def apply_method_overrides(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with ``config.method_overrides[config.selection.method]`` applied (a copy;
+  ``config`` itself when the method has none): the per-method settings of the official
+  experiment yamls (e.g. CINIC-10 uniform at B = 640). The overrides stay in the config,
+  so the result is a fixed point and a resumed run resolves the same way.
+
+  Raises:
+    ConfigError: a key that is not a registered rule, a field that does not exist, or one
+      that may not differ by method (``selection.method``, ``method_overrides``).
+  """
+  table = config.get("method_overrides") or {}
+  for method, fields in table.items():
+    _one_of("config.method_overrides key", method, selectors.names())
+    if not isinstance(fields, (ml_collections.ConfigDict, dict)):
+      raise ConfigError(f"config.method_overrides.{method} must be a dict of config fields, "
+                        f"got {fields!r}")
+  fields = table.get(config.selection.method)
+  if not fields:
+    return config
+  flat = {name[len("config."):]: value for name, value in _leaves(fields)}
+  for name in flat:
+    node, parts = config, name.split(".")
+    for part in parts:
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise ConfigError(f"config.method_overrides.{config.selection.method}.{name}: "
+                          f"config.{name} is not a config field")
+      node = node[part]
+    if name == "selection.method" or name.startswith("method_overrides"):
+      raise ConfigError(f"config.method_overrides.{config.selection.method}.{name}: "
+                        f"config.{name} cannot be set per method")
+  return with_overrides(config, flat)
 
 
 def with_overrides(config: ml_collections.ConfigDict,

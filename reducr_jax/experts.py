@@ -560,7 +560,8 @@ def update_on_selected(apply_fn: ApplyFn, tx: optax.GradientTransformation,
 
   The official REDUCR code's ``update_irreducible``: the amortised experts keep learning
   from the target model's selected points, with a small learning rate in ``tx`` (official
-  lr/100). Stacked experts (``stacked=True``, leading axis C, each with its eq.-8 γ
+  lr/100 of the target's optimizer) and ``gamma = 0`` (the official unweighted mean
+  cross-entropy; :func:`reducr_jax.train_experts.online_update`). Stacked experts (``stacked=True``, leading axis C, each with its eq.-8 γ
   weighting; one expert with γ = 0 is RHO-LOSS's irreducible-loss model) take
   :func:`train_step`; a :class:`MultiHead` model (``stacked=False``) takes
   :func:`multihead_train_step`.

@@ -132,7 +132,9 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   out = {}
 
   units_all = groups_lib.group_labels(y_all, cfg.group_of)   # y_all unless dataset.groups
-  inputs = selectors.SelectionInputs(labels=units_all, step=state.step)
+  # Class labels for rules that compare them with logits (grad_norm), groups for the
+  # per-unit columns (experts, MWU); the official code passes `target` and `categories`.
+  inputs = selectors.SelectionInputs(labels=y_all, group_labels=units_all, step=state.step)
   if needs & {selectors.MODEL_LOSS, selectors.MODEL_LOGITS}:
     logits = apply_fn(state.params, x)
     model_loss_all = gather(experts.cross_entropy(logits, y))
@@ -255,6 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     splits: data to use instead of ``data.make_splits(config.dataset, config.seed)``
       (custom protocols, e.g. Ren et al.'s imbalanced binary task).
   """
+  config = configuration.apply_method_overrides(config)   # the method's official settings
   devices = sharding.local_devices(config)
   pmap_devices = sharding.pmap_devices(devices)
   n = len(devices) * jax.process_count()          # global data-parallel devices

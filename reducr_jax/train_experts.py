@@ -54,6 +54,7 @@ from reducr_jax import data
 from reducr_jax import device_memory
 from reducr_jax import experts
 from reducr_jax import models
+from reducr_jax import optimizers
 from reducr_jax import preemption
 from reducr_jax import progress
 from reducr_jax import rng_streams
@@ -580,25 +581,43 @@ def precompute_table(refs: ReferenceModels, split: data.Split, batch_size: int,
   return np.concatenate(shares)
 
 
+def update_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The reference models' optimizer for ``experts.update_on_selected``: the *target's*
+  optimizer config (official ``IrreducibleLossGenerators.config_optimizers`` instantiates
+  ``MultiModels.optimizer_config``): AdamW with ``optimizer.weight_decay`` (and
+  ``optimizer.grad_clip_norm``) at the method's learning rate
+  (:func:`reducr_jax.optimizers.method_learning_rate`) × ``experts.update_lr_factor``
+  (official ``param_group['lr'] / 100``), constant: the official update path configures no
+  scheduler (``MultiModels.configure_optimizers`` returns the bare optimizers when
+  ``update_irreducible`` is on), so ``optimizer.schedule`` / ``warmup_steps`` do not apply."""
+  opt = ml_collections.ConfigDict(config.optimizer.to_dict())
+  opt.learning_rate = optimizers.method_learning_rate(config) * config.experts.update_lr_factor
+  opt.schedule, opt.warmup_steps = "constant", 0
+  return optimizers.make_optimizer(opt)
+
+
 def online_update(config: ml_collections.ConfigDict, refs: ReferenceModels,
                   splits: data.Splits):
   """The reference models' update on the selected points (``experts.update_on_selected``).
 
-  The official REDUCR code's ``update_irreducible`` (there for RHO-LOSS only): after each
-  selection, the reference models take one AdamW step on the k selected points at
-  ``experts.learning_rate · experts.update_lr_factor`` (official: lr/100), with their
-  eq.-8 loss (γ-weighted per expert; γ = 0 for the RHO-LOSS model), gradients averaged
-  over the data-parallel devices (:func:`reducr_jax.experts.update_on_selected`). Works
-  for stacked experts, the multi-head model and the irreducible-loss model alike.
+  The official REDUCR code's ``update_irreducible`` (``UpdateIrreducible*LossGenerator.
+  gradient_descent_step``): after each selection, every reference model takes one step of
+  :func:`update_optimizer` (the target's AdamW at lr × ``experts.update_lr_factor``) on the
+  *unweighted* mean cross-entropy of the k selected points (the eq.-8 γ weighting and
+  ``experts.loss_normalisation`` of expert training do not apply), gradients averaged over
+  the data-parallel devices (:func:`reducr_jax.experts.update_on_selected`). Official for
+  ``rho_loss`` (the irreducible-loss model) and ``weighted`` (each class expert on all k
+  points); the official factory raises ``NotImplementedError`` for the robust and payoff
+  rules, for which this is the same update of their class experts (or of the multi-head
+  model: each head's mean, averaged over heads) — an extension, not the official code.
 
   Returns:
     ``(state, update)``: the initial :class:`reducr_jax.experts.ExpertsState` (params are
     the variables ``{"params": ..., **model_state}``), and
     ``update(state, x [k/n, ...], y int[k/n], rng, axis_name) -> state``.
   """
-  fns, _, _, gamma = _build(config, splits, refs.kind)
-  ex = config.experts
-  tx = optax.adamw(ex.learning_rate * ex.update_lr_factor, weight_decay=ex.weight_decay)
+  fns, _, _, _ = _build(config, splits, refs.kind)
+  tx = update_optimizer(config)
   variables = jax.tree.map(jnp.asarray, refs.params)
   stacked = refs.kind != "multihead"
   params = variables["params"]
@@ -608,12 +627,12 @@ def online_update(config: ml_collections.ConfigDict, refs: ReferenceModels,
   def update(state, x, y, rng, axis_name):
     model_state = {k: v for k, v in state.params.items() if k != "params"}
     inner = experts.ExpertsState(state.params["params"], state.opt_state, model_state)
-    inner = experts.update_on_selected(fns.apply, tx, inner, x, y, gamma,
+    # γ = 0: the official unweighted mean cross-entropy (every weight 1, so neither the
+    # groups nor the normalisation matter).
+    inner = experts.update_on_selected(fns.apply, tx, inner, x, y, 0.0,
                                        train_apply_fn=fns.apply_train, rng=rng,
                                        axis_name=axis_name, stacked=stacked,
-                                       group_of=groups_lib.from_config(
-                                           config.dataset, splits.num_classes),
-                                       normalisation=ex.loss_normalisation)
+                                       normalisation="mean")
     return experts.ExpertsState(models.variables(inner.params, inner.model_state),
                                 inner.opt_state, None)
   return state, update

@@ -170,12 +170,45 @@ def test_grad_norm_bound_and_sampling():
   # p = (.5, .5), (.75, .25), (~1, ~0): ‖p - e_y‖ = √.5, √(.75² + .75²), ~0
   bound = selection.grad_norm_upper_bound(logits, y)
   np.testing.assert_allclose(bound, [np.sqrt(0.5), 0.75 * np.sqrt(2.0), 0.0], atol=1e-6)
-  sel = selectors.get(config_with(**{"selection.method": "grad_norm"}))
+  sel = selectors.get(config_with(**{"selection.method": "grad_norm",
+                                      "selection.grad_norm_sampling": "proportional"}))
   assert sel.needs == {selectors.MODEL_LOGITS}
   freq = _frequencies(lambda r, s, k: sel.select((), inputs(labels=y, model_logits=s), r,
                                                  k)[0], logits)
   expected = np.asarray(bound) / float(np.sum(bound))
   np.testing.assert_allclose(freq, expected, atol=0.02)
+
+
+def _official_gradnorm_indices(logits, labels, k):
+  """Our NumPy port of the official ``gradnorm_ub_selection`` (``selection_methods.py``):
+  ``top_x_indices(‖softmax − one_hot(target)‖₂, k, largest=True)``, i.e. the first k of a
+  descending argsort (float64 here, so the ranking is exact on random inputs)."""
+  z = logits.astype(np.float64)
+  p = np.exp(z - z.max(axis=1, keepdims=True))
+  p /= p.sum(axis=1, keepdims=True)
+  norm = np.linalg.norm(p - np.eye(z.shape[1])[labels], axis=-1)
+  return np.argsort(-norm, kind="stable")[:k]
+
+
+def test_grad_norm_default_is_the_official_top_k():
+  config = config_with(**{"selection.method": "grad_norm"})
+  assert config.selection.grad_norm_sampling == "top_k"
+  sel = selectors.get(config)
+  rng = np.random.default_rng(0)
+  for b, c, k in ((320, 10, 32), (64, 100, 6), (32, 3, 3)):
+    logits = rng.normal(0.0, 3.0, (b, c)).astype(np.float32)
+    y = rng.integers(0, c, b)
+    idx, _ = sel.select((), inputs(labels=jnp.asarray(y, jnp.int32),
+                                   model_logits=jnp.asarray(logits)), KEY, k)
+    np.testing.assert_array_equal(np.asarray(idx), _official_gradnorm_indices(logits, y, k))
+  # by hand: bounds √.5, .75·√2 ≈ 1.06, ~0 → top-2 is points 1, 0 (largest first)
+  logits = jnp.array([[0.0, 0.0], [np.log(3.0), 0.0], [10.0, -10.0]])
+  idx, _ = sel.select((), inputs(labels=jnp.array([0, 1, 0]), model_logits=logits), KEY, 2)
+  np.testing.assert_array_equal(idx, [1, 0])
+  with pytest.raises(ValueError, match=r"^config.selection.grad_norm_sampling must be one "
+                     r"of \['top_k', 'proportional'\], got 'sample'$"):
+    selectors.get(config_with(**{"selection.method": "grad_norm",
+                                 "selection.grad_norm_sampling": "sample"}))
 
 
 def test_entropy_and_irreducible_by_hand():

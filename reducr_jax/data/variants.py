@@ -22,14 +22,14 @@ DEFAULTS = {
     # int(N*rate) rows relabelled uniformly over all C classes).
     "label_noise_mode": "different",
     # 'random' (seeded stratified / random cuts) | 'official' (CIFAR: even train indices =
-    # train, odd = holdout; QQP: official train_test_val_split, see real.py).
+    # train, odd = holdout; QQP, MNLI: official train_test_val_split, see real.py).
     "split_mode": "random",
     # () = one group per class | C group ids | 'cifar100_superclasses' (official CIFAR-100).
     "groups": (),
 }
 IMBALANCE_MODES = ("subsample", "weighted_sampler")
 SPLIT_MODES = ("random", "official")
-OFFICIAL_SPLIT_DATASETS = ("cifar10", "cifar100", "qqp")
+OFFICIAL_SPLIT_DATASETS = ("cifar10", "cifar100", "mnli", "qqp")
 
 
 def validate(cfg: ml_collections.ConfigDict, num_classes: int) -> None:
