@@ -53,6 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"                   # 'bfloat16': mixed precision
   config.model.pretrained = ""                      # checkpoint to import ('' = from scratch)
   config.model.pretrained_head = False              # also import the classifier head
+  # Dropout after every hidden ReLU (0 = none). MC-dropout rules (selection.method 'bald',
+  # 'conditional_entropy', 'entropy') need > 0; official RHO-LOSS bayesian models: 0.5
+  # (mnist_bayesian_mlp512.yaml), 0.05 (cifar_bayesian_small_cnn.yaml).
+  config.model.dropout_rate = 0.0
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-3
   config.optimizer.weight_decay = 0.01
@@ -120,6 +124,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 'uniform_after': `base_method` for the first `uniform_after_steps` steps, uniform after.
   config.selection.base_method = "reducr"
   config.selection.uniform_after_steps = 500
+  # MC-dropout passes K for 'bald' / 'conditional_entropy' / 'entropy' (official RHO-LOSS
+  # num_mc = 10): K forward passes with dropout on (running batch-norm statistics), only
+  # when the rule asks for them and model.dropout_rate > 0; 0 = evaluation-mode logits.
+  config.selection.mc_passes = 10
 
   # --- Class-irreducible loss models (experts), trained once on the holdout split -----
   config.experts = ml_collections.ConfigDict()

@@ -139,6 +139,8 @@ ADDED_FIELDS = {
     "dataset.split_mode": "random",
     "dataset.groups": [],                 # as JSON records it
     "optimizer.learning_rate_by_method": {},
+    "model.dropout_rate": 0.0,            # mlp / resnet18 (bert configs always had it)
+    "selection.mc_passes": 10,
 }
 
 
@@ -252,6 +254,7 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.selection.beta", sel.beta, 0)
   _one_of("config.selection.sampling", sel.sampling, selectors.weighted.SAMPLINGS)
   _number("config.selection.uniform_after_steps", sel.uniform_after_steps, 0, integer=True)
+  _number("config.selection.mc_passes", sel.get("mc_passes", 10), 0, integer=True)
   _one_of("config.selection.base_method", sel.base_method,
           tuple(m for m in selectors.names() if m != "uniform_after"))
   try:    # the rule's and reweighter's own checks (e.g. class_weights), still before any work

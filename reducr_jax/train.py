@@ -140,6 +140,12 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     inputs = inputs._replace(model_loss=model_loss_all)
     if selectors.MODEL_LOGITS in needs:
       inputs = inputs._replace(model_logits=gather(logits))
+  if selectors.MC_LOGITS in needs:   # K dropout passes, one at a time (memory of one pass)
+    mc_keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 4), device),
+                               cfg.mc_passes)
+    variables_now = models.variables(state.params, state.model_state)
+    mc = jax.lax.map(lambda kk: fns.apply_mc(variables_now, x, kk), mc_keys)  # [K, b, C]
+    inputs = inputs._replace(mc_logits=jax.lax.all_gather(mc, AXIS, axis=1, tiled=True))
 
   if cfg.reference == "table":
     inputs = inputs._replace(reference_losses=gather(batch["ref_losses"]))

@@ -100,7 +100,8 @@ def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
                    if k not in EXECUTION_FIELDS + STAGE2_FIELDS}
   dataset = without_legacy(config.dataset.to_dict(), "dataset")
   blob = json.dumps({"format": 2, "kind": kind, "seed": config.seed, "dataset": dataset,
-                     "model": config.model.to_dict(), "experts": expert_config,
+                     "model": without_legacy(config.model.to_dict(), "model"),
+                     "experts": expert_config,
                      "eval_batch_size": config.eval_batch_size},
                     sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -85,6 +85,9 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
       v = model_config[field]
       if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"config.model.{field} must be an int >= 1, got {v!r}")
+  rate = model_config.get("dropout_rate", 0.0)
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+    raise ValueError(f"config.model.dropout_rate must be a number in [0, 1), got {rate!r}")
   if name == "bert" and model_config.hidden_size % model_config.num_heads:
     raise ValueError(f"config.model.hidden_size ({model_config.hidden_size}) must be "
                      f"divisible by config.model.num_heads ({model_config.num_heads})")
@@ -102,8 +105,10 @@ def create_model(model_config: ml_collections.ConfigDict,
   model_config = resolve_sizes(model_config)
   name = model_config.name
   dtype = DTYPES[model_config.dtype]
+  dropout_rate = float(model_config.get("dropout_rate", 0.0))   # optional for mlp / resnet18
   if name == "mlp":
-    return MLP(hidden=tuple(model_config.hidden), num_outputs=num_outputs)
+    return MLP(hidden=tuple(model_config.hidden), num_outputs=num_outputs,
+               dropout_rate=dropout_rate)
   if name == "resnet18":
     kwargs = {f: tuple(model_config[f]) for f in ("mean", "std") if model_config[f]}
     if not kwargs and model_config.stem == "imagenet":
@@ -111,7 +116,8 @@ def create_model(model_config: ml_collections.ConfigDict,
       kwargs = {"mean": resnet.IMAGENET_MEAN, "std": resnet.IMAGENET_STD}
     kwargs["stage_sizes"] = tuple(model_config.stage_sizes)
     return ResNet18(num_outputs=num_outputs, stem=model_config.stem,
-                    width=model_config.width, dtype=dtype, **kwargs)
+                    width=model_config.width, dtype=dtype, dropout_rate=dropout_rate,
+                    **kwargs)
   m = model_config
   return BertClassifier(num_outputs=num_outputs, vocab_size=m.vocab_size,
                         hidden_size=m.hidden_size, num_layers=m.num_layers,
@@ -131,10 +137,14 @@ class ModelFns(NamedTuple):
       the ``apply_fn`` the pure library functions (experts, selection scores) take.
     apply_train: ``(params, model_state, x, rng) -> (logits, new_model_state)`` in training
       mode (batch statistics — across ``axis_name`` when given —, dropout keyed by ``rng``).
+    apply_mc: ``(variables, x, rng) -> logits`` with dropout on and running batch-norm
+      statistics (MC dropout: the official ``enable_dropout`` on an ``eval()`` model); the
+      same as ``apply`` for a model without dropout. ``None``: not available.
   """
   init: Callable[[jax.Array], tuple[Any, dict]]
   apply: Callable[[Any, jax.Array], jax.Array]
   apply_train: Callable[[Any, dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
+  apply_mc: Optional[Callable[[Any, jax.Array, jax.Array], jax.Array]] = None
 
 
 # PRNG used to *initialise* each model's parameters. Conv nets and transformers have many
@@ -179,9 +189,17 @@ def model_fns(module: nn.Module, input_example: jax.Array,
   def apply(variables, x):
     return module.apply(variables, x, train=False)
 
-  def apply_train(params, model_state, x, rng):
+  def dropout_key(rng):
     if init_impl is not None:       # dropout masks from the same fast-compiling generator
       rng = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl=init_impl)
+    return rng
+
+  def apply_mc(variables, x, rng):
+    return module.apply(variables, x, train=False, dropout=True,
+                        rngs={"dropout": dropout_key(rng)})
+
+  def apply_train(params, model_state, x, rng):
+    rng = dropout_key(rng)
     variables = {"params": params, **model_state}
     if not model_state:
       return train_module.apply(variables, x, train=True, rngs={"dropout": rng}), model_state
@@ -189,7 +207,7 @@ def model_fns(module: nn.Module, input_example: jax.Array,
                                            mutable=list(model_state))
     return logits, dict(new_state)
 
-  return ModelFns(init, apply, apply_train)
+  return ModelFns(init, apply, apply_train, apply_mc)
 
 
 def variables(params, model_state: dict) -> dict:
@@ -203,4 +221,5 @@ def as_model_fns(model) -> ModelFns:
   if isinstance(model, ModelFns):
     return model
   return ModelFns(init=None, apply=lambda v, x: model(v["params"], x),
-                  apply_train=lambda p, s, x, rng: (model(p, x), s))
+                  apply_train=lambda p, s, x, rng: (model(p, x), s),
+                  apply_mc=lambda v, x, rng: model(v["params"], x))
