@@ -19,7 +19,8 @@ DEFAULTS = {
     # with replacement with class weights (fraction for the rare class, (1-fraction)/(C-1)).
     "imbalance_mode": "subsample",
     # 'different' (a flip is a different class) | 'any' (official _corrupt_dataset:
-    # int(N*rate) rows relabelled uniformly over all C classes).
+    # int(N*rate) rows relabelled uniformly over all C classes) | 'structured' (official
+  # structured_noise: the first int(n_c*rate) rows of class 3 -> 5, then 9 -> 7, 4 -> 9).
     "label_noise_mode": "different",
     # 'random' (seeded stratified / random cuts) | 'official' (CIFAR: even train indices =
     # train, odd = holdout; QQP: official train_test_val_split, see real.py).
@@ -46,6 +47,9 @@ def validate(cfg: ml_collections.ConfigDict, num_classes: int) -> None:
   if noise not in corruption.LABEL_NOISE_MODES:
     raise ValueError(f"config.dataset.label_noise_mode must be one of "
                      f"{list(corruption.LABEL_NOISE_MODES)}, got {noise!r}")
+  if noise == "structured" and num_classes < 10:
+    raise ValueError(f"config.dataset.label_noise_mode='structured' flips classes 3, 4, 9 "
+                     f"into 5, 9, 7 and needs >= 10 classes, got {num_classes}")
   split = cfg.split_mode
   if split not in SPLIT_MODES:
     raise ValueError(f"config.dataset.split_mode must be one of {list(SPLIT_MODES)}, "
