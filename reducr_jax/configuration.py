@@ -141,6 +141,7 @@ ADDED_FIELDS = {
     "optimizer.learning_rate_by_method": {},
     "model.dropout_rate": 0.0,            # mlp / resnet18 (bert configs always had it)
     "selection.mc_passes": 10,
+    "dataset.cinic10_relevance": False,   # real datasets only
 }
 
 
