@@ -157,6 +157,11 @@ def get_config() -> ml_collections.ConfigDict:
   # OneModel.py, nn.CrossEntropyLoss(weight=…): Σ w·ℓ / Σ w). Paper eq. 8: a sum (no scale).
   config.experts.loss_normalisation = "mean"
   config.experts.cache_dir = ""                     # '' = <workdir>/experts; sweeps share one
+  # Double irreducible training (official src/train_double_irreducible.py): the reference
+  # models train on two class-balanced halves of the train split instead of the holdout,
+  # and each train row's precomputed loss comes from the half that did not contain it.
+  # Needs losses 'precomputed'. Official: RHO-LOSS only (one irreducible model).
+  config.experts.double_irreducible = False
   # Online update of the reference models on the selected points (official
   # `update_irreducible`, there for RHO-LOSS; here also REDUCR's experts): one AdamW step at
   # learning_rate · update_lr_factor (official lr/100) per train step. Needs losses 'online'

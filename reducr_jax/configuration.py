@@ -15,6 +15,7 @@ import ml_collections
 
 from reducr_jax import checks
 from reducr_jax import data
+from reducr_jax import double_reference
 from reducr_jax import evaluation as evaluation_rules
 from reducr_jax import experts
 from reducr_jax import models
@@ -142,6 +143,7 @@ ADDED_FIELDS = {
     "model.dropout_rate": 0.0,            # mlp / resnet18 (bert configs always had it)
     "selection.mc_passes": 10,
     "dataset.cinic10_relevance": False,   # real datasets only
+    "experts.double_irreducible": False,
 }
 
 
@@ -243,6 +245,10 @@ def validate_config(config: ml_collections.ConfigDict,
   if ex.update_on_selected and ex.losses == "precomputed":
     raise ConfigError("config.experts.update_on_selected=True needs config.experts.losses "
                       "'online' or 'multihead' (a precomputed table cannot be updated)")
+  try:
+    double_reference.validate(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _one_of("config.experts.strategy", ex.strategy, EXPERT_STRATEGIES)
   _number("config.experts.num_steps", ex.num_steps, 1, integer=True)
   _number("config.experts.batch_size", ex.batch_size, 1, integer=True)

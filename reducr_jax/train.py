@@ -39,6 +39,7 @@ from reducr_jax import checkpointing
 from reducr_jax import configuration
 from reducr_jax import data
 from reducr_jax import divergence
+from reducr_jax import double_reference
 from reducr_jax import evaluation
 from reducr_jax import experts
 from reducr_jax import metric_writers
@@ -291,8 +292,11 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
 
   # Stage 1: reference models.
   t0 = time.time()
-  refs = train_experts.get_reference_models(config, splits, workdir)
-  refs = train_experts.prepare_references(config, splits, refs, devices)
+  if config.experts.get("double_irreducible", False):   # cross-fitted on train halves
+    refs = double_reference.references(config, splits, workdir)
+  else:
+    refs = train_experts.get_reference_models(config, splits, workdir)
+    refs = train_experts.prepare_references(config, splits, refs, devices)
   expert_seconds = time.time() - t0
 
   # Stage 2: online batch selection.

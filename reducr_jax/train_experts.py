@@ -496,8 +496,11 @@ def _keep_best(better: np.ndarray, new: np.ndarray, old: np.ndarray, kind: str):
 
 
 def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
-                         workdir: str) -> ReferenceModels | None:
+                         workdir: str, tag: str = "") -> ReferenceModels | None:
   """Trains (or loads from the workdir cache) the reference models the method needs.
+
+  ``tag`` tells apart models trained on other data under one config (the two halves of
+  :mod:`reducr_jax.double_reference`): it goes into the cache file name.
 
   Returns:
     :class:`ReferenceModels`, or ``None`` for methods that need none.
@@ -506,7 +509,7 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
   if kind is None:
     return None
   fns, loss_fn, num, gamma = _build(config, splits, kind)
-  path = cache_path(config, workdir, kind)
+  path = cache_path(config, workdir, kind + tag)
   cached = caches.read_cache(path)
   if cached is not None:
     params = flax.serialization.msgpack_restore(cached)["params"]
