@@ -8,7 +8,9 @@ Every module is called as ``module.apply(variables, x, train=...)``:
   CIFAR-10/100, CINIC-10) or ``'imagenet'`` (torchvision layout; Clothing1M, with the
   ImageNet weights imported from ``config.model.pretrained``); input ``uint8 [B, H, W, 3]``;
 * ``bert``: :class:`~reducr_jax.models.bert.BertClassifier` (bert-base-uncased; MNLI, QQP),
-  input ``int32 [B, 2, L]`` (token ids, token type ids).
+  input ``int32 [B, 2, L]`` (token ids, token type ids);
+* ``convnext``: :class:`~reducr_jax.models.convnext.ConvNeXt` (ConvNeXt-T; the official
+  Clothing1M ConvNeXt runs, ``configs/clothing1m_convnext.py``), input ``uint8 [B, H, W, 3]``.
 
 Models with batch norm keep their running statistics in ``variables["batch_stats"]`` (the
 "model state"); the trainer's train-mode apply computes batch statistics across all devices
@@ -25,13 +27,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from reducr_jax.models.bert import BertClassifier
+from reducr_jax.models.convnext import ConvNeXt
 from reducr_jax.models.mlp import MLP
 from reducr_jax.models.pretrained import load_pretrained
 from reducr_jax.models.pretrained import load_pretrained_stacked
 from reducr_jax.models.pretrained import resolve_sizes
 from reducr_jax.models.resnet import ResNet18
 
-MODEL_NAMES = ("mlp", "resnet18", "bert")
+MODEL_NAMES = ("mlp", "resnet18", "bert", "convnext")
 RESNET_STEMS = ("cifar", "imagenet")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The fields every ``config.model`` of a model defines (configs/default.py: mlp;
@@ -43,6 +46,7 @@ FIELDS = {
     "resnet18": _COMMON + ("stem", "width", "stage_sizes", "mean", "std"),
     "bert": _COMMON + ("vocab_size", "hidden_size", "num_layers", "num_heads",
                        "intermediate_size", "max_position", "type_vocab_size", "dropout_rate"),
+    "convnext": _COMMON + ("depths", "dims", "mean", "std"),      # configs/clothing1m_convnext.py
 }
 
 
@@ -73,6 +77,17 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     if not stages or not all(isinstance(n, int) and n >= 1 for n in stages):
       raise ValueError(f"config.model.stage_sizes must be a non-empty tuple of ints >= 1 "
                        f"(ResNet-18: (2, 2, 2, 2)), got {stages!r}")
+  if name == "convnext":
+    depths, dims = tuple(model_config.depths), tuple(model_config.dims)
+    if (not depths or len(depths) != len(dims) or
+        not all(isinstance(n, int) and n >= 1 for n in depths + dims)):
+      raise ValueError(f"config.model.depths and .dims must be equally long, non-empty tuples "
+                       f"of ints >= 1 (ConvNeXt-T: (3, 3, 9, 3), (96, 192, 384, 768)), got "
+                       f"{depths!r} and {dims!r}")
+    if model_config.pretrained:
+      raise ValueError("config.model.pretrained must be '' for 'convnext' (no ImageNet "
+                       f"weight importer yet), got {model_config.pretrained!r}")
+  if name in ("resnet18", "convnext"):
     for field in ("mean", "std"):
       v = tuple(model_config[field])
       if v and (len(v) != 3 or (field == "std" and min(v) <= 0)):
@@ -118,6 +133,11 @@ def create_model(model_config: ml_collections.ConfigDict,
     return ResNet18(num_outputs=num_outputs, stem=model_config.stem,
                     width=model_config.width, dtype=dtype, dropout_rate=dropout_rate,
                     **kwargs)
+  if name == "convnext":
+    kwargs = {f: tuple(model_config[f]) for f in ("mean", "std") if model_config[f]}
+    return ConvNeXt(num_outputs=num_outputs, depths=tuple(model_config.depths),
+                    dims=tuple(model_config.dims), dtype=dtype, dropout_rate=dropout_rate,
+                    **kwargs)
   m = model_config
   return BertClassifier(num_outputs=num_outputs, vocab_size=m.vocab_size,
                         hidden_size=m.hidden_size, num_layers=m.num_layers,
@@ -151,7 +171,7 @@ class ModelFns(NamedTuple):
 # parameter tensors, and XLA's CPU compile of their threefry-keyed initialisers is slow
 # (ResNet-18 at width 4: 10 s for one init, 27 s for 10 stacked experts) where the 'rbg'
 # generator compiles in ~2 s; the MLP keeps threefry (its results are documented with it).
-INIT_RNG_IMPL = {"mlp": None, "resnet18": "rbg", "bert": "rbg"}
+INIT_RNG_IMPL = {"mlp": None, "resnet18": "rbg", "bert": "rbg", "convnext": "rbg"}
 
 
 def init_rng_impl(model_config: ml_collections.ConfigDict) -> Optional[str]:
