@@ -15,7 +15,6 @@ import ml_collections
 
 from reducr_jax import checks
 from reducr_jax import data
-from reducr_jax import double_reference
 from reducr_jax import evaluation as evaluation_rules
 from reducr_jax import experts
 from reducr_jax import models
@@ -245,10 +244,12 @@ def validate_config(config: ml_collections.ConfigDict,
   if ex.update_on_selected and ex.losses == "precomputed":
     raise ConfigError("config.experts.update_on_selected=True needs config.experts.losses "
                       "'online' or 'multihead' (a precomputed table cannot be updated)")
-  try:
-    double_reference.validate(config)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  double = ex.get("double_irreducible", False)    # reducr_jax.double_reference
+  if not isinstance(double, bool):
+    raise ConfigError(f"config.experts.double_irreducible must be True or False, got {double!r}")
+  if double and ex.losses != "precomputed":
+    raise ConfigError("config.experts.double_irreducible=True needs config.experts.losses="
+                      f"'precomputed' (the official output is a loss table), got {ex.losses!r}")
   _one_of("config.experts.strategy", ex.strategy, EXPERT_STRATEGIES)
   _number("config.experts.num_steps", ex.num_steps, 1, integer=True)
   _number("config.experts.batch_size", ex.batch_size, 1, integer=True)

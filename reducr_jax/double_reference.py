@@ -15,7 +15,8 @@ Here the reference models of the selection rule (one RHO-LOSS model, or REDUCR's
 experts, γ-weighted as usual) are trained by :mod:`reducr_jax.train_experts` with the
 train half in place of the holdout split (checkpoint on ``config.experts.select_on`` as
 usual; cached per half), then each half's rows are scored by the other half's models.
-Needs ``config.experts.losses='precomputed'``.
+Needs ``config.experts.losses='precomputed'`` (checked by
+:func:`reducr_jax.configuration.validate_config`).
 """
 
 from __future__ import annotations
@@ -49,17 +50,6 @@ def subset(split: split_types.Split, rows: np.ndarray) -> split_types.Split:
   """The rows ``rows`` of ``split`` (a view for lazy images)."""
   return split_types.Split(x=random_access.take(split.x, rows), y=split.y[rows],
                            y_clean=split.y_clean[rows], index=split.index[rows])
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """One-line ``ValueError`` for a bad ``config.experts.double_irreducible``."""
-  flag = config.experts.get("double_irreducible", False)
-  if not isinstance(flag, bool):
-    raise ValueError(f"config.experts.double_irreducible must be True or False, got {flag!r}")
-  if flag and config.experts.losses != "precomputed":
-    raise ValueError("config.experts.double_irreducible=True needs config.experts.losses="
-                     f"'precomputed' (the official output is a loss table), got "
-                     f"{config.experts.losses!r}")
 
 
 def references(config: ml_collections.ConfigDict, splits: split_types.Splits,
