@@ -30,12 +30,12 @@ def get_config():
   model = ml_collections.ConfigDict()
   model.name = "convnext"
   model.depths = convnext.TINY_DEPTHS              # ConvNeXt-T: (3, 3, 9, 3)
-  model.dims = convnext.TINY_DIMS                  # (96, 192, 384, 768); 28.6M params at 1000 classes
+  model.dims = convnext.TINY_DIMS                  # (96, 192, 384, 768): 28.6M params
   model.mean = ()                                  # () = ImageNet statistics (HF processor)
   model.std = ()
   model.dtype = "float32"
   model.dropout_rate = 0.0                         # before the head; > 0 for MC-dropout rules
-  model.pretrained = ""                            # official: ImageNet convnext-tiny-224 (no importer)
+  model.pretrained = ""                            # official: ImageNet weights (no importer)
   model.pretrained_head = False
   config.model = model
   return config
