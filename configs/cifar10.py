@@ -95,6 +95,7 @@ def resnet_config(stem: str):
   model.mean = ()                                  # () = the stem's default normalisation
   model.std = ()
   model.dtype = "float32"                          # 'bfloat16': mixed precision (params stay f32)
+  model.dropout_rate = 0.0                         # before fc; > 0 for MC-dropout rules
   model.pretrained = ""                            # torchvision checkpoint (.pth / .safetensors)
   model.pretrained_head = False                    # also import the classifier head
   return model

@@ -53,6 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"                   # 'bfloat16': mixed precision
   config.model.pretrained = ""                      # checkpoint to import ('' = from scratch)
   config.model.pretrained_head = False              # also import the classifier head
+  # Dropout after every hidden ReLU (0 = none). MC-dropout rules (selection.method 'bald',
+  # 'conditional_entropy', 'entropy') need > 0; official RHO-LOSS bayesian models: 0.5
+  # (mnist_bayesian_mlp512.yaml), 0.05 (cifar_bayesian_small_cnn.yaml).
+  config.model.dropout_rate = 0.0
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-3
   config.optimizer.weight_decay = 0.01
@@ -129,6 +133,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 'uniform_after': `base_method` for the first `uniform_after_steps` steps, uniform after.
   config.selection.base_method = "reducr"
   config.selection.uniform_after_steps = 500
+  # MC-dropout passes K for 'bald' / 'conditional_entropy' / 'entropy' (official RHO-LOSS
+  # num_mc = 10): K forward passes with dropout on (running batch-norm statistics), only
+  # when the rule asks for them and model.dropout_rate > 0; 0 = evaluation-mode logits.
+  config.selection.mc_passes = 10
 
   # --- Class-irreducible loss models (experts), trained once on the holdout split -----
   config.experts = ml_collections.ConfigDict()
@@ -158,6 +166,11 @@ def get_config() -> ml_collections.ConfigDict:
   # OneModel.py, nn.CrossEntropyLoss(weight=…): Σ w·ℓ / Σ w). Paper eq. 8: a sum (no scale).
   config.experts.loss_normalisation = "mean"
   config.experts.cache_dir = ""                     # '' = <workdir>/experts; sweeps share one
+  # Double irreducible training (official src/train_double_irreducible.py): the reference
+  # models train on two class-balanced halves of the train split instead of the holdout,
+  # and each train row's precomputed loss comes from the half that did not contain it.
+  # Needs losses 'precomputed'. Official: RHO-LOSS only (one irreducible model).
+  config.experts.double_irreducible = False
   # Online update of the reference models on the selected points (official
   # `update_irreducible`, there for rho_loss and weighted; here also REDUCR's / payoff's
   # experts): one step of the *target's* AdamW (optimizer.weight_decay) at the method's

@@ -144,6 +144,10 @@ ADDED_FIELDS = {
     "max_skipped_share": 0.5,
     "selection.grad_norm_sampling": "top_k",
     "method_overrides": {},
+    "model.dropout_rate": 0.0,            # mlp / resnet18 (bert configs always had it)
+    "selection.mc_passes": 10,
+    "dataset.cinic10_relevance": False,   # real datasets only
+    "experts.double_irreducible": False,
 }
 
 
@@ -255,6 +259,12 @@ def validate_config(config: ml_collections.ConfigDict,
   if ex.update_on_selected and ex.losses == "precomputed":
     raise ConfigError("config.experts.update_on_selected=True needs config.experts.losses "
                       "'online' or 'multihead' (a precomputed table cannot be updated)")
+  double = ex.get("double_irreducible", False)    # reducr_jax.double_reference
+  if not isinstance(double, bool):
+    raise ConfigError(f"config.experts.double_irreducible must be True or False, got {double!r}")
+  if double and ex.losses != "precomputed":
+    raise ConfigError("config.experts.double_irreducible=True needs config.experts.losses="
+                      f"'precomputed' (the official output is a loss table), got {ex.losses!r}")
   _one_of("config.experts.strategy", ex.strategy, EXPERT_STRATEGIES)
   _number("config.experts.num_steps", ex.num_steps, 1, integer=True)
   _number("config.experts.batch_size", ex.batch_size, 1, integer=True)
@@ -267,6 +277,7 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.selection.beta", sel.beta, 0)
   _one_of("config.selection.sampling", sel.sampling, selectors.weighted.SAMPLINGS)
   _number("config.selection.uniform_after_steps", sel.uniform_after_steps, 0, integer=True)
+  _number("config.selection.mc_passes", sel.get("mc_passes", 10), 0, integer=True)
   _one_of("config.selection.base_method", sel.base_method,
           tuple(m for m in selectors.names() if m != "uniform_after"))
   try:    # the rule's and reweighter's own checks (e.g. class_weights), still before any work

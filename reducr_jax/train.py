@@ -39,6 +39,7 @@ from reducr_jax import checkpointing
 from reducr_jax import configuration
 from reducr_jax import data
 from reducr_jax import divergence
+from reducr_jax import double_reference
 from reducr_jax import evaluation
 from reducr_jax import experts
 from reducr_jax import metric_writers
@@ -142,6 +143,12 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     inputs = inputs._replace(model_loss=model_loss_all)
     if selectors.MODEL_LOGITS in needs:
       inputs = inputs._replace(model_logits=gather(logits))
+  if selectors.MC_LOGITS in needs:   # K dropout passes, one at a time (memory of one pass)
+    mc_keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 4), device),
+                               cfg.mc_passes)
+    variables_now = models.variables(state.params, state.model_state)
+    mc = jax.lax.map(lambda kk: fns.apply_mc(variables_now, x, kk), mc_keys)  # [K, b, C]
+    inputs = inputs._replace(mc_logits=jax.lax.all_gather(mc, AXIS, axis=1, tiled=True))
 
   if cfg.reference == "table":
     inputs = inputs._replace(reference_losses=gather(batch["ref_losses"]))
@@ -294,8 +301,11 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
 
   # Stage 1: reference models.
   t0 = time.time()
-  refs = train_experts.get_reference_models(config, splits, workdir)
-  refs = train_experts.prepare_references(config, splits, refs, devices)
+  if config.experts.get("double_irreducible", False):   # cross-fitted on train halves
+    refs = double_reference.references(config, splits, workdir)
+  else:
+    refs = train_experts.get_reference_models(config, splits, workdir)
+    refs = train_experts.prepare_references(config, splits, refs, devices)
   expert_seconds = time.time() - t0
 
   # Stage 2: online batch selection.

@@ -102,7 +102,8 @@ def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
                    if k not in EXECUTION_FIELDS + STAGE2_FIELDS}
   dataset = without_legacy(config.dataset.to_dict(), "dataset")
   blob = json.dumps({"format": 2, "kind": kind, "seed": config.seed, "dataset": dataset,
-                     "model": config.model.to_dict(), "experts": expert_config,
+                     "model": without_legacy(config.model.to_dict(), "model"),
+                     "experts": expert_config,
                      "eval_batch_size": config.eval_batch_size},
                     sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -498,8 +499,11 @@ def _keep_best(better: np.ndarray, new: np.ndarray, old: np.ndarray, kind: str):
 
 
 def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
-                         workdir: str) -> ReferenceModels | None:
+                         workdir: str, tag: str = "") -> ReferenceModels | None:
   """Trains (or loads from the workdir cache) the reference models the method needs.
+
+  ``tag`` tells apart models trained on other data under one config (the two halves of
+  :mod:`reducr_jax.double_reference`): it goes into the cache file name.
 
   Returns:
     :class:`ReferenceModels`, or ``None`` for methods that need none.
@@ -508,8 +512,8 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
   if kind is None:
     return None
   fns, loss_fn, num, gamma = _build(config, splits, kind)
-  path = cache_path(config, workdir, kind)
-  fingerprint = _fingerprint(config, kind)
+  path = cache_path(config, workdir, kind + tag)
+  fingerprint = _fingerprint(config, kind + tag)
   cached = caches.read_cache(path, fingerprint)
   if cached is not None:
     params = flax.serialization.msgpack_restore(cached)["params"]

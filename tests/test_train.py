@@ -240,7 +240,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--config.selection.method=greedy", "config.selection.method must be one of ['reducr', 'rho_loss', 'train_loss', 'uniform', 'payoff', 'weighted', 'grad_norm', 'entropy', 'irreducible', 'uniform_after'], got 'greedy'"),
+    ("--config.selection.method=greedy", "config.selection.method must be one of ['reducr', 'rho_loss', 'train_loss', 'uniform', 'payoff', 'weighted', 'grad_norm', 'entropy', 'irreducible', 'uniform_after', 'bald', 'conditional_entropy'], got 'greedy'"),
     ("--config.dataset.name=imagenet", "config.dataset.name must be one of"),
     ("--config.selection.percent_selected=1.5", "config.selection.percent_selected must be in (0, 1], got 1.5"),
     ("--config.selection.percent_selected=0.001", "must give k >= 1"),

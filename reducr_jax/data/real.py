@@ -11,6 +11,7 @@ loss (the paper's "validation" set), ``val`` picks checkpoints, ``test`` reports
   ``test``. ``index``: row in the TFDS split (train, or test for ``test``).
 * ``cinic10`` (local builder, :mod:`reducr_jax.data.cinic10`): train = ``train``, holdout =
   val = ``valid``, test = ``test``. ``index``: row in the builder split.
+  ``cinic10_relevance``: holdout = val and test keep classes 0–4 only (train all 10).
 * ``clothing1m`` (local builder, :mod:`reducr_jax.data.clothing1m`): train = the "dirty"
   pool clean_train ∪ clean_val ∪ noisy_train (1,061,883 images, noisy labels on
   noisy_train); holdout = clean_val ∪ ``clothing1m_holdout_extra`` (100k) pool images drawn
@@ -118,6 +119,7 @@ DEFAULTS: dict[str, object] = {
     "max_examples": -1,              # -1 = all; else first n rows of each source split
     "glue_source": "auto",           # MNLI/QQP: 'tsv' (GLUE files), 'tfds', 'auto' (see below)
     "skip_bad_images": False,        # CINIC-10/Clothing1M preparation: skip undecodable files
+    "cinic10_relevance": False,      # official CINIC10RelevanceDataModule (variants.py)
     **variants.DEFAULTS,             # imbalance_mode, label_noise_mode, split_mode, groups
 }
 GLUE_SOURCES = ("auto", "tsv", "tfds")
@@ -345,8 +347,10 @@ def _cinic10(cfg) -> dict:
     x, y = src[split]
     return x, y, np.arange(len(y))
 
-  valid = part("valid")
-  return {"train": part("train"), "holdout": valid, "val": valid, "test": part("test")}
+  valid, test = part("valid"), part("test")
+  if cfg.cinic10_relevance:
+    valid, test = variants.relevant_rows(valid), variants.relevant_rows(test)
+  return {"train": part("train"), "holdout": valid, "val": valid, "test": test}
 
 
 def _check_holdout_extra(cfg, outside_clean_val: int) -> None:

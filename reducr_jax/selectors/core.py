@@ -49,8 +49,11 @@ MODEL_LOGITS = "model_logits"              # SelectionInputs.model_logits [B, C]
 CLASS_HOLDOUT_LOSS = "class_holdout_loss"  # SelectionInputs.class_holdout_loss [C]
 EXPERT_LOSSES = "reference_losses:experts"          # reference_losses [B, C], C class experts
 IRREDUCIBLE_LOSS = "reference_losses:irreducible"   # reference_losses [B, 1], one RHO-LOSS model
+# SelectionInputs.mc_logits [K, B, C]: K = config.selection.mc_passes MC-dropout forward
+# passes of the target model (dropout on, running batch-norm statistics).
+MC_LOGITS = "mc_logits"
 NEEDS = frozenset({MODEL_LOSS, MODEL_LOGITS, CLASS_HOLDOUT_LOSS, EXPERT_LOSSES,
-                   IRREDUCIBLE_LOSS})
+                   IRREDUCIBLE_LOSS, MC_LOGITS})
 
 
 class SelectionInputs(NamedTuple):
@@ -71,6 +74,7 @@ class SelectionInputs(NamedTuple):
       group of ``config.dataset.groups`` (e.g. CIFAR-100's 20 superclasses; the official
       ``categories``), else the class label (always given by the trainer; ``None`` =
       ``labels``, see :func:`group_labels`).
+    mc_logits: ``[K, B, C]`` logits of K MC-dropout passes (``MC_LOGITS``), or ``None``.
   """
   labels: jax.Array
   model_loss: Optional[jax.Array] = None
@@ -79,6 +83,7 @@ class SelectionInputs(NamedTuple):
   model_logits: Optional[jax.Array] = None
   step: Optional[jax.Array] = None
   group_labels: Optional[jax.Array] = None
+  mc_logits: Optional[jax.Array] = None
 
 
 def group_labels(inputs: SelectionInputs) -> jax.Array:
