@@ -100,7 +100,7 @@ def test_robustness_every_rare_class_paired_stats_and_eta_chosen_on_val(tmp_path
     assert table["selection"][dataset]["reducr"]["val_worst_class_accuracy"] == pytest.approx(val)
     r = _results(tmp_path, f"{dataset}/rare2/reducr/etaauto/seed0")
     assert r["config"]["dataset"]["imbalance_class"] == 2 and r["config"]["dataset"]["name"] == dataset
-    assert r["config"]["selection"]["eta"] == "auto" and r["eta"] > 0
+    assert r["config"]["selection"]["eta"] == "auto" and r["eta"]["eta_1"] > 0
     diffs = [100 * (_results(tmp_path, f"{dataset}/rare2/reducr/eta{chosen}/seed{s}")
                     ["test"]["worst_class_accuracy"] -
                     _results(tmp_path, f"{dataset}/rare2/uniform/seed{s}")
