@@ -104,21 +104,21 @@ def _check_eta(eta) -> None:
 
 def resolve_eta(config: ml_collections.ConfigDict, num_classes: int | None = None,
                 announce=None):
-  """``(config with a numeric selection.eta, η)``; ``"auto"`` is resolved by
-  :func:`reducr_jax.selectors.reducr.resolved_eta` (``η = (1/k) √(8 / (T ln C))``, the
-  regret-bound optimum of :func:`reducr_jax.mwu.auto_eta` with T = num_steps, L = k ln C)
-  and, with ``announce`` (e.g. ``progress.say``), reported in one line. A number is
-  returned unchanged (config not copied). ``num_steps`` is resumable: a run resumed with
-  more steps gets a smaller η for the rest of the run.
+  """``(config, η as used)``: a number as a float; ``"auto"`` as the anytime schedule
+  ``{"schedule": "anytime", "eta_1", "eta_T", "num_updates"}`` of
+  :func:`reducr_jax.selectors.reducr.resolved_eta` (``η_t = √(8 ln C / (t L²))`` at step t,
+  L = k ln C: the anytime Hedge rate, :func:`reducr_jax.mwu.anytime_update`), reported in
+  one line with ``announce`` (e.g. ``progress.say``). The config is returned unchanged: the
+  rule computes η_t from its update count, so ``num_steps`` (resumable) does not change
+  the steps already taken — a run extended from T to 2T steps is the 2T-step run.
   """
-  if config.selection.eta != ETA_AUTO:
-    return config, float(config.selection.eta)
   eta = selectors.reducr.resolved_eta(config, num_classes)
-  if announce is not None:
+  if isinstance(eta, dict) and announce is not None:
     c = num_classes
-    announce(f"selection.eta = auto -> {eta:.4g} (sqrt(8 ln C / (T L^2)), C = {c}, "
-             f"T = {config.num_steps}, L = k ln C = {num_selected(config)} ln {c})")
-  return with_overrides(config, {"selection.eta": eta}), eta
+    announce(f"selection.eta = auto -> anytime eta_t = {eta['eta_1']:.4g}/sqrt(t) "
+             f"(sqrt(8 ln C / (t L^2)), C = {c}, L = k ln C = {num_selected(config)} ln {c}; "
+             f"{eta['eta_T']:.4g} at step T = {config.num_steps})")
+  return config, eta
 
 
 K_ROUNDINGS = ("round", "floor")

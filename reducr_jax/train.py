@@ -294,7 +294,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   size_checks.check_pruned(config, unpruned, splits)
   c = splits.num_classes
   given_eta = config.selection.eta
-  config, eta = configuration.resolve_eta(config, c, progress.say)   # "auto": before compiling
+  config, eta = configuration.resolve_eta(config, c, progress.say)   # announced before compiling
   x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
   fns = models.model_fns(models.create_model(config.model, c), x0, axis_name=AXIS,
                          init_impl=models.init_rng_impl(config.model))
@@ -401,7 +401,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       "best_step": int(best["step"]),
       "model_selection": selectors.model_selection(config),
       "num_steps": int(config.num_steps),
-      "eta": eta,                           # MWU step size used (``"auto"`` resolved)
+      "eta": eta,                           # MWU η: a number, or "auto"'s anytime schedule
       "val": val,
       "test": test,
       "class_weights": np.asarray(selectors.class_weights(

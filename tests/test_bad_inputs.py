@@ -163,15 +163,22 @@ def test_impossible_value_is_one_line(overrides, message):
   assert message in one_line(e)
 
 
-def test_eta_auto_is_valid_and_resolves_from_the_regret_bound():
+def test_eta_auto_is_valid_and_resolves_to_the_anytime_schedule():
   config = default_config(**{"selection.eta": "auto"})
   configuration.validate_config(config, 8)
   resolved, eta = configuration.resolve_eta(config, 10)
-  # k = 0.1 · 320 = 32, T = 1500: (1/k) √(8 / (T ln C)) = (1/32) √(8 / 3453.88) = 1.50398e-3.
-  assert eta == pytest.approx(1.50398e-3, rel=1e-5) and resolved.selection.eta == eta
-  assert config.selection.eta == "auto"
+  # k = 0.1 · 320 = 32, C = 10: η_t = (1/k) √(8 / (t ln C)); η_1 = (1/32) √(8 / ln 10)
+  # = 0.0582489, η_T at T = 1500: (1/32) √(8 / 3453.88) = 1.50398e-3.
+  assert eta["schedule"] == "anytime" and eta["num_updates"] == 1500
+  assert eta["eta_1"] == pytest.approx(0.0582489, rel=1e-5)
+  assert eta["eta_T"] == pytest.approx(1.50398e-3, rel=1e-5)
+  assert resolved is config and config.selection.eta == "auto"     # the rule reads "auto"
   assert configuration.resolve_eta(default_config(**{"selection.eta": 3e-2}), 10)[1] == 3e-2
   assert configuration.resolve_eta(default_config(), 10)[1] == eta        # the default
+  # uniform_after stops the MWU at uniform_after_steps: T = 500 updates there.
+  after = default_config(**{"selection.method": "uniform_after", "selection.eta": "auto"})
+  assert configuration.resolve_eta(after, 10)[1]["num_updates"] == min(
+      1500, after.selection.uniform_after_steps)
 
 
 def test_floor_rounding_gives_one_k_to_selection_and_eta():

@@ -253,6 +253,38 @@ def test_full_disk_changed_config_second_writer_and_shrunk_num_steps(tmp_path, m
   assert train.train_and_evaluate(longer, str(tmp_path))["num_steps"] == 20
 
 
+@pytest.mark.slow
+def test_eta_auto_run_extended_from_30_to_60_steps_is_the_60_step_run(tmp_path):
+  """num_steps is resumable and eta='auto' (the default) is the anytime schedule, so 30
+  steps resumed to 60 give the 60-step run byte for byte: results.json (class weights,
+  accuracies, the resolved schedule), metrics.jsonl and the final checkpoint's params and
+  MWU state. (With the old fixed-horizon η = √(8 ln C/(T L²)) the first 30 steps of the
+  two runs used different η.)"""
+  cache = {"experts.cache_dir": str(tmp_path / "experts")}
+  config = tiny_config(**{"selection.eta": "auto", "num_steps": 60, "log_every": 10,
+                          "eval_every": 10, "checkpoint_every": 30, **cache})
+  assert configuration.load_config(os.path.join(REPO, "configs/default.py")).selection.eta == "auto"
+  longer = train.train_and_evaluate(config, str(tmp_path / "sixty"))
+  train.train_and_evaluate(configuration.with_overrides(config, {"num_steps": 30}),
+                           str(tmp_path / "extended"))
+  extended = train.train_and_evaluate(config, str(tmp_path / "extended"))
+  for name in ("results.json", "metrics.jsonl"):
+    assert (tmp_path / "extended" / name).read_bytes() == (tmp_path / "sixty" / name).read_bytes()
+  assert extended == longer
+  # k = round(0.1 · 80) = 8, C = 10: η_t = (1/8) √(8 / (t ln 10)); η_1 = 0.232995, η_60 = 0.0300796.
+  assert longer["eta"] == {"schedule": "anytime", "eta_1": pytest.approx(0.232995, rel=1e-5),
+                           "eta_T": pytest.approx(0.0300796, rel=1e-5), "num_updates": 60}
+  w = np.asarray(longer["class_weights"])
+  assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-5 and w.max() > 0.11   # the weights moved
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  raw = [ocp.StandardCheckpointer().restore(tmp_path / run / "checkpoints" / "60" / "state")
+         for run in ("sixty", "extended")]
+  assert jax.tree.structure(raw[0]) == jax.tree.structure(raw[1])
+  for a, b in zip(jax.tree.leaves(raw[0]), jax.tree.leaves(raw[1])):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  assert int(raw[0]["state"]["selector_state"]["anytime"]["num_updates"]) == 60
+
+
 def test_full_disk_during_a_checkpoint_save_leaves_no_partial_step(tmp_path):
   ckpt = checkpointing.Checkpointer(tmp_path)
   real_save = ckpt._manager.save  # pylint: disable=protected-access

@@ -98,6 +98,25 @@ def test_reducr_matches_algorithm_1_by_hand():
   np.testing.assert_allclose(selectors.class_weights(sel, state, 2).sum(), 1.0, rtol=1e-6)
 
 
+def test_reducr_eta_auto_steps_with_the_anytime_rate_by_hand():
+  """The same step with eta='auto': k = 2, C = 2, L = k ln C = 2 ln 2, so
+  η_1 = √(8 ln 2)/L = √(2/ln 2) and round 2 plays η_2 = η_1/√2 = 1/√(ln 2) = 1.201122."""
+  sel = selectors.reducr.reducr(eta="auto")
+  state = sel.init(2)
+  ml = jnp.array([2.0, 1.0, 3.0, 0.5])
+  ex = jnp.array([[1.0, 1.5], [0.0, 2.0], [3.5, 1.0], [0.0, 0.0]])
+  inp = inputs(model_loss=ml, reference_losses=ex, class_holdout_loss=jnp.array([0.25, 0.5]))
+  idx, aux = sel.select(state, inp, KEY, 2)                 # uniform weights: [2, 0] as above
+  np.testing.assert_array_equal(idx, [2, 0])
+  state = jax.jit(sel.update)(state, inp, idx, aux)
+  np.testing.assert_allclose(selectors.class_weights(sel, state, 2),
+                             jax.nn.softmax(-1.201122 * jnp.array([0.5, 1.5])), rtol=1e-6)
+  assert int(state.anytime.num_updates) == 1
+  np.testing.assert_allclose(state.anytime.cumulative_alpha, [0.5, 1.5])
+  with pytest.raises(ValueError, match="eta must be a number > 0 or 'auto', got 'fast'"):
+    selectors.reducr.reducr(eta="fast")
+
+
 def test_payoff_is_max_min_of_excess_minus_holdout():
   ml = jnp.array([2.0, 1.0, 3.0, 0.5])
   ex = jnp.array([[1.0, 1.5], [0.0, 2.0], [3.5, 1.0], [0.0, 0.0]])
