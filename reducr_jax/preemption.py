@@ -131,11 +131,20 @@ class Handler:
     self._pending: Optional[Preempted] = None
     self._sync_every = max(1, int(sync_every))
     self._previous = {}
+    self._previous_hook = None
     if threading.current_thread() is threading.main_thread():
       for s in signals:
         self._previous[s] = signal.getsignal(s)
         signal.signal(s, self._handle)
       _ACTIVE = self
+      # A stop raised inside a callback Python cannot propagate from (seen: jax's gc
+      # callback) is printed as "Exception ignored in …" (7 lines); it is raised again at
+      # the next step or wait poll, so it is not printed.
+      self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+
+  def _unraisable(self, info) -> None:
+    if not isinstance(info.exc_value, Preempted):
+      (self._previous_hook or sys.__unraisablehook__)(info)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     name = signal_name(signum)
@@ -241,3 +250,5 @@ class Handler:
 
   def __exit__(self, *exc) -> None:
     self.uninstall()
+    if self._previous_hook is not None and sys.unraisablehook == self._unraisable:
+      sys.unraisablehook = self._previous_hook
