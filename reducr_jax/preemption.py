@@ -60,6 +60,8 @@ def wait(tree: Any, poll_seconds: float = POLL_SECONDS) -> Any:
     if isinstance(leaf, jax.Array):
       pause = min(1e-4, poll_seconds)   # short steps (tests, small models) wait ~their length
       while not leaf.is_ready():
+        if _RAISED is not None:         # a stop that something swallowed
+          raise _RAISED
         time.sleep(pause)
         pause = min(2 * pause, poll_seconds)
   return tree
@@ -84,13 +86,20 @@ def signal_name(signum: int) -> str:
 
 
 _ACTIVE: Optional["Handler"] = None     # the installed handler, for :func:`boundary`
+# An at-once stop already raised by the handler. A signal handler raises wherever the main
+# thread is, possibly inside library code that catches ``Exception`` (seen: a SIGTERM
+# during stage 1 ended as "stopped after step 1" of the loop, with extra stderr lines):
+# :func:`boundary` and :func:`wait` raise it again.
+_RAISED: Optional["Preempted"] = None
 
 
 def boundary(step: int, what: str) -> None:
   """A step boundary of a phase before the training loop (stage 1), called by every
   process at every step: with several processes, the processes agree here on a pending
-  signal and all stop at this step (:class:`Preempted`). One process: nothing to do (a
-  signal has stopped it at once). No handler installed: nothing."""
+  signal and all stop at this step (:class:`Preempted`). One process: a signal has
+  stopped it at once (raised again here if something swallowed it). No handler: nothing."""
+  if _RAISED is not None:
+    raise _RAISED
   if _ACTIVE is not None:
     _ACTIVE.boundary(step, what)
 
@@ -110,7 +119,8 @@ class Handler:
   """
 
   def __init__(self, signals=SIGNALS, sync_every: int = 10, processes: int | None = None):
-    global _ACTIVE
+    global _ACTIVE, _RAISED
+    _RAISED = None
     if processes is None:
       import jax  # pylint: disable=g-import-not-at-top
       processes = jax.process_count()
@@ -121,11 +131,20 @@ class Handler:
     self._pending: Optional[Preempted] = None
     self._sync_every = max(1, int(sync_every))
     self._previous = {}
+    self._previous_hook = None
     if threading.current_thread() is threading.main_thread():
       for s in signals:
         self._previous[s] = signal.getsignal(s)
         signal.signal(s, self._handle)
       _ACTIVE = self
+      # A stop raised inside a callback Python cannot propagate from (seen: jax's gc
+      # callback) is printed as "Exception ignored in …" (7 lines); it is raised again at
+      # the next step or wait poll, so it is not printed.
+      self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+
+  def _unraisable(self, info) -> None:
+    if not isinstance(info.exc_value, Preempted):
+      (self._previous_hook or sys.__unraisablehook__)(info)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     name = signal_name(signum)
@@ -151,6 +170,8 @@ class Handler:
             file=sys.stderr, flush=True)
       return
     self.uninstall()
+    global _RAISED
+    _RAISED = stop
     raise stop
 
   @contextlib.contextmanager
@@ -229,3 +250,5 @@ class Handler:
 
   def __exit__(self, *exc) -> None:
     self.uninstall()
+    if self._previous_hook is not None and sys.unraisablehook == self._unraisable:
+      sys.unraisablehook = self._previous_hook
