@@ -77,8 +77,9 @@ def resolved_eta(config, num_classes: int | None = None) -> float:
   ``η = auto_eta(C, T = num_steps, L = k · ln C) = (1/k) √(8 / (T ln C))``, with
   k = :func:`reducr_jax.configuration.num_selected` (``selection.k_rounding``) and C
   ``num_classes`` (default: the dataset config's, :func:`reducr_jax.data.num_classes`).
-  Assumption behind L: the MWU loss of class c at a step is ``α_c = Σ_{i∈b} R[i,c] − k h_c`` with ``R ≥ 0`` (clipped excess
-  loss) and ``h ≥ 0``; per point, the spread of ``R[i,c] − h_c`` across classes is taken
+  Assumption behind L: the MWU loss of class c at a step is
+  ``α_c = Σ_{i∈b} R[i,c] − k h_c`` with ``R ≥ 0`` (clipped excess loss) and ``h ≥ 0``;
+  per point, the spread of ``R[i,c] − h_c`` across classes is taken
   to be at most ``ln C``, the cross-entropy of a uniform guess, the scale both the model
   loss (hence R) and the class-holdout losses start from and stay below while the model
   learns. T: one MWU update per training step (the class-holdout refresh adds none;
