@@ -90,9 +90,8 @@ _METADATA = checkpoint_io.METADATA
 
 
 class _OrbaxInfoFilter(logging.Filter):
-  """Drops absl records below WARNING that orbax emits (it logs a lot at INFO), and its
-  background threads' ERROR records (each with a traceback) of a full disk: the save that
-  failed reports it in one line (:class:`reducr_jax.caches.DiskFullError`)."""
+  """Drops orbax's absl records below WARNING (it logs a lot at INFO) and its background
+  threads' errors (with tracebacks) of a full disk, which the failed save reports."""
 
   _marker = os.sep + "orbax" + os.sep
 
@@ -121,31 +120,18 @@ def quiet_orbax_logging(quiet: bool = True) -> None:
     absl_logger.removeFilter(_ORBAX_FILTER)
 
 
-def _closed_loop(value) -> bool:
-  return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
-
-
 def _drop_closed_loop_tracebacks():
-  """Installs a ``sys.unraisablehook`` that drops ``RuntimeError: Event loop is closed``
-  and passes everything else to the previous hook; returns a function that puts the
-  previous hook back. Used around a save: when a write fails (a full disk), tensorstore's
-  writes still pending complete into orbax's event loops, already closed, and their
-  callbacks report these errors as unraisable, a traceback each (dozens, around the
-  one-line error)."""
+  """Drops unraisable ``RuntimeError: Event loop is closed`` (anything else goes to the
+  previous ``sys.unraisablehook``) until the returned function is called: after a failed
+  write (full disk) tensorstore's pending writes complete into orbax's closed event loops
+  and report these, a traceback each, around the one-line error."""
   previous = sys.unraisablehook
-  if getattr(previous, "_reducr_closed_loop_filter", False):
-    return lambda: None
 
-  def hook(unraisable):
-    if not _closed_loop(unraisable.exc_value):
-      previous(unraisable)
-  hook._reducr_closed_loop_filter = True  # pylint: disable=protected-access
+  def hook(u):
+    if str(u.exc_value) != "Event loop is closed" or u.exc_type is not RuntimeError:
+      previous(u)
   sys.unraisablehook = hook
-
-  def restore():
-    if sys.unraisablehook is hook:
-      sys.unraisablehook = previous
-  return restore
+  return lambda: setattr(sys, "unraisablehook", previous) if sys.unraisablehook is hook else None
 
 
 def _json_default(obj: Any) -> Any:
