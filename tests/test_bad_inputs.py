@@ -45,7 +45,7 @@ def _leaves(node, prefix=""):
       yield f"{prefix}{key}", value
 
 
-# selection.eta defaults to "auto" but takes any float too.
+# selection.eta (default 1e-2) is an object-typed field: it takes "auto" too.
 FLOAT_FIELDS = sorted(name for name, v in _leaves(configuration.load_config(DEFAULT))
                       if isinstance(v, float) or name == "selection.eta")
 
@@ -174,7 +174,7 @@ def test_eta_auto_is_valid_and_resolves_to_the_anytime_schedule():
   assert eta["eta_T"] == pytest.approx(1.50398e-3, rel=1e-5)
   assert resolved is config and config.selection.eta == "auto"     # the rule reads "auto"
   assert configuration.resolve_eta(default_config(**{"selection.eta": 3e-2}), 10)[1] == 3e-2
-  assert configuration.resolve_eta(default_config(), 10)[1] == eta        # the default
+  assert configuration.resolve_eta(default_config(), 10)[1] == 1e-2       # the default
   # uniform_after stops the MWU at uniform_after_steps: T = 500 updates there.
   after = default_config(**{"selection.method": "uniform_after", "selection.eta": "auto"})
   assert configuration.resolve_eta(after, 10)[1]["num_updates"] == min(
