@@ -20,6 +20,10 @@ The roofline is a lower bound (peak FLOP/s and HBM bandwidth, no overlap loss, n
 stalls, no host work): real steps are slower; ``benchmarks/run_all.py`` prints measured
 against planned step times on an accelerator.
 
+Pretrained weights are not read (``config.model.pretrained`` is ignored: a ResNet without
+an explicit ``width`` / ``stage_sizes`` is ResNet-18's, BERT is bert-base's config), nor
+the tokenizer (``config.dataset.tokenizer``: text is ``max_length`` token ids).
+
 When a program fits no strategy (or batch) it exits with status 2 and one line naming the
 program, its peak, the limit and what would fit.
 
@@ -68,6 +72,11 @@ def make_plan(config, topology_name: str) -> tuple[dict, dict]:
   from reducr_jax import topology  # pylint: disable=import-outside-toplevel
   from reducr_jax import train_experts  # pylint: disable=import-outside-toplevel
   topology.check_name(topology_name)
+  if config.model.get("pretrained"):   # weights are not needed, only their shapes
+    config = configuration.with_overrides(config, {"model.pretrained": ""})
+  if config.dataset.get("tokenizer"):  # nor the tokenizer: token ids' shape
+    config = configuration.with_overrides(
+        config, {"dataset.tokenizer": os.path.dirname(os.path.abspath(__file__))})
   t0 = time.perf_counter()
   topo = topology.get(topology_name)
   n = topo.num_chips

@@ -104,15 +104,22 @@ def evaluations(num_steps: int, every: int) -> int:
   return num_steps // every + (1 if num_steps % every else 0)
 
 
+def _resolved_strategy(config, platform: str):
+  """``config`` with ``experts.strategy='auto'`` resolved as the run on ``platform``
+  resolves it for the loss function (:func:`reducr_jax.train_experts._build`)."""
+  if config.experts.strategy != "auto":
+    return config
+  return configuration.with_overrides(
+      config, {"experts.strategy": experts.default_strategy(platform)})
+
+
 def stage1(config, splits, devices, platform: str) -> list[Program]:
   """``stage1_expert_step``, ``expert_validation`` and ``loss_table`` (what the config runs)."""
   kind = train_experts.reference_kind(config)
   if kind is None:
     return []
   ex = config.experts
-  built = config.copy_and_resolve_references()
-  if ex.strategy == "auto":    # the loss function's strategy on the planned backend
-    built.experts.strategy = experts.default_strategy(platform)
+  built = _resolved_strategy(config, platform)
   fns, loss_fn, num, gamma = train_experts._build(built, splits, kind)  # pylint: disable=protected-access
   n = len(devices)
   while ex.batch_size % n:          # as train_experts.stage_devices (one process)
@@ -261,9 +268,7 @@ def _references(config, splits, platform):
   kind = train_experts.reference_kind(config)
   if kind is None:
     return train_experts.References(), None, None
-  built = config.copy_and_resolve_references()
-  if built.experts.strategy == "auto":
-    built.experts.strategy = experts.default_strategy(platform)
+  built = _resolved_strategy(config, platform)
   fns, loss_fn, num, _ = train_experts._build(built, splits, kind)  # pylint: disable=protected-access
   if kind != "multihead" and config.experts.losses != "online":
     cols = num
