@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,8 @@ class Program:
   compile_seconds: float
   batch_per_chip: int
   examples_per_call: int  # global examples one call consumes (input rate)
+  compiled: Any = None    # the compiled program and its arguments' shapes (a benchmark on
+  args: tuple = ()        # real devices calls it on zeros: benchmarks/planned_vs_measured)
 
 
 def abstract(tree):
@@ -93,10 +95,11 @@ def _cost(compiled, trips: int) -> tuple[float, float]:
           float(cost.get("bytes accessed", 0.0)) * trips)
 
 
-def _program(name, strategy, calls, compiled, trips, seconds, batch, examples) -> Program:
+def _program(name, strategy, calls, compiled, trips, seconds, batch, examples,
+             args=()) -> Program:
   flops, nbytes = _cost(compiled, trips)
   return Program(name, strategy, int(calls), device_memory.compiled_memory(compiled), flops,
-                 nbytes, seconds, int(batch), int(examples))
+                 nbytes, seconds, int(batch), int(examples), compiled, tuple(args))
 
 
 def evaluations(num_steps: int, every: int) -> int:
@@ -150,7 +153,7 @@ def stage1(config, splits, devices, platform: str) -> list[Program]:
   name = strategy_name(strategy, chunk, micro, num)
   out = [_program("stage1_expert_step", name, ex.num_steps, compiled,
                   loop_trips(strategy, chunk, num, micro), time.perf_counter() - t0,
-                  b_local, ex.batch_size)]
+                  b_local, ex.batch_size, (state, x, y, step))]
 
   select = train_experts.selection_split(config, splits)
   eval_local, slices = stage1_steps.validation_batch(config, kind, n, b_local, micro,
@@ -166,7 +169,8 @@ def stage1(config, splits, devices, platform: str) -> list[Program]:
   calls = evaluations(ex.num_steps, ex.eval_every) * -(-len(select) // (eval_local * n))
   out.append(_program("expert_validation", name, calls, compiled,
                       loop_trips(strategy, chunk, num, slices) if kind != "multihead"
-                      else 1, time.perf_counter() - t0, eval_local, eval_local * n))
+                      else 1, time.perf_counter() - t0, eval_local, eval_local * n,
+                      (variables, vx, vy, mask)))
 
   if kind != "multihead" and ex.losses == "precomputed":
     out.append(_loss_table(config, built, splits, devices, loss_fn, num, variables))
@@ -185,14 +189,15 @@ def _loss_table(config, built, splits, devices, loss_fn, num, variables) -> Prog
   total = len(splits.train)
   batch = min(-(-config.eval_batch_size // n) * n, -(-total // n) * n)
   t0 = time.perf_counter()
+  args = lambda b: (params, jax.ShapeDtypeStruct((b,) + xs, x_dtype),  # noqa: E731
+                    jax.ShapeDtypeStruct((b,), jnp.int32))
   b, compiled = train_experts.fitting_batch(
-      lambda b: fn.lower(params, jax.ShapeDtypeStruct((b,) + xs, x_dtype),
-                         jax.ShapeDtypeStruct((b,), jnp.int32)).compile(),
+      lambda b: fn.lower(*args(b)).compile(),
       batch, n, train_experts.memory_budget_bytes(config, devices[0]), strict=True)
   strategy = built.experts.strategy
   return _program("loss_table", strategy_name(strategy, built.experts.chunk, 1, num),
                   -(-total // b), compiled, loop_trips(strategy, built.experts.chunk, num),
-                  time.perf_counter() - t0, b // n, b)
+                  time.perf_counter() - t0, b // n, b, args(b))
 
 
 def stage2(config, splits, devices, platform: str) -> list[Program]:
@@ -218,10 +223,11 @@ def stage2(config, splits, devices, platform: str) -> list[Program]:
       config, splits, table, 0, holdout=cfg.ema_holdout,
       validation=reweighters.VALIDATION_BATCH in cfg.needs), n))
   t0 = time.perf_counter()
+  step_args = (per_device(state, n), batch,
+               None if ref_params is None else per_device(ref_params, n))
   compiled = stage1_steps.compile_or_refusal(
       lambda: train.make_train_step(fns, refs.loss_fn, tx, cfg, list(devices)).lower(
-          per_device(state, n), batch,
-          None if ref_params is None else per_device(ref_params, n)).compile())
+          *step_args).compile())
   if isinstance(compiled, stage1_steps.DoesNotFit):
     raise stage1_steps.NothingFits(stage1_steps.nothing_fits_message(
         "train_step", compiled.needed, 0.0, compiled.available, config.batch_size // n, n,
@@ -234,7 +240,7 @@ def stage2(config, splits, devices, platform: str) -> list[Program]:
     trips = loop_trips(strategy, config.experts.chunk, c)
   out = [_program("train_step", "online experts" if online else "-", config.num_steps,
                   compiled, trips, time.perf_counter() - t0, config.batch_size // n,
-                  config.batch_size)]
+                  config.batch_size, step_args)]
 
   eval_bs = max(1, config.eval_batch_size // n)
   variables = jax.eval_shape(lambda s: models.variables(s.params, s.model_state), state)
@@ -242,10 +248,12 @@ def stage2(config, splits, devices, platform: str) -> list[Program]:
   ey = jax.ShapeDtypeStruct((n, eval_bs), jnp.int32)
   mask = jax.ShapeDtypeStruct((n, eval_bs), jnp.bool_)
   t0 = time.perf_counter()
+  eval_args = (per_device(variables, n), ex, ey, mask)
   compiled = evaluation.make_eval_step(fns.apply, c, list(devices)).lower(
-      per_device(variables, n), ex, ey, mask).compile()
+      *eval_args).compile()
   out.append(_program("eval_step", "-", _eval_calls(config, splits, cfg, eval_bs * n),
-                      compiled, 1, time.perf_counter() - t0, eval_bs, eval_bs * n))
+                      compiled, 1, time.perf_counter() - t0, eval_bs, eval_bs * n,
+                      eval_args))
   return out
 
 
