@@ -147,7 +147,7 @@ def stage1(config, splits, devices, platform: str) -> list[Program]:
   compile_step = lambda s, c, m: stage1_steps.pmapped(train_step, devs, (0,))(  # noqa: E731
       s, c, microbatches=m).lower(state, x, y, step).compile()
   (strategy, chunk, micro), compiled, _ = train_experts.pick_strategy(
-      compile_step, num, stage1_steps.candidates(config, kind, num, b_local, platform),
+      compile_step, num, train_experts.stage1_candidates(config, kind, num, b_local, platform),
       train_experts.memory_budget_bytes(config, devs[0]), strict=True, batch=b_local,
       chips=n)
   name = strategy_name(strategy, chunk, micro, num)

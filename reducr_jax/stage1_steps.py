@@ -68,6 +68,23 @@ def peak_bytes(compiled: Any) -> tuple[float | None, float]:
   return mem.get("peak"), float(mem.get("argument", 0))
 
 
+def weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma,
+                        group_of=None) -> jax.Array:
+  """``Σ_i mask_i (1 + γ·1[y_i = e]) table[i, e]`` per column e → ``[E]`` (eq. 8 on val);
+  with ``group_of`` (int [C]) ``y_i`` is replaced by its group."""
+  w = experts.class_weight_matrix(groups_lib.group_labels(y, group_of), table.shape[1],
+                                  gamma)
+  return jnp.sum(w * table * mask[:, None], axis=0)
+
+
+def weight_sums(y: jax.Array, mask: jax.Array, num: int, gamma,
+                 group_of=None) -> jax.Array:
+  """``Σ_i mask_i (1 + γ·1[y_i = e])`` per column e → ``[num]`` (``"weight_sum"``; with
+  ``group_of`` ``y_i`` is replaced by its group)."""
+  w = experts.class_weight_matrix(groups_lib.group_labels(y, group_of), num, gamma)
+  return jnp.sum(w * mask[:, None], axis=0)
+
+
 def step_functions(config: ml_collections.ConfigDict, kind: str, fns, num_classes: int,
                    gamma: float, n: int):
   """One device's stage-1 functions under a ``pmap`` over ``n`` devices (all processes).
@@ -110,20 +127,19 @@ def step_functions(config: ml_collections.ConfigDict, kind: str, fns, num_classe
   def val_sums(variables, x, y, mask, strategy, chunk, slices):
     """Σ over all devices' rows of each model's eq. 8 loss on the selection split →
     ``[num]``, and (``"weight_sum"``) the weight sums ``[num]`` (per head for multihead)."""
-    from reducr_jax import train_experts  # pylint: disable=import-outside-toplevel
     if kind == "multihead":
       table = experts.multihead_expert_losses(fns.apply(variables, x), y)
-      sums = train_experts._weighted_loss_sums(table, y, mask, gamma, group_of)  # [C] heads
+      sums = weighted_loss_sums(table, y, mask, gamma, group_of)  # [C] heads
       if norm == "mean":
         sums = jnp.mean(sums, keepdims=True)
-      wsums = train_experts._weight_sums(y, mask, table.shape[1], gamma, group_of)
+      wsums = weight_sums(y, mask, table.shape[1], gamma, group_of)
     else:       # in `slices` slices of the batch, like the training step's microbatches
       table = jax.lax.map(
           lambda xy: experts.expert_losses(fns.apply, variables, *xy, strategy, chunk),
           (x.reshape((slices, -1) + x.shape[1:]), y.reshape((slices, -1))))
       table = table.reshape((-1, table.shape[-1]))                    # [b, num]
-      sums = train_experts._weighted_loss_sums(table, y, mask, gamma, group_of)
-      wsums = train_experts._weight_sums(y, mask, table.shape[1], gamma, group_of)
+      sums = weighted_loss_sums(table, y, mask, gamma, group_of)
+      wsums = weight_sums(y, mask, table.shape[1], gamma, group_of)
     return jax.lax.psum((sums, wsums), sharding.AXIS)
 
   return tx, train_step, val_sums
@@ -147,16 +163,6 @@ def validation_batch(config: ml_collections.ConfigDict, kind: str, n: int, b_loc
       else eval_local
   eval_local = -(-eval_local // slice_rows) * slice_rows
   return eval_local, eval_local // slice_rows
-
-
-def candidates(config: ml_collections.ConfigDict, kind: str, num: int, b_local: int,
-               backend: str) -> list[tuple[str, int, int]]:
-  """The stage-1 strategies to try on ``backend``, best first."""
-  from reducr_jax import train_experts  # pylint: disable=import-outside-toplevel
-  if kind == "multihead":
-    return [("map", 0, 1)]
-  return train_experts.strategy_candidates(num, config.experts.strategy,
-                                           config.experts.chunk, b_local, backend)
 
 
 def nothing_fits_message(program: str, peak: float, argument: float, limit: float,

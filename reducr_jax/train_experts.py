@@ -163,21 +163,8 @@ def _build(config, splits: data.Splits, kind: str):
   return fns, loss_fn, num, gamma
 
 
-def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma,
-                        group_of=None) -> jax.Array:
-  """``Σ_i mask_i (1 + γ·1[y_i = e]) table[i, e]`` per column e → ``[E]`` (eq. 8 on val);
-  with ``group_of`` (int [C]) ``y_i`` is replaced by its group."""
-  w = experts.class_weight_matrix(groups_lib.group_labels(y, group_of), table.shape[1],
-                                  gamma)
-  return jnp.sum(w * table * mask[:, None], axis=0)
-
-
-def _weight_sums(y: jax.Array, mask: jax.Array, num: int, gamma,
-                 group_of=None) -> jax.Array:
-  """``Σ_i mask_i (1 + γ·1[y_i = e])`` per column e → ``[num]`` (``"weight_sum"``; with
-  ``group_of`` ``y_i`` is replaced by its group)."""
-  w = experts.class_weight_matrix(groups_lib.group_labels(y, group_of), num, gamma)
-  return jnp.sum(w * mask[:, None], axis=0)
+_weighted_loss_sums = stage1_steps.weighted_loss_sums   # eq. 8 sums (stage1_steps)
+_weight_sums = stage1_steps.weight_sums
 
 
 def selection_split(config: ml_collections.ConfigDict, splits: data.Splits) -> data.Split:
@@ -230,6 +217,15 @@ def strategy_candidates(num: int, strategy: str, chunk: int, batch: int = 1,
     out.append(("map", 0, m))
     m *= 2
   return out
+
+
+def stage1_candidates(config: ml_collections.ConfigDict, kind: str, num: int,
+                      b_local: int, backend: str) -> list[tuple[str, int, int]]:
+  """The stage-1 strategies to try on ``backend``, best first (one for multihead)."""
+  if kind == "multihead":
+    return [("map", 0, 1)]
+  return strategy_candidates(num, config.experts.strategy, config.experts.chunk, b_local,
+                             backend)
 
 
 def models_in_flight(num: int, strategy: str, chunk: int) -> int:
@@ -428,7 +424,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
       state, x1, y1, step_arg(1)).compile()
   (strategy, chunk, micro), p_step, peak = pick_strategy(
       compile_step, num,
-      stage1_steps.candidates(config, kind, num, b_local, jax.default_backend()),
+      stage1_candidates(config, kind, num, b_local, jax.default_backend()),
       memory_budget_bytes(config, devices[0]), strict=jax.default_backend() != "cpu",
       batch=b_local, chips=n)
   logging.info("stage 1: %s, chunk %d, %d microbatches, %d devices, compiled peak %s GB "
