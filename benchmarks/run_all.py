@@ -22,6 +22,8 @@ settings:
                       the B = 320 train step consumes)
   ``whole_run``       ``whole_run.py`` (wall time and peak RSS of 2-step runs of the
                       vision paper configs on fake data, full-size models)
+  ``planned_vs_``     ``planned_vs_measured.py`` (GPU/TPU: each CIFAR-10 program's
+  ``measured``        measured time vs its planned roofline time; a note on CPU)
   ==================  =========================================================
 
 Each writes ``<out_dir>/<name>.{json,md}`` and its output to ``<out_dir>/<name>.log``
@@ -54,6 +56,9 @@ BENCHMARKS = {  # name → flags (besides --out); the script is benchmarks/<name
     "stage1": ["--width", "4", "--image", "32", "--batch", "16", "--rounds", "3"],
     "pipeline": ["--images", "96", "--batch", "32", "--steps", "3", "--step_rounds", "2"],
     "whole_run": ["--configs", "cifar10,cinic10,clothing1m", "--timeout", "900"],
+    # GPU/TPU only (a note on CPU): each program of the CIFAR-10 run timed on zeros next
+    # to its roofline time from the planner (python -m reducr_jax.plan).
+    "planned_vs_measured": ["--config", "configs/cifar10.py", "--calls", "5"],
 }
 TORCH = ("torch_selection", "torch_selection@32k")
 
