@@ -36,6 +36,7 @@ import hashlib
 import itertools
 import json
 import os
+import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from absl import logging
@@ -231,6 +232,25 @@ def strategy_candidates(num: int, strategy: str, chunk: int, batch: int = 1,
   return out
 
 
+def strategy_line(kind: str, num: int, candidate: tuple[str, int, int], configured: str,
+                  devices: int, peak: Optional[float], budget: float) -> str:
+  """The stage-1 line that says how the reference models train, printed by default:
+  ``'stage 1: 14 experts with map (auto), 2 microbatches, 1 device, compiled peak
+  1.23 GiB per device (budget 2.94 GiB)'``."""
+  strategy, chunk, micro = candidate
+  what = "1 multi-head model" if kind == "multihead" else (
+      f"{num} {'experts' if kind == 'experts' else 'irreducible-loss model'}")
+  how = strategy + (f" in chunks of {chunk}" if strategy == "vmap" and 0 < chunk < num else "")
+  how += f" ({configured})" if configured == "auto" else ""
+  if kind == "multihead":
+    how = "one program"
+  mem = ("" if peak is None else f", compiled peak {peak / device_memory.GIB:.3g} GiB per "
+         f"device (budget {budget / device_memory.GIB:.3g} GiB)")
+  return (f"stage 1: {what} with {how}"
+          + (f", {micro} microbatches" if micro > 1 else "")
+          + f", {devices} device{'s' if devices != 1 else ''}{mem}")
+
+
 def models_in_flight(num: int, strategy: str, chunk: int) -> int:
   """How many of the C models' activations one step holds at once."""
   if strategy == "vmap":
@@ -364,6 +384,9 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   n = n_local * procs
   b_local = ex.batch_size // n
   group_of = groups_lib.from_config(config.dataset, splits.num_classes)
+  # XLA:CPU keeps its fast convolutions inside the in-place loops only when they are
+  # canonical (experts.train_step's canonical_convs): decided by the devices compiled for.
+  on_cpu = devices[0].platform == "cpu"
 
   def train_step(state, x, y, step, strategy, chunk, microbatches):
     """One device's step: x [b_local, ...], y int[b_local], step int scalar."""
@@ -383,7 +406,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
                               train_apply_fn=fns.apply_train, rng=dropout,
                               strategy=strategy, chunk=chunk, axis_name=sharding.AXIS,
                               microbatches=microbatches, group_of=group_of,
-                              normalisation=norm)
+                              normalisation=norm, canonical_convs=on_cpu)
 
   def val_sums(variables, x, y, mask, strategy, chunk, slices):
     """Σ over all devices' rows of each model's eq. 8 loss on the selection split →
@@ -441,9 +464,8 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
       strategy_candidates(num, ex.strategy, ex.chunk, b_local,
                           jax.default_backend()) if kind != "multihead" else
       [("map", 0, 1)], memory_budget_bytes(config, devices[0]))
-  logging.info("stage 1: %s, chunk %d, %d microbatches, %d devices, compiled peak %s GB "
-               "per device", strategy, chunk, micro, n,
-               None if peak is None else round(peak / device_memory.GIB, 3))
+  progress.say(strategy_line(kind, num, (strategy, chunk, micro), ex.strategy, n, peak,
+                             memory_budget_bytes(config, devices[0])))
   if procs > 1:   # a multi-process pmap's compiled program takes global arrays: re-jit
     p_step = pmapped(train_step, (0,))(strategy, chunk, microbatches=micro)
   # Validation batches: no larger than the split needs, and with the training step's
@@ -510,12 +532,14 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
   if cached is not None:
     params = flax.serialization.msgpack_restore(cached)["params"]
     params = jax.tree.map(jnp.asarray, params)
-    logging.info("Loaded cached %s reference models from %s", kind, path)
+    progress.say(f"stage 1: loaded cached {kind} reference models from {path}")
   else:
     logging.info("Training %s reference models (%d, gamma=%s) on %d holdout points", kind,
                  num if kind != "multihead" else splits.num_classes, gamma,
                  len(splits.holdout))
+    start = time.time()
     params, best_val = _train(config, splits, kind, fns, num, gamma)
+    progress.took(f"stage 1: trained the {kind} reference models", time.time() - start)
     if jax.process_index() == 0:   # every process computes the same; one writes
       caches.write_cache(path, flax.serialization.msgpack_serialize(
           {"params": jax.tree.map(np.asarray, params), "best_val_loss": best_val}))
@@ -561,9 +585,12 @@ def precompute_table(refs: ReferenceModels, split: data.Split, batch_size: int,
       memory_budget_bytes(config, devices[0]))
   reporter = progress.Reporter("stage 1: reference-loss table", max(hi, start + 1) - start,
                                "rows")
+  started = time.time()
   mine = experts.precompute_table(fn, split.x, split.y, local_bs, start, max(hi, start + 1),
                                   put, multiple_of=len(devices),
                                   report=reporter.update)[:hi - lo]
+  progress.took(f"stage 1: reference-loss table ({n} rows, batch {local_bs} per process)",
+                time.time() - started)
   if procs == 1:
     return mine
   padded = np.zeros((per_process,) + mine.shape[1:], np.float32)

@@ -382,6 +382,11 @@ def test_eta_auto_is_resolved_before_training_and_reported(tmp_path, capsys):
   # k = round(0.1 · 80) = 8, T = 10, C = 10: (1/8) √(8 / (10 ln 10)) = 0.0736796.
   assert results["eta"] == pytest.approx(0.0736796, rel=1e-5)
   assert results["config"]["selection"]["eta"] == "auto"
-  assert "selection.eta = auto -> 0.07368" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "selection.eta = auto -> 0.07368" in out
+  # Each stage's time is printed whatever the log verbosity.
+  for line in ("stage 1 (reference models and their losses) in ",
+               "stage 2: 10 training steps in ", "stage 3: final evaluation in "):
+    assert line in out, (line, out)
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["eta"] == results["eta"] and on_disk["config"]["selection"]["eta"] == "auto"
