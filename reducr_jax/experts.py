@@ -346,6 +346,11 @@ def _update_in_place(one: Callable[[Any], Any], state: ExpertsState, keys: jax.A
   fusion.) XLA:CPU memory analysis, 14 small ResNets, AdamW, B = 32 in 4 slices: temp
   45.7 → 11.3 MiB, no stacked copies left; 14 ResNet-18s at 224 px: see
   ``benchmarks/README.md``.
+
+  On CPU the loop body is no longer a program's entry computation, where XLA:CPU makes
+  convolutions canonical for its Eigen kernels; :func:`train_step` therefore emits the
+  gradient's convolutions canonical itself (``canonical_convs``), else each expert's step
+  here ran 4–73× slower than the same step at the top level (issue 23).
   """
   c, n = keys.shape[0], int(chunk)
   if c % n:
@@ -407,6 +412,9 @@ def default_strategy(backend: str | None = None) -> str:
   costs 16.9× with ``vmap``, 9.3× with ``map``, 10.7× with ``loop`` (a wider CNN: 45.6× vs
   9.4× vs 10.9×); an MLP costs 6.4× / 8.5× / 7.6×. ``map`` is never far from the best and
   compiles fastest, so it is the CPU default; pass ``vmap`` explicitly for MLPs on CPU.
+  For training, ``map`` runs each expert at a plain step's rate only with canonical
+  convolutions inside its loop (:func:`train_step`'s ``canonical_convs``, on by default on
+  CPU): ``benchmarks/stage1.py`` times it per expert against one plain step.
   """
   backend = backend or jax.default_backend()
   return "map" if backend == "cpu" else "vmap"
