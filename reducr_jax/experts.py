@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from reducr_jax import checks
+from reducr_jax import conv_layout
 from reducr_jax.data import groups as groups_lib
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -210,7 +211,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
                rng: Optional[jax.Array] = None, strategy: str = "vmap", chunk: int = 0,
                axis_name: Optional[str] = None,
                microbatches: int = 1, group_of=None,
-               normalisation: str = "mean") -> tuple[ExpertsState, jax.Array]:
+               normalisation: str = "mean",
+               canonical_convs: Optional[bool] = None) -> tuple[ExpertsState, jax.Array]:
   """One optimizer step of all C experts at once on the same holdout batch.
 
   Expert ``c`` minimises :func:`class_weighted_loss` with ``expert_class = c``; the C
@@ -244,6 +246,12 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
       running statistics) per slice and dropout draws a key per slice.
     group_of: ``None`` (expert c up-weights class c), or int [K] class → group for
       ``config.dataset.groups``: expert g (C = G experts) up-weights the classes of group g.
+    canonical_convs: where an expert's gradient runs inside a loop (``map``, ``vmap`` in
+      chunks, ``microbatches`` > 1), emit its convolutions in NHWC / HWIO order
+      (:func:`reducr_jax.conv_layout.canonical_convs`): XLA:CPU canonicalises them only
+      at the top level of a program, and inside a loop falls back to a naive kernel that
+      is 8–70× slower. ``None``: on the CPU backend (``jax.default_backend()``); pass the
+      target's answer when compiling ahead of time for another backend.
 
   Returns:
     ``(new_state, losses[C])`` with each expert's γ-weighted training loss.
@@ -258,6 +266,12 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
   if normalisation not in NORMALISATIONS:
     raise ValueError(f"normalisation must be one of {list(NORMALISATIONS)}, got "
                      f"{normalisation!r}")
+
+  # XLA:CPU's fast convolutions need canonical dimension numbers inside loops.
+  in_loop = m > 1 or strategy == "map" or (strategy == "vmap" and 0 < chunk < c)
+  if canonical_convs is None:
+    canonical_convs = jax.default_backend() == "cpu"
+  canonical = bool(canonical_convs) and in_loop
 
   def one(args):
     params, opt_state, model_state, expert_class, key = args
@@ -282,6 +296,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
                                  expert_class, gamma)
       return loss * scale, new_model_state
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if canonical:
+      grad_fn = conv_layout.canonical_convs(grad_fn)
     if m == 1:
       (loss, model_state), grads = grad_fn(params, model_state, x, y, key)
     else:
@@ -330,6 +346,11 @@ def _update_in_place(one: Callable[[Any], Any], state: ExpertsState, keys: jax.A
   fusion.) XLA:CPU memory analysis, 14 small ResNets, AdamW, B = 32 in 4 slices: temp
   45.7 → 11.3 MiB, no stacked copies left; 14 ResNet-18s at 224 px: see
   ``benchmarks/README.md``.
+
+  On CPU the loop body is no longer a program's entry computation, where XLA:CPU makes
+  convolutions canonical for its Eigen kernels; :func:`train_step` therefore emits the
+  gradient's convolutions canonical itself (``canonical_convs``), else each expert's step
+  here ran 4–73× slower than the same step at the top level (issue 23).
   """
   c, n = keys.shape[0], int(chunk)
   if c % n:
@@ -398,6 +419,9 @@ def default_strategy(backend: str | None = None) -> str:
   costs 16.9× with ``vmap``, 9.3× with ``map``, 10.7× with ``loop`` (a wider CNN: 45.6× vs
   9.4× vs 10.9×); an MLP costs 6.4× / 8.5× / 7.6×. ``map`` is never far from the best and
   compiles fastest, so it is the CPU default; pass ``vmap`` explicitly for MLPs on CPU.
+  For training, ``map`` runs each expert at a plain step's rate only with canonical
+  convolutions inside its loop (:func:`train_step`'s ``canonical_convs``, on by default on
+  CPU): ``benchmarks/stage1.py`` times it per expert against one plain step.
   """
   backend = backend or jax.default_backend()
   return "map" if backend == "cpu" else "vmap"

@@ -129,8 +129,9 @@ def stage1(config, splits, devices, platform: str) -> list[Program]:
     n -= 1
   devs = list(devices[:n])
   b_local = ex.batch_size // n
-  tx, train_step, val_sums = stage1_steps.step_functions(config, kind, fns,
-                                                         splits.num_classes, gamma, n)
+  tx, train_step, val_sums = stage1_steps.step_functions(
+      config, kind, fns, splits.num_classes, gamma, n,
+      canonical_convs=devs[0].platform == "cpu")    # as the run on those devices
   rng = rng_streams.key(config.seed, "expert_init")
 
   def init():

@@ -86,7 +86,7 @@ def weight_sums(y: jax.Array, mask: jax.Array, num: int, gamma,
 
 
 def step_functions(config: ml_collections.ConfigDict, kind: str, fns, num_classes: int,
-                   gamma: float, n: int):
+                   gamma: float, n: int, canonical_convs: bool | None = None):
   """One device's stage-1 functions under a ``pmap`` over ``n`` devices (all processes).
 
   Returns ``(tx, train_step, val_sums)``:
@@ -94,6 +94,8 @@ def step_functions(config: ml_collections.ConfigDict, kind: str, fns, num_classe
     ``(state, losses [num])`` with ``b = config.experts.batch_size / n``;
     ``val_sums(variables, x, y, mask, strategy, chunk, slices)`` → the ``psum`` over all
     devices of each model's eq.-8 loss sums and weight sums ``([num], [num])``.
+  ``canonical_convs``: :func:`reducr_jax.experts.train_step`'s: ``True`` when compiling for
+  CPU devices (``None``: when the default backend is CPU).
   """
   ex = config.experts
   norm = ex.loss_normalisation
@@ -122,7 +124,7 @@ def step_functions(config: ml_collections.ConfigDict, kind: str, fns, num_classe
                               train_apply_fn=fns.apply_train, rng=dropout,
                               strategy=strategy, chunk=chunk, axis_name=sharding.AXIS,
                               microbatches=microbatches, group_of=group_of,
-                              normalisation=norm)
+                              normalisation=norm, canonical_convs=canonical_convs)
 
   def val_sums(variables, x, y, mask, strategy, chunk, slices):
     """Σ over all devices' rows of each model's eq. 8 loss on the selection split →

@@ -307,6 +307,8 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
     refs = train_experts.get_reference_models(config, splits, workdir)
     refs = train_experts.prepare_references(config, splits, refs, devices)
   expert_seconds = time.time() - t0
+  if refs.reference is not None:
+    progress.took("stage 1 (reference models and their losses)", expert_seconds)
 
   # Stage 2: online batch selection.
   cfg = StepConfig.from_config(config, c, n, refs.reference,
@@ -386,11 +388,14 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
     raise preempt.stop(done, ckpt.directory)
   skips.flush()
   preempt.defer(False)
+  progress.took(f"stage 2: {config.num_steps - start} training steps", time.time() - t_start)
 
   # Stage 3: evaluate the kept model.
+  t_eval = time.time()
   final_state = sharding.first_replica(p_state)
   p_best = sharding.replicate(best["params"], devices)
   val, test = evaluation.val_and_test(p_eval, p_best, splits, eval_bs, n, group_of)
+  progress.took("stage 3: final evaluation", time.time() - t_eval)
   recorded = json.loads(config.to_json_best_effort())
   status = divergence.run_status(int(final_state.num_skipped), config.num_steps,
                                  config.max_skipped_share)

@@ -37,6 +37,7 @@ import hashlib
 import itertools
 import json
 import os
+import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from absl import logging
@@ -231,6 +232,25 @@ def stage1_candidates(config: ml_collections.ConfigDict, kind: str, num: int,
                              backend)
 
 
+def strategy_line(kind: str, num: int, candidate: tuple[str, int, int], configured: str,
+                  devices: int, peak: Optional[float], budget: float) -> str:
+  """The stage-1 line that says how the reference models train, printed by default:
+  ``'stage 1: 14 experts with map (auto), 2 microbatches, 1 device, compiled peak
+  1.23 GiB per device (budget 2.94 GiB)'``."""
+  strategy, chunk, micro = candidate
+  what = "1 multi-head model" if kind == "multihead" else (
+      f"{num} {'experts' if kind == 'experts' else 'irreducible-loss model'}")
+  how = strategy + (f" in chunks of {chunk}" if strategy == "vmap" and 0 < chunk < num else "")
+  how += f" ({configured})" if configured == "auto" else ""
+  if kind == "multihead":
+    how = "one program"
+  mem = ("" if peak is None else f", compiled peak {peak / device_memory.GIB:.3g} GiB per "
+         f"device (budget {budget / device_memory.GIB:.3g} GiB)")
+  return (f"stage 1: {what} with {how}"
+          + (f", {micro} microbatches" if micro > 1 else "")
+          + f", {devices} device{'s' if devices != 1 else ''}{mem}")
+
+
 def models_in_flight(num: int, strategy: str, chunk: int) -> int:
   """How many of the C models' activations one step holds at once."""
   if strategy == "vmap":
@@ -392,8 +412,11 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   n_local = len(devices)
   n = n_local * procs
   b_local = ex.batch_size // n
-  tx, train_step, val_sums = stage1_steps.step_functions(config, kind, fns,
-                                                         splits.num_classes, gamma, n)
+  tx, train_step, val_sums = stage1_steps.step_functions(
+      config, kind, fns, splits.num_classes, gamma, n,
+      # XLA:CPU keeps its fast convolutions inside the in-place loops only when they are
+      # canonical (experts.train_step's canonical_convs): decided by the devices compiled for.
+      canonical_convs=devices[0].platform == "cpu")
   pmapped = lambda fn, donate=(): stage1_steps.pmapped(  # noqa: E731
       fn, sharding.pmap_devices(devices), donate)
 
@@ -430,9 +453,8 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
       stage1_candidates(config, kind, num, b_local, jax.default_backend()),
       memory_budget_bytes(config, devices[0]), strict=jax.default_backend() != "cpu",
       batch=b_local, chips=n)
-  logging.info("stage 1: %s, chunk %d, %d microbatches, %d devices, compiled peak %s GB "
-               "per device", strategy, chunk, micro, n,
-               None if peak is None else round(peak / device_memory.GIB, 3))
+  progress.say(strategy_line(kind, num, (strategy, chunk, micro), ex.strategy, n, peak,
+                             memory_budget_bytes(config, devices[0])))
   if procs > 1:   # a multi-process pmap's compiled program takes global arrays: re-jit
     p_step = pmapped(train_step, (0,))(strategy, chunk, microbatches=micro)
   # Validation batches: no larger than the split needs, in the training step's slices.
@@ -501,12 +523,14 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
   if cached is not None:
     params = flax.serialization.msgpack_restore(cached)["params"]
     params = jax.tree.map(jnp.asarray, params)
-    logging.info("Loaded cached %s reference models from %s", kind, path)
+    progress.say(f"stage 1: loaded cached {kind} reference models from {path}")
   else:
     logging.info("Training %s reference models (%d, gamma=%s) on %d holdout points", kind,
                  num if kind != "multihead" else splits.num_classes, gamma,
                  len(splits.holdout))
+    start = time.time()
     params, best_val = _train(config, splits, kind, fns, num, gamma)
+    progress.took(f"stage 1: trained the {kind} reference models", time.time() - start)
     if jax.process_index() == 0:   # every process computes the same; one writes
       caches.write_cache(path, flax.serialization.msgpack_serialize(
           {"params": jax.tree.map(np.asarray, params), "best_val_loss": best_val}),
@@ -553,9 +577,12 @@ def precompute_table(refs: ReferenceModels, split: data.Split, batch_size: int,
       memory_budget_bytes(config, devices[0]))
   reporter = progress.Reporter("stage 1: reference-loss table", max(hi, start + 1) - start,
                                "rows")
+  started = time.time()
   mine = experts.precompute_table(fn, split.x, split.y, local_bs, start, max(hi, start + 1),
                                   put, multiple_of=len(devices),
                                   report=reporter.update)[:hi - lo]
+  progress.took(f"stage 1: reference-loss table ({n} rows, batch {local_bs} per process)",
+                time.time() - started)
   if procs == 1:
     return mine
   padded = np.zeros((per_process,) + mine.shape[1:], np.float32)

@@ -384,6 +384,11 @@ def test_eta_auto_is_the_anytime_schedule_and_reported(tmp_path, capsys):
   assert results["eta"] == {"schedule": "anytime", "eta_1": pytest.approx(0.232995, rel=1e-5),
                             "eta_T": pytest.approx(0.0736796, rel=1e-5), "num_updates": 10}
   assert results["config"]["selection"]["eta"] == "auto"
-  assert "selection.eta = auto -> anytime eta_t = 0.233/sqrt(t)" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "selection.eta = auto -> anytime eta_t = 0.233/sqrt(t)" in out
+  # Each stage's time is printed whatever the log verbosity.
+  for line in ("stage 1 (reference models and their losses) in ",
+               "stage 2: 10 training steps in ", "stage 3: final evaluation in "):
+    assert line in out, (line, out)
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["eta"] == results["eta"] and on_disk["config"]["selection"]["eta"] == "auto"
