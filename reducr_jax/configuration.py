@@ -22,6 +22,7 @@ from reducr_jax import experts
 from reducr_jax import models
 from reducr_jax import optimizers
 from reducr_jax import reweighters
+from reducr_jax import selection
 from reducr_jax import selectors
 from reducr_jax.data import augment
 from reducr_jax.errors import ConfigError  # noqa: F401  (defined in a leaf module, re-exported)
@@ -151,14 +152,7 @@ ADDED_FIELDS = {
 }
 
 
-def k_for(batch_size: int, percent_selected: float, k_rounding: str = "round") -> int:
-  """The one rule for k, the points selected per large batch of B = ``batch_size``:
-  ``round(percent_selected · B)``, or for ``k_rounding='floor'`` (the official
-  ``int(B · percent_train)`` of ``src/models/MultiModels.py``) int() truncation. May be 0:
-  :func:`validate_config` refuses that (the official code's ``max(1, ·)`` would silently
-  select one point); nothing else computes k."""
-  k = percent_selected * batch_size
-  return int(k) if k_rounding == "floor" else int(round(k))
+k_for = selection.k_for       # the one rule for k (pure; selectors.reducr uses it too)
 
 
 def num_selected(config: ml_collections.ConfigDict) -> int:

@@ -170,6 +170,11 @@ def init_experts(init_fn: InitFn, tx: optax.GradientTransformation, rng: jax.Arr
   return ExpertsState(params, jax.vmap(tx.init)(params), model_state)
 
 
+def _check_strategy(strategy: str) -> None:
+  if strategy not in STRATEGIES:
+    raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+
+
 def map_experts(fn: Callable[[Any], Any], stacked: Any, strategy: str = "vmap",
                 chunk: int = 0) -> Any:
   """``fn`` applied to each expert's slice of ``stacked``, outputs stacked on axis 0.
@@ -190,8 +195,7 @@ def map_experts(fn: Callable[[Any], Any], stacked: Any, strategy: str = "vmap",
   Returns:
     ``fn``'s outputs with a leading axis C.
   """
-  if strategy not in STRATEGIES:
-    raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+  _check_strategy(strategy)
   if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 0:
     raise ValueError(f"chunk must be an int >= 0, got {chunk!r}")
   c = num_experts(stacked)
@@ -400,6 +404,7 @@ def expert_losses(apply_fn: ApplyFn, stacked_params, x: jax.Array, y: jax.Array,
   Returns:
     ``[B, C]`` cross-entropy losses, column c from expert c.
   """
+  _check_strategy(strategy)                    # the cheap argument first
   b = np.shape(x)[0] if np.ndim(x) else None
   checks.check_labels("y", y, b)               # int[B], B = x's first axis
   try:                                         # one expert on x, abstractly: one line

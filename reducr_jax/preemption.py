@@ -249,6 +249,8 @@ class Handler:
     return self
 
   def __exit__(self, *exc) -> None:
+    global _RAISED
+    _RAISED = None            # the run this handler guarded is over: later code starts clean
     self.uninstall()
     if self._previous_hook is not None and sys.unraisablehook == self._unraisable:
       sys.unraisablehook = self._previous_hook

@@ -408,3 +408,13 @@ def predictive_entropy(logits: jax.Array) -> jax.Array:
   checks.check_shape("logits", logits, (None, None), "[B, C]")
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def k_for(batch_size: int, percent_selected: float, k_rounding: str = "round") -> int:
+  """The one rule for k, the points selected per large batch of B = ``batch_size``:
+  ``round(percent_selected · B)``, or for ``k_rounding='floor'`` (the official
+  ``int(B · percent_train)`` of ``src/models/MultiModels.py``) int() truncation. May be
+  0: :func:`reducr_jax.configuration.validate_config` refuses that (the official code's
+  ``max(1, ·)`` would silently select one point); nothing else computes k."""
+  k = percent_selected * batch_size
+  return int(k) if k_rounding == "floor" else int(round(k))

@@ -184,14 +184,15 @@ def test_eta_auto_is_valid_and_resolves_to_the_anytime_schedule():
 def test_floor_rounding_gives_one_k_to_selection_and_eta():
   """B = 35, 10 %: 'floor' selects int(3.5) = 3 points, and η='auto' is computed for those
   3 (the same η as a config whose k is 3 by rounding), not for round(3.5) = 4."""
-  floor = default_config(**{"batch_size": 35, "selection.k_rounding": "floor"})
+  auto = {"selection.eta": "auto"}         # the default η is a number, which reads no k
+  floor = default_config(**{"batch_size": 35, "selection.k_rounding": "floor"}, **auto)
   configuration.validate_config(floor, 1)
   assert configuration.num_selected(floor) == 3
   assert configuration.num_selected(default_config(batch_size=35)) == 4
-  three = default_config(**{"batch_size": 30})                  # round(3.0) = 3
+  three = default_config(**{"batch_size": 30}, **auto)          # round(3.0) = 3
   assert configuration.resolve_eta(floor, 10)[1] == configuration.resolve_eta(three, 10)[1]
   assert configuration.resolve_eta(floor, 10)[1] != configuration.resolve_eta(
-      default_config(batch_size=35), 10)[1]
+      default_config(batch_size=35, **auto), 10)[1]
 
 
 @pytest.mark.parametrize("rounding", ["floor", "round"])

@@ -117,8 +117,8 @@ def resolved_eta(config, num_classes: int | None = None):
   if num_classes is None:
     from reducr_jax import data  # pylint: disable=g-import-not-at-top
     num_classes = data.num_classes(config.dataset)
-  from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
-  k = configuration.num_selected(config)
+  k = selection.k_for(config.batch_size, config.selection.percent_selected,
+                     config.selection.k_rounding)       # = configuration.num_selected
   updates = int(config.num_steps)
   if config.selection.method == "uniform_after":
     updates = max(1, min(updates, int(config.selection.uniform_after_steps)))
