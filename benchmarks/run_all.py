@@ -18,10 +18,15 @@ settings:
   ``…@32k``           the same, MLP only, B = 32 768 (the selection step at scale)
   ``stage1``          ``stage1.py`` (expert-training strategies vs one model's step,
                       CIFAR and ImageNet-stem ResNets, C = 10 and 14, shrunk)
+  ``stage1@per_expert`` ``stage1.py`` on one small ImageNet-stem ResNet, C = 4: time
+                      per expert of ``map`` / ``loop`` / ``vmap`` (and, on CPU, ``map``
+                      without canonical convolutions) vs one plain model step
   ``pipeline``        ``pipeline.py`` (decode images/s per worker count vs the images/s
                       the B = 320 train step consumes)
   ``whole_run``       ``whole_run.py`` (wall time and peak RSS of 2-step runs of the
                       vision paper configs on fake data, full-size models)
+  ``planned_vs_``     ``planned_vs_measured.py`` (GPU/TPU: each CIFAR-10 program's
+  ``measured``        measured time vs its planned roofline time; a note on CPU)
   ==================  =========================================================
 
 Each writes ``<out_dir>/<name>.{json,md}`` and its output to ``<out_dir>/<name>.log``
@@ -52,8 +57,15 @@ BENCHMARKS = {  # name → flags (besides --out); the script is benchmarks/<name
     "torch_selection@32k": ["--quick", "--models", "mlp", "--mlp_batch", "32768",
                             "--check_steps", "1"],
     "stage1": ["--width", "4", "--image", "32", "--batch", "16", "--rounds", "3"],
+    # Issue 23: each stage-1 strategy's time per expert vs one plain model step, one small
+    # conv net (catches a strategy that trains experts slower than a plain step each).
+    "stage1@per_expert": ["--classes", "4", "--stems", "imagenet", "--width", "16",
+                          "--image", "64", "--batch", "16", "--rounds", "5", "--no-full"],
     "pipeline": ["--images", "96", "--batch", "32", "--steps", "3", "--step_rounds", "2"],
     "whole_run": ["--configs", "cifar10,cinic10,clothing1m", "--timeout", "900"],
+    # GPU/TPU only (a note on CPU): each program of the CIFAR-10 run timed on zeros next
+    # to its roofline time from the planner (python -m reducr_jax.plan).
+    "planned_vs_measured": ["--config", "configs/cifar10.py", "--calls", "5"],
 }
 TORCH = ("torch_selection", "torch_selection@32k")
 

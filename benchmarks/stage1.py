@@ -1,18 +1,23 @@
-"""Stage 1: C stacked experts' training step per strategy, vs one model's step.
+"""Stage 1: C stacked experts' training step per strategy, vs one plain model step.
 
 For the CIFAR ResNet (3×3 stem) and the ImageNet-stem ResNet (7×7 stem + max-pool), at
 C = 10 and 14, every strategy of :func:`reducr_jax.experts.train_step` — ``vmap`` (all C
 in one batched program), ``chunk`` (``vmap`` of C/2 at a time, ``lax.map`` over the two
 chunks), ``map`` (one expert at a time in one program), ``loop`` (unrolled) — is
-compiled and timed on the same holdout batch, interleaved with **one model's** training
-step (the same function with C = 1). Per row:
+compiled and timed on the same holdout batch, interleaved with **one plain model step**
+(one unstacked model's γ-weighted loss, gradient and AdamW update at the top level of its
+program: no loop, no stacking). On CPU a ``map (XLA conv layouts)`` row also runs the
+in-place ``map`` without :func:`reducr_jax.conv_layout.canonical_convs`, as it ran before
+issue 23 (its convolutions' gradients inside the loop miss XLA:CPU's Eigen kernels). Per
+row:
 
-* time: median of interleaved rounds, and its ratio to one model's step (C independent
-  models cost about C×; more where the strategy hurts);
+* time: median of interleaved rounds, its ratio to the plain step (C independent models
+  cost about C×), and **per expert** (÷ C): ≈ 1 when a strategy runs each expert at a
+  plain step's rate, far above 1 where it hurts (the issue-23 pathology: ``map`` at 8–70×);
 * memory: the compiled program's peak from XLA's memory analysis (argument + output +
   temp − aliased), and the process's peak resident set while that strategy compiles and
   runs (``VmHWM``, reset through ``/proc/self/clear_refs`` before each; Linux only), both
-  as ratios to one model's step;
+  as ratios to the plain step's;
 * which strategy ``auto`` picks (:func:`reducr_jax.train_experts.strategy_candidates` and
   the budget of this device).
 
@@ -67,8 +72,24 @@ def _rss_peak_gib() -> float | None:
   return None
 
 
-def build(stem: str, num: int, strategy: str, chunk: int, args) -> tuple[Any, tuple]:
-  """(compiled step, its arguments) of ``num`` stacked ResNets' training step."""
+def plain_step(fns: models.ModelFns, tx: optax.GradientTransformation):
+  """One unstacked model's training step on expert 0's γ-weighted loss: the baseline."""
+  def step(state, x, y, gamma):
+    def loss_fn(p):
+      logits, model_state = fns.apply_train(p, state.model_state, x, jax.random.PRNGKey(0))
+      return experts.class_weighted_loss(experts.cross_entropy(logits, y), y, 0,
+                                         gamma), model_state
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return (experts.ExpertsState(optax.apply_updates(state.params, updates), opt_state,
+                                 model_state), loss[None])
+  return step
+
+
+def build(stem: str, num: int, strategy: str, chunk: int, args,
+          canonical: bool | None = None) -> tuple[Any, tuple]:
+  """(compiled step, its arguments) of ``num`` stacked ResNets' training step
+  (``strategy="plain"``: one unstacked model's, :func:`plain_step`)."""
   module = ResNet18(num_outputs=10, stem=stem, width=args.width,
                     stage_sizes=tuple(args.stages))
   x = np.random.default_rng(0).integers(0, 256, (args.batch, args.image, args.image, 3),
@@ -76,12 +97,22 @@ def build(stem: str, num: int, strategy: str, chunk: int, args) -> tuple[Any, tu
   y = (np.arange(args.batch) % 10).astype(np.int32)
   fns = models.model_fns(module, jnp.zeros((1,) + x.shape[1:], jnp.uint8), init_impl="rbg")
   tx = optax.adamw(1e-3)
-  state = experts.init_experts(fns.init, tx, jax.random.PRNGKey(0), num)
-  step = jax.jit(functools.partial(experts.train_step, fns.apply, tx,
-                                   train_apply_fn=fns.apply_train, strategy=strategy,
-                                   chunk=chunk), donate_argnums=0)
+  if strategy == "plain":
+    params, model_state = jax.jit(fns.init)(jax.random.PRNGKey(0))
+    state = experts.ExpertsState(params, tx.init(params), model_state)
+    step = jax.jit(plain_step(fns, tx), donate_argnums=0)
+  else:
+    state = experts.init_experts(fns.init, tx, jax.random.PRNGKey(0), num)
+    step = jax.jit(functools.partial(experts.train_step, fns.apply, tx,
+                                     train_apply_fn=fns.apply_train, strategy=strategy,
+                                     chunk=chunk, canonical_convs=canonical),
+                   donate_argnums=0)
   args_ = (state, jnp.asarray(x), jnp.asarray(y), 9.0)
   return step.lower(*args_).compile(), args_
+
+
+# Per-expert time of `map` over a plain step that the table flags as missed (issue 23).
+PER_EXPERT_TARGET = 1.3
 
 
 # (stem, image size, C) of the full-size table: Clothing1M's and CIFAR-10's.
@@ -122,15 +153,20 @@ def full_size_memory(batch: int, slices: int) -> list[dict[str, Any]]:
 
 def bench_model(stem: str, num: int, args, rng) -> list[dict[str, Any]]:
   """Rows for one (model, C)."""
-  variants = {"one model": (1, "map", 0), "vmap": (num, "vmap", 0),
-              f"chunk {num // 2}": (num, "vmap", num // 2), "map": (num, "map", 0),
-              "loop": (num, "loop", 0)}
+  variants = {"one plain step": (1, "plain", 0, None), "map": (num, "map", 0, None),
+              "loop": (num, "loop", 0, None), "vmap": (num, "vmap", 0, None),
+              f"chunk {num // 2}": (num, "vmap", num // 2, None)}
+  if jax.default_backend() == "cpu" and args.xla_layouts:
+    variants["map (XLA conv layouts)"] = (num, "map", 0, False)
+  variants = {k: v for k, v in variants.items()
+              if k == "one plain step" or v[1] in args.strategies
+              or (v[1] == "vmap" and v[2] and "chunk" in args.strategies)}
   compiled, rss, mem, first = {}, {}, {}, {}
   calls = {}
-  for name, (n, strategy, chunk) in variants.items():
+  for name, (n, strategy, chunk, canonical) in variants.items():
     _rss_reset()
     t0 = time.perf_counter()
-    c, a = build(stem, n, strategy, chunk, args)
+    c, a = build(stem, n, strategy, chunk, args, canonical)
     state = [a[0]]
 
     def call(c=c, a=a, state=state):
@@ -144,12 +180,16 @@ def bench_model(stem: str, num: int, args, rng) -> list[dict[str, Any]]:
     print(f"{stem} C={num} {name}: compiled+1st {first[name]:.1f} s, peak "
           f"{(mem[name] or 0) / 2**20:.0f} MiB, RSS {rss[name]}", flush=True)
   times = harness.round_robin(calls, args.rounds, rng)
-  base = "one model"
+  base = "one plain step"
   picks = train_experts.strategy_candidates(num, "auto", 0, args.batch)
   rows = []
   for name in variants:
-    r = {"model": stem, "num_experts": num, "strategy": name, **harness.summarize(times[name]),
-         **harness.ratios(times[name], times[base]), "first_call_s": first[name],
+    n = variants[name][0]
+    per_expert = harness.ratios(np.asarray(times[name]) / n, times[base])
+    r = {"model": stem, "num_experts": n, "strategy": name, **harness.summarize(times[name]),
+         **harness.ratios(times[name], times[base]),
+         "per_expert_ratio": per_expert["ratio"],
+         "per_expert_ratio_of_mins": per_expert["ratio_of_mins"], "first_call_s": first[name],
          "compiled_peak_mib": None if mem[name] is None else mem[name] / 2**20,
          "compiled_peak_ratio": None if not mem[base] else mem[name] / mem[base],
          "rss_peak_gib": rss[name],
@@ -179,23 +219,33 @@ def full_markdown(rows) -> list[str]:
 
 
 def markdown(info, rows, args, full_rows=()) -> str:
-  lines = ["# Stage 1: stacked experts' training step per strategy vs one model's step", "",
-           harness.machine_line(info), harness.load_line(info), "",
+  lines = ["# Stage 1: stacked experts' training step per strategy vs one plain model step",
+           "", harness.machine_line(info), harness.load_line(info), "",
            f"ResNet width {args.width}, stages {tuple(args.stages)}, {args.image}×{args.image} "
            f"images, holdout batch {args.batch}, AdamW, {args.rounds} interleaved rounds. "
-           "Ratios are to **one model's** training step (same function, C = 1). Compiled "
-           "peak = XLA memory analysis per device; RSS = the process's peak resident set "
-           "while the variant compiled and ran (includes the process's baseline, so its "
-           "ratios understate the differences).", ""]
+           "Ratios are to **one plain model step** (one unstacked model's loss, gradient and "
+           "AdamW update, no loop); **per expert** = the step's time ÷ C ÷ the plain "
+           "step's (≈ 1: each expert trains at a plain step's rate). `map (XLA conv "
+           "layouts)` = the in-place `map` without `conv_layout.canonical_convs`, as before "
+           "issue 23. Compiled peak = XLA memory analysis per device; RSS = the process's peak "
+           "resident set while the variant compiled and ran (includes the process's "
+           "baseline, so its ratios understate the differences).", ""]
   lines += harness.markdown_table(
-      ["model", "C", "strategy", "ms (median)", "× one model", "× (min/min)",
-       "compiled peak MiB", "× one model", "RSS peak GiB", "1st call s"],
+      ["model", "C", "strategy", "ms (median)", "× plain", "per expert × plain",
+       "per expert (min/min)", "compiled peak MiB", "× plain", "RSS peak GiB",
+       "1st call s"],
       [[r["model"], r["num_experts"], r["strategy"], f"{r['median_ms']:.1f}",
-        f"{r['ratio']:.2f}", f"{r['ratio_of_mins']:.2f}",
+        f"{r['ratio']:.2f}", f"**{r['per_expert_ratio']:.2f}**",
+        f"{r['per_expert_ratio_of_mins']:.2f}",
         "" if r["compiled_peak_mib"] is None else f"{r['compiled_peak_mib']:.0f}",
         "" if r["compiled_peak_ratio"] is None else f"{r['compiled_peak_ratio']:.2f}",
         "" if r["rss_peak_gib"] is None else f"{r['rss_peak_gib']:.2f}",
-        f"{r['first_call_s']:.1f}"] for r in rows], "llllrrrrrr")
+        f"{r['first_call_s']:.1f}"] for r in rows], "llllrrrrrrr")
+  slow = [f"{r['model']} C={r['num_experts']} `{r['strategy']}` "
+          f"{r['per_expert_ratio']:.1f}×" for r in rows
+          if r["strategy"] == "map" and r["per_expert_ratio"] > PER_EXPERT_TARGET]
+  lines += ["", f"Target: `map` (the CPU default) within {PER_EXPERT_TARGET}× of a plain step "
+            "per expert: " + ("**missed**: " + ", ".join(slow) if slow else "met") + "."]
   cands = rows[0]["auto_candidates"] if rows else []
   lines += ["", f"`auto` on this backend (`{info['backend']}`) tries, best first: "
             + ", ".join(f"{s}{'' if not c else f' (chunk {c})'}"
@@ -216,6 +266,10 @@ def main() -> None:
   p.add_argument("--image", type=int, default=32)
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--strategies", type=harness.comma_list, default="map,loop,vmap,chunk",
+                 help="which of map, loop, vmap, chunk to time besides the plain step")
+  p.add_argument("--xla_layouts", action=argparse.BooleanOptionalAction, default=True,
+                 help="on CPU also `map` without canonical convolutions (before issue 23)")
   p.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
                  help="also the full-size compiled-memory table (compile only)")
   p.add_argument("--full_batch", type=int, default=320)

@@ -34,6 +34,11 @@ SMOKE = {"num_steps": 2, "batch_size": 32, "experts.num_steps": 2, "experts.eval
 # to the holdout give it 336, so stage 1 runs at the paper's expert batch.
 CLOTHING1M_SIZES = {"clean_train": 56, "clean_val": 56, "clean_test": 56, "noisy_train": 464}
 CLOTHING1M_HOLDOUT_EXTRA = 280
+# The issue-23 CPU smoke release (``--clothing1m_release small``): 336 images, a 96-image
+# holdout (clean val + 40 pool images), for expert batches up to 96 (e.g. 16).
+CLOTHING1M_RELEASES = {
+    "large": (CLOTHING1M_SIZES, CLOTHING1M_HOLDOUT_EXTRA),
+    "small": ({"clean_train": 56, "clean_val": 56, "clean_test": 56, "noisy_train": 168}, 40)}
 
 
 # Fake data large enough for each config's own expert batch (320 for the vision configs):
@@ -79,7 +84,7 @@ def rss_by_stage(log: str) -> list[list]:
   return out
 
 
-def child(name: str, workdir: str, extra: dict[str, Any]) -> None:
+def child(name: str, workdir: str, extra: dict[str, Any], release: str = "large") -> None:
   """Writes the fake data for ``name``, runs its 2-step config, prints timing JSON.
 
   The fakes come from this benchmark's checkout (``ROOT/tests``), so every checkout run
@@ -101,8 +106,9 @@ def child(name: str, workdir: str, extra: dict[str, Any]) -> None:
   if name == "cinic10":
     overrides["dataset.manual_dir"] = str(fakes.write_cinic10(tmp, CINIC10_PER_CLASS)[0])
   if name == "clothing1m":
-    overrides["dataset.manual_dir"] = str(fakes.write_clothing1m(tmp, CLOTHING1M_SIZES)[0])
-    overrides["dataset.clothing1m_holdout_extra"] = CLOTHING1M_HOLDOUT_EXTRA
+    sizes, holdout_extra = CLOTHING1M_RELEASES[release]
+    overrides["dataset.manual_dir"] = str(fakes.write_clothing1m(tmp, sizes)[0])
+    overrides["dataset.clothing1m_holdout_extra"] = holdout_extra
   if name in ("mnli", "qqp"):
     overrides["dataset.tokenizer"] = fakes.write_vocab(tmp)
   config = configuration.with_overrides(config, {**overrides, **extra})
@@ -116,7 +122,8 @@ def child(name: str, workdir: str, extra: dict[str, Any]) -> None:
   print("RESULT " + json.dumps({**timing, "run_s": time.perf_counter() - start}))
 
 
-def run(repo: str, name: str, extra: dict[str, Any], timeout: float) -> dict[str, Any]:
+def run(repo: str, name: str, extra: dict[str, Any], timeout: float,
+        release: str = "large") -> dict[str, Any]:
   """One child run of config ``name`` with ``repo``'s package → wall s, peak RSS, log.
 
   The child is reaped with ``os.wait4``, whose ``ru_maxrss`` (KiB on Linux) is that
@@ -126,7 +133,7 @@ def run(repo: str, name: str, extra: dict[str, Any], timeout: float) -> dict[str
     env = dict(os.environ, PYTHONPATH=str(pathlib.Path(repo).resolve()))
     env.pop("XLA_FLAGS", None)                       # the machine's own devices
     argv = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", name, tmp,
-            json.dumps(extra)]
+            json.dumps(extra), release]
     log_path = pathlib.Path(tmp) / "log.txt"
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -163,6 +170,9 @@ def parse_args(argv=None):
                  help="checkouts to run side by side ('.' = this one)")
   p.add_argument("--set", default="{}", help="JSON of extra config overrides for every run")
   p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+  p.add_argument("--clothing1m_release", choices=sorted(CLOTHING1M_RELEASES), default="large",
+                 help="fake Clothing1M release: large (632 images, 336 holdout) or small "
+                      "(336 images, 96 holdout: the issue-23 CPU smoke run)")
   harness.add_out_flag(p, "whole_run")
   return p.parse_args(argv)
 
@@ -177,7 +187,8 @@ def main(argv=None) -> None:
   rows = []
   for name in args.configs:
     for repo in args.repos:
-      r = run(str(ROOT) if repo == "." else repo, name, extra, args.timeout)
+      r = run(str(ROOT) if repo == "." else repo, name, extra, args.timeout,
+              args.clothing1m_release)
       print(json.dumps({k: v for k, v in r.items() if k != "log_tail"}), flush=True)
       rows.append(r)
   harness.finish_info(info, start)
@@ -197,6 +208,6 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
   if len(sys.argv) > 1 and sys.argv[1] == "--child":
-    child(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+    child(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), *sys.argv[5:6])
   else:
     main()

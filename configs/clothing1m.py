@@ -29,7 +29,8 @@ from reducr_jax.data import real
 
 def get_config():
   config = configuration.load_config(os.path.join(os.path.dirname(__file__), "cifar10.py"))
-  config.dataset = real.default_config("clothing1m")
+  config.dataset = real.default_config("clothing1m", imbalance_mode="weighted_sampler",
+                                       label_noise_mode="any")
   config.dataset.augment = "flip"                  # images are already resized + centre-cropped
   config.dataset.clothing1m_holdout_extra = 100_000  # pool points added to the holdout (paper)
   config.model.stem = "imagenet"                   # torchvision ResNet-18 (7×7 stem + max-pool)
@@ -37,7 +38,7 @@ def get_config():
   # 64 / (2, 2, 2, 2) without one; an explicit value must agree with the checkpoint.
   config.model.width = config_dict.placeholder(int)
   config.model.stage_sizes = config_dict.placeholder(tuple)
-  config.model.mean = ()                           # ImageNet statistics (the stem's default)
+  config.model.mean = ()                           # ImageNet statistics (the stem's default; official)
   config.model.std = ()
   config.model.pretrained = os.path.expanduser(
       "~/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth")

@@ -4,8 +4,10 @@ Data (paper App. A.5, after Sagawa et al. 2020): the GLUE release's ``MNLI/train
 ``dev_matched.tsv``, ``dev_mismatched.tsv`` in ``config.dataset.manual_dir`` (the ``MNLI``
 folder or its parent), or else TFDS ``glue/mnli`` (``config.dataset.glue_source``: 'auto'
 takes the TSV files when they are there; 'tsv' / 'tfds' force one). The labelled train,
-validation_matched and validation_mismatched pairs (412k) are split by the seed into train
-(206k), holdout = validation (164k) and test (41k). Text is tokenised with the local
+validation_matched and validation_mismatched pairs (412k, in file order) are cut as the
+official code does (``dataset.split_mode='official'``): train = the first 206,174 rows,
+holdout = validation = the next 164,939, test = the last 41,236 (``'random'``: a cut by
+the seed in the same proportions). Text is tokenised with the local
 ``bert-base-uncased`` tokenizer (``config.dataset.tokenizer``: a directory with
 ``vocab.txt`` or ``tokenizer.json``) to 128 tokens.
 
@@ -33,7 +35,11 @@ BERT_DIR = os.path.expanduser("~/bert-base-uncased")
 
 def get_config(dataset: str = "mnli"):
   config = configuration.load_config(os.path.join(os.path.dirname(__file__), "default.py"))
-  config.dataset = real.default_config(dataset, tokenizer=BERT_DIR)
+  # Official split (MNLI: the first 206,174 GLUE train rows train, fixed and contiguous;
+  # QQP: train_test_val_split) and data variants (see configs/cifar10.py OFFICIAL_DATA).
+  config.dataset = real.default_config(dataset, tokenizer=BERT_DIR, split_mode="official",
+                                       imbalance_mode="weighted_sampler",
+                                       label_noise_mode="any")
   config.dataset.max_length = 128                  # tokens per pair (official max_seq_length, nlp_datamodules.py)
   config.dataset.augment = "none"
   config.model = ml_collections.ConfigDict()
@@ -75,6 +81,9 @@ def get_config(dataset: str = "mnli"):
   # Official NLP yamls keep `callbacks: worst_val_acc` for every method (the `default`
   # override is commented out), so the baselines too keep the worst-class checkpoint.
   config.model_selection = "worst_class"
+  # Official weighted_reducible_loss_selection: clipped=False (see configs/cifar10.py).
+  config.method_overrides = ml_collections.ConfigDict(
+      {"weighted": {"selection": {"clip": False}}})
   config.eval_every = 2_000
   config.eval_batch_size = 512
   config.log_every = 200

@@ -11,7 +11,8 @@ Caches (:func:`write_cache` / :func:`read_cache`) prefix the payload with a head
 holding its SHA-256; a cache that is truncated, altered or not in this format is reported
 in one warning line, deleted and rebuilt by the caller (``read_cache`` returns ``None``).
 Cache *names* carry a fingerprint of the config they depend on (the callers' business),
-so a changed config never reads a stale cache.
+so a changed config never reads a stale cache; the header holds that fingerprint too, so
+a file copied under another config's name is reported and rebuilt like a damaged one.
 
 :func:`remove_stale_temp_files` deletes the temporary files of dead writers.
 """
@@ -31,6 +32,7 @@ from etils import epath
 from reducr_jax import errors
 
 _HEADER = b"reducr-cache v1 sha256="
+_FINGERPRINT = b" fingerprint="
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 TMP_MARKER = ".tmp-"
 # Temporary files of another host cannot be checked for a live writer: they are removed
@@ -92,29 +94,39 @@ def digest(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
-def write_cache(path: epath.PathLike, payload: bytes) -> None:
-  """Atomically writes ``payload`` with a header holding its SHA-256 (after deleting the
-  temporary files of dead writers next to it)."""
+def write_cache(path: epath.PathLike, payload: bytes, fingerprint: str = "") -> None:
+  """Atomically writes ``payload`` with a header holding its SHA-256 and the
+  ``fingerprint`` of the config it was computed for (after deleting the temporary files
+  of dead writers next to it)."""
   remove_stale_temp_files(epath.Path(path).parent)
-  atomic_write(path, _HEADER + digest(payload).encode() + b"\n" + payload)
+  header = _HEADER + digest(payload).encode()
+  if fingerprint:
+    header += _FINGERPRINT + fingerprint.encode()
+  atomic_write(path, header + b"\n" + payload)
 
 
-def read_cache(path: epath.PathLike) -> Optional[bytes]:
+def read_cache(path: epath.PathLike, fingerprint: str = "") -> Optional[bytes]:
   """The verified payload of a cache file, or ``None`` when it must be (re)built.
 
   A missing file is ``None`` silently; a damaged one (bad header, truncated, hash
-  mismatch) is ``None`` after one warning line naming it, and is deleted.
+  mismatch) or, when ``fingerprint`` is given, one written for another config (another
+  or no fingerprint in its header: a file copied under this config's name) is ``None``
+  after one warning line naming it, and is deleted.
   """
   path = epath.Path(path)
   if not path.exists():
     return None
   raw = path.read_bytes()
   header, sep, payload = raw.partition(b"\n")
+  stored, _, stored_fp = header[len(_HEADER):].partition(_FINGERPRINT)
   problem = None
   if not sep or not header.startswith(_HEADER):
     problem = "not a reducr cache file (old format or garbage)"
-  elif header[len(_HEADER):].decode(errors="replace") != digest(payload):
+  elif stored.decode(errors="replace") != digest(payload):
     problem = "content hash mismatch (truncated or altered)"
+  elif fingerprint and stored_fp.decode(errors="replace") != fingerprint:
+    problem = (f"written for another config: fingerprint "
+               f"{stored_fp.decode(errors='replace') or '<none>'}, this config's {fingerprint}")
   if problem is None:
     return payload
   logging.warning("cache %s is damaged (%s); rebuilding it", path, problem)

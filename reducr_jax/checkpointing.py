@@ -19,8 +19,10 @@ directories are deleted (by process 0, synchronously) when a writable
 :class:`Checkpointer` is opened, and a re-save of the same step also replaces its stale
 temporary directory. On GCS orbax instead writes in place and marks completion with
 ``commit_success.txt`` (``CommitFileTemporaryPath``); discovery then requires that file.
-Old steps beyond ``max_to_keep`` are deleted only after the new step is finalised, so a
-crash never leaves fewer complete checkpoints than before. (This is crash consistency
+Old steps beyond ``max_to_keep`` are deleted only after the new step is finalised *and*
+its manifest written (see Integrity), counting only steps with a manifest, so a crash
+never leaves fewer complete checkpoints than before and the newest verified step is kept
+until a newer verified one exists. (This is crash consistency
 against the process dying; orbax 0.12's v0 API does not ``fsync`` the rename, so
 durability across a power loss is up to the file system.)
 
@@ -45,8 +47,11 @@ naming each damaged step (hash mismatch, or a step that fails to load), deletes 
 re-run would refuse to overwrite it when it reaches that step again) and restores the
 newest intact one. A finalised step without a manifest (its writer was killed between
 orbax's rename and the manifest, or it predates manifests) is complete as far as orbax
-knows: it is restored with a warning that it is unverified, and falls back like a damaged
-one if it does not load. A save
+knows: it is restored with a warning that it is unverified; it falls back like a damaged
+one if it does not load or holds non-finite floats where the template's are finite.
+A step whose stored tree (orbax's metadata) has other shapes than the template, or an
+intact (manifest-verified) step that does not load, was written by another config: that
+is :class:`CheckpointMismatch` (a ``ConfigError``, exit 2), and the step is kept. A save
 that fails with a full disk removes its temporary directory and raises
 :class:`reducr_jax.caches.DiskFullError`. Temporary directories of a dead writer
 (``<step>.orbax-checkpoint-tmp*``) are deleted when a writable Checkpointer opens.
@@ -54,10 +59,10 @@ that fails with a full disk removes its temporary directory and raises
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
+import sys
 from typing import Any, Mapping, Optional
 
 import jax
@@ -66,28 +71,36 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from reducr_jax import caches
+from reducr_jax import checkpoint_io
+from reducr_jax import errors
+from reducr_jax.checkpoint_io import content_digest, is_key_array  # noqa: F401  (re-exported)
+from reducr_jax.checkpoint_io import remove_temporary_directories
+from reducr_jax.checkpoint_io import stored_metadata  # noqa: F401  (re-exported)
 
-__all__ = ["Checkpointer", "CheckpointDamaged", "MANIFEST", "quiet_orbax_logging"]
+__all__ = ["Checkpointer", "CheckpointDamaged", "CheckpointMismatch", "MANIFEST",
+           "quiet_orbax_logging", "stored_metadata"]
 
-MANIFEST = "reducr_manifest.json"
+MANIFEST = checkpoint_io.MANIFEST
 NO_MANIFEST = "no manifest (its writer stopped right after orbax's rename)"
-_TMP_MARKER = ".orbax-checkpoint-tmp"
 
 PyTree = Any
 
-_STATE = "state"
-_METADATA = "metadata"
+_STATE = checkpoint_io.STATE
+_METADATA = checkpoint_io.METADATA
 
 
 class _OrbaxInfoFilter(logging.Filter):
-  """Drops absl records below WARNING that orbax emits (it logs a lot at INFO)."""
+  """Drops orbax's absl records below WARNING (it logs a lot at INFO) and its background
+  threads' errors (with tracebacks) of a full disk, which the failed save reports."""
 
   _marker = os.sep + "orbax" + os.sep
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.WARNING:
+    if self._marker not in (record.pathname or ""):
       return True
-    return self._marker not in (record.pathname or "")
+    if record.levelno >= logging.WARNING:
+      return not caches.is_disk_full(RuntimeError(record.getMessage()))
+    return False
 
 
 _ORBAX_FILTER = _OrbaxInfoFilter()
@@ -107,55 +120,18 @@ def quiet_orbax_logging(quiet: bool = True) -> None:
     absl_logger.removeFilter(_ORBAX_FILTER)
 
 
-def _is_key_array(x: Any) -> bool:
-  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+def _drop_closed_loop_tracebacks():
+  """Drops unraisable ``RuntimeError: Event loop is closed`` (anything else goes to the
+  previous ``sys.unraisablehook``) until the returned function is called: after a failed
+  write (full disk) tensorstore's pending writes complete into orbax's closed event loops
+  and report these, a traceback each, around the one-line error."""
+  previous = sys.unraisablehook
 
-
-def _restore_target(path: Any, leaf: Any) -> Any:
-  """Template leaf → what ``StandardRestore`` needs to restore it with the same type."""
-  if isinstance(leaf, (bool, int, float)):  # Python scalars: orbax restores them as such.
-    return leaf
-  if isinstance(leaf, jax.ShapeDtypeStruct):
-    return leaf
-  if isinstance(leaf, jax.Array):
-    if _is_key_array(leaf):  # Typed PRNG keys: orbax needs the array itself.
-      return leaf
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-  if isinstance(leaf, np.ndarray):
-    return leaf
-  if isinstance(leaf, np.generic):
-    return np.asarray(leaf)
-  raise TypeError(
-      f"Unsupported template leaf at {jax.tree_util.keystr(path)}: {type(leaf).__name__}. "
-      "Leaves must be jax/numpy arrays, numpy scalars, Python int/float/bool or "
-      "jax.ShapeDtypeStruct.")
-
-
-def _coerce(path: Any, leaf: Any, value: Any) -> Any:
-  """Restored value → the type, dtype and shape of the template leaf."""
-  where = jax.tree_util.keystr(path)
-  if isinstance(leaf, (bool, int, float)):
-    return type(leaf)(np.asarray(value).item())
-  if isinstance(leaf, np.generic):
-    return leaf.dtype.type(np.asarray(value, dtype=leaf.dtype))
-  shape, dtype = tuple(leaf.shape), leaf.dtype
-  if tuple(np.shape(value)) != shape:
-    raise ValueError(f"Checkpoint leaf {where} has shape {np.shape(value)}; template "
-                     f"expects {shape}.")
-  if isinstance(leaf, np.ndarray):
-    return np.asarray(value, dtype=dtype)
-  if isinstance(leaf, jax.Array):
-    if _is_key_array(leaf):
-      if not (isinstance(value, jax.Array) and value.dtype == dtype):
-        value = jax.random.wrap_key_data(np.asarray(value), impl=jax.random.key_impl(leaf))
-      return jax.device_put(value, leaf.sharding)
-    if not isinstance(value, jax.Array):
-      value = jax.device_put(np.asarray(value, dtype=dtype), leaf.sharding)
-    return value if value.dtype == dtype else value.astype(dtype)
-  # jax.ShapeDtypeStruct template: a jax array (numpy if it came back as numpy).
-  if isinstance(value, jax.Array):
-    return value if value.dtype == dtype else value.astype(dtype)
-  return np.asarray(value, dtype=dtype)
+  def hook(u):
+    if str(u.exc_value) != "Event loop is closed" or u.exc_type is not RuntimeError:
+      previous(u)
+  sys.unraisablehook = hook
+  return lambda: setattr(sys, "unraisablehook", previous) if sys.unraisablehook is hook else None
 
 
 def _json_default(obj: Any) -> Any:
@@ -177,36 +153,9 @@ class CheckpointDamaged(ValueError):
   """A checkpoint step failed verification (missing manifest, hash mismatch, unreadable)."""
 
 
-def content_digest(step_dir: str | os.PathLike) -> str:
-  """SHA-256 over every file of a step directory except the manifest (path, size, bytes)."""
-  root = epath.Path(step_dir)
-  files = sorted((os.path.relpath(os.fspath(d / n), os.fspath(root)), d / n)
-                 for d, _, names in root.walk() for n in names)
-  files = [(rel, p) for rel, p in files if rel != MANIFEST]
-  h = hashlib.sha256()
-  for rel, path in files:
-    file_hash, size = hashlib.sha256(), 0
-    with path.open("rb") as f:
-      for block in iter(lambda: f.read(1 << 20), b""):  # pylint: disable=cell-var-from-loop
-        file_hash.update(block)
-        size += len(block)
-    h.update(f"{rel}\0{size}\0{file_hash.hexdigest()}\n".encode())
-  return h.hexdigest()
-
-
-def remove_temporary_directories(directory: str | os.PathLike) -> list[str]:
-  """Deletes ``<step>.orbax-checkpoint-tmp*`` directories (saves that never finished).
-
-  Only call it when no other writer can be saving into ``directory`` (the trainer holds
-  the workdir lock). Returns the names removed.
-  """
-  directory = epath.Path(directory)
-  if not directory.is_dir():
-    return []
-  removed = sorted(p.name for p in directory.iterdir() if _TMP_MARKER in p.name)
-  for name in removed:
-    (directory / name).rmtree(missing_ok=True)
-  return removed
+class CheckpointMismatch(errors.ConfigError):
+  """An intact checkpoint holds another state than the template (written by another
+  config): a bad input (exit 2), never damage; the checkpoint is kept."""
 
 
 class Checkpointer:
@@ -253,7 +202,10 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         # Settings that read_only would otherwise override with a warning.
         save_interval_steps=0 if self._read_only else 1,
-        max_to_keep=None if self._read_only else self._max_to_keep,
+        # Old steps are deleted by :meth:`_rotate` once the new step's manifest is
+        # written (orbax would delete them before it, and could delete the last verified
+        # step while the newer ones have no manifest).
+        max_to_keep=None,
         create=not self._read_only,
         # Stale temporary directories are removed synchronously below (process 0);
         # orbax's own clean-up runs in a background thread that raced with it (a directory
@@ -323,6 +275,7 @@ class Checkpointer:
           "Checkpoint for step %d already exists in %s; not overwriting.", step,
           self._directory)
       return
+    restore_hook = _drop_closed_loop_tracebacks()   # kept after a full disk (see there)
     try:
       saved = self._manager.save(
           step,
@@ -335,12 +288,14 @@ class Checkpointer:
       self._manager.wait_until_finished()  # A no-op for the synchronous checkpointer.
     except Exception as e:  # pylint: disable=broad-except
       if not caches.is_disk_full(e):
+        restore_hook()
         raise
       if jax.process_index() == 0:
         remove_temporary_directories(self._directory)
       raise caches.DiskFullError(
           f"disk full while saving checkpoint {step} in {self._directory}: free space and "
           "run the same command again (it resumes from the last checkpoint)") from None
+    restore_hook()
     if not saved:
       raise RuntimeError(f"orbax declined to save step {step} in {self._directory}.")
     self._write_manifest(step)
@@ -349,15 +304,33 @@ class Checkpointer:
     return os.path.join(self._directory, str(int(step)))
 
   def _write_manifest(self, step: int) -> None:
-    """Process 0 writes the content hash of a finalised step, last (collective)."""
+    """Process 0 writes the content hash of a finalised step, last, then deletes the
+    steps it makes obsolete (:meth:`_rotate`) (collective)."""
     if jax.process_index() == 0:
       step_dir = self._step_dir(step)
       manifest = {"step": int(step), "sha256": content_digest(step_dir)}
       caches.atomic_write(os.path.join(step_dir, MANIFEST),
                           json.dumps(manifest, sort_keys=True).encode())
+      self._rotate()
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f"reducr_manifest_{step}")
+    self._manager.reload()
+
+  def _rotate(self) -> None:
+    """Keeps the newest ``max_to_keep`` steps that have a manifest; deletes older steps
+    and steps without a manifest that are older than the newest one with a manifest. So
+    the newest verified step is kept until a newer verified one exists."""
+    if self._max_to_keep is None:
+      return
+    steps = sorted((int(s) for s in self._manager.all_steps()), reverse=True)
+    verified = [s for s in steps if epath.Path(self._step_dir(s), MANIFEST).exists()]
+    keep = set(verified[:self._max_to_keep])
+    if not keep:
+      return
+    for s in steps:
+      if s not in keep and s < max(keep):
+        epath.Path(self._step_dir(s)).rmtree(missing_ok=True)
 
   def verify(self, step: int) -> Optional[str]:
     """``None`` when ``step`` matches its manifest, else what is wrong (one phrase)."""
@@ -388,16 +361,25 @@ class Checkpointer:
     log = logging.getLogger(__name__)
     for step in sorted(self.all_steps(), reverse=True):
       problem = self.verify(step)
-      if problem == NO_MANIFEST:
+      unverified = problem == NO_MANIFEST
+      if unverified:
         log.warning("checkpoint %s has %s; restoring it unverified", self._step_dir(step),
                     NO_MANIFEST)
         problem = None
       if problem is None:
+        self._check_layout(template, step)
         try:
           state, metadata = self.restore(template, step, verify=False)
-          return step, state, metadata
         except Exception as e:  # pylint: disable=broad-except
-          problem = f"cannot be restored: {type(e).__name__}: {str(e).splitlines()[0]}"[:300]
+          what = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"[:300]
+          if not unverified:        # its bytes are those written: not damage
+            raise self._mismatch(step, f"it does not load: {what}") from None
+          problem = f"cannot be restored: {what}"
+        else:
+          bad = checkpoint_io.non_finite(template, state) if unverified else []
+          if not bad:
+            return step, state, metadata
+          problem = f"non-finite values in {', '.join(bad[:3])}"
       log.warning("checkpoint %s is damaged (%s); deleting it and trying an older one",
                   self._step_dir(step), problem)
       if not self._read_only and jax.process_index() == 0:
@@ -407,6 +389,29 @@ class Checkpointer:
         multihost_utils.sync_global_devices(f"reducr_damaged_{step}")
       self._manager.reload()
     return None
+
+  def _mismatch(self, step: int, what: str) -> CheckpointMismatch:
+    return CheckpointMismatch(
+        f"checkpoint {self._step_dir(step)} holds another state than this config builds "
+        f"({what}): it was written by another config; it is kept (nothing deleted): use a "
+        "new --workdir, or the config that wrote it")
+
+  def _check_layout(self, template: PyTree, step: int) -> None:
+    """Raises :class:`CheckpointMismatch` when the step's stored tree (orbax's own
+    metadata) has other array shapes than ``template`` (nothing when it is unreadable)."""
+    try:
+      stored = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(self._step_dir(step), _STATE))
+      stored = jax.tree.leaves(getattr(stored, "tree", stored),
+                               is_leaf=lambda x: hasattr(x, "shape"))
+    except Exception:  # pylint: disable=broad-except  # unreadable: restoring decides
+      return
+    mine = jax.tree.leaves(template)
+    a, b = checkpoint_io.shape_list(stored), checkpoint_io.shape_list(mine)
+    if a != b:
+      diff = sorted(set(a) ^ set(b))[:3]
+      raise self._mismatch(step, f"{len(a)} arrays, {len(b)} expected; shapes differ: "
+                           f"{', '.join(map(str, diff)) or 'in how many there are'}")
 
   def restore(self, template: PyTree, step: int | None = None, *, verify: bool = True
               ) -> tuple[PyTree, dict[str, Any]]:
@@ -445,7 +450,7 @@ class Checkpointer:
       problem = self.verify(step)
       if problem is not None and problem != NO_MANIFEST:
         raise CheckpointDamaged(f"checkpoint {self._step_dir(step)} is damaged: {problem}")
-    target = jax.tree_util.tree_map_with_path(_restore_target, template)
+    target = jax.tree_util.tree_map_with_path(checkpoint_io.restore_target, template)
     restored = self._manager.restore(
         step,
         args=ocp.args.Composite(**{
@@ -456,7 +461,7 @@ class Checkpointer:
     values = jax.tree_util.tree_structure(template).flatten_up_to(restored[_STATE])
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     state = jax.tree_util.tree_unflatten(
-        treedef, [_coerce(p, l, v) for (p, l), v in zip(paths_leaves, values)])
+        treedef, [checkpoint_io.coerce(p, l, v) for (p, l), v in zip(paths_leaves, values)])
     metadata = restored[_METADATA]
     return state, dict(metadata) if metadata is not None else {}
 

@@ -75,3 +75,45 @@ def check_k(k, batch_size: int, name: str = "k") -> int:
   if not 1 <= k <= batch_size:
     raise ValueError(f"{name} must be in [1, {batch_size}] (the batch size), got {k}")
   return k
+
+
+def check_num_classes(num_classes, name: str = "num_classes") -> int:
+  """Returns ``num_classes`` as an int after checking it is a static integer >= 1."""
+  if isinstance(num_classes, jax.core.Tracer) or isinstance(num_classes, (bool, np.bool_)) \
+      or not is_real(num_classes) or not float(num_classes).is_integer() or num_classes < 1:
+    raise ValueError(f"{name} must be a positive int, got {num_classes!r}")
+  return int(num_classes)
+
+
+def check_labels(name: str, labels, n: Optional[int] = None) -> None:
+  """Raises unless ``labels`` is an integer ``[n]`` array (``n=None``: any length)."""
+  described = "[n]" if n is None else f"[n={n}]"
+  check_shape(name, labels, (n,), described)
+  dtype = getattr(labels, "dtype", None) or np.asarray(labels).dtype
+  if not np.issubdtype(dtype, np.integer):
+    raise ValueError(f"{name} must be integer class labels, got dtype {dtype}")
+
+
+def check_key(name: str, rng) -> None:
+  """Raises unless ``rng`` is a PRNG key: a typed key (``jax.random.key``) or a raw
+  ``uint32[2]`` key (``jax.random.PRNGKey``)."""
+  dtype = getattr(rng, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return
+  if dtype is not None and np.dtype(dtype) == np.uint32 and tuple(np.shape(rng)) == (2,):
+    return
+  got = f"{type(rng).__name__} {rng!r}" if dtype is None else (
+      f"an array of dtype {dtype} and shape {tuple(np.shape(rng))}")
+  raise ValueError(f"{name} must be a PRNG key (jax.random.key(seed)), got {got}")
+
+
+def check_non_negative(name: str, x) -> None:
+  """Raises if the concrete array ``x`` has a negative or NaN entry; tracers pass (a
+  value known only when the jitted function runs cannot be checked)."""
+  if isinstance(x, jax.core.Tracer):
+    return
+  a = np.asarray(x)
+  bad = np.flatnonzero(~(a >= 0))
+  if bad.size:
+    raise ValueError(f"{name} must be >= 0 everywhere, got {a.reshape(-1)[bad[0]]} at "
+                     f"index {bad[0]}")

@@ -102,26 +102,63 @@ def config():
   return value
 
 
+def _config_arg(argv: list[str]):
+  """The value of ``--config=FILE[:ARG]`` / ``--config FILE[:ARG]`` in ``argv``, or None."""
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      return a.split("=", 1)[1]
+    if a == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _no_get_config(e: BaseException) -> bool:
+  """``e`` says the ``--config`` module has no ``get_config`` (an empty file, a typo)."""
+  return "has no attribute 'get_config'" in str(e)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with one-line errors for bad ``--config.*`` overrides."""
+  """absl flag parsing with one-line errors for bad ``--config.*`` overrides, a missing
+  ``--config``, a config file without ``get_config`` and a failing ``FILE:ARG``."""
+  path = _config_arg(argv) or ""
+  file, _, arg = path.partition(":")
+  overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+  if overrides and not path:
+    fail(f"{overrides[0]} overrides a field of the config file, but no --config=FILE is "
+         "given (e.g. --config=configs/default.py)")
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    fail(str(e))
+    text = str(e)
+    if "Error whilst parsing config file" in text:    # ml_collections: a traceback follows
+      with_arg = f" with argument {arg!r} (get_config({arg!r}))" if arg else ""
+      if _no_get_config(e):
+        fail(f"--config file {file} defines no get_config() function (an empty file, or "
+             "a misspelt name?)")
+      fail(f"--config file {file} cannot be loaded{with_arg}: {_last_line(e)}")
+    fail(text)
 
-  except (AttributeError, KeyError) as e:
-    # ml_collections reports an unknown field as AttributeError("'name'\nDid you mean ...").
-    text = str(e).encode().decode("unicode_escape").strip("'\"")
-    field, _, hint = text.partition("\n")
-    field = field.strip("'\"")
-    arg = next((a.split("=")[0] for a in argv if a.startswith("--config.") and
-                field in a.split("=")[0].split(".")), f"--config.…{field}")
-    hint = f" ({hint.strip()})" if hint.strip() else ""
-    fail(f"{arg}: no such config field{hint}")
+  except AttributeError as e:
+    if _no_get_config(e):
+      fail(f"--config file {file} defines no get_config() function (an empty file, or a "
+           "misspelt name?)")
+    _unknown_field(argv, e)
+  except KeyError as e:
+    _unknown_field(argv, e)
   except Exception as e:  # pylint: disable=broad-except  # the --config file failed to run
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
-    fail(f"--config file {path} cannot be loaded: {_last_line(e)}")
+    fail(f"--config file {file} cannot be loaded: {_last_line(e)}")
   return []  # unreachable
+
+
+def _unknown_field(argv: list[str], e: BaseException) -> None:
+  """ml_collections reports an unknown field as AttributeError("'name'\nDid you mean ...")."""
+  text = str(e).encode().decode("unicode_escape").strip("'\"")
+  field, _, hint = text.partition("\n")
+  field = field.strip("'\"")
+  arg = next((a.split("=")[0] for a in argv if a.startswith("--config.") and
+              field in a.split("=")[0].split(".")), f"--config.…{field}")
+  hint = f" ({hint.strip()})" if hint.strip() else ""
+  fail(f"{arg}: no such config field{hint}")
 
 
 def run(main: Callable[[list[str]], None]) -> None:
@@ -139,5 +176,38 @@ def run(main: Callable[[list[str]], None]) -> None:
     except configuration.ConfigError as e:
       fail(str(e))
     except errors.RunError as e:
-      fail(str(e), e.exit_code, e.prefix)
+      print(f"{e.prefix}: {e}" if e.prefix else str(e), file=sys.stderr, flush=True)
+      exit_at_once(e.exit_code, shutdown=getattr(e, "collective", True))
   app.run(wrapped, flags_parser=parse_flags)
+
+
+def exit_at_once(code: int, shutdown: bool = True) -> None:
+  """Ends the process with ``code`` without the interpreter's teardown (``os._exit``).
+
+  A run that stops (signal, divergence, full disk) may leave the batch-prefetch thread
+  inside JAX (``device_put``); a normal exit tears the runtime down under it, which
+  crashed with SIGSEGV / SIGABRT after the right line in some trials. Everything the run
+  writes is already on disk (atomic files, synchronous checkpoints); output streams and
+  log handlers are flushed here. ``shutdown``: in a multi-process run, first leave JAX's
+  distributed runtime together with the other processes (they stop at the same step).
+  """
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  for handler in list(std_logging.getLogger().handlers) + list(
+      std_logging.getLogger("absl").handlers):
+    try:
+      handler.flush()
+    except Exception:  # pylint: disable=broad-except
+      pass
+  jax = sys.modules.get("jax")
+  if shutdown and jax is not None:
+    try:
+      if jax.process_count() > 1:
+        jax.distributed.shutdown()
+    except Exception:  # pylint: disable=broad-except
+      pass
+  os._exit(code)  # pylint: disable=protected-access

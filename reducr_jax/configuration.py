@@ -7,8 +7,10 @@ leaves a partial checkpoint behind.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 
 import jax
 import ml_collections
@@ -20,6 +22,7 @@ from reducr_jax import experts
 from reducr_jax import models
 from reducr_jax import optimizers
 from reducr_jax import reweighters
+from reducr_jax import selection
 from reducr_jax import selectors
 from reducr_jax.data import augment
 from reducr_jax.errors import ConfigError  # noqa: F401  (defined in a leaf module, re-exported)
@@ -102,21 +105,21 @@ def _check_eta(eta) -> None:
 
 def resolve_eta(config: ml_collections.ConfigDict, num_classes: int | None = None,
                 announce=None):
-  """``(config with a numeric selection.eta, η)``; ``"auto"`` is resolved by
-  :func:`reducr_jax.selectors.reducr.resolved_eta` (``η = (1/k) √(8 / (T ln C))``, the
-  regret-bound optimum of :func:`reducr_jax.mwu.auto_eta` with T = num_steps, L = k ln C)
-  and, with ``announce`` (e.g. ``progress.say``), reported in one line. A number is
-  returned unchanged (config not copied). ``num_steps`` is resumable: a run resumed with
-  more steps gets a smaller η for the rest of the run.
+  """``(config, η as used)``: a number as a float; ``"auto"`` as the anytime schedule
+  ``{"schedule": "anytime", "eta_1", "eta_T", "num_updates"}`` of
+  :func:`reducr_jax.selectors.reducr.resolved_eta` (``η_t = √(8 ln C / (t L²))`` at step t,
+  L = k ln C: the anytime Hedge rate, :func:`reducr_jax.mwu.anytime_update`), reported in
+  one line with ``announce`` (e.g. ``progress.say``). The config is returned unchanged: the
+  rule computes η_t from its update count, so ``num_steps`` (resumable) does not change
+  the steps already taken — a run extended from T to 2T steps is the 2T-step run.
   """
-  if config.selection.eta != ETA_AUTO:
-    return config, float(config.selection.eta)
   eta = selectors.reducr.resolved_eta(config, num_classes)
-  if announce is not None:
+  if isinstance(eta, dict) and announce is not None:
     c = num_classes
-    announce(f"selection.eta = auto -> {eta:.4g} (sqrt(8 ln C / (T L^2)), C = {c}, "
-             f"T = {config.num_steps}, L = k ln C = {num_selected(config)} ln {c})")
-  return with_overrides(config, {"selection.eta": eta}), eta
+    announce(f"selection.eta = auto -> anytime eta_t = {eta['eta_1']:.4g}/sqrt(t) "
+             f"(sqrt(8 ln C / (t L^2)), C = {c}, L = k ln C = {num_selected(config)} ln {c}; "
+             f"{eta['eta_T']:.4g} at step T = {config.num_steps})")
+  return config, eta
 
 
 K_ROUNDINGS = ("round", "floor")
@@ -139,16 +142,24 @@ ADDED_FIELDS = {
     "dataset.split_mode": "random",
     "dataset.groups": [],                 # as JSON records it
     "optimizer.learning_rate_by_method": {},
+    "max_skipped_share": 0.5,
+    "selection.grad_norm_sampling": "top_k",
+    "method_overrides": {},
+    "model.dropout_rate": 0.0,            # mlp / resnet18 (bert configs always had it)
+    "selection.mc_passes": 10,
+    "dataset.cinic10_relevance": False,   # real datasets only
+    "experts.double_irreducible": False,
 }
 
 
+k_for = selection.k_for       # the one rule for k (pure; selectors.reducr uses it too)
+
+
 def num_selected(config: ml_collections.ConfigDict) -> int:
-  """k = round(percent_selected · B), or (``selection.k_rounding='floor'``, the official
-  ``max(1, int(B · percent_train))`` of ``src/models/MultiModels.py``) int() truncation."""
-  k = config.selection.percent_selected * config.batch_size
-  if config.selection.k_rounding == "floor":
-    return max(1, int(k))
-  return int(round(k))
+  """k of ``config`` (:func:`k_for`): what the train step selects and what η='auto',
+  the reweighters and the size checks use."""
+  return k_for(config.batch_size, config.selection.percent_selected,
+               config.selection.k_rounding)
 
 
 def validate_config(config: ml_collections.ConfigDict,
@@ -161,6 +172,7 @@ def validate_config(config: ml_collections.ConfigDict,
       k must split evenly across devices.
   """
   check_finite(config)
+  apply_method_overrides(config)            # its one-line errors (the trainer applies it)
   try:
     data.validate_dataset_config(config.dataset)
   except ValueError as e:
@@ -203,8 +215,9 @@ def validate_config(config: ml_collections.ConfigDict,
   k = num_selected(config)
   if k < 1:
     raise ConfigError(
-        f"config.selection.percent_selected · config.batch_size must give k >= 1, got "
-        f"k = round({sel.percent_selected} · {config.batch_size}) = {k}")
+        f"config.selection.percent_selected · config.batch_size must give k >= 1 points "
+        f"per step, got k = {sel.k_rounding}({sel.percent_selected} · {config.batch_size}) "
+        f"= {k} (config.selection.k_rounding={sel.k_rounding!r}); raise one of them")
   n = num_devices or jax.local_device_count()
   if config.batch_size % n or k % n:
     raise ConfigError(
@@ -240,6 +253,12 @@ def validate_config(config: ml_collections.ConfigDict,
   if ex.update_on_selected and ex.losses == "precomputed":
     raise ConfigError("config.experts.update_on_selected=True needs config.experts.losses "
                       "'online' or 'multihead' (a precomputed table cannot be updated)")
+  double = ex.get("double_irreducible", False)    # reducr_jax.double_reference
+  if not isinstance(double, bool):
+    raise ConfigError(f"config.experts.double_irreducible must be True or False, got {double!r}")
+  if double and ex.losses != "precomputed":
+    raise ConfigError("config.experts.double_irreducible=True needs config.experts.losses="
+                      f"'precomputed' (the official output is a loss table), got {ex.losses!r}")
   _one_of("config.experts.strategy", ex.strategy, EXPERT_STRATEGIES)
   _number("config.experts.num_steps", ex.num_steps, 1, integer=True)
   _number("config.experts.batch_size", ex.batch_size, 1, integer=True)
@@ -252,6 +271,7 @@ def validate_config(config: ml_collections.ConfigDict,
   _number("config.selection.beta", sel.beta, 0)
   _one_of("config.selection.sampling", sel.sampling, selectors.weighted.SAMPLINGS)
   _number("config.selection.uniform_after_steps", sel.uniform_after_steps, 0, integer=True)
+  _number("config.selection.mc_passes", sel.get("mc_passes", 10), 0, integer=True)
   _one_of("config.selection.base_method", sel.base_method,
           tuple(m for m in selectors.names() if m != "uniform_after"))
   try:    # the rule's and reweighter's own checks (e.g. class_weights), still before any work
@@ -294,15 +314,32 @@ def validate_config(config: ml_collections.ConfigDict,
           evaluation_rules.MODEL_SELECTION)
   _number("config.max_consecutive_skipped", config.max_consecutive_skipped, 1,
           integer=True)
+  _number("config.max_skipped_share", config.max_skipped_share, 0, 1)
   for name in ("eval_every", "eval_batch_size", "log_every", "checkpoint_every"):
     _number(f"config.{name}", config[name], 1, integer=True)
+
+
+@contextlib.contextmanager
+def _stderr_fd_discarded():
+  """Discards what C/C++ code writes to file descriptor 2 inside the block (Python's
+  ``sys.stderr`` is flushed first, so nothing of it is lost); the descriptor is restored."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, "wb") as sink:
+      os.dup2(sink.fileno(), 2)
+      yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
 
 
 def check_workdir(workdir: str) -> str:
   """Returns the absolute workdir after checking it can be created and written.
 
-  A ``gs://bucket/dir`` workdir is accepted as it is (no probe write: that would need
-  credentials before any work); every file the trainer writes goes through
+  A ``gs://bucket/dir`` workdir is probed with one read (does it exist?), no write; a
+  storage that cannot be reached (no network, no credentials) is one line here instead of
+  a traceback from the first write. Every file the trainer writes goes through
   :mod:`etils.epath` and orbax. Other URL schemes are refused.
 
   Raises:
@@ -313,7 +350,16 @@ def check_workdir(workdir: str) -> str:
   if "://" in workdir:
     if not workdir.startswith("gs://"):
       raise ConfigError(f"--workdir {workdir}: of storage URLs only gs:// is supported")
-    return workdir.rstrip("/")             # created on first write; see README (untested)
+    workdir = workdir.rstrip("/")          # created on first write; see README (untested)
+    try:
+      from etils import epath  # pylint: disable=g-import-not-at-top
+      with _stderr_fd_discarded():     # TensorFlow's GCS client logs its retries in C++
+        epath.Path(workdir).exists()
+    except Exception as e:  # pylint: disable=broad-except  # any storage client's error
+      lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+      raise ConfigError(f"--workdir {workdir} cannot be reached: {type(e).__name__}: "
+                        f"{lines[0] if lines else ''}") from None
+    return workdir
   path = os.path.abspath(os.path.expanduser(workdir))
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(f"--workdir {path} exists and is not a directory")
@@ -326,6 +372,58 @@ def check_workdir(workdir: str) -> str:
   except OSError as e:
     raise ConfigError(f"--workdir {path} cannot be written: {e.strerror or e}") from None
   return path
+
+
+def check_output_dirs(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The directories a run writes into (checkpoints, experts and pruning caches, as
+  :mod:`reducr_jax.train_experts` / :mod:`reducr_jax.prune_stage` name them) must not be
+  plain files: one line naming the path and its field, before any work (otherwise the run
+  fails when it first writes there, after stage 1 or the training loop)."""
+  if "://" in workdir:
+    return
+  dirs = [("--workdir", os.path.join(workdir, "checkpoints")),
+          ("config.experts.cache_dir", config.experts.cache_dir or
+           os.path.join(workdir, "experts")),
+          ("config.pruning.cache_dir", config.pruning.cache_dir or
+           os.path.join(workdir, "pruning"))]
+  for field, path in dirs:
+    path = os.path.expanduser(path)
+    if "://" not in path and os.path.exists(path) and not os.path.isdir(path):
+      raise ConfigError(f"{path} ({field}) exists and is not a directory: move the file "
+                        "away or choose another path")
+
+
+def apply_method_overrides(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with ``config.method_overrides[config.selection.method]`` applied (a copy;
+  ``config`` itself when the method has none): the per-method settings of the official
+  experiment yamls (e.g. CINIC-10 uniform at B = 640). The overrides stay in the config,
+  so the result is a fixed point and a resumed run resolves the same way.
+
+  Raises:
+    ConfigError: a key that is not a registered rule, a field that does not exist, or one
+      that may not differ by method (``selection.method``, ``method_overrides``).
+  """
+  table = config.get("method_overrides") or {}
+  for method, fields in table.items():
+    _one_of("config.method_overrides key", method, selectors.names())
+    if not isinstance(fields, (ml_collections.ConfigDict, dict)):
+      raise ConfigError(f"config.method_overrides.{method} must be a dict of config fields, "
+                        f"got {fields!r}")
+  fields = table.get(config.selection.method)
+  if not fields:
+    return config
+  flat = {name[len("config."):]: value for name, value in _leaves(fields)}
+  for name in flat:
+    node, parts = config, name.split(".")
+    for part in parts:
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise ConfigError(f"config.method_overrides.{config.selection.method}.{name}: "
+                          f"config.{name} is not a config field")
+      node = node[part]
+    if name == "selection.method" or name.startswith("method_overrides"):
+      raise ConfigError(f"config.method_overrides.{config.selection.method}.{name}: "
+                        f"config.{name} cannot be set per method")
+  return with_overrides(config, flat)
 
 
 def with_overrides(config: ml_collections.ConfigDict,
@@ -358,6 +456,9 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+      raise ConfigError(f"--config file {path} defines no get_config() function (an empty "
+                        "file, or a misspelt name?)")
     config = module.get_config(arg) if arg else module.get_config()
   except ConfigError:
     raise

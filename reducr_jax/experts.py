@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from reducr_jax import checks
+from reducr_jax import conv_layout
 from reducr_jax.data import groups as groups_lib
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -169,6 +170,11 @@ def init_experts(init_fn: InitFn, tx: optax.GradientTransformation, rng: jax.Arr
   return ExpertsState(params, jax.vmap(tx.init)(params), model_state)
 
 
+def _check_strategy(strategy: str) -> None:
+  if strategy not in STRATEGIES:
+    raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+
+
 def map_experts(fn: Callable[[Any], Any], stacked: Any, strategy: str = "vmap",
                 chunk: int = 0) -> Any:
   """``fn`` applied to each expert's slice of ``stacked``, outputs stacked on axis 0.
@@ -189,8 +195,7 @@ def map_experts(fn: Callable[[Any], Any], stacked: Any, strategy: str = "vmap",
   Returns:
     ``fn``'s outputs with a leading axis C.
   """
-  if strategy not in STRATEGIES:
-    raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+  _check_strategy(strategy)
   if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 0:
     raise ValueError(f"chunk must be an int >= 0, got {chunk!r}")
   c = num_experts(stacked)
@@ -210,7 +215,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
                rng: Optional[jax.Array] = None, strategy: str = "vmap", chunk: int = 0,
                axis_name: Optional[str] = None,
                microbatches: int = 1, group_of=None,
-               normalisation: str = "mean") -> tuple[ExpertsState, jax.Array]:
+               normalisation: str = "mean",
+               canonical_convs: Optional[bool] = None) -> tuple[ExpertsState, jax.Array]:
   """One optimizer step of all C experts at once on the same holdout batch.
 
   Expert ``c`` minimises :func:`class_weighted_loss` with ``expert_class = c``; the C
@@ -244,6 +250,12 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
       running statistics) per slice and dropout draws a key per slice.
     group_of: ``None`` (expert c up-weights class c), or int [K] class → group for
       ``config.dataset.groups``: expert g (C = G experts) up-weights the classes of group g.
+    canonical_convs: where an expert's gradient runs inside a loop (``map``, ``vmap`` in
+      chunks, ``microbatches`` > 1), emit its convolutions in NHWC / HWIO order
+      (:func:`reducr_jax.conv_layout.canonical_convs`): XLA:CPU canonicalises them only
+      at the top level of a program, and inside a loop falls back to a naive kernel that
+      is 8–70× slower. ``None``: on the CPU backend (``jax.default_backend()``); pass the
+      target's answer when compiling ahead of time for another backend.
 
   Returns:
     ``(new_state, losses[C])`` with each expert's γ-weighted training loss.
@@ -258,6 +270,12 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
   if normalisation not in NORMALISATIONS:
     raise ValueError(f"normalisation must be one of {list(NORMALISATIONS)}, got "
                      f"{normalisation!r}")
+
+  # XLA:CPU's fast convolutions need canonical dimension numbers inside loops.
+  in_loop = m > 1 or strategy == "map" or (strategy == "vmap" and 0 < chunk < c)
+  if canonical_convs is None:
+    canonical_convs = jax.default_backend() == "cpu"
+  canonical = bool(canonical_convs) and in_loop
 
   def one(args):
     params, opt_state, model_state, expert_class, key = args
@@ -282,6 +300,8 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
                                  expert_class, gamma)
       return loss * scale, new_model_state
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if canonical:
+      grad_fn = conv_layout.canonical_convs(grad_fn)
     if m == 1:
       (loss, model_state), grads = grad_fn(params, model_state, x, y, key)
     else:
@@ -330,6 +350,11 @@ def _update_in_place(one: Callable[[Any], Any], state: ExpertsState, keys: jax.A
   fusion.) XLA:CPU memory analysis, 14 small ResNets, AdamW, B = 32 in 4 slices: temp
   45.7 → 11.3 MiB, no stacked copies left; 14 ResNet-18s at 224 px: see
   ``benchmarks/README.md``.
+
+  On CPU the loop body is no longer a program's entry computation, where XLA:CPU makes
+  convolutions canonical for its Eigen kernels; :func:`train_step` therefore emits the
+  gradient's convolutions canonical itself (``canonical_convs``), else each expert's step
+  here ran 4–73× slower than the same step at the top level (issue 23).
   """
   c, n = keys.shape[0], int(chunk)
   if c % n:
@@ -379,6 +404,14 @@ def expert_losses(apply_fn: ApplyFn, stacked_params, x: jax.Array, y: jax.Array,
   Returns:
     ``[B, C]`` cross-entropy losses, column c from expert c.
   """
+  _check_strategy(strategy)                    # the cheap argument first
+  b = np.shape(x)[0] if np.ndim(x) else None
+  checks.check_labels("y", y, b)               # int[B], B = x's first axis
+  try:                                         # one expert on x, abstractly: one line
+    jax.eval_shape(lambda p: apply_fn(jax.tree.map(lambda a: a[0], p), x), stacked_params)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"apply_fn(stacked_params[c], x) fails for x of shape {np.shape(x)}: "
+                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
   loss_of = lambda p: cross_entropy(apply_fn(p, x), y)  # noqa: E731
   return map_experts(loss_of, stacked_params, strategy, chunk).T
 
@@ -391,6 +424,9 @@ def default_strategy(backend: str | None = None) -> str:
   costs 16.9× with ``vmap``, 9.3× with ``map``, 10.7× with ``loop`` (a wider CNN: 45.6× vs
   9.4× vs 10.9×); an MLP costs 6.4× / 8.5× / 7.6×. ``map`` is never far from the best and
   compiles fastest, so it is the CPU default; pass ``vmap`` explicitly for MLPs on CPU.
+  For training, ``map`` runs each expert at a plain step's rate only with canonical
+  convolutions inside its loop (:func:`train_step`'s ``canonical_convs``, on by default on
+  CPU): ``benchmarks/stage1.py`` times it per expert against one plain step.
   """
   backend = backend or jax.default_backend()
   return "map" if backend == "cpu" else "vmap"
@@ -553,7 +589,8 @@ def update_on_selected(apply_fn: ApplyFn, tx: optax.GradientTransformation,
 
   The official REDUCR code's ``update_irreducible``: the amortised experts keep learning
   from the target model's selected points, with a small learning rate in ``tx`` (official
-  lr/100). Stacked experts (``stacked=True``, leading axis C, each with its eq.-8 γ
+  lr/100 of the target's optimizer) and ``gamma = 0`` (the official unweighted mean
+  cross-entropy; :func:`reducr_jax.train_experts.online_update`). Stacked experts (``stacked=True``, leading axis C, each with its eq.-8 γ
   weighting; one expert with γ = 0 is RHO-LOSS's irreducible-loss model) take
   :func:`train_step`; a :class:`MultiHead` model (``stacked=False``) takes
   :func:`multihead_train_step`.

@@ -129,9 +129,29 @@ def optax_step(tx: optax.GradientTransformation, opt_state: optax.OptState) -> V
   return step
 
 
+def _check_same_features(train_batch: Batch, val_batch: Batch) -> None:
+  """``val_batch`` has ``train_batch``'s fields with the same per-example shapes (any
+  number of examples), checked before tracing (else a deep shape error of ``loss_fn``)."""
+  t_leaves, t_def = jax.tree.flatten(train_batch)
+  v_leaves, v_def = jax.tree.flatten(val_batch)
+  if t_def != v_def:
+    raise ValueError(f"val_batch must have train_batch's structure, got {v_def} and {t_def}")
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+      train_batch)[0]]
+  for path, t, v in zip(paths, t_leaves, v_leaves):
+    if np.shape(t)[1:] != np.shape(v)[1:]:
+      raise ValueError(f"val_batch{path} must have train_batch{path}'s per-example shape "
+                       f"{tuple(np.shape(t)[1:])}, got {tuple(np.shape(v)[1:])}")
+
+
 def _losses_shape(name: str, loss_fn: StatefulLossFn, params, model_state, batch):
   """Checks ``loss_fn``'s output structure (abstractly) → its ``ShapeDtypeStruct``."""
-  out = jax.eval_shape(loss_fn, params, model_state, batch)
+  try:
+    out = jax.eval_shape(loss_fn, params, model_state, batch)
+  except (TypeError, ValueError) as e:       # e.g. params for other features: one line
+    raise ValueError(f"loss_fn(params, model_state, {name}) cannot be traced: "
+                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                     ) from None
   if not (isinstance(out, (tuple, list)) and len(out) == 2):
     raise ValueError("loss_fn must return (per_example_losses [n], new_model_state), "
                      f"got {type(out).__name__}")
@@ -171,6 +191,7 @@ def meta_gradient(loss_fn: StatefulLossFn, params: Params, model_state: Any,
   """
   if not callable(loss_fn):
     raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+  _check_same_features(train_batch, val_batch)
   losses = _losses_shape("train_batch", loss_fn, params, model_state, train_batch)
   _losses_shape("val_batch", loss_fn, params, model_state, val_batch)
   n = losses.shape[0]
@@ -203,6 +224,7 @@ def meta_gradient_jvp(loss_fn: StatefulLossFn, params: Params, model_state: Any,
   """
   checks.check_shape("lr", lr, (), "a scalar")
   checks.check_in_range("lr", lr, 0.0, low_inclusive=False)
+  _check_same_features(train_batch, val_batch)
   losses = _losses_shape("train_batch", loss_fn, params, model_state, train_batch)
   _losses_shape("val_batch", loss_fn, params, model_state, val_batch)
   dtype = jnp.promote_types(losses.dtype, jnp.float32)

@@ -3,7 +3,9 @@
 On resume, :class:`MetricWriter` drops JSONL records written after the restored step, so
 the log of an interrupted-and-resumed run equals that of an uninterrupted one. Files go
 through :mod:`etils.epath` (local or ``gs://`` log directories; only local is tested); the
-truncation is an atomic rewrite (:func:`reducr_jax.caches.atomic_write`).
+truncation is an atomic rewrite (:func:`reducr_jax.caches.atomic_write`). Non-finite
+values are ``null`` in ``metrics.jsonl`` and left out of TensorBoard (one warning per
+writer says so; tensorboardX would print a line for each).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import os
 from typing import Any, Mapping
 
+from absl import logging
 from etils import epath
 import numpy as np
 
@@ -42,6 +45,7 @@ class MetricWriter:
     self._enabled = enabled
     self._path = epath.Path(logdir) / "metrics.jsonl"
     self._tb = None
+    self._warned_non_finite = False
     if not enabled:
       return
     epath.Path(logdir).mkdir(parents=True, exist_ok=True)
@@ -81,12 +85,23 @@ class MetricWriter:
     if self._tb is not None:
       for name, value in metrics.items():
         arr = np.asarray(value, dtype=np.float64) if not isinstance(value, str) else None
-        if arr is None:
+        if arr is None or arr.ndim > 1:
           continue
-        if arr.ndim == 0:
+        if not np.all(np.isfinite(arr)):
+          self._warn_non_finite(name, step)
+        if arr.ndim == 0 and np.isfinite(arr):
           self._tb.add_scalar(name, float(arr), step)
         elif arr.ndim == 1:
-          self._tb.add_scalars(name, {str(i): float(v) for i, v in enumerate(arr)}, step)
+          finite = {str(i): float(v) for i, v in enumerate(arr) if np.isfinite(v)}
+          if finite:
+            self._tb.add_scalars(name, finite, step)
+
+  def _warn_non_finite(self, name: str, step: int) -> None:
+    if not self._warned_non_finite:
+      self._warned_non_finite = True
+      logging.warning("metric %s is not finite at step %d: non-finite values are not "
+                      "written to TensorBoard (metrics.jsonl records them as null); "
+                      "this is said once", name, step)
 
   def close(self) -> None:
     if self._enabled:

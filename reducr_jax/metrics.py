@@ -49,7 +49,8 @@ def class_sums(values: jax.Array, labels: jax.Array, num_classes: int,
   """
   checks.check_shape("values", values, (None,), "[n]")
   n = np.shape(values)[0]
-  checks.check_shape("labels", labels, (n,), f"[n={n}]")
+  checks.check_labels("labels", labels, n)
+  num_classes = checks.check_num_classes(num_classes)
   if mask is not None:
     checks.check_shape("mask", mask, (n,), f"[n={n}]")
   keep = jnp.ones((n,), bool) if mask is None else mask.astype(bool)
@@ -74,12 +75,14 @@ def correct_sums(logits: jax.Array, labels: jax.Array,
     mask: optional ``bool[n]``.
 
   Returns:
-    :class:`ClassSums`: ``sums`` = correct predictions per class.
+    :class:`ClassSums`: ``sums`` = correct predictions per class. A row with a NaN
+    logit is never correct (``argmax`` would pick the NaN's index, e.g. class 0).
   """
   checks.check_shape("logits", logits, (None, None), "[n, C]")
   n, c = np.shape(logits)
-  checks.check_shape("labels", labels, (n,), f"[n={n}]")
-  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  checks.check_labels("labels", labels, n)
+  correct = ((jnp.argmax(logits, axis=-1) == labels) &
+             ~jnp.any(jnp.isnan(logits), axis=-1)).astype(jnp.float32)
   return class_sums(correct, labels, c, mask)
 
 
@@ -159,7 +162,23 @@ def summary(stats: ClassSums) -> dict:
     ``{"accuracy", "worst_class_accuracy", "balanced_accuracy", "accuracy_gap",
     "accuracy_std", "per_class_accuracy": [C floats, NaN for absent classes],
     "class_counts": [C ints]}``.
+
+  Raises:
+    ValueError: ``stats`` holds no example (every count 0: the worst-class accuracy would
+      be inf), or a class's correct count is negative or exceeds its example count
+      (accuracy > 1: not accuracy sums, e.g. loss sums).
   """
+  sums, counts = np.asarray(stats.sums, np.float64), np.asarray(stats.counts, np.float64)
+  if sums.shape != counts.shape or sums.ndim != 1:
+    raise ValueError(f"stats.sums and stats.counts must both have shape [C], got "
+                     f"{sums.shape} and {counts.shape}")
+  if not np.any(counts > 0):
+    raise ValueError(f"stats must count at least one example, got counts {counts.tolist()}")
+  bad = np.flatnonzero(~((sums >= 0) & (sums <= counts)))
+  if bad.size:
+    c = bad[0]
+    raise ValueError(f"stats.sums must be correct-prediction counts in [0, stats.counts], "
+                     f"got class {c}: {sums[c]:g} correct of {counts[c]:g}")
   return {
       "accuracy": float(average_accuracy(stats)),
       "worst_class_accuracy": float(worst_class_accuracy(stats)),

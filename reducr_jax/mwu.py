@@ -11,7 +11,9 @@ with ``h_{t,c}`` the target model's mean loss on the holdout points of class ``c
 "class-holdout loss"). A class the model does badly on (large ``h``) gets a negative α and
 gains weight. In log space the update is ``log_w ← log_softmax(log_w − η α)``, so after t
 steps ``w = softmax(−η Σ_s α_s)``, exactly the cumulative form of the official code, with
-no under/overflow however long the run.
+no under/overflow however long the run. With a step size that shrinks with the round
+(``selection.eta='auto'``: the anytime Hedge rate ``η_t = √(8 ln C / (t L²))``) the weights
+are kept in that cumulative form, ``softmax(−η_t Σ_{s<t} α_s)`` (:func:`anytime_update`).
 
 Two estimators of ``h`` are provided:
   * :func:`class_holdout_loss`: the per-class mean over a full holdout pass (the paper;
@@ -37,9 +39,8 @@ from reducr_jax import metrics
 
 def init(num_classes: int) -> jax.Array:
   """Uniform log-weights ``log(1/C) · 1`` → ``float32[C]`` (Algorithm 1, line 2)."""
-  if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
-    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-  return jnp.full((int(num_classes),), -np.log(num_classes), jnp.float32)
+  num_classes = checks.check_num_classes(num_classes)
+  return jnp.full((num_classes,), -np.log(num_classes), jnp.float32)
 
 
 def weights(log_w: jax.Array) -> jax.Array:
@@ -108,7 +109,10 @@ def auto_eta(num_classes: int, num_updates: int, loss_range: float) -> float:
   is the number of MWU updates (one per training step: :func:`update` runs once per step
   whatever the class-holdout loss refresh schedule, which only changes ``h``, not how
   often the weights move). ``loss_range`` is the caller's bound on the spread of α; the
-  trainer uses ``k · ln C`` (see :func:`reducr_jax.configuration.resolve_eta`).
+  trainer uses ``k · ln C`` (see :func:`reducr_jax.selectors.reducr.resolved_eta`).
+  ``selection.eta='auto'`` does not use this fixed-horizon η (it needs T in advance, so a
+  run extended on resume would have used another η for its first steps) but the anytime
+  rate ``η_t = auto_eta(C, t, L)`` (:func:`anytime_update`).
 
   Args:
     num_classes: C ≥ 2 (ln 1 = 0: one class has nothing to weigh).
@@ -125,6 +129,77 @@ def auto_eta(num_classes: int, num_updates: int, loss_range: float) -> float:
   if not (np.isfinite(loss_range) and loss_range > 0):
     raise ValueError(f"loss_range must be a finite number > 0, got {loss_range!r}")
   return float(np.sqrt(8.0 * np.log(num_classes) / (num_updates * float(loss_range) ** 2)))
+
+
+def anytime_eta_1(num_classes: int, loss_range: float) -> float:
+  """``η_1 = √(8 ln C) / L`` of the anytime schedule ``η_t = η_1 / √t`` (:func:`anytime_update`).
+
+  ``η_t = auto_eta(C, t, L) = √(8 ln C / (t L²))``: the fixed-horizon optimum with the
+  horizon T replaced by the round t. Same argument checks as :func:`auto_eta`.
+  """
+  return auto_eta(num_classes, 1, loss_range)
+
+
+class AnytimeState(NamedTuple):
+  """What the anytime schedule carries from one MWU update to the next.
+
+  Attributes:
+    cumulative_alpha: ``float32[C]`` ``S_t = Σ_{s≤t} α_s`` over the updates made so far.
+    num_updates: ``int32[]`` t, the number of updates made so far.
+  """
+  cumulative_alpha: jax.Array
+  num_updates: jax.Array
+
+
+def anytime_init(num_classes: int) -> AnytimeState:
+  """``S_0 = 0``, ``t = 0``: the weights ``softmax(−η_1 · 0)`` are uniform (= :func:`init`)."""
+  init(num_classes)                                     # the same num_classes check
+  return AnytimeState(jnp.zeros((int(num_classes),), jnp.float32), jnp.zeros((), jnp.int32))
+
+
+def anytime_update(state: AnytimeState, alpha: jax.Array, eta_1) -> tuple[jax.Array,
+                                                                           AnytimeState]:
+  """One MWU update with the anytime Hedge rate, in the lazy (cumulative) form.
+
+  Hedge with a time-varying step size ``η_t = η_1/√t``, ``η_1 = √(8 ln C)/L``, plays in
+  round t the weights ``w_t = softmax(−η_t S_{t−1})`` of the cumulative losses of the
+  earlier rounds (Cesa-Bianchi & Lugosi 2006, *Prediction, Learning, and Games*, §2.3,
+  Thm 2.3: regret ``≤ L(2√(T ln C / 2) + √(ln C / 8))`` for every T at once, twice the
+  fixed-horizon optimum of :func:`auto_eta`, the same order, without knowing T). So the
+  t-th update (t = 1, 2, …) adds ``α_t`` to ``S`` and returns the weights of round
+  t + 1, ``log w_{t+1} = log_softmax(−η_{t+1} S_t)``: ``−η S`` is the official code's
+  ``softmax(−η · cumulative α)`` with η now shrinking. (With a varying η the incremental
+  form ``log_softmax(log w − η_t α_t)`` of :func:`update` would weigh early rounds by
+  their own, larger η_s — not Hedge; with a constant η both forms are the same.) The
+  weights depend on the update count only, not on the run's length: a run extended from T
+  to 2T steps is the 2T-step run.
+
+  Args:
+    state: :class:`AnytimeState` after t − 1 updates.
+    alpha: ``[C]`` this round's objective (:func:`class_objective`).
+    eta_1: ``η_1 > 0`` (:func:`anytime_eta_1`).
+
+  Returns:
+    ``(log_w [C], state)``: the normalised log-weights of round t + 1 and the new state.
+  """
+  c = np.shape(state.cumulative_alpha)[0]
+  checks.check_shape("alpha", alpha, (c,), f"[C={c}] (C from state)")
+  checks.check_in_range("eta_1", eta_1, 0.0, low_inclusive=False)
+  cumulative = state.cumulative_alpha + alpha
+  t = state.num_updates + 1
+  eta = eta_1 / jnp.sqrt((t + 1).astype(jnp.float32))
+  return jax.nn.log_softmax(-eta * cumulative), AnytimeState(cumulative, t)
+
+
+def anytime_schedule(num_classes: int, num_updates: int, loss_range: float) -> dict:
+  """The resolved anytime schedule of a run with T = ``num_updates`` updates, for
+  ``results.json``: ``{"schedule": "anytime", "eta_1", "eta_T", "num_updates"}``, where
+  ``η_t = η_1/√t`` is the step size of the weights that round t selects with (``η_T``:
+  those of the last step; the final weights after update T use ``η_{T+1}``)."""
+  eta_1 = anytime_eta_1(num_classes, loss_range)
+  return {"schedule": "anytime", "eta_1": eta_1,
+          "eta_T": auto_eta(num_classes, num_updates, loss_range),
+          "num_updates": int(num_updates)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,7 +240,8 @@ class EMAState(NamedTuple):
 
 
 def ema_init(num_classes: int) -> EMAState:
-  """Zero EMA state for C classes."""
+  """Zero EMA state for C classes (C >= 1, as :func:`init`)."""
+  num_classes = checks.check_num_classes(num_classes)
   return EMAState(jnp.zeros((num_classes,), jnp.float32),
                   jnp.zeros((num_classes,), jnp.int32))
 

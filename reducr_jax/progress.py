@@ -29,6 +29,12 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
+def took(what: str, seconds: float) -> None:
+  """Prints ``'<what> in 3m05s'`` on process 0: what each stage cost, shown by default
+  (the absl log, at its default verbosity, hides INFO)."""
+  say(f"{what} in {duration(seconds)}")
+
+
 #: Seconds between two progress lines of a long stage (the first after this long too).
 EVERY_SECONDS = 10.0
 

@@ -184,9 +184,9 @@ def prune_train_split(config: ml_collections.ConfigDict, splits: data.Splits,
   directory = p.cache_dir or os.path.join(workdir, "pruning")
   scores = None
   if p.strategy != "random":
-    path = os.path.join(caches.absolute(directory),
-                        f"scores-{_scoring_fingerprint(config)}.npz")
-    cached = caches.read_cache(path)
+    fingerprint = _scoring_fingerprint(config)
+    path = os.path.join(caches.absolute(directory), f"scores-{fingerprint}.npz")
+    cached = caches.read_cache(path, fingerprint)
     if cached is not None:
       with np.load(io.BytesIO(cached)) as f:
         scores = Scores(**{k: f[k] for k in Scores._fields})
@@ -195,7 +195,7 @@ def prune_train_split(config: ml_collections.ConfigDict, splits: data.Splits,
       if jax.process_index() == 0:   # every process computes the same; one writes
         buf = io.BytesIO()
         np.savez(buf, **scores._asdict())
-        caches.write_cache(path, buf.getvalue())      # atomic, hash-verified on load
+        caches.write_cache(path, buf.getvalue(), fingerprint)   # verified on load
   keep = kept_indices(config, splits, scores)
   t = splits.train
   train = data.Split(x=random_access.take(t.x, keep), y=t.y[keep], y_clean=t.y_clean[keep],

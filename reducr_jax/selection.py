@@ -108,10 +108,16 @@ def excess_losses(model_loss: jax.Array, expert_losses: jax.Array,
 
 
 def weighted_scores(reducible: jax.Array, class_weights: jax.Array) -> jax.Array:
-  """``Σ_c w_c · R[:, c]`` for a precomputed ``[B, C]`` reducible-loss matrix → ``[B]``."""
+  """``Σ_c w_c · R[:, c]`` for a precomputed ``[B, C]`` reducible-loss matrix → ``[B]``.
+
+  ``class_weights`` must be >= 0 (a negative weight would rank points *down* for the
+  excess loss of its class): checked when they are concrete, not when traced (inside a
+  jitted function; the MWU weights the selectors pass are a softmax, >= 0 by construction).
+  """
   checks.check_shape("reducible", reducible, (None, None), "[B, C]")
   c = np.shape(reducible)[1]
   checks.check_shape("class_weights", class_weights, (c,), f"[C={c}] (C from the losses)")
+  checks.check_non_negative("class_weights", class_weights)
   return reducible @ class_weights
 
 
@@ -235,6 +241,7 @@ def gumbel_top_k(rng: jax.Array, logits: jax.Array, k: int) -> jax.Array:
   Returns:
     ``int32[k]``.
   """
+  checks.check_key("rng", rng)
   checks.check_shape("logits", logits, (None,), "[B]")
   k = checks.check_k(k, np.shape(logits)[0])
   noise = jax.random.gumbel(rng, logits.shape, dtype=jnp.result_type(logits, jnp.float32))
@@ -401,3 +408,13 @@ def predictive_entropy(logits: jax.Array) -> jax.Array:
   checks.check_shape("logits", logits, (None, None), "[B, C]")
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+def k_for(batch_size: int, percent_selected: float, k_rounding: str = "round") -> int:
+  """The one rule for k, the points selected per large batch of B = ``batch_size``:
+  ``round(percent_selected · B)``, or for ``k_rounding='floor'`` (the official
+  ``int(B · percent_train)`` of ``src/models/MultiModels.py``) int() truncation. May be
+  0: :func:`reducr_jax.configuration.validate_config` refuses that (the official code's
+  ``max(1, ·)`` would silently select one point); nothing else computes k."""
+  k = percent_selected * batch_size
+  return int(k) if k_rounding == "floor" else int(round(k))

@@ -15,17 +15,21 @@ import math
 import ml_collections
 import numpy as np
 
+from reducr_jax import configuration
 from reducr_jax import errors
 from reducr_jax import reweighters
 from reducr_jax import selectors
 from reducr_jax import train_experts
+from reducr_jax.data import groups as groups_lib
 from reducr_jax.data import split_types
 
 
-def _largest_batch(n: int, num_devices: int, percent_selected: float | None) -> int:
-  """The largest B <= n that splits over the devices (and whose k = round(p·B) does)."""
+def _largest_batch(n: int, num_devices: int, percent_selected: float | None,
+                   k_rounding: str = "round") -> int:
+  """The largest B <= n that splits over the devices (and whose k does)."""
   for b in range(n - n % num_devices, 0, -num_devices):
-    k = round(percent_selected * b) if percent_selected is not None else num_devices
+    k = (configuration.k_for(b, percent_selected, k_rounding)
+         if percent_selected is not None else num_devices)
     if k >= 1 and k % num_devices == 0:
       return b
   return 0
@@ -63,7 +67,7 @@ def check_batch_sizes(config: ml_collections.ConfigDict, splits: split_types.Spl
     checks.append(("config.pruning.batch_size", p.batch_size, "train", n_train, 1, None))
   for field, value, split, n, devices, percent in checks:
     if value > n:
-      largest = _largest_batch(n, devices, percent)
+      largest = _largest_batch(n, devices, percent, config.selection.k_rounding)
       works = (f"the largest value that works is {largest}" if largest else
                "no value works")
       per_device = f" on {devices} devices" if devices > 1 else ""
@@ -91,3 +95,22 @@ def check_pruned(config: ml_collections.ConfigDict, unpruned: split_types.Splits
     raise errors.ConfigError(f"config.pruning (strategy {config.pruning.strategy!r}, density "
                              f"{config.pruning.density}) leaves no training example of class "
                              f"{', '.join(map(str, empty))}; raise config.pruning.density")
+
+
+def check_against_data(config: ml_collections.ConfigDict, splits: split_types.Splits) -> None:
+  """Config fields that only the data can check, before anything is compiled: an image
+  augmentation (``config.dataset.augment``) needs image examples ``[H, W, C]``, and the
+  selection rule's and reweighter's per-class fields (e.g. ``config.selection.class_weights``)
+  must match the number of classes (groups with ``config.dataset.groups``)."""
+  augment = config.dataset.augment
+  shape = tuple(np.shape(splits.train.x)[1:])
+  if augment != "none" and len(shape) != 3:
+    raise errors.ConfigError(
+        f"config.dataset.augment={augment!r} needs image examples [H, W, C], but dataset "
+        f"{config.dataset.name!r} has examples of shape {shape}; use 'none'")
+  units = groups_lib.num_groups(config.dataset.groups, splits.num_classes)
+  try:
+    selectors.get(config).init(units)
+    reweighters.get(config).init(units)
+  except ValueError as e:
+    raise errors.ConfigError(str(e).splitlines()[0]) from None

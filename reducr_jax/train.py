@@ -39,6 +39,7 @@ from reducr_jax import checkpointing
 from reducr_jax import configuration
 from reducr_jax import data
 from reducr_jax import divergence
+from reducr_jax import double_reference
 from reducr_jax import evaluation
 from reducr_jax import experts
 from reducr_jax import metric_writers
@@ -132,7 +133,9 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   out = {}
 
   units_all = groups_lib.group_labels(y_all, cfg.group_of)   # y_all unless dataset.groups
-  inputs = selectors.SelectionInputs(labels=units_all, step=state.step)
+  # Class labels for rules that compare them with logits (grad_norm), groups for the
+  # per-unit columns (experts, MWU); the official code passes `target` and `categories`.
+  inputs = selectors.SelectionInputs(labels=y_all, group_labels=units_all, step=state.step)
   if needs & {selectors.MODEL_LOSS, selectors.MODEL_LOGITS}:
     logits = apply_fn(state.params, x)
     model_loss_all = gather(experts.cross_entropy(logits, y))
@@ -140,6 +143,12 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     inputs = inputs._replace(model_loss=model_loss_all)
     if selectors.MODEL_LOGITS in needs:
       inputs = inputs._replace(model_logits=gather(logits))
+  if selectors.MC_LOGITS in needs:   # K dropout passes, one at a time (memory of one pass)
+    mc_keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, 4), device),
+                               cfg.mc_passes)
+    variables_now = models.variables(state.params, state.model_state)
+    mc = jax.lax.map(lambda kk: fns.apply_mc(variables_now, x, kk), mc_keys)  # [K, b, C]
+    inputs = inputs._replace(mc_logits=jax.lax.all_gather(mc, AXIS, axis=1, tiled=True))
 
   if cfg.reference == "table":
     inputs = inputs._replace(reference_losses=gather(batch["ref_losses"]))
@@ -186,13 +195,16 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     new_reference = cfg.reference_update(state.reference, xs, ys,
                                          jax.random.fold_in(key, 3), AXIS)
   ok = jnp.isfinite(loss) & divergence.all_finite((grads, new_selector_state, new_reference))
+  if cfg.reference_update is not None:     # updated reference models: the same rule as θ
+    ok = ok & divergence.bounded(new_reference.params)
 
   def apply_update(params_and_opt):
     params, opt_state = params_and_opt
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    # Finite gradients can still give non-finite parameters or moments (huge steps).
-    return jax.lax.cond(divergence.all_finite((new_params, new_opt_state)),
+    # Finite gradients can still give non-finite moments or parameters too large to use
+    # (huge steps): divergence.bounded.
+    return jax.lax.cond(divergence.all_finite(new_opt_state) & divergence.bounded(new_params),
                         lambda: (new_params, new_opt_state, jnp.asarray(True)),
                         lambda: (params, opt_state, jnp.asarray(False)))
 
@@ -252,11 +264,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     splits: data to use instead of ``data.make_splits(config.dataset, config.seed)``
       (custom protocols, e.g. Ren et al.'s imbalanced binary task).
   """
+  config = configuration.apply_method_overrides(config)   # the method's official settings
   devices = sharding.local_devices(config)
   pmap_devices = sharding.pmap_devices(devices)
   n = len(devices) * jax.process_count()          # global data-parallel devices
   configuration.validate_config(config, n)
   workdir = configuration.check_workdir(workdir)
+  configuration.check_output_dirs(config, workdir)
   with workdir_lib.lock(workdir), preemption.Handler() as preempt:
     return _train_locked(config, workdir, splits, devices, pmap_devices, preempt)
 
@@ -267,27 +281,34 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   n_local = len(devices)
   n = n_local * num_processes
   workdir_lib.check_config(workdir, config)
+  as_given = json.loads(config.to_json_best_effort())    # stored in every checkpoint
   if splits is None:
     try:
       splits = data.make_splits(config.dataset, config.seed)
     except (FileNotFoundError, ImportError, ValueError) as e:   # missing/bad data: one line
       raise configuration.ConfigError(str(e)) from None
   size_checks.check_batch_sizes(config, splits, n)   # one line, before anything trains
+  size_checks.check_against_data(config, splits)
   unpruned = splits
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
   size_checks.check_pruned(config, unpruned, splits)
   c = splits.num_classes
   given_eta = config.selection.eta
-  config, eta = configuration.resolve_eta(config, c, progress.say)   # "auto": before compiling
+  config, eta = configuration.resolve_eta(config, c, progress.say)   # announced before compiling
   x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
   fns = models.model_fns(models.create_model(config.model, c), x0, axis_name=AXIS,
                          init_impl=models.init_rng_impl(config.model))
 
   # Stage 1: reference models.
   t0 = time.time()
-  refs = train_experts.get_reference_models(config, splits, workdir)
-  refs = train_experts.prepare_references(config, splits, refs, devices)
+  if config.experts.get("double_irreducible", False):   # cross-fitted on train halves
+    refs = double_reference.references(config, splits, workdir)
+  else:
+    refs = train_experts.get_reference_models(config, splits, workdir)
+    refs = train_experts.prepare_references(config, splits, refs, devices)
   expert_seconds = time.time() - t0
+  if refs.reference is not None:
+    progress.took("stage 1 (reference models and their losses)", expert_seconds)
 
   # Stage 2: online batch selection.
   cfg = StepConfig.from_config(config, c, n, refs.reference,
@@ -356,8 +377,9 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
                 f"{val['worst_class_accuracy']:.3f}  val acc {val['accuracy']:.3f}")
     stop = preempt.requested(done) and done < config.num_steps
     if done % config.checkpoint_every == 0 or done == config.num_steps or stop:
-      ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state),
-                                          "best": best}))
+      with preempt.critical():        # a second signal waits for the manifest
+        ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state),
+                                            "best": best}), {"config": as_given})
     if stop:
       break
   writer.close()
@@ -366,12 +388,17 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
     raise preempt.stop(done, ckpt.directory)
   skips.flush()
   preempt.defer(False)
+  progress.took(f"stage 2: {config.num_steps - start} training steps", time.time() - t_start)
 
   # Stage 3: evaluate the kept model.
+  t_eval = time.time()
   final_state = sharding.first_replica(p_state)
   p_best = sharding.replicate(best["params"], devices)
   val, test = evaluation.val_and_test(p_eval, p_best, splits, eval_bs, n, group_of)
+  progress.took("stage 3: final evaluation", time.time() - t_eval)
   recorded = json.loads(config.to_json_best_effort())
+  status = divergence.run_status(int(final_state.num_skipped), config.num_steps,
+                                 config.max_skipped_share)
   results = {
       "method": config.selection.method,
       "reweight": config.reweight,
@@ -379,7 +406,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       "best_step": int(best["step"]),
       "model_selection": selectors.model_selection(config),
       "num_steps": int(config.num_steps),
-      "eta": eta,                           # MWU step size used (``"auto"`` resolved)
+      "eta": eta,                           # MWU η: a number, or "auto"'s anytime schedule
       "val": val,
       "test": test,
       "class_weights": np.asarray(selectors.class_weights(
@@ -388,6 +415,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       **({"group_names": groups_lib.group_names(config.dataset.groups, splits.class_names)}
          if group_of is not None else {}),
       "num_skipped": int(final_state.num_skipped),
+      **status,                        # "status": "ok" | "diverged", "skipped_share"
       "config": recorded,
   }
   recorded["selection"]["eta"] = given_eta                # as given ("auto" stays "auto")
@@ -396,4 +424,6 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
               {"expert_seconds": expert_seconds, "train_seconds": time.time() - t_start,
                "steps_run": config.num_steps - start, "devices": n,
                "backend": jax.default_backend()})
+  divergence.check_share(status, int(final_state.num_skipped), config.num_steps,
+                         config.max_skipped_share)
   return results

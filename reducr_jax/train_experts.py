@@ -25,8 +25,9 @@ devices, and assembled once (:func:`precompute_table`).
 The result is cached as ``<workdir>/experts/<kind>-<fingerprint>.msgpack`` (or in
 ``config.experts.cache_dir``); the fingerprint hashes everything the models depend on
 (dataset, model and expert configs, seed), so a re-run reuses them and a changed config
-retrains. The file is written atomically with a content hash and verified on load; a
-damaged one is reported and retrained (:mod:`reducr_jax.caches`).
+retrains. The file is written atomically with a content hash and the fingerprint, both
+verified on load; a damaged one, or one written for another config (copied under this
+config's name), is reported and retrained (:mod:`reducr_jax.caches`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import hashlib
 import itertools
 import json
 import os
+import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from absl import logging
@@ -48,17 +50,19 @@ import optax
 from jax.experimental import multihost_utils
 
 from reducr_jax import caches
+from reducr_jax import chips
 from reducr_jax import configuration
 from reducr_jax import data
 from reducr_jax import device_memory
 from reducr_jax import experts
 from reducr_jax import models
+from reducr_jax import optimizers
 from reducr_jax import preemption
 from reducr_jax import progress
 from reducr_jax import rng_streams
 from reducr_jax import selectors
 from reducr_jax import sharding
-from reducr_jax.data import augment as augment_lib
+from reducr_jax import stage1_steps
 from reducr_jax.data import groups as groups_lib
 from reducr_jax.data import pipeline
 from reducr_jax.data import streams
@@ -100,7 +104,8 @@ def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
                    if k not in EXECUTION_FIELDS + STAGE2_FIELDS}
   dataset = without_legacy(config.dataset.to_dict(), "dataset")
   blob = json.dumps({"format": 2, "kind": kind, "seed": config.seed, "dataset": dataset,
-                     "model": config.model.to_dict(), "experts": expert_config,
+                     "model": without_legacy(config.model.to_dict(), "model"),
+                     "experts": expert_config,
                      "eval_batch_size": config.eval_batch_size},
                     sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -162,21 +167,8 @@ def _build(config, splits: data.Splits, kind: str):
   return fns, loss_fn, num, gamma
 
 
-def _weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma,
-                        group_of=None) -> jax.Array:
-  """``Σ_i mask_i (1 + γ·1[y_i = e]) table[i, e]`` per column e → ``[E]`` (eq. 8 on val);
-  with ``group_of`` (int [C]) ``y_i`` is replaced by its group."""
-  w = experts.class_weight_matrix(groups_lib.group_labels(y, group_of), table.shape[1],
-                                  gamma)
-  return jnp.sum(w * table * mask[:, None], axis=0)
-
-
-def _weight_sums(y: jax.Array, mask: jax.Array, num: int, gamma,
-                 group_of=None) -> jax.Array:
-  """``Σ_i mask_i (1 + γ·1[y_i = e])`` per column e → ``[num]`` (``"weight_sum"``; with
-  ``group_of`` ``y_i`` is replaced by its group)."""
-  w = experts.class_weight_matrix(groups_lib.group_labels(y, group_of), num, gamma)
-  return jnp.sum(w * mask[:, None], axis=0)
+_weighted_loss_sums = stage1_steps.weighted_loss_sums   # eq. 8 sums (stage1_steps)
+_weight_sums = stage1_steps.weight_sums
 
 
 def selection_split(config: ml_collections.ConfigDict, splits: data.Splits) -> data.Split:
@@ -231,6 +223,34 @@ def strategy_candidates(num: int, strategy: str, chunk: int, batch: int = 1,
   return out
 
 
+def stage1_candidates(config: ml_collections.ConfigDict, kind: str, num: int,
+                      b_local: int, backend: str) -> list[tuple[str, int, int]]:
+  """The stage-1 strategies to try on ``backend``, best first (one for multihead)."""
+  if kind == "multihead":
+    return [("map", 0, 1)]
+  return strategy_candidates(num, config.experts.strategy, config.experts.chunk, b_local,
+                             backend)
+
+
+def strategy_line(kind: str, num: int, candidate: tuple[str, int, int], configured: str,
+                  devices: int, peak: Optional[float], budget: float) -> str:
+  """The stage-1 line that says how the reference models train, printed by default:
+  ``'stage 1: 14 experts with map (auto), 2 microbatches, 1 device, compiled peak
+  1.23 GiB per device (budget 2.94 GiB)'``."""
+  strategy, chunk, micro = candidate
+  what = "1 multi-head model" if kind == "multihead" else (
+      f"{num} {'experts' if kind == 'experts' else 'irreducible-loss model'}")
+  how = strategy + (f" in chunks of {chunk}" if strategy == "vmap" and 0 < chunk < num else "")
+  how += f" ({configured})" if configured == "auto" else ""
+  if kind == "multihead":
+    how = "one program"
+  mem = ("" if peak is None else f", compiled peak {peak / device_memory.GIB:.3g} GiB per "
+         f"device (budget {budget / device_memory.GIB:.3g} GiB)")
+  return (f"stage 1: {what} with {how}"
+          + (f", {micro} microbatches" if micro > 1 else "")
+          + f", {devices} device{'s' if devices != 1 else ''}{mem}")
+
+
 def models_in_flight(num: int, strategy: str, chunk: int) -> int:
   """How many of the C models' activations one step holds at once."""
   if strategy == "vmap":
@@ -239,8 +259,15 @@ def models_in_flight(num: int, strategy: str, chunk: int) -> int:
 
 
 def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
-                  candidates: list[tuple[str, int, int]], budget_bytes: float):
+                  candidates: list[tuple[str, int, int]], budget_bytes: float,
+                  strict: bool = False, program: str = "stage1_expert_step",
+                  batch: int = 0, chips: int = 1):
   """The first candidate whose compiled step fits the memory budget.
+
+  The one chooser of the stage-1 strategy: the trainer calls it on its devices, the
+  planner (:mod:`reducr_jax.plan`) on an abstract topology, with the same candidates. A
+  compile that XLA refuses for lack of device memory (XLA:TPU: ``RESOURCE_EXHAUSTED``)
+  is a candidate that does not fit (:func:`reducr_jax.stage1_steps.compile_or_refusal`).
 
   Args:
     compile_fn: ``(strategy, chunk, microbatches) -> compiled program``
@@ -250,12 +277,15 @@ def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
     budget_bytes: device bytes the step may use. The target model's own step must fit
       next to it; it is estimated as one model's share of the candidate's arguments
       (the stacked state: ``/ C``) plus of the rest (activations: ``/ models in flight``).
+    strict: when nothing fits, raise :class:`reducr_jax.stage1_steps.NothingFits` (one
+      line: ``program``, its peak, the limit and what would fit, from the per-device
+      ``batch`` over ``chips`` devices) instead of returning the last candidate.
 
   Returns:
     ``(candidate, compiled, peak_bytes)``; the last candidate when none fits (or the only
     one), ``peak_bytes`` ``None`` where the backend reports no memory analysis.
   """
-  def need_of(cand, peak, state):   # + one model's step: its share of the state and rest
+  def need_of(cand, peak, state):   # + one model's share of the state and the rest
     return peak + state / num + (peak - state) / models_in_flight(num, *cand[:2])
 
   measured = {}    # (strategy, chunk) -> (microbatches, peak, argument bytes)
@@ -272,16 +302,20 @@ def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
                      cand, need_of(cand, guess, state0) / device_memory.GIB,
                      budget_bytes / device_memory.GIB)
         continue
-    compiled = compile_fn(*cand)
-    mem = device_memory.compiled_memory(compiled)
-    peak = mem.get("peak")
+    compiled = stage1_steps.compile_or_refusal(lambda cand=cand: compile_fn(*cand))
+    peak, state = stage1_steps.peak_bytes(compiled)
+    refused = isinstance(compiled, stage1_steps.DoesNotFit)
     need = None
     if peak is not None:
-      need = need_of(cand, peak, mem["argument"])
-      measured[cand[:2]] = (cand[2], peak, mem["argument"])
-    if need is None or need <= budget_bytes:
+      need = peak if refused else need_of(cand, peak, state)
+      if not refused:
+        measured[cand[:2]] = (cand[2], peak, state)
+    if not refused and (need is None or need <= budget_bytes):
       return cand, compiled, peak
     if i == len(candidates) - 1:
+      if strict or refused:
+        raise stage1_steps.NothingFits(stage1_steps.nothing_fits_message(
+            program, need, state, budget_bytes, batch, chips, "config.experts.batch_size"))
       logging.warning("stage 1: no expert strategy fits %.2f GB (%s needs %.2f GB)",
                       budget_bytes / device_memory.GIB, cand, need / device_memory.GIB)
       return cand, compiled, peak
@@ -291,20 +325,29 @@ def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
 
 
 def fitting_batch(compile_at: Callable[[int], Any], batch: int, multiple_of: int,
-                  budget_bytes: float) -> tuple[int, Any]:
+                  budget_bytes: float, strict: bool = False,
+                  program: str = "loss_table") -> tuple[int, Any]:
   """``(b, compile_at(b))`` for the largest ``b`` of ``batch``, ``batch/2``, …
   (multiples of ``multiple_of``) whose compiled program fits the per-device budget (the
-  smallest when none does; ``batch`` where the backend reports no memory analysis).
+  smallest when none does, or with ``strict`` a one-line
+  :class:`reducr_jax.stage1_steps.NothingFits`; ``batch`` where the backend reports no
+  memory analysis). A compile refused for lack of memory does not fit.
 
   For forward-only passes (the loss table): their memory is the models' parameters plus
   the activations of one batch, and a 500-image ResNet-18 forward at 224 px needs ≈ 5 GiB.
   """
   b = batch
   while True:
-    compiled = compile_at(b)
-    peak = device_memory.compiled_peak_bytes(compiled)
+    compiled = stage1_steps.compile_or_refusal(lambda b=b: compile_at(b))
+    peak, state = stage1_steps.peak_bytes(compiled)
+    refused = isinstance(compiled, stage1_steps.DoesNotFit)
     smaller = (b // 2) // multiple_of * multiple_of
-    if peak is None or peak <= budget_bytes or smaller < multiple_of:
+    fits = not refused and (peak is None or peak <= budget_bytes)
+    if fits or smaller < multiple_of:
+      if not fits and (strict or refused):
+        raise stage1_steps.NothingFits(stage1_steps.nothing_fits_message(
+            program, peak, state, budget_bytes, b // multiple_of, multiple_of,
+            "config.eval_batch_size"))
       if b != batch:
         logging.info("reference-loss table: batch %d (of %d), compiled peak %.2f GB, "
                      "budget %.2f GB per device", b, batch, (peak or 0) / device_memory.GIB,
@@ -314,9 +357,18 @@ def fitting_batch(compile_at: Callable[[int], Any], batch: int, multiple_of: int
 
 
 def memory_budget_bytes(config: ml_collections.ConfigDict, device: Any) -> float:
-  """``config.experts.max_memory_gb`` in bytes, or (``0``) what ``device`` has."""
+  """``config.experts.max_memory_gb`` in bytes, or (``0``) what ``device`` has: an
+  abstract device of a topology (:mod:`reducr_jax.topology`, no memory stats) has its
+  chip's program limit (:mod:`reducr_jax.chips`)."""
   gb = float(config.experts.max_memory_gb or 0.0)
-  return gb * device_memory.GIB if gb > 0 else float(device_memory.device_capacity_bytes(device))
+  if gb > 0:
+    return gb * device_memory.GIB
+  if getattr(device, "platform", "cpu") != "cpu":
+    try:
+      device.memory_stats()
+    except Exception:  # pylint: disable=broad-except  (not addressable: abstract device)
+      return float(chips.get(device.device_kind).memory_limit_bytes)
+  return float(device_memory.device_capacity_bytes(device))
 
 
 def stage_devices(config: ml_collections.ConfigDict, batch_size: int) -> list:
@@ -354,59 +406,19 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   ex = config.experts
   norm = ex.loss_normalisation
   select_split = selection_split(config, splits)
-  tx = optax.adamw(ex.learning_rate, weight_decay=ex.weight_decay)
   rng = rng_streams.key(config.seed, "expert_init")
-  augment_key = rng_streams.key(config.seed, "expert_augment")
-  aug_kind = config.dataset.augment
   devices = stage_devices(config, ex.batch_size)
   procs, proc = jax.process_count(), jax.process_index()
   n_local = len(devices)
   n = n_local * procs
   b_local = ex.batch_size // n
-  group_of = groups_lib.from_config(config.dataset, splits.num_classes)
-
-  def train_step(state, x, y, step, strategy, chunk, microbatches):
-    """One device's step: x [b_local, ...], y int[b_local], step int scalar."""
-    d = jax.lax.axis_index(sharding.AXIS)
-    key = jax.random.fold_in(augment_key, step)
-    x = augment_lib.augment(key, x, d * b_local + jnp.arange(b_local), aug_kind)
-    dropout = jax.random.fold_in(rng, step)
-    if n > 1:        # independent dropout masks per device (1 device: as before)
-      dropout = jax.random.fold_in(dropout, d)
-    if kind == "multihead":
-      p, o, loss, ms = experts.multihead_train_step(
-          fns.apply, tx, state.params, state.opt_state, x, y, gamma,
-          model_state=state.model_state, train_apply_fn=fns.apply_train, rng=dropout,
-          axis_name=sharding.AXIS, group_of=group_of, normalisation=norm)
-      return experts.ExpertsState(p, o, ms), loss[None]
-    return experts.train_step(fns.apply, tx, state, x, y, gamma,
-                              train_apply_fn=fns.apply_train, rng=dropout,
-                              strategy=strategy, chunk=chunk, axis_name=sharding.AXIS,
-                              microbatches=microbatches, group_of=group_of,
-                              normalisation=norm)
-
-  def val_sums(variables, x, y, mask, strategy, chunk, slices):
-    """Σ over all devices' rows of each model's eq. 8 loss on the selection split →
-    ``[num]``, and (``"weight_sum"``) the weight sums ``[num]`` (per head for multihead)."""
-    if kind == "multihead":
-      table = experts.multihead_expert_losses(fns.apply(variables, x), y)
-      sums = _weighted_loss_sums(table, y, mask, gamma, group_of)     # [C] heads
-      if norm == "mean":
-        sums = jnp.mean(sums, keepdims=True)
-      wsums = _weight_sums(y, mask, table.shape[1], gamma, group_of)
-    else:       # in `slices` slices of the batch, like the training step's microbatches
-      table = jax.lax.map(
-          lambda xy: experts.expert_losses(fns.apply, variables, *xy, strategy, chunk),
-          (x.reshape((slices, -1) + x.shape[1:]), y.reshape((slices, -1))))
-      table = table.reshape((-1, table.shape[-1]))                    # [b, num]
-      sums = _weighted_loss_sums(table, y, mask, gamma, group_of)
-      wsums = _weight_sums(y, mask, table.shape[1], gamma, group_of)
-    return jax.lax.psum((sums, wsums), sharding.AXIS)
-
-  def pmapped(fn, donate=()):
-    return lambda strategy, chunk, **kw: jax.pmap(
-        functools.partial(fn, strategy=strategy, chunk=chunk, **kw), axis_name=sharding.AXIS,
-        devices=sharding.pmap_devices(devices), donate_argnums=donate)
+  tx, train_step, val_sums = stage1_steps.step_functions(
+      config, kind, fns, splits.num_classes, gamma, n,
+      # XLA:CPU keeps its fast convolutions inside the in-place loops only when they are
+      # canonical (experts.train_step's canonical_convs): decided by the devices compiled for.
+      canonical_convs=devices[0].platform == "cpu")
+  pmapped = lambda fn, donate=(): stage1_steps.pmapped(  # noqa: E731
+      fn, sharding.pmap_devices(devices), donate)
 
   if kind == "multihead":
     params, model_state = models.load_pretrained(config.model, *jax.jit(fns.init)(rng))
@@ -438,22 +450,18 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
       state, x1, y1, step_arg(1)).compile()
   (strategy, chunk, micro), p_step, peak = pick_strategy(
       compile_step, num,
-      strategy_candidates(num, ex.strategy, ex.chunk, b_local,
-                          jax.default_backend()) if kind != "multihead" else
-      [("map", 0, 1)], memory_budget_bytes(config, devices[0]))
-  logging.info("stage 1: %s, chunk %d, %d microbatches, %d devices, compiled peak %s GB "
-               "per device", strategy, chunk, micro, n,
-               None if peak is None else round(peak / device_memory.GIB, 3))
+      stage1_candidates(config, kind, num, b_local, jax.default_backend()),
+      memory_budget_bytes(config, devices[0]), strict=jax.default_backend() != "cpu",
+      batch=b_local, chips=n)
+  progress.say(strategy_line(kind, num, (strategy, chunk, micro), ex.strategy, n, peak,
+                             memory_budget_bytes(config, devices[0])))
   if procs > 1:   # a multi-process pmap's compiled program takes global arrays: re-jit
     p_step = pmapped(train_step, (0,))(strategy, chunk, microbatches=micro)
-  # Validation batches: no larger than the split needs, and with the training step's
-  # slices, evaluated in slices of the same size (activations of a 500-image ResNet-18
-  # forward at 224 px are ≈ 5 GiB; the training step was fitted to the memory budget).
-  eval_local = -(-min(config.eval_batch_size, len(select_split)) // n)
-  slice_rows = b_local // micro if micro > 1 and kind != "multihead" else eval_local
-  eval_local = -(-eval_local // slice_rows) * slice_rows
+  # Validation batches: no larger than the split needs, in the training step's slices.
+  eval_local, slices = stage1_steps.validation_batch(config, kind, n, b_local, micro,
+                                                     len(select_split))
   eval_global = eval_local * n
-  p_val = pmapped(val_sums)(strategy, chunk, slices=eval_local // slice_rows)
+  p_val = pmapped(val_sums)(strategy, chunk, slices=slices)
 
   def variables_of(state):
     return models.variables(state.params, state.model_state or {})
@@ -464,6 +472,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
                           itertools.chain([(x1, y1)], batches)):
     state, train_losses = p_step(state, x, y, step_arg(step))
     preemption.wait(train_losses)      # a signal stops a long step at once (not at its end)
+    preemption.boundary(step, "stage 1")   # several processes: all stop at this step
     reporter.update(step)
     if step == ex.num_steps:       # the moments are not needed again: free them before
       jax.tree.map(lambda a: a.delete(), state.opt_state)    # the last validation
@@ -495,8 +504,11 @@ def _keep_best(better: np.ndarray, new: np.ndarray, old: np.ndarray, kind: str):
 
 
 def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
-                         workdir: str) -> ReferenceModels | None:
+                         workdir: str, tag: str = "") -> ReferenceModels | None:
   """Trains (or loads from the workdir cache) the reference models the method needs.
+
+  ``tag`` tells apart models trained on other data under one config (the two halves of
+  :mod:`reducr_jax.double_reference`): it goes into the cache file name.
 
   Returns:
     :class:`ReferenceModels`, or ``None`` for methods that need none.
@@ -505,20 +517,24 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
   if kind is None:
     return None
   fns, loss_fn, num, gamma = _build(config, splits, kind)
-  path = cache_path(config, workdir, kind)
-  cached = caches.read_cache(path)
+  path = cache_path(config, workdir, kind + tag)
+  fingerprint = _fingerprint(config, kind + tag)
+  cached = caches.read_cache(path, fingerprint)
   if cached is not None:
     params = flax.serialization.msgpack_restore(cached)["params"]
     params = jax.tree.map(jnp.asarray, params)
-    logging.info("Loaded cached %s reference models from %s", kind, path)
+    progress.say(f"stage 1: loaded cached {kind} reference models from {path}")
   else:
     logging.info("Training %s reference models (%d, gamma=%s) on %d holdout points", kind,
                  num if kind != "multihead" else splits.num_classes, gamma,
                  len(splits.holdout))
+    start = time.time()
     params, best_val = _train(config, splits, kind, fns, num, gamma)
+    progress.took(f"stage 1: trained the {kind} reference models", time.time() - start)
     if jax.process_index() == 0:   # every process computes the same; one writes
       caches.write_cache(path, flax.serialization.msgpack_serialize(
-          {"params": jax.tree.map(np.asarray, params), "best_val_loss": best_val}))
+          {"params": jax.tree.map(np.asarray, params), "best_val_loss": best_val}),
+          fingerprint)
   return ReferenceModels(kind, params, loss_fn)
 
 
@@ -561,9 +577,12 @@ def precompute_table(refs: ReferenceModels, split: data.Split, batch_size: int,
       memory_budget_bytes(config, devices[0]))
   reporter = progress.Reporter("stage 1: reference-loss table", max(hi, start + 1) - start,
                                "rows")
+  started = time.time()
   mine = experts.precompute_table(fn, split.x, split.y, local_bs, start, max(hi, start + 1),
                                   put, multiple_of=len(devices),
                                   report=reporter.update)[:hi - lo]
+  progress.took(f"stage 1: reference-loss table ({n} rows, batch {local_bs} per process)",
+                time.time() - started)
   if procs == 1:
     return mine
   padded = np.zeros((per_process,) + mine.shape[1:], np.float32)
@@ -576,25 +595,43 @@ def precompute_table(refs: ReferenceModels, split: data.Split, batch_size: int,
   return np.concatenate(shares)
 
 
+def update_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The reference models' optimizer for ``experts.update_on_selected``: the *target's*
+  optimizer config (official ``IrreducibleLossGenerators.config_optimizers`` instantiates
+  ``MultiModels.optimizer_config``): AdamW with ``optimizer.weight_decay`` (and
+  ``optimizer.grad_clip_norm``) at the method's learning rate
+  (:func:`reducr_jax.optimizers.method_learning_rate`) × ``experts.update_lr_factor``
+  (official ``param_group['lr'] / 100``), constant: the official update path configures no
+  scheduler (``MultiModels.configure_optimizers`` returns the bare optimizers when
+  ``update_irreducible`` is on), so ``optimizer.schedule`` / ``warmup_steps`` do not apply."""
+  opt = ml_collections.ConfigDict(config.optimizer.to_dict())
+  opt.learning_rate = optimizers.method_learning_rate(config) * config.experts.update_lr_factor
+  opt.schedule, opt.warmup_steps = "constant", 0
+  return optimizers.make_optimizer(opt)
+
+
 def online_update(config: ml_collections.ConfigDict, refs: ReferenceModels,
                   splits: data.Splits):
   """The reference models' update on the selected points (``experts.update_on_selected``).
 
-  The official REDUCR code's ``update_irreducible`` (there for RHO-LOSS only): after each
-  selection, the reference models take one AdamW step on the k selected points at
-  ``experts.learning_rate · experts.update_lr_factor`` (official: lr/100), with their
-  eq.-8 loss (γ-weighted per expert; γ = 0 for the RHO-LOSS model), gradients averaged
-  over the data-parallel devices (:func:`reducr_jax.experts.update_on_selected`). Works
-  for stacked experts, the multi-head model and the irreducible-loss model alike.
+  The official REDUCR code's ``update_irreducible`` (``UpdateIrreducible*LossGenerator.
+  gradient_descent_step``): after each selection, every reference model takes one step of
+  :func:`update_optimizer` (the target's AdamW at lr × ``experts.update_lr_factor``) on the
+  *unweighted* mean cross-entropy of the k selected points (the eq.-8 γ weighting and
+  ``experts.loss_normalisation`` of expert training do not apply), gradients averaged over
+  the data-parallel devices (:func:`reducr_jax.experts.update_on_selected`). Official for
+  ``rho_loss`` (the irreducible-loss model) and ``weighted`` (each class expert on all k
+  points); the official factory raises ``NotImplementedError`` for the robust and payoff
+  rules, for which this is the same update of their class experts (or of the multi-head
+  model: each head's mean, averaged over heads) — an extension, not the official code.
 
   Returns:
     ``(state, update)``: the initial :class:`reducr_jax.experts.ExpertsState` (params are
     the variables ``{"params": ..., **model_state}``), and
     ``update(state, x [k/n, ...], y int[k/n], rng, axis_name) -> state``.
   """
-  fns, _, _, gamma = _build(config, splits, refs.kind)
-  ex = config.experts
-  tx = optax.adamw(ex.learning_rate * ex.update_lr_factor, weight_decay=ex.weight_decay)
+  fns, _, _, _ = _build(config, splits, refs.kind)
+  tx = update_optimizer(config)
   variables = jax.tree.map(jnp.asarray, refs.params)
   stacked = refs.kind != "multihead"
   params = variables["params"]
@@ -604,12 +641,12 @@ def online_update(config: ml_collections.ConfigDict, refs: ReferenceModels,
   def update(state, x, y, rng, axis_name):
     model_state = {k: v for k, v in state.params.items() if k != "params"}
     inner = experts.ExpertsState(state.params["params"], state.opt_state, model_state)
-    inner = experts.update_on_selected(fns.apply, tx, inner, x, y, gamma,
+    # γ = 0: the official unweighted mean cross-entropy (every weight 1, so neither the
+    # groups nor the normalisation matter).
+    inner = experts.update_on_selected(fns.apply, tx, inner, x, y, 0.0,
                                        train_apply_fn=fns.apply_train, rng=rng,
                                        axis_name=axis_name, stacked=stacked,
-                                       group_of=groups_lib.from_config(
-                                           config.dataset, splits.num_classes),
-                                       normalisation=ex.loss_normalisation)
+                                       normalisation="mean")
     return experts.ExpertsState(models.variables(inner.params, inner.model_state),
                                 inner.opt_state, None)
   return state, update

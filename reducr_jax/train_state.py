@@ -77,6 +77,8 @@ class StepConfig:
       ``num_classes`` is the number of groups G and selection, class weights, the
       class-holdout loss and the selected counts are over groups ("selection labels"
       ``group_of[y]``), while the model still classifies the C classes.
+    mc_passes: K, the MC-dropout forward passes computed when the selector needs
+      ``MC_LOGITS`` (``config.selection.mc_passes``).
   """
   selector: selectors.Selector
   reweighter: reweighters.Reweighter
@@ -90,6 +92,7 @@ class StepConfig:
   augment: str = "none"
   reference_update: Optional[Callable] = None
   group_of: tuple = ()
+  mc_passes: int = 10
 
   @classmethod
   def from_config(cls, config, num_classes: int, num_devices: int,
@@ -108,7 +111,8 @@ class StepConfig:
                holdout_loss=config.selection.holdout_loss,
                ema_decay=float(config.selection.ema_decay),
                train_class_counts=tuple(int(n) for n in train_class_counts),
-               augment=config.dataset.augment, reference_update=reference_update)
+               augment=config.dataset.augment, reference_update=reference_update,
+               mc_passes=int(config.selection.get("mc_passes", 10)))
 
   @property
   def needs(self) -> frozenset:

@@ -14,7 +14,8 @@ Recorded config. ``<workdir>/config.json`` is the config of the run that owns th
 A later run with the same workdir that would resume something (a checkpoint or a
 ``results.json`` exists) must agree with it in every field except
 :data:`RESUMABLE_FIELDS`, otherwise :func:`check_config` refuses it with one line listing
-the fields that differ (:class:`reducr_jax.configuration.ConfigError`, exit 2). A workdir
+the fields that differ (:class:`reducr_jax.configuration.ConfigError`, exit 2). Each
+checkpoint and ``results.json`` hold the config too, and are compared as well. A workdir
 whose run stopped before its first checkpoint has nothing to resume: a new config simply
 replaces the record (caches are keyed by their own fingerprints).
 """
@@ -48,7 +49,7 @@ STALE_AFTER_S = 600.0
 # data are read from. (`num_steps` may only grow past the checkpointed step.)
 RESUMABLE_FIELDS = (
     "num_steps", "eval_every", "log_every", "checkpoint_every", "num_devices", "prefetch",
-    "max_consecutive_skipped", "experts.cache_dir", "pruning.cache_dir",
+    "max_consecutive_skipped", "max_skipped_share", "experts.cache_dir", "pruning.cache_dir",
     "dataset.data_dir", "dataset.manual_dir", "dataset.download",
 )
 
@@ -238,11 +239,40 @@ def changed_fields(recorded: Mapping[str, Any], current: Mapping[str, Any],
                 if k not in resumable and (k not in a or k not in b or a[k] != b[k]))
 
 
+def recorded_configs(workdir: epath.PathLike) -> Iterator[tuple[str, Optional[dict]]]:
+  """``(where, config)`` of every record of the config that wrote ``workdir``'s run state:
+  ``config.json``, each checkpoint step (its stored metadata) and ``results.json``
+  (``config`` ``None`` when that record is unreadable or holds none)."""
+  from reducr_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  workdir = epath.Path(workdir)
+  path = workdir / CONFIG_NAME
+  if path.exists():
+    try:
+      yield os.fspath(path), json.loads(path.read_text())
+    except (OSError, ValueError):
+      logging.warning("recorded config %s is unreadable; checking the checkpoints' and "
+                      "results' records", path)
+  ckpts = workdir / "checkpoints"
+  if ckpts.is_dir():
+    for step in sorted((p for p in ckpts.iterdir() if p.name.isdigit()),
+                       key=lambda p: -int(p.name)):
+      yield os.fspath(step), (checkpointing.stored_metadata(step) or {}).get("config")
+  results = workdir / "results.json"
+  if results.exists():
+    try:
+      yield os.fspath(results), json.loads(results.read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+      pass
+
+
 def check_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
   """Refuses a config that changes the run recorded in ``workdir``; records it otherwise.
 
   The first run of a workdir writes ``config.json``; later runs compare against it and
-  rewrite it (so an extended ``num_steps`` is recorded). Only process 0 writes.
+  rewrite it (so an extended ``num_steps`` is recorded). The config is also stored in
+  every checkpoint and in ``results.json``, and compared with those too: a deleted,
+  unreadable or hand-edited ``config.json`` does not let another config resume (or
+  overwrite) the run. Only process 0 writes.
 
   Raises:
     ConfigError: one line listing the fields that differ and cannot change on resume.
@@ -250,13 +280,10 @@ def check_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> 
   import jax  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / CONFIG_NAME
   current = json.loads(config.to_json_best_effort())
-  if path.exists() and has_run_state(workdir):
-    try:
-      recorded = json.loads(path.read_text())
-    except ValueError:
-      recorded = None
-      logging.warning("recorded config %s is unreadable; recording this run's config", path)
-    if recorded is not None:
+  if has_run_state(workdir):
+    for where, recorded in recorded_configs(workdir):
+      if not isinstance(recorded, dict):
+        continue
       changed = changed_fields(recorded, current)
       if changed:
         a, b = _with_added_fields(recorded), _with_added_fields(current)
@@ -265,7 +292,7 @@ def check_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> 
         more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
         raise configuration.ConfigError(
             f"--workdir {workdir} holds a run with a different config: {shown}{more}; "
-            "use a new --workdir, or the recorded config (" + os.fspath(path) + ")")
+            f"use a new --workdir, or the recorded config ({where})")
   if jax.process_index() == 0:
     caches.atomic_write(path, json.dumps(current, indent=2, sort_keys=True).encode())
 

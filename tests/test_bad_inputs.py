@@ -45,7 +45,7 @@ def _leaves(node, prefix=""):
       yield f"{prefix}{key}", value
 
 
-# selection.eta defaults to "auto" but takes any float too.
+# selection.eta (default 1e-2) is an object-typed field: it takes "auto" too.
 FLOAT_FIELDS = sorted(name for name, v in _leaves(configuration.load_config(DEFAULT))
                       if isinstance(v, float) or name == "selection.eta")
 
@@ -120,6 +120,14 @@ def test_size_field_below_one_is_one_line(field, value):
     ({"dataset.imbalance_mode": "weighted_sampler",
       "dataset.imbalance_splits": ("train", "val")}, "config.dataset.imbalance_splits must"),
     ({"dataset.label_noise_mode": "other"}, "config.dataset.label_noise_mode must be one of"),
+    ({"dataset.label_noise_mode": "structured", "dataset.classes": (3, 5),
+      "dataset.imbalance_class": -1},
+     "config.dataset.label_noise_mode='structured' flips classes 3, 4, 9 into 5, 9, 7"),
+    ({"model.dropout_rate": 1.0}, "config.model.dropout_rate must be a number in [0, 1), got 1.0"),
+    ({"selection.mc_passes": -1}, "config.selection.mc_passes must be in [0, inf], got -1"),
+    ({"selection.method": "bald"}, "config.selection.method='bald' needs MC dropout"),
+    ({"experts.double_irreducible": True, "experts.losses": "multihead"},
+     "config.experts.double_irreducible=True needs config.experts.losses='precomputed'"),
     ({"dataset.split_mode": "fixed"}, "config.dataset.split_mode must be one of"),
     ({"dataset.split_mode": "official"}, "config.dataset.split_mode must be 'random' for"),
     ({"dataset.groups": (0, 1)}, "config.dataset.groups must be ()"),
@@ -155,15 +163,47 @@ def test_impossible_value_is_one_line(overrides, message):
   assert message in one_line(e)
 
 
-def test_eta_auto_is_valid_and_resolves_from_the_regret_bound():
+def test_eta_auto_is_valid_and_resolves_to_the_anytime_schedule():
   config = default_config(**{"selection.eta": "auto"})
   configuration.validate_config(config, 8)
   resolved, eta = configuration.resolve_eta(config, 10)
-  # k = 0.1 · 320 = 32, T = 1500: (1/k) √(8 / (T ln C)) = (1/32) √(8 / 3453.88) = 1.50398e-3.
-  assert eta == pytest.approx(1.50398e-3, rel=1e-5) and resolved.selection.eta == eta
-  assert config.selection.eta == "auto"
+  # k = 0.1 · 320 = 32, C = 10: η_t = (1/k) √(8 / (t ln C)); η_1 = (1/32) √(8 / ln 10)
+  # = 0.0582489, η_T at T = 1500: (1/32) √(8 / 3453.88) = 1.50398e-3.
+  assert eta["schedule"] == "anytime" and eta["num_updates"] == 1500
+  assert eta["eta_1"] == pytest.approx(0.0582489, rel=1e-5)
+  assert eta["eta_T"] == pytest.approx(1.50398e-3, rel=1e-5)
+  assert resolved is config and config.selection.eta == "auto"     # the rule reads "auto"
   assert configuration.resolve_eta(default_config(**{"selection.eta": 3e-2}), 10)[1] == 3e-2
-  assert configuration.resolve_eta(default_config(), 10)[1] == eta        # the default
+  assert configuration.resolve_eta(default_config(), 10)[1] == 1e-2       # the default
+  # uniform_after stops the MWU at uniform_after_steps: T = 500 updates there.
+  after = default_config(**{"selection.method": "uniform_after", "selection.eta": "auto"})
+  assert configuration.resolve_eta(after, 10)[1]["num_updates"] == min(
+      1500, after.selection.uniform_after_steps)
+
+
+def test_floor_rounding_gives_one_k_to_selection_and_eta():
+  """B = 35, 10 %: 'floor' selects int(3.5) = 3 points, and η='auto' is computed for those
+  3 (the same η as a config whose k is 3 by rounding), not for round(3.5) = 4."""
+  auto = {"selection.eta": "auto"}         # the default η is a number, which reads no k
+  floor = default_config(**{"batch_size": 35, "selection.k_rounding": "floor"}, **auto)
+  configuration.validate_config(floor, 1)
+  assert configuration.num_selected(floor) == 3
+  assert configuration.num_selected(default_config(batch_size=35)) == 4
+  three = default_config(**{"batch_size": 30}, **auto)          # round(3.0) = 3
+  assert configuration.resolve_eta(floor, 10)[1] == configuration.resolve_eta(three, 10)[1]
+  assert configuration.resolve_eta(floor, 10)[1] != configuration.resolve_eta(
+      default_config(batch_size=35, **auto), 10)[1]
+
+
+@pytest.mark.parametrize("rounding", ["floor", "round"])
+def test_k_of_zero_is_one_line_about_k(rounding):
+  config = default_config(**{"batch_size": 35, "selection.percent_selected": 0.01,
+                             "selection.k_rounding": rounding})
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.validate_config(config, 1)
+  text = one_line(e)
+  assert "config.selection.percent_selected · config.batch_size must give k >= 1" in text
+  assert f"k = {rounding}(0.01 · 35) = 0 (config.selection.k_rounding='{rounding}')" in text
 
 
 def test_default_config_is_valid_and_has_the_skip_limit():
@@ -191,6 +231,21 @@ def test_data_dependent_limits_are_one_line(digits_splits, overrides, message):
   with pytest.raises(configuration.ConfigError) as e:
     size_checks.check_batch_sizes(default_config(**overrides), digits_splits, 8)
   assert message in one_line(e)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"dataset.augment": "flip"}, "config.dataset.augment='flip' needs image examples [H, W, C], "
+     "but dataset 'digits' has examples of shape (64,); use 'none'"),
+    ({"dataset.augment": "crop_flip"}, "config.dataset.augment='crop_flip' needs image examples"),
+    ({"selection.method": "weighted", "selection.class_weights": (1.0, 2.0)},
+     "config.selection.class_weights must have one weight per class (10), got 2"),
+])
+def test_fields_only_the_data_can_check_are_one_line_before_stage_1(digits_splits, overrides,
+                                                                    message):
+  with pytest.raises(configuration.ConfigError) as e:
+    size_checks.check_against_data(default_config(**overrides), digits_splits)
+  assert message in one_line(e)
+  size_checks.check_against_data(default_config(), digits_splits)
 
 
 def test_data_dependent_limits_ignore_unused_fields(digits_splits):
@@ -228,7 +283,8 @@ def test_too_large_holdout_per_class_is_a_value_error():
     ("def get_config(:\n", "cannot be loaded: SyntaxError: invalid syntax"),
     ("import no_such_module_xyz\n", "No module named 'no_such_module_xyz'"),
     ("def get_config():\n  return 5\n", "must return a ConfigDict"),
-    ("x = 1\n", "cannot be loaded"),
+    ("x = 1\n", "defines no get_config() function"),
+    ("", "defines no get_config() function"),
     ("def get_config():\n  raise RuntimeError('boom')\n", "cannot be loaded: RuntimeError: boom"),
 ])
 def test_load_config_bad_file_is_one_line(tmp_path, content, message):
@@ -258,13 +314,22 @@ def _cli(args, tmp_path):
     (["--config=NOTCONFIG"], "must return a ConfigDict"),
     (["--config=configs/default.py", "--config.selection.eta=nan"], "error: config.selection.eta must be a finite number, got nan"),
     (["--config=configs/default.py", "--config.selection.eta=fast"], "error: config.selection.eta must be a number > 0 or 'auto', got 'fast'"),
+    (["--config.num_steps=5"], "error: --config.num_steps overrides a field of the config file, but no --config=FILE is given"),
+    (["--config=EMPTY"], "defines no get_config() function"),
+    (["--config=NOGET"], "defines no get_config() function"),
+    (["--config=configs/default.py:foo"], "cannot be loaded with argument 'foo' (get_config('foo')): TypeError: get_config() takes 0 positional arguments but 1 was given"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, message):
   broken = tmp_path / "broken.py"
   broken.write_text("def get_config(:\n")
   notconfig = tmp_path / "notconfig.py"
   notconfig.write_text("def get_config():\n  return [1]\n")
-  args = [a.replace("BROKEN", str(broken)).replace("NOTCONFIG", str(notconfig)) for a in args]
+  (tmp_path / "empty.py").write_text("")
+  (tmp_path / "noget.py").write_text("def get_konfig():\n  return None\n")
+  files = {"BROKEN": broken, "NOTCONFIG": notconfig, "EMPTY": tmp_path / "empty.py",
+           "NOGET": tmp_path / "noget.py"}
+  for name, path in files.items():
+    args = [a.replace(name, str(path)) for a in args]
   out = _cli(args, tmp_path)
   lines = out.stderr.strip().splitlines()
   assert out.returncode == 2, out.stderr
@@ -296,8 +361,46 @@ def _file(tmp_path):
 
 
 @pytest.mark.parametrize("url", ["gs://bucket/run", "gs://bucket/run/", "gs://b/a/b/c"])
-def test_gs_workdir_is_accepted_without_touching_it(url):
+def test_gs_workdir_is_accepted_after_one_read(url, monkeypatch):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  probed = []
+  monkeypatch.setattr(type(epath.Path(url)), "exists", lambda self: probed.append(str(self)))
   assert configuration.check_workdir(url) == url.rstrip("/")
+  assert probed == [url.rstrip("/")]
+
+
+def test_unreachable_gs_workdir_is_one_line(monkeypatch, capfd):
+  """No network: TensorFlow's GCS client raises a multi-line error and logs its retries in
+  C++ on file descriptor 2; the run ends with one line."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  def unreachable(self):
+    os.write(2, b"W0000 google_auth_provider.cc:196] All attempts to get a token failed\n")
+    raise RuntimeError("Error executing an HTTP request: libcurl code 6 meaning 'Could not "
+                       "resolve hostname'\n\twhen reading metadata of gs://b/run")
+  monkeypatch.setattr(type(epath.Path("gs://b/run")), "exists", unreachable)
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.check_workdir("gs://b/run")
+  assert one_line(e) == ("--workdir gs://b/run cannot be reached: RuntimeError: Error "
+                         "executing an HTTP request: libcurl code 6 meaning 'Could not "
+                         "resolve hostname'")
+  assert "google_auth_provider" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name, field", [("checkpoints", "--workdir"),
+                                         ("experts", "config.experts.cache_dir"),
+                                         ("pruning", "config.pruning.cache_dir")])
+def test_output_dir_that_is_a_plain_file_is_one_line(tmp_path, name, field):
+  (tmp_path / name).write_text("x")
+  with pytest.raises(configuration.ConfigError) as e:
+    configuration.check_output_dirs(default_config(), str(tmp_path))
+  assert one_line(e) == (f"{tmp_path / name} ({field}) exists and is not a directory: move "
+                         "the file away or choose another path")
+  cache = tmp_path / "elsewhere"                       # a cache_dir set elsewhere: fine
+  cache.mkdir()
+  if name != "checkpoints":
+    configuration.check_output_dirs(default_config(**{f"{name}.cache_dir": str(cache)}),
+                                    str(tmp_path))
 
 
 def _dead_pid() -> int:
@@ -592,3 +695,69 @@ def test_labels_at_or_above_num_classes(label):
   assert np.asarray(metrics.correct_sums(logits, y).counts).tolist() == [1.0, 0.0, 0.0]
   scores = selection.reducr_scores(jnp.asarray(loss), jnp.zeros((2, 3)), jnp.ones(3) / 3)
   assert np.asarray(selection.top_k(scores, 1)).tolist() == [0]      # never the NaN point
+
+
+def _mlp_apply(p, x):
+  return x @ p
+
+
+def _meta_loss(p, batch):
+  return experts.cross_entropy(batch["x"] @ p, batch["y"])
+
+
+def _int(n):
+  return jnp.zeros((n,), jnp.int32)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: selection.reducr_scores(jnp.ones(4), jnp.zeros((4, 2)), jnp.asarray([-1.0, 2.0])),
+     "class_weights must be >= 0 everywhere, got -1.0 at index 0"),
+    (lambda: selection.weighted_scores(jnp.ones((4, 2)), jnp.asarray([0.5, np.nan])),
+     "class_weights must be >= 0 everywhere, got nan at index 1"),
+    (lambda: mwu.ema_init(0), "num_classes must be a positive int, got 0"),
+    (lambda: mwu.ema_init(-1), "num_classes must be a positive int, got -1"),
+    (lambda: mwu.init(0), "num_classes must be a positive int, got 0"),
+    (lambda: metrics.class_sums(jnp.ones(3), jnp.asarray([0, 1, 2]), 0),
+     "num_classes must be a positive int, got 0"),
+    (lambda: metrics.class_sums(jnp.ones(3), jnp.asarray([0.0, 1.0, 2.0]), 3),
+     "labels must be integer class labels, got dtype float32"),
+    (lambda: metrics.summary(metrics.ClassSums(jnp.zeros(3), jnp.zeros(3))),
+     "stats must count at least one example"),
+    (lambda: metrics.summary(metrics.ClassSums(jnp.asarray([5.0, 1.0]), jnp.asarray([1.0, 1.0]))),
+     "stats.sums must be correct-prediction counts in [0, stats.counts], got class 0: 5 correct of 1"),
+    (lambda: selection.gumbel_top_k(7, jnp.zeros(5), 2),
+     "rng must be a PRNG key (jax.random.key(seed)), got int 7"),
+    (lambda: selection.gumbel_top_k(jnp.zeros(3), jnp.zeros(5), 2),
+     "rng must be a PRNG key (jax.random.key(seed)), got an array of dtype float32"),
+    (lambda: experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 4)), _int(6)),
+     "y must have shape [n=5], got (6,)"),
+    (lambda: experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 4)), jnp.zeros(5)),
+     "y must be integer class labels, got dtype float32"),
+    (lambda: experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 7)), _int(5)),
+     "apply_fn(stacked_params[c], x) fails for x of shape (5, 7)"),
+    (lambda: __import__("reducr_jax.meta_reweight").meta_reweight.example_weights(
+        _meta_loss, jnp.zeros((4, 2)), {"x": jnp.ones((3, 4)), "y": _int(3)},
+        {"x": jnp.ones((3, 5)), "y": _int(3)}, 0.1),
+     "val_batch['x'] must have train_batch['x']'s per-example shape (4,), got (5,)"),
+], ids=["reducr_scores_negative", "weighted_scores_nan", "ema_init_0", "ema_init_-1",
+        "init_0", "class_sums_C0", "class_sums_float_labels", "summary_empty",
+        "summary_sums_gt_counts", "gumbel_int_rng", "gumbel_float_rng",
+        "expert_losses_mismatch", "expert_losses_float_labels", "expert_losses_features",
+        "example_weights_features"])
+def test_pure_function_bad_argument_is_one_line_value_error(call, message):
+  with pytest.raises(ValueError) as e:
+    call()
+  assert message in one_line(e)
+
+
+def test_nan_logits_are_never_correct():
+  logits = jnp.asarray([[np.nan, 0.0, 0.0], [0.0, np.nan, 5.0], [3.0, 0.0, 0.0]])
+  stats = metrics.correct_sums(logits, jnp.asarray([0, 2, 0]))
+  assert np.asarray(stats.sums).tolist() == [1.0, 0.0, 0.0]      # only the finite row
+  assert np.asarray(stats.counts).tolist() == [2.0, 0.0, 1.0]
+
+
+def test_traced_class_weights_are_not_checked():
+  """Documented: negative weights known only inside jit cannot be checked at trace time."""
+  out = jax.jit(selection.weighted_scores)(jnp.ones((2, 2)), jnp.asarray([-1.0, 2.0]))
+  assert np.asarray(out).tolist() == [1.0, 1.0]

@@ -159,6 +159,41 @@ def test_official_qqp_split_from_glue_tsv(tmp_path):
   assert s.train.y.mean() < 0.5
 
 
+def test_official_mnli_rows_are_the_official_contiguous_cut():
+  train, holdout, test = real.official_mnli_rows(412_349)    # GLUE train + both dev sets
+  assert (len(train), len(holdout), len(test)) == (206_174, 164_939, 41_236)
+  np.testing.assert_array_equal(train, np.arange(206_174))
+  assert holdout[0] == 206_174 and holdout[-1] == 371_112 and test[0] == 371_113
+  assert test[-1] == 412_348 and 392_702 - test[0] == 21_589   # last train rows + dev
+
+
+def test_official_mnli_split_from_glue_tsv_in_file_order(tmp_path):
+  pytest.importorskip("tokenizers")
+  import fakes  # pylint: disable=g-import-not-at-top
+  from reducr_jax.data import glue_tsv  # pylint: disable=g-import-not-at-top
+  rows = {"train": [("a b", "c d", i % 3) for i in range(30)],
+          "validation_matched": [("a", "b", 0)] * 5,
+          "validation_mismatched": [("c", "d", 2)] * 5}
+  fakes.write_glue(tmp_path / "glue", "mnli", rows)
+  cfg = real.default_config("mnli", tokenizer=fakes.write_vocab(tmp_path), max_length=8,
+                            manual_dir=str(tmp_path / "glue"), split_mode="official")
+  s = data.make_splits(cfg, seed=0)
+  again = data.make_splits(cfg, seed=7)                        # fixed: no seed in it
+  # N = 40: train = pool rows 0..19, holdout = 20 .. 20 + int(40 // 2.5) − 1 = 35, test 4
+  assert (len(s.train), len(s.holdout), len(s.test)) == (20, 16, 4) and s.val is s.holdout
+  np.testing.assert_array_equal(s.train.index, np.arange(20))
+  np.testing.assert_array_equal(s.holdout.index, np.arange(20, 36))
+  np.testing.assert_array_equal(s.test.index, np.arange(36, 40))
+  np.testing.assert_array_equal(again.train.index, s.train.index)
+  # the rows are in the GLUE file's order (as Hugging Face reads it), not TFDS's
+  order = [int(r) for r in glue_tsv.tfds_order("train", 30)]
+  file_labels = np.empty(30, int)
+  file_labels[order] = [y for _, _, y in rows["train"]]
+  np.testing.assert_array_equal(s.train.y, file_labels[:20])
+  assert not np.array_equal(file_labels, [y for _, _, y in rows["train"]])
+  np.testing.assert_array_equal(s.test.y, [2, 2, 2, 2])          # validation_mismatched 1..4
+
+
 # ---------------------------------------------------------------------------- groups
 
 

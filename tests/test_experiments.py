@@ -41,6 +41,24 @@ def test_compare_table_figures_and_resume(tmp_path):
     assert table[method]["worst_class_accuracy"]["std"] == pytest.approx(np.std(worst))
   md = (tmp_path / "table.md").read_text()
   assert f"{table['reducr']['accuracy']['mean']:.2f} ± {table['reducr']['accuracy']['std']:.2f}" in md
+  # Data efficiency: first evaluated step at or above uniform's best worst-class val
+  # accuracy of the same seed, from each run's metrics.jsonl; seconds from timing.json.
+  for method in table:
+    reach = table[method]["data_efficiency"]
+    for s in range(2):
+      val = {m: [(r["step"], r["val/worst_class_accuracy"]) for r in map(json.loads, (
+          tmp_path / f"runs/{m}/seed{s}/metrics.jsonl").read_text().splitlines())
+                 if "val/worst_class_accuracy" in r] for m in ("uniform", method)}
+      target = max(v for _, v in val["uniform"])
+      first = next((step for step, v in val[method] if v >= target), None)
+      assert reach["target"][s] == target
+      assert reach["steps"][s] == (first if first is not None else None)  # JSON: inf -> null
+      timing = json.loads((tmp_path / f"runs/{method}/seed{s}/timing.json").read_text())
+      if first is not None:
+        assert reach["seconds"][s] == pytest.approx(
+            first * timing["train_seconds"] / timing["steps_run"])
+  assert table["uniform"]["data_efficiency"]["reached"] == 2
+  assert "steps to uniform's best worst-class val. acc." in md and "every 10 steps" in md
   figs = tmp_path / "figures"
   for name in ("class_weights", "worst_class_val", "per_class_test", "selected_fraction",
                "selected_corrupted"):
@@ -100,7 +118,7 @@ def test_robustness_every_rare_class_paired_stats_and_eta_chosen_on_val(tmp_path
     assert table["selection"][dataset]["reducr"]["val_worst_class_accuracy"] == pytest.approx(val)
     r = _results(tmp_path, f"{dataset}/rare2/reducr/etaauto/seed0")
     assert r["config"]["dataset"]["imbalance_class"] == 2 and r["config"]["dataset"]["name"] == dataset
-    assert r["config"]["selection"]["eta"] == "auto" and r["eta"] > 0
+    assert r["config"]["selection"]["eta"] == "auto" and r["eta"]["eta_1"] > 0
     diffs = [100 * (_results(tmp_path, f"{dataset}/rare2/reducr/eta{chosen}/seed{s}")
                     ["test"]["worst_class_accuracy"] -
                     _results(tmp_path, f"{dataset}/rare2/uniform/seed{s}")

@@ -65,6 +65,60 @@ def test_t_steps_equal_softmax_of_cumulative_alpha():
   assert np.all(np.isfinite(np.asarray(mwu.weights(huge))))
 
 
+def test_anytime_three_updates_by_hand():
+  """η_t = η_1/√t with η_1 = 1; round t plays softmax(−η_t S_{t−1}), so the t-th update
+  returns softmax(−S_t/√(t+1)). α = [2, −1], [0, 1], [−1, 0]: S = [2, −1], [2, 0], [1, 0];
+  w_2[0] = 1/(1 + e^{3/√2}) = 1/(1 + 8.34214) = 0.107042,
+  w_3[0] = 1/(1 + e^{2/√3}) = 1/(1 + 3.17307) = 0.239632,
+  w_4[0] = 1/(1 + e^{1/2}) = 1/(1 + 1.64872) = 0.377541."""
+  state = mwu.anytime_init(2)
+  np.testing.assert_allclose(mwu.weights(mwu.init(2)), [0.5, 0.5])
+  expected = [0.107042, 0.239632, 0.377541]
+  for t, (alpha, w0) in enumerate(zip([[2.0, -1.0], [0.0, 1.0], [-1.0, 0.0]], expected), 1):
+    log_w, state = jax.jit(mwu.anytime_update)(state, jnp.array(alpha), 1.0)
+    w = np.asarray(mwu.weights(log_w))
+    np.testing.assert_allclose(w, [w0, 1 - w0], rtol=1e-5)
+    assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-6 and int(state.num_updates) == t
+  np.testing.assert_allclose(state.cumulative_alpha, [1.0, 0.0])
+
+
+def test_anytime_eta_is_the_fixed_horizon_rate_at_t():
+  # L = 32 ln 10, C = 10 (the default config): η_1 = (1/32) √(8 / ln 10) = 0.0582489, and
+  # η_t = η_1/√t meets the fixed-horizon auto_eta(T) at t = T (1.50398e-3 at 1500).
+  loss_range = 32 * np.log(10)
+  assert mwu.anytime_eta_1(10, loss_range) == pytest.approx(0.0582489, rel=1e-5)
+  sched = mwu.anytime_schedule(10, 1500, loss_range)
+  assert sched == {"schedule": "anytime", "eta_1": pytest.approx(0.0582489, rel=1e-5),
+                   "eta_T": pytest.approx(1.50398e-3, rel=1e-5), "num_updates": 1500}
+  assert sched["eta_T"] == pytest.approx(sched["eta_1"] / np.sqrt(1500), rel=1e-12)
+
+
+def test_anytime_is_the_lazy_form_not_the_incremental_one():
+  """Over 300 random rounds the weights are softmax(−η_{t+1} S_t) (float64 reference),
+  stay on the simplex, and differ from chaining update() with the same η_t."""
+  alphas = np.asarray(jax.random.normal(jax.random.key(1), (300, 5))) * 40.0
+  state, log_w_incremental = mwu.anytime_init(5), mwu.init(5)
+  step = jax.jit(mwu.anytime_update)
+  for t, a in enumerate(alphas, 1):
+    log_w, state = step(state, jnp.asarray(a, jnp.float32), 0.05)
+    log_w_incremental = mwu.update(log_w_incremental, jnp.asarray(a), 0.05 / np.sqrt(t + 1))
+    w = np.asarray(mwu.weights(log_w))
+    assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-5
+  z = -0.05 / np.sqrt(301) * alphas.sum(0)
+  reference = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+  np.testing.assert_allclose(w, reference, rtol=1e-4, atol=1e-7)
+  assert not np.allclose(mwu.weights(log_w_incremental), reference, rtol=1e-2, atol=1e-3)
+
+
+def test_anytime_bad_input():
+  with pytest.raises(ValueError, match="eta_1 must be in"):
+    mwu.anytime_update(mwu.anytime_init(3), jnp.ones(3), 0.0)
+  with pytest.raises(ValueError, match=r"alpha must have shape \[C=3\]"):
+    mwu.anytime_update(mwu.anytime_init(3), jnp.ones(4), 0.1)
+  with pytest.raises(ValueError, match="num_classes must be a positive int"):
+    mwu.anytime_init(0)
+
+
 # A 3-step REDUCR example worked by hand: B=4, C=2, k=2, η=0.5, class-holdout loss h=[1, .5].
 MODEL = [jnp.array([2.0, 1.2, 3.0, 0.5]), jnp.array([1.0, 2.0, 0.5, 1.5]),
          jnp.array([1.0, 1.0, 1.0, 2.0])]

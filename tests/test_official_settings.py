@@ -27,9 +27,14 @@ def test_k_rounding_by_hand(batch, rounding, k):
   assert configuration.num_selected(config) == k
 
 
-def test_floor_never_gives_zero():
-  assert configuration.num_selected(_config(batch_size=5, **{
-      "selection.k_rounding": "floor", "selection.percent_selected": 0.1})) == 1
+def test_floor_to_zero_is_refused_not_raised_to_one():
+  """int(0.5) = 0: the official max(1, ·) would silently select 1 point; the config is
+  refused with one line about k instead (test_bad_inputs.test_k_of_zero_is_one_line_about_k)."""
+  config = _config(batch_size=5, **{"selection.k_rounding": "floor",
+                                    "selection.percent_selected": 0.1})
+  assert configuration.num_selected(config) == 0
+  with pytest.raises(configuration.ConfigError, match="must give k >= 1"):
+    configuration.validate_config(config, 1)
 
 
 def _splits():
@@ -84,7 +89,7 @@ def _without_added_fields(config):
     node = d
     for part in path:
       node = node[part]
-    del node[last]
+    node.pop(last, None)        # absent where the field is dataset-specific (cinic10_relevance)
   return ml_collections.ConfigDict(d)
 
 

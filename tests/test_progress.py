@@ -47,3 +47,24 @@ def test_stage_one_and_table_show_progress(tmp_path, capsys, monkeypatch):
   assert "stage 1: training experts reference models: 4/4 steps" in out
   assert f"stage 1: reference-loss table: {len(splits.train)}/{len(splits.train)} rows" in out
   assert "ETA" in out
+  # Printed whatever the log verbosity: the chosen strategy and what each part took.
+  line = next(l for l in out.splitlines() if l.startswith("stage 1: 10 experts with "))
+  assert config.experts.strategy == "auto" and line.split()[6] == "(auto),", line
+  assert "stage 1: trained the experts reference models in " in out
+  assert f"stage 1: reference-loss table ({len(splits.train)} rows, batch " in out
+
+
+def test_strategy_line_and_stage_times(capsys):
+  gib = 2**30
+  assert train_experts.strategy_line("experts", 14, ("map", 0, 2), "auto", 1, 1.234 * gib,
+                                     2.94 * gib) == (
+      "stage 1: 14 experts with map (auto), 2 microbatches, 1 device, compiled peak "
+      "1.23 GiB per device (budget 2.94 GiB)")
+  assert "peak 0.00123 GiB" in train_experts.strategy_line(
+      "experts", 3, ("map", 0, 1), "map", 1, 0.00123 * gib, gib)
+  assert train_experts.strategy_line("experts", 14, ("vmap", 7, 1), "vmap", 8, None,
+                                     gib) == "stage 1: 14 experts with vmap in chunks of 7, 8 devices"
+  assert train_experts.strategy_line("irreducible", 1, ("map", 0, 1), "auto", 1, None,
+                                     gib) == "stage 1: 1 irreducible-loss model with map (auto), 1 device"
+  progress.took("stage 2: 2 training steps", 125.4)
+  assert capsys.readouterr().out == "stage 2: 2 training steps in 2m05s\n"

@@ -253,6 +253,37 @@ def test_full_disk_changed_config_second_writer_and_shrunk_num_steps(tmp_path, m
   assert train.train_and_evaluate(longer, str(tmp_path))["num_steps"] == 20
 
 
+@pytest.mark.slow
+def test_eta_auto_run_extended_from_30_to_60_steps_is_the_60_step_run(tmp_path):
+  """num_steps is resumable and eta='auto' is the anytime schedule, so 30
+  steps resumed to 60 give the 60-step run byte for byte: results.json (class weights,
+  accuracies, the resolved schedule), metrics.jsonl and the final checkpoint's params and
+  MWU state. (With the old fixed-horizon η = √(8 ln C/(T L²)) the first 30 steps of the
+  two runs used different η.)"""
+  cache = {"experts.cache_dir": str(tmp_path / "experts")}
+  config = tiny_config(**{"selection.eta": "auto", "num_steps": 60, "log_every": 10,
+                          "eval_every": 10, "checkpoint_every": 30, **cache})
+  longer = train.train_and_evaluate(config, str(tmp_path / "sixty"))
+  train.train_and_evaluate(configuration.with_overrides(config, {"num_steps": 30}),
+                           str(tmp_path / "extended"))
+  extended = train.train_and_evaluate(config, str(tmp_path / "extended"))
+  for name in ("results.json", "metrics.jsonl"):
+    assert (tmp_path / "extended" / name).read_bytes() == (tmp_path / "sixty" / name).read_bytes()
+  assert extended == longer
+  # k = round(0.1 · 80) = 8, C = 10: η_t = (1/8) √(8 / (t ln 10)); η_1 = 0.232995, η_60 = 0.0300796.
+  assert longer["eta"] == {"schedule": "anytime", "eta_1": pytest.approx(0.232995, rel=1e-5),
+                           "eta_T": pytest.approx(0.0300796, rel=1e-5), "num_updates": 60}
+  w = np.asarray(longer["class_weights"])
+  assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-5 and w.max() > 0.11   # the weights moved
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  raw = [ocp.StandardCheckpointer().restore(tmp_path / run / "checkpoints" / "60" / "state")
+         for run in ("sixty", "extended")]
+  assert jax.tree.structure(raw[0]) == jax.tree.structure(raw[1])
+  for a, b in zip(jax.tree.leaves(raw[0]), jax.tree.leaves(raw[1])):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  assert int(raw[0]["state"]["selector_state"]["anytime"]["num_updates"]) == 60
+
+
 def test_full_disk_during_a_checkpoint_save_leaves_no_partial_step(tmp_path):
   ckpt = checkpointing.Checkpointer(tmp_path)
   real_save = ckpt._manager.save  # pylint: disable=protected-access
@@ -294,3 +325,101 @@ def test_a_refused_lock_stops_every_process(tmp_path, monkeypatch):
     with workdir_lib.lock(tmp_path):
       pass
   assert not (tmp_path / workdir_lib.LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [
+    {"optimizer.learning_rate": 1e30, "selection.method": "uniform"},
+    {"experts.update_lr_factor": 1e30, "experts.update_on_selected": True,
+     "experts.losses": "online"},
+], ids=["learning_rate", "update_lr_factor"])
+def test_a_short_diverged_run_is_not_a_success(tmp_path, overrides, capfd, caplog):
+  """20 steps cannot reach max_consecutive_skipped (100): the skipped share decides. The
+  first huge step (|θ| ≈ 1e30, finite) is skipped too (divergence.bounded), so no
+  checkpoint holds it, and TensorBoard gets no non-finite scalar (one warning instead of
+  tensorboardX's line per value)."""
+  config = tiny_config(**overrides, **{"log_every": 1, "eval_every": 20,
+                                       "checkpoint_every": 20})
+  with caplog.at_level(logging.WARNING), pytest.raises(divergence.Diverged) as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  text = str(e.value)
+  assert "20 of 20 updates skipped (100% > config.max_skipped_share = 0.5" in text
+  assert "\n" not in text and e.value.exit_code == 1
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["status"] == "diverged" and results["skipped_share"] == 1.0
+  assert results["num_skipped"] == 20
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  raw = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "20" / "state")
+  for x in jax.tree.leaves(raw):
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+      assert np.all(np.abs(x) < 1e6)          # the initial parameters, not 1e30
+  out, err = capfd.readouterr()
+  logged = " ".join(r.getMessage() for r in caplog.records)
+  assert "NaN or Inf" not in out + err + logged
+
+
+def test_non_finite_metrics_stay_out_of_tensorboard(tmp_path, capfd, caplog):
+  from reducr_jax import metric_writers  # pylint: disable=g-import-not-at-top
+  pytest.importorskip("tensorboardX")
+  writer = metric_writers.MetricWriter(str(tmp_path))
+  with caplog.at_level(logging.WARNING):
+    for step in range(1, 23):
+      writer.write(step, {"train/loss": np.nan, "train/w": np.array([1.0, np.inf]),
+                          "train/ok": 2.0})
+  writer.close()
+  out, err = capfd.readouterr()
+  assert "NaN or Inf" not in out + err
+  logged = [r.getMessage() for r in caplog.records]
+  assert sum("not written to TensorBoard" in m for m in logged) == 1, logged
+  assert not any("NaN or Inf" in m for m in logged)
+  record = metric_writers.read_metrics(str(tmp_path))[0]
+  assert record == {"step": 1, "train/loss": None, "train/w": [1.0, None], "train/ok": 2.0}
+
+
+def test_skipped_share_threshold_and_bounded_rule():
+  assert divergence.run_status(10, 20, 0.5) == {"status": "ok", "skipped_share": 0.5}
+  status = divergence.run_status(11, 20, 0.5)
+  assert status == {"status": "diverged", "skipped_share": 0.55}
+  with pytest.raises(divergence.Diverged, match="11 of 20 updates skipped"):
+    divergence.check_share(status, 11, 20, 0.5)
+  divergence.check_share(divergence.run_status(20, 20, 1.0), 20, 20, 1.0)   # 1.0: never
+  # Σθ² must be finite in float32: |θ| = 1e19 passes (1e38 < 3.4e38), 2e19 does not.
+  assert bool(divergence.bounded({"w": jnp.full((1,), 1e19)}))
+  assert not bool(divergence.bounded({"w": jnp.full((1,), 2e19), "b": jnp.zeros(3)}))
+  assert not bool(divergence.bounded({"w": jnp.array([0.0, jnp.nan])}))
+  assert bool(divergence.bounded({}))
+
+
+def test_max_skipped_share_is_validated():
+  with pytest.raises(configuration.ConfigError, match=r"config.max_skipped_share must be in \[0, 1\]"):
+    configuration.validate_config(tiny_config(max_skipped_share=1.5), 1)
+
+
+def test_full_disk_save_hides_orbax_background_tracebacks(tmp_path, caplog, monkeypatch):
+  """A full disk during a save: orbax's background threads log an ERROR with a traceback
+  per failed write, and tensorstore's pending writes report "Event loop is closed" as
+  unraisable, dozens of tracebacks around the one line; both are dropped (nothing else)."""
+  ckpt = checkpointing.Checkpointer(tmp_path)
+  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "future.py")
+
+  def full_save(step, *args, **kwargs):
+    for message in ("_SignalingThread.run() raised: RESOURCE_EXHAUSTED: Failed to write: "
+                    "No space left on device [os_error_code='28']", "an unrelated orbax error"):
+      logging.getLogger("absl").handle(logging.LogRecord(
+          "absl", logging.ERROR, orbax_file, 387, message, None, None))
+    for value in (RuntimeError("Event loop is closed"), RuntimeError("another")):
+      sys.unraisablehook(type("U", (), {"exc_type": RuntimeError, "exc_value": value,
+                                        "exc_traceback": None, "err_msg": None,
+                                        "object": None})())
+    raise OSError(errno.ENOSPC, "No space left on device")
+  ckpt._manager.save = full_save  # pylint: disable=protected-access
+  reported = []                                      # what would print a traceback
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(str(u.exc_value)))
+  with caplog.at_level(logging.WARNING), pytest.raises(caches.DiskFullError):
+    ckpt.save(3, {"a": np.zeros(2)})
+  messages = [r.getMessage() for r in caplog.records]
+  assert "an unrelated orbax error" in messages
+  assert not any("No space left" in m for m in messages)
+  assert reported == ["another"]
+  ckpt.close()

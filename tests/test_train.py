@@ -240,7 +240,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--config.selection.method=greedy", "config.selection.method must be one of ['reducr', 'rho_loss', 'train_loss', 'uniform', 'payoff', 'weighted', 'grad_norm', 'entropy', 'irreducible', 'uniform_after'], got 'greedy'"),
+    ("--config.selection.method=greedy", "config.selection.method must be one of ['reducr', 'rho_loss', 'train_loss', 'uniform', 'payoff', 'weighted', 'grad_norm', 'entropy', 'irreducible', 'uniform_after', 'bald', 'conditional_entropy'], got 'greedy'"),
     ("--config.dataset.name=imagenet", "config.dataset.name must be one of"),
     ("--config.selection.percent_selected=1.5", "config.selection.percent_selected must be in (0, 1], got 1.5"),
     ("--config.selection.percent_selected=0.001", "must give k >= 1"),
@@ -375,13 +375,20 @@ def test_fewer_devices_than_the_process_has(tmp_path):
   assert len(results["test"]["per_class_accuracy"]) == 10
 
 
-def test_eta_auto_is_resolved_before_training_and_reported(tmp_path, capsys):
+def test_eta_auto_is_the_anytime_schedule_and_reported(tmp_path, capsys):
   config = tiny_config(num_steps=10, eval_every=10, checkpoint_every=10,
                        **{"selection.eta": "auto"})
   results = train.train_and_evaluate(config, str(tmp_path))
-  # k = round(0.1 · 80) = 8, T = 10, C = 10: (1/8) √(8 / (10 ln 10)) = 0.0736796.
-  assert results["eta"] == pytest.approx(0.0736796, rel=1e-5)
+  # k = round(0.1 · 80) = 8, C = 10: η_t = (1/8) √(8 / (t ln 10)), η_1 = 0.232995,
+  # η_T = η_10 = 0.0736796.
+  assert results["eta"] == {"schedule": "anytime", "eta_1": pytest.approx(0.232995, rel=1e-5),
+                            "eta_T": pytest.approx(0.0736796, rel=1e-5), "num_updates": 10}
   assert results["config"]["selection"]["eta"] == "auto"
-  assert "selection.eta = auto -> 0.07368" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "selection.eta = auto -> anytime eta_t = 0.233/sqrt(t)" in out
+  # Each stage's time is printed whatever the log verbosity.
+  for line in ("stage 1 (reference models and their losses) in ",
+               "stage 2: 10 training steps in ", "stage 3: final evaluation in "):
+    assert line in out, (line, out)
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["eta"] == results["eta"] and on_disk["config"]["selection"]["eta"] == "auto"

@@ -8,6 +8,9 @@
   ``_corrupt_dataset``): exactly ``int(N · rate)`` rows, drawn without replacement, get a
   label drawn uniformly from *all* C classes, so a redraw may keep the true label and the
   expected share of changed labels is ``int(N · rate)/N · (C − 1)/C``.
+* Structured label noise (``label_noise_mode='structured'``, official ``structured_noise``
+  of ``_corrupt_dataset``; ``trainset_corruption/structured_noise.yaml``, there rate 0.5
+  on MNIST variants only): a fixed class-to-class flip map, :func:`structured_label_noise`.
 * The official weighted sampler (``imbalance_mode='weighted_sampler'``,
   ``src/datamodules/datasets/imbalanced_dataloader.py``): :func:`sampler_probabilities`.
 """
@@ -129,7 +132,11 @@ def symmetric_label_noise(
   return y_noisy, flipped
 
 
-LABEL_NOISE_MODES = ("different", "any")
+LABEL_NOISE_MODES = ("different", "any", "structured")
+# The official structured flips, applied in this order (source -> target); the official
+# comment says "3 --> 5, 4 --> 5, 9 --> 7", the code flips 4 to 9 (after 9 -> 7, so the
+# new 9s stay).
+STRUCTURED_FLIPS = ((3, 5), (9, 7), (4, 9))
 
 
 def uniform_label_noise(
@@ -165,6 +172,33 @@ def uniform_label_noise(
   return y_noisy.astype(y.dtype), redrawn
 
 
+def structured_label_noise(y: np.ndarray, rate: float,
+                           num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """The official structured noise: class 3 → 5, then 9 → 7, then 4 → 9.
+
+  Official ``_corrupt_dataset(structured_noise=True)``: for each ``(source, target)`` of
+  :data:`STRUCTURED_FLIPS` in turn, the *first* ``int(n_source · rate)`` rows (in row
+  order, no randomness) whose current label is ``source`` get ``target``. Labels of other
+  classes never change.
+
+  Args:
+    y: int labels [N] in [0, num_classes); num_classes must be >= 10.
+    rate: share of each source class flipped, in [0, 1].
+
+  Returns:
+    ``(y_noisy, flipped)``: y_noisy [N] with ``y``'s dtype; bool [N], True where changed.
+  """
+  y = _checked_labels(y, rate, num_classes)
+  if num_classes < 10:
+    raise ValueError(f"config.dataset.label_noise_mode='structured' flips classes 3, 4, 9 "
+                     f"into 5, 9, 7 and needs >= 10 classes, got {num_classes}")
+  y_noisy = y.copy()
+  for source, target in STRUCTURED_FLIPS:
+    rows = np.flatnonzero(y_noisy == source)
+    y_noisy[rows[:int(rows.size * float(rate))]] = target
+  return y_noisy, y_noisy != y
+
+
 def label_noise(y: np.ndarray, rate: float, num_classes: int, rng: np.random.Generator,
                 mode: str = "different") -> np.ndarray:
   """Noisy labels [N] of ``mode`` (``LABEL_NOISE_MODES``); see the module docstring."""
@@ -172,6 +206,8 @@ def label_noise(y: np.ndarray, rate: float, num_classes: int, rng: np.random.Gen
     return symmetric_label_noise(y, rate, num_classes, rng)[0]
   if mode == "any":
     return uniform_label_noise(y, rate, num_classes, rng)[0]
+  if mode == "structured":
+    return structured_label_noise(y, rate, num_classes)[0]
   raise ValueError(f"config.dataset.label_noise_mode must be one of "
                    f"{list(LABEL_NOISE_MODES)}, got {mode!r}")
 

@@ -16,6 +16,11 @@ them never changes what they contain, and a resumed run continues exactly.
   ``n + prefetch`` batches are in flight and they are yielded in step order. Each worker
   decodes with one thread, so ``n`` is the number of cores given to decoding.
 
+  ``n`` is bounded by the machine (:func:`worker_count`): at most the usable CPU cores,
+  and as many workers as fit in half the available memory at
+  :data:`WORKER_BASE_BYTES` plus the pickled ``make`` each (a spawned worker measured
+  186 MB before its data); a reduced ``n`` is said in one warning line.
+
 ``put`` (e.g. ``jax.device_put`` to the devices' sharding) runs in the parent, in the
 prefetch thread: worker processes never touch JAX.
 """
@@ -28,10 +33,59 @@ import os
 import multiprocessing
 from typing import Any, Callable, Iterator, Optional
 
+from absl import logging
+
 from reducr_jax.data import prefetch as prefetch_lib
 from reducr_jax.data import random_access
 
 _MAKE: Optional[Callable[[int], Any]] = None   # what forked workers call (inherited)
+
+
+#: Resident memory of one spawned worker before its data (measured: 186 MB), rounded up.
+WORKER_BASE_BYTES = 200 * 2**20
+
+
+def _usable_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:               # not Linux
+    return os.cpu_count() or 1
+
+
+def _available_bytes() -> Optional[int]:
+  """``MemAvailable`` of ``/proc/meminfo`` (Linux), else None (not bounded by memory)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
+
+
+def worker_count(requested: int, payload_bytes: int, cores: Optional[int] = None,
+                 available_bytes: Optional[int] = -1) -> tuple[int, str]:
+  """``(n, why)``: the worker processes to start for ``config.data_workers=requested``.
+
+  ``n = min(requested, cores, ⌊available / 2 / (WORKER_BASE_BYTES + payload_bytes)⌋)``,
+  at least 1; ``why`` is ``""`` when ``n == requested``, else the bound that applied.
+  ``cores`` / ``available_bytes`` default to this machine's (usable cores, MemAvailable;
+  ``None`` memory: unbounded).
+  """
+  cores = _usable_cores() if cores is None else int(cores)
+  if available_bytes == -1:
+    available_bytes = _available_bytes()
+  per_worker = WORKER_BASE_BYTES + int(payload_bytes)
+  n, why = int(requested), ""
+  if n > cores:
+    n, why = cores, f"{cores} usable CPU cores"
+  if available_bytes is not None:
+    fit = max(1, int(available_bytes // 2 // per_worker))
+    if n > fit:
+      n, why = fit, (f"half of the {available_bytes / 2**30:.1f} GiB available at "
+                     f"{per_worker / 2**30:.2f} GiB per worker")
+  return max(1, n), why
 
 
 def _worker_init(payload: bytes) -> None:
@@ -62,6 +116,11 @@ def _from_workers(make: Callable[[int], Any], start: int, stop: int, workers: in
   """
   import cloudpickle  # pylint: disable=g-import-not-at-top
   payload = cloudpickle.dumps(make)
+  requested = workers
+  workers, why = worker_count(requested, len(payload))
+  if why:
+    logging.warning("config.data_workers=%d: starting %d worker processes (bounded by %s)",
+                    requested, workers, why)
   ctx = multiprocessing.get_context("spawn")
   with ctx.Pool(workers, initializer=_worker_init, initargs=(payload,)) as pool:
     pending: collections.deque = collections.deque()

@@ -11,6 +11,7 @@ loss (the paper's "validation" set), ``val`` picks checkpoints, ``test`` reports
   ``test``. ``index``: row in the TFDS split (train, or test for ``test``).
 * ``cinic10`` (local builder, :mod:`reducr_jax.data.cinic10`): train = ``train``, holdout =
   val = ``valid``, test = ``test``. ``index``: row in the builder split.
+  ``cinic10_relevance``: holdout = val and test keep classes 0–4 only (train all 10).
 * ``clothing1m`` (local builder, :mod:`reducr_jax.data.clothing1m`): train = the "dirty"
   pool clean_train ∪ clean_val ∪ noisy_train (1,061,883 images, noisy labels on
   noisy_train); holdout = clean_val ∪ ``clothing1m_holdout_extra`` (100k) pool images drawn
@@ -23,7 +24,9 @@ loss (the paper's "validation" set), ``val`` picks checkpoints, ``test`` reports
   ``glue_source``, see :func:`glue_reader`; the same rows either way): pool = train ∪ validation_matched ∪ validation_mismatched
   (labelled rows; 392,702 + 9,815 + 9,832 = 412,349), a seeded random split by
   ``text_fractions`` (0.5, 0.4, 0.1) into train / holdout (= val) / test:
-  206,175 / 164,939 / 41,235 (paper: 206k / 164k / 41k).
+  206,175 / 164,939 / 41,235 (paper: 206k / 164k / 41k). ``split_mode='official'``: the
+  official fixed, contiguous cut of that pool in file order (:func:`official_mnli_rows`):
+  train = the first 206,174 GLUE train rows, holdout = the next 164,939, test = the rest.
   ``index``: row in the concatenation train ‖ validation_matched ‖ validation_mismatched.
 * ``qqp`` (GLUE ``QQP/*.tsv`` or TFDS ``glue/qqp``, as MNLI): test = GLUE validation (40,430 pairs, class balance
   untouched); pool = GLUE train (363,846 pairs, ~37 % class 1) with class-1 pairs removed
@@ -116,6 +119,7 @@ DEFAULTS: dict[str, object] = {
     "max_examples": -1,              # -1 = all; else first n rows of each source split
     "glue_source": "auto",           # MNLI/QQP: 'tsv' (GLUE files), 'tfds', 'auto' (see below)
     "skip_bad_images": False,        # CINIC-10/Clothing1M preparation: skip undecodable files
+    "cinic10_relevance": False,      # official CINIC10RelevanceDataModule (variants.py)
     **variants.DEFAULTS,             # imbalance_mode, label_noise_mode, split_mode, groups
 }
 GLUE_SOURCES = ("auto", "tsv", "tfds")
@@ -343,8 +347,10 @@ def _cinic10(cfg) -> dict:
     x, y = src[split]
     return x, y, np.arange(len(y))
 
-  valid = part("valid")
-  return {"train": part("train"), "holdout": valid, "val": valid, "test": part("test")}
+  valid, test = part("valid"), part("test")
+  if cfg.cinic10_relevance:
+    valid, test = variants.relevant_rows(valid), variants.relevant_rows(test)
+  return {"train": part("train"), "holdout": valid, "val": valid, "test": test}
 
 
 def _check_holdout_extra(cfg, outside_clean_val: int) -> None:
@@ -444,8 +450,29 @@ def _tokenize(cfg, first: list[str], second: list[str]) -> np.ndarray:
   return text.encode_pairs(tokenizer, first, second, int(cfg.max_length))
 
 
+def official_mnli_rows(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The official MNLI split of the pool train ‖ validation_matched ‖ validation_mismatched
+  (file order): fixed and contiguous.
+
+  Official ``src/datamodules/nlp_datamodules.py`` ``MNLIDataModule.train_test_val_split``:
+  with N pool rows, train = rows ``[0, N // 2)``, validation (our holdout = val) = rows
+  ``[N // 2, N // 2 + int(N // 2.5))``, test = the rest. On GLUE MNLI (N = 392,702 +
+  9,815 + 9,832 = 412,349): train = the first 206,174 GLUE *train* rows, holdout = the next
+  164,939 train rows, test = the last 21,589 train rows + both validation sets (41,236) —
+  the paper's 206k / 164k / 41k.
+
+  Returns:
+    ``(train, holdout, test)`` int64 positions into the pool.
+  """
+  train_end = n // 2
+  val_end = int(train_end + n // 2.5)
+  return (np.arange(train_end, dtype=np.int64), np.arange(train_end, val_end, dtype=np.int64),
+          np.arange(val_end, n, dtype=np.int64))
+
+
 def _mnli(cfg, rng: np.random.Generator) -> dict:
-  read = glue_reader(cfg, "mnli")
+  official = cfg.split_mode == "official"
+  read = glue_reader(cfg, "mnli", file_order=official)
   first, second, ys, index = [], [], [], []
   offset = 0
   for split in ("train", "validation_matched", "validation_mismatched"):
@@ -457,7 +484,10 @@ def _mnli(cfg, rng: np.random.Generator) -> dict:
     offset += n_read
   x = _tokenize(cfg, first, second)
   y, index = np.concatenate(ys), np.concatenate(index)
-  train, holdout, test = _cut(len(y), cfg.text_fractions, rng)
+  if official:
+    train, holdout, test = official_mnli_rows(len(y))
+  else:
+    train, holdout, test = _cut(len(y), cfg.text_fractions, rng)
   hold = (x[holdout], y[holdout], index[holdout])
   return {"train": (x[train], y[train], index[train]), "holdout": hold, "val": hold,
           "test": (x[test], y[test], index[test])}

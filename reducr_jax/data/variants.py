@@ -8,6 +8,7 @@ Every field's default (``DEFAULTS``, part of the complete dataset configs of
 from __future__ import annotations
 
 import ml_collections
+import numpy as np
 
 from reducr_jax.data import corruption
 from reducr_jax.data import groups as groups_lib
@@ -19,17 +20,23 @@ DEFAULTS = {
     # with replacement with class weights (fraction for the rare class, (1-fraction)/(C-1)).
     "imbalance_mode": "subsample",
     # 'different' (a flip is a different class) | 'any' (official _corrupt_dataset:
-    # int(N*rate) rows relabelled uniformly over all C classes).
+    # int(N*rate) rows relabelled uniformly over all C classes) | 'structured' (official
+  # structured_noise: the first int(n_c*rate) rows of class 3 -> 5, then 9 -> 7, 4 -> 9).
     "label_noise_mode": "different",
     # 'random' (seeded stratified / random cuts) | 'official' (CIFAR: even train indices =
-    # train, odd = holdout; QQP: official train_test_val_split, see real.py).
+    # train, odd = holdout; QQP, MNLI: official train_test_val_split, see real.py).
     "split_mode": "random",
     # () = one group per class | C group ids | 'cifar100_superclasses' (official CIFAR-100).
     "groups": (),
 }
+# dataset.cinic10_relevance (real.DEFAULTS; official CINIC10RelevanceDataModule,
+# src/datamodules/datamodules.py): the valid (= holdout = val) and test splits keep the
+# rows with `targets < 4.5`, classes 0-4 (airplane … deer); train keeps all ten classes, so
+# half of it is "irrelevant" to the evaluation task (RHO-LOSS relevance experiment).
+RELEVANT_CLASSES = (0, 1, 2, 3, 4)
 IMBALANCE_MODES = ("subsample", "weighted_sampler")
 SPLIT_MODES = ("random", "official")
-OFFICIAL_SPLIT_DATASETS = ("cifar10", "cifar100", "qqp")
+OFFICIAL_SPLIT_DATASETS = ("cifar10", "cifar100", "mnli", "qqp")
 
 
 def validate(cfg: ml_collections.ConfigDict, num_classes: int) -> None:
@@ -46,6 +53,9 @@ def validate(cfg: ml_collections.ConfigDict, num_classes: int) -> None:
   if noise not in corruption.LABEL_NOISE_MODES:
     raise ValueError(f"config.dataset.label_noise_mode must be one of "
                      f"{list(corruption.LABEL_NOISE_MODES)}, got {noise!r}")
+  if noise == "structured" and num_classes < 10:
+    raise ValueError(f"config.dataset.label_noise_mode='structured' flips classes 3, 4, 9 "
+                     f"into 5, 9, 7 and needs >= 10 classes, got {num_classes}")
   split = cfg.split_mode
   if split not in SPLIT_MODES:
     raise ValueError(f"config.dataset.split_mode must be one of {list(SPLIT_MODES)}, "
@@ -53,4 +63,15 @@ def validate(cfg: ml_collections.ConfigDict, num_classes: int) -> None:
   if split == "official" and cfg.name not in OFFICIAL_SPLIT_DATASETS:
     raise ValueError(f"config.dataset.split_mode must be 'random' for {cfg.name!r} "
                      f"('official' exists for {list(OFFICIAL_SPLIT_DATASETS)})")
+  relevance = cfg.get("cinic10_relevance", False)
+  if not isinstance(relevance, bool) or (relevance and cfg.name != "cinic10"):
+    raise ValueError(f"config.dataset.cinic10_relevance must be True or False (True only "
+                     f"for 'cinic10'), got {relevance!r} for {cfg.name!r}")
   groups_lib.validate(cfg.groups, num_classes)
+
+
+def relevant_rows(part: tuple) -> tuple:
+  """``(x, y, index)`` cut to the rows of :data:`RELEVANT_CLASSES` (row order kept)."""
+  x, y, index = part
+  rows = np.flatnonzero(np.isin(y, RELEVANT_CLASSES))
+  return x[rows], y[rows], index[rows]

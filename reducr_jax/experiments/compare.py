@@ -12,6 +12,16 @@ points over steps, the share of selected points with a corrupted label (when the
 noise is known: ``selected_corrupted.png``), and each method's class mix of selected
 points over steps.
 
+Data efficiency (the RHO-LOSS and REDUCR papers' claim), when ``uniform`` is among the
+methods: per method, the steps and the wall-clock to first reach uniform's best
+worst-class *validation* accuracy (uniform's run with the same seed, hence the same data),
+median over seeds, "never" where the median seed does not reach it
+(:func:`reducr_jax.experiments.tables.steps_to_reach_table`). Steps are resolved to
+``config.eval_every`` (uniform peaks within 100–400 steps on the default config, so pass
+e.g. ``--config.eval_every=25``); the wall-clock is steps × the run's mean seconds per
+training step (``timing.json``: evaluation and compilation included, reference-model
+training not).
+
 ``--etas=3e-3,1e-2,3e-2,auto`` also sweeps REDUCR's MWU step size (runs
 ``reducr/eta<η>/seed<s>``); η is chosen on mean worst-class *validation* accuracy over
 the seeds (:mod:`reducr_jax.experiments.selection_protocol`), the table reports the
@@ -28,6 +38,7 @@ import numpy as np
 
 from reducr_jax import cli
 from reducr_jax import configuration
+from reducr_jax import metric_writers
 from reducr_jax.experiments import figures
 from reducr_jax.experiments import runner
 from reducr_jax.experiments import selection_protocol
@@ -41,6 +52,7 @@ ETAS = flags.DEFINE_string(
     f"{', '.join(sweeps.ETA_METHODS)}, chosen on validation; '' = the config's.")
 
 CONFIG_SETTING = "config"        # label of a method run with the config as it is
+REFERENCE = "uniform"            # data efficiency: steps to reach this rule's best val. acc.
 
 
 def grid(config, methods, seeds, etas=None) -> dict[str, dict[str, list[runner.Run]]]:
@@ -85,9 +97,17 @@ def report(workdir: str, runs: dict[str, list[runner.Run]], results: dict,
                if len(s["val_worst_class_accuracy"]) > 1}
   some = next(iter(results.values()))
   names = some["class_names"]
-  tables.write(workdir, "table", table, tables.mean_std_markdown(
-      table, f"Test accuracy, mean ± std over {len(next(iter(runs.values())))} seeds", notes))
   logs = {m: [sweeps.records(workdir, r) for r in rs] for m, rs in runs.items()}
+  columns, title = None, f"Test accuracy, mean ± std over {len(next(iter(runs.values())))} seeds"
+  if REFERENCE in runs:
+    reach = data_efficiency(workdir, runs, logs)
+    for m in table:
+      table[m]["data_efficiency"] = metric_writers.to_json_compatible(reach[m])  # never: null
+    columns = tables.reach_cells(reach)
+    title += (f"; steps and seconds to reach {REFERENCE}'s best worst-class val. accuracy "
+              f"(same seed), evaluated every {some['config']['eval_every']} steps")
+  tables.write(workdir, "table", table, tables.mean_std_markdown(table, title, notes,
+                                                                 columns=columns))
   focus = some["config"]["dataset"]["imbalance_class"]
   if focus < 0:
     focus = int(np.argmin(sweeps.mean_per_class(by_method[next(iter(by_method))])))
@@ -116,6 +136,17 @@ def report(workdir: str, runs: dict[str, list[runner.Run]], results: dict,
                           sweeps.figure_path(workdir, "class_weights.png"),
                           "REDUCR class weights over training (seed 0)")
   return table
+
+
+def data_efficiency(workdir: str, runs: dict[str, list[runner.Run]],
+                    logs: dict[str, list[list[dict]]]) -> dict:
+  """:func:`reducr_jax.experiments.tables.steps_to_reach_table` of the runs: each
+  method's steps and wall-clock (seconds per step of ``timing.json``) to reach the best
+  worst-class *validation* accuracy of :data:`REFERENCE`'s run with the same seed."""
+  return tables.steps_to_reach_table(
+      {m: [tables.val_curve(log) for log in ls] for m, ls in logs.items()},
+      {m: [sweeps.seconds_per_step(workdir, r) for r in rs] for m, rs in runs.items()},
+      reference=REFERENCE)
 
 
 def main(argv):

@@ -105,10 +105,13 @@ def compile_cache(directory: Optional[str]):
 
 def _pretrain(config: ml_collections.ConfigDict, cache: Optional[str] = None) -> str:
   """Worker: trains (or finds cached) the reference models of one config."""
-  from reducr_jax import data, train_experts  # pylint: disable=g-import-not-at-top
+  from reducr_jax import data, double_reference, train_experts  # pylint: disable=g-import-not-at-top
   with compile_cache(cache), contextlib.redirect_stdout(io.StringIO()):
     splits = data.make_splits(config.dataset, config.seed)
-    train_experts.get_reference_models(config, splits, config.experts.cache_dir)
+    if config.experts.get("double_irreducible", False):    # the two half models
+      double_reference.references(config, splits, config.experts.cache_dir)
+    else:
+      train_experts.get_reference_models(config, splits, config.experts.cache_dir)
   return train_experts.reference_kind(config) or ""
 
 

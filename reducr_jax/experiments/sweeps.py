@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from absl import flags
@@ -81,6 +82,17 @@ def seeds() -> list[int]:
 def records(workdir: str, run: runner.Run) -> list[dict]:
   """The metrics log of one finished run."""
   return metric_writers.read_metrics(runner.run_dir(workdir, run))
+
+
+def seconds_per_step(workdir: str, run: runner.Run) -> float:
+  """Mean wall-clock seconds per training step of one finished run (``timing.json``:
+  the last invocation's ``train_seconds / steps_run``: compilation, evaluation and
+  checkpoints included; NaN when that invocation ran no step)."""
+  path = os.path.join(runner.run_dir(workdir, run), "timing.json")
+  with open(path) as f:
+    timing = json.load(f)
+  steps = timing.get("steps_run", 0)
+  return float(timing["train_seconds"]) / steps if steps > 0 else float("nan")
 
 
 def mean_per_class(results: list[dict], split: str = "test") -> np.ndarray:

@@ -8,7 +8,9 @@ Every module is called as ``module.apply(variables, x, train=...)``:
   CIFAR-10/100, CINIC-10) or ``'imagenet'`` (torchvision layout; Clothing1M, with the
   ImageNet weights imported from ``config.model.pretrained``); input ``uint8 [B, H, W, 3]``;
 * ``bert``: :class:`~reducr_jax.models.bert.BertClassifier` (bert-base-uncased; MNLI, QQP),
-  input ``int32 [B, 2, L]`` (token ids, token type ids).
+  input ``int32 [B, 2, L]`` (token ids, token type ids);
+* ``convnext``: :class:`~reducr_jax.models.convnext.ConvNeXt` (ConvNeXt-T; the official
+  Clothing1M ConvNeXt runs, ``configs/clothing1m_convnext.py``), input ``uint8 [B, H, W, 3]``.
 
 Models with batch norm keep their running statistics in ``variables["batch_stats"]`` (the
 "model state"); the trainer's train-mode apply computes batch statistics across all devices
@@ -25,13 +27,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from reducr_jax.models.bert import BertClassifier
+from reducr_jax.models.convnext import ConvNeXt
 from reducr_jax.models.mlp import MLP
 from reducr_jax.models.pretrained import load_pretrained
 from reducr_jax.models.pretrained import load_pretrained_stacked
 from reducr_jax.models.pretrained import resolve_sizes
 from reducr_jax.models.resnet import ResNet18
 
-MODEL_NAMES = ("mlp", "resnet18", "bert")
+MODEL_NAMES = ("mlp", "resnet18", "bert", "convnext")
 RESNET_STEMS = ("cifar", "imagenet")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The fields every ``config.model`` of a model defines (configs/default.py: mlp;
@@ -43,6 +46,7 @@ FIELDS = {
     "resnet18": _COMMON + ("stem", "width", "stage_sizes", "mean", "std"),
     "bert": _COMMON + ("vocab_size", "hidden_size", "num_layers", "num_heads",
                        "intermediate_size", "max_position", "type_vocab_size", "dropout_rate"),
+    "convnext": _COMMON + ("depths", "dims", "mean", "std"),      # configs/clothing1m_convnext.py
 }
 
 
@@ -73,6 +77,17 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     if not stages or not all(isinstance(n, int) and n >= 1 for n in stages):
       raise ValueError(f"config.model.stage_sizes must be a non-empty tuple of ints >= 1 "
                        f"(ResNet-18: (2, 2, 2, 2)), got {stages!r}")
+  if name == "convnext":
+    depths, dims = tuple(model_config.depths), tuple(model_config.dims)
+    if (not depths or len(depths) != len(dims) or
+        not all(isinstance(n, int) and n >= 1 for n in depths + dims)):
+      raise ValueError(f"config.model.depths and .dims must be equally long, non-empty tuples "
+                       f"of ints >= 1 (ConvNeXt-T: (3, 3, 9, 3), (96, 192, 384, 768)), got "
+                       f"{depths!r} and {dims!r}")
+    if model_config.pretrained:
+      raise ValueError("config.model.pretrained must be '' for 'convnext' (no ImageNet "
+                       f"weight importer yet), got {model_config.pretrained!r}")
+  if name in ("resnet18", "convnext"):
     for field in ("mean", "std"):
       v = tuple(model_config[field])
       if v and (len(v) != 3 or (field == "std" and min(v) <= 0)):
@@ -85,6 +100,9 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
       v = model_config[field]
       if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"config.model.{field} must be an int >= 1, got {v!r}")
+  rate = model_config.get("dropout_rate", 0.0)
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+    raise ValueError(f"config.model.dropout_rate must be a number in [0, 1), got {rate!r}")
   if name == "bert" and model_config.hidden_size % model_config.num_heads:
     raise ValueError(f"config.model.hidden_size ({model_config.hidden_size}) must be "
                      f"divisible by config.model.num_heads ({model_config.num_heads})")
@@ -102,8 +120,10 @@ def create_model(model_config: ml_collections.ConfigDict,
   model_config = resolve_sizes(model_config)
   name = model_config.name
   dtype = DTYPES[model_config.dtype]
+  dropout_rate = float(model_config.get("dropout_rate", 0.0))   # optional for mlp / resnet18
   if name == "mlp":
-    return MLP(hidden=tuple(model_config.hidden), num_outputs=num_outputs)
+    return MLP(hidden=tuple(model_config.hidden), num_outputs=num_outputs,
+               dropout_rate=dropout_rate)
   if name == "resnet18":
     kwargs = {f: tuple(model_config[f]) for f in ("mean", "std") if model_config[f]}
     if not kwargs and model_config.stem == "imagenet":
@@ -111,7 +131,13 @@ def create_model(model_config: ml_collections.ConfigDict,
       kwargs = {"mean": resnet.IMAGENET_MEAN, "std": resnet.IMAGENET_STD}
     kwargs["stage_sizes"] = tuple(model_config.stage_sizes)
     return ResNet18(num_outputs=num_outputs, stem=model_config.stem,
-                    width=model_config.width, dtype=dtype, **kwargs)
+                    width=model_config.width, dtype=dtype, dropout_rate=dropout_rate,
+                    **kwargs)
+  if name == "convnext":
+    kwargs = {f: tuple(model_config[f]) for f in ("mean", "std") if model_config[f]}
+    return ConvNeXt(num_outputs=num_outputs, depths=tuple(model_config.depths),
+                    dims=tuple(model_config.dims), dtype=dtype, dropout_rate=dropout_rate,
+                    **kwargs)
   m = model_config
   return BertClassifier(num_outputs=num_outputs, vocab_size=m.vocab_size,
                         hidden_size=m.hidden_size, num_layers=m.num_layers,
@@ -131,17 +157,21 @@ class ModelFns(NamedTuple):
       the ``apply_fn`` the pure library functions (experts, selection scores) take.
     apply_train: ``(params, model_state, x, rng) -> (logits, new_model_state)`` in training
       mode (batch statistics — across ``axis_name`` when given —, dropout keyed by ``rng``).
+    apply_mc: ``(variables, x, rng) -> logits`` with dropout on and running batch-norm
+      statistics (MC dropout: the official ``enable_dropout`` on an ``eval()`` model); the
+      same as ``apply`` for a model without dropout. ``None``: not available.
   """
   init: Callable[[jax.Array], tuple[Any, dict]]
   apply: Callable[[Any, jax.Array], jax.Array]
   apply_train: Callable[[Any, dict, jax.Array, jax.Array], tuple[jax.Array, dict]]
+  apply_mc: Optional[Callable[[Any, jax.Array, jax.Array], jax.Array]] = None
 
 
 # PRNG used to *initialise* each model's parameters. Conv nets and transformers have many
 # parameter tensors, and XLA's CPU compile of their threefry-keyed initialisers is slow
 # (ResNet-18 at width 4: 10 s for one init, 27 s for 10 stacked experts) where the 'rbg'
 # generator compiles in ~2 s; the MLP keeps threefry (its results are documented with it).
-INIT_RNG_IMPL = {"mlp": None, "resnet18": "rbg", "bert": "rbg"}
+INIT_RNG_IMPL = {"mlp": None, "resnet18": "rbg", "bert": "rbg", "convnext": "rbg"}
 
 
 def init_rng_impl(model_config: ml_collections.ConfigDict) -> Optional[str]:
@@ -179,9 +209,17 @@ def model_fns(module: nn.Module, input_example: jax.Array,
   def apply(variables, x):
     return module.apply(variables, x, train=False)
 
-  def apply_train(params, model_state, x, rng):
+  def dropout_key(rng):
     if init_impl is not None:       # dropout masks from the same fast-compiling generator
       rng = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl=init_impl)
+    return rng
+
+  def apply_mc(variables, x, rng):
+    return module.apply(variables, x, train=False, dropout=True,
+                        rngs={"dropout": dropout_key(rng)})
+
+  def apply_train(params, model_state, x, rng):
+    rng = dropout_key(rng)
     variables = {"params": params, **model_state}
     if not model_state:
       return train_module.apply(variables, x, train=True, rngs={"dropout": rng}), model_state
@@ -189,7 +227,7 @@ def model_fns(module: nn.Module, input_example: jax.Array,
                                            mutable=list(model_state))
     return logits, dict(new_state)
 
-  return ModelFns(init, apply, apply_train)
+  return ModelFns(init, apply, apply_train, apply_mc)
 
 
 def variables(params, model_state: dict) -> dict:
@@ -203,4 +241,5 @@ def as_model_fns(model) -> ModelFns:
   if isinstance(model, ModelFns):
     return model
   return ModelFns(init=None, apply=lambda v, x: model(v["params"], x),
-                  apply_train=lambda p, s, x, rng: (model(p, x), s))
+                  apply_train=lambda p, s, x, rng: (model(p, x), s),
+                  apply_mc=lambda v, x, rng: model(v["params"], x))

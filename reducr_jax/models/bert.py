@@ -149,15 +149,20 @@ class BertClassifier(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               dropout: Optional[bool] = None) -> jax.Array:
     """Classifies token-id sequences.
 
     x: int32 [B, 2, L]: x[:, 0] token ids, x[:, 1] token type ids; attention mask =
     ids != pad_id (pad at the end: appending more padding leaves the output unchanged).
 
     Returns float32 logits ``[B, num_outputs]`` (or pooled features ``[B, hidden]``).
-    Dropout needs ``rngs={"dropout": key}`` when ``train=True``.
+    Dropout needs ``rngs={"dropout": key}`` when ``train=True``. ``dropout`` (default:
+    ``train``) overrides it: BERT has no batch norm, so ``train`` acts only on dropout and
+    ``dropout=True`` (MC dropout) is the training-mode forward.
     """
+    if dropout is not None:
+      train = dropout
     if x.ndim != 3 or x.shape[1] != 2:
       raise ValueError(f"x must be int [B, 2, L] (token ids, token type ids), "
                        f"got shape {tuple(x.shape)}")

@@ -107,6 +107,9 @@ class ResNet18(nn.Module):
       BatchNorm averages its batch statistics; ``None`` for per-device statistics.
     mean, std: per-channel normalisation on the 0..1 scale; pass
       ``IMAGENET_MEAN``/``IMAGENET_STD`` with ImageNet-pretrained weights.
+    dropout_rate: dropout on the pooled features before ``fc`` (the official Clothing1M
+      head ``nn.Sequential(nn.Dropout(p=0.2), nn.Linear(...))``, ``c1m_pretrained.py``;
+      for MC-dropout selection rules). 0 (default): no dropout layer.
   """
   num_outputs: Optional[int] = 10
   stem: str = "cifar"
@@ -116,6 +119,7 @@ class ResNet18(nn.Module):
   bn_axis_name: Optional[str] = None
   mean: Sequence[float] = CIFAR10_MEAN
   std: Sequence[float] = CIFAR10_STD
+  dropout_rate: float = 0.0
 
   def _check(self, x) -> None:
     if self.stem not in STEMS:
@@ -137,7 +141,8 @@ class ResNet18(nn.Module):
                        f"got {tuple(x.shape)}")
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False,
+               dropout: Optional[bool] = None) -> jax.Array:
     """Logits (or features) of raw images.
 
     Args:
@@ -145,6 +150,8 @@ class ResNet18(nn.Module):
         ``(x / 255 - mean) / std``.
       train: batch statistics and ``batch_stats`` updates (call ``apply`` with
         ``mutable=["batch_stats"]``) if True, running statistics if False.
+      dropout: dropout on (default: ``train``; needs ``rngs={"dropout": key}``).
+        ``train=False, dropout=True`` is MC dropout: running statistics, random masks.
 
     Returns:
       float32 ``[B, num_outputs]`` logits, or float32 ``[B, width * 2**(S-1)]`` features
@@ -174,6 +181,9 @@ class ResNet18(nn.Module):
                        name=f"layer{i + 1}_{j}")(x, train)
 
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))   # global average pool, [B, F]
+    if self.dropout_rate > 0:
+      x = nn.Dropout(self.dropout_rate)(x, deterministic=not (train if dropout is None
+                                                               else dropout))
     if self.num_outputs is not None:
       x = nn.Dense(self.num_outputs, dtype=dtype, name="fc")(x)
     return x.astype(jnp.float32)

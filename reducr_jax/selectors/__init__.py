@@ -19,8 +19,13 @@ name               rule                                                        m
 ``irreducible``    lowest irreducible loss alone                               :mod:`.irreducible`
 ``uniform_after``  a base rule for T steps, then uniform                       :mod:`.uniform_after`
 =================  ==========================================================  =====================
+
+MC-dropout rules of the RHO-LOSS repository (:mod:`.bald`, need :data:`MC_LOGITS` with a
+dropout model): ``bald`` (predictive entropy − mean per-pass entropy) and
+``conditional_entropy`` (mean per-pass entropy); ``entropy`` uses the K passes too then.
 """
 
+from reducr_jax.selectors import bald
 from reducr_jax.selectors import baselines
 from reducr_jax.selectors import entropy
 from reducr_jax.selectors import grad_norm
@@ -30,12 +35,12 @@ from reducr_jax.selectors import reducr
 from reducr_jax.selectors import uniform_after
 from reducr_jax.selectors import weighted
 from reducr_jax.selectors.core import (CLASS_HOLDOUT_LOSS, EXPERT_LOSSES, IRREDUCIBLE_LOSS,
-                                       MODEL_LOGITS, MODEL_LOSS, MODEL_SELECTION, NEEDS,
+                                       MC_LOGITS, MODEL_LOGITS, MODEL_LOSS, MODEL_SELECTION, NEEDS,
                                        SelectionInputs, Selector, class_weights, get,
                                        model_selection, names, reference_kind, register,
                                        stateless, unregister)
 
-__all__ = ["CLASS_HOLDOUT_LOSS", "EXPERT_LOSSES", "IRREDUCIBLE_LOSS", "MODEL_LOGITS",
+__all__ = ["CLASS_HOLDOUT_LOSS", "EXPERT_LOSSES", "IRREDUCIBLE_LOSS", "MC_LOGITS", "MODEL_LOGITS",
            "MODEL_LOSS", "MODEL_SELECTION", "NEEDS", "SelectionInputs", "Selector",
            "class_weights", "get", "model_selection", "names", "reference_kind", "register",
            "stateless", "unregister"]
@@ -50,3 +55,5 @@ register("grad_norm", grad_norm.from_config)
 register("entropy", entropy.from_config)
 register("irreducible", irreducible.from_config)
 register("uniform_after", uniform_after.from_config)
+register("bald", bald.bald_from_config)
+register("conditional_entropy", bald.conditional_entropy_from_config)

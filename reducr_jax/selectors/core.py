@@ -8,7 +8,8 @@ the spirit of ``optax.GradientTransformation``::
     state = selector.update(state, inputs, idx, aux)           # e.g. REDUCR's MWU step
 
 ``inputs`` is a :class:`SelectionInputs` holding what the rule declared in
-``selector.needs`` (the trainer computes nothing else): the large batch's labels always,
+``selector.needs`` (the trainer computes nothing else): the large batch's class labels and
+group labels always,
 and, on request, the target model's per-example loss and logits, the reference models'
 losses (C class experts, or one RHO-LOSS irreducible-loss model) and the per-class
 holdout loss of the target model. ``select`` and ``update`` see the *global* large batch
@@ -48,15 +49,19 @@ MODEL_LOGITS = "model_logits"              # SelectionInputs.model_logits [B, C]
 CLASS_HOLDOUT_LOSS = "class_holdout_loss"  # SelectionInputs.class_holdout_loss [C]
 EXPERT_LOSSES = "reference_losses:experts"          # reference_losses [B, C], C class experts
 IRREDUCIBLE_LOSS = "reference_losses:irreducible"   # reference_losses [B, 1], one RHO-LOSS model
+# SelectionInputs.mc_logits [K, B, C]: K = config.selection.mc_passes MC-dropout forward
+# passes of the target model (dropout on, running batch-norm statistics).
+MC_LOGITS = "mc_logits"
 NEEDS = frozenset({MODEL_LOSS, MODEL_LOGITS, CLASS_HOLDOUT_LOSS, EXPERT_LOSSES,
-                   IRREDUCIBLE_LOSS})
+                   IRREDUCIBLE_LOSS, MC_LOGITS})
 
 
 class SelectionInputs(NamedTuple):
   """What a :class:`Selector` sees of the large batch (global: all devices' rows).
 
   Attributes:
-    labels: ``int[B]`` labels of the large batch.
+    labels: ``int[B]`` class labels of the large batch (what the model predicts: rules that
+      compare logits with the label, e.g. ``grad_norm``, use these).
     model_loss: ``[B]`` target-model cross-entropy (evaluation mode), or ``None``.
     reference_losses: ``[B, C']`` reference-model losses: ``C' = C`` class experts
       (``EXPERT_LOSSES``) or ``C' = 1`` (``IRREDUCIBLE_LOSS``), or ``None``.
@@ -64,6 +69,12 @@ class SelectionInputs(NamedTuple):
       split (``config.selection.holdout_loss``: full pass or EMA), or ``None``.
     model_logits: ``[B, C]`` target-model logits, or ``None``.
     step: ``int32[]`` gradient steps taken before this one (always given).
+    group_labels: ``int[B]`` robustness unit of each point, the index into the ``C'``
+      columns of ``reference_losses``, ``class_holdout_loss`` and the MWU weights: the
+      group of ``config.dataset.groups`` (e.g. CIFAR-100's 20 superclasses; the official
+      ``categories``), else the class label (always given by the trainer; ``None`` =
+      ``labels``, see :func:`group_labels`).
+    mc_logits: ``[K, B, C]`` logits of K MC-dropout passes (``MC_LOGITS``), or ``None``.
   """
   labels: jax.Array
   model_loss: Optional[jax.Array] = None
@@ -71,6 +82,13 @@ class SelectionInputs(NamedTuple):
   class_holdout_loss: Optional[jax.Array] = None
   model_logits: Optional[jax.Array] = None
   step: Optional[jax.Array] = None
+  group_labels: Optional[jax.Array] = None
+  mc_logits: Optional[jax.Array] = None
+
+
+def group_labels(inputs: SelectionInputs) -> jax.Array:
+  """``inputs.group_labels``, or the class labels when no groups are given."""
+  return inputs.labels if inputs.group_labels is None else inputs.group_labels
 
 
 class Selector(NamedTuple):

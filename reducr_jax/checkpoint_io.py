@@ -1,0 +1,146 @@
+"""The parts of :mod:`reducr_jax.checkpointing` that need no orbax manager.
+
+Template leaves → restore targets and restored values → the template's types
+(:func:`restore_target`, :func:`coerce`), the non-finite check of an unverified step
+(:func:`non_finite`), and what a step holds on disk: the content digest its manifest
+holds, the metadata dict saved with it (read by :mod:`reducr_jax.workdir` for the
+recorded config), the array shapes of a stored tree, and the temporary directories of
+saves that never finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Optional
+
+from etils import epath
+import jax
+import numpy as np
+
+PyTree = Any
+
+MANIFEST = "reducr_manifest.json"
+TMP_MARKER = ".orbax-checkpoint-tmp"
+STATE = "state"
+METADATA = "metadata"
+
+
+def content_digest(step_dir: str | os.PathLike) -> str:
+  """SHA-256 over every file of a step directory except the manifest (path, size, bytes)."""
+  root = epath.Path(step_dir)
+  files = sorted((os.path.relpath(os.fspath(d / n), os.fspath(root)), d / n)
+                 for d, _, names in root.walk() for n in names)
+  files = [(rel, p) for rel, p in files if rel != MANIFEST]
+  h = hashlib.sha256()
+  for rel, path in files:
+    file_hash, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):  # pylint: disable=cell-var-from-loop
+        file_hash.update(block)
+        size += len(block)
+    h.update(f"{rel}\0{size}\0{file_hash.hexdigest()}\n".encode())
+  return h.hexdigest()
+
+
+def remove_temporary_directories(directory: str | os.PathLike) -> list[str]:
+  """Deletes ``<step>.orbax-checkpoint-tmp*`` directories (saves that never finished).
+
+  Only call it when no other writer can be saving into ``directory`` (the trainer holds
+  the workdir lock). Returns the names removed.
+  """
+  directory = epath.Path(directory)
+  if not directory.is_dir():
+    return []
+  removed = sorted(p.name for p in directory.iterdir() if TMP_MARKER in p.name)
+  for name in removed:
+    (directory / name).rmtree(missing_ok=True)
+  return removed
+
+
+def stored_metadata(step_dir: str | os.PathLike) -> Optional[dict[str, Any]]:
+  """The metadata dict saved with a step, read without orbax (``None`` when absent or
+  unreadable). orbax 0.12's ``JsonSave`` writes the item ``metadata`` as the file
+  ``<step>/metadata/metadata``."""
+  try:
+    value = json.loads(epath.Path(step_dir, METADATA, METADATA).read_text())
+  except (OSError, ValueError):
+    return None
+  return value if isinstance(value, dict) else None
+
+
+def shape_list(leaves) -> list[tuple[int, ...]]:
+  """Sorted shapes of the array leaves (rank ≥ 1) of a tree: what a config decides.
+  Typed PRNG keys count with the shape of their key data (as they are stored)."""
+  shapes = [getattr(jax.random.key_data(leaf) if is_key_array(leaf) else leaf, "shape", None)
+            for leaf in leaves]
+  return sorted(tuple(int(d) for d in shape) for shape in shapes
+                if shape is not None and len(shape) >= 1)
+
+
+def is_key_array(x: Any) -> bool:
+  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def restore_target(path: Any, leaf: Any) -> Any:
+  """Template leaf → what ``StandardRestore`` needs to restore it with the same type."""
+  if isinstance(leaf, (bool, int, float)):  # Python scalars: orbax restores them as such.
+    return leaf
+  if isinstance(leaf, jax.ShapeDtypeStruct):
+    return leaf
+  if isinstance(leaf, jax.Array):
+    if is_key_array(leaf):  # Typed PRNG keys: orbax needs the array itself.
+      return leaf
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+  if isinstance(leaf, np.ndarray):
+    return leaf
+  if isinstance(leaf, np.generic):
+    return np.asarray(leaf)
+  raise TypeError(
+      f"Unsupported template leaf at {jax.tree_util.keystr(path)}: {type(leaf).__name__}. "
+      "Leaves must be jax/numpy arrays, numpy scalars, Python int/float/bool or "
+      "jax.ShapeDtypeStruct.")
+
+
+def coerce(path: Any, leaf: Any, value: Any) -> Any:
+  """Restored value → the type, dtype and shape of the template leaf."""
+  where = jax.tree_util.keystr(path)
+  if isinstance(leaf, (bool, int, float)):
+    return type(leaf)(np.asarray(value).item())
+  if isinstance(leaf, np.generic):
+    return leaf.dtype.type(np.asarray(value, dtype=leaf.dtype))
+  shape, dtype = tuple(leaf.shape), leaf.dtype
+  if tuple(np.shape(value)) != shape:
+    raise ValueError(f"Checkpoint leaf {where} has shape {np.shape(value)}; template "
+                     f"expects {shape}.")
+  if isinstance(leaf, np.ndarray):
+    return np.asarray(value, dtype=dtype)
+  if isinstance(leaf, jax.Array):
+    if is_key_array(leaf):
+      if not (isinstance(value, jax.Array) and value.dtype == dtype):
+        value = jax.random.wrap_key_data(np.asarray(value), impl=jax.random.key_impl(leaf))
+      return jax.device_put(value, leaf.sharding)
+    if not isinstance(value, jax.Array):
+      value = jax.device_put(np.asarray(value, dtype=dtype), leaf.sharding)
+    return value if value.dtype == dtype else value.astype(dtype)
+  # jax.ShapeDtypeStruct template: a jax array (numpy if it came back as numpy).
+  if isinstance(value, jax.Array):
+    return value if value.dtype == dtype else value.astype(dtype)
+  return np.asarray(value, dtype=dtype)
+
+
+def non_finite(template: PyTree, state: PyTree) -> list[str]:
+  """Paths of float leaves that are finite in ``template`` but not in ``state``."""
+  bad = []
+  t_leaves = jax.tree_util.tree_flatten_with_path(template)[0]
+  for (path, t), v in zip(t_leaves, jax.tree.leaves(state)):
+    if is_key_array(t) or isinstance(t, jax.ShapeDtypeStruct):
+      continue
+    t = np.asarray(t)
+    if t.dtype.kind != "f" and str(t.dtype) != "bfloat16":
+      continue
+    v = np.asarray(v, np.float64)
+    if np.all(np.isfinite(np.asarray(t, np.float64))) and not np.all(np.isfinite(v)):
+      bad.append(jax.tree_util.keystr(path))
+  return bad
