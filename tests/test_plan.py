@@ -37,13 +37,7 @@ def _mlp_config(**overrides):
   config = configuration.load_config(os.path.join(ROOT, "configs", "default.py"))
   config.num_steps, config.experts.num_steps = 30, 20
   config.experts.eval_every, config.eval_every = 10, 10
-  for k, v in overrides.items():
-    *path, last = k.split(".")
-    node = config
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return config
+  return configuration.with_overrides(config, overrides)
 
 
 @pytest.mark.parametrize("topo", ["v5e:2x2", "v4:2x2x1"])
