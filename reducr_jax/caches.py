@@ -1,4 +1,5 @@
-"""Atomic, hash-verified files in the workdir: caches (experts, pruning scores) and results.
+"""Atomic files in the workdir (results, config, metrics), the full-disk error, stale
+temporary files.
 
 Every file the trainer writes goes through :func:`atomic_write`: the bytes go to
 ``<name>.tmp-<host>-<pid>`` next to the target and are renamed over it, so a reader never
@@ -7,12 +8,8 @@ the temporary file and raises :class:`DiskFullError` (one line; a re-run with sp
 resumes). Paths are :mod:`etils.epath` paths, so the same code serves local and
 ``gs://`` directories (only local paths are tested).
 
-Caches (:func:`write_cache` / :func:`read_cache`) prefix the payload with a header
-holding its SHA-256; a cache that is truncated, altered or not in this format is reported
-in one warning line, deleted and rebuilt by the caller (``read_cache`` returns ``None``).
-Cache *names* carry a fingerprint of the config they depend on (the callers' business),
-so a changed config never reads a stale cache; the header holds that fingerprint too, so
-a file copied under another config's name is reported and rebuilt like a damaged one.
+The caches (reference models, pruning scores) are checkpoints:
+:func:`reducr_jax.checkpointing.write_cache`.
 
 :func:`remove_stale_temp_files` deletes the temporary files of dead writers.
 """
@@ -20,19 +17,14 @@ a file copied under another config's name is reported and rebuilt like a damaged
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import socket
 import time
-from typing import Optional
 
-from absl import logging
 from etils import epath
 
 from reducr_jax import errors
 
-_HEADER = b"reducr-cache v1 sha256="
-_FINGERPRINT = b" fingerprint="
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 TMP_MARKER = ".tmp-"
 # Temporary files of another host cannot be checked for a live writer: they are removed
@@ -87,51 +79,6 @@ def atomic_write(path: epath.PathLike, data: bytes) -> None:
       raise DiskFullError(f"disk full while writing {path}: free space and run the same "
                           "command again (it resumes)") from None
     raise
-
-
-def digest(data: bytes) -> str:
-  """Hex SHA-256 of ``data``."""
-  return hashlib.sha256(data).hexdigest()
-
-
-def write_cache(path: epath.PathLike, payload: bytes, fingerprint: str = "") -> None:
-  """Atomically writes ``payload`` with a header holding its SHA-256 and the
-  ``fingerprint`` of the config it was computed for (after deleting the temporary files
-  of dead writers next to it)."""
-  remove_stale_temp_files(epath.Path(path).parent)
-  header = _HEADER + digest(payload).encode()
-  if fingerprint:
-    header += _FINGERPRINT + fingerprint.encode()
-  atomic_write(path, header + b"\n" + payload)
-
-
-def read_cache(path: epath.PathLike, fingerprint: str = "") -> Optional[bytes]:
-  """The verified payload of a cache file, or ``None`` when it must be (re)built.
-
-  A missing file is ``None`` silently; a damaged one (bad header, truncated, hash
-  mismatch) or, when ``fingerprint`` is given, one written for another config (another
-  or no fingerprint in its header: a file copied under this config's name) is ``None``
-  after one warning line naming it, and is deleted.
-  """
-  path = epath.Path(path)
-  if not path.exists():
-    return None
-  raw = path.read_bytes()
-  header, sep, payload = raw.partition(b"\n")
-  stored, _, stored_fp = header[len(_HEADER):].partition(_FINGERPRINT)
-  problem = None
-  if not sep or not header.startswith(_HEADER):
-    problem = "not a reducr cache file (old format or garbage)"
-  elif stored.decode(errors="replace") != digest(payload):
-    problem = "content hash mismatch (truncated or altered)"
-  elif fingerprint and stored_fp.decode(errors="replace") != fingerprint:
-    problem = (f"written for another config: fingerprint "
-               f"{stored_fp.decode(errors='replace') or '<none>'}, this config's {fingerprint}")
-  if problem is None:
-    return payload
-  logging.warning("cache %s is damaged (%s); rebuilding it", path, problem)
-  path.unlink(missing_ok=True)
-  return None
 
 
 def _pid_alive(pid: int) -> bool:

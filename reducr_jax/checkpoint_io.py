@@ -1,11 +1,11 @@
 """The parts of :mod:`reducr_jax.checkpointing` that need no orbax manager.
 
 Template leaves → restore targets and restored values → the template's types
-(:func:`restore_target`, :func:`coerce`), the non-finite check of an unverified step
-(:func:`non_finite`), and what a step holds on disk: the content digest its manifest
-holds, the metadata dict saved with it (read by :mod:`reducr_jax.workdir` for the
-recorded config), the array shapes of a stored tree, and the temporary directories of
-saves that never finished.
+(:func:`restore_target`, :func:`coerce`, :func:`like_template`), the non-finite check of
+an unverified step (:func:`non_finite`), and what a step holds on disk: its manifest
+(:func:`write_manifest`, :func:`check_manifest`, the :func:`content_digest` it holds),
+the config saved with it (:func:`stored_config`, read by :mod:`reducr_jax.workdir`) and
+the array shapes of a stored tree.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any, Optional
 from etils import epath
 import jax
 import numpy as np
+
+from reducr_jax import caches
 
 PyTree = Any
 
@@ -44,30 +46,54 @@ def content_digest(step_dir: str | os.PathLike) -> str:
   return h.hexdigest()
 
 
-def remove_temporary_directories(directory: str | os.PathLike) -> list[str]:
-  """Deletes ``<step>.orbax-checkpoint-tmp*`` directories (saves that never finished).
-
-  Only call it when no other writer can be saving into ``directory`` (the trainer holds
-  the workdir lock). Returns the names removed.
-  """
-  directory = epath.Path(directory)
-  if not directory.is_dir():
-    return []
-  removed = sorted(p.name for p in directory.iterdir() if TMP_MARKER in p.name)
-  for name in removed:
-    (directory / name).rmtree(missing_ok=True)
-  return removed
+def write_manifest(step_dir: str | os.PathLike, step: int) -> None:
+  """Writes ``<step_dir>/reducr_manifest.json``: the step and its :func:`content_digest`."""
+  manifest = {"step": int(step), "sha256": content_digest(step_dir)}
+  caches.atomic_write(epath.Path(step_dir, MANIFEST),
+                      json.dumps(manifest, sort_keys=True).encode())
 
 
-def stored_metadata(step_dir: str | os.PathLike) -> Optional[dict[str, Any]]:
-  """The metadata dict saved with a step, read without orbax (``None`` when absent or
+def check_manifest(step_dir: str | os.PathLike, missing: str) -> Optional[str]:
+  """``None`` when ``step_dir`` matches its manifest, ``missing`` when it has none, else
+  what is wrong (one phrase)."""
+  try:
+    manifest = json.loads(epath.Path(step_dir, MANIFEST).read_text())
+  except FileNotFoundError:
+    return missing
+  except (OSError, ValueError, AttributeError):
+    return "unreadable manifest"
+  try:
+    actual = content_digest(step_dir)
+  except OSError as e:
+    return f"unreadable file ({e.strerror or e})"
+  if not isinstance(manifest, dict) or manifest.get("sha256") != actual:
+    return "content hash does not match its manifest (a file was altered or truncated)"
+  return None
+
+
+def stored_config(step_dir: str | os.PathLike) -> Optional[dict[str, Any]]:
+  """The config dict saved with a step, read without orbax (``None`` when absent or
   unreadable). orbax 0.12's ``JsonSave`` writes the item ``metadata`` as the file
-  ``<step>/metadata/metadata``."""
+  ``<step>/metadata/metadata``, holding ``{"config": ...}``."""
   try:
     value = json.loads(epath.Path(step_dir, METADATA, METADATA).read_text())
   except (OSError, ValueError):
     return None
-  return value if isinstance(value, dict) else None
+  config = value.get("config") if isinstance(value, dict) else None
+  return config if isinstance(config, dict) else None
+
+
+def _json_default(obj: Any) -> Any:
+  if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
+    return np.asarray(obj).tolist()
+  raise TypeError(f"config value of type {type(obj).__name__} is not JSON serialisable")
+
+
+def to_json(config: Any) -> dict[str, Any]:
+  """``config`` as plain JSON (numpy/jax scalars → Python); it must be a dict."""
+  if not isinstance(config, dict):
+    raise TypeError(f"config must be a dict, got {type(config).__name__}")
+  return json.loads(json.dumps(config, default=_json_default))
 
 
 def shape_list(leaves) -> list[tuple[int, ...]]:
@@ -130,8 +156,22 @@ def coerce(path: Any, leaf: Any, value: Any) -> Any:
   return np.asarray(value, dtype=dtype)
 
 
-def non_finite(template: PyTree, state: PyTree) -> list[str]:
-  """Paths of float leaves that are finite in ``template`` but not in ``state``."""
+def like_template(template: PyTree | None, restored: PyTree) -> PyTree:
+  """A restored tree with the structure and leaf types of ``template`` (:func:`coerce`);
+  ``template`` ``None``: the restored tree with numpy leaves."""
+  if template is None:
+    return jax.tree.map(np.asarray, restored)
+  values = jax.tree_util.tree_structure(template).flatten_up_to(restored)
+  paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+  return jax.tree_util.tree_unflatten(
+      treedef, [coerce(p, l, v) for (p, l), v in zip(paths_leaves, values)])
+
+
+def non_finite(template: PyTree | None, state: PyTree) -> list[str]:
+  """Paths of float leaves that are finite in ``template`` but not in ``state``
+  (``template`` ``None``: every float leaf must be finite)."""
+  if template is None:
+    template = jax.tree.map(lambda v: np.zeros_like(np.asarray(v)), state)
   bad = []
   t_leaves = jax.tree_util.tree_flatten_with_path(template)[0]
   for (path, t), v in zip(t_leaves, jax.tree.leaves(state)):

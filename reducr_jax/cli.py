@@ -187,7 +187,7 @@ def exit_at_once(code: int, shutdown: bool = True) -> None:
   A run that stops (signal, divergence, full disk) may leave the batch-prefetch thread
   inside JAX (``device_put``); a normal exit tears the runtime down under it, which
   crashed with SIGSEGV / SIGABRT after the right line in some trials. Everything the run
-  writes is already on disk (atomic files, synchronous checkpoints); output streams and
+  writes is already on disk (atomic files; checkpoints waited for); output streams and
   log handlers are flushed here. ``shutdown``: in a multi-process run, first leave JAX's
   distributed runtime together with the other processes (they stop at the same step).
   """

@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -91,6 +91,25 @@ _ACTIVE: Optional["Handler"] = None     # the installed handler, for :func:`boun
 # during stage 1 ended as "stopped after step 1" of the loop, with extra stderr lines):
 # :func:`boundary` and :func:`wait` raise it again.
 _RAISED: Optional["Preempted"] = None
+# Waits for a checkpoint written in the background (``Checkpointer.wait``) while one is.
+_PENDING_WRITE: Optional[Callable[[], None]] = None
+
+
+def pending_write(wait: Optional[Callable[[], None]]) -> None:
+  """Registers (``None``: clears) the wait for a checkpoint being written in the
+  background: a stop that ends the run at once calls it first, so the step being saved
+  gets its manifest."""
+  global _PENDING_WRITE
+  _PENDING_WRITE = wait
+
+
+def _finish_pending_write() -> None:
+  wait = _PENDING_WRITE
+  if wait is not None:
+    try:
+      wait()
+    except Exception:  # pylint: disable=broad-except  # the stop is what is reported
+      pass
 
 
 def boundary(step: int, what: str) -> None:
@@ -170,6 +189,7 @@ class Handler:
             file=sys.stderr, flush=True)
       return
     self.uninstall()
+    _finish_pending_write()
     global _RAISED
     _RAISED = stop
     raise stop
@@ -187,6 +207,7 @@ class Handler:
     if self._pending is not None:
       stop, self._pending = self._pending, None
       self.uninstall()
+      _finish_pending_write()
       raise stop
 
   def boundary(self, step: int, what: str) -> None:

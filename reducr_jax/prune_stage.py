@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import time
@@ -40,6 +39,7 @@ import numpy as np
 import optax
 
 from reducr_jax import caches
+from reducr_jax import checkpointing
 from reducr_jax import data
 from reducr_jax import experts
 from reducr_jax import metrics
@@ -185,17 +185,14 @@ def prune_train_split(config: ml_collections.ConfigDict, splits: data.Splits,
   scores = None
   if p.strategy != "random":
     fingerprint = _scoring_fingerprint(config)
-    path = os.path.join(caches.absolute(directory), f"scores-{fingerprint}.npz")
-    cached = caches.read_cache(path, fingerprint)
+    path = os.path.join(caches.absolute(directory), f"scores-{fingerprint}")
+    cached = checkpointing.read_cache(path, fingerprint)
     if cached is not None:
-      with np.load(io.BytesIO(cached)) as f:
-        scores = Scores(**{k: f[k] for k in Scores._fields})
+      scores = Scores(**{k: cached[k] for k in Scores._fields})
     else:
-      scores = compute_scores(config, splits)
-      if jax.process_index() == 0:   # every process computes the same; one writes
-        buf = io.BytesIO()
-        np.savez(buf, **scores._asdict())
-        caches.write_cache(path, buf.getvalue(), fingerprint)   # verified on load
+      scores = compute_scores(config, splits)    # every process computes and saves the same
+      checkpointing.write_cache(path, {k: np.asarray(v) for k, v in scores._asdict().items()},
+                                fingerprint)
   keep = kept_indices(config, splits, scores)
   t = splits.train
   train = data.Split(x=random_access.take(t.x, keep), y=t.y[keep], y_clean=t.y_clean[keep],

@@ -271,11 +271,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   configuration.validate_config(config, n)
   workdir = configuration.check_workdir(workdir)
   configuration.check_output_dirs(config, workdir)
-  with workdir_lib.lock(workdir), preemption.Handler() as preempt:
-    return _train_locked(config, workdir, splits, devices, pmap_devices, preempt)
+  with workdir_lib.lock(workdir), preemption.Handler() as preempt, \
+      checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:   # waits for
+    return _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt)  # its save
 
 
-def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
+def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt):
   """:func:`train_and_evaluate` once the workdir is locked and signals are handled."""
   num_processes, process_index = jax.process_count(), jax.process_index()
   n_local = len(devices)
@@ -318,10 +319,9 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
                      lambda r: models.load_pretrained(config.model, *jax.jit(fns.init)(r)),
                      tx, cfg, rng_streams.key(config.seed, "selection"), refs.state)
   best = evaluation.initial_best(models.variables(state.params, state.model_state))
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   restored = ckpt.restore_newest_intact(sharding.host_copy({"state": state, "best": best}))
   if restored is not None:
-    start, restored, _ = restored
+    start, restored = restored
     workdir_lib.check_num_steps(config, start)
     state, best = restored["state"], restored["best"]
     progress.say(f"resumed from step {start}")
@@ -379,7 +379,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
     if done % config.checkpoint_every == 0 or done == config.num_steps or stop:
       with preempt.critical():        # a second signal waits for the manifest
         ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state),
-                                            "best": best}), {"config": as_given})
+                                            "best": best}), as_given)
     if stop:
       break
   writer.close()

@@ -22,12 +22,13 @@ fits ``config.experts.max_memory_gb`` (:func:`pick_strategy`). The ``[N, C]`` lo
 computed in shards, each process scoring its contiguous share of the rows on its local
 devices, and assembled once (:func:`precompute_table`).
 
-The result is cached as ``<workdir>/experts/<kind>-<fingerprint>.msgpack`` (or in
+The result is cached in ``<workdir>/experts/<kind>-<fingerprint>/`` (or in
 ``config.experts.cache_dir``); the fingerprint hashes everything the models depend on
 (dataset, model and expert configs, seed), so a re-run reuses them and a changed config
-retrains. The file is written atomically with a content hash and the fingerprint, both
-verified on load; a damaged one, or one written for another config (copied under this
-config's name), is reported and retrained (:mod:`reducr_jax.caches`).
+retrains. The cache is a checkpoint (:func:`reducr_jax.checkpointing.write_cache`: atomic,
+with a manifest, and the fingerprint stored with it), verified on load; a damaged one, or
+one written for another config (copied under this config's name), is reported and
+retrained.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ import time
 from typing import Any, Callable, NamedTuple, Optional
 
 from absl import logging
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -50,6 +50,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from reducr_jax import caches
+from reducr_jax import checkpointing
 from reducr_jax import chips
 from reducr_jax import configuration
 from reducr_jax import data
@@ -115,10 +116,10 @@ def cache_path(config: ml_collections.ConfigDict, workdir: str, kind: str) -> st
   """Where the reference models of ``kind`` for this config are cached.
 
   ``config.experts.cache_dir`` when set (e.g. shared by the runs of a sweep), else
-  ``<workdir>/experts``; the file name holds the config fingerprint.
+  ``<workdir>/experts``; the directory name holds the config fingerprint.
   """
   directory = config.experts.cache_dir or os.path.join(workdir, "experts")
-  return os.path.join(caches.absolute(directory), f"{kind}-{_fingerprint(config, kind)}.msgpack")
+  return os.path.join(caches.absolute(directory), f"{kind}-{_fingerprint(config, kind)}")
 
 
 def reference_kind(config: ml_collections.ConfigDict) -> str | None:
@@ -519,10 +520,9 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
   fns, loss_fn, num, gamma = _build(config, splits, kind)
   path = cache_path(config, workdir, kind + tag)
   fingerprint = _fingerprint(config, kind + tag)
-  cached = caches.read_cache(path, fingerprint)
+  cached = checkpointing.read_cache(path, fingerprint)
   if cached is not None:
-    params = flax.serialization.msgpack_restore(cached)["params"]
-    params = jax.tree.map(jnp.asarray, params)
+    params = jax.tree.map(jnp.asarray, cached["params"])
     progress.say(f"stage 1: loaded cached {kind} reference models from {path}")
   else:
     logging.info("Training %s reference models (%d, gamma=%s) on %d holdout points", kind,
@@ -531,10 +531,8 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
     start = time.time()
     params, best_val = _train(config, splits, kind, fns, num, gamma)
     progress.took(f"stage 1: trained the {kind} reference models", time.time() - start)
-    if jax.process_index() == 0:   # every process computes the same; one writes
-      caches.write_cache(path, flax.serialization.msgpack_serialize(
-          {"params": jax.tree.map(np.asarray, params), "best_val_loss": best_val}),
-          fingerprint)
+    checkpointing.write_cache(path, {"params": jax.tree.map(np.asarray, params),  # collective
+                                      "best_val_loss": np.asarray(best_val)}, fingerprint)
   return ReferenceModels(kind, params, loss_fn)
 
 

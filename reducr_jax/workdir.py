@@ -256,7 +256,7 @@ def recorded_configs(workdir: epath.PathLike) -> Iterator[tuple[str, Optional[di
   if ckpts.is_dir():
     for step in sorted((p for p in ckpts.iterdir() if p.name.isdigit()),
                        key=lambda p: -int(p.name)):
-      yield os.fspath(step), (checkpointing.stored_metadata(step) or {}).get("config")
+      yield os.fspath(step), checkpointing.stored_config(step)
   results = workdir / "results.json"
   if results.exists():
     try:

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from reducr_jax.checkpointing import Checkpointer
+from reducr_jax.checkpointing import Checkpointer, stored_config
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's AtomicRenameTemporaryPath naming.
 
@@ -115,19 +115,19 @@ def _assert_identical(got: Any, want: Any) -> None:
 
 def test_round_trip_bit_identical(tmp_path):
   state = _make_state()
-  meta = {"epoch": 3, "lr": 1e-3, "names": ["a", "b"], "np_int": np.int64(5),
-          "nested": {"x": None}}
+  config = {"epoch": 3, "lr": 1e-3, "names": ["a", "b"], "np_int": np.int64(5),
+            "nested": {"x": None}}
   with Checkpointer(tmp_path / "ckpt") as ckpt:
     assert ckpt.latest_step() is None
-    ckpt.save(10, state, meta)
+    ckpt.save(10, state, config)
     assert ckpt.latest_step() == 10
-    restored, restored_meta = ckpt.restore(_zeros_like_state(state))
+    restored = ckpt.restore(_zeros_like_state(state))
   _assert_identical(restored, state)
   assert isinstance(restored, TrainState) and isinstance(restored.ema, EMA)
   assert isinstance(restored.opt_state[0], optax.ScaleByAdamState)
   assert isinstance(restored.opt_state[1], optax.EmptyState)
-  assert restored_meta == {"epoch": 3, "lr": 1e-3, "names": ["a", "b"], "np_int": 5,
-                           "nested": {"x": None}}
+  assert stored_config(tmp_path / "ckpt" / "10") == {
+      "epoch": 3, "lr": 1e-3, "names": ["a", "b"], "np_int": 5, "nested": {"x": None}}
   # The restored state is usable: one more optimizer step works on it.
   tx = optax.adamw(1e-3)
   grads = jax.tree.map(jnp.ones_like, restored.params)
@@ -140,9 +140,9 @@ def test_typed_key_and_abstract_template(tmp_path):
   state = {"key": jax.random.key(3), "w": jnp.arange(4.0)}
   with Checkpointer(tmp_path) as ckpt:
     ckpt.save(0, state)
-    restored, meta = ckpt.restore({"key": jax.random.key(0),
-                                   "w": jax.ShapeDtypeStruct((4,), jnp.float32)})
-  assert meta == {}
+    restored = ckpt.restore({"key": jax.random.key(0),
+                             "w": jax.ShapeDtypeStruct((4,), jnp.float32)})
+  assert stored_config(tmp_path / "0") is None
   assert jax.dtypes.issubdtype(restored["key"].dtype, jax.dtypes.prng_key)
   np.testing.assert_array_equal(jax.random.key_data(restored["key"]),
                                 jax.random.key_data(state["key"]))
@@ -161,11 +161,11 @@ def test_sharded_template(tmp_path):
   with Checkpointer(tmp_path) as ckpt:
     ckpt.save(0, state)
     # Saved sharded, restored unsharded (default device) and vice versa.
-    plain, _ = ckpt.restore(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), state))
+    plain = ckpt.restore(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), state))
     assert plain["w"].sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0])
     _assert_identical(plain, state)
     ckpt.save(1, plain)
-    restored, _ = ckpt.restore(jax.tree.map(jnp.zeros_like, state), step=1)
+    restored = ckpt.restore(jax.tree.map(jnp.zeros_like, state), step=1)
   assert restored["w"].sharding == sharded and restored["b"].sharding == replicated
   _assert_identical(restored, state)
 
@@ -181,20 +181,15 @@ def test_fresh_instance_and_specific_step(tmp_path):
     assert ckpt.latest_step() == 3
     template = _zeros_like_state(states[1])
     for s in (2, 1, 3):
-      restored, meta = ckpt.restore(template, step=s)
-      _assert_identical(restored, states[s])
-      assert meta == {"step": s}
-    restored, meta = ckpt.restore(template)
-    assert meta == {"step": 3}
+      _assert_identical(ckpt.restore(template, step=s), states[s])
+      assert stored_config(path / str(s)) == {"step": s}
+    _assert_identical(ckpt.restore(template), states[3])
     with pytest.raises(FileNotFoundError):
       ckpt.restore(template, step=7)
     # Re-saving an existing step keeps the existing checkpoint.
     ckpt.save(3, states[1], {"step": -1})
-    assert ckpt.restore(template, step=3)[1] == {"step": 3}
-  with Checkpointer(path, read_only=True) as ro:
-    assert ro.latest_step() == 3
-    with pytest.raises(RuntimeError):
-      ro.save(4, states[1])
+    _assert_identical(ckpt.restore(template, step=3), states[3])
+    assert stored_config(path / "3") == {"step": 3}
 
 
 def test_empty_dir_and_missing_checkpoint(tmp_path):
@@ -226,9 +221,9 @@ def test_relative_path(tmp_path, monkeypatch):
     ckpt.save(4, state, {"k": "v"})
   assert (tmp_path / "rel" / "ckpts" / "4").is_dir()
   with Checkpointer("rel/ckpts") as ckpt:
-    restored, meta = ckpt.restore({"a": np.zeros(5, np.int32)})
+    restored = ckpt.restore({"a": np.zeros(5, np.int32)})
   _assert_identical(restored, state)
-  assert meta == {"k": "v"}
+  assert stored_config(tmp_path / "rel" / "ckpts" / "4") == {"k": "v"}
 
 
 def test_leftover_tmp_directory_is_ignored_and_cleaned(tmp_path):
@@ -241,12 +236,9 @@ def test_leftover_tmp_directory_is_ignored_and_cleaned(tmp_path):
   (leftover / "state").mkdir(parents=True)
   (leftover / "state" / "garbage").write_bytes(b"\0" * 10)
   (leftover / "commit_success.txt").write_text("x")
-  with Checkpointer(tmp_path, read_only=True) as ro:  # Sees it but ignores it.
-    assert ro.latest_step() == 1
-    assert leftover.exists()
-  with Checkpointer(tmp_path) as ckpt:  # Writable: ignores and deletes it.
+  with Checkpointer(tmp_path) as ckpt:  # Ignores it; orbax deletes it.
     assert ckpt.latest_step() == 1
-    restored, _ = ckpt.restore({"w": jnp.zeros(6)})
+    restored = ckpt.restore({"w": jnp.zeros(6)})
     _assert_identical(restored, state)
     ckpt.save(2, {"w": jnp.ones(6)})
     assert ckpt.latest_step() == 2
@@ -275,6 +267,7 @@ _CHILD = textwrap.dedent("""
     print("SAVED1", flush=True)
     big = np.random.default_rng(0).standard_normal((25, 1024, 1024), dtype=np.float32)
     ckpt.save(2, {"w": big}, {"step": 2})  # ~100 MB.
+    ckpt.wait()
     print("SAVED2", flush=True)
     time.sleep(3600)
 """)
@@ -334,10 +327,63 @@ def test_interrupted_save_is_never_latest(tmp_path, mode):
       assert ckpt.all_steps() == [1]
     else:  # Only possible if the whole save won the race against the kill.
       assert mode == "kill_while_writing" and ckpt.latest_step() == 2
-    restored, meta = ckpt.restore({"w": np.zeros(10, np.float32)}, step=1)
+    restored = ckpt.restore({"w": np.zeros(10, np.float32)}, step=1)
     _assert_identical(restored, {"w": np.arange(10, dtype=np.float32)})
-    assert meta == {"step": 1}
+    assert stored_config(os.path.join(directory, "1")) == {"step": 1}
     if interrupted:  # Step 2 can be saved again; the leftover is gone afterwards.
       ckpt.save(2, {"w": np.ones(10, np.float32)}, {"step": 2})
       assert ckpt.latest_step() == 2
     assert not os.path.exists(os.path.join(directory, f"2{_TMP_SUFFIX}"))
+
+
+def _hold_rename_of(step: int, monkeypatch):
+  """Blocks orbax's final rename of ``step`` until the returned event is set."""
+  from orbax.checkpoint._src.path import async_path  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  release, real_rename = threading.Event(), async_path.rename
+
+  async def rename(src, dst):
+    if os.path.basename(str(dst)) == str(step):
+      release.wait(60)
+    return await real_rename(src, dst)
+  monkeypatch.setattr(async_path, "rename", rename)
+  return release
+
+
+def test_save_is_asynchronous_and_wait_finishes_it(tmp_path, monkeypatch):
+  """save() returns while orbax still writes (here: its rename is held); wait() returns
+  once the step is in place with its manifest; then old verified steps rotate away."""
+  with Checkpointer(tmp_path, max_to_keep=1) as ckpt:
+    ckpt.save(1, {"w": np.arange(4.0)})
+    release = _hold_rename_of(2, monkeypatch)
+    ckpt.save(2, {"w": np.arange(4.0) + 1})            # returns: the rename is held
+    assert not (tmp_path / "2").exists() and (tmp_path / f"2{_TMP_SUFFIX}").is_dir()
+    assert ckpt._finisher.is_alive()                   # pylint: disable=protected-access
+    release.set()
+    ckpt.wait()
+    assert ckpt.verify(2) is None and ckpt.all_steps() == [2]
+    _assert_identical(ckpt.restore({"w": np.zeros(4)}), {"w": np.arange(4.0) + 1})
+
+
+def test_a_stop_during_an_in_flight_save_waits_for_its_manifest(tmp_path, monkeypatch):
+  """Second SIGTERM (stop at once) while a save is still being written in the background:
+  the stop is raised only once the step is renamed and has its manifest."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from reducr_jax import preemption  # pylint: disable=g-import-not-at-top
+  ckpt = Checkpointer(tmp_path)
+  release = _hold_rename_of(4, monkeypatch)
+  with preemption.Handler() as h:
+    h.defer()
+    os.kill(os.getpid(), signal.SIGTERM)                # first: stop after this step
+    assert h.requested(4)
+    with h.critical():
+      ckpt.save(4, {"a": np.arange(300.0)})             # in flight: its rename is held
+    assert not (tmp_path / "4").exists()
+    threading.Timer(0.2, release.set).start()
+    with pytest.raises(preemption.Preempted) as e:
+      os.kill(os.getpid(), signal.SIGTERM)              # second: stop at once
+      time.sleep(30)
+  assert e.value.exit_code == 143 and not e.value.collective
+  assert release.is_set() and (tmp_path / "4").is_dir()
+  assert ckpt.verify(4) is None                         # manifest written before the stop
+  ckpt.close()
