@@ -9,6 +9,7 @@ import errno
 import json
 import math
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 from reducr_jax import caches
+from reducr_jax import checkpointing
 from reducr_jax import configuration
 from reducr_jax import experts
 from reducr_jax import metrics
@@ -555,6 +557,9 @@ def test_unreadable_recorded_config_is_replaced(tmp_path):
 
 
 def _damage(kind, path):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+           if f != checkpointing.MANIFEST]
+  path = pathlib.Path(max(files, key=os.path.getsize))     # the array data
   raw = path.read_bytes()
   if kind == "truncated":
     path.write_bytes(raw[:len(raw) // 2])
@@ -567,25 +572,36 @@ def _damage(kind, path):
     path.write_bytes(b"\x00garbage" * 10)
   elif kind == "empty":
     path.write_bytes(b"")
-  elif kind == "old_format":
-    path.write_bytes(raw.partition(b"\n")[2])
 
 
-@pytest.mark.parametrize("kind", ["truncated", "flipped", "garbage", "empty", "old_format"])
+@pytest.mark.parametrize("kind", ["truncated", "flipped", "garbage", "empty"])
 def test_damaged_cache_is_reported_deleted_and_rebuilt(tmp_path, kind, caplog):
-  path = tmp_path / "experts-abc.msgpack"
-  caches.write_cache(path, b"payload " * 100)
-  assert caches.read_cache(path) == b"payload " * 100
+  path = tmp_path / "experts-abc"
+  payload = {"params": {"w": np.arange(1000, dtype=np.float32)}, "best": np.float32(2.5)}
+  checkpointing.write_cache(path, payload, "abc")
+  got = checkpointing.read_cache(path, "abc")
+  assert np.array_equal(got["params"]["w"], payload["params"]["w"]) and got["best"] == 2.5
   _damage(kind, path)
   with caplog.at_level("WARNING"):
-    assert caches.read_cache(path) is None
+    assert checkpointing.read_cache(path, "abc") is None
   assert not path.exists()
   assert any("is damaged" in r.getMessage() and str(path) in r.getMessage()
              for r in caplog.records)
 
 
+def test_an_old_single_file_cache_is_deleted_with_one_line(tmp_path, caplog):
+  old = tmp_path / "experts-abc.msgpack"
+  old.write_bytes(b"reducr-cache v1 sha256=00\npayload")
+  with caplog.at_level("WARNING"):
+    assert checkpointing.read_cache(tmp_path / "experts-abc", "abc") is None
+  assert not old.exists()
+  assert [r.getMessage() for r in caplog.records] == [
+      f"cache {old} is in the old single-file format; deleting it and rebuilding it as "
+      f"{tmp_path / 'experts-abc'}"]
+
+
 def test_missing_cache_is_none_silently(tmp_path):
-  assert caches.read_cache(tmp_path / "nope") is None
+  assert checkpointing.read_cache(tmp_path / "nope", "abc") is None
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])

@@ -67,12 +67,12 @@ def test_two_processes_equal_one(tmp_path):
   assert ra["test"]["per_class_accuracy"] == rb["test"]["per_class_accuracy"]
 
   # Final parameters, from the checkpoints both runs wrote.
-  pa = checkpointing.Checkpointer(multi / "checkpoints", read_only=True)
-  pb = checkpointing.Checkpointer(single / "checkpoints", read_only=True)
+  pa = checkpointing.Checkpointer(multi / "checkpoints")
+  pb = checkpointing.Checkpointer(single / "checkpoints")
   assert pa.latest_step() == pb.latest_step() == 30
   template = _template()
-  state_a, _ = pa.restore(template)
-  state_b, _ = pb.restore(template)
+  state_a = pa.restore(template)
+  state_b = pb.restore(template)
   leaves_a = jax.tree.leaves(state_a["state"].params)
   leaves_b = jax.tree.leaves(state_b["state"].params)
   for x, y in zip(leaves_a, leaves_b):

@@ -137,7 +137,8 @@ def test_damaged_checkpoint_and_cache_fall_back_and_rebuild(tmp_path, caplog):
   import pathlib  # pylint: disable=g-import-not-at-top
   _flip(pathlib.Path(_biggest_file(ckpts / "20")))              # 16 flipped bytes
   cache = tmp_path / "experts" / os.listdir(tmp_path / "experts")[0]
-  cache.write_bytes(cache.read_bytes()[:100])                    # truncated cache
+  victim = pathlib.Path(_biggest_file(cache))
+  victim.write_bytes(victim.read_bytes()[:100])                  # truncated cache file
   (ckpts / "7.orbax-checkpoint-tmp-123").mkdir()                 # a dead writer's dirs
   (tmp_path / "results.json.tmp-99999999").write_text("partial")
   with caplog.at_level(logging.WARNING):
@@ -148,7 +149,8 @@ def test_damaged_checkpoint_and_cache_fall_back_and_rebuild(tmp_path, caplog):
   assert (tmp_path / "results.json").read_bytes() == reference
   assert again["test"] == first["test"]
   assert sorted(os.listdir(ckpts)) == ["10", "20"]
-  assert checkpointing.Checkpointer(str(ckpts), read_only=True).verify(20) is None
+  with checkpointing.Checkpointer(str(ckpts)) as ckpt:
+    assert ckpt.verify(20) is None
   assert not (tmp_path / "results.json.tmp-99999999").exists()
 
 
@@ -174,7 +176,7 @@ def test_newest_intact_checkpoint_is_restored(tmp_path, damage, caplog):
     if damage != "no_manifest":
       with pytest.raises(checkpointing.CheckpointDamaged):
         ckpt.restore(state, 2)
-    step, restored, _ = ckpt.restore_newest_intact(state)
+    step, restored = ckpt.restore_newest_intact(state)
   messages = " ".join(r.getMessage() for r in caplog.records)
   if damage == "no_manifest":
     assert step == 2 and "restoring it unverified" in messages
@@ -193,8 +195,8 @@ def test_diverged_run_stops_with_one_line_and_writes_no_nan(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
   assert "3 consecutive updates skipped" in str(e.value) and "\n" not in str(e.value)
   assert e.value.exit_code == 1
-  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
-  step = ckpt.latest_step()
+  with checkpointing.Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+    step = ckpt.latest_step()
   assert step is not None and step < 30
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   raw = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / str(step) / "state")

@@ -6,12 +6,12 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from reducr_jax import caches
 from reducr_jax import checkpointing
 from reducr_jax import configuration
 from reducr_jax import train
@@ -66,7 +66,7 @@ def test_a_matching_state_with_typed_keys_is_no_mismatch(tmp_path):
            "raw": jax.random.PRNGKey(2), "a": np.zeros(3), "n": 7}
   with checkpointing.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, state)
-    step, restored, _ = ckpt.restore_newest_intact(state)
+    step, restored = ckpt.restore_newest_intact(state)
   assert step == 1 and restored["n"] == 7
   assert np.array_equal(jax.random.key_data(restored["keys"]),
                         jax.random.key_data(state["keys"]))
@@ -77,9 +77,9 @@ def test_checkpoints_record_their_config(tmp_path):
                           "checkpoint_every": 5})
   recorded = json.loads(config.to_json_best_effort())
   with checkpointing.Checkpointer(tmp_path) as ckpt:
-    ckpt.save(5, {"a": np.zeros(2)}, {"config": recorded})
-  assert checkpointing.stored_metadata(tmp_path / "5") == {"config": recorded}
-  assert checkpointing.stored_metadata(tmp_path / "6") is None
+    ckpt.save(5, {"a": np.zeros(2)}, recorded)
+  assert checkpointing.stored_config(tmp_path / "5") == recorded
+  assert checkpointing.stored_config(tmp_path / "6") is None
   (tmp_path / "checkpoints").mkdir()
   os.rename(tmp_path / "5", tmp_path / "checkpoints" / "5")
   other = configuration.with_overrides(config, {"optimizer.learning_rate": 0.5})
@@ -95,7 +95,7 @@ def test_an_unverified_step_with_non_finite_values_falls_back(tmp_path, caplog):
     ckpt.save(2, {"a": np.full(300, np.nan), "best": np.float32(1.0)})
   os.remove(tmp_path / "2" / checkpointing.MANIFEST)      # its writer died before it
   with checkpointing.Checkpointer(tmp_path) as ckpt, caplog.at_level(logging.WARNING):
-    step, restored, _ = ckpt.restore_newest_intact({"a": np.zeros(300),
+    step, restored = ckpt.restore_newest_intact({"a": np.zeros(300),
                                                     "best": np.float32(-np.inf)})
   assert step == 1 and np.array_equal(restored["a"], np.arange(300.0))
   assert restored["best"] == -np.inf          # non-finite where the template is: allowed
@@ -107,19 +107,21 @@ def test_rotation_never_deletes_the_newest_verified_step(tmp_path, monkeypatch):
   stays until a newer verified one exists."""
   ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=2)
   ckpt.save(1, {"a": np.zeros(2)})
+  ckpt.wait()
   real = checkpointing.Checkpointer._write_manifest  # pylint: disable=protected-access
 
   def killed(self, step):
     raise KeyboardInterrupt
   monkeypatch.setattr(checkpointing.Checkpointer, "_write_manifest", killed)
   for step in (2, 3):
-    with pytest.raises(KeyboardInterrupt):
-      ckpt.save(step, {"a": np.full(2, step)})
+    ckpt.save(step, {"a": np.full(2, step)})
+    with pytest.raises(KeyboardInterrupt):              # raised by the finisher thread
+      ckpt.wait()
   assert sorted(os.listdir(tmp_path)) == ["1", "2", "3"]
   monkeypatch.setattr(checkpointing.Checkpointer, "_write_manifest", real)
   ckpt.save(4, {"a": np.full(2, 4.0)})
   ckpt.save(5, {"a": np.full(2, 5.0)})
-  assert sorted(os.listdir(tmp_path)) == ["4", "5"] and ckpt.all_steps() == [4, 5]
+  assert ckpt.all_steps() == [4, 5] and sorted(os.listdir(tmp_path)) == ["4", "5"]
   ckpt.close()
 
 
@@ -132,7 +134,6 @@ def _expert_cache_config(**overrides):
 def test_an_experts_cache_of_another_config_is_rebuilt(tmp_path, caplog):
   """The fingerprint is stored inside the cache: a file written for another config and
   copied under this config's name (same shapes, or other shapes) is reported and rebuilt."""
-  import flax.serialization  # pylint: disable=g-import-not-at-top
   from reducr_jax import data  # pylint: disable=g-import-not-at-top
   config = _expert_cache_config()
   splits = data.make_splits(config.dataset, config.seed)
@@ -140,19 +141,20 @@ def test_an_experts_cache_of_another_config_is_rebuilt(tmp_path, caplog):
   path = pathlib.Path(train_experts.cache_path(config, str(tmp_path), "irreducible"))
   other = train_experts._fingerprint(  # pylint: disable=protected-access
       _expert_cache_config(**{"experts.learning_rate": 0.5}), "irreducible")
-  payload = flax.serialization.msgpack_restore(caches.read_cache(path))
+  payload = checkpointing.read_cache(path, path.name.split("-")[1])
   same_shapes = jax.tree.map(lambda a: a + 1.0, payload)
   other_shapes = jax.tree.map(lambda a: np.concatenate([a, a], -1), payload)
   for theirs in (same_shapes, other_shapes):
-    caches.write_cache(path, flax.serialization.msgpack_serialize(theirs), other)
+    shutil.rmtree(path)
+    checkpointing.write_cache(path, theirs, other)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
       again = train_experts.get_reference_models(config, splits, str(tmp_path))
     assert (f"cache {path} is damaged (written for another config: fingerprint {other}, "
-            f"this config's {path.stem.split('-')[1]})") in caplog.text
+            f"this config's {path.name.split('-')[1]})") in caplog.text
     for a, b in zip(*map(_leaves, (again.params, mine.params))):
       np.testing.assert_array_equal(a, b)                    # retrained: this config's own
-  assert caches.read_cache(path) is not None                  # the rebuilt one is intact
+  assert checkpointing.read_cache(path, path.name.split("-")[1]) is not None  # rebuilt, intact
 
 
 def _leaves(tree):
