@@ -5,14 +5,16 @@ Template leaves → restore targets and restored values → the template's types
 an unverified step (:func:`non_finite`), and what a step holds on disk: its manifest
 (:func:`write_manifest`, :func:`check_manifest`, the :func:`content_digest` it holds),
 the config saved with it (:func:`stored_config`, read by :mod:`reducr_jax.workdir`) and
-the array shapes of a stored tree.
+the array shapes of a stored tree; and quieter orbax logging (:func:`quiet_orbax_logging`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import sys
 from typing import Any, Optional
 
 from etils import epath
@@ -184,3 +186,45 @@ def non_finite(template: PyTree | None, state: PyTree) -> list[str]:
     if np.all(np.isfinite(np.asarray(t, np.float64))) and not np.all(np.isfinite(v)):
       bad.append(jax.tree_util.keystr(path))
   return bad
+
+
+class _OrbaxInfoFilter(logging.Filter):
+  """Drops orbax's absl records below WARNING (it logs a lot at INFO) and its background
+  threads' errors (with tracebacks) of a full disk, which the failed save reports."""
+
+  _marker = os.sep + "orbax" + os.sep
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if self._marker not in (record.pathname or ""):
+      return True
+    if record.levelno >= logging.WARNING:
+      return not caches.is_disk_full(RuntimeError(record.getMessage()))
+    return False
+
+
+_ORBAX_FILTER = _OrbaxInfoFilter()
+
+
+def quiet_orbax_logging(quiet: bool = True) -> None:
+  """Hides (``quiet=True``) or shows again orbax's INFO/DEBUG absl log records (only
+  records from an ``orbax`` package; every WARNING/ERROR is kept). Idempotent."""
+  absl_logger = logging.getLogger("absl")
+  if quiet:
+    if _ORBAX_FILTER not in absl_logger.filters:
+      absl_logger.addFilter(_ORBAX_FILTER)
+  else:
+    absl_logger.removeFilter(_ORBAX_FILTER)
+
+
+def drop_closed_loop_tracebacks():
+  """Drops unraisable ``RuntimeError: Event loop is closed`` (anything else goes to the
+  previous ``sys.unraisablehook``) until the returned function is called: after a failed
+  write (full disk) tensorstore's pending writes complete into orbax's closed event loops
+  and report these, a traceback each, around the one-line error."""
+  previous = sys.unraisablehook
+
+  def hook(u):
+    if str(u.exc_value) != "Event loop is closed" or u.exc_type is not RuntimeError:
+      previous(u)
+  sys.unraisablehook = hook
+  return lambda: setattr(sys, "unraisablehook", previous) if sys.unraisablehook is hook else None

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 from typing import Any, Mapping, Optional
 
@@ -64,7 +63,7 @@ from reducr_jax import preemption
 from reducr_jax.checkpoint_io import stored_config  # noqa: F401  (re-exported)
 
 __all__ = ["Checkpointer", "CheckpointDamaged", "CheckpointMismatch", "MANIFEST",
-           "quiet_orbax_logging", "read_cache", "stored_config", "write_cache"]
+           "read_cache", "stored_config", "write_cache"]
 
 MANIFEST = checkpoint_io.MANIFEST
 NO_MANIFEST = "no manifest (its writer stopped right after orbax's rename)"
@@ -74,48 +73,6 @@ PyTree = Any
 _STATE = checkpoint_io.STATE
 _METADATA = checkpoint_io.METADATA
 _log = logging.getLogger(__name__)
-
-
-class _OrbaxInfoFilter(logging.Filter):
-  """Drops orbax's absl records below WARNING (it logs a lot at INFO) and its background
-  threads' errors (with tracebacks) of a full disk, which the failed save reports."""
-
-  _marker = os.sep + "orbax" + os.sep
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    if self._marker not in (record.pathname or ""):
-      return True
-    if record.levelno >= logging.WARNING:
-      return not caches.is_disk_full(RuntimeError(record.getMessage()))
-    return False
-
-
-_ORBAX_FILTER = _OrbaxInfoFilter()
-
-
-def quiet_orbax_logging(quiet: bool = True) -> None:
-  """Hides (``quiet=True``) or shows again orbax's INFO/DEBUG absl log records (only
-  records from an ``orbax`` package; every WARNING/ERROR is kept). Idempotent."""
-  absl_logger = logging.getLogger("absl")
-  if quiet:
-    if _ORBAX_FILTER not in absl_logger.filters:
-      absl_logger.addFilter(_ORBAX_FILTER)
-  else:
-    absl_logger.removeFilter(_ORBAX_FILTER)
-
-
-def _drop_closed_loop_tracebacks():
-  """Drops unraisable ``RuntimeError: Event loop is closed`` (anything else goes to the
-  previous ``sys.unraisablehook``) until the returned function is called: after a failed
-  write (full disk) tensorstore's pending writes complete into orbax's closed event loops
-  and report these, a traceback each, around the one-line error."""
-  previous = sys.unraisablehook
-
-  def hook(u):
-    if str(u.exc_value) != "Event loop is closed" or u.exc_type is not RuntimeError:
-      previous(u)
-  sys.unraisablehook = hook
-  return lambda: setattr(sys, "unraisablehook", previous) if sys.unraisablehook is hook else None
 
 
 class CheckpointDamaged(ValueError):
@@ -146,7 +103,7 @@ class Checkpointer:
   Args:
     directory: checkpoint root (created if missing); relative paths are made absolute.
     max_to_keep: how many of the newest verified steps are kept (``None``: all).
-    quiet: hide orbax's INFO logging (see :func:`quiet_orbax_logging`).
+    quiet: hide orbax's INFO logging (:func:`checkpoint_io.quiet_orbax_logging`).
   """
 
   def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 2, *,
@@ -155,7 +112,7 @@ class Checkpointer:
                                     int(max_to_keep) != max_to_keep or max_to_keep < 1):
       raise ValueError(f"max_to_keep must be a positive int or None, got {max_to_keep!r}")
     if quiet:
-      quiet_orbax_logging(True)
+      checkpoint_io.quiet_orbax_logging(True)
     self._directory = caches.absolute(directory)
     self._max_to_keep = None if max_to_keep is None else int(max_to_keep)
     options = ocp.CheckpointManagerOptions(
@@ -217,7 +174,7 @@ class Checkpointer:
       _log.warning("Checkpoint for step %d already exists in %s; not overwriting.", step,
                    self._directory)
       return
-    restore_hook = _drop_closed_loop_tracebacks()   # kept after a full disk (see there)
+    restore_hook = checkpoint_io.drop_closed_loop_tracebacks()   # kept after a full disk (see there)
     try:
       saved = self._manager.save(
           step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state),
@@ -454,7 +411,7 @@ def read_cache(directory: epath.PathLike, fingerprint: str) -> Optional[PyTree]:
   if not directory.is_dir():
     return None
   with Checkpointer(directory, max_to_keep=1) as ckpt:
-    stored = (stored_config(ckpt._step_dir(0)) or {}).get("fingerprint")  # pylint: disable=protected-access
+    stored = (stored_config(directory / "0") or {}).get("fingerprint")
     if ckpt.all_steps() == [0] and stored == fingerprint:
       found = ckpt.restore_newest_intact(None)
       if found is not None:
