@@ -64,14 +64,9 @@ class Scores(NamedTuple):
 
 
 def query_recalls(scores: Scores, prior: float) -> np.ndarray:
-  """Per-class validation recall ``(correct + a) / (count + 2a)`` → ``[C]``.
-
-  ``a = 0`` is the raw recall of the DRoP slides. With a small validation split an easy
-  class is often measured at recall exactly 1, which gives it a DRoP quota of 0 and
-  removes it from the training set (seen on the default config: 2 of 3 seeds lost a
-  class); ``a > 0`` (Laplace / Beta(a, a) prior) keeps such classes small but present.
-  """
-  return (scores.val_correct + prior) / np.maximum(scores.val_counts + 2 * prior, 1e-12)
+  """The query models' per-class validation recall ``(correct + a) / (count + 2a)`` →
+  ``[C]`` (:func:`reducr_jax.pruning.smoothed_recalls`, ``a = config.pruning.recall_prior``)."""
+  return pruning.smoothed_recalls(scores.val_correct, scores.val_counts, prior)
 
 
 def _scoring_fingerprint(config: ml_collections.ConfigDict) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import functools
+from typing import Callable, Generic, Mapping, TypeVar
 
 import ml_collections
 
@@ -56,3 +57,25 @@ class Registry(Generic[T]):
       raise ValueError(f"{self.kind} {name!r} needs unknown inputs {sorted(unknown)}; "
                        f"allowed: {sorted(self.needs)}")
     return rule
+
+
+def config_errors(fn: Callable, fields: Mapping[str, str]) -> Callable:
+  """``fn`` whose one-line ``ValueError`` about an argument names the config field instead.
+
+  The pure factories (and the functions they return, e.g. ``init``) raise about their own
+  arguments: ``"sampling must be one of [...], got 'x'"``; the ``from_config`` layer wraps
+  them with ``{"sampling": "config.selection.sampling"}`` so a config user reads
+  ``"config.selection.sampling must be one of [...], got 'x'"``. Other errors pass
+  unchanged.
+  """
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except ValueError as e:
+      message = str(e)
+      for arg, field in fields.items():
+        if message.startswith(arg + " "):
+          raise ValueError(field + message[len(arg):]) from None
+      raise
+  return wrapped

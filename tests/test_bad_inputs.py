@@ -686,13 +686,20 @@ def test_mwu_update_traced_eta_is_not_checked():
 @pytest.mark.parametrize("label", [3, 4, 100])
 def test_labels_at_or_above_num_classes(label):
   """Documented (README "Failure modes"): a label >= C gives a NaN cross-entropy (so the
-  trainer skips that update and never selects the point) and counts in no class."""
+  trainer skips that update and never selects the point); the per-class sums refuse it
+  when the labels are concrete and count it in no class when traced (inside jit)."""
   logits = jnp.zeros((2, 3))
   y = jnp.asarray([0, label])
   loss = np.asarray(experts.cross_entropy(logits, y))
   assert np.isfinite(loss[0]) and np.isnan(loss[1])
-  assert np.asarray(metrics.class_sums(jnp.ones(2), y, 3).counts).tolist() == [1.0, 0.0, 0.0]
-  assert np.asarray(metrics.correct_sums(logits, y).counts).tolist() == [1.0, 0.0, 0.0]
+  with pytest.raises(ValueError, match=rf"labels must be in \[0, 3\), got {label} at index 1"):
+    metrics.class_sums(jnp.ones(2), y, 3)
+  with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+    metrics.correct_sums(logits, y)
+  counts = jax.jit(lambda yy: metrics.class_sums(jnp.ones(2), yy, 3).counts)(y)
+  assert np.asarray(counts).tolist() == [1.0, 0.0, 0.0]
+  counts = jax.jit(lambda yy: metrics.correct_sums(logits, yy).counts)(y)
+  assert np.asarray(counts).tolist() == [1.0, 0.0, 0.0]
   scores = selection.reducr_scores(jnp.asarray(loss), jnp.zeros((2, 3)), jnp.ones(3) / 3)
   assert np.asarray(selection.top_k(scores, 1)).tolist() == [0]      # never the NaN point
 

@@ -29,8 +29,11 @@ Rules are registered by name; the trainer builds ``selectors.get(config)`` from
     selectors.register("smallest_loss", smallest_loss)
     # then: --config.selection.method=smallest_loss
 
-Every built-in rule lives in :mod:`reducr_jax.selection_rules` and is registered when
-this package is imported.
+Every built-in rule lives in its own module of this package (:mod:`reducr_jax.selectors`
+lists them) and is registered when the package is imported. Each module has a pure
+factory that raises about its own arguments (e.g. ``weighted(sampling=...)``) and a
+``from_config`` that reads the config and names its fields in errors
+(:func:`reducr_jax.registry.config_errors`).
 """
 
 from __future__ import annotations
@@ -147,18 +150,19 @@ def reference_kind(needs) -> Optional[str]:
 # average ``val_acc_epoch``). (The official NLP yamls leave that override commented out:
 # there every rule keeps the worst-class checkpoint; configs/mnli.py sets it explicitly.)
 # Rules not listed keep the worst-class checkpoint; user code may add its own entry.
-MODEL_SELECTION = {"reducr": "worst_class", "uniform": "worst_class",
+# (Not reducr_jax.evaluation.MODEL_SELECTION: the allowed values of that field.)
+AUTO_MODEL_SELECTION = {"reducr": "worst_class", "uniform": "worst_class",
                    "rho_loss": "average", "train_loss": "average"}
 
 
 def model_selection(config: ml_collections.ConfigDict) -> str:
   """``config.model_selection`` with ``"auto"`` resolved by the rule's name
-  (:data:`MODEL_SELECTION`, ``"worst_class"`` when absent): ``"worst_class"`` |
+  (:data:`AUTO_MODEL_SELECTION`, ``"worst_class"`` when absent): ``"worst_class"`` |
   ``"average"`` | ``"final"``."""
   rule = config.model_selection
   if rule != "auto":
     return rule
-  return MODEL_SELECTION.get(config.selection.method, "worst_class")
+  return AUTO_MODEL_SELECTION.get(config.selection.method, "worst_class")
 
 
 _RULES = registry.Registry("selector", "config.selection.method", NEEDS)
