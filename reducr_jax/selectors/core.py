@@ -113,6 +113,34 @@ class Selector(NamedTuple):
   class_weights: Optional[Callable[[Any], jax.Array]] = None
 
 
+#: SelectionInputs field → the ``needs`` entry that makes the trainer fill it.
+FIELD_NEEDS = {"model_loss": MODEL_LOSS, "model_logits": MODEL_LOGITS,
+               "class_holdout_loss": CLASS_HOLDOUT_LOSS, "mc_logits": MC_LOGITS,
+               "reference_losses": f"{EXPERT_LOSSES} or {IRREDUCIBLE_LOSS}"}
+
+
+def checked_select(selector: Selector, state, inputs: SelectionInputs, rng: jax.Array,
+                   k: int) -> tuple[jax.Array, Any]:
+  """``selector.select(state, inputs, rng, k)`` as the trainer calls it, with one-line
+  errors at trace time: an input read but not declared in ``selector.needs``
+  (:func:`reducr_jax.registry.call_rule`), or indices that are not ``int[k]``."""
+  indices, aux = registry.call_rule("selector.select", selector.select, inputs, FIELD_NEEDS,
+                                    state, inputs, rng, k)
+  shape, dtype = jnp.shape(indices), getattr(indices, "dtype", None)
+  if shape != (k,) or dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+    raise ValueError(f"selector.select must return integer indices of shape [k={k}], got "
+                     f"{dtype}{list(shape)}")
+  return indices, aux
+
+
+def checked_update(selector: Selector, state, inputs: SelectionInputs, indices: jax.Array,
+                   aux) -> Any:
+  """``selector.update(state, inputs, indices, aux)`` with the undeclared-input error of
+  :func:`checked_select`."""
+  return registry.call_rule("selector.update", selector.update, inputs, FIELD_NEEDS,
+                            state, inputs, indices, aux)
+
+
 def stateless(select: Callable[[SelectionInputs, jax.Array, int], jax.Array],
               needs=frozenset()) -> Selector:
   """A :class:`Selector` without state from ``select(inputs, rng, k) -> int32[k]``."""
