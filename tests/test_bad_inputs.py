@@ -768,3 +768,46 @@ def test_traced_class_weights_are_not_checked():
   """Documented: negative weights known only inside jit cannot be checked at trace time."""
   out = jax.jit(selection.weighted_scores)(jnp.ones((2, 2)), jnp.asarray([-1.0, 2.0]))
   assert np.asarray(out).tolist() == [1.0, 1.0]
+
+
+# ------------------------------------------- dtype, label and static-argument checks
+
+
+@pytest.mark.parametrize("call, message", [
+    # float labels: a float one-hot index would count nothing (γ up-weighting dropped)
+    (lambda: metrics.class_sums(jnp.ones(3), jnp.array([0.0, 1.0, 2.0]), 3),
+     "labels must be integer class labels, got dtype float32"),
+    (lambda: jax.jit(lambda y: metrics.class_sums(jnp.ones(3), y, 3))(jnp.array([0.0, 1, 2])),
+     "labels must be integer class labels, got dtype float32"),
+    # label −1 (an "ignore" label) when concrete
+    (lambda: metrics.class_sums(jnp.ones(3), jnp.array([0, 1, -1]), 3),
+     r"labels must be in \[0, 3\), got -1 at index 2"),
+    (lambda: metrics.class_sums(jnp.array([True, False]), jnp.array([0, 1]), 2),
+     "values must be a float or int array, got dtype bool"),
+    # traced num_classes / clip: one line, not a raw tracer error
+    (lambda: jax.jit(lambda c: metrics.class_sums(jnp.ones(2), jnp.array([0, 1]), c))(2),
+     "num_classes must be a static Python int >= 1 .* got a traced value"),
+    (lambda: jax.jit(lambda c: selection.reducible_losses(jnp.ones(2), jnp.ones((2, 3)),
+                                                          clip=c))(True),
+     "clip must be a static Python bool .* got a traced value"),
+    # int losses and bool weights where floats are meant
+    (lambda: selection.reducible_losses(jnp.array([1, 2]), jnp.ones((2, 3))),
+     "model_loss must be a float array, got dtype int32"),
+    (lambda: selection.rho_loss_scores(jnp.ones(2), jnp.array([0, 1])),
+     "irreducible_loss must be a float array, got dtype int32"),
+    (lambda: selection.weighted_scores(jnp.ones((2, 3)), jnp.array([True, False, True])),
+     "class_weights must be a float array, got dtype bool"),
+    (lambda: mwu.class_objective(jnp.ones((2, 3), jnp.int32), jnp.ones(3)),
+     "excess_selected must be a float array, got dtype int32"),
+])
+def test_dtype_label_and_static_checks_are_one_line(call, message):
+  with pytest.raises(ValueError, match=message) as e:
+    call()
+  assert "\n" not in str(e.value)
+
+
+def test_masked_padding_may_carry_any_label():
+  """A padding row (mask False) with label −1 is ignored, not refused: counts [1, 1]."""
+  stats = metrics.class_sums(jnp.ones(3), jnp.array([0, -1, 1]), 2,
+                             mask=jnp.array([True, False, True]))
+  assert np.asarray(stats.counts).tolist() == [1.0, 1.0]
