@@ -72,7 +72,8 @@ class Reweighter(NamedTuple):
 
   Attributes:
     init: ``num_classes -> state`` (``()`` when stateless).
-    weights: ``(state, inputs) -> (w [k/n], new_state)``, ``w`` summing to 1 over all k.
+    weights: ``(state, inputs) -> (w [k/n], new_state)``, ``w ≥ 0`` summing to 1 over all
+      k (``meta``: or all 0; ``group_dro``: to the ``q`` of the classes among the k).
     needs: a subset of :data:`NEEDS`.
     class_weights: optional ``state -> [C]`` class weights, logged (Group DRO's ``q``).
   """
