@@ -217,7 +217,7 @@ def get_config() -> ml_collections.ConfigDict:
   # worst-class val accuracy; paper App. A.6, official callbacks/worst_val_acc.yaml) |
   # 'average' (best val accuracy; official callbacks/default.yaml for vision RHO-LOSS and
   # train loss) | 'final' | 'auto' (per method as the official yamls:
-  # reducr_jax.selectors.MODEL_SELECTION).
+  # reducr_jax.selectors.AUTO_MODEL_SELECTION).
   config.model_selection = "worst_class"
   config.eval_batch_size = 512
   config.log_every = 50

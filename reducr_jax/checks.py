@@ -78,20 +78,66 @@ def check_k(k, batch_size: int, name: str = "k") -> int:
 
 
 def check_num_classes(num_classes, name: str = "num_classes") -> int:
-  """Returns ``num_classes`` as an int after checking it is a static integer >= 1."""
-  if isinstance(num_classes, jax.core.Tracer) or isinstance(num_classes, (bool, np.bool_)) \
+  """Returns ``num_classes`` as an int after checking it is a static integer >= 1.
+
+  A traced value (an argument of a jitted function) is a one-line ``ValueError`` saying
+  so (mark it static: ``jax.jit(f, static_argnames=...)``)."""
+  if isinstance(num_classes, jax.core.Tracer):
+    raise ValueError(f"{name} must be a static Python int >= 1 (it sets an array shape), "
+                     f"got a traced value; pass it as a static argument")
+  if isinstance(num_classes, (bool, np.bool_)) \
       or not is_real(num_classes) or not float(num_classes).is_integer() or num_classes < 1:
     raise ValueError(f"{name} must be a positive int, got {num_classes!r}")
   return int(num_classes)
 
 
-def check_labels(name: str, labels, n: Optional[int] = None) -> None:
-  """Raises unless ``labels`` is an integer ``[n]`` array (``n=None``: any length)."""
+def check_static_bool(name: str, x) -> bool:
+  """Returns ``bool(x)``; a traced value (it picks which program is traced) is a one-line
+  ``ValueError`` instead of JAX's ``TracerBoolConversionError``."""
+  if isinstance(x, jax.core.Tracer):
+    raise ValueError(f"{name} must be a static Python bool (it picks the computation), "
+                     f"got a traced value; pass it as a static argument")
+  return bool(x)
+
+
+def dtype_of(x):
+  """``x.dtype`` for arrays and tracers, NumPy's dtype for Python scalars and lists."""
+  dtype = getattr(x, "dtype", None)
+  return np.asarray(x).dtype if dtype is None else dtype
+
+
+def check_float(name: str, x) -> None:
+  """Raises a one-line ``ValueError`` unless ``x`` has a floating dtype (float16/32/64,
+  bfloat16): an int or bool array where losses or weights are meant (e.g. boolean
+  weights that would count as 0/1, integer losses truncated) is refused at trace time."""
+  dtype = dtype_of(x)
+  if not jax.numpy.issubdtype(dtype, jax.numpy.floating):
+    raise ValueError(f"{name} must be a float array, got dtype {dtype}")
+
+
+def check_labels(name: str, labels, n: Optional[int] = None,
+                 num_classes: Optional[int] = None, where=None) -> None:
+  """Raises unless ``labels`` is an integer ``[n]`` array (``n=None``: any length).
+
+  With ``num_classes`` the values of a concrete ``labels`` must lie in ``[0, C)`` (a −1
+  "ignore" label would otherwise fall silently out of a one-hot, or wrap to class C−1 in
+  an index); traced labels are checked for dtype and shape only. ``where`` (``bool[n]``,
+  e.g. a padding mask) limits the value check to its True rows when it is concrete."""
   described = "[n]" if n is None else f"[n={n}]"
   check_shape(name, labels, (n,), described)
-  dtype = getattr(labels, "dtype", None) or np.asarray(labels).dtype
+  dtype = dtype_of(labels)
   if not np.issubdtype(dtype, np.integer):
     raise ValueError(f"{name} must be integer class labels, got dtype {dtype}")
+  if num_classes is None or isinstance(labels, jax.core.Tracer):
+    return
+  a = np.asarray(labels)
+  keep = True
+  if where is not None and not isinstance(where, jax.core.Tracer):
+    keep = np.asarray(where).astype(bool)
+  bad = np.flatnonzero(((a < 0) | (a >= num_classes)) & keep)
+  if bad.size:
+    raise ValueError(f"{name} must be in [0, {num_classes}), got {a[bad[0]]} at index "
+                     f"{bad[0]}")
 
 
 def check_key(name: str, rng) -> None:

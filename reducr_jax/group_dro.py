@@ -142,7 +142,8 @@ def example_weights(labels: jax.Array, log_q: jax.Array, class_counts: jax.Array
   """Per-example weights ``w_i = q_{y_i} / n_{y_i}`` with ``Σ_i w_i ℓ_i = Σ_c q_c L_c``.
 
   Args:
-    labels: ``int[n]``.
+    labels: ``int[n]`` in ``[0, C)`` (checked when concrete: ``class_counts[−1]`` would
+      silently read class C−1).
     log_q: ``[C]`` log-weights.
     class_counts: ``[C]`` number of (unmasked) batch examples per class, e.g.
       ``metrics.class_sums(losses, labels, C, mask).counts``.
@@ -160,6 +161,7 @@ def example_weights(labels: jax.Array, log_q: jax.Array, class_counts: jax.Array
   n = np.shape(labels)[0]
   if mask is not None:
     checks.check_shape("mask", mask, (n,), f"[n={n}] (n from labels)")
+  checks.check_labels("labels", labels, n, c, where=mask)   # −1 would index class C−1
   counts = class_counts[labels]
   w = jnp.where(counts > 0, weights(log_q)[labels] / jnp.where(counts > 0, counts, 1.0), 0.0)
   if mask is not None:

@@ -39,9 +39,12 @@ def class_sums(values: jax.Array, labels: jax.Array, num_classes: int,
   """Per-class sums and counts of ``values`` over a batch.
 
   Args:
-    values: ``[n]`` per-example quantity (loss, 0/1 correctness, ...).
-    labels: ``int[n]`` classes in ``[0, C)``.
-    num_classes: C.
+    values: ``[n]`` per-example quantity (loss, 0/1 correctness, ...), float or int (not
+      bool).
+    labels: ``int[n]`` classes in ``[0, C)``: a float array is a one-line ``ValueError``
+      (a float one-hot index would count nothing); a concrete label outside ``[0, C)``,
+      e.g. −1, too (a traced one cannot be checked and counts for no class).
+    num_classes: C, a static int (a traced one is a one-line ``ValueError``).
     mask: optional ``bool[n]``; False rows (e.g. padding) are ignored, even if NaN.
 
   Returns:
@@ -49,10 +52,13 @@ def class_sums(values: jax.Array, labels: jax.Array, num_classes: int,
   """
   checks.check_shape("values", values, (None,), "[n]")
   n = np.shape(values)[0]
-  checks.check_labels("labels", labels, n)
+  if checks.dtype_of(values) == np.bool_:
+    raise ValueError("values must be a float or int array, got dtype bool (use "
+                     ".astype(jnp.float32) for 0/1 counts)")
   num_classes = checks.check_num_classes(num_classes)
   if mask is not None:
     checks.check_shape("mask", mask, (n,), f"[n={n}]")
+  checks.check_labels("labels", labels, n, num_classes, where=mask)
   keep = jnp.ones((n,), bool) if mask is None else mask.astype(bool)
   one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * keep[:, None]
   safe = jnp.where(keep, values, 0.0).astype(jnp.float32)

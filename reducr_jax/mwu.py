@@ -23,11 +23,23 @@ Two estimators of ``h`` are provided:
     de-biased exponential moving average of per-class batch means (App. A.9.4), with a
     per-class bias correction ``m / (1 − a^n)`` as in Adam, where ``n`` counts the batches
     in which the class was present. A class absent from a batch keeps its state.
+
+For research code the same updates come as optax-style transforms that carry their own
+state (:func:`hedge`, :func:`anytime_hedge`)::
+
+    tx = mwu.hedge(eta=1e-2)
+    state = tx.init(num_classes)                  # HedgeState(log_weights = log(1/C))
+    w, state = tx.update(alpha, state)            # w = softmax(log_w − η α), on the simplex
+
+The array functions (:func:`update`, :func:`weights`) take *log*-weights normalised to
+``logsumexp = 0``; a concrete array that is not (e.g. weights ``w`` instead of
+``log w``: ``logsumexp(w) ≥ ln C + 1/C > 0``) is a one-line ``ValueError``, since softmax
+of weights gives wrong numbers silently. A traced array cannot be checked.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +55,32 @@ def init(num_classes: int) -> jax.Array:
   return jnp.full((num_classes,), -np.log(num_classes), jnp.float32)
 
 
+#: How far from 0 the ``logsumexp`` of concrete log-weights may be (float32 rounding of
+#: ``log_softmax`` over thousands of classes stays below 1e-5).
+LOG_WEIGHTS_ATOL = 1e-3
+
+
+def check_log_weights(name: str, log_w) -> None:
+  """Raises a one-line ``ValueError`` unless the concrete ``log_w`` is ``[C]`` with
+  ``logsumexp(log_w) = 0`` (± :data:`LOG_WEIGHTS_ATOL`), i.e. normalised log-weights;
+  tracers pass (only their shape is checked). Weights on the simplex always fail:
+  ``logsumexp(w) ≥ ln C + 1/C > 0`` (Jensen), so this catches ``w`` passed for ``log w``."""
+  checks.check_shape(name, log_w, (None,), "[C]")
+  if isinstance(log_w, jax.core.Tracer):
+    return
+  a = np.asarray(log_w, np.float64)
+  lse = float(np.logaddexp.reduce(a)) if a.size else -np.inf
+  if not abs(lse) <= LOG_WEIGHTS_ATOL:
+    raise ValueError(f"{name} must be normalised log-weights (logsumexp = 0, e.g. "
+                     f"mwu.init(C) or jnp.log(weights)), got logsumexp {lse:.6g}")
+
+
 def weights(log_w: jax.Array) -> jax.Array:
-  """Class weights on the simplex from log-weights: ``softmax(log_w)`` → ``[C]``."""
+  """Class weights on the simplex from log-weights: ``softmax(log_w)`` → ``[C]``.
+
+  ``log_w`` must be normalised log-weights (:func:`check_log_weights`; checked when
+  concrete)."""
+  check_log_weights("log_w", log_w)
   return jax.nn.softmax(log_w)
 
 
@@ -65,6 +101,8 @@ def class_objective(excess_selected: jax.Array, class_holdout_loss: jax.Array,
   k, c = np.shape(excess_selected)
   checks.check_shape("class_holdout_loss", class_holdout_loss, (c,),
                      f"[C={c}] (C from excess_selected)")
+  checks.check_float("excess_selected", excess_selected)
+  checks.check_float("class_holdout_loss", class_holdout_loss)
   alpha = jnp.sum(excess_selected, axis=0)
   if use_holdout:
     alpha = alpha - k * class_holdout_loss
@@ -75,7 +113,8 @@ def update(log_w: jax.Array, alpha: jax.Array, eta) -> jax.Array:
   """One multiplicative-weights step in log space: ``log_softmax(log_w − η α)`` (line 8).
 
   Args:
-    log_w: ``[C]`` current log-weights.
+    log_w: ``[C]`` current log-weights, normalised (``logsumexp = 0``; a concrete array
+      that is not, e.g. weights instead of log-weights, is a ``ValueError``).
     alpha: ``[C]`` objective from :func:`class_objective`.
     eta: learning rate η > 0 (paper: 1e-4), finite. A concrete Python/NumPy value that is
       NaN, ±inf or ≤ 0 raises a one-line ``ValueError``; a traced η (an argument of a
@@ -85,14 +124,18 @@ def update(log_w: jax.Array, alpha: jax.Array, eta) -> jax.Array:
   Returns:
     ``[C]`` new log-weights, normalised (``logsumexp == 0``).
   """
-  checks.check_shape("log_w", log_w, (None,), "[C]")
+  check_log_weights("log_w", log_w)
   c = np.shape(log_w)[0]
   checks.check_shape("alpha", alpha, (c,), f"[C={c}] (C from log_w)")
-  checks.check_in_range("eta", eta, 0.0, low_inclusive=False)
+  _check_eta("eta", eta)
+  return jax.nn.log_softmax(log_w - eta * alpha)
+
+
+def _check_eta(name: str, eta) -> None:
+  checks.check_in_range(name, eta, 0.0, low_inclusive=False)
   value = checks.concrete_value(eta)
   if value is not None and not np.isfinite(value):
-    raise ValueError(f"eta must be a finite number > 0, got {value}")
-  return jax.nn.log_softmax(log_w - eta * alpha)
+    raise ValueError(f"{name} must be a finite number > 0, got {value}")
 
 
 def auto_eta(num_classes: int, num_updates: int, loss_range: float) -> float:
@@ -200,6 +243,88 @@ def anytime_schedule(num_classes: int, num_updates: int, loss_range: float) -> d
   return {"schedule": "anytime", "eta_1": eta_1,
           "eta_T": auto_eta(num_classes, num_updates, loss_range),
           "num_updates": int(num_updates)}
+
+
+# ---------------------------------------------------------------------------------------
+# Optax-style transforms: the state holds the log-weights.
+
+
+class ClassWeightTransform(NamedTuple):
+  """A class-weight rule in the shape of ``optax.GradientTransformation``.
+
+  Attributes:
+    init: ``num_classes -> state``; the state's ``log_weights`` are uniform.
+    update: ``(alpha [C], state) -> (weights [C] on the simplex, new_state)``, with
+      ``alpha`` the per-class loss of the round (:func:`class_objective`); jit-able.
+  """
+  init: Callable[[int], Any]
+  update: Callable[[jax.Array, Any], tuple[jax.Array, Any]]
+
+
+class HedgeState(NamedTuple):
+  """``log_weights``: ``float32[C]`` normalised log-weights (``logsumexp = 0``)."""
+  log_weights: jax.Array
+
+
+class AnytimeHedgeState(NamedTuple):
+  """:func:`anytime_hedge`'s state: ``log_weights`` as :class:`HedgeState`, and
+  ``cumulative_alpha`` ``float32[C]`` / ``num_updates`` ``int32[]`` of
+  :class:`AnytimeState`."""
+  log_weights: jax.Array
+  cumulative_alpha: jax.Array
+  num_updates: jax.Array
+
+
+def _alpha_for(state_log_weights, alpha):
+  c = np.shape(state_log_weights)[0]
+  checks.check_shape("alpha", alpha, (c,), f"[C={c}] (C from state)")
+  checks.check_float("alpha", alpha)
+
+
+def hedge(eta) -> ClassWeightTransform:
+  """Hedge / multiplicative weights with a constant step size η (Algorithm 1, line 8).
+
+  ``update(alpha, state)``: ``log w ← log_softmax(log w − η α)``, returns
+  ``(softmax(log w), HedgeState(log w))``; after t updates ``w = softmax(−η Σ_s α_s)``.
+  One step from uniform on C = 2 with η = 0.5, α = (2, −1): ``w ∝ (e^{−1}, e^{0.5})`` =
+  (0.182426, 0.817574). The same numbers as :func:`init` / :func:`update` / :func:`weights`.
+
+  Args:
+    eta: η > 0, finite (a one-line ``ValueError`` when concrete and not; may be traced).
+  """
+  _check_eta("eta", eta)
+
+  def update_fn(alpha, state):
+    _alpha_for(state.log_weights, alpha)
+    log_w = jax.nn.log_softmax(state.log_weights - eta * alpha)
+    return jax.nn.softmax(log_w), HedgeState(log_w)
+
+  return ClassWeightTransform(init=lambda num_classes: HedgeState(init(num_classes)),
+                              update=update_fn)
+
+
+def anytime_hedge(eta_1) -> ClassWeightTransform:
+  """Hedge with the anytime step size ``η_t = η_1/√t`` in the lazy form of
+  :func:`anytime_update` (same numbers): ``update(alpha, state)`` returns the weights of
+  the next round ``softmax(−η_{t+1} Σ_{s≤t} α_s)`` and the new :class:`AnytimeHedgeState`.
+
+  Args:
+    eta_1: ``η_1 > 0`` (e.g. :func:`anytime_eta_1`).
+  """
+  _check_eta("eta_1", eta_1)
+
+  def init_fn(num_classes):
+    s = anytime_init(num_classes)
+    return AnytimeHedgeState(init(num_classes), s.cumulative_alpha, s.num_updates)
+
+  def update_fn(alpha, state):
+    _alpha_for(state.log_weights, alpha)
+    log_w, s = anytime_update(AnytimeState(state.cumulative_alpha, state.num_updates),
+                              alpha, eta_1)
+    return jax.nn.softmax(log_w), AnytimeHedgeState(log_w, s.cumulative_alpha,
+                                                    s.num_updates)
+
+  return ClassWeightTransform(init=init_fn, update=update_fn)
 
 
 # ---------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from reducr_jax import metrics
 from reducr_jax import models
 from reducr_jax import progress
 from reducr_jax import pruning
+from reducr_jax import pruning_scores
 from reducr_jax import rng_streams
 from reducr_jax.data import random_access
 
@@ -64,14 +65,9 @@ class Scores(NamedTuple):
 
 
 def query_recalls(scores: Scores, prior: float) -> np.ndarray:
-  """Per-class validation recall ``(correct + a) / (count + 2a)`` → ``[C]``.
-
-  ``a = 0`` is the raw recall of the DRoP slides. With a small validation split an easy
-  class is often measured at recall exactly 1, which gives it a DRoP quota of 0 and
-  removes it from the training set (seen on the default config: 2 of 3 seeds lost a
-  class); ``a > 0`` (Laplace / Beta(a, a) prior) keeps such classes small but present.
-  """
-  return (scores.val_correct + prior) / np.maximum(scores.val_counts + 2 * prior, 1e-12)
+  """The query models' per-class validation recall ``(correct + a) / (count + 2a)`` →
+  ``[C]`` (:func:`reducr_jax.pruning.smoothed_recalls`, ``a = config.pruning.recall_prior``)."""
+  return pruning.smoothed_recalls(scores.val_correct, scores.val_counts, prior)
 
 
 def _scoring_fingerprint(config: ml_collections.ConfigDict) -> str:
@@ -110,7 +106,7 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
                           axis=1)                                     # [S, N, K]
 
   order = rng_streams.order_seed(config.seed, "pruning_order")
-  forgetting = pruning.forgetting_init(p.num_inits * n)
+  forgetting = pruning_scores.forgetting_init(p.num_inits * n)
   probs, early_params, early_logits = [], None, None
   t0 = time.time()
   for epoch in range(1, p.score_epochs + 1):
@@ -120,8 +116,8 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
       state, _ = step(state, train.x[idx], train.y[idx], (epoch - 1) * steps_per_epoch + i)
     logits = train_logits(variables_of(state))
     correct = (logits.argmax(-1) == train.y[None]).reshape(-1)
-    forgetting = pruning.forgetting_update(forgetting, jnp.asarray(correct))
-    probs.append(np.asarray(pruning.true_label_probability(jnp.asarray(logits),
+    forgetting = pruning_scores.forgetting_update(forgetting, jnp.asarray(correct))
+    probs.append(np.asarray(pruning_scores.true_label_probability(jnp.asarray(logits),
                                                            jnp.asarray(train.y))))
     if epoch == p.early_epoch:
       early_params, early_logits = (state.params, state.model_state or {}), logits
@@ -136,13 +132,13 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
     params, model_state = params_and_state
     variables = models.variables(params, jax.lax.stop_gradient(model_state))
     return experts.cross_entropy(fns.apply(variables, x[None]), y[None])[0]
-  grand = pruning.grand_scores_stacked(one_loss, early_params,
+  grand = pruning_scores.grand_scores_stacked(one_loss, early_params,
                                        (jnp.asarray(train.x), jnp.asarray(train.y)),
                                        chunk_size=256)
-  el2n = pruning.el2n_scores(jnp.asarray(early_logits), jnp.asarray(train.y))
-  forget = np.asarray(pruning.forgetting_scores(forgetting, never_learned_score=p.score_epochs))
+  el2n = pruning_scores.el2n_scores(jnp.asarray(early_logits), jnp.asarray(train.y))
+  forget = np.asarray(pruning_scores.forgetting_scores(forgetting, never_learned_score=p.score_epochs))
   history = np.stack(probs)                                           # [T, S, N]
-  dyn = np.mean([np.asarray(pruning.dynamic_uncertainty(jnp.asarray(history[:, s]),
+  dyn = np.mean([np.asarray(pruning_scores.dynamic_uncertainty(jnp.asarray(history[:, s]),
                                                         p.dyn_unc_window))
                  for s in range(p.num_inits)], axis=0)
   per_model = jax.jit(jax.vmap(lambda v, xb, yb, mb: metrics.correct_sums(

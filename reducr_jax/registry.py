@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import functools
+from typing import Callable, Generic, Mapping, TypeVar
 
 import ml_collections
 
@@ -56,3 +57,66 @@ class Registry(Generic[T]):
       raise ValueError(f"{self.kind} {name!r} needs unknown inputs {sorted(unknown)}; "
                        f"allowed: {sorted(self.needs)}")
     return rule
+
+
+def config_errors(fn: Callable, fields: Mapping[str, str]) -> Callable:
+  """``fn`` whose one-line ``ValueError`` about an argument names the config field instead.
+
+  The pure factories (and the functions they return, e.g. ``init``) raise about their own
+  arguments: ``"sampling must be one of [...], got 'x'"``; the ``from_config`` layer wraps
+  them with ``{"sampling": "config.selection.sampling"}`` so a config user reads
+  ``"config.selection.sampling must be one of [...], got 'x'"``. Other errors pass
+  unchanged.
+  """
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except ValueError as e:
+      message = str(e)
+      for arg, field in fields.items():
+        if message.startswith(arg + " "):
+          raise ValueError(field + message[len(arg):]) from None
+      raise
+  return wrapped
+
+
+def call_rule(kind: str, fn: Callable, inputs, field_needs: Mapping[str, str], *args,
+              **kwargs):
+  """``fn(*args, **kwargs)`` with ``inputs`` among ``args``; a rule that reads an input
+  field it did not declare in its ``needs`` (so the trainer left it ``None``) fails with
+  one line naming the field and the ``needs`` entry to declare, instead of
+  ``AttributeError: 'NoneType' object has no attribute 'shape'`` from deep inside.
+
+  ``inputs`` (a ``NamedTuple``) is handed to ``fn`` as a subclass that records which
+  fields ``fn`` reads (trace time only; no runtime cost); only an exception raised while
+  a ``None`` field was read is rewritten, so a rule that checks ``inputs.x is None``
+  itself works as before.
+
+  Args:
+    kind: what is called, for the message (``"selector.select"``).
+    fn: the rule's function; inputs: its inputs, passed in ``args`` (replaced there).
+    field_needs: input field → the ``needs`` name that makes the trainer fill it.
+  """
+  read = set()
+
+  class Recording(type(inputs)):
+    __slots__ = ()
+
+    def __getattribute__(self, name):
+      if name in field_needs:
+        read.add(name)
+      return super().__getattribute__(name)
+
+  recording = Recording(*inputs)
+  args = tuple(recording if a is inputs else a for a in args)
+  try:
+    return fn(*args, **kwargs)
+  except (AttributeError, TypeError, ValueError, IndexError) as e:
+    missing = sorted(f for f in read if getattr(inputs, f) is None)
+    if not missing:
+      raise
+    declare = ", ".join(f"inputs.{f} (needs {field_needs[f]!r})" for f in missing)
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ValueError(f"{kind} read {declare} without declaring it in its needs, so it "
+                     f"was None ({type(e).__name__}: {first})") from e

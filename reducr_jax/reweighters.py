@@ -72,7 +72,8 @@ class Reweighter(NamedTuple):
 
   Attributes:
     init: ``num_classes -> state`` (``()`` when stateless).
-    weights: ``(state, inputs) -> (w [k/n], new_state)``, ``w`` summing to 1 over all k.
+    weights: ``(state, inputs) -> (w [k/n], new_state)``, ``w ≥ 0`` summing to 1 over all
+      k (``meta``: or all 0; ``group_dro``: to the ``q`` of the classes among the k).
     needs: a subset of :data:`NEEDS`.
     class_weights: optional ``state -> [C]`` class weights, logged (Group DRO's ``q``).
   """
@@ -103,7 +104,7 @@ def class_balanced() -> Reweighter:
 def meta(lr: float, method: str = "jvp") -> Reweighter:
   """Ren et al. (2018) with a virtual SGD step of ``lr`` (module docstring)."""
   if method not in ("jvp", "nested_grad"):
-    raise ValueError(f"config.meta.method must be one of ['jvp', 'nested_grad'], got {method!r}")
+    raise ValueError(f"method must be one of ['jvp', 'nested_grad'], got {method!r}")
 
   def weights(state, inputs):
     loss_fn = lambda p, s, b: (inputs.loss_fn(p, b[0], b[1]), s)  # noqa: E731
@@ -156,5 +157,7 @@ def get(config: ml_collections.ConfigDict) -> Reweighter:
 
 register("none", lambda config: none())
 register("class_balanced", lambda config: class_balanced())
-register("meta", lambda config: meta(float(config.meta.lr), config.meta.method))
+register("meta", lambda config: registry.config_errors(
+    meta, {"lr": "config.meta.lr", "method": "config.meta.method"})(
+        float(config.meta.lr), config.meta.method))
 register("group_dro", lambda config: group_dro_reweighter(float(config.group_dro.eta)))

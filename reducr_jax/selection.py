@@ -46,6 +46,30 @@ def _check_model_and_expert(model_loss, expert_losses):
   checks.check_shape("model_loss", model_loss, (None,), "[B]")
   b = np.shape(model_loss)[0]
   checks.check_shape("expert_losses", expert_losses, (b, None), f"[B={b}, C]")
+  checks.check_float("model_loss", model_loss)
+  checks.check_float("expert_losses", expert_losses)
+
+
+def _gather(x: jax.Array, axis_name) -> jax.Array:
+  """``x [b, ...]`` of every device along ``axis_name``, device-major → ``[n·b, ...]``
+  (``x`` itself for ``axis_name=None``)."""
+  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+def local_mask(indices: jax.Array, local_size: int, axis_name) -> jax.Array:
+  """Which of this device's ``local_size`` rows a global selection picked → ``bool[b]``.
+
+  ``indices`` are the ``int32[k]`` global indices that :func:`top_k`, :func:`soft_top_k`
+  and :func:`gumbel_top_k` return with ``axis_name`` (device d's local row i is global
+  row ``d·b + i``); ``axis_name=None`` is one device (d = 0). Summed over devices the
+  masks have exactly k True entries (the indices are distinct)."""
+  checks.check_shape("indices", indices, (None,), "[k]")
+  start = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_size
+  local = indices - start
+  inside = (local >= 0) & (local < local_size)
+  hits = jnp.zeros((local_size,), jnp.int32).at[jnp.where(inside, local, local_size)].add(
+      1, mode="drop")
+  return hits > 0
 
 
 def reducible_losses(model_loss: jax.Array, expert_losses: jax.Array, *,
@@ -57,6 +81,8 @@ def reducible_losses(model_loss: jax.Array, expert_losses: jax.Array, *,
     model_loss: ``[B]`` target-model loss of each point.
     expert_losses: ``[B, C]`` loss of each point under each class-irreducible model.
     clip: clip ``R`` below at 0 (Algorithm 1). ``clip=False`` is the "no clip" ablation.
+      ``clip``, ``use_expert`` and ``use_model_loss`` are static Python bools (a traced
+      one is a one-line ``ValueError``); the losses must be float arrays.
     use_expert: keep the expert term; ``False`` gives ``R = model_loss`` for every class
       (the "no class-irreducible loss" ablation).
     use_model_loss: keep the model-loss term; ``False`` gives ``R = −expert_loss`` (the
@@ -79,6 +105,9 @@ def reducible_losses(model_loss: jax.Array, expert_losses: jax.Array, *,
     ValueError: on shape mismatches or an ablation combination that leaves no signal.
   """
   _check_model_and_expert(model_loss, expert_losses)
+  clip = checks.check_static_bool("clip", clip)
+  use_expert = checks.check_static_bool("use_expert", use_expert)
+  use_model_loss = checks.check_static_bool("use_model_loss", use_model_loss)
   if not (use_expert or use_model_loss):
     raise ValueError("use_expert and use_model_loss cannot both be False: the score would be 0")
   if clip and not use_model_loss:
@@ -110,6 +139,7 @@ def excess_losses(model_loss: jax.Array, expert_losses: jax.Array,
 def weighted_scores(reducible: jax.Array, class_weights: jax.Array) -> jax.Array:
   """``Σ_c w_c · R[:, c]`` for a precomputed ``[B, C]`` reducible-loss matrix → ``[B]``.
 
+  Both must be float arrays (bool weights are a one-line ``ValueError``).
   ``class_weights`` must be >= 0 (a negative weight would rank points *down* for the
   excess loss of its class): checked when they are concrete, not when traced (inside a
   jitted function; the MWU weights the selectors pass are a softmax, >= 0 by construction).
@@ -117,6 +147,8 @@ def weighted_scores(reducible: jax.Array, class_weights: jax.Array) -> jax.Array
   checks.check_shape("reducible", reducible, (None, None), "[B, C]")
   c = np.shape(reducible)[1]
   checks.check_shape("class_weights", class_weights, (c,), f"[C={c}] (C from the losses)")
+  checks.check_float("reducible", reducible)
+  checks.check_float("class_weights", class_weights)
   checks.check_non_negative("class_weights", class_weights)
   return reducible @ class_weights
 
@@ -153,6 +185,8 @@ def rho_loss_scores(model_loss: jax.Array, irreducible_loss: jax.Array) -> jax.A
   checks.check_shape("model_loss", model_loss, (None,), "[B]")
   b = np.shape(model_loss)[0]
   checks.check_shape("irreducible_loss", irreducible_loss, (b,), f"[B={b}]")
+  checks.check_float("model_loss", model_loss)
+  checks.check_float("irreducible_loss", irreducible_loss)
   return model_loss - irreducible_loss
 
 
@@ -161,8 +195,15 @@ def rho_loss_scores(model_loss: jax.Array, irreducible_loss: jax.Array) -> jax.A
 HOST_TOP_K_MIN_BATCH = 8192
 
 
-def top_k(scores: jax.Array, k: int) -> jax.Array:
+def top_k(scores: jax.Array, k: int, *, axis_name=None) -> jax.Array:
   """Indices of the ``k`` largest scores, largest first.
+
+  With ``axis_name`` (inside ``pmap`` / ``shard_map`` over that axis) the selection is
+  *global*: ``scores`` is this device's ``[b]`` share, the n shares are all-gathered
+  device-major into ``[n·b]`` and the k largest of all n·b are taken. Every device returns
+  the same ``int32[k]`` indices into that concatenation (device d's row i is ``d·b + i``),
+  exactly what the single-device call on the concatenated scores returns;
+  :func:`local_mask` gives each device its own selected rows. k is checked against n·b.
 
   ``lax.top_k``, except on CPU for ``B >= HOST_TOP_K_MIN_BATCH``: there a partial selection
   (:func:`_top_k_host`: ``np.partition`` finds the k-th largest key, one pass keeps the k
@@ -171,17 +212,20 @@ def top_k(scores: jax.Array, k: int) -> jax.Array:
   Both give the same indices (``-0.0`` ranks below ``+0.0`` in both).
 
   Args:
-    scores: ``[B]``.
+    scores: ``[B]`` (``[b]`` per device with ``axis_name``).
     k: static Python int in ``[1, B]``.
+    axis_name: the mapped axis to select across, or ``None`` (this array only).
 
   Returns:
-    ``int32[k]`` indices into ``scores``; ties resolved towards the lower index.
+    ``int32[k]`` indices into ``scores`` (into the gathered ``[n·b]`` with ``axis_name``);
+    ties resolved towards the lower index.
 
   NaN scores (a non-finite loss) rank below every number, ``-inf`` included: they are
   never selected while at least ``k`` scores are not NaN; otherwise the lowest-index NaN
   points fill the selection.
   """
   checks.check_shape("scores", scores, (None,), "[B]")
+  scores = _gather(scores, axis_name)
   k = checks.check_k(k, np.shape(scores)[0])
   key = _monotone_key(scores)
 
@@ -226,7 +270,7 @@ def _top_k_host(key: np.ndarray, k: int) -> np.ndarray:
   return (np.sort(packed | sel.astype(np.uint64)) & np.uint64(0xFFFFFFFF)).astype(np.int32)
 
 
-def gumbel_top_k(rng: jax.Array, logits: jax.Array, k: int) -> jax.Array:
+def gumbel_top_k(rng: jax.Array, logits: jax.Array, k: int, *, axis_name=None) -> jax.Array:
   """Samples ``k`` distinct indices with probability ∝ ``exp(logits)`` (Gumbel top-k).
 
   Adding i.i.d. Gumbel(0, 1) noise to ``logits`` and taking the top k draws k items
@@ -234,33 +278,39 @@ def gumbel_top_k(rng: jax.Array, logits: jax.Array, k: int) -> jax.Array:
   (Kool et al., 2019, "Stochastic Beams and Where to Find Them").
 
   Args:
-    rng: a PRNG key.
+    rng: a PRNG key (with ``axis_name``: the same key on every device).
     logits: ``[B]`` unnormalised log-probabilities (``-inf`` never drawn unless needed).
     k: static int in ``[1, B]``.
+    axis_name: as :func:`top_k`: ``logits`` is this device's ``[b]`` share, the draw is
+      over all n·b points (the noise is drawn for the gathered ``[n·b]`` from ``rng``), so
+      every device returns the same global indices, equal to the one-device draw.
 
   Returns:
     ``int32[k]``.
   """
   checks.check_key("rng", rng)
   checks.check_shape("logits", logits, (None,), "[B]")
+  logits = _gather(logits, axis_name)
   k = checks.check_k(k, np.shape(logits)[0])
   noise = jax.random.gumbel(rng, logits.shape, dtype=jnp.result_type(logits, jnp.float32))
   return top_k(logits + noise, k)
 
 
-def soft_top_k(rng: jax.Array, scores: jax.Array, k: int,
-               temperature: float) -> jax.Array:
+def soft_top_k(rng: jax.Array, scores: jax.Array, k: int, temperature: float, *,
+               axis_name=None) -> jax.Array:
   """Soft selection: k points without replacement, each draw ∝ ``exp(score / τ)``.
 
   The soft alternative to top-k suggested by REDUCR App. A.9.3. ``temperature == 0``
-  (a static Python number) returns exactly :func:`top_k`; as τ → 0 the sample converges to
-  the top k.
+  returns exactly :func:`top_k`: a concrete 0 without drawing noise, a traced one (e.g. τ
+  swept under ``jit`` / ``vmap``) through ``lax.cond`` (never ``score / 0``); as τ → 0 the
+  sample converges to the top k.
 
   Args:
-    rng: a PRNG key.
-    scores: ``[B]``.
+    rng: a PRNG key (with ``axis_name``: the same key on every device).
+    scores: ``[B]`` (``[b]`` per device with ``axis_name``).
     k: static int in ``[1, B]``.
-    temperature: τ ≥ 0.
+    temperature: τ ≥ 0 (checked when concrete).
+    axis_name: global selection over the mapped axis, as :func:`top_k` (same indices).
 
   Returns:
     ``int32[k]``.
@@ -269,9 +319,19 @@ def soft_top_k(rng: jax.Array, scores: jax.Array, k: int,
   :func:`top_k`.
   """
   checks.check_in_range("temperature", temperature, 0.0)
-  if checks.concrete_value(temperature) == 0.0:
+  checks.check_shape("scores", scores, (None,), "[B]")
+  scores = _gather(scores, axis_name)
+  value = checks.concrete_value(temperature)
+  if value == 0.0:
     return top_k(scores, k)
-  return gumbel_top_k(rng, _nan_to_neg_inf(scores) / temperature, k)
+  if value is not None:
+    return gumbel_top_k(rng, _nan_to_neg_inf(scores) / temperature, k)
+  checks.check_key("rng", rng)
+  k = checks.check_k(k, np.shape(scores)[0])
+  zero = temperature == 0
+  safe = jnp.where(zero, 1.0, temperature)
+  return jax.lax.cond(zero, lambda: top_k(scores, k),
+                      lambda: gumbel_top_k(rng, _nan_to_neg_inf(scores) / safe, k))
 
 
 def train_loss_logits(model_loss: jax.Array,
@@ -290,6 +350,7 @@ def train_loss_logits(model_loss: jax.Array,
     ``[B]`` unnormalised log-probabilities, aligned with ``model_loss``.
   """
   checks.check_shape("model_loss", model_loss, (None,), "[B]")
+  checks.check_float("model_loss", model_loss)
   checks.check_in_range("selection_pressure", selection_pressure, 1.0, low_inclusive=False)
   b = np.shape(model_loss)[0]
   order = jnp.argsort(-model_loss)                      # order[rank] = index
@@ -341,6 +402,7 @@ def payoff_scores(model_loss: jax.Array, expert_losses: jax.Array,
   _check_model_and_expert(model_loss, expert_losses)
   c = np.shape(expert_losses)[1]
   checks.check_shape("class_holdout_loss", class_holdout_loss, (c,), f"[C={c}]")
+  checks.check_float("class_holdout_loss", class_holdout_loss)
   return jnp.min(model_loss[:, None] - expert_losses - class_holdout_loss[None, :], axis=1)
 
 

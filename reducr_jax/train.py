@@ -164,8 +164,9 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     inputs = inputs._replace(class_holdout_loss=h)
     out["class_holdout_loss"] = h
 
-  sel, aux = cfg.selector.select(state.selector_state, inputs, key, k)
-  new_selector_state = cfg.selector.update(state.selector_state, inputs, sel, aux)
+  sel, aux = selectors.checked_select(cfg.selector, state.selector_state, inputs, key, k)
+  new_selector_state = selectors.checked_update(cfg.selector, state.selector_state, inputs,
+                                                sel, aux)
 
   if "corrupted" in batch:         # label noise known (data.streams): share of the selected
     out["selected_corrupted_share"] = jnp.mean(gather(batch["corrupted"])[sel].astype(

@@ -702,13 +702,20 @@ def test_mwu_update_traced_eta_is_not_checked():
 @pytest.mark.parametrize("label", [3, 4, 100])
 def test_labels_at_or_above_num_classes(label):
   """Documented (README "Failure modes"): a label >= C gives a NaN cross-entropy (so the
-  trainer skips that update and never selects the point) and counts in no class."""
+  trainer skips that update and never selects the point); the per-class sums refuse it
+  when the labels are concrete and count it in no class when traced (inside jit)."""
   logits = jnp.zeros((2, 3))
   y = jnp.asarray([0, label])
   loss = np.asarray(experts.cross_entropy(logits, y))
   assert np.isfinite(loss[0]) and np.isnan(loss[1])
-  assert np.asarray(metrics.class_sums(jnp.ones(2), y, 3).counts).tolist() == [1.0, 0.0, 0.0]
-  assert np.asarray(metrics.correct_sums(logits, y).counts).tolist() == [1.0, 0.0, 0.0]
+  with pytest.raises(ValueError, match=rf"labels must be in \[0, 3\), got {label} at index 1"):
+    metrics.class_sums(jnp.ones(2), y, 3)
+  with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+    metrics.correct_sums(logits, y)
+  counts = jax.jit(lambda yy: metrics.class_sums(jnp.ones(2), yy, 3).counts)(y)
+  assert np.asarray(counts).tolist() == [1.0, 0.0, 0.0]
+  counts = jax.jit(lambda yy: metrics.correct_sums(logits, yy).counts)(y)
+  assert np.asarray(counts).tolist() == [1.0, 0.0, 0.0]
   scores = selection.reducr_scores(jnp.asarray(loss), jnp.zeros((2, 3)), jnp.ones(3) / 3)
   assert np.asarray(selection.top_k(scores, 1)).tolist() == [0]      # never the NaN point
 
@@ -777,3 +784,55 @@ def test_traced_class_weights_are_not_checked():
   """Documented: negative weights known only inside jit cannot be checked at trace time."""
   out = jax.jit(selection.weighted_scores)(jnp.ones((2, 2)), jnp.asarray([-1.0, 2.0]))
   assert np.asarray(out).tolist() == [1.0, 1.0]
+
+
+# ------------------------------------------- dtype, label and static-argument checks
+
+
+@pytest.mark.parametrize("call, message", [
+    # float labels: a float one-hot index would count nothing (γ up-weighting dropped)
+    (lambda: metrics.class_sums(jnp.ones(3), jnp.array([0.0, 1.0, 2.0]), 3),
+     "labels must be integer class labels, got dtype float32"),
+    (lambda: jax.jit(lambda y: metrics.class_sums(jnp.ones(3), y, 3))(jnp.array([0.0, 1, 2])),
+     "labels must be integer class labels, got dtype float32"),
+    # label −1 (an "ignore" label) when concrete
+    (lambda: metrics.class_sums(jnp.ones(3), jnp.array([0, 1, -1]), 3),
+     r"labels must be in \[0, 3\), got -1 at index 2"),
+    (lambda: metrics.class_sums(jnp.array([True, False]), jnp.array([0, 1]), 2),
+     "values must be a float or int array, got dtype bool"),
+    # traced num_classes / clip: one line, not a raw tracer error
+    (lambda: jax.jit(lambda c: metrics.class_sums(jnp.ones(2), jnp.array([0, 1]), c))(2),
+     "num_classes must be a static Python int >= 1 .* got a traced value"),
+    (lambda: jax.jit(lambda c: selection.reducible_losses(jnp.ones(2), jnp.ones((2, 3)),
+                                                          clip=c))(True),
+     "clip must be a static Python bool .* got a traced value"),
+    # int losses and bool weights where floats are meant
+    (lambda: selection.reducible_losses(jnp.array([1, 2]), jnp.ones((2, 3))),
+     "model_loss must be a float array, got dtype int32"),
+    (lambda: selection.rho_loss_scores(jnp.ones(2), jnp.array([0, 1])),
+     "irreducible_loss must be a float array, got dtype int32"),
+    (lambda: selection.weighted_scores(jnp.ones((2, 3)), jnp.array([True, False, True])),
+     "class_weights must be a float array, got dtype bool"),
+    (lambda: mwu.class_objective(jnp.ones((2, 3), jnp.int32), jnp.ones(3)),
+     "excess_selected must be a float array, got dtype int32"),
+])
+def test_dtype_label_and_static_checks_are_one_line(call, message):
+  with pytest.raises(ValueError, match=message) as e:
+    call()
+  assert "\n" not in str(e.value)
+
+
+def test_masked_padding_may_carry_any_label():
+  """A padding row (mask False) with label −1 is ignored, not refused: counts [1, 1]."""
+  stats = metrics.class_sums(jnp.ones(3), jnp.array([0, -1, 1]), 2,
+                             mask=jnp.array([True, False, True]))
+  assert np.asarray(stats.counts).tolist() == [1.0, 1.0]
+
+
+def test_group_dro_example_weights_refuse_label_minus_one():
+  """class_counts[−1] would silently read class C−1's count."""
+  from reducr_jax import group_dro  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got -1 at index 1"):
+    group_dro.example_weights(jnp.array([0, -1]), group_dro.init(3), jnp.array([1.0, 0, 1]))
+  w = group_dro.example_weights(jnp.array([0, 2]), group_dro.init(3), jnp.array([1.0, 0, 1]))
+  np.testing.assert_allclose(w, [1 / 3, 1 / 3], rtol=1e-6)

@@ -68,3 +68,34 @@ def test_unregistered_rule_is_a_one_line_config_error(tmp_path):
                            r"got 'smallest_loss'"):
     train.train_and_evaluate(tiny_config(**{"selection.method": "smallest_loss"}),
                              str(tmp_path / "w"))
+
+
+def reads_undeclared(config):
+  """Reads the model loss without declaring selectors.MODEL_LOSS in its needs."""
+  del config
+  return selectors.stateless(lambda inputs, rng, k: selection.top_k(inputs.model_loss, k))
+
+
+def one_too_many(config):
+  """Returns k + 1 indices."""
+  del config
+  return selectors.stateless(
+      lambda inputs, rng, k: selection.uniform_select(rng, inputs.labels.shape[0], k + 1))
+
+
+@pytest.mark.parametrize("factory, message", [
+    (reads_undeclared, r"selector.select read inputs.model_loss \(needs 'model_loss'\) "
+                       r"without declaring it in its needs, so it was None"),
+    (one_too_many, r"selector.select must return integer indices of shape \[k=\d+\], got "
+                   r"int32\[\d+\]"),
+])
+def test_broken_rule_is_a_one_line_trainer_error(tmp_path, factory, message):
+  """Before: AttributeError 'NoneType' ... / a JAX broadcast error from deep inside."""
+  selectors.register("broken", factory)
+  try:
+    with pytest.raises(ValueError, match=message) as e:
+      train.train_and_evaluate(tiny_config(num_steps=2, **{"selection.method": "broken"}),
+                               str(tmp_path / "w"))
+  finally:
+    selectors.unregister("broken")
+  assert "\n" not in str(e.value)

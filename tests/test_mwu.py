@@ -220,3 +220,66 @@ def test_mwu_functions_jit():
 def test_bad_input(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+# ------------------------------------------------------- optax-style transforms
+
+
+def test_hedge_one_step_by_hand():
+  """From uniform on C = 2, η = 0.5, α = (2, −1): w ∝ (e^{−1}, e^{0.5}), i.e.
+  w_0 = 1/(1 + e^{1.5}) = 1/(1 + 4.481689) = 0.182426; the state holds log w."""
+  tx = mwu.hedge(0.5)
+  state = tx.init(2)
+  assert isinstance(state, mwu.HedgeState)
+  np.testing.assert_allclose(state.log_weights, np.log([0.5, 0.5]), rtol=1e-6)
+  w, state = jax.jit(tx.update)(jnp.array([2.0, -1.0]), state)
+  np.testing.assert_allclose(w, [0.182426, 0.817574], rtol=1e-5)
+  np.testing.assert_allclose(state.log_weights, np.log([0.182426, 0.817574]), rtol=1e-5)
+  # A second step is the array function's step, to the bit.
+  w2, state2 = tx.update(jnp.array([0.0, 3.0]), state)
+  expected = mwu.update(state.log_weights, jnp.array([0.0, 3.0]), 0.5)
+  np.testing.assert_array_equal(state2.log_weights, expected)
+  np.testing.assert_array_equal(w2, mwu.weights(expected))
+
+
+def test_anytime_hedge_is_anytime_update():
+  """The transform gives the hand-computed anytime weights (test above: 0.107042, ...)."""
+  tx = mwu.anytime_hedge(1.0)
+  state = tx.init(2)
+  for alpha, w0 in zip([[2.0, -1.0], [0.0, 1.0], [-1.0, 0.0]], [0.107042, 0.239632, 0.377541]):
+    w, state = jax.jit(tx.update)(jnp.array(alpha), state)
+    np.testing.assert_allclose(w, [w0, 1 - w0], rtol=1e-5)
+    np.testing.assert_allclose(np.exp(state.log_weights), w, rtol=1e-6)
+  assert int(state.num_updates) == 3
+  np.testing.assert_allclose(state.cumulative_alpha, [1.0, 0.0])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: mwu.hedge(0.0), r"eta must be in \(0.0, inf\], got 0.0"),
+    (lambda: mwu.hedge(float("inf")), "eta must be a finite number > 0, got inf"),
+    (lambda: mwu.anytime_hedge(-1.0), r"eta_1 must be in \(0.0, inf\]"),
+    (lambda: mwu.hedge(0.1).update(jnp.ones(3), mwu.hedge(0.1).init(2)),
+     r"alpha must have shape \[C=2\] \(C from state\), got \(3,\)"),
+    (lambda: mwu.hedge(0.1).update(jnp.ones(2, jnp.int32), mwu.hedge(0.1).init(2)),
+     "alpha must be a float array, got dtype int32"),
+])
+def test_hedge_bad_input_is_one_line(make, message):
+  with pytest.raises(ValueError, match=message):
+    make()
+
+
+def test_bare_log_weight_functions_refuse_weights():
+  """Weights handed for log-weights: logsumexp(0.5, 0.5) = ln 2 + 0.5 = 1.19315, not 0.
+  Before the check mwu.weights gave softmax(0.5, 0.5) and update a wrong step silently."""
+  w = jnp.array([0.5, 0.5])
+  with pytest.raises(ValueError, match=r"log_w must be normalised log-weights .* got "
+                                       r"logsumexp 1.19315"):
+    mwu.weights(w)
+  with pytest.raises(ValueError, match="log_w must be normalised log-weights"):
+    mwu.update(w, jnp.ones(2), 0.1)
+  with pytest.raises(ValueError, match="log_w must be normalised log-weights"):
+    mwu.update(jnp.zeros(3), jnp.ones(3), 0.1)       # unnormalised log-weights too
+  # Normalised log-weights (any, not only uniform) pass; traced ones cannot be checked.
+  np.testing.assert_allclose(mwu.weights(jnp.log(jnp.array([0.25, 0.75]))), [0.25, 0.75],
+                             rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(mwu.weights)(jnp.zeros(2)), [0.5, 0.5])

@@ -10,6 +10,7 @@ from scipy import optimize
 
 from reducr_jax import drop_toy
 from reducr_jax import pruning
+from reducr_jax import pruning_scores
 
 # --------------------------------------------------------------------------------------
 # DRoP quotas.
@@ -188,20 +189,20 @@ def test_el2n_by_hand():
   # softmax([ln 3, 0]) = [.75, .25], y = 1: ‖[.75, −.75]‖ = .75 √2.
   logits = jnp.array([[0.0, 0.0], [LN3, 0.0]])
   labels = jnp.array([0, 1])
-  np.testing.assert_allclose(pruning.el2n_scores(logits, labels), [np.sqrt(0.5), 0.75 * np.sqrt(2)],
+  np.testing.assert_allclose(pruning_scores.el2n_scores(logits, labels), [np.sqrt(0.5), 0.75 * np.sqrt(2)],
                              rtol=1e-6)
   # A second run with the rows swapped: [.75, .25], y = 0 → .25 √2; [.5, .5], y = 1 → √.5.
   stacked = jnp.stack([logits, logits[::-1]])
   np.testing.assert_allclose(
-      jax.jit(pruning.el2n_scores)(stacked, labels),
+      jax.jit(pruning_scores.el2n_scores)(stacked, labels),
       [(np.sqrt(0.5) + 0.25 * np.sqrt(2)) / 2, (0.75 * np.sqrt(2) + np.sqrt(0.5)) / 2], rtol=1e-6)
   probs = jax.nn.softmax(logits)
-  np.testing.assert_allclose(pruning.el2n_scores(probs, labels, from_probs=True),
-                             pruning.el2n_scores(logits, labels), rtol=1e-6)
+  np.testing.assert_allclose(pruning_scores.el2n_scores(probs, labels, from_probs=True),
+                             pruning_scores.el2n_scores(logits, labels), rtol=1e-6)
   with pytest.raises(ValueError, match="labels must have shape"):
-    pruning.el2n_scores(logits, jnp.array([0, 1, 1]))
+    pruning_scores.el2n_scores(logits, jnp.array([0, 1, 1]))
   with pytest.raises(ValueError, match="logits must have shape"):
-    pruning.el2n_scores(jnp.zeros(3), labels)
+    pruning_scores.el2n_scores(jnp.zeros(3), labels)
 
 
 def _linear_ce(w, x, y):
@@ -210,7 +211,7 @@ def _linear_ce(w, x, y):
 
 def test_grand_by_hand_and_identity():
   # W = 0: p = [.5, .5], ‖p − e_y‖ = √.5; x = [1, 2, 2]: ‖x‖ = 3 → 3 / √2.
-  grand = jax.jit(pruning.grand_scores, static_argnums=0, static_argnames="chunk_size")
+  grand = jax.jit(pruning_scores.grand_scores, static_argnums=0, static_argnames="chunk_size")
   x = jnp.array([[1.0, 2.0, 2.0]])
   np.testing.assert_allclose(grand(_linear_ce, jnp.zeros((2, 3)), (x, jnp.array([1]))),
                              [3 / np.sqrt(2)], rtol=1e-6)
@@ -220,7 +221,7 @@ def test_grand_by_hand_and_identity():
   xs = jnp.asarray(rng.normal(size=(16, 3)), jnp.float32)
   ys = jnp.asarray(rng.integers(0, 2, 16))
   scores = grand(_linear_ce, w, (xs, ys))
-  expected = pruning.el2n_scores(xs @ w.T, ys) * jnp.linalg.norm(xs, axis=1)
+  expected = pruning_scores.el2n_scores(xs @ w.T, ys) * jnp.linalg.norm(xs, axis=1)
   np.testing.assert_allclose(scores, expected, rtol=1e-5)
   chunked = grand(_linear_ce, w, (xs, ys), chunk_size=5)
   np.testing.assert_allclose(chunked, scores, rtol=1e-6)
@@ -235,18 +236,18 @@ def test_grand_pytree_params_and_stacked_average():
   ys = jnp.asarray(rng.integers(0, 2, 8))
   stacked = {"w": jnp.asarray(rng.normal(size=(4, 2, 3)), jnp.float32),
              "b": jnp.asarray(rng.normal(size=(4, 2)), jnp.float32)}
-  got = jax.jit(functools.partial(pruning.grand_scores_stacked, loss))(stacked, (xs, ys))
-  grand = jax.jit(functools.partial(pruning.grand_scores, loss))
+  got = jax.jit(functools.partial(pruning_scores.grand_scores_stacked, loss))(stacked, (xs, ys))
+  grand = jax.jit(functools.partial(pruning_scores.grand_scores, loss))
   each = [grand(jax.tree.map(lambda a: a[s], stacked), (xs, ys)) for s in range(4)]
   np.testing.assert_allclose(got, np.mean(each, axis=0), rtol=1e-5)
   # With a bias, ∇ = (p − e_y) ⊗ [x, 1] → ‖p − e_y‖ · √(‖x‖² + 1).
   p0 = jax.tree.map(lambda a: a[0], stacked)
-  el2n = pruning.el2n_scores(xs @ p0["w"].T + p0["b"], ys)
+  el2n = pruning_scores.el2n_scores(xs @ p0["w"].T + p0["b"], ys)
   np.testing.assert_allclose(each[0], el2n * jnp.sqrt(jnp.sum(xs**2, 1) + 1), rtol=1e-5)
   with pytest.raises(ValueError, match="batch leaves must share"):
-    pruning.grand_scores(loss, p0, (xs, ys[:4]))
+    pruning_scores.grand_scores(loss, p0, (xs, ys[:4]))
   with pytest.raises(ValueError, match="stacked_params leaves must share"):
-    pruning.grand_scores_stacked(loss, {"w": stacked["w"], "b": stacked["b"][:2]}, (xs, ys))
+    pruning_scores.grand_scores_stacked(loss, {"w": stacked["w"], "b": stacked["b"][:2]}, (xs, ys))
 
 
 def test_forgetting_by_hand():
@@ -257,26 +258,26 @@ def test_forgetting_by_hand():
   #   ex 3: F T F F → forgotten at t3                 → 1
   #   ex 4: F F F T → learned at the last step only   → 0
   seq = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 0, 0], [0, 0, 0, 1]], bool)
-  state = pruning.forgetting_init(5)
-  update = jax.jit(pruning.forgetting_update)
+  state = pruning_scores.forgetting_init(5)
+  update = jax.jit(pruning_scores.forgetting_update)
   for t in range(4):
     state = update(state, jnp.asarray(seq[:, t]))
   np.testing.assert_array_equal(state.forgetting_count, [2, 0, 0, 1, 0])
   np.testing.assert_array_equal(state.ever_learned, [True, False, True, True, True])
-  scores = pruning.forgetting_scores(state)
+  scores = pruning_scores.forgetting_scores(state)
   np.testing.assert_array_equal(scores, [2, np.inf, 0, 1, 0])
   assert scores[1] == scores.max()
-  np.testing.assert_array_equal(pruning.forgetting_scores(state, never_learned_score=5.0),
+  np.testing.assert_array_equal(pruning_scores.forgetting_scores(state, never_learned_score=5.0),
                                 [2, 5, 0, 1, 0])
   # Minibatches: each step seen in two halves gives the same state.
-  mb = pruning.forgetting_init(5)
+  mb = pruning_scores.forgetting_init(5)
   for t in range(4):
     for idx in (np.array([4, 0, 2]), np.array([1, 3])):
       mb = update(mb, jnp.asarray(seq[idx, t]), jnp.asarray(idx))
   for a, b in zip(mb, state):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match="correct must have shape"):
-    pruning.forgetting_update(state, jnp.ones(4, bool))
+    pruning_scores.forgetting_update(state, jnp.ones(4, bool))
 
 
 def test_dynamic_uncertainty_by_hand():
@@ -284,28 +285,28 @@ def test_dynamic_uncertainty_by_hand():
   #   windows (.1, .3), (.3, .3), (.3, .9) → .2/√2, 0, .6/√2 → mean .8 / (3√2).
   # ex 1: constant → 0.
   p = jnp.array([[0.1, 0.5], [0.3, 0.5], [0.3, 0.5], [0.9, 0.5]])
-  np.testing.assert_allclose(pruning.dynamic_uncertainty(p, 2), [0.8 / (3 * np.sqrt(2)), 0.0],
+  np.testing.assert_allclose(pruning_scores.dynamic_uncertainty(p, 2), [0.8 / (3 * np.sqrt(2)), 0.0],
                              atol=1e-6)
   # J = 3: windows (.1, .3, .3), (.3, .3, .9), numpy's std with ddof 1 and 0.
   for ddof in (0, 1):
     want = (np.std([0.1, 0.3, 0.3], ddof=ddof) + np.std([0.3, 0.3, 0.9], ddof=ddof)) / 2
-    got = jax.jit(pruning.dynamic_uncertainty, static_argnums=1, static_argnames="ddof")(
+    got = jax.jit(pruning_scores.dynamic_uncertainty, static_argnums=1, static_argnames="ddof")(
         p, 3, ddof=ddof)
     np.testing.assert_allclose(got, [want, 0.0], atol=1e-6)
-  np.testing.assert_allclose(pruning.dynamic_uncertainty(p, 4)[0],
+  np.testing.assert_allclose(pruning_scores.dynamic_uncertainty(p, 4)[0],
                              np.std([0.1, 0.3, 0.3, 0.9], ddof=1), atol=1e-6)
   with pytest.raises(ValueError, match=r"window must be in \[2, 4\]"):
-    pruning.dynamic_uncertainty(p, 1)
+    pruning_scores.dynamic_uncertainty(p, 1)
   with pytest.raises(ValueError, match=r"window must be in \[2, 4\]"):
-    pruning.dynamic_uncertainty(p, 5)
+    pruning_scores.dynamic_uncertainty(p, 5)
 
 
 def test_true_label_probability():
   logits = jnp.array([[0.0, 0.0], [LN3, 0.0]])
-  np.testing.assert_allclose(pruning.true_label_probability(logits, jnp.array([0, 1])), [0.5, 0.25],
+  np.testing.assert_allclose(pruning_scores.true_label_probability(logits, jnp.array([0, 1])), [0.5, 0.25],
                              rtol=1e-6)
   stacked = jnp.stack([logits, logits[::-1]])
-  np.testing.assert_allclose(pruning.true_label_probability(stacked, jnp.array([0, 1])),
+  np.testing.assert_allclose(pruning_scores.true_label_probability(stacked, jnp.array([0, 1])),
                              [[0.5, 0.25], [0.75, 0.5]], rtol=1e-6)
 
 
@@ -411,3 +412,53 @@ def test_drop_reduces_worst_class_risk(seed):
   d0, d1 = res["drop_densities"]
   assert d1 > d0 and (d0 + d1) / 2 == pytest.approx(0.5)
   assert "drop" in drop_toy.format_table(res)
+
+
+# ---------------------------------------------------------------- recall smoothing
+
+
+def test_smoothed_recalls_by_hand():
+  """(correct + a) / (count + 2a): 10/10 → 11/12 at a = 1; 3/6 → 4/8; 0/0 → 1/2 (a = 1)
+  and 0 (a = 0, the raw recall)."""
+  np.testing.assert_allclose(pruning.smoothed_recalls([10, 3, 0], [10, 6, 0], 1.0),
+                             [11 / 12, 0.5, 0.5], rtol=1e-12)
+  np.testing.assert_allclose(pruning.smoothed_recalls([10, 3, 0], [10, 6, 0], 0.0),
+                             [1.0, 0.5, 0.0], rtol=1e-12)
+  with pytest.raises(ValueError, match="prior must be a finite number >= 0, got -1.0"):
+    pruning.smoothed_recalls([1], [2], -1.0)
+  with pytest.raises(ValueError, match=r"correct must be in \[0, count\], got 3 of 2"):
+    pruning.smoothed_recalls([3], [2], 1.0)
+
+
+def test_prune_stage_query_recalls_are_the_old_float32_numbers():
+  """prune_stage.query_recalls is pruning.smoothed_recalls, to the bit of the formula it
+  had (float32 sums stay float32)."""
+  from reducr_jax import prune_stage  # pylint: disable=g-import-not-at-top
+  correct = np.array([37.0, 12.0, 0.0, 5.0], np.float32)
+  counts = np.array([40.0, 30.0, 0.0, 5.0], np.float32)
+  scores = prune_stage.Scores(*([np.zeros(1)] * 4), val_correct=correct, val_counts=counts)
+  old = (correct + 5.0) / np.maximum(counts + 2 * 5.0, 1e-12)
+  got = prune_stage.query_recalls(scores, 5.0)
+  assert got.dtype == old.dtype == np.float32
+  np.testing.assert_array_equal(got, old)
+
+
+def test_drop_class_densities_recall_prior_by_hand():
+  """Sizes (100, 100), density 0.5, recalls (1.0, 0.5) measured on 10 examples each.
+  Raw: class 0 has error 0 and gets d = 0 (it vanishes), class 1 d = 1.
+  a = 1: recalls 11/12 and 6/12, errors 1/12 and 1/2, λ (1/12 + 1/2) = 1 → λ = 12/7,
+  d = (1/7, 6/7) = (0.142857, 0.857143): the easy class keeps 14 of 100 examples."""
+  raw = pruning.drop_class_densities([100, 100], [1.0, 0.5], 0.5)
+  np.testing.assert_allclose(raw, [0.0, 1.0], atol=1e-12)
+  smooth = pruning.drop_class_densities([100, 100], [1.0, 0.5], 0.5, recall_prior=1.0,
+                                        recall_counts=[10, 10])
+  np.testing.assert_allclose(smooth, [1 / 7, 6 / 7], rtol=1e-9)
+  counts = pruning.drop_class_counts([100, 100], [1.0, 0.5], 0.5, recall_prior=1.0,
+                                     recall_counts=[10, 10])
+  assert counts.tolist() == [14, 86]
+  labels = np.repeat([0, 1], 100)
+  kept = pruning.drop_prune(jax.random.key(0), labels, [1.0, 0.5], 0.5, recall_prior=1.0,
+                            recall_counts=[10, 10])
+  assert np.bincount(labels[kept]).tolist() == [14, 86]
+  with pytest.raises(ValueError, match="recall_counts must be given"):
+    pruning.drop_class_densities([100, 100], [1.0, 0.5], 0.5, recall_prior=1.0)

@@ -187,3 +187,56 @@ def test_top_k_partial_selection_matches_lax_top_k_and_skips_nan():
   assert sorted(np.asarray(selection.top_k(jnp.asarray(with_nan), n)).tolist()) == list(range(n))
   batched = jax.vmap(lambda a: selection.top_k(a, 3))(jnp.asarray(s.reshape(2, n // 2)))
   np.testing.assert_array_equal(batched, jax.lax.top_k(s.reshape(2, n // 2), 3)[1])
+
+
+# --------------------------------------------- global selection over a mapped axis
+
+
+def _device_scores(n=8, b=5):
+  return jax.random.normal(jax.random.key(7), (n, b))
+
+
+def test_top_k_with_axis_name_is_global_under_pmap():
+  """8 devices × 5 scores: every device returns the top-6 of all 40 (indices into the
+  device-major concatenation), the single-device answer; without axis_name each device
+  would select among its own 5 (indices < 5)."""
+  assert jax.local_device_count() == 8
+  scores = _device_scores()
+  k = 6
+  whole = np.asarray(selection.top_k(scores.reshape(-1), k))
+  got = jax.pmap(lambda s: selection.top_k(s, k, axis_name="d"), axis_name="d")(scores)
+  np.testing.assert_array_equal(np.asarray(got), np.tile(whole, (8, 1)))
+  assert whole.max() >= 5                       # the global top-k leaves device 0
+  masks = jax.pmap(lambda s: selection.local_mask(selection.top_k(s, k, axis_name="d"),
+                                                  5, "d"), axis_name="d")(scores)
+  masks = np.asarray(masks)
+  assert masks.sum() == k
+  np.testing.assert_array_equal(np.flatnonzero(masks.reshape(-1)), np.sort(whole))
+  with pytest.raises(ValueError, match=r"k must be in \[1, 40\]"):
+    jax.pmap(lambda s: selection.top_k(s, 41, axis_name="d"), axis_name="d")(scores)
+
+
+def test_soft_and_gumbel_top_k_with_axis_name_equal_the_one_device_draw():
+  scores = _device_scores()
+  rng = jax.random.key(3)
+  for fn in (lambda r, s, **kw: selection.soft_top_k(r, s, 6, 0.5, **kw),
+             lambda r, s, **kw: selection.gumbel_top_k(r, s, 6, **kw)):
+    whole = np.asarray(fn(rng, scores.reshape(-1)))
+    got = jax.pmap(lambda s, r: fn(r, s, axis_name="d"), axis_name="d",
+                   in_axes=(0, None))(scores, rng)
+    np.testing.assert_array_equal(np.asarray(got), np.tile(whole, (8, 1)))
+    assert len(set(whole.tolist())) == 6
+
+
+def test_soft_top_k_traced_zero_temperature_is_top_k():
+  """scores (1, 5, 3, 4), k = 2: top-k is (1, 3). Before, a traced τ = 0 divided the
+  scores by 0 and returned the first k indices (0, 1)."""
+  scores = jnp.array([1.0, 5.0, 3.0, 4.0])
+  key = jax.random.key(0)
+  soft = jax.jit(lambda t: selection.soft_top_k(key, scores, 2, t))
+  np.testing.assert_array_equal(soft(0.0), [1, 3])
+  np.testing.assert_array_equal(soft(jnp.float32(0.0)), [1, 3])
+  np.testing.assert_array_equal(soft(0.5), selection.soft_top_k(key, scores, 2, 0.5))
+  swept = jax.vmap(lambda t: selection.soft_top_k(key, scores, 2, t))(jnp.array([0.0, 0.5]))
+  np.testing.assert_array_equal(swept[0], [1, 3])
+  np.testing.assert_array_equal(swept[1], selection.soft_top_k(key, scores, 2, 0.5))

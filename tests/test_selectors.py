@@ -345,3 +345,35 @@ def test_online_update_settings_reuse_the_cached_stage_one_models(tmp_path):
   other = configuration.with_overrides(base, {"experts.gamma": 4.0})
   assert (train_experts.cache_path(base, str(tmp_path), "experts") !=
           train_experts.cache_path(other, str(tmp_path), "experts"))
+
+
+def test_pure_factories_name_their_arguments_and_from_config_the_fields():
+  """The pure layer knows no config: the factory's error names its argument; the
+  from_config layer names the config field (the message is otherwise the same)."""
+  from reducr_jax.selectors import grad_norm, uniform_after, weighted  # pylint: disable=g-import-not-at-top
+  cases = [
+      (lambda: weighted.weighted(sampling="greedy"), "sampling must be one of"),
+      (lambda: weighted.weighted((1.0, 2.0)).init(10), "class_weights must have one weight"),
+      (lambda: grad_norm.grad_norm("sample"), "sampling must be one of"),
+      (lambda: uniform_after.uniform_after(selectors.baselines.uniform(), -1),
+       "num_steps must be an int >= 0"),
+      (lambda: reweighters.meta(0.1, "adjoint"), "method must be one of"),
+  ]
+  for call, message in cases:
+    with pytest.raises(ValueError, match="^" + message):
+      call()
+  with pytest.raises(ValueError, match=r"^config.selection.sampling must be one of"):
+    selectors.get(config_with(**{"selection.method": "weighted",
+                                 "selection.sampling": "greedy"}))
+  with pytest.raises(ValueError, match=r"^config.selection.class_weights must have one "
+                                       r"weight per class \(10\), got 2"):
+    selectors.get(config_with(**{"selection.method": "weighted",
+                                 "selection.class_weights": (1.0, 2.0)})).init(10)
+  with pytest.raises(ValueError, match=r"^config.selection.uniform_after_steps must be"):
+    selectors.get(config_with(**{"selection.method": "uniform_after",
+                                 "selection.uniform_after_steps": -1}))
+  with pytest.raises(ValueError, match=r"^config.meta.method must be one of"):
+    reweighters.get(config_with(**{"reweight": "meta", "meta.method": "adjoint"}))
+  # Two constants no longer share the name MODEL_SELECTION.
+  assert selectors.AUTO_MODEL_SELECTION["rho_loss"] == "average"
+  assert not hasattr(selectors, "MODEL_SELECTION")

@@ -34,15 +34,16 @@ from reducr_jax.selectors import payoff
 from reducr_jax.selectors import reducr
 from reducr_jax.selectors import uniform_after
 from reducr_jax.selectors import weighted
-from reducr_jax.selectors.core import (CLASS_HOLDOUT_LOSS, EXPERT_LOSSES, IRREDUCIBLE_LOSS,
-                                       MC_LOGITS, MODEL_LOGITS, MODEL_LOSS, MODEL_SELECTION, NEEDS,
-                                       SelectionInputs, Selector, class_weights, get,
+from reducr_jax.selectors.core import (AUTO_MODEL_SELECTION, CLASS_HOLDOUT_LOSS, EXPERT_LOSSES,
+                                       IRREDUCIBLE_LOSS, MC_LOGITS, MODEL_LOGITS, MODEL_LOSS,
+                                       NEEDS, SelectionInputs, Selector, checked_select,
+                                       checked_update, class_weights, get,
                                        model_selection, names, reference_kind, register,
                                        stateless, unregister)
 
-__all__ = ["CLASS_HOLDOUT_LOSS", "EXPERT_LOSSES", "IRREDUCIBLE_LOSS", "MC_LOGITS", "MODEL_LOGITS",
-           "MODEL_LOSS", "MODEL_SELECTION", "NEEDS", "SelectionInputs", "Selector",
-           "class_weights", "get", "model_selection", "names", "reference_kind", "register",
+__all__ = ["AUTO_MODEL_SELECTION", "CLASS_HOLDOUT_LOSS", "EXPERT_LOSSES", "IRREDUCIBLE_LOSS",
+           "MC_LOGITS", "MODEL_LOGITS", "MODEL_LOSS", "NEEDS", "SelectionInputs", "Selector",
+           "checked_select", "checked_update", "class_weights", "get", "model_selection", "names", "reference_kind", "register",
            "stateless", "unregister"]
 
 register("reducr", reducr.from_config)

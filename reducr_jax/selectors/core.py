@@ -29,8 +29,11 @@ Rules are registered by name; the trainer builds ``selectors.get(config)`` from
     selectors.register("smallest_loss", smallest_loss)
     # then: --config.selection.method=smallest_loss
 
-Every built-in rule lives in :mod:`reducr_jax.selection_rules` and is registered when
-this package is imported.
+Every built-in rule lives in its own module of this package (:mod:`reducr_jax.selectors`
+lists them) and is registered when the package is imported. Each module has a pure
+factory that raises about its own arguments (e.g. ``weighted(sampling=...)``) and a
+``from_config`` that reads the config and names its fields in errors
+(:func:`reducr_jax.registry.config_errors`).
 """
 
 from __future__ import annotations
@@ -110,6 +113,34 @@ class Selector(NamedTuple):
   class_weights: Optional[Callable[[Any], jax.Array]] = None
 
 
+#: SelectionInputs field → the ``needs`` entry that makes the trainer fill it.
+FIELD_NEEDS = {"model_loss": MODEL_LOSS, "model_logits": MODEL_LOGITS,
+               "class_holdout_loss": CLASS_HOLDOUT_LOSS, "mc_logits": MC_LOGITS,
+               "reference_losses": f"{EXPERT_LOSSES} or {IRREDUCIBLE_LOSS}"}
+
+
+def checked_select(selector: Selector, state, inputs: SelectionInputs, rng: jax.Array,
+                   k: int) -> tuple[jax.Array, Any]:
+  """``selector.select(state, inputs, rng, k)`` as the trainer calls it, with one-line
+  errors at trace time: an input read but not declared in ``selector.needs``
+  (:func:`reducr_jax.registry.call_rule`), or indices that are not ``int[k]``."""
+  indices, aux = registry.call_rule("selector.select", selector.select, inputs, FIELD_NEEDS,
+                                    state, inputs, rng, k)
+  shape, dtype = jnp.shape(indices), getattr(indices, "dtype", None)
+  if shape != (k,) or dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+    raise ValueError(f"selector.select must return integer indices of shape [k={k}], got "
+                     f"{dtype}{list(shape)}")
+  return indices, aux
+
+
+def checked_update(selector: Selector, state, inputs: SelectionInputs, indices: jax.Array,
+                   aux) -> Any:
+  """``selector.update(state, inputs, indices, aux)`` with the undeclared-input error of
+  :func:`checked_select`."""
+  return registry.call_rule("selector.update", selector.update, inputs, FIELD_NEEDS,
+                            state, inputs, indices, aux)
+
+
 def stateless(select: Callable[[SelectionInputs, jax.Array, int], jax.Array],
               needs=frozenset()) -> Selector:
   """A :class:`Selector` without state from ``select(inputs, rng, k) -> int32[k]``."""
@@ -147,18 +178,19 @@ def reference_kind(needs) -> Optional[str]:
 # average ``val_acc_epoch``). (The official NLP yamls leave that override commented out:
 # there every rule keeps the worst-class checkpoint; configs/mnli.py sets it explicitly.)
 # Rules not listed keep the worst-class checkpoint; user code may add its own entry.
-MODEL_SELECTION = {"reducr": "worst_class", "uniform": "worst_class",
+# (Not reducr_jax.evaluation.MODEL_SELECTION: the allowed values of that field.)
+AUTO_MODEL_SELECTION = {"reducr": "worst_class", "uniform": "worst_class",
                    "rho_loss": "average", "train_loss": "average"}
 
 
 def model_selection(config: ml_collections.ConfigDict) -> str:
   """``config.model_selection`` with ``"auto"`` resolved by the rule's name
-  (:data:`MODEL_SELECTION`, ``"worst_class"`` when absent): ``"worst_class"`` |
+  (:data:`AUTO_MODEL_SELECTION`, ``"worst_class"`` when absent): ``"worst_class"`` |
   ``"average"`` | ``"final"``."""
   rule = config.model_selection
   if rule != "auto":
     return rule
-  return MODEL_SELECTION.get(config.selection.method, "worst_class")
+  return AUTO_MODEL_SELECTION.get(config.selection.method, "worst_class")
 
 
 _RULES = registry.Registry("selector", "config.selection.method", NEEDS)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from reducr_jax import registry
 from reducr_jax import selection
 from reducr_jax.selectors import core
 
@@ -31,7 +32,7 @@ SAMPLINGS = ("top_k", "proportional")
 def grad_norm(sampling: str = "top_k") -> core.Selector:
   """The ``grad_norm`` rule with the given ``sampling`` (module docstring)."""
   if sampling not in SAMPLINGS:
-    raise ValueError(f"config.selection.grad_norm_sampling must be one of {list(SAMPLINGS)}, "
+    raise ValueError(f"sampling must be one of {list(SAMPLINGS)}, "
                      f"got {sampling!r}")
 
   def select(inputs, rng, k):
@@ -43,4 +44,5 @@ def grad_norm(sampling: str = "top_k") -> core.Selector:
 
 
 def from_config(config) -> core.Selector:
-  return grad_norm(config.selection.get("grad_norm_sampling", "top_k"))
+  return registry.config_errors(grad_norm, {"sampling": "config.selection.grad_norm_sampling"})(
+      config.selection.get("grad_norm_sampling", "top_k"))

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from reducr_jax import mwu
+from reducr_jax import registry
 from reducr_jax import selection
 from reducr_jax.selectors import core
 
@@ -128,6 +129,6 @@ def resolved_eta(config, num_classes: int | None = None):
 def from_config(config) -> core.Selector:
   s = config.selection
   eta = s.eta if s.eta == ETA_AUTO else float(s.eta)
-  return reducr(eta=eta, clip=s.clip, use_holdout=s.use_holdout,
-                use_expert=s.use_expert, use_model_loss=s.use_model_loss,
-                soft_temperature=float(s.soft_temperature))
+  return registry.config_errors(reducr, {"eta": "config.selection.eta"})(
+      eta=eta, clip=s.clip, use_holdout=s.use_holdout, use_expert=s.use_expert,
+      use_model_loss=s.use_model_loss, soft_temperature=float(s.soft_temperature))

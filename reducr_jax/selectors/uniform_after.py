@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from reducr_jax import registry
 from reducr_jax import selection
 from reducr_jax.selectors import core
 
@@ -19,7 +20,7 @@ from reducr_jax.selectors import core
 def uniform_after(base: core.Selector, num_steps: int) -> core.Selector:
   """``base`` for steps ``< num_steps``, uniform after (state frozen)."""
   if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-    raise ValueError("config.selection.uniform_after_steps must be an int >= 0, got "
+    raise ValueError("num_steps must be an int >= 0, got "
                      f"{num_steps!r}")
 
   def select(state, inputs, rng, k):
@@ -41,4 +42,6 @@ def from_config(config) -> core.Selector:
     raise ValueError("config.selection.base_method cannot be 'uniform_after'")
   base_config = config.copy_and_resolve_references()
   base_config.selection.method = s.base_method
-  return uniform_after(core.get(base_config), int(s.uniform_after_steps))
+  return registry.config_errors(
+      uniform_after, {"num_steps": "config.selection.uniform_after_steps"})(
+          core.get(base_config), int(s.uniform_after_steps))

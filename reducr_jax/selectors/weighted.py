@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reducr_jax import registry
 from reducr_jax import selection
 from reducr_jax.selectors import core
 
@@ -38,11 +39,11 @@ def weighted(class_weights: Sequence[float] = (), *, sampling: str = "top_k",
              use_holdout: bool = True) -> core.Selector:
   """The rule; raises a one-line ``ValueError`` for bad weights or sampling."""
   if sampling not in SAMPLINGS:
-    raise ValueError(f"config.selection.sampling must be one of {list(SAMPLINGS)}, "
+    raise ValueError(f"sampling must be one of {list(SAMPLINGS)}, "
                      f"got {sampling!r}")
   given = np.asarray(class_weights, np.float64)
   if given.size and (np.any(~np.isfinite(given)) or np.any(given < 0) or given.sum() <= 0):
-    raise ValueError("config.selection.class_weights must be finite, >= 0 and not all 0, "
+    raise ValueError("class_weights must be finite, >= 0 and not all 0, "
                      f"got {tuple(class_weights)}")
   needs = {core.MODEL_LOSS, core.EXPERT_LOSSES}
   if use_holdout:
@@ -52,7 +53,7 @@ def weighted(class_weights: Sequence[float] = (), *, sampling: str = "top_k",
     if not given.size:
       return WeightedState(jnp.full((num_classes,), 1.0 / num_classes, jnp.float32))
     if given.size != num_classes:
-      raise ValueError(f"config.selection.class_weights must have one weight per class "
+      raise ValueError(f"class_weights must have one weight per class "
                        f"({num_classes}), got {given.size}")
     return WeightedState(jnp.asarray(given / given.sum(), jnp.float32))
 
@@ -72,7 +73,13 @@ def weighted(class_weights: Sequence[float] = (), *, sampling: str = "top_k",
                        needs=frozenset(needs), class_weights=lambda state: state.weights)
 
 
+_FIELDS = {"sampling": "config.selection.sampling",
+           "class_weights": "config.selection.class_weights"}
+
+
 def from_config(config) -> core.Selector:
   s = config.selection
-  return weighted(tuple(s.class_weights), sampling=s.sampling, beta=float(s.beta),
-                  clip=s.clip, use_holdout=s.use_holdout)
+  rule = registry.config_errors(weighted, _FIELDS)(
+      tuple(s.class_weights), sampling=s.sampling, beta=float(s.beta), clip=s.clip,
+      use_holdout=s.use_holdout)
+  return rule._replace(init=registry.config_errors(rule.init, _FIELDS))
