@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from reducr_jax import caches
+from reducr_jax import config_schema
 from reducr_jax import data
 from reducr_jax import experts
 from reducr_jax import metrics
@@ -75,12 +76,12 @@ def query_recalls(scores: Scores, prior: float) -> np.ndarray:
 
 
 def _scoring_fingerprint(config: ml_collections.ConfigDict) -> str:
-  p = config.pruning
+  score_fields = {  # config_schema.PRUNING_SCORE_FIELDS, under the names the cache used
+      {"dyn_unc_window": "window"}.get(name, name): config.pruning[name]
+      for name in config_schema.in_section(config_schema.PRUNING_SCORE_FIELDS, "pruning")}
   blob = json.dumps({"seed": config.seed, "dataset": config.dataset.to_dict(),
                      "model": config.model.to_dict(), "optimizer": config.optimizer.to_dict(),
-                     "num_inits": p.num_inits, "score_epochs": p.score_epochs,
-                     "early_epoch": p.early_epoch, "batch_size": p.batch_size,
-                     "window": p.dyn_unc_window}, sort_keys=True, default=str)
+                     **score_fields}, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

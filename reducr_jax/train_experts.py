@@ -51,7 +51,7 @@ from jax.experimental import multihost_utils
 
 from reducr_jax import caches
 from reducr_jax import chips
-from reducr_jax import configuration
+from reducr_jax import config_schema
 from reducr_jax import data
 from reducr_jax import device_memory
 from reducr_jax import experts
@@ -83,21 +83,15 @@ class ReferenceModels(NamedTuple):
   loss_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
-# Fields that change how stage 1 runs, not what it computes (results equal to float
-# tolerance), so a change reuses the cached models.
-EXECUTION_FIELDS = ("cache_dir", "strategy", "chunk", "max_memory_gb")
-# Fields of config.experts that act only in stage 2 (the online update of the trained
-# models on the selected points): the stage-1 models they start from are the same.
-STAGE2_FIELDS = ("update_on_selected", "update_lr_factor")
+# Fields of config.experts left out of the cache fingerprint (config_schema): those that
+# change how stage 1 runs, not what it computes, and those that act only in stage 2.
+EXECUTION_FIELDS = config_schema.in_section(config_schema.EXPERTS_EXECUTION_FIELDS, "experts")
+STAGE2_FIELDS = config_schema.in_section(config_schema.EXPERTS_STAGE2_FIELDS, "experts")
 
 
 def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
-  def legacy(section):    # added fields at these values, as before the fields existed
-    return {k.split(".", 1)[1]: v for k, v in configuration.ADDED_FIELDS.items()
-            if k.startswith(section + ".")}
-
   def without_legacy(d: dict, section: str) -> dict:
-    old = legacy(section)
+    old = config_schema.added_in_section(section)   # added fields at their recorded values
     return {k: v for k, v in d.items()
             if not (k in old and json.dumps(v, default=str) == json.dumps(old[k], default=str))}
   expert_config = {k: v for k, v in without_legacy(config.experts.to_dict(), "experts").items()
