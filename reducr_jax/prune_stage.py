@@ -31,11 +31,10 @@ import io
 import json
 import os
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -75,7 +74,7 @@ def query_recalls(scores: Scores, prior: float) -> np.ndarray:
   return (scores.val_correct + prior) / np.maximum(scores.val_counts + 2 * prior, 1e-12)
 
 
-def _scoring_fingerprint(config: ml_collections.ConfigDict) -> str:
+def _scoring_fingerprint(config: Any) -> str:
   score_fields = {  # config_schema.PRUNING_SCORE_FIELDS, under the names the cache used
       {"dyn_unc_window": "window"}.get(name, name): config.pruning[name]
       for name in config_schema.in_section(config_schema.PRUNING_SCORE_FIELDS, "pruning")}
@@ -85,7 +84,7 @@ def _scoring_fingerprint(config: ml_collections.ConfigDict) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Scores:
+def compute_scores(config: Any, splits: data.Splits) -> Scores:
   """The scoring run (see the module docstring) → :class:`Scores`."""
   p = config.pruning
   c = splits.num_classes
@@ -156,7 +155,7 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
                 val_correct=np.asarray(val.sums), val_counts=np.asarray(val.counts))
 
 
-def kept_indices(config: ml_collections.ConfigDict, splits: data.Splits,
+def kept_indices(config: Any, splits: data.Splits,
                  scores: Scores | None) -> np.ndarray:
   """Sorted indices into the train split kept by ``config.pruning``."""
   p = config.pruning
@@ -171,7 +170,7 @@ def kept_indices(config: ml_collections.ConfigDict, splits: data.Splits,
                                 per_class=p.per_class)
 
 
-def prune_train_split(config: ml_collections.ConfigDict, splits: data.Splits,
+def prune_train_split(config: Any, splits: data.Splits,
                       workdir: str) -> tuple[data.Splits, dict]:
   """``splits`` with the train split pruned by ``config.pruning`` (cached), and a summary.
 

@@ -115,14 +115,15 @@ def cache_path(config: ml_collections.ConfigDict, workdir: str, kind: str) -> st
   return os.path.join(caches.absolute(directory), f"{kind}-{_fingerprint(config, kind)}.msgpack")
 
 
-def reference_kind(config: ml_collections.ConfigDict) -> str | None:
+def reference_kind(config: ml_collections.ConfigDict, selector=None) -> str | None:
   """Which reference models the selection rule needs (``None``: none).
 
   From the rule's ``needs`` (:func:`reducr_jax.selectors.reference_kind`): C class
   experts (``"experts"``, or ``"multihead"`` with ``config.experts.losses='multihead'``)
-  or one RHO-LOSS model (``"irreducible"``).
+  or one RHO-LOSS model (``"irreducible"``). ``selector``: the rule of ``config`` when
+  already built (the trainer builds it once); built here otherwise.
   """
-  kind = selectors.reference_kind(selectors.get(config).needs)
+  kind = selectors.reference_kind((selector or selectors.get(config)).needs)
   if kind == "experts" and config.experts.losses == "multihead":
     return "multihead"
   return kind
@@ -498,16 +499,17 @@ def _keep_best(better: np.ndarray, new: np.ndarray, old: np.ndarray, kind: str):
 
 
 def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
-                         workdir: str, tag: str = "") -> ReferenceModels | None:
+                         workdir: str, tag: str = "", selector=None) -> ReferenceModels | None:
   """Trains (or loads from the workdir cache) the reference models the method needs.
 
   ``tag`` tells apart models trained on other data under one config (the two halves of
-  :mod:`reducr_jax.double_reference`): it goes into the cache file name.
+  :mod:`reducr_jax.double_reference`): it goes into the cache file name. ``selector``:
+  the run's rule when already built (``selectors.get(config)`` otherwise).
 
   Returns:
     :class:`ReferenceModels`, or ``None`` for methods that need none.
   """
-  kind = reference_kind(config)
+  kind = reference_kind(config, selector)
   if kind is None:
     return None
   fns, loss_fn, num, gamma = _build(config, splits, kind)
