@@ -32,7 +32,6 @@ from typing import Any, Iterator, Mapping, Optional
 
 from absl import logging
 from etils import epath
-import ml_collections
 import numpy as np
 
 from reducr_jax import caches
@@ -202,10 +201,11 @@ def lock(workdir: epath.PathLike) -> Iterator[Optional[Lock]]:
 # Recorded config.
 
 
-def flatten(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
-  """``{"a.b": value}`` of every leaf field, values as JSON gives them back (tuples →
-  lists), so a live config compares equal to its recorded copy."""
-  if isinstance(config, ml_collections.ConfigDict):
+def flatten(config: Any) -> dict[str, Any]:
+  """``{"a.b": value}`` of every leaf field of a ConfigDict or a JSON mapping, values as
+  JSON gives them back (tuples → lists), so a live config compares equal to its recorded
+  copy."""
+  if hasattr(config, "to_json_best_effort"):      # a live ConfigDict
     config = json.loads(config.to_json_best_effort())
   out = {}
   def walk(node, prefix):
@@ -260,7 +260,7 @@ def recorded_configs(workdir: epath.PathLike) -> Iterator[tuple[str, Optional[di
       pass
 
 
-def check_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
+def check_config(workdir: epath.PathLike, config: Any) -> None:
   """Refuses a config that changes the run recorded in ``workdir``; records it otherwise.
 
   The first run of a workdir writes ``config.json``; later runs compare against it and
@@ -300,7 +300,7 @@ def has_run_state(workdir: epath.PathLike) -> bool:
   return steps or (workdir / "results.json").exists()
 
 
-def check_num_steps(config: ml_collections.ConfigDict, restored_step: int) -> None:
+def check_num_steps(config: Any, restored_step: int) -> None:
   """``num_steps`` may be extended on resume, not cut below the checkpointed step."""
   if restored_step > config.num_steps:
     raise errors.ConfigError(
