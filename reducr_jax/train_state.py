@@ -99,6 +99,8 @@ class StepConfig:
                   reference: Optional[str], train_class_counts=(),
                   reference_update: Optional[Callable] = None,
                   rules=None) -> "StepConfig":
+    """The step's settings for ``config``; ``rules``: ``(selector, reweighter)`` as
+    :func:`reducr_jax.configuration.validate_config` built them (built here when None)."""
     group_of = groups_lib.from_config(config.dataset, num_classes)
     if group_of is not None:          # the robust unit is the group (reducr_jax.data.groups)
       num_classes = int(group_of.max()) + 1
