@@ -17,12 +17,13 @@ import os
 
 import ml_collections
 
-from reducr_jax import configuration
+from reducr_jax import config_files
+from reducr_jax import config_schema
 from reducr_jax.data import real
 
 
 def get_config():
-  config = configuration.load_config(os.path.join(os.path.dirname(__file__), "default.py"))
+  config = config_files.load_config(os.path.join(os.path.dirname(__file__), "default.py"))
   config.dataset = real.default_config("cifar10", **OFFICIAL_DATA)
   config.dataset.split_mode = "official"           # even original indices train, odd holdout (official)
   config.dataset.augment = "crop_flip"             # pad 4 + random 32×32 crop + flip (official code)
@@ -44,7 +45,7 @@ def get_config():
   config.batch_size = 320                          # B (paper)
   config.selection.percent_selected = 0.1          # k = 32 (paper)
   config.selection.k_rounding = "floor"            # official int(B · 0.1) (MultiModels.py); same k here
-  config.selection.eta = configuration.eta_field(1e-4)  # MWU η (paper, CIFAR); or "auto"
+  config.selection.eta = config_schema.eta_field(1e-4)  # MWU η (paper, CIFAR); or "auto"
   config.selection.holdout_every = -1              # class-holdout loss once per epoch (paper)
   config.selection.holdout_source = "holdout"      # h on the holdout (= val here; paper A.5, official)
   config.num_steps = 7_800                         # ours: 100 epochs of the 25k pool at B = 320

@@ -12,12 +12,12 @@ import os
 
 import ml_collections
 
-from reducr_jax import configuration
+from reducr_jax import config_files
 from reducr_jax.data import real
 
 
 def get_config():
-  config = configuration.load_config(os.path.join(os.path.dirname(__file__), "cifar10.py"))
+  config = config_files.load_config(os.path.join(os.path.dirname(__file__), "cifar10.py"))
   # Official (configs/experiment/cifar100_resnet18_robust.yaml, num_categories: 20): REDUCR
   # is robust over the 20 coarse superclasses: 20 experts, MWU over 20 groups, worst-group
   # accuracy reported next to the per-class one (reducr_jax.data.groups).

@@ -15,7 +15,7 @@ import os
 
 import ml_collections
 
-from reducr_jax import configuration
+from reducr_jax import config_files
 from reducr_jax.data import real
 
 
@@ -24,7 +24,7 @@ def get_config(variant: str = ""):
   official yamls' per-method settings: ``configs/cinic10.py:official``)."""
   if variant not in ("", "official"):
     raise ValueError(f"configs/cinic10.py takes '' or 'official', got {variant!r}")
-  config = configuration.load_config(os.path.join(os.path.dirname(__file__), "cifar10.py"))
+  config = config_files.load_config(os.path.join(os.path.dirname(__file__), "cifar10.py"))
   config.dataset = real.default_config("cinic10", imbalance_mode="weighted_sampler",
                                        label_noise_mode="any")
   config.dataset.augment = "crop_flip"

@@ -23,12 +23,13 @@ import os
 
 from ml_collections import config_dict
 
-from reducr_jax import configuration
+from reducr_jax import config_files
+from reducr_jax import config_schema
 from reducr_jax.data import real
 
 
 def get_config():
-  config = configuration.load_config(os.path.join(os.path.dirname(__file__), "cifar10.py"))
+  config = config_files.load_config(os.path.join(os.path.dirname(__file__), "cifar10.py"))
   config.dataset = real.default_config("clothing1m", imbalance_mode="weighted_sampler",
                                        label_noise_mode="any")
   config.dataset.augment = "flip"                  # images are already resized + centre-cropped
@@ -52,7 +53,7 @@ def get_config():
   # (clean_val_mode: 'val'; paper A.5 says the same for h). Paper §5: η = 1e-4. The
   # official "fair" run (clothing1m_main_robust_fair.yaml: clean_val_mode 'dirty_val',
   # eta 1e-4) is --config.selection.eta=1e-4 --config.selection.holdout_source=holdout.
-  config.selection.eta = configuration.eta_field(1.0)
+  config.selection.eta = config_schema.eta_field(1.0)
   config.selection.holdout_source = "val"
   config.num_steps = 165_900                       # official: 50 epochs of the 1.06M pool at B = 320
   config.experts.gamma = 9.0

@@ -21,12 +21,12 @@ import os
 
 import ml_collections
 
-from reducr_jax import configuration
+from reducr_jax import config_files
 from reducr_jax.models import convnext
 
 
 def get_config():
-  config = configuration.load_config(os.path.join(os.path.dirname(__file__), "clothing1m.py"))
+  config = config_files.load_config(os.path.join(os.path.dirname(__file__), "clothing1m.py"))
   model = ml_collections.ConfigDict()
   model.name = "convnext"
   model.depths = convnext.TINY_DEPTHS              # ConvNeXt-T: (3, 3, 9, 3)

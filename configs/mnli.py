@@ -26,7 +26,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-from reducr_jax import configuration
+from reducr_jax import config_files
+from reducr_jax import config_schema
 from reducr_jax.data import real
 from reducr_jax.models import pretrained
 
@@ -34,7 +35,7 @@ BERT_DIR = os.path.expanduser("~/bert-base-uncased")
 
 
 def get_config(dataset: str = "mnli"):
-  config = configuration.load_config(os.path.join(os.path.dirname(__file__), "default.py"))
+  config = config_files.load_config(os.path.join(os.path.dirname(__file__), "default.py"))
   # Official split (MNLI: the first 206,174 GLUE train rows train, fixed and contiguous;
   # QQP: train_test_val_split) and data variants (see configs/cifar10.py OFFICIAL_DATA).
   config.dataset = real.default_config(dataset, tokenizer=BERT_DIR, split_mode="official",
@@ -66,7 +67,7 @@ def get_config(dataset: str = "mnli"):
   config.batch_size = 32
   config.selection.percent_selected = 0.1
   config.selection.k_rounding = "floor"
-  config.selection.eta = configuration.eta_field(1e-4)  # paper; official mnli_robust.yaml
+  config.selection.eta = config_schema.eta_field(1e-4)  # paper; official mnli_robust.yaml
   config.num_steps = 200_000                       # ours: the paper's Fig. 6 runs to ~2·10^5 steps
   # Official NLP experts: gradient_weight 10, i.e. γ = 9 (mnli_irred_weights.yaml,
   # qqp_irred_weighted.yaml); paper §5: γ = 4.

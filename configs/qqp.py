@@ -19,11 +19,11 @@ import os
 
 import ml_collections
 
-from reducr_jax import configuration
+from reducr_jax import config_files
 
 
 def get_config():
-  config = configuration.load_config(
+  config = config_files.load_config(
       os.path.join(os.path.dirname(__file__), "mnli.py") + ":qqp")
   config.dataset.qqp_class1_fraction = 0.22        # paper
   config.optimizer.weight_decay = 0.01             # official qqp_robust.yaml / qqp_rho.yaml

@@ -14,3 +14,12 @@ Trainer: :mod:`~reducr_jax.train` (``train_and_evaluate``), :mod:`~reducr_jax.ma
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+  """``reducr_jax.default_config()`` / ``reducr_jax.load_config("cifar10")``: the built-in
+  configs from any directory (:mod:`reducr_jax.config_files`, imported on first use)."""
+  if name in ("default_config", "load_config"):
+    from reducr_jax import config_files  # pylint: disable=g-import-not-at-top
+    return getattr(config_files, name)
+  raise AttributeError(f"module 'reducr_jax' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Command-line plumbing shared by ``reducr_jax.main`` and ``reducr_jax.experiments.*``.
 
-Defines ``--config`` (an ml_collections config file; every field overridable as
-``--config.a.b=value``) and ``--workdir``, and turns bad input into one line on stderr
+Defines ``--config`` (an ml_collections config file, or a built-in config by name or by its
+repository path from any directory; every field overridable as ``--config.a.b=value``) and ``--workdir``, and turns bad input into one line on stderr
 and exit status 2: flag errors, unknown ``--config.*`` fields, a missing or broken
 ``--config`` file, and :class:`reducr_jax.configuration.ConfigError` raised before any work.
 A :class:`reducr_jax.errors.RunError` (diverged run, full disk, busy workdir, preemption
@@ -112,6 +112,30 @@ def _config_arg(argv: list[str]):
   return None
 
 
+def _with_built_in_config(argv: list[str]) -> list[str]:
+  """``argv`` with a ``--config`` that names no file but a built-in config (``default``,
+  ``configs/cifar10.py`` run from another directory) replaced by that config's path
+  (:func:`reducr_jax.config_files.resolve`)."""
+  from reducr_jax import config_files  # pylint: disable=g-import-not-at-top  # light
+  path = _config_arg(argv)
+  file, sep, arg = (path or "").partition(":")
+  if not file or os.path.isfile(file):
+    return argv
+  try:
+    found = config_files.resolve(file) + sep + arg
+  except ValueError:
+    return argv                         # reported as a missing file, as before
+  out, i = list(argv), 0
+  while i < len(out):
+    if out[i].startswith("--config="):
+      out[i] = "--config=" + found
+    elif out[i] == "--config" and i + 1 < len(out):
+      out[i + 1] = found
+      i += 1
+    i += 1
+  return out
+
+
 def _no_get_config(e: BaseException) -> bool:
   """``e`` says the ``--config`` module has no ``get_config`` (an empty file, a typo)."""
   return "has no attribute 'get_config'" in str(e)
@@ -120,6 +144,7 @@ def _no_get_config(e: BaseException) -> bool:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with one-line errors for bad ``--config.*`` overrides, a missing
   ``--config``, a config file without ``get_config`` and a failing ``FILE:ARG``."""
+  argv = _with_built_in_config(argv)
   path = _config_arg(argv) or ""
   file, _, arg = path.partition(":")
   overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]

@@ -22,8 +22,8 @@ Needs ``config.experts.losses='precomputed'`` (checked by
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-import ml_collections
 import numpy as np
 
 from reducr_jax import train_experts
@@ -52,16 +52,18 @@ def subset(split: split_types.Split, rows: np.ndarray) -> split_types.Split:
                            y_clean=split.y_clean[rows], index=split.index[rows])
 
 
-def references(config: ml_collections.ConfigDict, splits: split_types.Splits,
-               workdir: str) -> train_experts.References:
+def references(config: Any, splits: split_types.Splits, workdir: str,
+               selector=None) -> train_experts.References:
   """Stage 1 with double training: :class:`~reducr_jax.train_experts.References` with the
-  cross-fitted ``[N, C']`` table of the train split (no reference models: empty)."""
-  if train_experts.reference_kind(config) is None:
+  cross-fitted ``[N, C']`` table of the train split (no reference models: empty).
+  ``selector``: the run's rule when already built (built from ``config`` otherwise)."""
+  if train_experts.reference_kind(config, selector) is None:
     return train_experts.References()
   rows = halves(splits.train.y)
   parts = [subset(splits.train, r) for r in rows]
   refs = [train_experts.get_reference_models(
-      config, dataclasses.replace(splits, holdout=part), workdir, tag=f"-half{h + 1}")
+      config, dataclasses.replace(splits, holdout=part), workdir, tag=f"-half{h + 1}",
+      selector=selector)
           for h, part in enumerate(parts)]
   table = None
   for h, (r, part) in enumerate(zip(rows, parts)):

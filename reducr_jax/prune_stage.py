@@ -30,16 +30,19 @@ import hashlib
 import json
 import os
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from reducr_jax import caches
+<<<<<<< HEAD
 from reducr_jax import checkpointing
+=======
+from reducr_jax import config_schema
+>>>>>>> configlayer
 from reducr_jax import data
 from reducr_jax import experts
 from reducr_jax import metrics
@@ -70,17 +73,17 @@ def query_recalls(scores: Scores, prior: float) -> np.ndarray:
   return pruning.smoothed_recalls(scores.val_correct, scores.val_counts, prior)
 
 
-def _scoring_fingerprint(config: ml_collections.ConfigDict) -> str:
-  p = config.pruning
+def _scoring_fingerprint(config: Any) -> str:
+  score_fields = {  # config_schema.PRUNING_SCORE_FIELDS, under the names the cache used
+      {"dyn_unc_window": "window"}.get(name, name): config.pruning[name]
+      for name in config_schema.in_section(config_schema.PRUNING_SCORE_FIELDS, "pruning")}
   blob = json.dumps({"seed": config.seed, "dataset": config.dataset.to_dict(),
                      "model": config.model.to_dict(), "optimizer": config.optimizer.to_dict(),
-                     "num_inits": p.num_inits, "score_epochs": p.score_epochs,
-                     "early_epoch": p.early_epoch, "batch_size": p.batch_size,
-                     "window": p.dyn_unc_window}, sort_keys=True, default=str)
+                     **score_fields}, sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Scores:
+def compute_scores(config: Any, splits: data.Splits) -> Scores:
   """The scoring run (see the module docstring) → :class:`Scores`."""
   p = config.pruning
   c = splits.num_classes
@@ -151,7 +154,7 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
                 val_correct=np.asarray(val.sums), val_counts=np.asarray(val.counts))
 
 
-def kept_indices(config: ml_collections.ConfigDict, splits: data.Splits,
+def kept_indices(config: Any, splits: data.Splits,
                  scores: Scores | None) -> np.ndarray:
   """Sorted indices into the train split kept by ``config.pruning``."""
   p = config.pruning
@@ -166,7 +169,7 @@ def kept_indices(config: ml_collections.ConfigDict, splits: data.Splits,
                                 per_class=p.per_class)
 
 
-def prune_train_split(config: ml_collections.ConfigDict, splits: data.Splits,
+def prune_train_split(config: Any, splits: data.Splits,
                       workdir: str) -> tuple[data.Splits, dict]:
   """``splits`` with the train split pruned by ``config.pruning`` (cached), and a summary.
 

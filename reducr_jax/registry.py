@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+<<<<<<< HEAD
 import functools
 from typing import Callable, Generic, Mapping, TypeVar
 
 import ml_collections
+=======
+from typing import Any, Callable, Generic, TypeVar
+>>>>>>> configlayer
 
 T = TypeVar("T")
-Factory = Callable[[ml_collections.ConfigDict], T]
+Factory = Callable[[Any], T]
 
 
 class Registry(Generic[T]):
@@ -42,7 +46,7 @@ class Registry(Generic[T]):
   def names(self) -> tuple[str, ...]:
     return tuple(self._factories)
 
-  def build(self, name: str, config: ml_collections.ConfigDict) -> T:
+  def build(self, name: str, config: Any) -> T:
     """The rule ``name`` built from ``config``.
 
     Raises:

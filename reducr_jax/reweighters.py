@@ -31,7 +31,6 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from reducr_jax import experts
 from reducr_jax import group_dro
@@ -150,7 +149,7 @@ unregister = _RULES.unregister
 names = _RULES.names
 
 
-def get(config: ml_collections.ConfigDict) -> Reweighter:
+def get(config: Any) -> Reweighter:
   """The :class:`Reweighter` named by ``config.reweight`` (one-line ``ValueError`` if unknown)."""
   return _RULES.build(config.reweight, config)
 

@@ -10,11 +10,10 @@ then over each process's local devices (:func:`shard`). State is replicated with
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from reducr_jax import errors
@@ -22,7 +21,7 @@ from reducr_jax import errors
 AXIS = "devices"
 
 
-def local_devices(config: ml_collections.ConfigDict) -> list:
+def local_devices(config: Any) -> list:
   """This process's data-parallel devices: all local ones, or the first
   ``config.num_devices`` (``-1`` = all; a multi-process run must use all).
 

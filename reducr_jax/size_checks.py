@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import math
 
-import ml_collections
+from typing import Any, Optional
+
 import numpy as np
 
-from reducr_jax import configuration
+from reducr_jax import config_validation
 from reducr_jax import errors
 from reducr_jax import reweighters
+from reducr_jax import selection
 from reducr_jax import selectors
-from reducr_jax import train_experts
 from reducr_jax.data import groups as groups_lib
 from reducr_jax.data import split_types
 
@@ -28,15 +29,20 @@ def _largest_batch(n: int, num_devices: int, percent_selected: float | None,
                    k_rounding: str = "round") -> int:
   """The largest B <= n that splits over the devices (and whose k does)."""
   for b in range(n - n % num_devices, 0, -num_devices):
-    k = (configuration.k_for(b, percent_selected, k_rounding)
+    k = (selection.k_for(b, percent_selected, k_rounding)
          if percent_selected is not None else num_devices)
     if k >= 1 and k % num_devices == 0:
       return b
   return 0
 
 
-def check_batch_sizes(config: ml_collections.ConfigDict, splits: split_types.Splits,
-                      num_devices: int) -> None:
+def _rules(config: Any, rules: Optional[config_validation.Rules]) -> config_validation.Rules:
+  """The run's rule and reweighter: ``rules`` as the trainer built them, else built here."""
+  return rules or config_validation.build_rules(config)
+
+
+def check_batch_sizes(config: Any, splits: split_types.Splits, num_devices: int,
+                      rules: Optional[config_validation.Rules] = None) -> None:
   """Raises a one-line ``ConfigError`` when a batch is larger than the split it samples.
 
   * ``config.batch_size`` (the large batch B, drawn from ``train``; B and k split over
@@ -49,17 +55,18 @@ def check_batch_sizes(config: ml_collections.ConfigDict, splits: split_types.Spl
   * ``config.pruning.batch_size`` (score-based pruning), and a pruning density that keeps
     fewer examples than one batch or than there are classes.
   """
+  selector, reweighter = _rules(config, rules)
   n_train, n_holdout = len(splits.train), len(splits.holdout)
   checks = [("config.batch_size", config.batch_size, "train", n_train,
              num_devices, config.selection.percent_selected)]
-  if train_experts.reference_kind(config) is not None:
+  if selectors.reference_kind(selector.needs) is not None:   # trains reference models
     checks.append(("config.experts.batch_size", config.experts.batch_size, "holdout",
                    n_holdout, 1, None))
-  if (selectors.CLASS_HOLDOUT_LOSS in selectors.get(config).needs and
+  if (selectors.CLASS_HOLDOUT_LOSS in selector.needs and
       config.selection.holdout_loss == "ema"):
     checks.append(("config.batch_size", config.batch_size, "holdout (holdout_loss='ema')",
                    n_holdout, num_devices, None))
-  if reweighters.VALIDATION_BATCH in reweighters.get(config).needs:
+  if reweighters.VALIDATION_BATCH in reweighter.needs:
     checks.append(("config.meta.val_batch_size", config.meta.val_batch_size, "holdout",
                    n_holdout, num_devices, None))
   p = config.pruning
@@ -82,7 +89,7 @@ def check_batch_sizes(config: ml_collections.ConfigDict, splits: split_types.Spl
           "classes")
 
 
-def check_pruned(config: ml_collections.ConfigDict, unpruned: split_types.Splits,
+def check_pruned(config: Any, unpruned: split_types.Splits,
                  splits: split_types.Splits) -> None:
   """After pruning: every class that had training examples keeps at least one."""
   if config.pruning.strategy == "none":
@@ -97,11 +104,13 @@ def check_pruned(config: ml_collections.ConfigDict, unpruned: split_types.Splits
                              f"{', '.join(map(str, empty))}; raise config.pruning.density")
 
 
-def check_against_data(config: ml_collections.ConfigDict, splits: split_types.Splits) -> None:
+def check_against_data(config: Any, splits: split_types.Splits,
+                       rules: Optional[config_validation.Rules] = None) -> None:
   """Config fields that only the data can check, before anything is compiled: an image
   augmentation (``config.dataset.augment``) needs image examples ``[H, W, C]``, and the
   selection rule's and reweighter's per-class fields (e.g. ``config.selection.class_weights``)
-  must match the number of classes (groups with ``config.dataset.groups``)."""
+  must match the number of classes (groups with ``config.dataset.groups``). ``rules``:
+  the run's rule and reweighter when already built (:func:`check_batch_sizes` too)."""
   augment = config.dataset.augment
   shape = tuple(np.shape(splits.train.x)[1:])
   if augment != "none" and len(shape) != 3:
@@ -109,8 +118,9 @@ def check_against_data(config: ml_collections.ConfigDict, splits: split_types.Sp
         f"config.dataset.augment={augment!r} needs image examples [H, W, C], but dataset "
         f"{config.dataset.name!r} has examples of shape {shape}; use 'none'")
   units = groups_lib.num_groups(config.dataset.groups, splits.num_classes)
+  selector, reweighter = _rules(config, rules)
   try:
-    selectors.get(config).init(units)
-    reweighters.get(config).init(units)
+    selector.init(units)
+    reweighter.init(units)
   except ValueError as e:
     raise errors.ConfigError(str(e).splitlines()[0]) from None

@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from reducr_jax import device_memory
@@ -85,7 +84,7 @@ def weight_sums(y: jax.Array, mask: jax.Array, num: int, gamma,
   return jnp.sum(w * mask[:, None], axis=0)
 
 
-def step_functions(config: ml_collections.ConfigDict, kind: str, fns, num_classes: int,
+def step_functions(config: Any, kind: str, fns, num_classes: int,
                    gamma: float, n: int, canonical_convs: bool | None = None):
   """One device's stage-1 functions under a ``pmap`` over ``n`` devices (all processes).
 
@@ -155,7 +154,7 @@ def pmapped(fn, devices, donate=()):
       devices=devices, donate_argnums=donate)
 
 
-def validation_batch(config: ml_collections.ConfigDict, kind: str, n: int, b_local: int,
+def validation_batch(config: Any, kind: str, n: int, b_local: int,
                      microbatches: int, split_len: int) -> tuple[int, int]:
   """``(rows per device, slices)`` of the validation sums: no larger than the split needs,
   evaluated in slices of the training step's microbatch size (the training step was

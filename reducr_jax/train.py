@@ -269,15 +269,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   devices = sharding.local_devices(config)
   pmap_devices = sharding.pmap_devices(devices)
   n = len(devices) * jax.process_count()          # global data-parallel devices
-  configuration.validate_config(config, n)
+  rules = configuration.validate_config(config, n)   # the rule and reweighter, built once
   workdir = configuration.check_workdir(workdir)
   configuration.check_output_dirs(config, workdir)
   with workdir_lib.lock(workdir), preemption.Handler() as preempt, \
       checkpointing.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:   # waits for
-    return _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt)  # its save
+    return _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt,  # its
+                         rules)                                                           # save
 
 
-def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt):
+def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt, rules):
   """:func:`train_and_evaluate` once the workdir is locked and signals are handled."""
   num_processes, process_index = jax.process_count(), jax.process_index()
   n_local = len(devices)
@@ -289,8 +290,8 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt)
       splits = data.make_splits(config.dataset, config.seed)
     except (FileNotFoundError, ImportError, ValueError) as e:   # missing/bad data: one line
       raise configuration.ConfigError(str(e)) from None
-  size_checks.check_batch_sizes(config, splits, n)   # one line, before anything trains
-  size_checks.check_against_data(config, splits)
+  size_checks.check_batch_sizes(config, splits, n, rules)   # one line, before anything trains
+  size_checks.check_against_data(config, splits, rules)
   unpruned = splits
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
   size_checks.check_pruned(config, unpruned, splits)
@@ -304,9 +305,9 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt)
   # Stage 1: reference models.
   t0 = time.time()
   if config.experts.get("double_irreducible", False):   # cross-fitted on train halves
-    refs = double_reference.references(config, splits, workdir)
+    refs = double_reference.references(config, splits, workdir, rules.selector)
   else:
-    refs = train_experts.get_reference_models(config, splits, workdir)
+    refs = train_experts.get_reference_models(config, splits, workdir, selector=rules.selector)
     refs = train_experts.prepare_references(config, splits, refs, devices)
   expert_seconds = time.time() - t0
   if refs.reference is not None:
@@ -314,7 +315,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt)
 
   # Stage 2: online batch selection.
   cfg = StepConfig.from_config(config, c, n, refs.reference,
-                               np.bincount(splits.train.y, minlength=c), refs.update)
+                               np.bincount(splits.train.y, minlength=c), refs.update, rules)
   tx = optimizers.from_config(config)
   state = init_state(rng_streams.key(config.seed, "target_init"),
                      lambda r: models.load_pretrained(config.model, *jax.jit(fns.init)(r)),

@@ -52,7 +52,7 @@ from jax.experimental import multihost_utils
 from reducr_jax import caches
 from reducr_jax import checkpointing
 from reducr_jax import chips
-from reducr_jax import configuration
+from reducr_jax import config_schema
 from reducr_jax import data
 from reducr_jax import device_memory
 from reducr_jax import experts
@@ -84,21 +84,15 @@ class ReferenceModels(NamedTuple):
   loss_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
-# Fields that change how stage 1 runs, not what it computes (results equal to float
-# tolerance), so a change reuses the cached models.
-EXECUTION_FIELDS = ("cache_dir", "strategy", "chunk", "max_memory_gb")
-# Fields of config.experts that act only in stage 2 (the online update of the trained
-# models on the selected points): the stage-1 models they start from are the same.
-STAGE2_FIELDS = ("update_on_selected", "update_lr_factor")
+# Fields of config.experts left out of the cache fingerprint (config_schema): those that
+# change how stage 1 runs, not what it computes, and those that act only in stage 2.
+EXECUTION_FIELDS = config_schema.in_section(config_schema.EXPERTS_EXECUTION_FIELDS, "experts")
+STAGE2_FIELDS = config_schema.in_section(config_schema.EXPERTS_STAGE2_FIELDS, "experts")
 
 
 def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
-  def legacy(section):    # added fields at these values, as before the fields existed
-    return {k.split(".", 1)[1]: v for k, v in configuration.ADDED_FIELDS.items()
-            if k.startswith(section + ".")}
-
   def without_legacy(d: dict, section: str) -> dict:
-    old = legacy(section)
+    old = config_schema.added_in_section(section)   # added fields at their recorded values
     return {k: v for k, v in d.items()
             if not (k in old and json.dumps(v, default=str) == json.dumps(old[k], default=str))}
   expert_config = {k: v for k, v in without_legacy(config.experts.to_dict(), "experts").items()
@@ -122,14 +116,15 @@ def cache_path(config: ml_collections.ConfigDict, workdir: str, kind: str) -> st
   return os.path.join(caches.absolute(directory), f"{kind}-{_fingerprint(config, kind)}")
 
 
-def reference_kind(config: ml_collections.ConfigDict) -> str | None:
+def reference_kind(config: ml_collections.ConfigDict, selector=None) -> str | None:
   """Which reference models the selection rule needs (``None``: none).
 
   From the rule's ``needs`` (:func:`reducr_jax.selectors.reference_kind`): C class
   experts (``"experts"``, or ``"multihead"`` with ``config.experts.losses='multihead'``)
-  or one RHO-LOSS model (``"irreducible"``).
+  or one RHO-LOSS model (``"irreducible"``). ``selector``: the rule of ``config`` when
+  already built (the trainer builds it once); built here otherwise.
   """
-  kind = selectors.reference_kind(selectors.get(config).needs)
+  kind = selectors.reference_kind((selector or selectors.get(config)).needs)
   if kind == "experts" and config.experts.losses == "multihead":
     return "multihead"
   return kind
@@ -505,16 +500,17 @@ def _keep_best(better: np.ndarray, new: np.ndarray, old: np.ndarray, kind: str):
 
 
 def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
-                         workdir: str, tag: str = "") -> ReferenceModels | None:
+                         workdir: str, tag: str = "", selector=None) -> ReferenceModels | None:
   """Trains (or loads from the workdir cache) the reference models the method needs.
 
   ``tag`` tells apart models trained on other data under one config (the two halves of
-  :mod:`reducr_jax.double_reference`): it goes into the cache file name.
+  :mod:`reducr_jax.double_reference`): it goes into the cache file name. ``selector``:
+  the run's rule when already built (``selectors.get(config)`` otherwise).
 
   Returns:
     :class:`ReferenceModels`, or ``None`` for methods that need none.
   """
-  kind = reference_kind(config)
+  kind = reference_kind(config, selector)
   if kind is None:
     return None
   fns, loss_fn, num, gamma = _build(config, splits, kind)

@@ -97,14 +97,18 @@ class StepConfig:
   @classmethod
   def from_config(cls, config, num_classes: int, num_devices: int,
                   reference: Optional[str], train_class_counts=(),
-                  reference_update: Optional[Callable] = None) -> "StepConfig":
+                  reference_update: Optional[Callable] = None,
+                  rules=None) -> "StepConfig":
+    """The step's settings for ``config``; ``rules``: ``(selector, reweighter)`` as
+    :func:`reducr_jax.configuration.validate_config` built them (built here when None)."""
     group_of = groups_lib.from_config(config.dataset, num_classes)
     if group_of is not None:          # the robust unit is the group (reducr_jax.data.groups)
       num_classes = int(group_of.max()) + 1
       if len(train_class_counts):
         train_class_counts = np.bincount(group_of, weights=np.asarray(train_class_counts),
                                          minlength=num_classes)
-    return cls(selector=selectors.get(config), reweighter=reweighters.get(config),
+    selector, reweighter = rules or (selectors.get(config), reweighters.get(config))
+    return cls(selector=selector, reweighter=reweighter,
                k=configuration.num_selected(config), num_classes=num_classes,
                group_of=() if group_of is None else tuple(int(g) for g in group_of),
                num_devices=num_devices, reference=reference,

@@ -14,7 +14,7 @@ Recorded config. ``<workdir>/config.json`` is the config of the run that owns th
 A later run with the same workdir that would resume something (a checkpoint or a
 ``results.json`` exists) must agree with it in every field except
 :data:`RESUMABLE_FIELDS`, otherwise :func:`check_config` refuses it with one line listing
-the fields that differ (:class:`reducr_jax.configuration.ConfigError`, exit 2). Each
+the fields that differ (:class:`reducr_jax.errors.ConfigError`, exit 2). Each
 checkpoint and ``results.json`` hold the config too, and are compared as well. A workdir
 whose run stopped before its first checkpoint has nothing to resume: a new config simply
 replaces the record (caches are keyed by their own fingerprints).
@@ -32,11 +32,10 @@ from typing import Any, Iterator, Mapping, Optional
 
 from absl import logging
 from etils import epath
-import ml_collections
 import numpy as np
 
 from reducr_jax import caches
-from reducr_jax import configuration
+from reducr_jax import config_schema
 from reducr_jax import errors
 
 LOCK_NAME = "reducr.lock"
@@ -44,14 +43,9 @@ CONFIG_NAME = "config.json"
 HEARTBEAT_S = 60.0
 STALE_AFTER_S = 600.0
 
-# Fields that may change when a run resumes: they do not change what is trained, only how
-# long, how often it is evaluated/logged/saved, on how many devices, where caches and raw
-# data are read from. (`num_steps` may only grow past the checkpointed step.)
-RESUMABLE_FIELDS = (
-    "num_steps", "eval_every", "log_every", "checkpoint_every", "num_devices", "prefetch",
-    "max_consecutive_skipped", "max_skipped_share", "experts.cache_dir", "pruning.cache_dir",
-    "dataset.data_dir", "dataset.manual_dir", "dataset.download",
-)
+# Fields that may change when a run resumes (config_schema.RESUMABLE_FIELDS: how long, how
+# often evaluated/logged/saved, on how many devices, where caches and raw data are read).
+RESUMABLE_FIELDS = config_schema.RESUMABLE_FIELDS
 
 
 class WorkdirBusy(errors.RunError):
@@ -207,10 +201,11 @@ def lock(workdir: epath.PathLike) -> Iterator[Optional[Lock]]:
 # Recorded config.
 
 
-def flatten(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
-  """``{"a.b": value}`` of every leaf field, values as JSON gives them back (tuples →
-  lists), so a live config compares equal to its recorded copy."""
-  if isinstance(config, ml_collections.ConfigDict):
+def flatten(config: Any) -> dict[str, Any]:
+  """``{"a.b": value}`` of every leaf field of a ConfigDict or a JSON mapping, values as
+  JSON gives them back (tuples → lists), so a live config compares equal to its recorded
+  copy."""
+  if hasattr(config, "to_json_best_effort"):      # a live ConfigDict
     config = json.loads(config.to_json_best_effort())
   out = {}
   def walk(node, prefix):
@@ -225,14 +220,14 @@ def flatten(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, 
 
 
 def _with_added_fields(config) -> dict[str, Any]:
-  """:func:`flatten`, fields of ``configuration.ADDED_FIELDS`` filled in where absent."""
-  return {**configuration.ADDED_FIELDS, **flatten(config)}
+  """:func:`flatten`, fields of ``config_schema.ADDED_FIELDS`` filled in where absent."""
+  return {**config_schema.ADDED_FIELDS, **flatten(config)}
 
 
 def changed_fields(recorded: Mapping[str, Any], current: Mapping[str, Any],
                    resumable=RESUMABLE_FIELDS) -> list[str]:
   """Sorted dotted names whose values differ (or exist in one only), except ``resumable``.
-  A field of :data:`reducr_jax.configuration.ADDED_FIELDS` absent on one side counts as
+  A field of :data:`reducr_jax.config_schema.ADDED_FIELDS` absent on one side counts as
   holding its listed value (what runs recorded before it existed did)."""
   a, b = _with_added_fields(recorded), _with_added_fields(current)
   return sorted(k for k in set(a) | set(b)
@@ -265,7 +260,7 @@ def recorded_configs(workdir: epath.PathLike) -> Iterator[tuple[str, Optional[di
       pass
 
 
-def check_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> None:
+def check_config(workdir: epath.PathLike, config: Any) -> None:
   """Refuses a config that changes the run recorded in ``workdir``; records it otherwise.
 
   The first run of a workdir writes ``config.json``; later runs compare against it and
@@ -290,7 +285,7 @@ def check_config(workdir: epath.PathLike, config: ml_collections.ConfigDict) -> 
         shown = ", ".join(f"{k} ({a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r})"
                           for k in changed[:8])
         more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
-        raise configuration.ConfigError(
+        raise errors.ConfigError(
             f"--workdir {workdir} holds a run with a different config: {shown}{more}; "
             f"use a new --workdir, or the recorded config ({where})")
   if jax.process_index() == 0:
@@ -305,9 +300,9 @@ def has_run_state(workdir: epath.PathLike) -> bool:
   return steps or (workdir / "results.json").exists()
 
 
-def check_num_steps(config: ml_collections.ConfigDict, restored_step: int) -> None:
+def check_num_steps(config: Any, restored_step: int) -> None:
   """``num_steps`` may be extended on resume, not cut below the checkpointed step."""
   if restored_step > config.num_steps:
-    raise configuration.ConfigError(
+    raise errors.ConfigError(
         f"config.num_steps={config.num_steps} is below the checkpointed step "
         f"{restored_step}; it can only be extended on resume")

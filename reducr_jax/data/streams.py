@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
-import ml_collections
 import numpy as np
 
 from reducr_jax import rng_streams
@@ -16,7 +15,7 @@ from reducr_jax.data.split_types import Split
 from reducr_jax.data.splits import Splits
 
 
-def split_batch_indices(dataset_config: ml_collections.ConfigDict, split: Split,
+def split_batch_indices(dataset_config: Any, split: Split,
                         split_name: str, seed: int | tuple[int, ...], step: int,
                         batch_size: int,
                         num_classes: int) -> np.ndarray:
@@ -37,7 +36,7 @@ def split_batch_indices(dataset_config: ml_collections.ConfigDict, split: Split,
   return batch_indices(seed, step, len(split), batch_size)
 
 
-def corrupted_labels_known(config: ml_collections.ConfigDict) -> bool:
+def corrupted_labels_known(config: Any) -> bool:
   """Whether the train split's clean labels are known apart from its seen labels: label
   noise was added by this project (``config.dataset.label_noise > 0``). Clothing1M's pool
   labels are noisy by nature and its loader keeps no clean label for them (the images that
@@ -45,7 +44,7 @@ def corrupted_labels_known(config: ml_collections.ConfigDict) -> bool:
   return float(config.dataset.label_noise) > 0
 
 
-def train_batch(config: ml_collections.ConfigDict, splits: Splits,
+def train_batch(config: Any, splits: Splits,
                 table: Optional[np.ndarray], step: int, *, holdout: bool = False,
                 validation: bool = False, num_processes: int = 1,
                 process_index: int = 0) -> dict:

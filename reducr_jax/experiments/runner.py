@@ -39,9 +39,8 @@ import json
 import multiprocessing
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-import ml_collections
 
 RESULTS = "results.json"
 COMPILE_CACHE = "compile_cache"
@@ -55,7 +54,7 @@ _CACHE_SETTINGS = {                   # entries of any size and compile time are
 class Run:
   """One trainer run of a grid: ``<workdir>/runs/<name>/`` with this config."""
   name: str
-  config: ml_collections.ConfigDict
+  config: Any
 
 
 def run_dir(workdir: str, run: Run) -> str:
@@ -70,7 +69,7 @@ def load_results(workdir: str, run: Run) -> Optional[dict]:
     return json.load(f)
 
 
-def _with_shared_cache(config: ml_collections.ConfigDict, workdir: str):
+def _with_shared_cache(config: Any, workdir: str):
   from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
   return configuration.with_overrides(
       config, {"experts.cache_dir": os.path.join(workdir, "experts")})
@@ -103,7 +102,7 @@ def compile_cache(directory: Optional[str]):
     cc.reset_cache()
 
 
-def _pretrain(config: ml_collections.ConfigDict, cache: Optional[str] = None) -> str:
+def _pretrain(config: Any, cache: Optional[str] = None) -> str:
   """Worker: trains (or finds cached) the reference models of one config."""
   from reducr_jax import data, double_reference, train_experts  # pylint: disable=g-import-not-at-top
   with compile_cache(cache), contextlib.redirect_stdout(io.StringIO()):
@@ -115,7 +114,7 @@ def _pretrain(config: ml_collections.ConfigDict, cache: Optional[str] = None) ->
   return train_experts.reference_kind(config) or ""
 
 
-def _train(config: ml_collections.ConfigDict, directory: str,
+def _train(config: Any, directory: str,
            cache: Optional[str] = None) -> dict:
   """Worker: one full trainer run, its output to ``<directory>/log.txt``."""
   from absl import logging  # pylint: disable=g-import-not-at-top

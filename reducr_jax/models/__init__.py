@@ -24,7 +24,6 @@ from typing import Any, Callable, NamedTuple, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from reducr_jax.models.bert import BertClassifier
 from reducr_jax.models.convnext import ConvNeXt
@@ -50,7 +49,7 @@ FIELDS = {
 }
 
 
-def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
+def validate_model_config(model_config: Any) -> None:
   """Raises a one-line ``ValueError`` naming the first bad ``config.model`` field.
 
   Size fields left ``None`` are taken from ``config.model.pretrained`` (a BERT directory's
@@ -108,7 +107,7 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
                      f"divisible by config.model.num_heads ({model_config.num_heads})")
 
 
-def create_model(model_config: ml_collections.ConfigDict,
+def create_model(model_config: Any,
                  num_outputs: int | None) -> nn.Module:
   """Builds the model named ``model_config.name``.
 
@@ -174,7 +173,7 @@ class ModelFns(NamedTuple):
 INIT_RNG_IMPL = {"mlp": None, "resnet18": "rbg", "bert": "rbg", "convnext": "rbg"}
 
 
-def init_rng_impl(model_config: ml_collections.ConfigDict) -> Optional[str]:
+def init_rng_impl(model_config: Any) -> Optional[str]:
   """The PRNG implementation :func:`model_fns` initialises ``config.model`` with."""
   return INIT_RNG_IMPL[model_config.name]
 

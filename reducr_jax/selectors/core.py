@@ -42,7 +42,6 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from reducr_jax import registry
 
@@ -183,7 +182,7 @@ AUTO_MODEL_SELECTION = {"reducr": "worst_class", "uniform": "worst_class",
                    "rho_loss": "average", "train_loss": "average"}
 
 
-def model_selection(config: ml_collections.ConfigDict) -> str:
+def model_selection(config: Any) -> str:
   """``config.model_selection`` with ``"auto"`` resolved by the rule's name
   (:data:`AUTO_MODEL_SELECTION`, ``"worst_class"`` when absent): ``"worst_class"`` |
   ``"average"`` | ``"final"``."""
@@ -201,7 +200,7 @@ unregister = _RULES.unregister
 names = _RULES.names
 
 
-def get(config: ml_collections.ConfigDict) -> Selector:
+def get(config: Any) -> Selector:
   """The :class:`Selector` named by ``config.selection.method``, built from ``config``.
 
   Raises:
