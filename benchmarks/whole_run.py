@@ -151,7 +151,8 @@ def run(repo: str, name: str, extra: dict[str, Any], timeout: float,
             "status": "ok" if code == 0 else (
                 f"killed after {timeout:.0f} s" if timed_out.is_set() else
                 f"killed (signal {-code})" if code < 0 else f"exit {code}"),
-            "wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
+            "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
   result["rss_by_stage"] = rss_by_stage(out)
   for line in out.splitlines():
     if line.startswith("RESULT "):
