@@ -1,6 +1,10 @@
-"""Stage 1's best variables kept in files (spilled_best): exact round trips, per-expert merge."""
+"""What keeps the issue-23 CPU smoke run under 4 GB resident: stage 1's best variables
+kept in files (spilled_best: exact round trips, per-expert merge) and a Clothing1M run
+that never imports TensorFlow (≈ 0.58 GiB)."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import ml_dtypes
@@ -85,3 +89,22 @@ def test_stage1_returns_each_experts_variables_from_its_best_validation(monkeypa
   # The validations' variables differ (training moved them), so the choice is visible.
   assert any(not np.array_equal(a[0], b[0]) for a, b in
              zip(jax.tree.leaves(seen[0]), jax.tree.leaves(seen[1])))
+
+
+def test_clothing1m_prepares_and_loads_without_importing_tensorflow(tmp_path):
+  """A fresh process prepares a fake Clothing1M release and decodes images from it; only
+  ``tf.data`` readers import TensorFlow, and these do not use it."""
+  script = (
+      "import sys, fakes, ml_collections\n"
+      "from reducr_jax.data import clothing1m\n"
+      f"tmp = {str(tmp_path)!r}\n"
+      "manual = fakes.write_clothing1m(__import__('pathlib').Path(tmp), {'clean_train': 4, "
+      "'clean_val': 4, 'clean_test': 4, 'noisy_train': 4})[0]\n"
+      "cfg = ml_collections.ConfigDict({'data_dir': tmp + '/tfds', 'manual_dir': str(manual),"
+      " 'max_examples': -1, 'download': False, 'skip_bad_images': False})\n"
+      "x, y = clothing1m.load(cfg)['clean_val']\n"
+      "print(x[:2].shape, len(y), 'tensorflow' in sys.modules)\n")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                       text=True, timeout=300, check=True).stdout
+  assert out.strip().splitlines()[-1] == "(2, 224, 224, 3) 4 False"
