@@ -20,7 +20,9 @@ settings:
                       CIFAR and ImageNet-stem ResNets, C = 10 and 14, shrunk)
   ``stage1@per_expert`` ``stage1.py`` on one small ImageNet-stem ResNet, C = 4: time
                       per expert of ``map`` / ``loop`` / ``vmap`` (and, on CPU, ``map``
-                      without canonical convolutions) vs one plain model step
+                      without canonical convolutions) vs one plain model step, and of
+                      the forward programs (loss table, sliced validation) vs one
+                      plain forward
   ``pipeline``        ``pipeline.py`` (decode images/s per worker count vs the images/s
                       the B = 320 train step consumes)
   ``whole_run``       ``whole_run.py`` (wall time and peak RSS of 2-step runs of the

@@ -18,6 +18,11 @@ row:
   temp − aliased), and the process's peak resident set while that strategy compiles and
   runs (``VmHWM``, reset through ``/proc/self/clear_refs`` before each; Linux only), both
   as ratios to the plain step's;
+* with ``--forward`` (default), stage 1's forward-only programs against **one plain
+  forward** (one model's eval-mode losses at the top level): ``expert_losses`` with
+  ``map`` (the loss table on CPU) and the same in a ``lax.map`` over 2 slices (the
+  validation sums with 2 microbatches), per expert: they stay ≈ 1 because a forward's
+  convolutions are canonical as JAX emits them (only the gradient's are not, issue 23);
 * which strategy ``auto`` picks (:func:`reducr_jax.train_experts.strategy_candidates` and
   the budget of this device).
 
@@ -151,8 +156,43 @@ def full_size_memory(batch: int, slices: int) -> list[dict[str, Any]]:
   return rows
 
 
+def build_forward(stem: str, num: int, how: str, args) -> tuple[Any, tuple]:
+  """(compiled forward, its arguments) of stage 1's forward-only programs, in eval mode:
+  ``how="plain"``: one model's per-example losses ``[B]`` at the top level;
+  ``"map"``: :func:`reducr_jax.experts.expert_losses` of ``num`` stacked models with
+  ``map`` (the loss table's program on CPU) → ``[B, C]``; ``"slices"``: the same in a
+  ``lax.map`` over 2 slices of the batch (stage 1's validation sums,
+  :func:`reducr_jax.stage1_steps.step_functions` with 2 microbatches)."""
+  module = ResNet18(num_outputs=10, stem=stem, width=args.width,
+                    stage_sizes=tuple(args.stages))
+  x = np.random.default_rng(0).integers(0, 256, (args.batch, args.image, args.image, 3),
+                                        dtype=np.uint8)
+  y = (np.arange(args.batch) % 10).astype(np.int32)
+  fns = models.model_fns(module, jnp.zeros((1,) + x.shape[1:], jnp.uint8), init_impl="rbg")
+  params, model_state = experts.init_stacked(fns.init, jax.random.PRNGKey(0),
+                                             1 if how == "plain" else num)
+  variables = models.variables(params, model_state)
+  if how == "plain":
+    variables = jax.tree.map(lambda a: a[0], variables)
+    fn = lambda v, x, y: experts.cross_entropy(fns.apply(v, x), y)  # noqa: E731
+  elif how == "map":
+    fn = functools.partial(experts.expert_losses, fns.apply, strategy="map")
+  else:
+    def fn(v, x, y):
+      table = jax.lax.map(lambda xy: experts.expert_losses(fns.apply, v, *xy, "map"),
+                          (x.reshape((2, -1) + x.shape[1:]), y.reshape((2, -1))))
+      return table.reshape((-1, table.shape[-1]))
+  args_ = (variables, jnp.asarray(x), jnp.asarray(y))
+  return jax.jit(fn).lower(*args_).compile(), args_
+
+
+# The forward-only variants (validation sums, loss table) and their baseline.
+FORWARD_BASE = "forward: one model"
+
+
 def bench_model(stem: str, num: int, args, rng) -> list[dict[str, Any]]:
-  """Rows for one (model, C)."""
+  """Rows for one (model, C): the training step per strategy against one plain step and,
+  with ``--forward``, the forward-only programs against one plain forward."""
   variants = {"one plain step": (1, "plain", 0, None), "map": (num, "map", 0, None),
               "loop": (num, "loop", 0, None), "vmap": (num, "vmap", 0, None),
               f"chunk {num // 2}": (num, "vmap", num // 2, None)}
@@ -161,17 +201,24 @@ def bench_model(stem: str, num: int, args, rng) -> list[dict[str, Any]]:
   variants = {k: v for k, v in variants.items()
               if k == "one plain step" or v[1] in args.strategies
               or (v[1] == "vmap" and v[2] and "chunk" in args.strategies)}
+  forward = {FORWARD_BASE: (1, "plain"), "forward: map": (num, "map"),
+             "forward: map, 2 slices": (num, "slices")} if args.forward else {}
   compiled, rss, mem, first = {}, {}, {}, {}
   calls = {}
-  for name, (n, strategy, chunk, canonical) in variants.items():
+  for name, spec in {**variants, **forward}.items():
     _rss_reset()
     t0 = time.perf_counter()
-    c, a = build(stem, n, strategy, chunk, args, canonical)
-    state = [a[0]]
+    if name in forward:
+      c, a = build_forward(stem, num, spec[1], args)
+      call = functools.partial(c, *a)
+    else:
+      n, strategy, chunk, canonical = spec
+      c, a = build(stem, n, strategy, chunk, args, canonical)
+      state = [a[0]]
 
-    def call(c=c, a=a, state=state):
-      state[0], losses = c(state[0], *a[1:])
-      return losses
+      def call(c=c, a=a, state=state):
+        state[0], losses = c(state[0], *a[1:])
+        return losses
     jax.block_until_ready(call())
     first[name] = time.perf_counter() - t0
     compiled[name], calls[name] = c, call
@@ -180,11 +227,11 @@ def bench_model(stem: str, num: int, args, rng) -> list[dict[str, Any]]:
     print(f"{stem} C={num} {name}: compiled+1st {first[name]:.1f} s, peak "
           f"{(mem[name] or 0) / 2**20:.0f} MiB, RSS {rss[name]}", flush=True)
   times = harness.round_robin(calls, args.rounds, rng)
-  base = "one plain step"
   picks = train_experts.strategy_candidates(num, "auto", 0, args.batch)
   rows = []
-  for name in variants:
-    n = variants[name][0]
+  for name in [*variants, *forward]:
+    n = (forward if name in forward else variants)[name][0]
+    base = FORWARD_BASE if name in forward else "one plain step"
     per_expert = harness.ratios(np.asarray(times[name]) / n, times[base])
     r = {"model": stem, "num_experts": n, "strategy": name, **harness.summarize(times[name]),
          **harness.ratios(times[name], times[base]),
@@ -227,8 +274,9 @@ def markdown(info, rows, args, full_rows=()) -> str:
            "AdamW update, no loop); **per expert** = the step's time ÷ C ÷ the plain "
            "step's (≈ 1: each expert trains at a plain step's rate). `map (XLA conv "
            "layouts)` = the in-place `map` without `conv_layout.canonical_convs`, as before "
-           "issue 23. Compiled peak = XLA memory analysis per device; RSS = the process's peak "
-           "resident set while the variant compiled and ran (includes the process's "
+           "issue 23; `forward: …` rows are eval-mode forwards (per-example losses) "
+           "against one plain forward. Compiled peak = XLA memory analysis per device; "
+           "RSS = the process's peak resident set while the variant compiled and ran (includes the process's "
            "baseline, so its ratios understate the differences).", ""]
   lines += harness.markdown_table(
       ["model", "C", "strategy", "ms (median)", "× plain", "per expert × plain",
@@ -243,9 +291,12 @@ def markdown(info, rows, args, full_rows=()) -> str:
         f"{r['first_call_s']:.1f}"] for r in rows], "llllrrrrrrr")
   slow = [f"{r['model']} C={r['num_experts']} `{r['strategy']}` "
           f"{r['per_expert_ratio']:.1f}×" for r in rows
-          if r["strategy"] == "map" and r["per_expert_ratio"] > PER_EXPERT_TARGET]
+          if r["strategy"] in ("map", "forward: map", "forward: map, 2 slices")
+          and r["per_expert_ratio"] > PER_EXPERT_TARGET]
   lines += ["", f"Target: `map` (the CPU default) within {PER_EXPERT_TARGET}× of a plain step "
-            "per expert: " + ("**missed**: " + ", ".join(slow) if slow else "met") + "."]
+            "per expert, and its forward programs (`forward: …`: the loss table, and the "
+            "validation sums in slices) within it of one plain forward (eval mode): "
+            + ("**missed**: " + ", ".join(slow) if slow else "met") + "."]
   cands = rows[0]["auto_candidates"] if rows else []
   lines += ["", f"`auto` on this backend (`{info['backend']}`) tries, best first: "
             + ", ".join(f"{s}{'' if not c else f' (chunk {c})'}"
@@ -270,6 +321,9 @@ def main() -> None:
                  help="which of map, loop, vmap, chunk to time besides the plain step")
   p.add_argument("--xla_layouts", action=argparse.BooleanOptionalAction, default=True,
                  help="on CPU also `map` without canonical convolutions (before issue 23)")
+  p.add_argument("--forward", action=argparse.BooleanOptionalAction, default=True,
+                 help="also the forward-only programs (validation sums, loss table) with "
+                      "`map` vs one plain forward")
   p.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
                  help="also the full-size compiled-memory table (compile only)")
   p.add_argument("--full_batch", type=int, default=320)

@@ -51,8 +51,9 @@ RSS_EVERY_S = 5.0
 
 
 def _sample_rss(every: float) -> None:
-  """Prints ``RSS <seconds> <GiB>`` (``VmRSS``) every ``every`` s from a daemon thread, so
-  the log shows which stage holds the memory (between the stage's own log lines)."""
+  """Prints ``RSS <seconds> <GiB> <CPU seconds>`` (``VmRSS``; user + system time of the
+  process so far) every ``every`` s from a daemon thread, so the log shows which stage
+  holds the memory and the CPU (between the stage's own log lines)."""
   start = time.perf_counter()
 
   def loop():
@@ -62,22 +63,26 @@ def _sample_rss(every: float) -> None:
           kib = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
       except (OSError, StopIteration):
         return
-      print(f"RSS {time.perf_counter() - start:.0f} {kib / 2**20:.2f}", flush=True)
+      cpu = sum(os.times()[:2])
+      print(f"RSS {time.perf_counter() - start:.0f} {kib / 2**20:.2f} {cpu:.0f}", flush=True)
       time.sleep(every)
   threading.Thread(target=loop, daemon=True).start()
 
 
 def rss_by_stage(log: str) -> list[list]:
-  """``[[stage log line, peak RSS GiB while it ran], ...]`` from a child's log: each
-  ``RSS`` sample is charged to the last log line of stage 1 / training before it."""
+  """``[[stage log line, peak RSS GiB while it ran, wall s and CPU s at its last sample],
+  ...]`` from a child's log: each ``RSS`` sample is charged to the last log line of
+  stage 1 / training before it."""
   out, stage = [], "start"
   for line in log.splitlines():
     if line.startswith("RSS "):
-      gib = float(line.split()[2])
+      fields = line.split()
+      gib, seconds = float(fields[2]), [float(f) for f in fields[1:2] + fields[3:4]]
       if out and out[-1][0] == stage:
         out[-1][1] = max(out[-1][1], gib)
+        out[-1][2:] = seconds
       else:
-        out.append([stage, gib])
+        out.append([stage, gib, *seconds])
     elif any(w in line for w in ("stage 1", "Training", "Loaded", "step", "table",
                                  "Compil", "strategy")):
       stage = (line.split("] ", 1)[1] if "] " in line else line)[:120]
@@ -151,7 +156,8 @@ def run(repo: str, name: str, extra: dict[str, Any], timeout: float,
             "status": "ok" if code == 0 else (
                 f"killed after {timeout:.0f} s" if timed_out.is_set() else
                 f"killed (signal {-code})" if code < 0 else f"exit {code}"),
-            "wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
+            "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)}
   result["rss_by_stage"] = rss_by_stage(out)
   for line in out.splitlines():
     if line.startswith("RESULT "):

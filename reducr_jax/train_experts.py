@@ -63,6 +63,7 @@ from reducr_jax import progress
 from reducr_jax import rng_streams
 from reducr_jax import selectors
 from reducr_jax import sharding
+from reducr_jax import spilled_best
 from reducr_jax import stage1_steps
 from reducr_jax.data import groups as groups_lib
 from reducr_jax.data import pipeline
@@ -462,7 +463,9 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   def variables_of(state):
     return models.variables(state.params, state.model_state or {})
 
-  best, best_val = None, None
+  # The best variables so far live in files between validations (spilled_best: not a
+  # second resident copy of the stacked variables next to the training state).
+  best, best_val = spilled_best.SpilledBest(), None
   reporter = progress.Reporter(f"stage 1: training {kind} reference models", ex.num_steps)
   for step, (x, y) in zip(range(1, ex.num_steps + 1),
                           itertools.chain([(x1, y1)], batches)):
@@ -481,15 +484,18 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
                                  len(select_split), norm)
       if kind == "multihead" and norm != "mean":   # mean over heads of each head's loss
         val = np.mean(val, keepdims=True)
-      current = sharding.first_replica(current)
       better = np.ones_like(val, bool) if best_val is None else val < best_val
+      best.update(sharding.first_replica(current), None if best_val is None else
+                  lambda new, old: _keep_best(better, new, old, kind))
+      del current           # no host view of the state is left: the next step donates it
       best_val = val if best_val is None else np.where(better, val, best_val)
-      best = current if best is None else jax.tree.map(
-          lambda new, old: _keep_best(better, new, old, kind), current, best)
       logging.info("%s step %d: train loss %s, %s loss %s", kind, step,
                    np.round(np.asarray(train_losses[0]), 4).tolist(),
                    ex.select_on, np.round(val, 4).tolist())
-  return best, np.asarray(best_val, np.float32)
+  del state                 # free the last step's variables before reading the best back
+  params = best.get()
+  best.close()
+  return params, np.asarray(best_val, np.float32)
 
 
 def _keep_best(better: np.ndarray, new: np.ndarray, old: np.ndarray, kind: str):

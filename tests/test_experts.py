@@ -252,6 +252,37 @@ def test_in_place_map_runs_the_convolutions_of_a_plain_step():
     assert compiled.memory_analysis().temp_size_in_bytes < 0.5 * state_bytes
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's convolution kernels")
+def test_forward_programs_under_map_run_the_convolutions_of_a_plain_forward():
+  """Stage 1's forward-only programs — the loss table (``expert_losses`` with ``map``) and
+  the validation sums (the same in a ``lax.map`` over slices of the batch,
+  ``stage1_steps.step_functions``) — compile to one plain forward's convolutions, all in
+  the canonical NHWC / HWIO layout of XLA:CPU's Eigen kernels: a forward needs no
+  ``canonical_convs`` (only the gradient's convolutions are not canonical as JAX emits
+  them), so these loops run each expert at a plain forward's rate (issue 23)."""
+  model = _SmallCNN()
+  init = lambda rng: model.init(rng, jnp.zeros((1, 8, 8, 3)))["params"]  # noqa: E731
+  apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(8, 8, 8, 3)), jnp.float32)
+  y = jnp.arange(8) % 3
+  stacked = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.1, (4,) + s.shape), s.dtype),
+                         jax.eval_shape(init, jax.random.key(0)))
+  params = jax.tree.map(lambda a: a[0], stacked)
+  want = _conv_labels(jax.jit(lambda p: experts.cross_entropy(apply(p, x), y))
+                      .lower(params).compile())
+  assert want == collections.Counter({"b01f_01io->b01f": 2})
+
+  def sliced(v):
+    table = jax.lax.map(lambda xy: experts.expert_losses(apply, v, *xy, "map"),
+                        (x.reshape((2, 4) + x.shape[1:]), y.reshape((2, 4))))
+    return table.reshape((8, -1))
+  table = jax.jit(lambda v: experts.expert_losses(apply, v, x, y, "map"))
+  for fn in (table, jax.jit(sliced)):
+    assert _conv_labels(fn.lower(stacked).compile()) == want
+  np.testing.assert_allclose(jax.jit(sliced)(stacked), table(stacked), rtol=1e-5, atol=1e-6)
+
+
 def test_multihead_trains_and_specialises():
   x, y = toy_problem()
   init, apply = make_model(heads=3)
