@@ -1,7 +1,7 @@
 """Stage 1: C stacked experts' training step per strategy, vs one plain model step.
 
 For the CIFAR ResNet (3×3 stem) and the ImageNet-stem ResNet (7×7 stem + max-pool), at
-C = 10 and 14, every strategy of :func:`reducr_jax.experts.train_step` — ``vmap`` (all C
+C = 10 and 14, every strategy of :func:`reducr_jax.experts_step.train_step` — ``vmap`` (all C
 in one batched program), ``chunk`` (``vmap`` of C/2 at a time, ``lax.map`` over the two
 chunks), ``map`` (one expert at a time in one program), ``loop`` (unrolled) — is
 compiled and timed on the same holdout batch, interleaved with **one plain model step**
@@ -18,7 +18,7 @@ row:
   temp − aliased), and the process's peak resident set while that strategy compiles and
   runs (``VmHWM``, reset through ``/proc/self/clear_refs`` before each; Linux only), both
   as ratios to the plain step's;
-* which strategy ``auto`` picks (:func:`reducr_jax.train_experts.strategy_candidates` and
+* which strategy ``auto`` picks (:func:`reducr_jax.stage1_memory.strategy_candidates` and
   the budget of this device).
 
 Models are shrunk to run on a CPU (``--width``, ``--stages``, ``--image``); on a GPU/TPU
@@ -46,10 +46,12 @@ import numpy as np
 import optax
 
 import harness
+from reducr_jax import class_weighted_losses
 from reducr_jax import device_memory
-from reducr_jax import experts
+from reducr_jax import experts_step
 from reducr_jax import models
-from reducr_jax import train_experts
+from reducr_jax import stacked_experts
+from reducr_jax import stage1_memory
 from reducr_jax.models.resnet import ResNet18
 
 
@@ -77,11 +79,11 @@ def plain_step(fns: models.ModelFns, tx: optax.GradientTransformation):
   def step(state, x, y, gamma):
     def loss_fn(p):
       logits, model_state = fns.apply_train(p, state.model_state, x, jax.random.PRNGKey(0))
-      return experts.class_weighted_loss(experts.cross_entropy(logits, y), y, 0,
+      return class_weighted_losses.class_weighted_loss(class_weighted_losses.cross_entropy(logits, y), y, 0,
                                          gamma), model_state
     (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return (experts.ExpertsState(optax.apply_updates(state.params, updates), opt_state,
+    return (stacked_experts.ExpertsState(optax.apply_updates(state.params, updates), opt_state,
                                  model_state), loss[None])
   return step
 
@@ -99,11 +101,11 @@ def build(stem: str, num: int, strategy: str, chunk: int, args,
   tx = optax.adamw(1e-3)
   if strategy == "plain":
     params, model_state = jax.jit(fns.init)(jax.random.PRNGKey(0))
-    state = experts.ExpertsState(params, tx.init(params), model_state)
+    state = stacked_experts.ExpertsState(params, tx.init(params), model_state)
     step = jax.jit(plain_step(fns, tx), donate_argnums=0)
   else:
-    state = experts.init_experts(fns.init, tx, jax.random.PRNGKey(0), num)
-    step = jax.jit(functools.partial(experts.train_step, fns.apply, tx,
+    state = stacked_experts.init_experts(fns.init, tx, jax.random.PRNGKey(0), num)
+    step = jax.jit(functools.partial(experts_step.train_step, fns.apply, tx,
                                      train_apply_fn=fns.apply_train, strategy=strategy,
                                      chunk=chunk, canonical_convs=canonical),
                    donate_argnums=0)
@@ -134,9 +136,9 @@ def full_size_memory(batch: int, slices: int) -> list[dict[str, Any]]:
         ("one model", 1, "map", 0, 1), ("vmap", num, "vmap", 0, 1),
         (f"chunk {num // 2}", num, "vmap", num // 2, 1), ("map", num, "map", 0, 1),
         (f"map, {slices} slices", num, "map", 0, slices)]:
-      state = jax.eval_shape(lambda n=n: experts.init_experts(fns.init, tx,
+      state = jax.eval_shape(lambda n=n: stacked_experts.init_experts(fns.init, tx,
                                                               jax.random.PRNGKey(0), n))
-      step = jax.jit(functools.partial(experts.train_step, fns.apply, tx,
+      step = jax.jit(functools.partial(experts_step.train_step, fns.apply, tx,
                                        train_apply_fn=fns.apply_train, strategy=strategy,
                                        chunk=chunk, microbatches=micro), donate_argnums=0)
       t0 = time.perf_counter()
@@ -181,7 +183,7 @@ def bench_model(stem: str, num: int, args, rng) -> list[dict[str, Any]]:
           f"{(mem[name] or 0) / 2**20:.0f} MiB, RSS {rss[name]}", flush=True)
   times = harness.round_robin(calls, args.rounds, rng)
   base = "one plain step"
-  picks = train_experts.strategy_candidates(num, "auto", 0, args.batch)
+  picks = stage1_memory.strategy_candidates(num, "auto", 0, args.batch)
   rows = []
   for name in variants:
     n = variants[name][0]

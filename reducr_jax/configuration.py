@@ -16,9 +16,9 @@ import jax
 import ml_collections
 
 from reducr_jax import checks
+from reducr_jax import class_weighted_losses
 from reducr_jax import data
 from reducr_jax import evaluation as evaluation_rules
-from reducr_jax import experts
 from reducr_jax import models
 from reducr_jax import optimizers
 from reducr_jax import reweighters
@@ -243,7 +243,7 @@ def validate_config(config: ml_collections.ConfigDict,
   ex = config.experts
   _one_of("config.experts.select_on", ex.select_on, EXPERT_SELECT_ON)
   _one_of("config.experts.loss_normalisation", ex.loss_normalisation,
-          experts.NORMALISATIONS)
+          class_weighted_losses.NORMALISATIONS)
   _number("config.experts.gamma", ex.gamma, 0)
   _one_of("config.experts.losses", ex.losses, EXPERT_LOSSES)
   if not isinstance(ex.update_on_selected, bool):
@@ -376,7 +376,7 @@ def check_workdir(workdir: str) -> str:
 
 def check_output_dirs(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The directories a run writes into (checkpoints, experts and pruning caches, as
-  :mod:`reducr_jax.train_experts` / :mod:`reducr_jax.prune_stage` name them) must not be
+  :mod:`reducr_jax.reference_cache` / :mod:`reducr_jax.prune_stage` name them) must not be
   plain files: one line naming the path and its field, before any work (otherwise the run
   fails when it first writes there, after stage 1 or the training loop)."""
   if "://" in workdir:

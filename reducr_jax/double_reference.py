@@ -12,7 +12,7 @@ holdout data is needed: the official note says the result serves only as precomp
 losses (not updated online).
 
 Here the reference models of the selection rule (one RHO-LOSS model, or REDUCR's C class
-experts, γ-weighted as usual) are trained by :mod:`reducr_jax.train_experts` with the
+experts, γ-weighted as usual) are trained by :mod:`reducr_jax.stage1_trainer` with the
 train half in place of the holdout split (checkpoint on ``config.experts.select_on`` as
 usual; cached per half), then each half's rows are scored by the other half's models.
 Needs ``config.experts.losses='precomputed'`` (checked by
@@ -26,7 +26,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from reducr_jax import train_experts
+from reducr_jax import references
 from reducr_jax.data import random_access
 from reducr_jax.data import split_types
 
@@ -53,22 +53,22 @@ def subset(split: split_types.Split, rows: np.ndarray) -> split_types.Split:
 
 
 def references(config: ml_collections.ConfigDict, splits: split_types.Splits,
-               workdir: str) -> train_experts.References:
-  """Stage 1 with double training: :class:`~reducr_jax.train_experts.References` with the
+               workdir: str) -> references.References:
+  """Stage 1 with double training: :class:`~reducr_jax.references.References` with the
   cross-fitted ``[N, C']`` table of the train split (no reference models: empty)."""
-  if train_experts.reference_kind(config) is None:
-    return train_experts.References()
+  if references.reference_kind(config) is None:
+    return references.References()
   rows = halves(splits.train.y)
   parts = [subset(splits.train, r) for r in rows]
-  refs = [train_experts.get_reference_models(
+  refs = [references.get_reference_models(
       config, dataclasses.replace(splits, holdout=part), workdir, tag=f"-half{h + 1}")
           for h, part in enumerate(parts)]
   table = None
   for h, (r, part) in enumerate(zip(rows, parts)):
     if not len(r):
       continue
-    scores = train_experts.precompute_table(refs[1 - h], part, config.eval_batch_size, config)
+    scores = references.precompute_loss_table(refs[1 - h], part, config.eval_batch_size, config)
     if table is None:
       table = np.zeros((len(splits.train),) + scores.shape[1:], np.float32)
     table[r] = scores
-  return train_experts.References("table", table=table)
+  return references.References("table", table=table)

@@ -17,9 +17,9 @@ import numpy as np
 
 from reducr_jax import configuration
 from reducr_jax import errors
+from reducr_jax import references
 from reducr_jax import reweighters
 from reducr_jax import selectors
-from reducr_jax import train_experts
 from reducr_jax.data import groups as groups_lib
 from reducr_jax.data import split_types
 
@@ -52,7 +52,7 @@ def check_batch_sizes(config: ml_collections.ConfigDict, splits: split_types.Spl
   n_train, n_holdout = len(splits.train), len(splits.holdout)
   checks = [("config.batch_size", config.batch_size, "train", n_train,
              num_devices, config.selection.percent_selected)]
-  if train_experts.reference_kind(config) is not None:
+  if references.reference_kind(config) is not None:
     checks.append(("config.experts.batch_size", config.experts.batch_size, "holdout",
                    n_holdout, 1, None))
   if (selectors.CLASS_HOLDOUT_LOSS in selectors.get(config).needs and

@@ -1,7 +1,8 @@
 """The REDUCR trainer: ``train_and_evaluate(config, workdir)`` composes the pure pieces.
 
 Stages:
-  1. reference models on the holdout split (:mod:`reducr_jax.train_experts`, cached);
+  1. reference models on the holdout split (:mod:`reducr_jax.stage1_trainer`; cached and
+     handed over by :mod:`reducr_jax.references`);
   2. target-model training with online batch selection, one ``pmap``-ed step per large
      batch (:func:`make_train_step`);
   3. evaluation of the kept model (``config.model_selection``, e.g. the best worst-class
@@ -36,12 +37,12 @@ import numpy as np
 import optax
 
 from reducr_jax import checkpointing
+from reducr_jax import class_weighted_losses
 from reducr_jax import configuration
 from reducr_jax import data
 from reducr_jax import divergence
 from reducr_jax import double_reference
 from reducr_jax import evaluation
-from reducr_jax import experts
 from reducr_jax import metric_writers
 from reducr_jax import metrics
 from reducr_jax import models
@@ -50,12 +51,12 @@ from reducr_jax import optimizers
 from reducr_jax import preemption
 from reducr_jax import progress
 from reducr_jax import prune_stage
+from reducr_jax import references
 from reducr_jax import reweighters
 from reducr_jax import rng_streams
 from reducr_jax import selectors
 from reducr_jax import sharding
 from reducr_jax import size_checks
-from reducr_jax import train_experts
 from reducr_jax import train_state
 from reducr_jax import workdir as workdir_lib
 from reducr_jax.data import augment as augment_lib
@@ -77,7 +78,7 @@ def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfi
   step's holdout batch ('ema', App. A.9.4)."""
   if cfg.holdout_loss != "ema":
     return state.holdout_loss, state.ema
-  h_loss = experts.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
+  h_loss = class_weighted_losses.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
                                  batch["holdout_y"])
   units = groups_lib.group_labels(batch["holdout_y"], cfg.group_of)
   stats = jax.lax.psum(metrics.class_sums(h_loss, units, cfg.num_classes), AXIS)
@@ -138,7 +139,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   inputs = selectors.SelectionInputs(labels=y_all, group_labels=units_all, step=state.step)
   if needs & {selectors.MODEL_LOSS, selectors.MODEL_LOGITS}:
     logits = apply_fn(state.params, x)
-    model_loss_all = gather(experts.cross_entropy(logits, y))
+    model_loss_all = gather(class_weighted_losses.cross_entropy(logits, y))
     out["large_batch_loss"] = jnp.mean(model_loss_all)
     inputs = inputs._replace(model_loss=model_loss_all)
     if selectors.MODEL_LOGITS in needs:
@@ -185,7 +186,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
 
   def loss_fn(params):
     logits, new_model_state = fns.apply_train(params, state.model_state, xs, dropout_key)
-    return jnp.sum(w * experts.cross_entropy(logits, ys)), new_model_state
+    return jnp.sum(w * class_weighted_losses.cross_entropy(logits, ys)), new_model_state
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   loss, grads = jax.lax.psum((loss, grads), AXIS)      # Σ over all k selected points
@@ -304,8 +305,8 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   if config.experts.get("double_irreducible", False):   # cross-fitted on train halves
     refs = double_reference.references(config, splits, workdir)
   else:
-    refs = train_experts.get_reference_models(config, splits, workdir)
-    refs = train_experts.prepare_references(config, splits, refs, devices)
+    refs = references.get_reference_models(config, splits, workdir)
+    refs = references.prepare_references(config, splits, refs, devices)
   expert_seconds = time.time() - t0
   if refs.reference is not None:
     progress.took("stage 1 (reference models and their losses)", expert_seconds)

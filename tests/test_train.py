@@ -136,7 +136,7 @@ def test_every_method_and_variant_matches_its_recorded_run(tmp_path, name):
 
 def _step_inputs(config, num_devices):
   """A state, the pmapped step and one global batch for the given device count."""
-  from reducr_jax import data, models, train_experts  # pylint: disable=g-import-not-at-top
+  from reducr_jax import data, models  # pylint: disable=g-import-not-at-top
   import flax.jax_utils  # pylint: disable=g-import-not-at-top
   splits = data.make_splits(config.dataset, config.seed)
   model = models.create_model(config.model, 10)
