@@ -1,8 +1,8 @@
 """Stage 1: C stacked experts' training step per strategy, vs one plain model step.
 
 For the CIFAR ResNet (3×3 stem) and the ImageNet-stem ResNet (7×7 stem + max-pool), at
-C = 10 and 14, every strategy of :func:`reducr_jax.experts_step.train_step` — ``vmap`` (all C
-in one batched program), ``chunk`` (``vmap`` of C/2 at a time, ``lax.map`` over the two
+C = 10 and 14, every strategy of :func:`reducr_jax.experts_step.experts_train_step` —
+``vmap`` (all C in one batched program), ``chunk`` (``vmap`` of C/2 at a time, ``lax.map`` over the two
 chunks), ``map`` (one expert at a time in one program), ``loop`` (unrolled) — is
 compiled and timed on the same holdout batch, interleaved with **one plain model step**
 (one unstacked model's γ-weighted loss, gradient and AdamW update at the top level of its
@@ -105,7 +105,7 @@ def build(stem: str, num: int, strategy: str, chunk: int, args,
     step = jax.jit(plain_step(fns, tx), donate_argnums=0)
   else:
     state = stacked_experts.init_experts(fns.init, tx, jax.random.PRNGKey(0), num)
-    step = jax.jit(functools.partial(experts_step.train_step, fns.apply, tx,
+    step = jax.jit(functools.partial(experts_step.experts_train_step, fns.apply, tx,
                                      train_apply_fn=fns.apply_train, strategy=strategy,
                                      chunk=chunk, canonical_convs=canonical),
                    donate_argnums=0)
@@ -138,7 +138,7 @@ def full_size_memory(batch: int, slices: int) -> list[dict[str, Any]]:
         (f"map, {slices} slices", num, "map", 0, slices)]:
       state = jax.eval_shape(lambda n=n: stacked_experts.init_experts(fns.init, tx,
                                                               jax.random.PRNGKey(0), n))
-      step = jax.jit(functools.partial(experts_step.train_step, fns.apply, tx,
+      step = jax.jit(functools.partial(experts_step.experts_train_step, fns.apply, tx,
                                        train_apply_fn=fns.apply_train, strategy=strategy,
                                        chunk=chunk, microbatches=micro), donate_argnums=0)
       t0 = time.perf_counter()

@@ -56,7 +56,7 @@ def references(config: ml_collections.ConfigDict, splits: split_types.Splits,
                workdir: str) -> references.References:
   """Stage 1 with double training: :class:`~reducr_jax.references.References` with the
   cross-fitted ``[N, C']`` table of the train split (no reference models: empty)."""
-  if references.reference_kind(config) is None:
+  if references.reference_kind_for_config(config) is None:
     return references.References()
   rows = halves(splits.train.y)
   parts = [subset(splits.train, r) for r in rows]

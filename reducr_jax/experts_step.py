@@ -31,7 +31,7 @@ from reducr_jax.stacked_experts import num_experts
 from reducr_jax.stacked_experts import TrainApplyFn
 
 
-def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: ExpertsState,
+def experts_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: ExpertsState,
                x: jax.Array, y: jax.Array, gamma, *,
                train_apply_fn: Optional[TrainApplyFn] = None,
                rng: Optional[jax.Array] = None, strategy: str = "vmap", chunk: int = 0,
@@ -44,7 +44,7 @@ def train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: Exper
   Expert ``c`` minimises :func:`class_weighted_loss` with ``expert_class = c``; the C
   updates run over stacked params, optimizer states and class index with
   :func:`map_experts` (``strategy``, ``chunk``). Jit with ``apply_fn``, ``tx``,
-  ``strategy`` and ``chunk`` static (e.g. ``jax.jit(functools.partial(train_step,
+  ``strategy`` and ``chunk`` static (e.g. ``jax.jit(functools.partial(experts_train_step,
   apply_fn, tx))``).
 
   Data parallel: under ``pmap`` (or ``shard_map``) over ``axis_name``, ``x``/``y`` are
@@ -174,7 +174,7 @@ def _update_in_place(one: Callable[[Any], Any], state: ExpertsState, keys: jax.A
   ``benchmarks/README.md``.
 
   On CPU the loop body is no longer a program's entry computation, where XLA:CPU makes
-  convolutions canonical for its Eigen kernels; :func:`train_step` therefore emits the
+  convolutions canonical for its Eigen kernels; :func:`experts_train_step` therefore emits the
   gradient's convolutions canonical itself (``canonical_convs``), else each expert's step
   here ran 4–73× slower than the same step at the top level (issue 23).
   """
@@ -220,10 +220,11 @@ def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, pa
   """One optimizer step of a :class:`MultiHead` on :func:`multihead_loss` (``group_of``
   and ``normalisation`` as there).
 
-  ``apply_fn(params, x) -> [B, C, K]``. Returns ``(params, opt_state, loss)``; with
-  ``train_apply_fn`` (``(params, model_state, x, rng) -> (logits, new_model_state)``,
-  models with batch norm or dropout) returns ``(params, opt_state, loss, model_state)``.
-  ``axis_name``: data parallel as in :func:`train_step` (gradients ``pmean``-ed).
+  ``apply_fn(params, x) -> [B, C, K]``; ``train_apply_fn`` (``(params, model_state, x,
+  rng) -> (logits, new_model_state)``) for models with batch norm or dropout. Returns
+  ``(params, opt_state, loss, model_state)`` always (``model_state`` as given without
+  ``train_apply_fn``).
+  ``axis_name``: data parallel as in :func:`experts_train_step` (gradients ``pmean``-ed).
   """
   checks.check_in_range("gamma", gamma, 0.0)
 
@@ -240,8 +241,6 @@ def multihead_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, pa
     grads, loss = jax.lax.pmean((grads, loss), axis_name)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  if train_apply_fn is None:
-    return params, opt_state, loss
   return params, opt_state, loss, new_model_state
 
 
@@ -258,11 +257,11 @@ def update_on_selected(apply_fn: ApplyFn, tx: optax.GradientTransformation,
   lr/100 of the target's optimizer) and ``gamma = 0`` (the official unweighted mean
   cross-entropy; :func:`reducr_jax.references.online_update`). Stacked experts
   (``stacked=True``, leading axis C, each with its eq.-8 γ weighting; one expert with γ = 0 is RHO-LOSS's irreducible-loss model) take
-  :func:`train_step`; a :class:`MultiHead` model (``stacked=False``) takes
+  :func:`experts_train_step`; a :class:`MultiHead` model (``stacked=False``) takes
   :func:`multihead_train_step`.
 
   Args:
-    apply_fn, tx, gamma, train_apply_fn, rng, normalisation: as :func:`train_step`.
+    apply_fn, tx, gamma, train_apply_fn, rng, normalisation: as :func:`experts_train_step`.
     state: :class:`ExpertsState` (``model_state`` ``{}``/``None`` for stateless models).
     x: ``[k, ...]`` selected inputs (this device's share under ``pmap``); y: ``int[k]``.
     axis_name: average gradients over this ``pmap`` axis.
@@ -271,12 +270,11 @@ def update_on_selected(apply_fn: ApplyFn, tx: optax.GradientTransformation,
     the updated :class:`ExpertsState`.
   """
   if stacked:
-    return train_step(apply_fn, tx, state, x, y, gamma, train_apply_fn=train_apply_fn,
-                      rng=rng, axis_name=axis_name, group_of=group_of,
-                      normalisation=normalisation)[0]
+    return experts_train_step(apply_fn, tx, state, x, y, gamma,
+                              train_apply_fn=train_apply_fn, rng=rng, axis_name=axis_name,
+                              group_of=group_of, normalisation=normalisation)[0]
   out = multihead_train_step(apply_fn, tx, state.params, state.opt_state, x, y, gamma,
                              model_state=state.model_state, train_apply_fn=train_apply_fn,
                              rng=rng, axis_name=axis_name, group_of=group_of,
                              normalisation=normalisation)
-  model_state = out[3] if train_apply_fn is not None else state.model_state
-  return ExpertsState(out[0], out[1], model_state)
+  return ExpertsState(out[0], out[1], out[3])

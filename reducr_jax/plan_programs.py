@@ -110,7 +110,7 @@ def evaluations(num_steps: int, every: int) -> int:
 
 def _resolved_strategy(config, platform: str):
   """``config`` with ``experts.strategy='auto'`` resolved as the run on ``platform``
-  resolves it for the loss function (:func:`reducr_jax.references._build`)."""
+  resolves it for the loss function (:func:`reducr_jax.references.reference_model_fns`)."""
   if config.experts.strategy != "auto":
     return config
   return configuration.with_overrides(
@@ -119,12 +119,12 @@ def _resolved_strategy(config, platform: str):
 
 def stage1(config, splits, devices, platform: str) -> list[Program]:
   """``stage1_expert_step``, ``expert_validation`` and ``loss_table`` (what the config runs)."""
-  kind = references.reference_kind(config)
+  kind = references.reference_kind_for_config(config)
   if kind is None:
     return []
   ex = config.experts
   built = _resolved_strategy(config, platform)
-  fns, loss_fn, num, gamma = references._build(built, splits, kind)  # pylint: disable=protected-access
+  fns, loss_fn, num, gamma = references.reference_model_fns(built, splits, kind)
   n = len(devices)
   while ex.batch_size % n:          # as stage1_trainer.stage_devices (one process)
     n -= 1
@@ -234,7 +234,8 @@ def stage2(config, splits, devices, platform: str) -> list[Program]:
     raise stage1_memory.NothingFits(stage1_memory.nothing_fits_message(
         "train_step", compiled.needed, 0.0, compiled.available, config.batch_size // n, n,
         "config.batch_size"))
-  online = refs.reference == "online" and references.reference_kind(config) != "multihead"
+  online = (refs.reference == "online"
+            and references.reference_kind_for_config(config) != "multihead")
   trips = 1
   if online:
     strategy = config.experts.strategy
@@ -275,11 +276,11 @@ def _eval_calls(config, splits, cfg, global_batch: int) -> int:
 
 def _references(config, splits, platform):
   """``(References, reference params or None, table or None)`` from shapes only."""
-  kind = references.reference_kind(config)
+  kind = references.reference_kind_for_config(config)
   if kind is None:
     return references.References(), None, None
   built = _resolved_strategy(config, platform)
-  fns, loss_fn, num, _ = references._build(built, splits, kind)  # pylint: disable=protected-access
+  fns, loss_fn, num, _ = references.reference_model_fns(built, splits, kind)
   if kind != "multihead" and config.experts.losses != "online":
     cols = num
     table = np.broadcast_to(np.zeros((1, cols), np.float32), (len(splits.train), cols))

@@ -98,7 +98,7 @@ def compute_scores(config: ml_collections.ConfigDict, splits: data.Splits) -> Sc
   state = stacked_experts.init_experts(fns.init, tx, init_key, p.num_inits)
   # γ = 0: every stacked model minimises the plain cross-entropy (training mode: batch
   # norm statistics and dropout as the model has them).
-  step = jax.jit(lambda s, x, y, i: experts_step.train_step(
+  step = jax.jit(lambda s, x, y, i: experts_step.experts_train_step(
       fns.apply, tx, s, x, y, 0.0, train_apply_fn=fns.apply_train,
       rng=jax.random.fold_in(init_key, i)))
   variables_of = lambda st: models.variables(st.params, st.model_state or {})  # noqa: E731

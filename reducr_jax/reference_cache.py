@@ -27,7 +27,7 @@ EXECUTION_FIELDS = ("cache_dir", "strategy", "chunk", "max_memory_gb")
 STAGE2_FIELDS = ("update_on_selected", "update_lr_factor")
 
 
-def _fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
+def fingerprint(config: ml_collections.ConfigDict, kind: str) -> str:
   def legacy(section):    # added fields at these values, as before the fields existed
     return {k.split(".", 1)[1]: v for k, v in configuration.ADDED_FIELDS.items()
             if k.startswith(section + ".")}
@@ -54,4 +54,4 @@ def cache_path(config: ml_collections.ConfigDict, workdir: str, kind: str) -> st
   ``<workdir>/experts``; the file name holds the config fingerprint.
   """
   directory = config.experts.cache_dir or os.path.join(workdir, "experts")
-  return os.path.join(caches.absolute(directory), f"{kind}-{_fingerprint(config, kind)}.msgpack")
+  return os.path.join(caches.absolute(directory), f"{kind}-{fingerprint(config, kind)}.msgpack")

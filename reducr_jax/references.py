@@ -59,7 +59,7 @@ class ReferenceModels(NamedTuple):
   loss_fn: Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
-def reference_kind(config: ml_collections.ConfigDict) -> str | None:
+def reference_kind_for_config(config: ml_collections.ConfigDict) -> str | None:
   """Which reference models the selection rule needs (``None``: none).
 
   From the rule's ``needs`` (:func:`reducr_jax.selectors.reference_kind`): C class
@@ -72,7 +72,7 @@ def reference_kind(config: ml_collections.ConfigDict) -> str | None:
   return kind
 
 
-def _build(config, splits: data.Splits, kind: str):
+def reference_model_fns(config, splits: data.Splits, kind: str):
   """(module fns, loss_fn, num_experts, gamma) for a reference-model kind.
 
   ``fns`` is the :class:`reducr_jax.models.ModelFns` of one reference model (the
@@ -115,12 +115,12 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
   Returns:
     :class:`ReferenceModels`, or ``None`` for methods that need none.
   """
-  kind = reference_kind(config)
+  kind = reference_kind_for_config(config)
   if kind is None:
     return None
-  fns, loss_fn, num, gamma = _build(config, splits, kind)
+  fns, loss_fn, num, gamma = reference_model_fns(config, splits, kind)
   path = reference_cache.cache_path(config, workdir, kind + tag)
-  fingerprint = reference_cache._fingerprint(config, kind + tag)
+  fingerprint = reference_cache.fingerprint(config, kind + tag)
   cached = caches.read_cache(path, fingerprint)
   if cached is not None:
     params = flax.serialization.msgpack_restore(cached)["params"]
@@ -131,7 +131,7 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
                  num if kind != "multihead" else splits.num_classes, gamma,
                  len(splits.holdout))
     start = time.time()
-    params, best_val = stage1_trainer._train(config, splits, kind, fns, num, gamma)
+    params, best_val = stage1_trainer.train_reference_models(config, splits, kind, fns, num, gamma)
     progress.took(f"stage 1: trained the {kind} reference models", time.time() - start)
     if jax.process_index() == 0:   # every process computes the same; one writes
       caches.write_cache(path, flax.serialization.msgpack_serialize(
@@ -280,7 +280,7 @@ def online_update(config: ml_collections.ConfigDict, refs: ReferenceModels,
     the variables ``{"params": ..., **model_state}``), and
     ``update(state, x [k/n, ...], y int[k/n], rng, axis_name) -> state``.
   """
-  fns, _, _, _ = _build(config, splits, refs.kind)
+  fns, _, _, _ = reference_model_fns(config, splits, refs.kind)
   tx = update_optimizer(config)
   variables = jax.tree.map(jnp.asarray, refs.params)
   stacked = refs.kind != "multihead"

@@ -52,7 +52,7 @@ def check_batch_sizes(config: ml_collections.ConfigDict, splits: split_types.Spl
   n_train, n_holdout = len(splits.train), len(splits.holdout)
   checks = [("config.batch_size", config.batch_size, "train", n_train,
              num_devices, config.selection.percent_selected)]
-  if references.reference_kind(config) is not None:
+  if references.reference_kind_for_config(config) is not None:
     checks.append(("config.experts.batch_size", config.experts.batch_size, "holdout",
                    n_holdout, 1, None))
   if (selectors.CLASS_HOLDOUT_LOSS in selectors.get(config).needs and

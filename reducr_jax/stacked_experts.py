@@ -12,7 +12,7 @@ one of three ways that agree to float tolerance:
     (``lax.map``, a sequential loop inside one compiled program) or ``"loop"`` (a Python
     loop unrolled at trace time); on CPU, ``vmap`` over conv nets lowers to grouped
     convolutions that are many times slower, so use ``"map"`` there (see
-    :func:`default_strategy`). Training (:func:`reducr_jax.experts_step.train_step`)
+    :func:`default_strategy`). Training (:func:`reducr_jax.experts_step.experts_train_step`)
     takes the same strategies (:func:`map_experts`);
   * precomputed once over the whole training set as an ``[N, C]`` table
     (:mod:`reducr_jax.references`), the official implementation's default, then gathered;
@@ -164,8 +164,9 @@ def default_strategy(backend: str | None = None) -> str:
   9.4× vs 10.9×); an MLP costs 6.4× / 8.5× / 7.6×. ``map`` is never far from the best and
   compiles fastest, so it is the CPU default; pass ``vmap`` explicitly for MLPs on CPU.
   For training, ``map`` runs each expert at a plain step's rate only with canonical
-  convolutions inside its loop (:func:`train_step`'s ``canonical_convs``, on by default on
-  CPU): ``benchmarks/stage1.py`` times it per expert against one plain step.
+  convolutions inside its loop (``canonical_convs`` of
+  :func:`reducr_jax.experts_step.experts_train_step`, on by default on CPU):
+  ``benchmarks/stage1.py`` times it per expert against one plain step.
   """
   backend = backend or jax.default_backend()
   return "map" if backend == "cpu" else "vmap"

@@ -84,13 +84,13 @@ def strategy_candidates(num: int, strategy: str, chunk: int, batch: int = 1,
 
   An explicit ``strategy`` is the one candidate. ``auto``: on CPU ``map`` (conv nets:
   ``vmap`` lowers to grouped convolutions, several times slower and C× the activation
-  memory, see :func:`reducr_jax.stacked_experts.default_strategy`); on GPU/TPU ``vmap`` of all C,
-  then chunks of the largest divisor of C ≤ C/2, C/4, … (≥ 2 experts per ``vmap``; a
-  divisor, so :func:`reducr_jax.experts_step.train_step` updates the chunks in place), then
-  ``map`` (one at a time);
-  then, when even one expert's step is too big, ``map`` with its gradient accumulated
-  over 2, 4, 8, … slices of the per-device ``batch`` (:func:`reducr_jax.experts_step.train_step`
-  ``microbatches``; batch norm then sees slices).
+  memory, see :func:`reducr_jax.stacked_experts.default_strategy`); on GPU/TPU ``vmap``
+  of all C, then chunks of the largest divisor of C ≤ C/2, C/4, … (≥ 2 experts per
+  ``vmap``; a divisor, so :func:`reducr_jax.experts_step.experts_train_step` updates the
+  chunks in place), then ``map`` (one at a time); then, when even one expert's step is
+  too big, ``map`` with its gradient accumulated over 2, 4, 8, … slices of the per-device
+  ``batch`` (``microbatches`` of :func:`reducr_jax.experts_step.experts_train_step`; batch
+  norm then sees slices).
   """
   if strategy != "auto":
     return [(strategy, int(chunk), 1)]

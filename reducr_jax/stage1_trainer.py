@@ -83,13 +83,13 @@ def step_functions(config: ml_collections.ConfigDict, kind: str, fns, num_classe
                    gamma: float, n: int, canonical_convs: bool | None = None):
   """One device's stage-1 functions under a ``pmap`` over ``n`` devices (all processes).
 
-  Returns ``(tx, train_step, val_sums)``:
-    ``train_step(state, x [b, ...], y int[b], step, strategy, chunk, microbatches)`` →
+  Returns ``(tx, stage1_step, val_sums)``:
+    ``stage1_step(state, x [b, ...], y int[b], step, strategy, chunk, microbatches)`` →
     ``(state, losses [num])`` with ``b = config.experts.batch_size / n``;
     ``val_sums(variables, x, y, mask, strategy, chunk, slices)`` → the ``psum`` over all
     devices of each model's eq.-8 loss sums and weight sums ``([num], [num])``.
-  ``canonical_convs``: :func:`reducr_jax.experts_step.train_step`'s: ``True`` when compiling for
-  CPU devices (``None``: when the default backend is CPU).
+  ``canonical_convs``: that of :func:`reducr_jax.experts_step.experts_train_step`:
+  ``True`` when compiling for CPU devices (``None``: when the default backend is CPU).
   """
   ex = config.experts
   norm = ex.loss_normalisation
@@ -100,7 +100,7 @@ def step_functions(config: ml_collections.ConfigDict, kind: str, fns, num_classe
   b_local = ex.batch_size // n
   group_of = groups_lib.from_config(config.dataset, num_classes)
 
-  def train_step(state, x, y, step, strategy, chunk, microbatches):
+  def stage1_step(state, x, y, step, strategy, chunk, microbatches):
     """One device's step: x [b_local, ...], y int[b_local], step int scalar."""
     d = jax.lax.axis_index(sharding.AXIS)
     key = jax.random.fold_in(augment_key, step)
@@ -114,7 +114,7 @@ def step_functions(config: ml_collections.ConfigDict, kind: str, fns, num_classe
           model_state=state.model_state, train_apply_fn=fns.apply_train, rng=dropout,
           axis_name=sharding.AXIS, group_of=group_of, normalisation=norm)
       return stacked_experts.ExpertsState(p, o, ms), loss[None]
-    return experts_step.train_step(fns.apply, tx, state, x, y, gamma,
+    return experts_step.experts_train_step(fns.apply, tx, state, x, y, gamma,
                               train_apply_fn=fns.apply_train, rng=dropout,
                               strategy=strategy, chunk=chunk, axis_name=sharding.AXIS,
                               microbatches=microbatches, group_of=group_of,
@@ -138,7 +138,7 @@ def step_functions(config: ml_collections.ConfigDict, kind: str, fns, num_classe
       wsums = weight_sums(y, mask, table.shape[1], gamma, group_of)
     return jax.lax.psum((sums, wsums), sharding.AXIS)
 
-  return tx, train_step, val_sums
+  return tx, stage1_step, val_sums
 
 
 def pmapped(fn, devices, donate=()):
@@ -181,7 +181,7 @@ def stage_devices(config: ml_collections.ConfigDict, batch_size: int) -> list:
   return devices
 
 
-def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: int,
+def train_reference_models(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: int,
            gamma: float):
   """Trains the reference models, keeping the variables with the best γ-weighted loss on
   :func:`selection_split` (``config.experts.select_on``).
@@ -202,10 +202,10 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
   n_local = len(devices)
   n = n_local * procs
   b_local = ex.batch_size // n
-  tx, train_step, val_sums = step_functions(
+  tx, stage1_step, val_sums = step_functions(
       config, kind, fns, splits.num_classes, gamma, n,
       # XLA:CPU keeps its fast convolutions inside the in-place loops only when they are
-      # canonical (experts.train_step's canonical_convs): decided by the devices compiled for.
+      # canonical (experts_train_step's canonical_convs): decided by the devices compiled for.
       canonical_convs=devices[0].platform == "cpu")
   on_devices = lambda fn, donate=(): pmapped(  # noqa: E731
       fn, sharding.pmap_devices(devices), donate)
@@ -236,7 +236,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
 
   batches = pipeline.batches(config, lambda t: holdout_batch(t + 1), 0, ex.num_steps, put)
   x1, y1 = next(batches)
-  compile_step = lambda s, c, m: on_devices(train_step, (0,))(s, c, microbatches=m).lower(  # noqa: E731
+  compile_step = lambda s, c, m: on_devices(stage1_step, (0,))(s, c, microbatches=m).lower(  # noqa: E731
       state, x1, y1, step_arg(1)).compile()
   (strategy, chunk, micro), p_step, peak = stage1_memory.pick_strategy(
       compile_step, num,
@@ -247,7 +247,7 @@ def _train(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: in
       kind, num, (strategy, chunk, micro), ex.strategy, n, peak,
       stage1_memory.memory_budget_bytes(config, devices[0])))
   if procs > 1:   # a multi-process pmap's compiled program takes global arrays: re-jit
-    p_step = on_devices(train_step, (0,))(strategy, chunk, microbatches=micro)
+    p_step = on_devices(stage1_step, (0,))(strategy, chunk, microbatches=micro)
   # Validation batches: no larger than the split needs, in the training step's slices.
   eval_local, slices = validation_batch(config, kind, n, b_local, micro, len(select_split))
   eval_global = eval_local * n

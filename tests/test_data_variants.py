@@ -271,7 +271,7 @@ def test_grouped_run_on_digits(tmp_path):
   assert len(os.listdir(tmp_path / "experts")) == 1
   from reducr_jax import references  # pylint: disable=g-import-not-at-top
   splits = data.make_splits(config.dataset, config.seed)
-  assert references._build(config, splits, "experts")[2] == 2   # one expert per group
+  assert references.reference_model_fns(config, splits, "experts")[2] == 2   # one expert per group
 
 
 def test_four_class_toy_groups_give_two_experts_and_two_weights():
@@ -289,7 +289,7 @@ def test_four_class_toy_groups_give_two_experts_and_two_weights():
   configuration.validate_config(config, 1)
   splits = data.make_splits(config.dataset, config.seed)
   assert splits.num_classes == 4
-  assert references._build(config, splits, "experts")[2] == 2   # experts = groups
+  assert references.reference_model_fns(config, splits, "experts")[2] == 2   # experts = groups
   # Class sizes 5, 7, 3, 1 → group sizes 12, 4.
   cfg = train_state.StepConfig.from_config(config, 4, 1, "table", (5, 7, 3, 1))
   assert cfg.num_classes == 2 and cfg.group_of == (0, 0, 1, 1)

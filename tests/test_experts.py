@@ -91,7 +91,7 @@ def train_experts(gamma=9.0, steps=300):
   init, apply = make_model()
   tx = optax.adam(3e-2)
   state = stacked_experts.init_experts(init, tx, jax.random.key(0), 3)
-  step = jax.jit(functools.partial(experts_step.train_step, apply, tx), static_argnums=())
+  step = jax.jit(functools.partial(experts_step.experts_train_step, apply, tx), static_argnums=())
   for _ in range(steps):
     state, losses = step(state, x, y, gamma)
   return apply, state, losses
@@ -142,7 +142,7 @@ def test_training_strategies_agree():
                                  ("loop", 0, 1), ("map", 0, 4)]:
     state = stacked_experts.init_experts(init, tx, jax.random.key(0), 3)
     initial = state.params
-    step = jax.jit(functools.partial(experts_step.train_step, apply, tx, strategy=strategy,
+    step = jax.jit(functools.partial(experts_step.experts_train_step, apply, tx, strategy=strategy,
                                      chunk=chunk, microbatches=micro))
     for _ in range(3):
       state, losses = step(state, x, y, 9.0)
@@ -169,7 +169,7 @@ def test_in_place_training_holds_one_copy_of_the_stacked_state():
     state = stacked_experts.init_experts(init, tx, jax.random.key(0), 8)
     initial = jax.tree.map(np.asarray, state.params)          # the state is donated
     state_bytes = sum(a.nbytes for a in jax.tree.leaves(state))
-    step = jax.jit(functools.partial(experts_step.train_step, apply, tx, strategy=strategy,
+    step = jax.jit(functools.partial(experts_step.experts_train_step, apply, tx, strategy=strategy,
                                      chunk=chunk), donate_argnums=0)
     if strategy != "vmap" or chunk:
       temp = step.lower(state, x, y, 9.0).compile().memory_analysis().temp_size_in_bytes
@@ -246,7 +246,7 @@ def test_in_place_map_runs_the_convolutions_of_a_plain_step():
   # loop body.
   for canonical, micro in [(None, 1), (None, 2), (False, 1)]:
     compiled = jax.jit(functools.partial(
-        experts_step.train_step, apply, tx, strategy="map", microbatches=micro,
+        experts_step.experts_train_step, apply, tx, strategy="map", microbatches=micro,
         canonical_convs=canonical), donate_argnums=0).lower(state, x, y, 9.0).compile()
     got = _conv_labels(compiled)
     assert (got == want) == (canonical is None), (micro, canonical, got, want)
@@ -262,9 +262,10 @@ def test_multihead_trains_and_specialises():
   tx = optax.adam(3e-2)
   opt_state = tx.init(params)
   step = jax.jit(functools.partial(experts_step.multihead_train_step, apply, tx))
-  _, _, first = step(params, opt_state, x, y, 9.0)
+  _, _, first, model_state = step(params, opt_state, x, y, 9.0)
+  assert model_state is None      # four outputs with or without train_apply_fn
   for _ in range(300):
-    params, opt_state, loss = step(params, opt_state, x, y, 9.0)
+    params, opt_state, loss, _ = step(params, opt_state, x, y, 9.0)
   assert float(loss) < 0.8 * float(first)
   table = np.asarray(class_weighted_losses.multihead_expert_losses(apply(params, x), y))   # [B, C]
   assert table.shape == (600, 3)

@@ -288,7 +288,7 @@ def test_update_on_selected_is_the_expert_step_and_data_parallel():
   x = jax.random.normal(jax.random.PRNGKey(2), (16, 5))
   y = jax.random.randint(jax.random.PRNGKey(3), (16,), 0, 3)
   one = experts_step.update_on_selected(apply_fn, tx, state, x, y, 9.0)
-  ref, _ = experts_step.train_step(apply_fn, tx, state, x, y, 9.0)
+  ref, _ = experts_step.experts_train_step(apply_fn, tx, state, x, y, 9.0)
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(a, b)
   p = jax.pmap(lambda s, xb, yb: experts_step.update_on_selected(

@@ -96,9 +96,10 @@ def test_sliced_validation_equals_whole_batch_losses(caplog):
   config = _config(**{"experts.strategy": "auto", "experts.max_memory_gb": 1e-6,
                       "num_devices": 1})
   splits = _splits()
-  fns, loss_fn, num, gamma = references._build(config, splits, "experts")
+  fns, loss_fn, num, gamma = references.reference_model_fns(config, splits, "experts")
   with caplog.at_level("WARNING"):
-    best, best_val = stage1_trainer._train(config, splits, "experts", fns, num, gamma)
+    best, best_val = stage1_trainer.train_reference_models(config, splits, "experts", fns,
+                                                           num, gamma)
   assert "no expert strategy fits" in caplog.text and "('map', 0, 16)" in caplog.text
   split = stage1_trainer.selection_split(config, splits)
   table = np.asarray(loss_fn(best, split.x, split.y))                     # [n, C]
@@ -213,8 +214,8 @@ def test_expert_checkpoint_follows_the_chosen_split(monkeypatch, select_on, expe
       "experts.batch_size": 8, "eval_batch_size": 8, "num_devices": 1,
       "experts.strategy": "vmap", "experts.select_on": select_on})
   splits = _flat_splits()
-  fns, _, num, gamma = references._build(config, splits, "experts")
-  _, best_val = stage1_trainer._train(config, splits, "experts", fns, num, gamma)
+  fns, _, num, gamma = references.reference_model_fns(config, splits, "experts")
+  _, best_val = stage1_trainer.train_reference_models(config, splits, "experts", fns, num, gamma)
   np.testing.assert_allclose(best_val, [expected] * 3)
   assert seen == [7 if select_on == "val" else 11] * 3
 
@@ -231,7 +232,7 @@ def test_train_pool_and_weight_sum_run_for_every_kind(kind):
       "experts.loss_normalisation": "weight_sum",
       "experts.losses": "multihead" if kind == "multihead" else "precomputed"})
   splits = _flat_splits()
-  fns, _, num, gamma = references._build(config, splits, kind)
-  _, best_val = stage1_trainer._train(config, splits, kind, fns, num, gamma)
+  fns, _, num, gamma = references.reference_model_fns(config, splits, kind)
+  _, best_val = stage1_trainer.train_reference_models(config, splits, kind, fns, num, gamma)
   assert best_val.shape == ((3,) if kind == "experts" else (1,))
   assert np.all(np.isfinite(best_val)) and np.all(best_val > 0)

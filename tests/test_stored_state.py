@@ -139,7 +139,7 @@ def test_an_experts_cache_of_another_config_is_rebuilt(tmp_path, caplog):
   splits = data.make_splits(config.dataset, config.seed)
   mine = references.get_reference_models(config, splits, str(tmp_path))
   path = pathlib.Path(reference_cache.cache_path(config, str(tmp_path), "irreducible"))
-  other = reference_cache._fingerprint(  # pylint: disable=protected-access
+  other = reference_cache.fingerprint(
       _expert_cache_config(**{"experts.learning_rate": 0.5}), "irreducible")
   payload = flax.serialization.msgpack_restore(caches.read_cache(path))
   same_shapes = jax.tree.map(lambda a: a + 1.0, payload)

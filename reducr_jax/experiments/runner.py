@@ -112,7 +112,7 @@ def _pretrain(config: ml_collections.ConfigDict, cache: Optional[str] = None) ->
       double_reference.references(config, splits, config.experts.cache_dir)
     else:
       references.get_reference_models(config, splits, config.experts.cache_dir)
-  return references.reference_kind(config) or ""
+  return references.reference_kind_for_config(config) or ""
 
 
 def _train(config: ml_collections.ConfigDict, directory: str,
@@ -181,7 +181,7 @@ def run_grid(runs: Sequence[Run], workdir: str, workers: int = 1,
   configs = [_with_shared_cache(r.config, workdir) for r in todo]
   refs, seen = [], set()
   for c in configs:
-    kind = references.reference_kind(c)
+    kind = references.reference_kind_for_config(c)
     key = kind and reference_cache.cache_path(c, c.experts.cache_dir, kind)
     if kind and key not in seen and not os.path.exists(key):
       seen.add(key)
