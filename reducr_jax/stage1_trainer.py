@@ -43,6 +43,7 @@ import optax
 from reducr_jax import data
 from reducr_jax import experts_step
 from reducr_jax import models
+from reducr_jax import periodic
 from reducr_jax import preemption
 from reducr_jax import progress
 from reducr_jax import rng_streams
@@ -181,8 +182,27 @@ def stage_devices(config: ml_collections.ConfigDict, batch_size: int) -> list:
   return devices
 
 
-def train_reference_models(config, splits: data.Splits, kind: str, fns: models.ModelFns, num: int,
-           gamma: float):
+def init_stage1_state(config: ml_collections.ConfigDict, kind: str, fns: models.ModelFns,
+                      tx: optax.GradientTransformation, num: int,
+                      devices) -> stacked_experts.ExpertsState:
+  """Stage 1's state, replicated over ``devices``: ``num`` stacked experts (leading axis
+  C) or one multi-head model, initialised from ``expert_init`` (pretrained weights
+  loaded where ``config.model`` asks), with ``tx``'s optimizer state."""
+  rng = rng_streams.key(config.seed, "expert_init")
+  if kind == "multihead":
+    params, model_state = models.load_pretrained(config.model, *jax.jit(fns.init)(rng))
+    state = stacked_experts.ExpertsState(params, tx.init(params), model_state)
+  else:
+    state = stacked_experts.init_experts(fns.init, tx, rng, num)
+    params, model_state = models.load_pretrained_stacked(config.model, state.params,
+                                                         state.model_state)
+    state = state._replace(params=params, model_state=model_state)
+  del params, model_state
+  return sharding.replicate(state, devices, consume=True)   # held once, not twice
+
+
+def train_reference_models(config, splits: data.Splits, kind: str, fns: models.ModelFns,
+                           num: int, gamma: float):
   """Trains the reference models, keeping the variables with the best γ-weighted loss on
   :func:`selection_split` (``config.experts.select_on``).
 
@@ -196,7 +216,6 @@ def train_reference_models(config, splits: data.Splits, kind: str, fns: models.M
   ex = config.experts
   norm = ex.loss_normalisation
   select_split = selection_split(config, splits)
-  rng = rng_streams.key(config.seed, "expert_init")
   devices = stage_devices(config, ex.batch_size)
   procs, proc = jax.process_count(), jax.process_index()
   n_local = len(devices)
@@ -210,16 +229,7 @@ def train_reference_models(config, splits: data.Splits, kind: str, fns: models.M
   on_devices = lambda fn, donate=(): pmapped(  # noqa: E731
       fn, sharding.pmap_devices(devices), donate)
 
-  if kind == "multihead":
-    params, model_state = models.load_pretrained(config.model, *jax.jit(fns.init)(rng))
-    state = stacked_experts.ExpertsState(params, tx.init(params), model_state)
-  else:
-    state = stacked_experts.init_experts(fns.init, tx, rng, num)
-    params, model_state = models.load_pretrained_stacked(config.model, state.params,
-                                                         state.model_state)
-    state = state._replace(params=params, model_state=model_state)
-  del params, model_state
-  state = sharding.replicate(state, devices, consume=True)   # held once, not twice
+  state = init_stage1_state(config, kind, fns, tx, num, devices)
   put = functools.partial(jax.device_put, device=sharding.device_sharding(devices))
 
   def holdout_batch(step):
@@ -266,7 +276,7 @@ def train_reference_models(config, splits: data.Splits, kind: str, fns: models.M
     reporter.update(step)
     if step == ex.num_steps:       # the moments are not needed again: free them before
       jax.tree.map(lambda a: a.delete(), state.opt_state)    # the last validation
-    if step % ex.eval_every == 0 or step == ex.num_steps:
+    if periodic.every(step, ex.eval_every, ex.num_steps):
       current = variables_of(state)
       sums = [jax.tree.map(lambda a: np.asarray(a[0], np.float64),
                            p_val(current, *put(sharding.shard(b, n_local))))

@@ -48,12 +48,14 @@ from reducr_jax import metrics
 from reducr_jax import models
 from reducr_jax import mwu
 from reducr_jax import optimizers
+from reducr_jax import periodic
 from reducr_jax import preemption
 from reducr_jax import progress
 from reducr_jax import prune_stage
 from reducr_jax import references
 from reducr_jax import reweighters
 from reducr_jax import rng_streams
+from reducr_jax import run_results
 from reducr_jax import selectors
 from reducr_jax import sharding
 from reducr_jax import size_checks
@@ -277,12 +279,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
-  """:func:`train_and_evaluate` once the workdir is locked and signals are handled."""
-  num_processes, process_index = jax.process_count(), jax.process_index()
-  n_local = len(devices)
-  n = n_local * num_processes
+  """:func:`train_and_evaluate` once the workdir is locked and signals are handled: the
+  data (:func:`_prepare_data`), stage 1 (:func:`_reference_stage`), stage 2
+  (:func:`_selection_stage`) and stage 3 (the kept model's evaluation, written by
+  :func:`reducr_jax.run_results.write_results`)."""
+  n = len(devices) * jax.process_count()
   workdir_lib.check_config(workdir, config)
   as_given = json.loads(config.to_json_best_effort())    # stored in every checkpoint
+  config, splits, pruning_info, given_eta, eta = _prepare_data(config, workdir, splits, n)
+  c = splits.num_classes
+  x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
+  fns = models.model_fns(models.create_model(config.model, c), x0, axis_name=AXIS,
+                         init_impl=models.init_rng_impl(config.model))
+  refs, expert_seconds = _reference_stage(config, splits, workdir, devices)
+  cfg = StepConfig.from_config(config, c, n, refs.reference,
+                               np.bincount(splits.train.y, minlength=c), refs.update)
+  p_eval = evaluation.make_eval_step(fns.apply, c, pmap_devices)
+  eval_bs = max(1, config.eval_batch_size // n)
+  group_of = np.asarray(cfg.group_of, np.int32) if cfg.group_of else None
+  p_state, best, start, t_start = _selection_stage(
+      config, workdir, splits, refs, fns, cfg, devices, pmap_devices, preempt, as_given,
+      p_eval, eval_bs, group_of)
+  t_eval = time.time()             # stage 3: evaluate the kept model
+  final_state = sharding.first_replica(p_state)
+  p_best = sharding.replicate(best["params"], devices)
+  val, test = evaluation.val_and_test(p_eval, p_best, splits, eval_bs, n, group_of)
+  progress.took("stage 3: final evaluation", time.time() - t_eval)
+  return run_results.write_results(
+      config, workdir, splits, cfg, final_state, best, val, test, group_of,
+      run_results.RunInfo(eta, given_eta, pruning_info, expert_seconds, t_start,
+                          config.num_steps - start, n))
+
+
+def _prepare_data(config, workdir, splits, n):
+  """The splits (made, size-checked, pruned) and the resolved MWU η →
+  ``(config, splits, pruning_info, given_eta, eta)``."""
   if splits is None:
     try:
       splits = data.make_splits(config.dataset, config.seed)
@@ -293,14 +324,15 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   unpruned = splits
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
   size_checks.check_pruned(config, unpruned, splits)
-  c = splits.num_classes
   given_eta = config.selection.eta
-  config, eta = configuration.resolve_eta(config, c, progress.say)   # announced before compiling
-  x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
-  fns = models.model_fns(models.create_model(config.model, c), x0, axis_name=AXIS,
-                         init_impl=models.init_rng_impl(config.model))
+  config, eta = configuration.resolve_eta(config, splits.num_classes,
+                                          progress.say)   # announced before compiling
+  return config, splits, pruning_info, given_eta, eta
 
-  # Stage 1: reference models.
+
+def _reference_stage(config, splits, workdir, devices):
+  """Stage 1: the reference models as the train step consumes them →
+  ``(references.References, seconds)``."""
   t0 = time.time()
   if config.experts.get("double_irreducible", False):   # cross-fitted on train halves
     refs = double_reference.references(config, splits, workdir)
@@ -310,10 +342,21 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   expert_seconds = time.time() - t0
   if refs.reference is not None:
     progress.took("stage 1 (reference models and their losses)", expert_seconds)
+  return refs, expert_seconds
 
-  # Stage 2: online batch selection.
-  cfg = StepConfig.from_config(config, c, n, refs.reference,
-                               np.bincount(splits.train.y, minlength=c), refs.update)
+
+def _selection_stage(config, workdir, splits, refs, fns, cfg, devices, pmap_devices,
+                     preempt, as_given, p_eval, eval_bs, group_of):
+  """Stage 2: online batch selection from the newest intact checkpoint (or step 0) to
+  ``config.num_steps``, logging, evaluating and checkpointing on :func:`periodic.every`.
+
+  Returns ``(p_state, best, start, t_start)``: the replicated final state, the kept model,
+  the step the run started (resumed) from and when its loop started (``time.time()``). Raises the preemption's stop after checkpointing
+  when a signal asked to stop.
+  """
+  num_processes, process_index = jax.process_count(), jax.process_index()
+  n_local = len(devices)
+  n = n_local * num_processes
   tx = optimizers.from_config(config)
   state = init_state(rng_streams.key(config.seed, "target_init"),
                      lambda r: models.load_pretrained(config.model, *jax.jit(fns.init)(r)),
@@ -331,12 +374,9 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
                                        enabled=jax.process_index() == 0)
   p_state = sharding.replicate(state, devices)
   p_step = make_train_step(fns, refs.loss_fn, tx, cfg, pmap_devices)
-  p_eval = evaluation.make_eval_step(fns.apply, c, pmap_devices)
   p_variables = lambda st: models.variables(st.params, st.model_state)  # noqa: E731
-  group_of = np.asarray(cfg.group_of, np.int32) if cfg.group_of else None
   holdout_every = (config.selection.holdout_every if config.selection.holdout_every != -1
                    else max(1, len(splits.train) // config.batch_size))   # -1: every epoch
-  eval_bs = max(1, config.eval_batch_size // n)
   refresh_holdout = selectors.CLASS_HOLDOUT_LOSS in cfg.needs and cfg.holdout_loss == "epoch"
 
   t_start, t_last, last_step = time.time(), time.time(), start
@@ -348,9 +388,10 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
       start, config.num_steps,
       put=functools.partial(jax.device_put, device=sharding.device_sharding(devices)))
   skips, stop = divergence.SkipMonitor(config.max_consecutive_skipped), False
+  last = config.num_steps
   preempt.defer()                   # signals now stop the loop at a step boundary
   for step, batch in zip(range(start, config.num_steps), batches):
-    if refresh_holdout and step % holdout_every == 0:
+    if refresh_holdout and periodic.every(step, holdout_every):
       _, loss_sums = evaluation.evaluate(p_eval, p_variables(p_state),
                                          data.class_holdout_split(config, splits), eval_bs, n)
       h = mwu.class_holdout_loss(metrics.group_sums(metrics.ClassSums(*loss_sums), group_of))
@@ -360,12 +401,12 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
     done = step + 1
     skips.push(done, step_metrics["skipped"])
 
-    if done % config.log_every == 0 or done == config.num_steps:
+    if periodic.every(done, config.log_every, last):
       m = jax.tree.map(lambda a: np.asarray(a[0]), step_metrics)
       m.pop("selected_indices")
       m["num_skipped"] = int(np.asarray(p_state.num_skipped[0]))
       writer.write(done, {f"train/{k}": v for k, v in m.items()})
-    if done % config.eval_every == 0 or done == config.num_steps:
+    if periodic.every(done, config.eval_every, last):
       params = p_variables(p_state)
       val, test = evaluation.val_and_test(p_eval, params, splits, eval_bs, n, group_of)
       best = evaluation.keep_best(best, val, params, done, selectors.model_selection(config))
@@ -377,7 +418,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
                 f"  skipped {int(sharding.first_replica(p_state.num_skipped))}  worst-class val acc "
                 f"{val['worst_class_accuracy']:.3f}  val acc {val['accuracy']:.3f}")
     stop = preempt.requested(done) and done < config.num_steps
-    if done % config.checkpoint_every == 0 or done == config.num_steps or stop:
+    if periodic.every(done, config.checkpoint_every, last) or stop:
       with preempt.critical():        # a second signal waits for the manifest
         ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state),
                                             "best": best}), {"config": as_given})
@@ -390,41 +431,5 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt):
   skips.flush()
   preempt.defer(False)
   progress.took(f"stage 2: {config.num_steps - start} training steps", time.time() - t_start)
+  return p_state, best, start, t_start
 
-  # Stage 3: evaluate the kept model.
-  t_eval = time.time()
-  final_state = sharding.first_replica(p_state)
-  p_best = sharding.replicate(best["params"], devices)
-  val, test = evaluation.val_and_test(p_eval, p_best, splits, eval_bs, n, group_of)
-  progress.took("stage 3: final evaluation", time.time() - t_eval)
-  recorded = json.loads(config.to_json_best_effort())
-  status = divergence.run_status(int(final_state.num_skipped), config.num_steps,
-                                 config.max_skipped_share)
-  results = {
-      "method": config.selection.method,
-      "reweight": config.reweight,
-      "pruning": pruning_info,
-      "best_step": int(best["step"]),
-      "model_selection": selectors.model_selection(config),
-      "num_steps": int(config.num_steps),
-      "eta": eta,                           # MWU η: a number, or "auto"'s anytime schedule
-      "val": val,
-      "test": test,
-      "class_weights": np.asarray(selectors.class_weights(
-          cfg.selector, final_state.selector_state, cfg.num_classes)).tolist(),
-      "class_names": splits.class_names,
-      **({"group_names": groups_lib.group_names(config.dataset.groups, splits.class_names)}
-         if group_of is not None else {}),
-      "num_skipped": int(final_state.num_skipped),
-      **status,                        # "status": "ok" | "diverged", "skipped_share"
-      "config": recorded,
-  }
-  recorded["selection"]["eta"] = given_eta                # as given ("auto" stays "auto")
-  metric_writers.write_json(os.path.join(workdir, "results.json"), results)
-  metric_writers.write_json(os.path.join(workdir, "timing.json"),
-              {"expert_seconds": expert_seconds, "train_seconds": time.time() - t_start,
-               "steps_run": config.num_steps - start, "devices": n,
-               "backend": jax.default_backend()})
-  divergence.check_share(status, int(final_state.num_skipped), config.num_steps,
-                         config.max_skipped_share)
-  return results
