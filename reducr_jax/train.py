@@ -75,7 +75,8 @@ init_state = train_state.init_state
 make_optimizer = optimizers.make_optimizer
 
 
-def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfig):
+def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfig,
+                        axis_name: Optional[str] = AXIS):
   """``(h [C], new EMA state)``: the last full pass ('epoch') or the EMA updated with this
   step's holdout batch ('ema', App. A.9.4)."""
   if cfg.holdout_loss != "ema":
@@ -83,15 +84,21 @@ def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfi
   h_loss = class_weighted_losses.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
                                  batch["holdout_y"])
   units = groups_lib.group_labels(batch["holdout_y"], cfg.group_of)
-  stats = jax.lax.psum(metrics.class_sums(h_loss, units, cfg.num_classes), AXIS)
+  stats = _psum(metrics.class_sums(h_loss, units, cfg.num_classes), axis_name)
   ema = mwu.ema_update(state.ema, stats, cfg.ema_decay)
   return mwu.ema_value(ema, cfg.ema_decay), ema
 
 
+def _psum(x, axis_name: Optional[str]):
+  """``psum`` over ``axis_name``; ``x`` itself without a mapped axis."""
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
 def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
                ref_loss_fn: Optional[Callable], tx: optax.GradientTransformation,
-               cfg: StepConfig) -> tuple[TrainState, dict]:
-  """One online-batch-selection step on one device's shard (run under ``pmap``).
+               cfg: StepConfig, axis_name: Optional[str] = AXIS) -> tuple[TrainState, dict]:
+  """One online-batch-selection step on one device's shard (under ``pmap``), or on the
+  whole batch without a mapped axis (``axis_name=None``).
 
   augment → the losses the selector needs (all-gathered) → ``select`` → ``update`` →
   reweight → gradient step on the selected points. The step knows no rule: what it
@@ -112,6 +119,10 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
       ``state.model_state``.
     ref_loss_fn: ``(ref_params, x, y) -> [b, C']``.
     tx: optimizer; cfg: static :class:`StepConfig`.
+    axis_name: the mapped device axis (``pmap``: :func:`make_train_step`), or ``None``
+      for one device without ``pmap`` (e.g. ``jax.jit``; needs ``cfg.num_devices == 1``
+      and a model built with ``axis_name=None``): gathers, sums and the selected-row
+      exchange are then the identity, and the numbers equal the 1-device ``pmap`` step's.
 
   The large batch is augmented on device first (``cfg.augment``, keyed by the step and
   each example's global position, so independent of the device count).
@@ -120,13 +131,16 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     ``(new_state, step_metrics)``; metrics are identical on every device.
   """
   n, k, c = cfg.num_devices, cfg.k, cfg.num_classes
+  if axis_name is None and n != 1:
+    raise ValueError(f"axis_name=None runs on one device: cfg.num_devices must be 1, got {n}")
   kd = k // n
   needs = cfg.needs
   fns = models.as_model_fns(model)
   apply_fn = lambda p, xb: fns.apply(models.variables(p, state.model_state), xb)  # noqa: E731
-  gather = lambda a: jax.lax.all_gather(a, AXIS, tiled=True)  # noqa: E731
+  gather = lambda a: (a if axis_name is None else  # noqa: E731
+                      jax.lax.all_gather(a, axis_name, tiled=True))
   key = jax.random.fold_in(state.rng, state.step)
-  device = jax.lax.axis_index(AXIS)
+  device = 0 if axis_name is None else jax.lax.axis_index(axis_name)
   x, y = batch["x"], batch["y"]
   if cfg.augment != "none":
     b = y.shape[0]
@@ -151,7 +165,8 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
                                cfg.mc_passes)
     variables_now = models.variables(state.params, state.model_state)
     mc = jax.lax.map(lambda kk: fns.apply_mc(variables_now, x, kk), mc_keys)  # [K, b, C]
-    inputs = inputs._replace(mc_logits=jax.lax.all_gather(mc, AXIS, axis=1, tiled=True))
+    inputs = inputs._replace(mc_logits=mc if axis_name is None else jax.lax.all_gather(
+        mc, axis_name, axis=1, tiled=True))
 
   if cfg.reference == "table":
     inputs = inputs._replace(reference_losses=gather(batch["ref_losses"]))
@@ -163,7 +178,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
 
   new_ema = state.ema
   if selectors.CLASS_HOLDOUT_LOSS in needs:
-    h, new_ema = _class_holdout_loss(state, batch, apply_fn, cfg)
+    h, new_ema = _class_holdout_loss(state, batch, apply_fn, cfg, axis_name)
     inputs = inputs._replace(class_holdout_loss=h)
     out["class_holdout_loss"] = h
 
@@ -174,7 +189,8 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     out["selected_corrupted_share"] = jnp.mean(gather(batch["corrupted"])[sel].astype(
         jnp.float32))
   mine = jax.lax.dynamic_slice_in_dim(sel, device * kd, kd)
-  xs, ys = sharding.selected_rows(x, sel, kd), y_all[mine]
+  xs = x[sel] if axis_name is None else sharding.selected_rows(x, sel, kd)
+  ys = y_all[mine]
   validation = None
   if reweighters.VALIDATION_BATCH in needs:
     validation = (gather(batch["meta_x"]), gather(batch["meta_y"]))
@@ -183,7 +199,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
           params=state.params, loss_fn=reweighters.cross_entropy_loss_fn(apply_fn), x=xs,
           labels=ys, num_selected=k, train_class_counts=jnp.asarray(
               cfg.train_class_counts or (1,) * c, jnp.float32),
-          validation=validation, axis_name=AXIS))
+          validation=validation, axis_name=axis_name))
   dropout_key = jax.random.fold_in(jax.random.fold_in(key, 2), device)
 
   def loss_fn(params):
@@ -191,12 +207,12 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     return jnp.sum(w * class_weighted_losses.cross_entropy(logits, ys)), new_model_state
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  loss, grads = jax.lax.psum((loss, grads), AXIS)      # Σ over all k selected points
+  loss, grads = _psum((loss, grads), axis_name)      # Σ over all k selected points
   selected_counts = jnp.sum(jax.nn.one_hot(units_all[sel], c, dtype=jnp.int32), axis=0)
   new_reference = state.reference
   if cfg.reference_update is not None:
     new_reference = cfg.reference_update(state.reference, xs, ys,
-                                         jax.random.fold_in(key, 3), AXIS)
+                                         jax.random.fold_in(key, 3), axis_name)
   ok = jnp.isfinite(loss) & divergence.all_finite((grads, new_selector_state, new_reference))
   if cfg.reference_update is not None:     # updated reference models: the same rule as θ
     ok = ok & divergence.bounded(new_reference.params)
