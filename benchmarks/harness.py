@@ -280,7 +280,8 @@ def build_train_step(config: ml_collections.ConfigDict, variant: str,
     input_dtype: ``float32`` features or ``uint8`` images.
     num_classes: C (one expert per class for REDUCR).
     num_devices: n, the first n local devices.
-    online_strategy: :func:`reducr_jax.stacked_experts.expert_losses` strategy of the online variant.
+    online_strategy: :func:`reducr_jax.stacked_experts.expert_losses` strategy of the
+      online variant.
     donate: build with :func:`reducr_jax.train.make_train_step` (donates the state).
     seed: parameters and data.
   """

@@ -2,8 +2,8 @@
 
 For the CIFAR ResNet (3×3 stem) and the ImageNet-stem ResNet (7×7 stem + max-pool), at
 C = 10 and 14, every strategy of :func:`reducr_jax.experts_step.experts_train_step` —
-``vmap`` (all C in one batched program), ``chunk`` (``vmap`` of C/2 at a time, ``lax.map`` over the two
-chunks), ``map`` (one expert at a time in one program), ``loop`` (unrolled) — is
+``vmap`` (all C in one batched program), ``chunk`` (``vmap`` of C/2 at a time,
+``lax.map`` over the two chunks), ``map`` (one expert at a time in one program), ``loop`` (unrolled) — is
 compiled and timed on the same holdout batch, interleaved with **one plain model step**
 (one unstacked model's γ-weighted loss, gradient and AdamW update at the top level of its
 program: no loop, no stacking). On CPU a ``map (XLA conv layouts)`` row also runs the
@@ -79,12 +79,12 @@ def plain_step(fns: models.ModelFns, tx: optax.GradientTransformation):
   def step(state, x, y, gamma):
     def loss_fn(p):
       logits, model_state = fns.apply_train(p, state.model_state, x, jax.random.PRNGKey(0))
-      return class_weighted_losses.class_weighted_loss(class_weighted_losses.cross_entropy(logits, y), y, 0,
-                                         gamma), model_state
+      return class_weighted_losses.class_weighted_loss(
+          class_weighted_losses.cross_entropy(logits, y), y, 0, gamma), model_state
     (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     return (stacked_experts.ExpertsState(optax.apply_updates(state.params, updates), opt_state,
-                                 model_state), loss[None])
+                                         model_state), loss[None])
   return step
 
 
@@ -137,7 +137,7 @@ def full_size_memory(batch: int, slices: int) -> list[dict[str, Any]]:
         (f"chunk {num // 2}", num, "vmap", num // 2, 1), ("map", num, "map", 0, 1),
         (f"map, {slices} slices", num, "map", 0, slices)]:
       state = jax.eval_shape(lambda n=n: stacked_experts.init_experts(fns.init, tx,
-                                                              jax.random.PRNGKey(0), n))
+                                                                      jax.random.PRNGKey(0), n))
       step = jax.jit(functools.partial(experts_step.experts_train_step, fns.apply, tx,
                                        train_apply_fn=fns.apply_train, strategy=strategy,
                                        chunk=chunk, microbatches=micro), donate_argnums=0)

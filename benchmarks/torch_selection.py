@@ -19,8 +19,8 @@ PyTorch Lightning + Hydra; ``robust_reducible_loss_selection.__call__`` and
   default, ``selection_train_mode=True``, selects in train mode; that only matters for
   BatchNorm, see below).
 
-The JAX side: the selection step is one ``jax.jit`` of ``reducr_jax.class_weighted_losses.cross_entropy``,
-a gather of the table's ``[B, C]`` rows, ``selection.excess_losses``,
+The JAX side: the selection step is one ``jax.jit`` of
+``reducr_jax.class_weighted_losses.cross_entropy``, a gather of the table's ``[B, C]`` rows, ``selection.excess_losses``,
 ``selection.weighted_scores`` with ``mwu.weights``, ``selection.top_k``,
 ``mwu.class_objective`` and ``mwu.update``; the train step is
 ``reducr_jax.train.make_train_step`` itself (``pmap`` over one device), fed as the trainer

@@ -146,7 +146,7 @@ def weighted_loss_sums(table: jax.Array, y: jax.Array, mask: jax.Array, gamma,
   """``Σ_i mask_i (1 + γ·1[y_i = e]) table[i, e]`` per column e → ``[E]`` (eq. 8 on val);
   with ``group_of`` (int [C]) ``y_i`` is replaced by its group."""
   w = class_weight_matrix(groups_lib.group_labels(y, group_of), table.shape[1],
-                                  gamma)
+                          gamma)
   return jnp.sum(w * table * mask[:, None], axis=0)
 
 

@@ -32,13 +32,13 @@ from reducr_jax.stacked_experts import TrainApplyFn
 
 
 def experts_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, state: ExpertsState,
-               x: jax.Array, y: jax.Array, gamma, *,
-               train_apply_fn: Optional[TrainApplyFn] = None,
-               rng: Optional[jax.Array] = None, strategy: str = "vmap", chunk: int = 0,
-               axis_name: Optional[str] = None,
-               microbatches: int = 1, group_of=None,
-               normalisation: str = "mean",
-               canonical_convs: Optional[bool] = None) -> tuple[ExpertsState, jax.Array]:
+                       x: jax.Array, y: jax.Array, gamma, *,
+                       train_apply_fn: Optional[TrainApplyFn] = None,
+                       rng: Optional[jax.Array] = None, strategy: str = "vmap", chunk: int = 0,
+                       axis_name: Optional[str] = None,
+                       microbatches: int = 1, group_of=None,
+                       normalisation: str = "mean",
+                       canonical_convs: Optional[bool] = None) -> tuple[ExpertsState, jax.Array]:
   """One optimizer step of all C experts at once on the same holdout batch.
 
   Expert ``c`` minimises :func:`class_weighted_loss` with ``expert_class = c``; the C
@@ -256,8 +256,8 @@ def update_on_selected(apply_fn: ApplyFn, tx: optax.GradientTransformation,
   from the target model's selected points, with a small learning rate in ``tx`` (official
   lr/100 of the target's optimizer) and ``gamma = 0`` (the official unweighted mean
   cross-entropy; :func:`reducr_jax.references.online_update`). Stacked experts
-  (``stacked=True``, leading axis C, each with its eq.-8 γ weighting; one expert with γ = 0 is RHO-LOSS's irreducible-loss model) take
-  :func:`experts_train_step`; a :class:`MultiHead` model (``stacked=False``) takes
+  (``stacked=True``, leading axis C, each with its eq.-8 γ weighting; one expert with
+  γ = 0 is RHO-LOSS's irreducible-loss model) take :func:`experts_train_step`; a :class:`MultiHead` model (``stacked=False``) takes
   :func:`multihead_train_step`.
 
   Args:

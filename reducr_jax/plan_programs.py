@@ -159,7 +159,7 @@ def stage1(config, splits, devices, platform: str) -> list[Program]:
 
   select = stage1_trainer.selection_split(config, splits)
   eval_local, slices = stage1_trainer.validation_batch(config, kind, n, b_local, micro,
-                                                     len(select))
+                                                       len(select))
   variables = jax.eval_shape(lambda s: models.variables(s.params, s.model_state or {}),
                              state)
   vx = jax.ShapeDtypeStruct((n, eval_local) + xs, select.x.dtype)
@@ -297,11 +297,11 @@ def _references(config, splits, platform):
 
     def state_of(p):
       st, held["update"] = references.online_update(config, refs._replace(params=p),
-                                                       splits)
+                                                    splits)
       return st
     st = jax.eval_shape(state_of, params)
     return references.References("online", loss_fn=loss_fn, state=st,
-                                    update=held["update"]), None, None
+                                 update=held["update"]), None, None
   return references.References("online", params=params, loss_fn=loss_fn), params, None
 
 

@@ -141,7 +141,7 @@ def get_reference_models(config: ml_collections.ConfigDict, splits: data.Splits,
 
 
 def precompute_loss_table(refs: ReferenceModels, split: data.Split, batch_size: int,
-                     config: ml_collections.ConfigDict | None = None) -> np.ndarray:
+                          config: ml_collections.ConfigDict | None = None) -> np.ndarray:
   """The ``[N, C']`` table of reference losses over a split, computed once in shards.
 
   Each process scores its contiguous share of the rows (:func:`sharding.process_range`)
@@ -197,11 +197,11 @@ def precompute_loss_table(refs: ReferenceModels, split: data.Split, batch_size: 
 
 
 def loss_table_rows(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: np.ndarray,
-                     y: np.ndarray, batch_size: int = 1024, start: int = 0,
-                     stop: Optional[int] = None,
-                     put: Callable[[np.ndarray], Any] = jnp.asarray,
-                     multiple_of: int = 1,
-                     report: Optional[Callable[[int], None]] = None) -> np.ndarray:
+                    y: np.ndarray, batch_size: int = 1024, start: int = 0,
+                    stop: Optional[int] = None,
+                    put: Callable[[np.ndarray], Any] = jnp.asarray,
+                    multiple_of: int = 1,
+                    report: Optional[Callable[[int], None]] = None) -> np.ndarray:
   """One pass over a dataset → the ``[N, C]`` table of expert losses (official default).
 
   Args:
@@ -338,4 +338,4 @@ def prepare_references(config: ml_collections.ConfigDict, splits: data.Splits,
     return References("online", params=sharding.replicate(refs.params, devices),
                       loss_fn=refs.loss_fn)
   return References("table", table=precompute_loss_table(refs, splits.train,
-                                                    config.eval_batch_size, config))
+                                                         config.eval_batch_size, config))

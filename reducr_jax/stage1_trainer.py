@@ -116,10 +116,10 @@ def step_functions(config: ml_collections.ConfigDict, kind: str, fns, num_classe
           axis_name=sharding.AXIS, group_of=group_of, normalisation=norm)
       return stacked_experts.ExpertsState(p, o, ms), loss[None]
     return experts_step.experts_train_step(fns.apply, tx, state, x, y, gamma,
-                              train_apply_fn=fns.apply_train, rng=dropout,
-                              strategy=strategy, chunk=chunk, axis_name=sharding.AXIS,
-                              microbatches=microbatches, group_of=group_of,
-                              normalisation=norm, canonical_convs=canonical_convs)
+                                           train_apply_fn=fns.apply_train, rng=dropout,
+                                           strategy=strategy, chunk=chunk, axis_name=sharding.AXIS,
+                                           microbatches=microbatches, group_of=group_of,
+                                           normalisation=norm, canonical_convs=canonical_convs)
 
   def val_sums(variables, x, y, mask, strategy, chunk, slices):
     """Σ over all devices' rows of each model's eq. 8 loss on the selection split →

@@ -82,7 +82,7 @@ def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfi
   if cfg.holdout_loss != "ema":
     return state.holdout_loss, state.ema
   h_loss = class_weighted_losses.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
-                                 batch["holdout_y"])
+                                               batch["holdout_y"])
   units = groups_lib.group_labels(batch["holdout_y"], cfg.group_of)
   stats = _psum(metrics.class_sums(h_loss, units, cfg.num_classes), axis_name)
   ema = mwu.ema_update(state.ema, stats, cfg.ema_decay)
@@ -367,8 +367,8 @@ def _selection_stage(config, workdir, splits, refs, fns, cfg, devices, pmap_devi
   ``config.num_steps``, logging, evaluating and checkpointing on :func:`periodic.every`.
 
   Returns ``(p_state, best, start, t_start)``: the replicated final state, the kept model,
-  the step the run started (resumed) from and when its loop started (``time.time()``). Raises the preemption's stop after checkpointing
-  when a signal asked to stop.
+  the step the run started (resumed) from and when its loop started (``time.time()``).
+  Raises the preemption's stop after checkpointing when a signal asked to stop.
   """
   num_processes, process_index = jax.process_count(), jax.process_index()
   n_local = len(devices)

@@ -240,7 +240,7 @@ def test_grouped_experts_weight_the_group():
   # head 0 weights [10, 10, 1, 1], head 1 [1, 1, 10, 10] → mean over 8 entries = 44/8.
   logits = jnp.zeros((4, 2, 4))
   loss = class_weighted_losses.multihead_loss(logits, jnp.array([0, 1, 2, 3]), 9.0,
-                                np.array([0, 0, 1, 1]))
+                                              np.array([0, 0, 1, 1]))
   assert float(loss) == pytest.approx(44 / 8 * np.log(4), rel=1e-6)
 
 
