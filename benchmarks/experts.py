@@ -4,13 +4,13 @@ For each model family (an MLP on MNIST-1D-like 40-feature inputs and a small CNN
 32×32×3 inputs) and each number of experts C, this times, side by side in one process:
 
   * ``forward``     — the baseline: one model's forward pass + cross-entropy → ``[B]``;
-  * ``vmap``, ``map``, ``loop`` — :func:`reducr_jax.experts.expert_losses` with that
+  * ``vmap``, ``map``, ``loop`` — :func:`reducr_jax.stacked_experts.expert_losses` with that
     strategy: C stacked models on the batch → ``[B, C]``;
   * ``precomputed`` — the per-step cost of the table strategy: gathering the batch's B
     rows of a precomputed ``[N, C]`` table by index inside ``jit``;
-  * ``multihead``   — one :class:`reducr_jax.experts.MultiHead` forward (shared trunk,
+  * ``multihead``   — one :class:`reducr_jax.stacked_experts.MultiHead` forward (shared trunk,
     C heads) → ``[B, C]`` losses;
-  * ``table build`` — the one-off :func:`reducr_jax.experts.precompute_table` pass over N
+  * ``table build`` — the one-off :func:`reducr_jax.references.loss_table_rows` pass over N
     examples (with the fastest online strategy), as a ratio to one model's forward over
     the same N examples with the same batching.
 
@@ -40,9 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/experts.py``
-from reducr_jax import experts
+from reducr_jax import class_weighted_losses
+from reducr_jax import references
+from reducr_jax import stacked_experts
 
-ONLINE = experts.STRATEGIES  # ("vmap", "map", "loop")
+ONLINE = stacked_experts.STRATEGIES  # ("vmap", "map", "loop")
 ORDER = ("forward",) + ONLINE + ("precomputed", "multihead")
 NUM_CLASSES = harness.NUM_CLASSES
 FOOTNOTE = (  # below the markdown table
@@ -69,16 +71,16 @@ def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
   x, y = data_x[idx], data_y[idx]
 
   apply_fn = lambda p, xb: model.apply({"params": p}, xb)  # noqa: E731
-  stacked = experts.init_stacked(lambda r: model.init(r, x[:1])["params"], k_p, num_experts)
+  stacked = stacked_experts.init_stacked(lambda r: model.init(r, x[:1])["params"], k_p, num_experts)
   single = jax.tree.map(lambda a: a[0], stacked)
-  mh_model = experts.MultiHead(trunk, num_experts, NUM_CLASSES)
+  mh_model = stacked_experts.MultiHead(trunk, num_experts, NUM_CLASSES)
   mh_params = mh_model.init(k_mh, x[:1])["params"]
 
-  forward = jax.jit(lambda p, xb, yb: experts.cross_entropy(apply_fn(p, xb), yb))
-  online = {s: jax.jit(functools.partial(experts.expert_losses, apply_fn, strategy=s))
+  forward = jax.jit(lambda p, xb, yb: class_weighted_losses.cross_entropy(apply_fn(p, xb), yb))
+  online = {s: jax.jit(functools.partial(stacked_experts.expert_losses, apply_fn, strategy=s))
             for s in ONLINE}
   gather = jax.jit(lambda table, i: table[i])
-  multihead = jax.jit(lambda p, xb, yb: experts.multihead_expert_losses(
+  multihead = jax.jit(lambda p, xb, yb: class_weighted_losses.multihead_expert_losses(
       mh_model.apply({"params": p}, xb), yb))
 
   calls: dict[str, Callable[[], Any]] = {
@@ -91,9 +93,9 @@ def bench_config(model_name: str, num_experts: int, args: argparse.Namespace,
   # The [N, C] table. precompute_table calls the jitted online function on [B, ...]
   # batches, so it reuses that strategy's compiled program.
   np_x, np_y = np.asarray(data_x), np.asarray(data_y)
-  build_with = lambda s: experts.precompute_table(  # noqa: E731
+  build_with = lambda s: references.loss_table_rows(  # noqa: E731
       lambda xb, yb: online[s](stacked, xb, yb), np_x, np_y, batch_size=b)
-  one_pass = lambda: experts.precompute_table(  # noqa: E731
+  one_pass = lambda: references.loss_table_rows(  # noqa: E731
       lambda xb, yb: forward(single, xb, yb)[:, None], np_x, np_y, batch_size=b)
   table = jnp.asarray(build_with("map"))
   one_pass()  # compiles its eager [:, None]

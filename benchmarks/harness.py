@@ -48,8 +48,8 @@ import ml_collections
 import numpy as np
 
 from reducr_jax import device_memory
-from reducr_jax import experts
 from reducr_jax import models
+from reducr_jax import stacked_experts
 from reducr_jax import train
 from reducr_jax.models.mlp import MLP
 
@@ -66,7 +66,7 @@ class SmallCNN(nn.Module):
   Attributes:
     features: channels of the conv layers.
     num_outputs: width of the final linear layer; ``None`` returns the pooled features
-      (the trunk of a :class:`reducr_jax.experts.MultiHead`).
+      (the trunk of a :class:`reducr_jax.stacked_experts.MultiHead`).
   """
   features: Sequence[int] = (8, 16, 32)
   num_outputs: Optional[int] = NUM_CLASSES
@@ -76,7 +76,7 @@ class SmallCNN(nn.Module):
     """``x``: ``[B, H, W, 3]`` → ``[B, num_outputs]`` logits (or ``[B, F]`` features).
 
     ``train`` is accepted (as by the library's models, e.g. from
-    :class:`reducr_jax.experts.MultiHead`) and ignored: no batch norm, no dropout.
+    :class:`reducr_jax.stacked_experts.MultiHead`) and ignored: no batch norm, no dropout.
     """
     del train
     x = x.astype(jnp.float32)
@@ -280,7 +280,8 @@ def build_train_step(config: ml_collections.ConfigDict, variant: str,
     input_dtype: ``float32`` features or ``uint8`` images.
     num_classes: C (one expert per class for REDUCR).
     num_devices: n, the first n local devices.
-    online_strategy: :func:`reducr_jax.experts.expert_losses` strategy of the online variant.
+    online_strategy: :func:`reducr_jax.stacked_experts.expert_losses` strategy of the
+      online variant.
     donate: build with :func:`reducr_jax.train.make_train_step` (donates the state).
     seed: parameters and data.
   """
@@ -317,11 +318,11 @@ def build_train_step(config: ml_collections.ConfigDict, variant: str,
 
   ref_loss_fn, ref = None, None
   if reference == "online":
-    # Evaluation-mode experts (running batch-norm statistics), as train_experts builds them.
+    # Evaluation-mode experts (running batch-norm statistics), as references builds them.
     ref_fns = models.model_fns(module, x0, init_impl=init_impl)
-    ref_loss_fn = functools.partial(experts.expert_losses, ref_fns.apply,
+    ref_loss_fn = functools.partial(stacked_experts.expert_losses, ref_fns.apply,
                                     strategy=online_strategy)
-    stacked = experts.init_stacked(ref_fns.init, jax.random.PRNGKey(seed + 2), num_classes)
+    stacked = stacked_experts.init_stacked(ref_fns.init, jax.random.PRNGKey(seed + 2), num_classes)
     ref = replicate(models.variables(*stacked), devices)
   cfg = train.StepConfig.from_config(config, num_classes, num_devices, reference,
                                      (1,) * num_classes)

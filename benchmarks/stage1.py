@@ -1,9 +1,9 @@
 """Stage 1: C stacked experts' training step per strategy, vs one plain model step.
 
 For the CIFAR ResNet (3×3 stem) and the ImageNet-stem ResNet (7×7 stem + max-pool), at
-C = 10 and 14, every strategy of :func:`reducr_jax.experts.train_step` — ``vmap`` (all C
-in one batched program), ``chunk`` (``vmap`` of C/2 at a time, ``lax.map`` over the two
-chunks), ``map`` (one expert at a time in one program), ``loop`` (unrolled) — is
+C = 10 and 14, every strategy of :func:`reducr_jax.experts_step.experts_train_step` —
+``vmap`` (all C in one batched program), ``chunk`` (``vmap`` of C/2 at a time,
+``lax.map`` over the two chunks), ``map`` (one expert at a time in one program), ``loop`` (unrolled) — is
 compiled and timed on the same holdout batch, interleaved with **one plain model step**
 (one unstacked model's γ-weighted loss, gradient and AdamW update at the top level of its
 program: no loop, no stacking). On CPU a ``map (XLA conv layouts)`` row also runs the
@@ -23,7 +23,7 @@ row:
   ``map`` (the loss table on CPU) and the same in a ``lax.map`` over 2 slices (the
   validation sums with 2 microbatches), per expert: they stay ≈ 1 because a forward's
   convolutions are canonical as JAX emits them (only the gradient's are not, issue 23);
-* which strategy ``auto`` picks (:func:`reducr_jax.train_experts.strategy_candidates` and
+* which strategy ``auto`` picks (:func:`reducr_jax.stage1_memory.strategy_candidates` and
   the budget of this device).
 
 Models are shrunk to run on a CPU (``--width``, ``--stages``, ``--image``); on a GPU/TPU
@@ -51,10 +51,12 @@ import numpy as np
 import optax
 
 import harness
+from reducr_jax import class_weighted_losses
 from reducr_jax import device_memory
-from reducr_jax import experts
+from reducr_jax import experts_step
 from reducr_jax import models
-from reducr_jax import train_experts
+from reducr_jax import stacked_experts
+from reducr_jax import stage1_memory
 from reducr_jax.models.resnet import ResNet18
 
 
@@ -82,12 +84,12 @@ def plain_step(fns: models.ModelFns, tx: optax.GradientTransformation):
   def step(state, x, y, gamma):
     def loss_fn(p):
       logits, model_state = fns.apply_train(p, state.model_state, x, jax.random.PRNGKey(0))
-      return experts.class_weighted_loss(experts.cross_entropy(logits, y), y, 0,
-                                         gamma), model_state
+      return class_weighted_losses.class_weighted_loss(
+          class_weighted_losses.cross_entropy(logits, y), y, 0, gamma), model_state
     (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return (experts.ExpertsState(optax.apply_updates(state.params, updates), opt_state,
-                                 model_state), loss[None])
+    return (stacked_experts.ExpertsState(optax.apply_updates(state.params, updates), opt_state,
+                                         model_state), loss[None])
   return step
 
 
@@ -104,11 +106,11 @@ def build(stem: str, num: int, strategy: str, chunk: int, args,
   tx = optax.adamw(1e-3)
   if strategy == "plain":
     params, model_state = jax.jit(fns.init)(jax.random.PRNGKey(0))
-    state = experts.ExpertsState(params, tx.init(params), model_state)
+    state = stacked_experts.ExpertsState(params, tx.init(params), model_state)
     step = jax.jit(plain_step(fns, tx), donate_argnums=0)
   else:
-    state = experts.init_experts(fns.init, tx, jax.random.PRNGKey(0), num)
-    step = jax.jit(functools.partial(experts.train_step, fns.apply, tx,
+    state = stacked_experts.init_experts(fns.init, tx, jax.random.PRNGKey(0), num)
+    step = jax.jit(functools.partial(experts_step.experts_train_step, fns.apply, tx,
                                      train_apply_fn=fns.apply_train, strategy=strategy,
                                      chunk=chunk, canonical_convs=canonical),
                    donate_argnums=0)
@@ -139,9 +141,9 @@ def full_size_memory(batch: int, slices: int) -> list[dict[str, Any]]:
         ("one model", 1, "map", 0, 1), ("vmap", num, "vmap", 0, 1),
         (f"chunk {num // 2}", num, "vmap", num // 2, 1), ("map", num, "map", 0, 1),
         (f"map, {slices} slices", num, "map", 0, slices)]:
-      state = jax.eval_shape(lambda n=n: experts.init_experts(fns.init, tx,
-                                                              jax.random.PRNGKey(0), n))
-      step = jax.jit(functools.partial(experts.train_step, fns.apply, tx,
+      state = jax.eval_shape(lambda n=n: stacked_experts.init_experts(fns.init, tx,
+                                                                      jax.random.PRNGKey(0), n))
+      step = jax.jit(functools.partial(experts_step.experts_train_step, fns.apply, tx,
                                        train_apply_fn=fns.apply_train, strategy=strategy,
                                        chunk=chunk, microbatches=micro), donate_argnums=0)
       t0 = time.perf_counter()
@@ -159,27 +161,27 @@ def full_size_memory(batch: int, slices: int) -> list[dict[str, Any]]:
 def build_forward(stem: str, num: int, how: str, args) -> tuple[Any, tuple]:
   """(compiled forward, its arguments) of stage 1's forward-only programs, in eval mode:
   ``how="plain"``: one model's per-example losses ``[B]`` at the top level;
-  ``"map"``: :func:`reducr_jax.experts.expert_losses` of ``num`` stacked models with
+  ``"map"``: :func:`reducr_jax.stacked_experts.expert_losses` of ``num`` stacked models with
   ``map`` (the loss table's program on CPU) → ``[B, C]``; ``"slices"``: the same in a
   ``lax.map`` over 2 slices of the batch (stage 1's validation sums,
-  :func:`reducr_jax.stage1_steps.step_functions` with 2 microbatches)."""
+  :func:`reducr_jax.stage1_trainer.step_functions` with 2 microbatches)."""
   module = ResNet18(num_outputs=10, stem=stem, width=args.width,
                     stage_sizes=tuple(args.stages))
   x = np.random.default_rng(0).integers(0, 256, (args.batch, args.image, args.image, 3),
                                         dtype=np.uint8)
   y = (np.arange(args.batch) % 10).astype(np.int32)
   fns = models.model_fns(module, jnp.zeros((1,) + x.shape[1:], jnp.uint8), init_impl="rbg")
-  params, model_state = experts.init_stacked(fns.init, jax.random.PRNGKey(0),
+  params, model_state = stacked_experts.init_stacked(fns.init, jax.random.PRNGKey(0),
                                              1 if how == "plain" else num)
   variables = models.variables(params, model_state)
   if how == "plain":
     variables = jax.tree.map(lambda a: a[0], variables)
-    fn = lambda v, x, y: experts.cross_entropy(fns.apply(v, x), y)  # noqa: E731
+    fn = lambda v, x, y: class_weighted_losses.cross_entropy(fns.apply(v, x), y)  # noqa: E731
   elif how == "map":
-    fn = functools.partial(experts.expert_losses, fns.apply, strategy="map")
+    fn = functools.partial(stacked_experts.expert_losses, fns.apply, strategy="map")
   else:
     def fn(v, x, y):
-      table = jax.lax.map(lambda xy: experts.expert_losses(fns.apply, v, *xy, "map"),
+      table = jax.lax.map(lambda xy: stacked_experts.expert_losses(fns.apply, v, *xy, "map"),
                           (x.reshape((2, -1) + x.shape[1:]), y.reshape((2, -1))))
       return table.reshape((-1, table.shape[-1]))
   args_ = (variables, jnp.asarray(x), jnp.asarray(y))
@@ -227,7 +229,8 @@ def bench_model(stem: str, num: int, args, rng) -> list[dict[str, Any]]:
     print(f"{stem} C={num} {name}: compiled+1st {first[name]:.1f} s, peak "
           f"{(mem[name] or 0) / 2**20:.0f} MiB, RSS {rss[name]}", flush=True)
   times = harness.round_robin(calls, args.rounds, rng)
-  picks = train_experts.strategy_candidates(num, "auto", 0, args.batch)
+  base = "one plain step"
+  picks = stage1_memory.strategy_candidates(num, "auto", 0, args.batch)
   rows = []
   for name in [*variants, *forward]:
     n = (forward if name in forward else variants)[name][0]

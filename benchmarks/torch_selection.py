@@ -19,8 +19,8 @@ PyTorch Lightning + Hydra; ``robust_reducible_loss_selection.__call__`` and
   default, ``selection_train_mode=True``, selects in train mode; that only matters for
   BatchNorm, see below).
 
-The JAX side: the selection step is one ``jax.jit`` of ``reducr_jax.experts.cross_entropy``,
-a gather of the table's ``[B, C]`` rows, ``selection.excess_losses``,
+The JAX side: the selection step is one ``jax.jit`` of
+``reducr_jax.class_weighted_losses.cross_entropy``, a gather of the table's ``[B, C]`` rows, ``selection.excess_losses``,
 ``selection.weighted_scores`` with ``mwu.weights``, ``selection.top_k``,
 ``mwu.class_objective`` and ``mwu.update``; the train step is
 ``reducr_jax.train.make_train_step`` itself (``pmap`` over one device), fed as the trainer
@@ -59,8 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/torch_selection.py``
+from reducr_jax import class_weighted_losses
 from reducr_jax import configuration
-from reducr_jax import experts
 from reducr_jax import mwu
 from reducr_jax import selection
 from reducr_jax import selectors
@@ -397,7 +397,7 @@ def make_jax_selection(apply_fn: Callable, k: int, eta: float) -> Callable:
 
   @jax.jit
   def select(params, log_w, x, y, global_index, table, holdout_loss):
-    model_loss = experts.cross_entropy(apply_fn(params, x), y)
+    model_loss = class_weighted_losses.cross_entropy(apply_fn(params, x), y)
     excess = selection.excess_losses(model_loss, table[global_index])
     scores = selection.weighted_scores(excess, mwu.weights(log_w))
     sel = selection.top_k(scores, k)

@@ -21,7 +21,7 @@ Models (``--model``, comma-separated; ``--all``: both, and every variant):
 Variants (``harness.STEP_VARIANTS``): uniform, train_loss, rho_loss (table), reducr (table),
 reducr (online experts), and with ``--all`` reducr + group_dro and reducr + meta (both with
 the table). Online experts are timed with ``--online_strategy`` (``auto``: ``vmap`` for the
-MLP, :func:`reducr_jax.experts.default_strategy` for the ResNet, i.e. ``lax.map`` on CPU)
+MLP, :func:`reducr_jax.stacked_experts.default_strategy` for the ResNet, i.e. ``lax.map`` on CPU)
 but their FLOPs are always those of the ``vmap`` build: XLA's cost analysis counts a
 ``lax.map`` body once, not C times.
 
@@ -41,7 +41,7 @@ import numpy as np
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/train_step.py``
 from reducr_jax import configuration
-from reducr_jax import experts
+from reducr_jax import stacked_experts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "configs")
@@ -65,7 +65,7 @@ def model_setup(name: str, args: argparse.Namespace) -> dict[str, Any]:
     config.model.width = args.resnet_width
     config.model.stage_sizes = tuple(args.resnet_stages)
     config.batch_size = args.resnet_batch
-    strategy = (experts.default_strategy() if args.online_strategy == "auto"
+    strategy = (stacked_experts.default_strategy() if args.online_strategy == "auto"
                 else args.online_strategy)
     return {"config": config, "input_shape": (32, 32, 3), "input_dtype": np.uint8,
             "online_strategy": strategy, "rounds": args.resnet_rounds, "steps_per_round": 1}
@@ -171,7 +171,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--resnet_rounds", type=int, default=8,
                  help="ResNet: interleaved rounds of one step")
   p.add_argument("--online_strategy", default="auto",
-                 choices=("auto",) + experts.STRATEGIES,
+                 choices=("auto",) + stacked_experts.STRATEGIES,
                  help="expert_losses strategy the online variant is timed with")
   p.add_argument("--seed", type=int, default=0)
   harness.add_out_flag(p, "benchmarks/results/train_step_<backend>.json")

@@ -3,7 +3,8 @@ and data pruning as pure, composable JAX functions, plus a Flax trainer.
 
 Pure functions (usable without the trainer):
   :mod:`~reducr_jax.selection` (scores and selection rules), :mod:`~reducr_jax.mwu`
-  (class weights), :mod:`~reducr_jax.experts` (class-irreducible loss models),
+  (class weights), :mod:`~reducr_jax.class_weighted_losses` (eq. 8) and
+  :mod:`~reducr_jax.stacked_experts` (class-irreducible loss models),
   :mod:`~reducr_jax.metrics` (per-class and robustness metrics),
   :mod:`~reducr_jax.meta_reweight` (Ren et al. 2018), :mod:`~reducr_jax.group_dro`,
   :mod:`~reducr_jax.pruning` (DRoP and pruning scores).

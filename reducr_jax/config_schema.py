@@ -2,7 +2,7 @@
 
 A leaf module (no JAX, no package imports), read by :mod:`reducr_jax.config_validation`
 (the checks), :mod:`reducr_jax.workdir` (what may change on resume), :mod:`reducr_jax.
-train_experts` (what the experts cache depends on), :mod:`reducr_jax.prune_stage` and
+reference_cache` (what the experts cache depends on), :mod:`reducr_jax.prune_stage` and
 :mod:`reducr_jax.configuration` (fields added after runs were recorded).
 
 :data:`FIELDS` maps a dotted field name (``"selection.percent_selected"``) to its spec:

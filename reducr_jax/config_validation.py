@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 import jax
 
 from reducr_jax import checks
+from reducr_jax import class_weighted_losses
 from reducr_jax import config_schema as schema
 from reducr_jax import data
 from reducr_jax import evaluation as evaluation_rules
-from reducr_jax import experts
 from reducr_jax import models
 from reducr_jax import optimizers
 from reducr_jax import reweighters
@@ -37,7 +37,7 @@ CHOICES = {
     "base_selectors": lambda: tuple(m for m in selectors.names() if m != "uniform_after"),
     "reweighters": lambda: reweighters.names(),
     "augmentations": lambda: augment.AUGMENTATIONS,
-    "normalisations": lambda: experts.NORMALISATIONS,
+    "normalisations": lambda: class_weighted_losses.NORMALISATIONS,
     "samplings": lambda: selectors.weighted.SAMPLINGS,
     "schedules": lambda: optimizers.SCHEDULES,
     "model_selections": lambda: evaluation_rules.MODEL_SELECTION,

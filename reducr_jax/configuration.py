@@ -126,7 +126,7 @@ def check_workdir(workdir: str) -> str:
 
 def check_output_dirs(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The directories a run writes into (checkpoints, experts and pruning caches, as
-  :mod:`reducr_jax.train_experts` / :mod:`reducr_jax.prune_stage` name them) must not be
+  :mod:`reducr_jax.reference_cache` / :mod:`reducr_jax.prune_stage` name them) must not be
   plain files: one line naming the path and its field, before any work (otherwise the run
   fails when it first writes there, after stage 1 or the training loop)."""
   if "://" in workdir:

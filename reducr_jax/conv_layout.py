@@ -11,7 +11,8 @@ with transposes, but only in the **entry computation** of the module (it walks
 ``lax.scan``) or a ``lax.cond`` branch they stay as they are and fall back to XLA's naive
 loop emitter, one thread, many times slower. Measured on 2 cores (``benchmarks/stage1.py``,
 issue 23): one ResNet's training step inside the in-place ``map`` of
-:func:`reducr_jax.experts.train_step` took 8–70× the time of the same step at the top level.
+:func:`reducr_jax.experts_step.experts_train_step` took 8–70× the time of the same step
+at the top level.
 
 :func:`canonical_convs` is a function transformation that does the canonicalisation in
 JAX instead: it traces a function and re-emits every ``conv_general_dilated`` whose

@@ -1,6 +1,6 @@
 """How much memory a compiled program needs and how much a device has.
 
-Used to pick the stacked-expert strategy (:mod:`reducr_jax.train_experts`): the peak of a
+Used to pick the stacked-expert strategy (:mod:`reducr_jax.stage1_memory`): the peak of a
 compiled program comes from XLA's own ``memory_analysis()`` (arguments + outputs +
 temporaries − aliased (donated) buffers), the device's capacity from
 ``device.memory_stats()["bytes_limit"]`` where the backend reports it (GPU, TPU), else —

@@ -12,7 +12,7 @@ holdout data is needed: the official note says the result serves only as precomp
 losses (not updated online).
 
 Here the reference models of the selection rule (one RHO-LOSS model, or REDUCR's C class
-experts, γ-weighted as usual) are trained by :mod:`reducr_jax.train_experts` with the
+experts, γ-weighted as usual) are trained by :mod:`reducr_jax.stage1_trainer` with the
 train half in place of the holdout split (checkpoint on ``config.experts.select_on`` as
 usual; cached per half), then each half's rows are scored by the other half's models.
 Needs ``config.experts.losses='precomputed'`` (checked by
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from reducr_jax import train_experts
+from reducr_jax import references as references_lib
 from reducr_jax.data import random_access
 from reducr_jax.data import split_types
 
@@ -53,15 +53,15 @@ def subset(split: split_types.Split, rows: np.ndarray) -> split_types.Split:
 
 
 def references(config: Any, splits: split_types.Splits, workdir: str,
-               selector=None) -> train_experts.References:
-  """Stage 1 with double training: :class:`~reducr_jax.train_experts.References` with the
+               selector=None) -> references_lib.References:
+  """Stage 1 with double training: :class:`~reducr_jax.references.References` with the
   cross-fitted ``[N, C']`` table of the train split (no reference models: empty).
   ``selector``: the run's rule when already built (built from ``config`` otherwise)."""
-  if train_experts.reference_kind(config, selector) is None:
-    return train_experts.References()
+  if references_lib.reference_kind_for_config(config, selector) is None:
+    return references_lib.References()
   rows = halves(splits.train.y)
   parts = [subset(splits.train, r) for r in rows]
-  refs = [train_experts.get_reference_models(
+  refs = [references_lib.get_reference_models(
       config, dataclasses.replace(splits, holdout=part), workdir, tag=f"-half{h + 1}",
       selector=selector)
           for h, part in enumerate(parts)]
@@ -69,8 +69,9 @@ def references(config: Any, splits: split_types.Splits, workdir: str,
   for h, (r, part) in enumerate(zip(rows, parts)):
     if not len(r):
       continue
-    scores = train_experts.precompute_table(refs[1 - h], part, config.eval_batch_size, config)
+    scores = references_lib.precompute_loss_table(refs[1 - h], part, config.eval_batch_size,
+                                                  config)
     if table is None:
       table = np.zeros((len(splits.train),) + scores.shape[1:], np.float32)
     table[r] = scores
-  return train_experts.References("table", table=table)
+  return references_lib.References("table", table=table)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from reducr_jax import class_weighted_losses
 from reducr_jax import data
-from reducr_jax import experts
 from reducr_jax import metrics
 from reducr_jax import progress
 from reducr_jax import sharding
@@ -21,7 +21,8 @@ def make_eval_step(apply_fn, num_classes: int, devices):
   def eval_step(params, x, y, mask):
     logits = apply_fn(params, x)
     correct = metrics.correct_sums(logits, y, mask)
-    losses = metrics.class_sums(experts.cross_entropy(logits, y), y, num_classes, mask)
+    losses = metrics.class_sums(class_weighted_losses.cross_entropy(logits, y), y,
+                                num_classes, mask)
     return jax.lax.psum((correct, losses), AXIS)
   return jax.pmap(eval_step, axis_name=AXIS, devices=devices)
 

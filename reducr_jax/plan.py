@@ -63,14 +63,14 @@ def make_plan(config, topology_name: str) -> tuple[dict, dict]:
 
   Raises:
     ConfigError (one line): a bad field or topology, libtpu missing, or nothing fits
-      (:class:`reducr_jax.stage1_steps.NothingFits`).
+      (:class:`reducr_jax.stage1_memory.NothingFits`).
   """
   from reducr_jax import configuration  # pylint: disable=import-outside-toplevel
   from reducr_jax import plan_inputs  # pylint: disable=import-outside-toplevel
   from reducr_jax import plan_programs  # pylint: disable=import-outside-toplevel
   from reducr_jax import size_checks  # pylint: disable=import-outside-toplevel
   from reducr_jax import topology  # pylint: disable=import-outside-toplevel
-  from reducr_jax import train_experts  # pylint: disable=import-outside-toplevel
+  from reducr_jax import stage1_memory  # pylint: disable=import-outside-toplevel
   topology.check_name(topology_name)
   if config.model.get("pretrained"):   # weights are not needed, only their shapes
     config = configuration.with_overrides(config, {"model.pretrained": ""})
@@ -84,7 +84,7 @@ def make_plan(config, topology_name: str) -> tuple[dict, dict]:
   splits = plan_inputs.abstract_splits(config)
   size_checks.check_batch_sizes(config, splits, n)
   programs = plan_programs.build_all(config, splits, topo.devices, "tpu")
-  limit = train_experts.memory_budget_bytes(config, topo.devices[0])
+  limit = stage1_memory.memory_budget_bytes(config, topo.devices[0])
   rows, stages, total = [], {}, 0.0
   for p in programs:
     seconds = topo.chip.roofline_seconds(p.flops, p.bytes_accessed)

@@ -3,10 +3,10 @@
 For :mod:`reducr_jax.plan`: each builder makes, from the config and
 :func:`reducr_jax.plan_inputs.abstract_splits` (no data), the arguments of one of the
 trainer's programs as ``ShapeDtypeStruct``s, and compiles that program with the trainer's
-own builders — :mod:`reducr_jax.stage1_steps` (stage 1), :func:`reducr_jax.train.
+own builders — :mod:`reducr_jax.stage1_trainer` (stage 1), :func:`reducr_jax.train.
 make_train_step`, :func:`reducr_jax.evaluation.make_eval_step` — for ``devices`` (an
 abstract TPU topology's, or real ones), choosing strategy and batch with the trainer's own
-chooser (:func:`reducr_jax.train_experts.pick_strategy`, ``fitting_batch``).
+chooser (:func:`reducr_jax.stage1_memory.pick_strategy`, ``fitting_batch``).
 
 ``cost_analysis()`` counts the body of a loop (``lax.map``, ``fori_loop``) once: FLOPs and
 bytes of the stacked experts' programs are multiplied by the loop's trip count
@@ -29,16 +29,17 @@ from reducr_jax import data
 from reducr_jax import device_memory
 from reducr_jax import errors
 from reducr_jax import evaluation
-from reducr_jax import experts
 from reducr_jax import models
 from reducr_jax import optimizers
+from reducr_jax import references
 from reducr_jax import reweighters
 from reducr_jax import rng_streams
 from reducr_jax import selectors
 from reducr_jax import sharding
-from reducr_jax import stage1_steps
+from reducr_jax import stacked_experts
+from reducr_jax import stage1_memory
+from reducr_jax import stage1_trainer
 from reducr_jax import train
-from reducr_jax import train_experts
 from reducr_jax import train_state
 
 
@@ -109,27 +110,27 @@ def evaluations(num_steps: int, every: int) -> int:
 
 def _resolved_strategy(config, platform: str):
   """``config`` with ``experts.strategy='auto'`` resolved as the run on ``platform``
-  resolves it for the loss function (:func:`reducr_jax.train_experts._build`)."""
+  resolves it for the loss function (:func:`reducr_jax.references.reference_model_fns`)."""
   if config.experts.strategy != "auto":
     return config
   return configuration.with_overrides(
-      config, {"experts.strategy": experts.default_strategy(platform)})
+      config, {"experts.strategy": stacked_experts.default_strategy(platform)})
 
 
 def stage1(config, splits, devices, platform: str) -> list[Program]:
   """``stage1_expert_step``, ``expert_validation`` and ``loss_table`` (what the config runs)."""
-  kind = train_experts.reference_kind(config)
+  kind = references.reference_kind_for_config(config)
   if kind is None:
     return []
   ex = config.experts
   built = _resolved_strategy(config, platform)
-  fns, loss_fn, num, gamma = train_experts._build(built, splits, kind)  # pylint: disable=protected-access
+  fns, loss_fn, num, gamma = references.reference_model_fns(built, splits, kind)
   n = len(devices)
-  while ex.batch_size % n:          # as train_experts.stage_devices (one process)
+  while ex.batch_size % n:          # as stage1_trainer.stage_devices (one process)
     n -= 1
   devs = list(devices[:n])
   b_local = ex.batch_size // n
-  tx, train_step, val_sums = stage1_steps.step_functions(
+  tx, train_step, val_sums = stage1_trainer.step_functions(
       config, kind, fns, splits.num_classes, gamma, n,
       canonical_convs=devs[0].platform == "cpu")    # as the run on those devices
   rng = rng_streams.key(config.seed, "expert_init")
@@ -137,35 +138,35 @@ def stage1(config, splits, devices, platform: str) -> list[Program]:
   def init():
     if kind == "multihead":
       params, model_state = fns.init(rng)
-      return experts.ExpertsState(params, tx.init(params), model_state)
-    return experts.init_experts(fns.init, tx, rng, num)
+      return stacked_experts.ExpertsState(params, tx.init(params), model_state)
+    return stacked_experts.init_experts(fns.init, tx, rng, num)
   state = per_device(jax.eval_shape(init), n)
   xs = splits.holdout.x.shape[1:]
   x = jax.ShapeDtypeStruct((n, b_local) + xs, splits.holdout.x.dtype)
   y = jax.ShapeDtypeStruct((n, b_local), jnp.int32)
   step = jax.ShapeDtypeStruct((n,), jnp.int32)
   t0 = time.perf_counter()
-  compile_step = lambda s, c, m: stage1_steps.pmapped(train_step, devs, (0,))(  # noqa: E731
+  compile_step = lambda s, c, m: stage1_trainer.pmapped(train_step, devs, (0,))(  # noqa: E731
       s, c, microbatches=m).lower(state, x, y, step).compile()
-  (strategy, chunk, micro), compiled, _ = train_experts.pick_strategy(
-      compile_step, num, train_experts.stage1_candidates(config, kind, num, b_local, platform),
-      train_experts.memory_budget_bytes(config, devs[0]), strict=True, batch=b_local,
+  (strategy, chunk, micro), compiled, _ = stage1_memory.pick_strategy(
+      compile_step, num, stage1_memory.stage1_candidates(config, kind, num, b_local, platform),
+      stage1_memory.memory_budget_bytes(config, devs[0]), strict=True, batch=b_local,
       chips=n)
   name = strategy_name(strategy, chunk, micro, num)
   out = [_program("stage1_expert_step", name, ex.num_steps, compiled,
                   loop_trips(strategy, chunk, num, micro), time.perf_counter() - t0,
                   b_local, ex.batch_size, (state, x, y, step))]
 
-  select = train_experts.selection_split(config, splits)
-  eval_local, slices = stage1_steps.validation_batch(config, kind, n, b_local, micro,
-                                                     len(select))
+  select = stage1_trainer.selection_split(config, splits)
+  eval_local, slices = stage1_trainer.validation_batch(config, kind, n, b_local, micro,
+                                                       len(select))
   variables = jax.eval_shape(lambda s: models.variables(s.params, s.model_state or {}),
                              state)
   vx = jax.ShapeDtypeStruct((n, eval_local) + xs, select.x.dtype)
   vy = jax.ShapeDtypeStruct((n, eval_local), jnp.int32)
   mask = jax.ShapeDtypeStruct((n, eval_local), jnp.bool_)
   t0 = time.perf_counter()
-  compiled = stage1_steps.pmapped(val_sums, devs)(strategy, chunk, slices=slices).lower(
+  compiled = stage1_trainer.pmapped(val_sums, devs)(strategy, chunk, slices=slices).lower(
       variables, vx, vy, mask).compile()
   calls = evaluations(ex.num_steps, ex.eval_every) * -(-len(select) // (eval_local * n))
   out.append(_program("expert_validation", name, calls, compiled,
@@ -179,7 +180,7 @@ def stage1(config, splits, devices, platform: str) -> list[Program]:
 
 
 def _loss_table(config, built, splits, devices, loss_fn, num, variables) -> Program:
-  """The ``[N, C]`` table pass (:func:`reducr_jax.train_experts.precompute_table`)."""
+  """The ``[N, C]`` table pass (:func:`reducr_jax.references.precompute_loss_table`)."""
   n = len(devices)
   mesh = jax.sharding.Mesh(np.array(devices), (sharding.AXIS,))
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -192,9 +193,9 @@ def _loss_table(config, built, splits, devices, loss_fn, num, variables) -> Prog
   t0 = time.perf_counter()
   args = lambda b: (params, jax.ShapeDtypeStruct((b,) + xs, x_dtype),  # noqa: E731
                     jax.ShapeDtypeStruct((b,), jnp.int32))
-  b, compiled = train_experts.fitting_batch(
+  b, compiled = stage1_memory.fitting_batch(
       lambda b: fn.lower(*args(b)).compile(),
-      batch, n, train_experts.memory_budget_bytes(config, devices[0]), strict=True)
+      batch, n, stage1_memory.memory_budget_bytes(config, devices[0]), strict=True)
   strategy = built.experts.strategy
   return _program("loss_table", strategy_name(strategy, built.experts.chunk, 1, num),
                   -(-total // b), compiled, loop_trips(strategy, built.experts.chunk, num),
@@ -226,18 +227,19 @@ def stage2(config, splits, devices, platform: str) -> list[Program]:
   t0 = time.perf_counter()
   step_args = (per_device(state, n), batch,
                None if ref_params is None else per_device(ref_params, n))
-  compiled = stage1_steps.compile_or_refusal(
+  compiled = stage1_memory.compile_or_refusal(
       lambda: train.make_train_step(fns, refs.loss_fn, tx, cfg, list(devices)).lower(
           *step_args).compile())
-  if isinstance(compiled, stage1_steps.DoesNotFit):
-    raise stage1_steps.NothingFits(stage1_steps.nothing_fits_message(
+  if isinstance(compiled, stage1_memory.DoesNotFit):
+    raise stage1_memory.NothingFits(stage1_memory.nothing_fits_message(
         "train_step", compiled.needed, 0.0, compiled.available, config.batch_size // n, n,
         "config.batch_size"))
-  online = refs.reference == "online" and train_experts.reference_kind(config) != "multihead"
+  online = (refs.reference == "online"
+            and references.reference_kind_for_config(config) != "multihead")
   trips = 1
   if online:
     strategy = config.experts.strategy
-    strategy = experts.default_strategy(platform) if strategy == "auto" else strategy
+    strategy = stacked_experts.default_strategy(platform) if strategy == "auto" else strategy
     trips = loop_trips(strategy, config.experts.chunk, c)
   out = [_program("train_step", "online experts" if online else "-", config.num_steps,
                   compiled, trips, time.perf_counter() - t0, config.batch_size // n,
@@ -274,33 +276,33 @@ def _eval_calls(config, splits, cfg, global_batch: int) -> int:
 
 def _references(config, splits, platform):
   """``(References, reference params or None, table or None)`` from shapes only."""
-  kind = train_experts.reference_kind(config)
+  kind = references.reference_kind_for_config(config)
   if kind is None:
-    return train_experts.References(), None, None
+    return references.References(), None, None
   built = _resolved_strategy(config, platform)
-  fns, loss_fn, num, _ = train_experts._build(built, splits, kind)  # pylint: disable=protected-access
+  fns, loss_fn, num, _ = references.reference_model_fns(built, splits, kind)
   if kind != "multihead" and config.experts.losses != "online":
     cols = num
     table = np.broadcast_to(np.zeros((1, cols), np.float32), (len(splits.train), cols))
-    return train_experts.References("table"), None, table
+    return references.References("table"), None, table
   rng = rng_streams.key(config.seed, "expert_init")
   if kind == "multihead":
     params = jax.eval_shape(lambda: models.variables(*fns.init(rng)))
   else:
     params = jax.eval_shape(lambda: (lambda s: models.variables(s.params, s.model_state or {}))(
-        experts.init_experts(fns.init, optimizers.from_config(config), rng, num)))
-  refs = train_experts.ReferenceModels(kind, params, loss_fn)
+        stacked_experts.init_experts(fns.init, optimizers.from_config(config), rng, num)))
+  refs = references.ReferenceModels(kind, params, loss_fn)
   if config.experts.update_on_selected:
     held: dict[str, Callable] = {}
 
     def state_of(p):
-      st, held["update"] = train_experts.online_update(config, refs._replace(params=p),
-                                                       splits)
+      st, held["update"] = references.online_update(config, refs._replace(params=p),
+                                                    splits)
       return st
     st = jax.eval_shape(state_of, params)
-    return train_experts.References("online", loss_fn=loss_fn, state=st,
-                                    update=held["update"]), None, None
-  return train_experts.References("online", params=params, loss_fn=loss_fn), params, None
+    return references.References("online", loss_fn=loss_fn, state=st,
+                                 update=held["update"]), None, None
+  return references.References("online", params=params, loss_fn=loss_fn), params, None
 
 
 def build_all(config, splits, devices, platform: str) -> list[Program]:

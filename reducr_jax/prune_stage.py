@@ -38,19 +38,18 @@ import numpy as np
 import optax
 
 from reducr_jax import caches
-<<<<<<< HEAD
 from reducr_jax import checkpointing
-=======
+from reducr_jax import class_weighted_losses
 from reducr_jax import config_schema
->>>>>>> configlayer
 from reducr_jax import data
-from reducr_jax import experts
+from reducr_jax import experts_step
 from reducr_jax import metrics
 from reducr_jax import models
 from reducr_jax import progress
 from reducr_jax import pruning
 from reducr_jax import pruning_scores
 from reducr_jax import rng_streams
+from reducr_jax import stacked_experts
 from reducr_jax.data import random_access
 
 
@@ -92,10 +91,10 @@ def compute_scores(config: Any, splits: data.Splits) -> Scores:
                          init_impl=models.init_rng_impl(config.model))
   tx = optax.adamw(config.optimizer.learning_rate, weight_decay=config.optimizer.weight_decay)
   init_key = rng_streams.key(config.seed, "pruning_init")
-  state = experts.init_experts(fns.init, tx, init_key, p.num_inits)
+  state = stacked_experts.init_experts(fns.init, tx, init_key, p.num_inits)
   # γ = 0: every stacked model minimises the plain cross-entropy (training mode: batch
   # norm statistics and dropout as the model has them).
-  step = jax.jit(lambda s, x, y, i: experts.train_step(
+  step = jax.jit(lambda s, x, y, i: experts_step.experts_train_step(
       fns.apply, tx, s, x, y, 0.0, train_apply_fn=fns.apply_train,
       rng=jax.random.fold_in(init_key, i)))
   variables_of = lambda st: models.variables(st.params, st.model_state or {})  # noqa: E731
@@ -134,7 +133,7 @@ def compute_scores(config: Any, splits: data.Splits) -> Scores:
     # GraNd: the gradient norm w.r.t. the parameters only (batch statistics are constants).
     params, model_state = params_and_state
     variables = models.variables(params, jax.lax.stop_gradient(model_state))
-    return experts.cross_entropy(fns.apply(variables, x[None]), y[None])[0]
+    return class_weighted_losses.cross_entropy(fns.apply(variables, x[None]), y[None])[0]
   grand = pruning_scores.grand_scores_stacked(one_loss, early_params,
                                        (jnp.asarray(train.x), jnp.asarray(train.y)),
                                        chunk_size=256)

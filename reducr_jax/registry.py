@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-<<<<<<< HEAD
 import functools
-from typing import Callable, Generic, Mapping, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
-import ml_collections
-=======
-from typing import Any, Callable, Generic, TypeVar
->>>>>>> configlayer
 
 T = TypeVar("T")
 Factory = Callable[[Any], T]

@@ -32,7 +32,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from reducr_jax import experts
+from reducr_jax import class_weighted_losses
 from reducr_jax import group_dro
 from reducr_jax import meta_reweight
 from reducr_jax import metrics
@@ -139,7 +139,7 @@ def class_weights(reweighter: Reweighter, state, num_classes: int) -> jax.Array:
 
 def cross_entropy_loss_fn(apply_fn: Callable) -> Callable:
   """``(params, x, y) -> [n]`` cross-entropy from ``apply_fn(params, x) -> logits``."""
-  return lambda params, x, y: experts.cross_entropy(apply_fn(params, x), y)
+  return lambda params, x, y: class_weighted_losses.cross_entropy(apply_fn(params, x), y)
 
 
 _RULES = registry.Registry("reweighter", "config.reweight", NEEDS)

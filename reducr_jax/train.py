@@ -1,7 +1,8 @@
 """The REDUCR trainer: ``train_and_evaluate(config, workdir)`` composes the pure pieces.
 
 Stages:
-  1. reference models on the holdout split (:mod:`reducr_jax.train_experts`, cached);
+  1. reference models on the holdout split (:mod:`reducr_jax.stage1_trainer`; cached and
+     handed over by :mod:`reducr_jax.references`);
   2. target-model training with online batch selection, one ``pmap``-ed step per large
      batch (:func:`make_train_step`);
   3. evaluation of the kept model (``config.model_selection``, e.g. the best worst-class
@@ -36,26 +37,28 @@ import numpy as np
 import optax
 
 from reducr_jax import checkpointing
+from reducr_jax import class_weighted_losses
 from reducr_jax import configuration
 from reducr_jax import data
 from reducr_jax import divergence
 from reducr_jax import double_reference
 from reducr_jax import evaluation
-from reducr_jax import experts
 from reducr_jax import metric_writers
 from reducr_jax import metrics
 from reducr_jax import models
 from reducr_jax import mwu
 from reducr_jax import optimizers
+from reducr_jax import periodic
 from reducr_jax import preemption
 from reducr_jax import progress
 from reducr_jax import prune_stage
+from reducr_jax import references
 from reducr_jax import reweighters
 from reducr_jax import rng_streams
+from reducr_jax import run_results
 from reducr_jax import selectors
 from reducr_jax import sharding
 from reducr_jax import size_checks
-from reducr_jax import train_experts
 from reducr_jax import train_state
 from reducr_jax import workdir as workdir_lib
 from reducr_jax.data import augment as augment_lib
@@ -72,23 +75,30 @@ init_state = train_state.init_state
 make_optimizer = optimizers.make_optimizer
 
 
-def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfig):
+def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfig,
+                        axis_name: Optional[str] = AXIS):
   """``(h [C], new EMA state)``: the last full pass ('epoch') or the EMA updated with this
   step's holdout batch ('ema', App. A.9.4)."""
   if cfg.holdout_loss != "ema":
     return state.holdout_loss, state.ema
-  h_loss = experts.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
-                                 batch["holdout_y"])
+  h_loss = class_weighted_losses.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
+                                               batch["holdout_y"])
   units = groups_lib.group_labels(batch["holdout_y"], cfg.group_of)
-  stats = jax.lax.psum(metrics.class_sums(h_loss, units, cfg.num_classes), AXIS)
+  stats = _psum(metrics.class_sums(h_loss, units, cfg.num_classes), axis_name)
   ema = mwu.ema_update(state.ema, stats, cfg.ema_decay)
   return mwu.ema_value(ema, cfg.ema_decay), ema
 
 
+def _psum(x, axis_name: Optional[str]):
+  """``psum`` over ``axis_name``; ``x`` itself without a mapped axis."""
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
 def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
                ref_loss_fn: Optional[Callable], tx: optax.GradientTransformation,
-               cfg: StepConfig) -> tuple[TrainState, dict]:
-  """One online-batch-selection step on one device's shard (run under ``pmap``).
+               cfg: StepConfig, axis_name: Optional[str] = AXIS) -> tuple[TrainState, dict]:
+  """One online-batch-selection step on one device's shard (under ``pmap``), or on the
+  whole batch without a mapped axis (``axis_name=None``).
 
   augment → the losses the selector needs (all-gathered) → ``select`` → ``update`` →
   reweight → gradient step on the selected points. The step knows no rule: what it
@@ -109,6 +119,10 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
       ``state.model_state``.
     ref_loss_fn: ``(ref_params, x, y) -> [b, C']``.
     tx: optimizer; cfg: static :class:`StepConfig`.
+    axis_name: the mapped device axis (``pmap``: :func:`make_train_step`), or ``None``
+      for one device without ``pmap`` (e.g. ``jax.jit``; needs ``cfg.num_devices == 1``
+      and a model built with ``axis_name=None``): gathers, sums and the selected-row
+      exchange are then the identity, and the numbers equal the 1-device ``pmap`` step's.
 
   The large batch is augmented on device first (``cfg.augment``, keyed by the step and
   each example's global position, so independent of the device count).
@@ -117,13 +131,16 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     ``(new_state, step_metrics)``; metrics are identical on every device.
   """
   n, k, c = cfg.num_devices, cfg.k, cfg.num_classes
+  if axis_name is None and n != 1:
+    raise ValueError(f"axis_name=None runs on one device: cfg.num_devices must be 1, got {n}")
   kd = k // n
   needs = cfg.needs
   fns = models.as_model_fns(model)
   apply_fn = lambda p, xb: fns.apply(models.variables(p, state.model_state), xb)  # noqa: E731
-  gather = lambda a: jax.lax.all_gather(a, AXIS, tiled=True)  # noqa: E731
+  gather = lambda a: (a if axis_name is None else  # noqa: E731
+                      jax.lax.all_gather(a, axis_name, tiled=True))
   key = jax.random.fold_in(state.rng, state.step)
-  device = jax.lax.axis_index(AXIS)
+  device = 0 if axis_name is None else jax.lax.axis_index(axis_name)
   x, y = batch["x"], batch["y"]
   if cfg.augment != "none":
     b = y.shape[0]
@@ -138,7 +155,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   inputs = selectors.SelectionInputs(labels=y_all, group_labels=units_all, step=state.step)
   if needs & {selectors.MODEL_LOSS, selectors.MODEL_LOGITS}:
     logits = apply_fn(state.params, x)
-    model_loss_all = gather(experts.cross_entropy(logits, y))
+    model_loss_all = gather(class_weighted_losses.cross_entropy(logits, y))
     out["large_batch_loss"] = jnp.mean(model_loss_all)
     inputs = inputs._replace(model_loss=model_loss_all)
     if selectors.MODEL_LOGITS in needs:
@@ -148,7 +165,8 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
                                cfg.mc_passes)
     variables_now = models.variables(state.params, state.model_state)
     mc = jax.lax.map(lambda kk: fns.apply_mc(variables_now, x, kk), mc_keys)  # [K, b, C]
-    inputs = inputs._replace(mc_logits=jax.lax.all_gather(mc, AXIS, axis=1, tiled=True))
+    inputs = inputs._replace(mc_logits=mc if axis_name is None else jax.lax.all_gather(
+        mc, axis_name, axis=1, tiled=True))
 
   if cfg.reference == "table":
     inputs = inputs._replace(reference_losses=gather(batch["ref_losses"]))
@@ -160,7 +178,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
 
   new_ema = state.ema
   if selectors.CLASS_HOLDOUT_LOSS in needs:
-    h, new_ema = _class_holdout_loss(state, batch, apply_fn, cfg)
+    h, new_ema = _class_holdout_loss(state, batch, apply_fn, cfg, axis_name)
     inputs = inputs._replace(class_holdout_loss=h)
     out["class_holdout_loss"] = h
 
@@ -172,7 +190,8 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     out["selected_corrupted_share"] = jnp.mean(gather(batch["corrupted"])[sel].astype(
         jnp.float32))
   mine = jax.lax.dynamic_slice_in_dim(sel, device * kd, kd)
-  xs, ys = sharding.selected_rows(x, sel, kd), y_all[mine]
+  xs = x[sel] if axis_name is None else sharding.selected_rows(x, sel, kd)
+  ys = y_all[mine]
   validation = None
   if reweighters.VALIDATION_BATCH in needs:
     validation = (gather(batch["meta_x"]), gather(batch["meta_y"]))
@@ -181,20 +200,20 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
           params=state.params, loss_fn=reweighters.cross_entropy_loss_fn(apply_fn), x=xs,
           labels=ys, num_selected=k, train_class_counts=jnp.asarray(
               cfg.train_class_counts or (1,) * c, jnp.float32),
-          validation=validation, axis_name=AXIS))
+          validation=validation, axis_name=axis_name))
   dropout_key = jax.random.fold_in(jax.random.fold_in(key, 2), device)
 
   def loss_fn(params):
     logits, new_model_state = fns.apply_train(params, state.model_state, xs, dropout_key)
-    return jnp.sum(w * experts.cross_entropy(logits, ys)), new_model_state
+    return jnp.sum(w * class_weighted_losses.cross_entropy(logits, ys)), new_model_state
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  loss, grads = jax.lax.psum((loss, grads), AXIS)      # Σ over all k selected points
+  loss, grads = _psum((loss, grads), axis_name)      # Σ over all k selected points
   selected_counts = jnp.sum(jax.nn.one_hot(units_all[sel], c, dtype=jnp.int32), axis=0)
   new_reference = state.reference
   if cfg.reference_update is not None:
     new_reference = cfg.reference_update(state.reference, xs, ys,
-                                         jax.random.fold_in(key, 3), AXIS)
+                                         jax.random.fold_in(key, 3), axis_name)
   ok = jnp.isfinite(loss) & divergence.all_finite((grads, new_selector_state, new_reference))
   if cfg.reference_update is not None:     # updated reference models: the same rule as θ
     ok = ok & divergence.bounded(new_reference.params)
@@ -279,12 +298,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt, rules):
-  """:func:`train_and_evaluate` once the workdir is locked and signals are handled."""
-  num_processes, process_index = jax.process_count(), jax.process_index()
-  n_local = len(devices)
-  n = n_local * num_processes
+  """:func:`train_and_evaluate` once the workdir is locked and signals are handled (``ckpt``:
+  the run's checkpointer, ``rules``: its selector and reweighter, built once): the
+  data (:func:`_prepare_data`), stage 1 (:func:`_reference_stage`), stage 2
+  (:func:`_selection_stage`) and stage 3 (the kept model's evaluation, written by
+  :func:`reducr_jax.run_results.write_results`)."""
+  n = len(devices) * jax.process_count()
   workdir_lib.check_config(workdir, config)
   as_given = json.loads(config.to_json_best_effort())    # stored in every checkpoint
+  config, splits, pruning_info, given_eta, eta = _prepare_data(config, workdir, splits, n,
+                                                                rules)
+  c = splits.num_classes
+  x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
+  fns = models.model_fns(models.create_model(config.model, c), x0, axis_name=AXIS,
+                         init_impl=models.init_rng_impl(config.model))
+  refs, expert_seconds = _reference_stage(config, splits, workdir, devices, rules)
+  cfg = StepConfig.from_config(config, c, n, refs.reference,
+                               np.bincount(splits.train.y, minlength=c), refs.update, rules)
+  p_eval = evaluation.make_eval_step(fns.apply, c, pmap_devices)
+  eval_bs = max(1, config.eval_batch_size // n)
+  group_of = np.asarray(cfg.group_of, np.int32) if cfg.group_of else None
+  p_state, best, start, t_start = _selection_stage(
+      config, workdir, splits, refs, fns, cfg, devices, pmap_devices, preempt, ckpt,
+      as_given, p_eval, eval_bs, group_of)
+  t_eval = time.time()             # stage 3: evaluate the kept model
+  final_state = sharding.first_replica(p_state)
+  p_best = sharding.replicate(best["params"], devices)
+  val, test = evaluation.val_and_test(p_eval, p_best, splits, eval_bs, n, group_of)
+  progress.took("stage 3: final evaluation", time.time() - t_eval)
+  return run_results.write_results(
+      config, workdir, splits, cfg, final_state, best, val, test, group_of,
+      run_results.RunInfo(eta, given_eta, pruning_info, expert_seconds, t_start,
+                          config.num_steps - start, n))
+
+
+def _prepare_data(config, workdir, splits, n, rules):
+  """The splits (made, size-checked, pruned) and the resolved MWU η →
+  ``(config, splits, pruning_info, given_eta, eta)``."""
   if splits is None:
     try:
       splits = data.make_splits(config.dataset, config.seed)
@@ -295,27 +345,39 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt,
   unpruned = splits
   splits, pruning_info = prune_stage.prune_train_split(config, splits, workdir)
   size_checks.check_pruned(config, unpruned, splits)
-  c = splits.num_classes
   given_eta = config.selection.eta
-  config, eta = configuration.resolve_eta(config, c, progress.say)   # announced before compiling
-  x0 = np.zeros((1,) + splits.train.x.shape[1:], splits.train.x.dtype)
-  fns = models.model_fns(models.create_model(config.model, c), x0, axis_name=AXIS,
-                         init_impl=models.init_rng_impl(config.model))
+  config, eta = configuration.resolve_eta(config, splits.num_classes,
+                                          progress.say)   # announced before compiling
+  return config, splits, pruning_info, given_eta, eta
 
-  # Stage 1: reference models.
+
+def _reference_stage(config, splits, workdir, devices, rules):
+  """Stage 1: the reference models as the train step consumes them →
+  ``(references.References, seconds)``."""
   t0 = time.time()
   if config.experts.get("double_irreducible", False):   # cross-fitted on train halves
     refs = double_reference.references(config, splits, workdir, rules.selector)
   else:
-    refs = train_experts.get_reference_models(config, splits, workdir, selector=rules.selector)
-    refs = train_experts.prepare_references(config, splits, refs, devices)
+    refs = references.get_reference_models(config, splits, workdir, selector=rules.selector)
+    refs = references.prepare_references(config, splits, refs, devices)
   expert_seconds = time.time() - t0
   if refs.reference is not None:
     progress.took("stage 1 (reference models and their losses)", expert_seconds)
+  return refs, expert_seconds
 
-  # Stage 2: online batch selection.
-  cfg = StepConfig.from_config(config, c, n, refs.reference,
-                               np.bincount(splits.train.y, minlength=c), refs.update, rules)
+
+def _selection_stage(config, workdir, splits, refs, fns, cfg, devices, pmap_devices,
+                     preempt, ckpt, as_given, p_eval, eval_bs, group_of):
+  """Stage 2: online batch selection from the newest intact checkpoint (or step 0) to
+  ``config.num_steps``, logging, evaluating and checkpointing on :func:`periodic.every`.
+
+  Returns ``(p_state, best, start, t_start)``: the replicated final state, the kept model,
+  the step the run started (resumed) from and when its loop started (``time.time()``).
+  Raises the preemption's stop after checkpointing when a signal asked to stop.
+  """
+  num_processes, process_index = jax.process_count(), jax.process_index()
+  n_local = len(devices)
+  n = n_local * num_processes
   tx = optimizers.from_config(config)
   state = init_state(rng_streams.key(config.seed, "target_init"),
                      lambda r: models.load_pretrained(config.model, *jax.jit(fns.init)(r)),
@@ -332,12 +394,9 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt,
                                        enabled=jax.process_index() == 0)
   p_state = sharding.replicate(state, devices)
   p_step = make_train_step(fns, refs.loss_fn, tx, cfg, pmap_devices)
-  p_eval = evaluation.make_eval_step(fns.apply, c, pmap_devices)
   p_variables = lambda st: models.variables(st.params, st.model_state)  # noqa: E731
-  group_of = np.asarray(cfg.group_of, np.int32) if cfg.group_of else None
   holdout_every = (config.selection.holdout_every if config.selection.holdout_every != -1
                    else max(1, len(splits.train) // config.batch_size))   # -1: every epoch
-  eval_bs = max(1, config.eval_batch_size // n)
   refresh_holdout = selectors.CLASS_HOLDOUT_LOSS in cfg.needs and cfg.holdout_loss == "epoch"
 
   t_start, t_last, last_step = time.time(), time.time(), start
@@ -349,9 +408,10 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt,
       start, config.num_steps,
       put=functools.partial(jax.device_put, device=sharding.device_sharding(devices)))
   skips, stop = divergence.SkipMonitor(config.max_consecutive_skipped), False
+  last = config.num_steps
   preempt.defer()                   # signals now stop the loop at a step boundary
   for step, batch in zip(range(start, config.num_steps), batches):
-    if refresh_holdout and step % holdout_every == 0:
+    if refresh_holdout and periodic.every(step, holdout_every):
       _, loss_sums = evaluation.evaluate(p_eval, p_variables(p_state),
                                          data.class_holdout_split(config, splits), eval_bs, n)
       h = mwu.class_holdout_loss(metrics.group_sums(metrics.ClassSums(*loss_sums), group_of))
@@ -361,12 +421,12 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt,
     done = step + 1
     skips.push(done, step_metrics["skipped"])
 
-    if done % config.log_every == 0 or done == config.num_steps:
+    if periodic.every(done, config.log_every, last):
       m = jax.tree.map(lambda a: np.asarray(a[0]), step_metrics)
       m.pop("selected_indices")
       m["num_skipped"] = int(np.asarray(p_state.num_skipped[0]))
       writer.write(done, {f"train/{k}": v for k, v in m.items()})
-    if done % config.eval_every == 0 or done == config.num_steps:
+    if periodic.every(done, config.eval_every, last):
       params = p_variables(p_state)
       val, test = evaluation.val_and_test(p_eval, params, splits, eval_bs, n, group_of)
       best = evaluation.keep_best(best, val, params, done, selectors.model_selection(config))
@@ -378,7 +438,7 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt,
                 f"  skipped {int(sharding.first_replica(p_state.num_skipped))}  worst-class val acc "
                 f"{val['worst_class_accuracy']:.3f}  val acc {val['accuracy']:.3f}")
     stop = preempt.requested(done) and done < config.num_steps
-    if done % config.checkpoint_every == 0 or done == config.num_steps or stop:
+    if periodic.every(done, config.checkpoint_every, last) or stop:
       with preempt.critical():        # a second signal waits for the manifest
         ckpt.save(done, sharding.host_copy({"state": sharding.first_replica(p_state),
                                             "best": best}), as_given)
@@ -391,41 +451,5 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt,
   skips.flush()
   preempt.defer(False)
   progress.took(f"stage 2: {config.num_steps - start} training steps", time.time() - t_start)
+  return p_state, best, start, t_start
 
-  # Stage 3: evaluate the kept model.
-  t_eval = time.time()
-  final_state = sharding.first_replica(p_state)
-  p_best = sharding.replicate(best["params"], devices)
-  val, test = evaluation.val_and_test(p_eval, p_best, splits, eval_bs, n, group_of)
-  progress.took("stage 3: final evaluation", time.time() - t_eval)
-  recorded = json.loads(config.to_json_best_effort())
-  status = divergence.run_status(int(final_state.num_skipped), config.num_steps,
-                                 config.max_skipped_share)
-  results = {
-      "method": config.selection.method,
-      "reweight": config.reweight,
-      "pruning": pruning_info,
-      "best_step": int(best["step"]),
-      "model_selection": selectors.model_selection(config),
-      "num_steps": int(config.num_steps),
-      "eta": eta,                           # MWU η: a number, or "auto"'s anytime schedule
-      "val": val,
-      "test": test,
-      "class_weights": np.asarray(selectors.class_weights(
-          cfg.selector, final_state.selector_state, cfg.num_classes)).tolist(),
-      "class_names": splits.class_names,
-      **({"group_names": groups_lib.group_names(config.dataset.groups, splits.class_names)}
-         if group_of is not None else {}),
-      "num_skipped": int(final_state.num_skipped),
-      **status,                        # "status": "ok" | "diverged", "skipped_share"
-      "config": recorded,
-  }
-  recorded["selection"]["eta"] = given_eta                # as given ("auto" stays "auto")
-  metric_writers.write_json(os.path.join(workdir, "results.json"), results)
-  metric_writers.write_json(os.path.join(workdir, "timing.json"),
-              {"expert_seconds": expert_seconds, "train_seconds": time.time() - t_start,
-               "steps_run": config.num_steps - start, "devices": n,
-               "backend": jax.default_backend()})
-  divergence.check_share(status, int(final_state.num_skipped), config.num_steps,
-                         config.max_skipped_share)
-  return results

@@ -72,7 +72,7 @@ class StepConfig:
     train_class_counts: class sizes of the train split (class-balanced weights).
     augment: on-device augmentation of the large batch.
     reference_update: ``None``, or the online update of the reference models on the
-      selected points (:func:`reducr_jax.train_experts.online_update`).
+      selected points (:func:`reducr_jax.references.online_update`).
     group_of: ``()``, or the group of every class (``config.dataset.groups``); then
       ``num_classes`` is the number of groups G and selection, class weights, the
       class-holdout loss and the selected counts are over groups ("selection labels"

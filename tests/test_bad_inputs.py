@@ -23,12 +23,13 @@ import pytest
 
 from reducr_jax import caches
 from reducr_jax import checkpointing
+from reducr_jax import class_weighted_losses
 from reducr_jax import configuration
-from reducr_jax import experts
 from reducr_jax import metrics
 from reducr_jax import mwu
 from reducr_jax import selection
 from reducr_jax import size_checks
+from reducr_jax import stacked_experts
 from reducr_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -706,7 +707,7 @@ def test_labels_at_or_above_num_classes(label):
   when the labels are concrete and count it in no class when traced (inside jit)."""
   logits = jnp.zeros((2, 3))
   y = jnp.asarray([0, label])
-  loss = np.asarray(experts.cross_entropy(logits, y))
+  loss = np.asarray(class_weighted_losses.cross_entropy(logits, y))
   assert np.isfinite(loss[0]) and np.isnan(loss[1])
   with pytest.raises(ValueError, match=rf"labels must be in \[0, 3\), got {label} at index 1"):
     metrics.class_sums(jnp.ones(2), y, 3)
@@ -725,7 +726,7 @@ def _mlp_apply(p, x):
 
 
 def _meta_loss(p, batch):
-  return experts.cross_entropy(batch["x"] @ p, batch["y"])
+  return class_weighted_losses.cross_entropy(batch["x"] @ p, batch["y"])
 
 
 def _int(n):
@@ -752,11 +753,11 @@ def _int(n):
      "rng must be a PRNG key (jax.random.key(seed)), got int 7"),
     (lambda: selection.gumbel_top_k(jnp.zeros(3), jnp.zeros(5), 2),
      "rng must be a PRNG key (jax.random.key(seed)), got an array of dtype float32"),
-    (lambda: experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 4)), _int(6)),
+    (lambda: stacked_experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 4)), _int(6)),
      "y must have shape [n=5], got (6,)"),
-    (lambda: experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 4)), jnp.zeros(5)),
+    (lambda: stacked_experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 4)), jnp.zeros(5)),
      "y must be integer class labels, got dtype float32"),
-    (lambda: experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 7)), _int(5)),
+    (lambda: stacked_experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 7)), _int(5)),
      "apply_fn(stacked_params[c], x) fails for x of shape (5, 7)"),
     (lambda: __import__("reducr_jax.meta_reweight").meta_reweight.example_weights(
         _meta_loss, jnp.zeros((4, 2)), {"x": jnp.ones((3, 4)), "y": _int(3)},

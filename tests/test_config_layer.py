@@ -17,7 +17,7 @@ from reducr_jax import prune_stage
 from reducr_jax import reweighters
 from reducr_jax import selectors
 from reducr_jax import train
-from reducr_jax import train_experts
+from reducr_jax import reference_cache
 from reducr_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,19 +58,19 @@ def test_every_classified_field_exists_in_a_built_in_config():
 def test_the_modules_read_their_field_classes_from_the_schema():
   assert workdir_lib.RESUMABLE_FIELDS is config_schema.RESUMABLE_FIELDS
   assert configuration.ADDED_FIELDS is config_schema.ADDED_FIELDS
-  assert train_experts.EXECUTION_FIELDS == ("cache_dir", "strategy", "chunk", "max_memory_gb")
-  assert train_experts.STAGE2_FIELDS == ("update_on_selected", "update_lr_factor")
+  assert reference_cache.EXECUTION_FIELDS == ("cache_dir", "strategy", "chunk", "max_memory_gb")
+  assert reference_cache.STAGE2_FIELDS == ("update_on_selected", "update_lr_factor")
 
 
 def test_cache_fingerprints_are_unchanged():
   """The experts and pruning caches of earlier runs are still found (values of main)."""
   config = reducr_jax.default_config()
-  assert train_experts._fingerprint(config, "experts") == "3dfc9aa451cdec37"
-  assert train_experts._fingerprint(config, "irreducible-half1") == "657f261e7274bf02"
+  assert reference_cache.fingerprint(config, "experts") == "3dfc9aa451cdec37"
+  assert reference_cache.fingerprint(config, "irreducible-half1") == "657f261e7274bf02"
   config.pruning.strategy = "el2n"
   assert prune_stage._scoring_fingerprint(config) == "fda22aec478813cc"
   cifar = reducr_jax.load_config("cifar10")
-  assert train_experts._fingerprint(cifar, "experts") == "5f85bb6ca627517c"
+  assert reference_cache.fingerprint(cifar, "experts") == "5f85bb6ca627517c"
   assert prune_stage._scoring_fingerprint(cifar) == "a8b5e8f289230cd6"
 
 

@@ -235,12 +235,12 @@ def test_group_metrics_by_hand():
 
 def test_grouped_experts_weight_the_group():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from reducr_jax import experts  # pylint: disable=g-import-not-at-top
+  from reducr_jax import class_weighted_losses  # pylint: disable=g-import-not-at-top
   # Head g of 2, labels [0, 1, 2, 3] in groups (0, 0, 1, 1), γ = 9, per-head losses all 1:
   # head 0 weights [10, 10, 1, 1], head 1 [1, 1, 10, 10] → mean over 8 entries = 44/8.
   logits = jnp.zeros((4, 2, 4))
-  loss = experts.multihead_loss(logits, jnp.array([0, 1, 2, 3]), 9.0,
-                                np.array([0, 0, 1, 1]))
+  loss = class_weighted_losses.multihead_loss(logits, jnp.array([0, 1, 2, 3]), 9.0,
+                                              np.array([0, 0, 1, 1]))
   assert float(loss) == pytest.approx(44 / 8 * np.log(4), rel=1e-6)
 
 
@@ -269,9 +269,9 @@ def test_grouped_run_on_digits(tmp_path):
         (per_class[rows] * class_counts[rows]).sum() / class_counts[rows].sum())
   assert results["test"]["worst_group_accuracy"] == pytest.approx(min(per_group))
   assert len(os.listdir(tmp_path / "experts")) == 1
-  from reducr_jax import train_experts  # pylint: disable=g-import-not-at-top
+  from reducr_jax import references  # pylint: disable=g-import-not-at-top
   splits = data.make_splits(config.dataset, config.seed)
-  assert train_experts._build(config, splits, "experts")[2] == 2   # one expert per group
+  assert references.reference_model_fns(config, splits, "experts")[2] == 2   # one expert per group
 
 
 def test_four_class_toy_groups_give_two_experts_and_two_weights():
@@ -279,7 +279,7 @@ def test_four_class_toy_groups_give_two_experts_and_two_weights():
   import jax  # pylint: disable=g-import-not-at-top
   from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
   from reducr_jax import selectors  # pylint: disable=g-import-not-at-top
-  from reducr_jax import train_experts  # pylint: disable=g-import-not-at-top
+  from reducr_jax import references  # pylint: disable=g-import-not-at-top
   from reducr_jax import train_state  # pylint: disable=g-import-not-at-top
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = configuration.with_overrides(
@@ -289,7 +289,7 @@ def test_four_class_toy_groups_give_two_experts_and_two_weights():
   configuration.validate_config(config, 1)
   splits = data.make_splits(config.dataset, config.seed)
   assert splits.num_classes == 4
-  assert train_experts._build(config, splits, "experts")[2] == 2   # experts = groups
+  assert references.reference_model_fns(config, splits, "experts")[2] == 2   # experts = groups
   # Class sizes 5, 7, 3, 1 → group sizes 12, 4.
   cfg = train_state.StepConfig.from_config(config, 4, 1, "table", (5, 7, 3, 1))
   assert cfg.num_classes == 2 and cfg.group_of == (0, 0, 1, 1)

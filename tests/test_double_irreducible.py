@@ -12,8 +12,9 @@ import pytest
 from reducr_jax import configuration
 from reducr_jax import data
 from reducr_jax import double_reference
+from reducr_jax import reference_cache
+from reducr_jax import references
 from reducr_jax import train
-from reducr_jax import train_experts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,13 +57,13 @@ def test_each_row_is_scored_by_the_model_of_the_other_half(tmp_path):
   result = train.train_and_evaluate(config, str(tmp_path))    # trains and caches both
   assert result["num_skipped"] == 0
   assert sorted(os.listdir(tmp_path / "experts")) == sorted(
-      os.path.basename(train_experts.cache_path(config, str(tmp_path), f"irreducible-half{h}"))
+      os.path.basename(reference_cache.cache_path(config, str(tmp_path), f"irreducible-half{h}"))
       for h in (1, 2))
   splits = data.make_splits(config.dataset, config.seed)
   refs = double_reference.references(config, splits, str(tmp_path))   # from the cache
   assert refs.reference == "table" and refs.table.shape == (len(splits.train), 1)
   one, two = double_reference.halves(splits.train.y)
-  models = [train_experts.get_reference_models(
+  models = [references.get_reference_models(
       config, dataclasses.replace(splits, holdout=double_reference.subset(splits.train, r)),
       str(tmp_path), tag=f"-half{h + 1}") for h, r in enumerate((one, two))]
   for rows, other, same in ((one, models[1], models[0]), (two, models[0], models[1])):

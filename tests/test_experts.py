@@ -11,7 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from reducr_jax import experts
+from reducr_jax import class_weighted_losses
+from reducr_jax import experts_step
+from reducr_jax import references
+from reducr_jax import stacked_experts
 from reducr_jax.models.mlp import MLP
 import numerics
 
@@ -20,8 +23,8 @@ def test_class_weighted_loss_by_hand():
   loss = jnp.array([1.0, 2.0, 3.0])
   labels = jnp.array([0, 1, 1])
   # class 1, γ = 9: (1·1 + 10·2 + 10·3) / 3
-  assert float(experts.class_weighted_loss(loss, labels, 1, 9.0)) == pytest.approx(51 / 3)
-  assert float(experts.class_weighted_loss(loss, labels, 0, 0.0)) == pytest.approx(2.0)
+  assert float(class_weighted_losses.class_weighted_loss(loss, labels, 1, 9.0)) == pytest.approx(51 / 3)
+  assert float(class_weighted_losses.class_weighted_loss(loss, labels, 0, 0.0)) == pytest.approx(2.0)
 
 
 def test_weight_sum_normalisation_by_hand():
@@ -29,20 +32,20 @@ def test_weight_sum_normalisation_by_hand():
   loss = jnp.array([1.0, 2.0, 3.0])
   labels = jnp.array([0, 1, 1])
   # class 1, γ = 9: weights [1, 10, 10] → (1 + 20 + 30) / 21
-  assert float(experts.class_weighted_loss(loss, labels, 1, 9.0, "weight_sum")) == \
+  assert float(class_weighted_losses.class_weighted_loss(loss, labels, 1, 9.0, "weight_sum")) == \
       pytest.approx(51 / 21)
   # class 0: weights [10, 1, 1] → (10 + 2 + 3) / 12
-  assert float(experts.class_weighted_loss(loss, labels, 0, 9.0, "weight_sum")) == \
+  assert float(class_weighted_losses.class_weighted_loss(loss, labels, 0, 9.0, "weight_sum")) == \
       pytest.approx(15 / 12)
   # γ = 0: both normalisations are the plain mean.
-  assert float(experts.class_weighted_loss(loss, labels, 0, 0.0, "weight_sum")) == \
+  assert float(class_weighted_losses.class_weighted_loss(loss, labels, 0, 0.0, "weight_sum")) == \
       pytest.approx(2.0)
   # Per column over axis 0: [[1, 2], [3, 4]] with weights [[1, 3], [1, 1]].
-  np.testing.assert_allclose(experts.weighted_average(
+  np.testing.assert_allclose(class_weighted_losses.weighted_average(
       jnp.array([[1.0, 2.0], [3.0, 4.0]]), jnp.array([[1.0, 3.0], [1.0, 1.0]]),
       "weight_sum", axis=0), [4 / 2, 10 / 4])
   with pytest.raises(ValueError, match="normalisation must be one of"):
-    experts.weighted_average(loss, loss, "sum")
+    class_weighted_losses.weighted_average(loss, loss, "sum")
 
 
 def test_multihead_loss_weight_sum_by_hand():
@@ -56,9 +59,9 @@ def test_multihead_loss_weight_sum_by_hand():
   # γ = 9, head 0 weights [10, 1], head 1 weights [1, 10].
   head0 = (10 * l00 + l) / 11
   head1 = (l + 10 * l) / 11
-  assert float(experts.multihead_loss(logits, y, 9.0, normalisation="weight_sum")) == pytest.approx(
+  assert float(class_weighted_losses.multihead_loss(logits, y, 9.0, normalisation="weight_sum")) == pytest.approx(
       (head0 + head1) / 2, rel=1e-6)
-  assert float(experts.multihead_loss(logits, y, 9.0)) == pytest.approx(
+  assert float(class_weighted_losses.multihead_loss(logits, y, 9.0)) == pytest.approx(
       (10 * l00 + l + l + 10 * l) / 4, rel=1e-6)
 
 
@@ -76,7 +79,7 @@ def make_model(heads=None):
   if heads is None:
     model = MLP(hidden=(16,), num_outputs=3)
   else:
-    model = experts.MultiHead(trunk=MLP(hidden=(16,), num_outputs=None), num_heads=heads,
+    model = stacked_experts.MultiHead(trunk=MLP(hidden=(16,), num_outputs=None), num_heads=heads,
                               num_classes=3)
   init = lambda rng: model.init(rng, jnp.zeros((1, 2)))["params"]  # noqa: E731
   apply = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
@@ -87,8 +90,8 @@ def train_experts(gamma=9.0, steps=300):
   x, y = toy_problem()
   init, apply = make_model()
   tx = optax.adam(3e-2)
-  state = experts.init_experts(init, tx, jax.random.key(0), 3)
-  step = jax.jit(functools.partial(experts.train_step, apply, tx), static_argnums=())
+  state = stacked_experts.init_experts(init, tx, jax.random.key(0), 3)
+  step = jax.jit(functools.partial(experts_step.experts_train_step, apply, tx), static_argnums=())
   for _ in range(steps):
     state, losses = step(state, x, y, gamma)
   return apply, state, losses
@@ -103,7 +106,7 @@ def test_each_expert_is_best_on_its_own_class(trained):
   apply, state, losses = trained
   assert losses.shape == (3,)
   x, y = toy_problem(seed=1)
-  table = np.asarray(experts.expert_losses(apply, state.params, x, y))      # [B, C]
+  table = np.asarray(stacked_experts.expert_losses(apply, state.params, x, y))      # [B, C]
   per_class = np.stack([table[np.asarray(y) == c].mean(0) for c in range(3)])  # [class, expert]
   for c in range(3):
     others = [per_class[c, e] for e in range(3) if e != c]
@@ -113,14 +116,14 @@ def test_each_expert_is_best_on_its_own_class(trained):
 def test_strategies_and_precomputed_table_agree(trained):
   apply, state, _ = trained
   x, y = toy_problem(n=37, seed=2)
-  results = {s: np.asarray(jax.jit(functools.partial(experts.expert_losses, apply,
+  results = {s: np.asarray(jax.jit(functools.partial(stacked_experts.expert_losses, apply,
                                                        strategy=s))(state.params, x, y))
-             for s in experts.STRATEGIES}
-  for s in experts.STRATEGIES:
+             for s in stacked_experts.STRATEGIES}
+  for s in stacked_experts.STRATEGIES:
     assert results[s].shape == (37, 3)
     np.testing.assert_allclose(results[s], results["vmap"], rtol=1e-5, atol=1e-6)
-  loss_fn = jax.jit(functools.partial(experts.expert_losses, apply, state.params, strategy="map"))
-  table = experts.precompute_table(loss_fn, np.asarray(x), np.asarray(y), batch_size=16)
+  loss_fn = jax.jit(functools.partial(stacked_experts.expert_losses, apply, state.params, strategy="map"))
+  table = references.loss_table_rows(loss_fn, np.asarray(x), np.asarray(y), batch_size=16)
   assert table.shape == (37, 3)
   np.testing.assert_allclose(table, results["vmap"], rtol=1e-5, atol=1e-6)
   idx = np.array([5, 0, 36])
@@ -137,9 +140,9 @@ def test_training_strategies_agree():
   # Gradients accumulated over 4 slices of the batch: the same update (no batch norm).
   for strategy, chunk, micro in [("vmap", 0, 1), ("vmap", 2, 1), ("map", 0, 1),
                                  ("loop", 0, 1), ("map", 0, 4)]:
-    state = experts.init_experts(init, tx, jax.random.key(0), 3)
+    state = stacked_experts.init_experts(init, tx, jax.random.key(0), 3)
     initial = state.params
-    step = jax.jit(functools.partial(experts.train_step, apply, tx, strategy=strategy,
+    step = jax.jit(functools.partial(experts_step.experts_train_step, apply, tx, strategy=strategy,
                                      chunk=chunk, microbatches=micro))
     for _ in range(3):
       state, losses = step(state, x, y, 9.0)
@@ -163,10 +166,10 @@ def test_in_place_training_holds_one_copy_of_the_stacked_state():
   y = jnp.arange(16) % 8
   results = {}
   for strategy, chunk in [("vmap", 0), ("map", 0), ("vmap", 2)]:
-    state = experts.init_experts(init, tx, jax.random.key(0), 8)
+    state = stacked_experts.init_experts(init, tx, jax.random.key(0), 8)
     initial = jax.tree.map(np.asarray, state.params)          # the state is donated
     state_bytes = sum(a.nbytes for a in jax.tree.leaves(state))
-    step = jax.jit(functools.partial(experts.train_step, apply, tx, strategy=strategy,
+    step = jax.jit(functools.partial(experts_step.experts_train_step, apply, tx, strategy=strategy,
                                      chunk=chunk), donate_argnums=0)
     if strategy != "vmap" or chunk:
       temp = step.lower(state, x, y, 9.0).compile().memory_analysis().temp_size_in_bytes
@@ -228,13 +231,13 @@ def test_in_place_map_runs_the_convolutions_of_a_plain_step():
   y = jnp.arange(8) % 3
 
   def plain(params, opt_state):
-    grads = jax.grad(lambda p: jnp.mean(experts.cross_entropy(apply(p, x), y)))(params)
+    grads = jax.grad(lambda p: jnp.mean(class_weighted_losses.cross_entropy(apply(p, x), y)))(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
   # 8 experts' parameters drawn on the host (compiling a vmapped flax init costs seconds).
   stacked = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.1, (8,) + s.shape), s.dtype),
                          jax.eval_shape(init, jax.random.key(0)))
-  state = experts.ExpertsState(stacked, jax.vmap(tx.init)(stacked))
+  state = stacked_experts.ExpertsState(stacked, jax.vmap(tx.init)(stacked))
   state_bytes = sum(a.nbytes for a in jax.tree.leaves(state))
   params = jax.tree.map(lambda a: a[0], stacked)
   want = _conv_labels(jax.jit(plain).lower(params, tx.init(params)).compile())
@@ -243,7 +246,7 @@ def test_in_place_map_runs_the_convolutions_of_a_plain_step():
   # loop body.
   for canonical, micro in [(None, 1), (None, 2), (False, 1)]:
     compiled = jax.jit(functools.partial(
-        experts.train_step, apply, tx, strategy="map", microbatches=micro,
+        experts_step.experts_train_step, apply, tx, strategy="map", microbatches=micro,
         canonical_convs=canonical), donate_argnums=0).lower(state, x, y, 9.0).compile()
     got = _conv_labels(compiled)
     assert (got == want) == (canonical is None), (micro, canonical, got, want)
@@ -256,7 +259,7 @@ def test_in_place_map_runs_the_convolutions_of_a_plain_step():
 def test_forward_programs_under_map_run_the_convolutions_of_a_plain_forward():
   """Stage 1's forward-only programs — the loss table (``expert_losses`` with ``map``) and
   the validation sums (the same in a ``lax.map`` over slices of the batch,
-  ``stage1_steps.step_functions``) — compile to one plain forward's convolutions, all in
+  ``stage1_trainer.step_functions``) — compile to one plain forward's convolutions, all in
   the canonical NHWC / HWIO layout of XLA:CPU's Eigen kernels: a forward needs no
   ``canonical_convs`` (only the gradient's convolutions are not canonical as JAX emits
   them), so these loops run each expert at a plain forward's rate (issue 23)."""
@@ -269,15 +272,15 @@ def test_forward_programs_under_map_run_the_convolutions_of_a_plain_forward():
   stacked = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, 0.1, (4,) + s.shape), s.dtype),
                          jax.eval_shape(init, jax.random.key(0)))
   params = jax.tree.map(lambda a: a[0], stacked)
-  want = _conv_labels(jax.jit(lambda p: experts.cross_entropy(apply(p, x), y))
+  want = _conv_labels(jax.jit(lambda p: class_weighted_losses.cross_entropy(apply(p, x), y))
                       .lower(params).compile())
   assert want == collections.Counter({"b01f_01io->b01f": 2})
 
   def sliced(v):
-    table = jax.lax.map(lambda xy: experts.expert_losses(apply, v, *xy, "map"),
+    table = jax.lax.map(lambda xy: stacked_experts.expert_losses(apply, v, *xy, "map"),
                         (x.reshape((2, 4) + x.shape[1:]), y.reshape((2, 4))))
     return table.reshape((8, -1))
-  table = jax.jit(lambda v: experts.expert_losses(apply, v, x, y, "map"))
+  table = jax.jit(lambda v: stacked_experts.expert_losses(apply, v, x, y, "map"))
   for fn in (table, jax.jit(sliced)):
     assert _conv_labels(fn.lower(stacked).compile()) == want
   np.testing.assert_allclose(jax.jit(sliced)(stacked), table(stacked), rtol=1e-5, atol=1e-6)
@@ -289,12 +292,13 @@ def test_multihead_trains_and_specialises():
   params = init(jax.random.key(0))
   tx = optax.adam(3e-2)
   opt_state = tx.init(params)
-  step = jax.jit(functools.partial(experts.multihead_train_step, apply, tx))
-  _, _, first = step(params, opt_state, x, y, 9.0)
+  step = jax.jit(functools.partial(experts_step.multihead_train_step, apply, tx))
+  _, _, first, model_state = step(params, opt_state, x, y, 9.0)
+  assert model_state is None      # four outputs with or without train_apply_fn
   for _ in range(300):
-    params, opt_state, loss = step(params, opt_state, x, y, 9.0)
+    params, opt_state, loss, _ = step(params, opt_state, x, y, 9.0)
   assert float(loss) < 0.8 * float(first)
-  table = np.asarray(experts.multihead_expert_losses(apply(params, x), y))   # [B, C]
+  table = np.asarray(class_weighted_losses.multihead_expert_losses(apply(params, x), y))   # [B, C]
   assert table.shape == (600, 3)
   for c in range(3):
     mine = table[np.asarray(y) == c]
@@ -302,17 +306,17 @@ def test_multihead_trains_and_specialises():
 
 
 def test_default_strategy():
-  assert experts.default_strategy("cpu") == "map"
-  assert experts.default_strategy("gpu") == "vmap"
-  assert experts.default_strategy("tpu") == "vmap"
+  assert stacked_experts.default_strategy("cpu") == "map"
+  assert stacked_experts.default_strategy("gpu") == "vmap"
+  assert stacked_experts.default_strategy("tpu") == "vmap"
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: experts.class_weighted_loss(jnp.ones(3), jnp.zeros(3, int), 0, -1.0), r"gamma must be in \[0.0, inf\]"),
-    (lambda: experts.class_weighted_loss(jnp.ones(3), jnp.zeros(2, int), 0, 1.0), r"labels must have shape \[B=3\]"),
-    (lambda: experts.expert_losses(None, {"w": jnp.ones((2, 1))}, None, None, "pmap"), "strategy must be one of"),
-    (lambda: experts.multihead_expert_losses(jnp.ones((3, 2)), jnp.zeros(3, int)), r"logits must have shape \[B, C, K\]"),
-    (lambda: experts.num_experts({"a": jnp.ones((2, 1)), "b": jnp.ones((3, 1))}), "leading axis C"),
+    (lambda: class_weighted_losses.class_weighted_loss(jnp.ones(3), jnp.zeros(3, int), 0, -1.0), r"gamma must be in \[0.0, inf\]"),
+    (lambda: class_weighted_losses.class_weighted_loss(jnp.ones(3), jnp.zeros(2, int), 0, 1.0), r"labels must have shape \[B=3\]"),
+    (lambda: stacked_experts.expert_losses(None, {"w": jnp.ones((2, 1))}, None, None, "pmap"), "strategy must be one of"),
+    (lambda: class_weighted_losses.multihead_expert_losses(jnp.ones((3, 2)), jnp.zeros(3, int)), r"logits must have shape \[B, C, K\]"),
+    (lambda: stacked_experts.num_experts({"a": jnp.ones((2, 1)), "b": jnp.ones((3, 1))}), "leading axis C"),
 ])
 def test_bad_input(call, match):
   with pytest.raises(ValueError, match=match):
@@ -322,15 +326,15 @@ def test_bad_input(call, match):
 def test_loss_functions_jit():
   loss, labels = jnp.array([1.0, 2.0, 3.0]), jnp.array([0, 1, 1])
   # A traced expert class and γ work too (they are arguments of the vmapped step).
-  np.testing.assert_allclose(jax.jit(experts.class_weighted_loss)(loss, labels, 1, 9.0), 17.0)
+  np.testing.assert_allclose(jax.jit(class_weighted_losses.class_weighted_loss)(loss, labels, 1, 9.0), 17.0)
   logits = jax.random.normal(jax.random.key(0), (4, 3, 5))
   y = jnp.array([0, 1, 2, 4])
-  np.testing.assert_allclose(jax.jit(experts.multihead_loss)(logits, y, 0.0),
-                             experts.multihead_expert_losses(logits, y).mean(), rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(class_weighted_losses.multihead_loss)(logits, y, 0.0),
+                             class_weighted_losses.multihead_expert_losses(logits, y).mean(), rtol=1e-6)
 
 
 def test_class_weight_matrix_by_hand():
-  np.testing.assert_allclose(experts.class_weight_matrix(jnp.array([0, 2, 1]), 3, 9.0),
+  np.testing.assert_allclose(class_weighted_losses.class_weight_matrix(jnp.array([0, 2, 1]), 3, 9.0),
                              [[10, 1, 1], [1, 1, 10], [1, 10, 1]])
 
 
@@ -341,12 +345,12 @@ def test_weight_sum_loss_over_devices_equals_one_device():
   rng = np.random.default_rng(0)
   logits = jnp.asarray(rng.normal(size=(16, 3, 3)), jnp.float32)    # [B, C heads, K]
   y = jnp.asarray([0] * 13 + [1, 2, 2])                            # skewed: device 0 all 0s
-  one = experts.multihead_loss(logits, y, 9.0, normalisation="weight_sum")
-  per_device = jax.pmap(lambda lg, yy: jax.lax.pmean(experts.multihead_loss(
+  one = class_weighted_losses.multihead_loss(logits, y, 9.0, normalisation="weight_sum")
+  per_device = jax.pmap(lambda lg, yy: jax.lax.pmean(class_weighted_losses.multihead_loss(
       lg, yy, 9.0, normalisation="weight_sum", axis_name="d"), "d"), axis_name="d")(
           logits.reshape(8, 2, 3, 3), y.reshape(8, 2))
   np.testing.assert_allclose(np.asarray(per_device), float(one), rtol=1e-6)
-  local = jax.pmap(lambda lg, yy: jax.lax.pmean(experts.multihead_loss(
+  local = jax.pmap(lambda lg, yy: jax.lax.pmean(class_weighted_losses.multihead_loss(
       lg, yy, 9.0, normalisation="weight_sum"), "d"), axis_name="d")(
           logits.reshape(8, 2, 3, 3), y.reshape(8, 2))
   assert abs(float(local[0]) - float(one)) > 1e-3      # the naive mean of ratios differs

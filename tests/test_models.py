@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import fakes
-from reducr_jax import experts
 from reducr_jax import models
+from reducr_jax import stacked_experts
 from reducr_jax.data import prefetch
 
 
@@ -75,7 +75,7 @@ def test_pretrained_trunk_goes_into_every_expert_and_the_multihead_trunk(tmp_pat
   want_var = source.state_dict()["bn1.running_var"].numpy()
   x0 = np.zeros((1, 16, 16, 3), np.uint8)
   fns = models.model_fns(models.create_model(cfg, 3), x0, init_impl="rbg")
-  stacked_p, stacked_s = experts.init_stacked(fns.init, jax.random.PRNGKey(0), 3)
+  stacked_p, stacked_s = stacked_experts.init_stacked(fns.init, jax.random.PRNGKey(0), 3)
   p, s = models.load_pretrained_stacked(cfg, stacked_p, stacked_s)
   for c in range(3):
     np.testing.assert_array_equal(p["conv1"]["kernel"][c], want)
@@ -83,7 +83,7 @@ def test_pretrained_trunk_goes_into_every_expert_and_the_multihead_trunk(tmp_pat
   heads = np.asarray(p["fc"]["kernel"])
   assert heads.shape[1:] == (8, 3) and not np.allclose(heads[0], heads[1])   # fresh, own
   np.testing.assert_array_equal(heads, stacked_p["fc"]["kernel"])
-  trunk = experts.MultiHead(trunk=models.create_model(cfg, None), num_heads=3, num_classes=3)
+  trunk = stacked_experts.MultiHead(trunk=models.create_model(cfg, None), num_heads=3, num_classes=3)
   mh = models.model_fns(trunk, x0, init_impl="rbg")
   mp, ms = models.load_pretrained(cfg, *jax.jit(mh.init)(jax.random.PRNGKey(0)))
   np.testing.assert_array_equal(mp["trunk"]["conv1"]["kernel"], want)

@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 
 from reducr_jax import configuration
-from reducr_jax import experts
 from reducr_jax import models
+from reducr_jax import stacked_experts
 from reducr_jax import train
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
@@ -89,8 +89,8 @@ def setup(model: str, reference: str):
     batch["ref_losses"] = rng.uniform(0, 2, (B, C)).astype(np.float32)
   else:
     ref_fns = models.model_fns(module, x0, init_impl=init_impl)
-    ref_loss_fn = functools.partial(experts.expert_losses, ref_fns.apply, strategy="vmap")
-    ref = models.variables(*experts.init_stacked(ref_fns.init, jax.random.PRNGKey(2), C))
+    ref_loss_fn = functools.partial(stacked_experts.expert_losses, ref_fns.apply, strategy="vmap")
+    ref = models.variables(*stacked_experts.init_stacked(ref_fns.init, jax.random.PRNGKey(2), C))
   step = train.make_train_step(fns, ref_loss_fn, tx, cfg, devices)
   host_batch = jax.tree.map(lambda a: a.reshape((N_DEVICES, B // N_DEVICES) + a.shape[1:]),
                             batch)

@@ -73,7 +73,7 @@ def test_update_on_selected_is_one_official_update_irreducible_step():
   lr / 100 on the unweighted mean cross-entropy of the selected points — for RHO-LOSS's
   model and for each of ``weighted``'s class experts alike (γ, the experts' own lr and wd
   play no part)."""
-  from reducr_jax import train_experts  # pylint: disable=g-import-not-at-top
+  from reducr_jax import references  # pylint: disable=g-import-not-at-top
   for method, kind, num in (("rho_loss", "irreducible", 1), ("weighted", "experts", 10)):
     config = _config(**{"model.hidden": (), "selection.method": method,
                         "experts.losses": "online", "experts.update_on_selected": True,
@@ -86,10 +86,10 @@ def test_update_on_selected_is_one_official_update_irreducible_step():
     rng = np.random.default_rng(1)
     w0 = rng.normal(0, 0.3, (num, 64, 10)).astype(np.float32)
     b0 = rng.normal(0, 0.3, (num, 10)).astype(np.float32)
-    refs = train_experts.ReferenceModels(
+    refs = references.ReferenceModels(
         kind, {"params": {"Dense_0": {"kernel": jnp.asarray(w0), "bias": jnp.asarray(b0)}}},
         None)
-    state, update = train_experts.online_update(config, refs, splits)
+    state, update = references.online_update(config, refs, splits)
     x = splits.train.x[:8].reshape(8, -1).astype(np.float32)
     y = splits.train.y[:8]
     new = jax.pmap(lambda s, xb, yb: update(s, xb, yb, jax.random.PRNGKey(0), "d"),

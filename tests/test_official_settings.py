@@ -94,9 +94,9 @@ def _without_added_fields(config):
 
 
 def test_older_workdirs_and_expert_caches_stay_usable(tmp_path):
-  from reducr_jax import train_experts, workdir  # pylint: disable=g-import-not-at-top
+  from reducr_jax import reference_cache, workdir  # pylint: disable=g-import-not-at-top
   old, new = _without_added_fields(_config()), _config()
-  assert train_experts._fingerprint(old, "experts") == train_experts._fingerprint(
+  assert reference_cache.fingerprint(old, "experts") == reference_cache.fingerprint(
       new, "experts")
   workdir.check_config(tmp_path, old)
   (tmp_path / "checkpoints" / "10").mkdir(parents=True)
@@ -105,5 +105,5 @@ def test_older_workdirs_and_expert_caches_stay_usable(tmp_path):
   with pytest.raises(configuration.ConfigError, match=r"experts.select_on \('val' -> "
                      r"'train_pool'\)"):
     workdir.check_config(tmp_path, _config(**{"experts.select_on": "train_pool"}))
-  assert train_experts._fingerprint(_config(**{"experts.select_on": "train_pool"}),
-                                    "experts") != train_experts._fingerprint(new, "experts")
+  assert reference_cache.fingerprint(_config(**{"experts.select_on": "train_pool"}),
+                                    "experts") != reference_cache.fingerprint(new, "experts")

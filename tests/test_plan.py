@@ -19,9 +19,8 @@ from reducr_jax import device_memory
 from reducr_jax import plan
 from reducr_jax import plan_inputs
 from reducr_jax import plan_programs
-from reducr_jax import stage1_steps
+from reducr_jax import stage1_memory
 from reducr_jax import topology
-from reducr_jax import train_experts
 from reducr_jax.data import real
 
 pytest.importorskip("libtpu", reason="compiling for a TPU topology needs the [tpu] extra")
@@ -120,19 +119,19 @@ def test_a_lower_limit_makes_the_chooser_move_past_what_does_not_fit(monkeypatch
   # Measured with libtpu 0.0.42.1: for MLPs vmap is also the smallest on TPU (its
   # activations are tiny), so the pick may be "nothing fits"; a ResNet-18's is not.
   needs = {}
-  real_pick = train_experts.pick_strategy
+  real_pick = stage1_memory.pick_strategy
 
   def spy(compile_fn, num, cands, budget, **kw):
     def record(*cand):
       compiled = compile_fn(*cand)
       mem = device_memory.compiled_memory(compiled)
       peak, arg = mem["peak"], mem["argument"]
-      needs[cand] = peak + arg / num + (peak - arg) / train_experts.models_in_flight(
+      needs[cand] = peak + arg / num + (peak - arg) / stage1_memory.models_in_flight(
           num, *cand[:2])
       return compiled
     return real_pick(record, num, cands, budget, **kw)
-  monkeypatch.setattr(train_experts, "pick_strategy", spy)
-  with pytest.raises(stage1_steps.NothingFits):
+  monkeypatch.setattr(stage1_memory, "pick_strategy", spy)
+  with pytest.raises(stage1_memory.NothingFits):
     plan.make_plan(_mlp_config(**{"experts.max_memory_gb": 1e-9}), "v5e:2x2")
   vmap = needs[("vmap", 0, 1)]
   assert len(needs) >= 3
@@ -140,7 +139,7 @@ def test_a_lower_limit_makes_the_chooser_move_past_what_does_not_fit(monkeypatch
   fitting = [c for c, need in needs.items() if c != ("vmap", 0, 1) and need <= limit]
   config = _mlp_config(**{"experts.max_memory_gb": limit / 2**30})
   if not fitting:
-    with pytest.raises(stage1_steps.NothingFits, match="limit"):
+    with pytest.raises(stage1_memory.NothingFits, match="limit"):
       plan.make_plan(config, "v5e:2x2")
   else:
     step = plan.make_plan(config, "v5e:2x2")[1]["programs"][0]
@@ -149,7 +148,7 @@ def test_a_lower_limit_makes_the_chooser_move_past_what_does_not_fit(monkeypatch
 
 def test_nothing_fits_is_one_line_naming_program_peak_limit_and_remedy():
   config = _mlp_config(**{"experts.max_memory_gb": 1e-6})
-  with pytest.raises(stage1_steps.NothingFits) as e:
+  with pytest.raises(stage1_memory.NothingFits) as e:
     plan.make_plan(config, "v5e:2x2")
   msg = str(e.value)
   assert "\n" not in msg and msg.startswith("stage1_expert_step does not fit")
@@ -167,7 +166,7 @@ def test_out_of_hbm_compile_counts_as_not_fitting():
   config = _mlp_config(**{"selection.method": "uniform", "batch_size": 25_000,
                           "model.hidden": (200_000,)})
   config.dataset = real.default_config("cifar10", augment="none")
-  with pytest.raises(stage1_steps.NothingFits) as e:
+  with pytest.raises(stage1_memory.NothingFits) as e:
     plan.make_plan(config, "v5e:1x1")
   msg = str(e.value)
   assert "\n" not in msg and msg.startswith("train_step does not fit")

@@ -1,7 +1,8 @@
 """Progress lines of long stages: rate, ETA, throttled, quiet for short stages."""
 
 from reducr_jax import progress
-from reducr_jax import train_experts
+from reducr_jax import references
+from reducr_jax import stage1_memory
 
 
 class Clock:
@@ -41,8 +42,8 @@ def test_stage_one_and_table_show_progress(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(progress, "EVERY_SECONDS", 0.0)
   config = tiny_config(**{"experts.num_steps": 4, "experts.eval_every": 2})
   splits = data.make_splits(config.dataset, config.seed)
-  refs = train_experts.get_reference_models(config, splits, str(tmp_path))
-  train_experts.precompute_table(refs, splits.train, 128, config)
+  refs = references.get_reference_models(config, splits, str(tmp_path))
+  references.precompute_loss_table(refs, splits.train, 128, config)
   out = capsys.readouterr().out
   assert "stage 1: training experts reference models: 4/4 steps" in out
   assert f"stage 1: reference-loss table: {len(splits.train)}/{len(splits.train)} rows" in out
@@ -56,15 +57,15 @@ def test_stage_one_and_table_show_progress(tmp_path, capsys, monkeypatch):
 
 def test_strategy_line_and_stage_times(capsys):
   gib = 2**30
-  assert train_experts.strategy_line("experts", 14, ("map", 0, 2), "auto", 1, 1.234 * gib,
+  assert stage1_memory.strategy_line("experts", 14, ("map", 0, 2), "auto", 1, 1.234 * gib,
                                      2.94 * gib) == (
       "stage 1: 14 experts with map (auto), 2 microbatches, 1 device, compiled peak "
       "1.23 GiB per device (budget 2.94 GiB)")
-  assert "peak 0.00123 GiB" in train_experts.strategy_line(
+  assert "peak 0.00123 GiB" in stage1_memory.strategy_line(
       "experts", 3, ("map", 0, 1), "map", 1, 0.00123 * gib, gib)
-  assert train_experts.strategy_line("experts", 14, ("vmap", 7, 1), "vmap", 8, None,
+  assert stage1_memory.strategy_line("experts", 14, ("vmap", 7, 1), "vmap", 8, None,
                                      gib) == "stage 1: 14 experts with vmap in chunks of 7, 8 devices"
-  assert train_experts.strategy_line("irreducible", 1, ("map", 0, 1), "auto", 1, None,
+  assert stage1_memory.strategy_line("irreducible", 1, ("map", 0, 1), "auto", 1, None,
                                      gib) == "stage 1: 1 irreducible-loss model with map (auto), 1 device"
   progress.took("stage 2: 2 training steps", 125.4)
   assert capsys.readouterr().out == "stage 2: 2 training steps in 2m05s\n"

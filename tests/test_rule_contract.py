@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from reducr_jax import configuration
-from reducr_jax import experts
+from reducr_jax import class_weighted_losses
 from reducr_jax import reweighters
 from reducr_jax import selectors
 
@@ -33,7 +33,7 @@ def _selection_inputs(needs, seed=0):
   inputs = selectors.SelectionInputs(labels=labels, group_labels=labels, step=jnp.int32(0))
   logits = jax.random.normal(r[1], (B, C))
   if needs & {selectors.MODEL_LOSS, selectors.MODEL_LOGITS}:
-    inputs = inputs._replace(model_loss=experts.cross_entropy(logits, labels))
+    inputs = inputs._replace(model_loss=class_weighted_losses.cross_entropy(logits, labels))
   if selectors.MODEL_LOGITS in needs:
     inputs = inputs._replace(model_logits=logits)
   kind = selectors.reference_kind(needs)
@@ -81,7 +81,7 @@ def test_selector_contract(name):
 def _reweight_inputs(needs, seed=0):
   r = jax.random.split(jax.random.key(seed), 5)
   params = {"w": jax.random.normal(r[0], (DIM, C)) * 0.3}
-  loss_fn = lambda p, x, y: experts.cross_entropy(x @ p["w"], y)  # noqa: E731
+  loss_fn = lambda p, x, y: class_weighted_losses.cross_entropy(x @ p["w"], y)  # noqa: E731
   validation = None
   if reweighters.VALIDATION_BATCH in needs:
     validation = (jax.random.normal(r[3], (8, DIM)), jax.random.randint(r[4], (8,), 0, C))

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from reducr_jax import configuration
-from reducr_jax import experts
+from reducr_jax import experts_step
 from reducr_jax import mwu
+from reducr_jax import reference_cache
 from reducr_jax import reweighters
 from reducr_jax import selection
 from reducr_jax import selectors
+from reducr_jax import stacked_experts
 from reducr_jax import train
 import numerics
 
@@ -281,15 +283,15 @@ def test_update_on_selected_is_the_expert_step_and_data_parallel():
   model = MLP(hidden=(8,), num_outputs=3)
   apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
   tx = optax.adamw(1e-3 / 100)
-  state = experts.init_experts(lambda r: model.init(r, jnp.zeros((1, 5)))["params"], tx,
+  state = stacked_experts.init_experts(lambda r: model.init(r, jnp.zeros((1, 5)))["params"], tx,
                                KEY, 3)
   x = jax.random.normal(jax.random.PRNGKey(2), (16, 5))
   y = jax.random.randint(jax.random.PRNGKey(3), (16,), 0, 3)
-  one = experts.update_on_selected(apply_fn, tx, state, x, y, 9.0)
-  ref, _ = experts.train_step(apply_fn, tx, state, x, y, 9.0)
+  one = experts_step.update_on_selected(apply_fn, tx, state, x, y, 9.0)
+  ref, _ = experts_step.experts_train_step(apply_fn, tx, state, x, y, 9.0)
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(a, b)
-  p = jax.pmap(lambda s, xb, yb: experts.update_on_selected(
+  p = jax.pmap(lambda s, xb, yb: experts_step.update_on_selected(
       apply_fn, tx, s, xb, yb, 9.0, axis_name="d"), axis_name="d", in_axes=(None, 0, 0))
   eight = p(state, x.reshape(8, 2, 5), y.reshape(8, 2))
   # pmean over 8 devices sums in another order: moments to float tolerance, parameters
@@ -335,16 +337,15 @@ def test_update_on_selected_needs_online_losses():
 
 
 def test_online_update_settings_reuse_the_cached_stage_one_models(tmp_path):
-  from reducr_jax import train_experts  # pylint: disable=g-import-not-at-top
   from test_train import tiny_config  # pylint: disable=g-import-not-at-top
   base = tiny_config(**{"experts.losses": "online"})
   updated = configuration.with_overrides(base, {"experts.update_on_selected": True,
                                                 "experts.update_lr_factor": 0.5})
-  assert (train_experts.cache_path(base, str(tmp_path), "experts") ==
-          train_experts.cache_path(updated, str(tmp_path), "experts"))
+  assert (reference_cache.cache_path(base, str(tmp_path), "experts") ==
+          reference_cache.cache_path(updated, str(tmp_path), "experts"))
   other = configuration.with_overrides(base, {"experts.gamma": 4.0})
-  assert (train_experts.cache_path(base, str(tmp_path), "experts") !=
-          train_experts.cache_path(other, str(tmp_path), "experts"))
+  assert (reference_cache.cache_path(base, str(tmp_path), "experts") !=
+          reference_cache.cache_path(other, str(tmp_path), "experts"))
 
 
 def test_pure_factories_name_their_arguments_and_from_config_the_fields():

@@ -13,8 +13,9 @@ import pytest
 
 from reducr_jax import configuration
 from reducr_jax import data
+from reducr_jax import references
 from reducr_jax import spilled_best
-from reducr_jax import train_experts
+from reducr_jax import stage1_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +67,7 @@ def test_stage1_returns_each_experts_variables_from_its_best_validation(monkeypa
 
   def scripted(loss_sums, weight_sums, count, normalisation):
     return script[len(seen)]                              # before this validation's update
-  monkeypatch.setattr(train_experts, "checkpoint_criterion", scripted)
+  monkeypatch.setattr(stage1_trainer, "checkpoint_criterion", scripted)
   original = spilled_best.SpilledBest.update
 
   def recording(self, tree, choose=None):
@@ -79,8 +80,9 @@ def test_stage1_returns_each_experts_variables_from_its_best_validation(monkeypa
       "experts.batch_size": 8, "eval_batch_size": 8, "num_devices": 1,
       "experts.strategy": "vmap"})
   splits = _flat_splits()
-  fns, _, num, gamma = train_experts._build(config, splits, "experts")
-  params, best_val = train_experts._train(config, splits, "experts", fns, num, gamma)
+  fns, _, num, gamma = references.reference_model_fns(config, splits, "experts")
+  params, best_val = stage1_trainer.train_reference_models(config, splits, "experts", fns, num,
+                                                          gamma)
   np.testing.assert_allclose(best_val, [0.5, 0.4, 1.0])
   assert len(seen) == 3
   for expert, validation in enumerate([1, 2, 0]):

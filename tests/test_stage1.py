@@ -12,7 +12,9 @@ import pytest
 
 from reducr_jax import configuration
 from reducr_jax import data
-from reducr_jax import train_experts
+from reducr_jax import references
+from reducr_jax import stage1_memory
+from reducr_jax import stage1_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +40,7 @@ def _config(**overrides):
 
 
 def _train(tmp_path, name, **overrides):
-  refs = train_experts.get_reference_models(_config(**overrides), _splits(),
+  refs = references.get_reference_models(_config(**overrides), _splits(),
                                             str(tmp_path / name))
   return jax.tree.map(np.asarray, refs.params)
 
@@ -64,26 +66,26 @@ def test_auto_strategy_fits_the_budget():
     return type("C", (), {"memory_analysis": lambda self: type("M", (), dict(
         argument_size_in_bytes=0, output_size_in_bytes=0, alias_size_in_bytes=0,
         generated_code_size_in_bytes=0, temp_size_in_bytes=int(gib * 2**30)))()})()
-  cands = train_experts.strategy_candidates(14, "auto", 0, 8, backend="gpu")
+  cands = stage1_memory.strategy_candidates(14, "auto", 0, 8, backend="gpu")
   assert cands == [("vmap", 0, 1), ("vmap", 7, 1), ("vmap", 2, 1), ("map", 0, 1),
                    ("map", 0, 2), ("map", 0, 4), ("map", 0, 8)]
   # 7 experts: 7 GB + one model's 1 GB (the target step) = 8 GB ≤ 8.5 GB.
-  cand, _, peak = train_experts.pick_strategy(compile_fn, 14, cands, 8.5 * 2**30)
+  cand, _, peak = stage1_memory.pick_strategy(compile_fn, 14, cands, 8.5 * 2**30)
   assert (cand, peak) == (("vmap", 7, 1), 7 * 2**30)
   assert picked == [("vmap", 0, 1), ("vmap", 7, 1)]
   # Not even one expert fits 1.5 GB: its gradient over 2 slices (0.5 + 0.5 GB) does.
-  cand, _, _ = train_experts.pick_strategy(compile_fn, 14, cands, 1.5 * 2**30)
+  cand, _, _ = stage1_memory.pick_strategy(compile_fn, 14, cands, 1.5 * 2**30)
   assert cand == ("map", 0, 2)
   # Microbatch counts that cannot fit even at 1/m of the measured step are not compiled.
   picked.clear()
-  cand, _, _ = train_experts.pick_strategy(
-      compile_fn, 14, train_experts.strategy_candidates(14, "auto", 0, 8, backend="cpu"),
+  cand, _, _ = stage1_memory.pick_strategy(
+      compile_fn, 14, stage1_memory.strategy_candidates(14, "auto", 0, 8, backend="cpu"),
       0.3 * 2**30)
   assert cand == ("map", 0, 8) and picked == [("map", 0, 1), ("map", 0, 8)]
-  assert train_experts.strategy_candidates(14, "auto", 0, 3, backend="cpu") == [("map", 0, 1)]
-  assert train_experts.strategy_candidates(14, "vmap", 5, 8) == [("vmap", 5, 1)]
+  assert stage1_memory.strategy_candidates(14, "auto", 0, 3, backend="cpu") == [("map", 0, 1)]
+  assert stage1_memory.strategy_candidates(14, "vmap", 5, 8) == [("vmap", 5, 1)]
   # Chunk widths divide C (in-place chunk updates): 100 experts → 50, 25, 10, 5, 2.
-  assert [c for s, c, m in train_experts.strategy_candidates(100, "auto", 0, 1, "gpu")
+  assert [c for s, c, m in stage1_memory.strategy_candidates(100, "auto", 0, 1, "gpu")
           if s == "vmap"] == [0, 50, 25, 10, 5, 2]
 
 
@@ -94,14 +96,15 @@ def test_sliced_validation_equals_whole_batch_losses(caplog):
   config = _config(**{"experts.strategy": "auto", "experts.max_memory_gb": 1e-6,
                       "num_devices": 1})
   splits = _splits()
-  fns, loss_fn, num, gamma = train_experts._build(config, splits, "experts")
+  fns, loss_fn, num, gamma = references.reference_model_fns(config, splits, "experts")
   with caplog.at_level("WARNING"):
-    best, best_val = train_experts._train(config, splits, "experts", fns, num, gamma)
+    best, best_val = stage1_trainer.train_reference_models(config, splits, "experts", fns,
+                                                           num, gamma)
   assert "no expert strategy fits" in caplog.text and "('map', 0, 16)" in caplog.text
-  split = train_experts.selection_split(config, splits)
+  split = stage1_trainer.selection_split(config, splits)
   table = np.asarray(loss_fn(best, split.x, split.y))                     # [n, C]
   w = 1.0 + gamma * (split.y[:, None] == np.arange(num)[None, :])
-  expected = train_experts.checkpoint_criterion(
+  expected = stage1_trainer.checkpoint_criterion(
       (w * table).sum(0), w.sum(0), len(split.y), config.experts.loss_normalisation)
   np.testing.assert_allclose(best_val, expected, rtol=1e-4, atol=1e-6)
 
@@ -114,13 +117,13 @@ def test_fitting_batch_halves_until_the_forward_fits():
     return type("C", (), {"memory_analysis": lambda self: type("M", (), dict(
         argument_size_in_bytes=int(0.2e9), output_size_in_bytes=0, alias_size_in_bytes=0,
         generated_code_size_in_bytes=0, temp_size_in_bytes=b * 10**7))()})()
-  b, compiled = train_experts.fitting_batch(compile_at, 500, 4, 1.0e9)
+  b, compiled = stage1_memory.fitting_batch(compile_at, 500, 4, 1.0e9)
   # 500 → 248 → 124 → 60: 0.2 + 0.6 GB ≤ 1.0 GB (multiples of the 4 devices).
   assert b == 60 and compiled_at == [500, 248, 124, 60]
   assert compiled.memory_analysis().temp_size_in_bytes == 60 * 10**7
   # Nothing fits: the smallest multiple of the devices; everything fits: the batch.
-  assert train_experts.fitting_batch(compile_at, 16, 4, 1.0)[0] == 4
-  assert train_experts.fitting_batch(compile_at, 500, 4, 1e12)[0] == 500
+  assert stage1_memory.fitting_batch(compile_at, 16, 4, 1.0)[0] == 4
+  assert stage1_memory.fitting_batch(compile_at, 500, 4, 1e12)[0] == 500
 
 
 def _free_port() -> int:
@@ -136,12 +139,12 @@ if int(num) > 1:
   jax.distributed.initialize(f"127.0.0.1:{port}", int(num), int(pid))
 sys.path.insert(0, "tests")
 import test_stage1 as t
-from reducr_jax import train_experts
+from reducr_jax import references
 splits = t._splits(n=45)            # 45 rows: uneven process shares
 config = t._config(**{"experts.strategy": "map", "experts.num_steps": 2,
                       "model.name": "mlp", "model.hidden": (8,)})
-refs = train_experts.get_reference_models(config, splits, out + "/work")
-table = train_experts.precompute_table(refs, splits.train, 8)
+refs = references.get_reference_models(config, splits, out + "/work")
+table = references.precompute_loss_table(refs, splits.train, 8)
 np.save(out + f"/table{pid}.npy", table)
 np.save(out + f"/leaf{pid}.npy", np.asarray(jax.tree.leaves(refs.params)[0]))
 """
@@ -187,9 +190,9 @@ def _flat_splits(n_train=11, n_val=7, classes=3):
 def test_expert_checkpoint_criterion_by_hand():
   # Σwℓ = [6, 9] over N = 4 points whose weights sum to [3, 12].
   sums, wsums = np.array([6.0, 9.0]), np.array([3.0, 12.0])
-  np.testing.assert_allclose(train_experts.checkpoint_criterion(sums, wsums, 4, "mean"),
+  np.testing.assert_allclose(stage1_trainer.checkpoint_criterion(sums, wsums, 4, "mean"),
                              [1.5, 2.25])
-  np.testing.assert_allclose(train_experts.checkpoint_criterion(sums, wsums, 4, "weight_sum"),
+  np.testing.assert_allclose(stage1_trainer.checkpoint_criterion(sums, wsums, 4, "weight_sum"),
                              [2.0, 0.75])
 
 
@@ -204,15 +207,15 @@ def test_expert_checkpoint_follows_the_chosen_split(monkeypatch, select_on, expe
     seen.append(count)
     return np.array([script[count][len(seen) - 1]] * len(loss_sums))
 
-  monkeypatch.setattr(train_experts, "checkpoint_criterion", scripted)
+  monkeypatch.setattr(stage1_trainer, "checkpoint_criterion", scripted)
   config = configuration.load_config(os.path.join(REPO, "configs", "default.py"))
   config = configuration.with_overrides(config, {
       "model.hidden": (4,), "experts.num_steps": 3, "experts.eval_every": 1,
       "experts.batch_size": 8, "eval_batch_size": 8, "num_devices": 1,
       "experts.strategy": "vmap", "experts.select_on": select_on})
   splits = _flat_splits()
-  fns, _, num, gamma = train_experts._build(config, splits, "experts")
-  _, best_val = train_experts._train(config, splits, "experts", fns, num, gamma)
+  fns, _, num, gamma = references.reference_model_fns(config, splits, "experts")
+  _, best_val = stage1_trainer.train_reference_models(config, splits, "experts", fns, num, gamma)
   np.testing.assert_allclose(best_val, [expected] * 3)
   assert seen == [7 if select_on == "val" else 11] * 3
 
@@ -229,7 +232,7 @@ def test_train_pool_and_weight_sum_run_for_every_kind(kind):
       "experts.loss_normalisation": "weight_sum",
       "experts.losses": "multihead" if kind == "multihead" else "precomputed"})
   splits = _flat_splits()
-  fns, _, num, gamma = train_experts._build(config, splits, kind)
-  _, best_val = train_experts._train(config, splits, kind, fns, num, gamma)
+  fns, _, num, gamma = references.reference_model_fns(config, splits, kind)
+  _, best_val = stage1_trainer.train_reference_models(config, splits, kind, fns, num, gamma)
   assert best_val.shape == ((3,) if kind == "experts" else (1,))
   assert np.all(np.isfinite(best_val)) and np.all(best_val > 0)

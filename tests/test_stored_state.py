@@ -14,8 +14,9 @@ import pytest
 
 from reducr_jax import checkpointing
 from reducr_jax import configuration
+from reducr_jax import reference_cache
+from reducr_jax import references
 from reducr_jax import train
-from reducr_jax import train_experts
 from reducr_jax import workdir as workdir_lib
 import test_resilience
 
@@ -137,9 +138,9 @@ def test_an_experts_cache_of_another_config_is_rebuilt(tmp_path, caplog):
   from reducr_jax import data  # pylint: disable=g-import-not-at-top
   config = _expert_cache_config()
   splits = data.make_splits(config.dataset, config.seed)
-  mine = train_experts.get_reference_models(config, splits, str(tmp_path))
-  path = pathlib.Path(train_experts.cache_path(config, str(tmp_path), "irreducible"))
-  other = train_experts._fingerprint(  # pylint: disable=protected-access
+  mine = references.get_reference_models(config, splits, str(tmp_path))
+  path = pathlib.Path(reference_cache.cache_path(config, str(tmp_path), "irreducible"))
+  other = reference_cache.fingerprint(
       _expert_cache_config(**{"experts.learning_rate": 0.5}), "irreducible")
   payload = checkpointing.read_cache(path, path.name.split("-")[1])
   same_shapes = jax.tree.map(lambda a: a + 1.0, payload)
@@ -149,7 +150,7 @@ def test_an_experts_cache_of_another_config_is_rebuilt(tmp_path, caplog):
     checkpointing.write_cache(path, theirs, other)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-      again = train_experts.get_reference_models(config, splits, str(tmp_path))
+      again = references.get_reference_models(config, splits, str(tmp_path))
     assert (f"cache {path} is damaged (written for another config: fingerprint {other}, "
             f"this config's {path.name.split('-')[1]})") in caplog.text
     for a, b in zip(*map(_leaves, (again.params, mine.params))):

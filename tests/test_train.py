@@ -1,5 +1,6 @@
 """The trainer end to end: learning, resume equality, 1-vs-8 devices, NaN, bad input."""
 
+import functools
 import json
 import os
 import signal
@@ -134,9 +135,10 @@ def test_every_method_and_variant_matches_its_recorded_run(tmp_path, name):
   assert results["method"] == config.selection.method
 
 
-def _step_inputs(config, num_devices):
-  """A state, the pmapped step and one global batch for the given device count."""
-  from reducr_jax import data, models, train_experts  # pylint: disable=g-import-not-at-top
+def _step_inputs(config, num_devices, unmapped=False):
+  """A state, the pmapped step and one global batch for the given device count
+  (``unmapped``: one device's state and the jitted step with ``axis_name=None``)."""
+  from reducr_jax import data, models  # pylint: disable=g-import-not-at-top
   import flax.jax_utils  # pylint: disable=g-import-not-at-top
   splits = data.make_splits(config.dataset, config.seed)
   model = models.create_model(config.model, 10)
@@ -149,13 +151,16 @@ def _step_inputs(config, num_devices):
                            jax.random.PRNGKey(1))
   state = state._replace(holdout_loss=jnp.linspace(0.5, 2.5, 10))
   step = train.make_train_step(apply_fn, None, tx, cfg, devices)
+  if unmapped:
+    step = jax.jit(functools.partial(train.train_step, model=apply_fn, ref_loss_fn=None,
+                                     tx=tx, cfg=cfg, axis_name=None))
   rng = np.random.default_rng(0)
   batches = []
   for _ in range(5):
     idx = rng.choice(len(splits.train), config.batch_size, replace=False)
     batches.append({"x": splits.train.x[idx], "y": splits.train.y[idx],
                     "ref_losses": rng.uniform(0, 2, (config.batch_size, 10)).astype(np.float32)})
-  return flax.jax_utils.replicate(state, devices), step, batches
+  return (state if unmapped else flax.jax_utils.replicate(state, devices)), step, batches
 
 
 def _run_steps(num_devices, batches_override=None):
@@ -182,6 +187,33 @@ def test_one_and_eight_devices_agree():
     np.testing.assert_allclose(b, np.broadcast_to(b[0], b.shape), rtol=0, atol=0)
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
     np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), rtol=1e-4, atol=1e-6)
+
+
+def test_train_step_without_a_mapped_axis_equals_the_one_device_pmap():
+  # axis_name=None under jit (no pmap): gathers, sums and the row exchange are the
+  # identity, so 5 steps give the 1-device pmapped step's selections, losses and params.
+  config = tiny_config()
+  p_state, p_step, batches = _step_inputs(config, 1)
+  state, step, _ = _step_inputs(config, 1, unmapped=True)
+  for batch in batches:
+    p_state, pm = p_step(p_state, sharding.shard(batch, 1), None)
+    state, m = step(state, batch, None)
+    np.testing.assert_array_equal(np.asarray(m["selected_indices"]),
+                                  np.asarray(pm["selected_indices"][0]))
+    np.testing.assert_allclose(np.asarray(m["class_weights"]),
+                               np.asarray(pm["class_weights"][0]), rtol=1e-6)
+    np.testing.assert_allclose(float(m["selected_loss"]), float(pm["selected_loss"][0]),
+                               rtol=1e-6)
+  assert int(state.step) == 5 and int(state.num_skipped) == 0
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(p_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b[0]), rtol=1e-5, atol=1e-7)
+
+
+def test_train_step_without_a_mapped_axis_needs_one_device():
+  cfg = train.StepConfig.from_config(tiny_config(), 10, 8, "table")
+  with pytest.raises(ValueError, match="cfg.num_devices must be 1, got 8"):
+    train.train_step(None, {}, None, model=None, ref_loss_fn=None, tx=None, cfg=cfg,
+                     axis_name=None)
 
 
 def test_nan_batch_is_skipped_and_counted():

@@ -104,14 +104,14 @@ def compile_cache(directory: Optional[str]):
 
 def _pretrain(config: Any, cache: Optional[str] = None) -> str:
   """Worker: trains (or finds cached) the reference models of one config."""
-  from reducr_jax import data, double_reference, train_experts  # pylint: disable=g-import-not-at-top
+  from reducr_jax import data, double_reference, references  # pylint: disable=g-import-not-at-top
   with compile_cache(cache), contextlib.redirect_stdout(io.StringIO()):
     splits = data.make_splits(config.dataset, config.seed)
     if config.experts.get("double_irreducible", False):    # the two half models
       double_reference.references(config, splits, config.experts.cache_dir)
     else:
-      train_experts.get_reference_models(config, splits, config.experts.cache_dir)
-  return train_experts.reference_kind(config) or ""
+      references.get_reference_models(config, splits, config.experts.cache_dir)
+  return references.reference_kind_for_config(config) or ""
 
 
 def _train(config: Any, directory: str,
@@ -169,7 +169,7 @@ def run_grid(runs: Sequence[Run], workdir: str, workers: int = 1,
     cache_compilation: JAX's persistent compilation cache in ``<workdir>/compile_cache``
       (not for a ``gs://`` workdir).
   """
-  from reducr_jax import configuration, train_experts  # pylint: disable=g-import-not-at-top
+  from reducr_jax import configuration, reference_cache, references  # pylint: disable=g-import-not-at-top
   names = [r.name for r in runs]
   if len(set(names)) != len(names):
     raise configuration.ConfigError(f"run names must be unique, got {names}")
@@ -180,8 +180,8 @@ def run_grid(runs: Sequence[Run], workdir: str, workers: int = 1,
   configs = [_with_shared_cache(r.config, workdir) for r in todo]
   refs, seen = [], set()
   for c in configs:
-    kind = train_experts.reference_kind(c)
-    key = kind and train_experts.cache_path(c, c.experts.cache_dir, kind)
+    kind = references.reference_kind_for_config(c)
+    key = kind and reference_cache.cache_path(c, c.experts.cache_dir, kind)
     if kind and key not in seen and not os.path.exists(key):
       seen.add(key)
       refs.append((c,))
