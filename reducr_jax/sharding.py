@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from reducr_jax import errors
+from reducr_jax.data.sampling import process_range  # noqa: F401 (defined with the batch order, re-exported)
+from reducr_jax.data.sampling import process_rows  # noqa: F401 (re-exported)
 
 AXIS = "devices"
 
@@ -44,24 +46,6 @@ def pmap_devices(devices: Sequence) -> Sequence | None:
   """``devices`` argument of ``jax.pmap``: ``None`` (every device of every process, each
   process feeding its own) with several processes, else exactly ``devices``."""
   return None if jax.process_count() > 1 else devices
-
-
-def process_range(n: int, num_processes: int, process_index: int) -> tuple[int, int]:
-  """Rows ``[lo, hi)`` of ``n`` that process ``process_index`` owns: contiguous blocks of
-  ``ceil(n / num_processes)`` (the last ones shorter, possibly empty)."""
-  per = -(-n // num_processes)
-  lo = min(process_index * per, n)
-  return lo, min(lo + per, n)
-
-
-def process_rows(tree, num_processes: int, process_index: int):
-  """This process's contiguous share of a global batch (leading axis split in order)."""
-  if num_processes == 1:
-    return tree
-  def rows(a):
-    per = a.shape[0] // num_processes
-    return a[process_index * per:(process_index + 1) * per]
-  return jax.tree.map(rows, tree)
 
 
 def host_copy(tree):

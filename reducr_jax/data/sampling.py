@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from typing import Iterator
 
+import jax
 import numpy as np
 
 
@@ -153,3 +154,21 @@ def iterate_batches(split, batch_size: int, num_parts: int = 1,
     mask = np.zeros(size, dtype=bool)
     mask[:stop - lo] = True
     yield xb, yb, mask
+
+
+def process_range(n: int, num_processes: int, process_index: int) -> tuple[int, int]:
+  """Rows ``[lo, hi)`` of ``n`` that process ``process_index`` owns: contiguous blocks of
+  ``ceil(n / num_processes)`` (the last ones shorter, possibly empty)."""
+  per = -(-n // num_processes)
+  lo = min(process_index * per, n)
+  return lo, min(lo + per, n)
+
+
+def process_rows(tree, num_processes: int, process_index: int):
+  """This process's contiguous share of a global batch (leading axis split in order)."""
+  if num_processes == 1:
+    return tree
+  def rows(a):
+    per = a.shape[0] // num_processes
+    return a[process_index * per:(process_index + 1) * per]
+  return jax.tree.map(rows, tree)

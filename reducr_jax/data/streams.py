@@ -7,9 +7,9 @@ from typing import Any, Optional
 import numpy as np
 
 from reducr_jax import rng_streams
-from reducr_jax import sharding
 from reducr_jax.data import corruption
 from reducr_jax.data.sampling import batch_indices
+from reducr_jax.data.sampling import process_rows
 from reducr_jax.data.sampling import weighted_batch_indices
 from reducr_jax.data.split_types import Split
 from reducr_jax.data.splits import Splits
@@ -63,10 +63,10 @@ def train_batch(config: Any, splits: Splits,
     points for a reweighter that needs a validation batch (``validation_order``).
 
   Indices are cut to this process's contiguous share
-  (:func:`reducr_jax.sharding.process_rows`) *before* any input is read, so each host
+  (:func:`reducr_jax.data.sampling.process_rows`) *before* any input is read, so each host
   reads and decodes only its own rows.
   """
-  rows = lambda idx: sharding.process_rows(idx, num_processes, process_index)  # noqa: E731
+  rows = lambda idx: process_rows(idx, num_processes, process_index)  # noqa: E731
   order = lambda name: rng_streams.order_seed(config.seed, name)  # noqa: E731
   pick = lambda split, name, stream, b: split_batch_indices(  # noqa: E731
       config.dataset, split, name, order(stream), step, b, splits.num_classes)
