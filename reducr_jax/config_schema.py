@@ -63,6 +63,8 @@ K_ROUNDINGS = ("round", "floor")
 PRUNING_STRATEGIES = ("none", "random", "el2n", "grand", "forgetting", "dyn_unc", "drop")
 PRUNING_KEEP = ("hardest", "easiest")
 META_METHODS = ("jvp", "nested_grad")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear")   # optimizers.py
+MODEL_SELECTIONS = ("worst_class", "average", "final", "auto")    # evaluation.py
 ETA_AUTO = "auto"                         # config.selection.eta = "auto"
 
 # Sections in the order they are checked; "" holds the top-level (run) fields.
@@ -84,7 +86,7 @@ FIELDS: dict = {
     "checkpoint_every": size(),
     "max_consecutive_skipped": size(),
     "max_skipped_share": Number(0, 1),
-    "model_selection": OneOf("model_selections"),
+    "model_selection": OneOf(MODEL_SELECTIONS),
     "reweight": OneOf("reweighters"),
     # selection
     "selection.method": OneOf("selectors"),
@@ -140,7 +142,7 @@ FIELDS: dict = {
     "optimizer.learning_rate": POSITIVE,
     "optimizer.weight_decay": NON_NEGATIVE,
     "optimizer.grad_clip_norm": NON_NEGATIVE,
-    "optimizer.schedule": OneOf("schedules"),
+    "optimizer.schedule": OneOf(SCHEDULES),
     "optimizer.warmup_steps": Number(0, integer=True),
 }
 

@@ -21,9 +21,7 @@ from reducr_jax import checks
 from reducr_jax import class_weighted_losses
 from reducr_jax import config_schema as schema
 from reducr_jax import data
-from reducr_jax import evaluation as evaluation_rules
 from reducr_jax import models
-from reducr_jax import optimizers
 from reducr_jax import reweighters
 from reducr_jax import selection
 from reducr_jax import selectors
@@ -39,8 +37,6 @@ CHOICES = {
     "augmentations": lambda: augment.AUGMENTATIONS,
     "normalisations": lambda: class_weighted_losses.NORMALISATIONS,
     "samplings": lambda: selectors.weighted.SAMPLINGS,
-    "schedules": lambda: optimizers.SCHEDULES,
-    "model_selections": lambda: evaluation_rules.MODEL_SELECTION,
 }
 
 

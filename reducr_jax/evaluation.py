@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from reducr_jax import class_weighted_losses
+from reducr_jax import config_schema
 from reducr_jax import data
 from reducr_jax import metrics
 from reducr_jax import progress
@@ -74,7 +75,7 @@ def val_and_test(p_eval, p_params, splits, batch_size: int, num_devices: int,
 
 
 # Which checkpoint of the target model is kept and evaluated (``config.model_selection``).
-MODEL_SELECTION = ("worst_class", "average", "final", "auto")
+MODEL_SELECTION = config_schema.MODEL_SELECTIONS   # the allowed values live in the schema
 
 
 def model_score(val: dict, rule: str) -> float:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ml_collections
 import optax
 
+from reducr_jax import config_schema
+
 # ``config.optimizer.schedule``.
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear")
+SCHEDULES = config_schema.SCHEDULES   # the allowed values live in the schema
 
 
 def learning_rate_schedule(learning_rate: float, schedule: str = "constant",
