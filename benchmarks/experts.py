@@ -4,13 +4,13 @@ For each model family (an MLP on MNIST-1D-like 40-feature inputs and a small CNN
 32×32×3 inputs) and each number of experts C, this times, side by side in one process:
 
   * ``forward``     — the baseline: one model's forward pass + cross-entropy → ``[B]``;
-  * ``vmap``, ``map``, ``loop`` — :func:`reducr_jax.stacked_experts.expert_losses` with that
+  * ``vmap``, ``map``, ``loop`` — :func:`reducr_jax.core.stacked_experts.expert_losses` with that
     strategy: C stacked models on the batch → ``[B, C]``;
   * ``precomputed`` — the per-step cost of the table strategy: gathering the batch's B
     rows of a precomputed ``[N, C]`` table by index inside ``jit``;
-  * ``multihead``   — one :class:`reducr_jax.stacked_experts.MultiHead` forward (shared trunk,
+  * ``multihead``   — one :class:`reducr_jax.core.stacked_experts.MultiHead` forward (shared trunk,
     C heads) → ``[B, C]`` losses;
-  * ``table build`` — the one-off :func:`reducr_jax.references.loss_table_rows` pass over N
+  * ``table build`` — the one-off :func:`reducr_jax.train.references.loss_table_rows` pass over N
     examples (with the fastest online strategy), as a ratio to one model's forward over
     the same N examples with the same batching.
 
@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/experts.py``
-from reducr_jax import class_weighted_losses
-from reducr_jax import references
-from reducr_jax import stacked_experts
+from reducr_jax.core import class_weighted_losses
+from reducr_jax.train import references
+from reducr_jax.core import stacked_experts
 
 ONLINE = stacked_experts.STRATEGIES  # ("vmap", "map", "loop")
 ORDER = ("forward",) + ONLINE + ("precomputed", "multihead")

@@ -13,7 +13,7 @@ The scripts in this folder import it as ``import harness``: run as
     memory of a compiled function from XLA's cost and memory analyses;
   * :data:`STEP_VARIANTS`, :func:`build_train_step`, :func:`stepper`, :func:`shard`,
     :func:`replicate` — the
-    library's pmapped train step (``reducr_jax.train.make_train_step``) built for one
+    library's pmapped train step (``reducr_jax.train.trainer.make_train_step``) built for one
     selection variant on random, device-resident inputs (``train_step.py``,
     ``scaling.py``, ``memory.py``);
   * :func:`run_python` — runs a script in a child process (fresh ``XLA_FLAGS``);
@@ -47,10 +47,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from reducr_jax import device_memory
+from reducr_jax.train import device_memory
 from reducr_jax import models
-from reducr_jax import stacked_experts
-from reducr_jax import train
+from reducr_jax.core import stacked_experts
+from reducr_jax.train import trainer as train
 from reducr_jax.models.mlp import MLP
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -66,7 +66,7 @@ class SmallCNN(nn.Module):
   Attributes:
     features: channels of the conv layers.
     num_outputs: width of the final linear layer; ``None`` returns the pooled features
-      (the trunk of a :class:`reducr_jax.stacked_experts.MultiHead`).
+      (the trunk of a :class:`reducr_jax.core.stacked_experts.MultiHead`).
   """
   features: Sequence[int] = (8, 16, 32)
   num_outputs: Optional[int] = NUM_CLASSES
@@ -76,7 +76,7 @@ class SmallCNN(nn.Module):
     """``x``: ``[B, H, W, 3]`` → ``[B, num_outputs]`` logits (or ``[B, F]`` features).
 
     ``train`` is accepted (as by the library's models, e.g. from
-    :class:`reducr_jax.stacked_experts.MultiHead`) and ignored: no batch norm, no dropout.
+    :class:`reducr_jax.core.stacked_experts.MultiHead`) and ignored: no batch norm, no dropout.
     """
     del train
     x = x.astype(jnp.float32)
@@ -213,13 +213,13 @@ class StepBench(NamedTuple):
   """A built train step and its inputs, ready to call as ``step(state, batch, ref)``.
 
   Attributes:
-    step: the pmapped :func:`reducr_jax.train.train_step`.
-    state: replicated :class:`reducr_jax.train.TrainState`, leaves ``[n, ...]``.
+    step: the pmapped :func:`reducr_jax.train.trainer.train_step`.
+    state: replicated :class:`reducr_jax.train.trainer.TrainState`, leaves ``[n, ...]``.
     batch: the sharded large batch, leaves ``[n, B/n, ...]`` (``x``, ``y``, plus
       ``ref_losses [n, B/n, C']`` for table variants, ``meta_x``/``meta_y`` for meta).
     ref: replicated stacked expert variables (online variant, leading axes ``[n, C]``),
       else ``None``.
-    cfg: the step's static :class:`reducr_jax.train.StepConfig`.
+    cfg: the step's static :class:`reducr_jax.train.trainer.StepConfig`.
     fns, ref_loss_fn, tx, devices: what the step was built from (to build it another way,
       e.g. ``memory.py``'s ``jit(shard_map)`` form).
   """
@@ -280,9 +280,9 @@ def build_train_step(config: ml_collections.ConfigDict, variant: str,
     input_dtype: ``float32`` features or ``uint8`` images.
     num_classes: C (one expert per class for REDUCR).
     num_devices: n, the first n local devices.
-    online_strategy: :func:`reducr_jax.stacked_experts.expert_losses` strategy of the
+    online_strategy: :func:`reducr_jax.core.stacked_experts.expert_losses` strategy of the
       online variant.
-    donate: build with :func:`reducr_jax.train.make_train_step` (donates the state).
+    donate: build with :func:`reducr_jax.train.trainer.make_train_step` (donates the state).
     seed: parameters and data.
   """
   if variant not in STEP_VARIANTS:

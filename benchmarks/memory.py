@@ -4,7 +4,7 @@ Compile only, nothing runs: for each config the REDUCR step (``reducr (table)``,
 default) is built as the trainer builds it (``harness.build_train_step``) and lowered and
 compiled for one device, ``step.lower(state, batch, ref).compile().memory_analysis()``:
 
-  * ``pmap, donated`` — ``reducr_jax.train.make_train_step`` itself (``donate_argnums=0``:
+  * ``pmap, donated`` — ``reducr_jax.train.trainer.make_train_step`` itself (``donate_argnums=0``:
     the new state may be written into the old state's buffers, ``alias`` bytes);
   * ``pmap, not donated`` — the same ``jax.pmap`` of ``train.train_step`` without donation;
   * ``jit(shard_map), donated`` / ``not donated`` — analysis only: the same
@@ -36,8 +36,8 @@ import jax
 import numpy as np
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/memory.py``
-from reducr_jax import configuration
-from reducr_jax import train
+from reducr_jax.config import configuration
+from reducr_jax.train import trainer as train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "configs")

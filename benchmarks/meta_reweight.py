@@ -6,7 +6,7 @@ side by side in one process:
 
   * ``plain``       — the baseline: gradient of the mean cross-entropy on the training
     batch and an SGD update;
-  * ``meta``        — :func:`reducr_jax.meta_reweight.example_weights` (virtual SGD step,
+  * ``meta``        — :func:`reducr_jax.core.meta_reweight.example_weights` (virtual SGD step,
     validation gradient, ε-gradient by nested ``jax.grad``) followed by the gradient of
     the weighted loss ``Σ w_i ℓ_i`` and an SGD update;
   * ``weights``     — the weights alone (the meta step without its training update);
@@ -14,7 +14,7 @@ side by side in one process:
     ``g_i = −lr·⟨∇L_val(θ), ∇ℓ_i(θ)⟩`` (exact for a virtual SGD step at ε = 0) computed
     as one ``jax.jvp`` of the training losses, then the same training update; it shows
     what the nested ``jax.grad`` costs over the minimum;
-  * ``group_dro``   — :func:`reducr_jax.group_dro.robust_loss` (update q, q-weighted
+  * ``group_dro``   — :func:`reducr_jax.core.group_dro.robust_loss` (update q, q-weighted
     per-class loss), its gradient and an SGD update.
 
 Every step is compiled and warmed up first, then the variants run in round-robin, in a
@@ -44,8 +44,8 @@ import numpy as np
 import optax
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/meta_reweight.py``
-from reducr_jax import group_dro
-from reducr_jax import meta_reweight
+from reducr_jax.core import group_dro
+from reducr_jax.core import meta_reweight
 
 NUM_CLASSES = harness.NUM_CLASSES
 VARIANTS = ("plain", "meta", "weights", "meta_jvp", "group_dro")

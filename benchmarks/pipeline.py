@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 import harness
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax import data
 from reducr_jax.data import clothing1m
 from reducr_jax.data import pipeline

@@ -30,7 +30,8 @@ NAMES = {"v5e:1x1": "v5e chip", "v5e:2x4": "v5e-8", "v5:2x2x1": "v5p-8", "v4:2x2
 
 _CHILD = """
 import json, sys, time
-from reducr_jax import configuration, plan
+from reducr_jax.config import configuration
+from reducr_jax import plan
 config = configuration.load_config(sys.argv[1])
 t0 = time.process_time()
 try:

@@ -1,10 +1,10 @@
 """Measured vs planned step times of a config's programs on the accelerator this runs on.
 
 On a GPU or TPU: builds the run's programs on the real devices with the planner's code
-(:func:`reducr_jax.plan_programs.build_all`: the trainer's step builders and chooser, from
+(:func:`reducr_jax.plan.plan_programs.build_all`: the trainer's step builders and chooser, from
 shapes), calls each compiled program on zeros of its argument shapes (``--calls`` timed
 calls after one warm-up, median) and prints it next to the roofline time at the chip's
-published peaks (:mod:`reducr_jax.chips`; FLOPs from XLA's ``cost_analysis``, loop
+published peaks (:mod:`reducr_jax.train.chips`; FLOPs from XLA's ``cost_analysis``, loop
 bodies multiplied out). The ratio measured / planned says how far from its roofline each
 program runs. On CPU it writes a one-line note and exits 0 (the planner's numbers are for
 accelerators; ``python -m reducr_jax.plan`` compiles for TPU topologies from here).
@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 
 import harness
-from reducr_jax import chips
-from reducr_jax import configuration
-from reducr_jax import plan_inputs
-from reducr_jax import plan_programs
+from reducr_jax.train import chips
+from reducr_jax.config import configuration
+from reducr_jax.plan import plan_inputs
+from reducr_jax.plan import plan_programs
 
 
 def _zeros(compiled, args):

@@ -1,7 +1,7 @@
 """How the train step's time grows with the batch size B, the number of classes C, and devices.
 
 All on the MLP of ``configs/default.py`` (256-256, float32 ``[B, 40]`` inputs), with the
-library's own step (``harness.build_train_step``: ``reducr_jax.train.make_train_step``,
+library's own step (``harness.build_train_step``: ``reducr_jax.train.trainer.make_train_step``,
 device-resident inputs), each part timed in shuffled interleaved rounds:
 
   * **B**: ``uniform`` and ``reducr (table)`` at B = 80 … 1280, k = 10 % of B, C = 10. A
@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/scaling.py``
-from reducr_jax import configuration
-from reducr_jax import mwu
-from reducr_jax import selection
+from reducr_jax.config import configuration
+from reducr_jax.core import mwu
+from reducr_jax.core import selection
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "..", "configs", "default.py")

@@ -1,13 +1,13 @@
 """Stage 1: C stacked experts' training step per strategy, vs one plain model step.
 
 For the CIFAR ResNet (3×3 stem) and the ImageNet-stem ResNet (7×7 stem + max-pool), at
-C = 10 and 14, every strategy of :func:`reducr_jax.experts_step.experts_train_step` —
+C = 10 and 14, every strategy of :func:`reducr_jax.train.experts_step.experts_train_step` —
 ``vmap`` (all C in one batched program), ``chunk`` (``vmap`` of C/2 at a time,
 ``lax.map`` over the two chunks), ``map`` (one expert at a time in one program), ``loop`` (unrolled) — is
 compiled and timed on the same holdout batch, interleaved with **one plain model step**
 (one unstacked model's γ-weighted loss, gradient and AdamW update at the top level of its
 program: no loop, no stacking). On CPU a ``map (XLA conv layouts)`` row also runs the
-in-place ``map`` without :func:`reducr_jax.conv_layout.canonical_convs`, as it ran before
+in-place ``map`` without :func:`reducr_jax.core.conv_layout.canonical_convs`, as it ran before
 issue 23 (its convolutions' gradients inside the loop miss XLA:CPU's Eigen kernels). Per
 row:
 
@@ -23,7 +23,7 @@ row:
   ``map`` (the loss table on CPU) and the same in a ``lax.map`` over 2 slices (the
   validation sums with 2 microbatches), per expert: they stay ≈ 1 because a forward's
   convolutions are canonical as JAX emits them (only the gradient's are not, issue 23);
-* which strategy ``auto`` picks (:func:`reducr_jax.stage1_memory.strategy_candidates` and
+* which strategy ``auto`` picks (:func:`reducr_jax.train.stage1_memory.strategy_candidates` and
   the budget of this device).
 
 Models are shrunk to run on a CPU (``--width``, ``--stages``, ``--image``); on a GPU/TPU
@@ -51,12 +51,12 @@ import numpy as np
 import optax
 
 import harness
-from reducr_jax import class_weighted_losses
-from reducr_jax import device_memory
-from reducr_jax import experts_step
+from reducr_jax.core import class_weighted_losses
+from reducr_jax.train import device_memory
+from reducr_jax.train import experts_step
 from reducr_jax import models
-from reducr_jax import stacked_experts
-from reducr_jax import stage1_memory
+from reducr_jax.core import stacked_experts
+from reducr_jax.train import stage1_memory
 from reducr_jax.models.resnet import ResNet18
 
 
@@ -161,10 +161,10 @@ def full_size_memory(batch: int, slices: int) -> list[dict[str, Any]]:
 def build_forward(stem: str, num: int, how: str, args) -> tuple[Any, tuple]:
   """(compiled forward, its arguments) of stage 1's forward-only programs, in eval mode:
   ``how="plain"``: one model's per-example losses ``[B]`` at the top level;
-  ``"map"``: :func:`reducr_jax.stacked_experts.expert_losses` of ``num`` stacked models with
+  ``"map"``: :func:`reducr_jax.core.stacked_experts.expert_losses` of ``num`` stacked models with
   ``map`` (the loss table's program on CPU) → ``[B, C]``; ``"slices"``: the same in a
   ``lax.map`` over 2 slices of the batch (stage 1's validation sums,
-  :func:`reducr_jax.stage1_trainer.step_functions` with 2 microbatches)."""
+  :func:`reducr_jax.train.stage1_trainer.step_functions` with 2 microbatches)."""
   module = ResNet18(num_outputs=10, stem=stem, width=args.width,
                     stage_sizes=tuple(args.stages))
   x = np.random.default_rng(0).integers(0, 256, (args.batch, args.image, args.image, 3),

@@ -20,10 +20,10 @@ PyTorch Lightning + Hydra; ``robust_reducible_loss_selection.__call__`` and
   BatchNorm, see below).
 
 The JAX side: the selection step is one ``jax.jit`` of
-``reducr_jax.class_weighted_losses.cross_entropy``, a gather of the table's ``[B, C]`` rows, ``selection.excess_losses``,
+``reducr_jax.core.class_weighted_losses.cross_entropy``, a gather of the table's ``[B, C]`` rows, ``selection.excess_losses``,
 ``selection.weighted_scores`` with ``mwu.weights``, ``selection.top_k``,
 ``mwu.class_objective`` and ``mwu.update``; the train step is
-``reducr_jax.train.make_train_step`` itself (``pmap`` over one device), fed as the trainer
+``reducr_jax.train.trainer.make_train_step`` itself (``pmap`` over one device), fed as the trainer
 feeds it (NumPy batch with the table rows gathered on the host) and, as a second row, with
 the batch already on the device. It does a little more than the torch step: the finiteness
 guard on loss, gradients and weights, the per-class selection counts and its metrics.
@@ -59,12 +59,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/torch_selection.py``
-from reducr_jax import class_weighted_losses
-from reducr_jax import configuration
-from reducr_jax import mwu
-from reducr_jax import selection
+from reducr_jax.core import class_weighted_losses
+from reducr_jax.config import configuration
+from reducr_jax.core import mwu
+from reducr_jax.core import selection
 from reducr_jax import selectors
-from reducr_jax import train
+from reducr_jax.train import trainer as train
 from reducr_jax.models.mlp import MLP
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -549,7 +549,7 @@ def build_setup(spec: ModelSpec, *, eta: float, k: Optional[int] = None,
 
 
 def jax_step_parts(setup: Setup, config) -> tuple[Callable, Callable, Any]:
-  """``(pmapped train step, fresh replicated state (), StepConfig)`` from reducr_jax.train.
+  """``(pmapped train step, fresh replicated state (), StepConfig)`` from reducr_jax.train.trainer.
 
   The config's optimizer (AdamW) and selection settings, with this setup's η and k, the
   precomputed-table reference, one device.
@@ -776,7 +776,7 @@ def timed_calls(setup: Setup, config) -> dict[str, Callable[[], Any]]:
 
 
 IMPL_LABELS = {
-    "selection/jax": "jax: jit(reducr_jax.selection + mwu)",
+    "selection/jax": "jax: jit(reducr_jax.core.selection + mwu)",
     "selection/torch": "torch eager, official (argsort)",
     "selection/torch_topk": "torch eager, torch.topk",
     "train_step/jax": "jax: train.make_train_step (pmap, 1 device; host batch)",

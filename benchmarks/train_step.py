@@ -1,6 +1,6 @@
 """REDUCR train step vs uniform train step: measured time ratio vs FLOP-predicted ratio.
 
-Every variant is the library's own step (``reducr_jax.train.make_train_step``, ``pmap`` over
+Every variant is the library's own step (``reducr_jax.train.trainer.make_train_step``, ``pmap`` over
 one device, state donated) built as the trainer builds it (``harness.build_train_step``),
 timed side by side in one process on the same random, device-resident large batch
 (interleaved rounds in a shuffled order, each timing ``block_until_ready``, medians). The
@@ -21,7 +21,7 @@ Models (``--model``, comma-separated; ``--all``: both, and every variant):
 Variants (``harness.STEP_VARIANTS``): uniform, train_loss, rho_loss (table), reducr (table),
 reducr (online experts), and with ``--all`` reducr + group_dro and reducr + meta (both with
 the table). Online experts are timed with ``--online_strategy`` (``auto``: ``vmap`` for the
-MLP, :func:`reducr_jax.stacked_experts.default_strategy` for the ResNet, i.e. ``lax.map`` on CPU)
+MLP, :func:`reducr_jax.core.stacked_experts.default_strategy` for the ResNet, i.e. ``lax.map`` on CPU)
 but their FLOPs are always those of the ``vmap`` build: XLA's cost analysis counts a
 ``lax.map`` body once, not C times.
 
@@ -40,8 +40,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/train_step.py``
-from reducr_jax import configuration
-from reducr_jax import stacked_experts
+from reducr_jax.config import configuration
+from reducr_jax.core import stacked_experts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "configs")

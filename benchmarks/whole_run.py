@@ -100,7 +100,8 @@ def child(name: str, workdir: str, extra: dict[str, Any], release: str = "large"
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)     # the log names each stage and stage 1's strategy
   import fakes  # pylint: disable=g-import-not-at-top
-  from reducr_jax import configuration, train  # pylint: disable=g-import-not-at-top
+  from reducr_jax.config import configuration  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
   tmp = pathlib.Path(workdir)
   config = configuration.load_config(os.path.join("configs", f"{name}.py"))
   overrides = {**SMOKE, "dataset.data_dir": str(tmp / "tfds"), "model.pretrained": ""}

@@ -17,8 +17,8 @@ import os
 
 import ml_collections
 
-from reducr_jax import config_files
-from reducr_jax import config_schema
+from reducr_jax.config import config_files
+from reducr_jax.config import config_schema
 from reducr_jax.data import real
 
 

@@ -12,7 +12,7 @@ import os
 
 import ml_collections
 
-from reducr_jax import config_files
+from reducr_jax.config import config_files
 from reducr_jax.data import real
 
 
@@ -20,7 +20,7 @@ def get_config():
   config = config_files.load_config(os.path.join(os.path.dirname(__file__), "cifar10.py"))
   # Official (configs/experiment/cifar100_resnet18_robust.yaml, num_categories: 20): REDUCR
   # is robust over the 20 coarse superclasses: 20 experts, MWU over 20 groups, worst-group
-  # accuracy reported next to the per-class one (reducr_jax.data.groups).
+  # accuracy reported next to the per-class one (reducr_jax.core.groups).
   config.dataset = real.default_config("cifar100", groups="cifar100_superclasses",
                                        split_mode="official", imbalance_mode="weighted_sampler",
                                        label_noise_mode="any")

@@ -15,7 +15,7 @@ import os
 
 import ml_collections
 
-from reducr_jax import config_files
+from reducr_jax.config import config_files
 from reducr_jax.data import real
 
 

@@ -23,8 +23,8 @@ import os
 
 from ml_collections import config_dict
 
-from reducr_jax import config_files
-from reducr_jax import config_schema
+from reducr_jax.config import config_files
+from reducr_jax.config import config_schema
 from reducr_jax.data import real
 
 

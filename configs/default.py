@@ -91,7 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   # max(1, int(B · percent)); paper: not stated). Same k for B = 320 or 32 at 10 %.
   config.selection.k_rounding = "round"
   # MWU step size η: a number, or "auto" = the anytime Hedge rate η_t = √(8 ln C / (t L²))
-  # at step t, L = k·ln C (0.058/√t here; reducr_jax.mwu.anytime_update), which does not
+  # at step t, L = k·ln C (0.058/√t here; reducr_jax.core.mwu.anytime_update), which does not
   # depend on num_steps. Paper: 1e-4 over ~10^5 CIFAR steps. Chosen on VALIDATION data
   # only, pooled over the 10 rare-class protocols of digits × 5 seeds (the robustness
   # protocol, REDUCR runs only): mean worst-class val accuracy 84.95 % (1e-2) vs 84.71 %

@@ -26,8 +26,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-from reducr_jax import config_files
-from reducr_jax import config_schema
+from reducr_jax.config import config_files
+from reducr_jax.config import config_schema
 from reducr_jax.data import real
 from reducr_jax.models import pretrained
 

@@ -19,7 +19,7 @@ import os
 
 import ml_collections
 
-from reducr_jax import config_files
+from reducr_jax.config import config_files
 
 
 def get_config():

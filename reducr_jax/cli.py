@@ -3,8 +3,8 @@
 Defines ``--config`` (an ml_collections config file, or a built-in config by name or by its
 repository path from any directory; every field overridable as ``--config.a.b=value``) and ``--workdir``, and turns bad input into one line on stderr
 and exit status 2: flag errors, unknown ``--config.*`` fields, a missing or broken
-``--config`` file, and :class:`reducr_jax.configuration.ConfigError` raised before any work.
-A :class:`reducr_jax.errors.RunError` (diverged run, full disk, busy workdir, preemption
+``--config`` file, and :class:`reducr_jax.config.configuration.ConfigError` raised before any work.
+A :class:`reducr_jax.core.errors.RunError` (diverged run, full disk, busy workdir, preemption
 signal) is one line ``<prefix>: <message>`` and its own exit status (README "Failure
 modes"). Logging: ``--verbosity``/``-v`` is honoured; without it absl logs WARNING and
 above (the trainer's progress lines are printed, not logged).
@@ -115,8 +115,8 @@ def _config_arg(argv: list[str]):
 def _with_built_in_config(argv: list[str]) -> list[str]:
   """``argv`` with a ``--config`` that names no file but a built-in config (``default``,
   ``configs/cifar10.py`` run from another directory) replaced by that config's path
-  (:func:`reducr_jax.config_files.resolve`)."""
-  from reducr_jax import config_files  # pylint: disable=g-import-not-at-top  # light
+  (:func:`reducr_jax.config.config_files.resolve`)."""
+  from reducr_jax.config import config_files  # pylint: disable=g-import-not-at-top  # light
   path = _config_arg(argv)
   file, sep, arg = (path or "").partition(":")
   if not file or os.path.isfile(file):
@@ -194,8 +194,8 @@ def run(main: Callable[[list[str]], None]) -> None:
     if not FLAGS["verbosity"].present:      # honour --verbosity; quiet by default
       logging.set_verbosity(logging.WARNING)
     initialize_distributed()
-    from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
-    from reducr_jax import errors  # pylint: disable=g-import-not-at-top
+    from reducr_jax.config import configuration  # pylint: disable=g-import-not-at-top
+    from reducr_jax.core import errors  # pylint: disable=g-import-not-at-top
     try:
       main(argv)
     except configuration.ConfigError as e:

@@ -36,7 +36,7 @@ def main(argv):
   del argv
   # Imported here so `--help` and flag errors do not pay for importing jax.
   import jax  # pylint: disable=g-import-not-at-top
-  from reducr_jax import train  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
   results = train.train_and_evaluate(cli.config(), cli.WORKDIR.value)
   if jax.process_index() == 0:
     print_table(results)

@@ -21,16 +21,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from reducr_jax import caches
-from reducr_jax import checkpointing
-from reducr_jax import class_weighted_losses
-from reducr_jax import configuration
-from reducr_jax import metrics
-from reducr_jax import mwu
-from reducr_jax import selection
-from reducr_jax import size_checks
-from reducr_jax import stacked_experts
-from reducr_jax import workdir as workdir_lib
+from reducr_jax.run import caches
+from reducr_jax.run import checkpointing
+from reducr_jax.core import class_weighted_losses
+from reducr_jax.config import configuration
+from reducr_jax.core import metrics
+from reducr_jax.core import mwu
+from reducr_jax.core import selection
+from reducr_jax.config import size_checks
+from reducr_jax.core import stacked_experts
+from reducr_jax.config import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(REPO, "configs", "default.py")
@@ -759,7 +759,7 @@ def _int(n):
      "y must be integer class labels, got dtype float32"),
     (lambda: stacked_experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 7)), _int(5)),
      "apply_fn(stacked_params[c], x) fails for x of shape (5, 7)"),
-    (lambda: __import__("reducr_jax.meta_reweight").meta_reweight.example_weights(
+    (lambda: __import__("reducr_jax.core.meta_reweight").meta_reweight.example_weights(
         _meta_loss, jnp.zeros((4, 2)), {"x": jnp.ones((3, 4)), "y": _int(3)},
         {"x": jnp.ones((3, 5)), "y": _int(3)}, 0.1),
      "val_batch['x'] must have train_batch['x']'s per-example shape (4,), got (5,)"),
@@ -832,7 +832,7 @@ def test_masked_padding_may_carry_any_label():
 
 def test_group_dro_example_weights_refuse_label_minus_one():
   """class_counts[−1] would silently read class C−1's count."""
-  from reducr_jax import group_dro  # pylint: disable=g-import-not-at-top
+  from reducr_jax.core import group_dro  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got -1 at index 1"):
     group_dro.example_weights(jnp.array([0, -1]), group_dro.init(3), jnp.array([1.0, 0, 1]))
   w = group_dro.example_weights(jnp.array([0, 2]), group_dro.init(3), jnp.array([1.0, 0, 1]))

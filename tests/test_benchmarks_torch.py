@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
 import torch_selection  # noqa: E402  pylint: disable=wrong-import-position
 
-from reducr_jax import configuration  # noqa: E402
+from reducr_jax.config import configuration  # noqa: E402
 
 C = 5
 

@@ -1,4 +1,4 @@
-"""Tests for reducr_jax.checkpointing: round trips, step management and crash safety."""
+"""Tests for reducr_jax.run.checkpointing: round trips, step management and crash safety."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from reducr_jax.checkpointing import Checkpointer, stored_config
+from reducr_jax.run.checkpointing import Checkpointer, stored_config
 
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's AtomicRenameTemporaryPath naming.
 
@@ -248,7 +248,7 @@ def test_leftover_tmp_directory_is_ignored_and_cleaned(tmp_path):
 _CHILD = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from reducr_jax.checkpointing import Checkpointer
+    from reducr_jax.run.checkpointing import Checkpointer
 
     directory, mode = sys.argv[1], sys.argv[2]
     ckpt = Checkpointer(directory, max_to_keep=5)
@@ -369,7 +369,7 @@ def test_a_stop_during_an_in_flight_save_waits_for_its_manifest(tmp_path, monkey
   """Second SIGTERM (stop at once) while a save is still being written in the background:
   the stop is raised only once the step is renamed and has its manifest."""
   import threading  # pylint: disable=g-import-not-at-top
-  from reducr_jax import preemption  # pylint: disable=g-import-not-at-top
+  from reducr_jax.run import preemption  # pylint: disable=g-import-not-at-top
   ckpt = Checkpointer(tmp_path)
   release = _hold_rename_of(4, monkeypatch)
   with preemption.Handler() as h:

@@ -9,16 +9,16 @@ import ml_collections
 import pytest
 
 import reducr_jax
-from reducr_jax import config_files
-from reducr_jax import config_schema
-from reducr_jax import config_validation
-from reducr_jax import configuration
-from reducr_jax import prune_stage
+from reducr_jax.config import config_files
+from reducr_jax.config import config_schema
+from reducr_jax.config import config_validation
+from reducr_jax.config import configuration
+from reducr_jax.train import prune_stage
 from reducr_jax import reweighters
 from reducr_jax import selectors
-from reducr_jax import train
-from reducr_jax import reference_cache
-from reducr_jax import workdir as workdir_lib
+from reducr_jax.train import trainer as train
+from reducr_jax.train import reference_cache
+from reducr_jax.config import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -128,14 +128,14 @@ def _python(code: str, cwd: str) -> str:
 def test_readme_config_loading_works_outside_the_repository(tmp_path):
   out = _python(
       "import sys, reducr_jax\n"
-      "from reducr_jax import config_files\n"
+      "from reducr_jax.config import config_files\n"
       "a = reducr_jax.default_config()\n"
       "b = config_files.load_config('configs/default.py')\n"
       "assert a.to_dict() == b.to_dict()\n"
       "print(a.batch_size, 'jax' in sys.modules)\n"
       "c = reducr_jax.load_config('cifar100')\n"
-      "print(c.dataset.name, c.selection.eta, 'reducr_jax.configuration' in sys.modules,\n"
-      "      'reducr_jax.train' in sys.modules)\n", cwd=str(tmp_path))
+      "print(c.dataset.name, c.selection.eta, 'reducr_jax.config.configuration' in sys.modules,\n"
+      "      'reducr_jax.train.trainer' in sys.modules)\n", cwd=str(tmp_path))
   # The default config imports no JAX; a child config loads its parents without the trainer.
   assert out.split() == ["320", "False", "cifar100", "0.0001", "False", "False"]
 

@@ -7,7 +7,7 @@ import pytest
 from jax import lax
 from jax.extend.core import primitives as jprim
 
-from reducr_jax import conv_layout
+from reducr_jax.core import conv_layout
 
 
 def _convs(closed):

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax import data
-from reducr_jax import rng_streams
-from reducr_jax import train
+from reducr_jax.core import rng_streams
+from reducr_jax.train import trainer as train
 from reducr_jax.experiments import figures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

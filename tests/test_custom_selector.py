@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from reducr_jax import selection
+from reducr_jax.core import selection
 from reducr_jax import selectors
-from reducr_jax import train
+from reducr_jax.train import trainer as train
 from test_train import tiny_config
 
 
@@ -62,7 +62,7 @@ def test_outside_rule_trains_on_one_and_eight_devices(tmp_path, registered):
 
 
 def test_unregistered_rule_is_a_one_line_config_error(tmp_path):
-  from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
+  from reducr_jax.config import configuration  # pylint: disable=g-import-not-at-top
   with pytest.raises(configuration.ConfigError,
                      match=r"config.selection.method must be one of \['reducr', .*"
                            r"got 'smallest_loss'"):

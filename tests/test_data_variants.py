@@ -11,7 +11,7 @@ import pytest
 
 from reducr_jax import data
 from reducr_jax.data import corruption
-from reducr_jax.data import groups
+from reducr_jax.core import groups
 from reducr_jax.data import real
 from reducr_jax.data import sampling
 from reducr_jax.data import streams
@@ -222,7 +222,7 @@ def test_groups_mapping_and_labels():
 
 
 def test_group_metrics_by_hand():
-  from reducr_jax import metrics  # pylint: disable=g-import-not-at-top
+  from reducr_jax.core import metrics  # pylint: disable=g-import-not-at-top
   # 4 classes, groups (0, 0, 1, 1): correct 8/10, 2/10, 9/10, 9/10 → group 0: 10/20 = 0.5,
   # group 1: 18/20 = 0.9; worst group 0.5 while the worst class is 0.2.
   stats = metrics.ClassSums(np.array([8., 2., 9., 9.]), np.array([10., 10., 10., 10.]))
@@ -235,7 +235,7 @@ def test_group_metrics_by_hand():
 
 def test_grouped_experts_weight_the_group():
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from reducr_jax import class_weighted_losses  # pylint: disable=g-import-not-at-top
+  from reducr_jax.core import class_weighted_losses  # pylint: disable=g-import-not-at-top
   # Head g of 2, labels [0, 1, 2, 3] in groups (0, 0, 1, 1), γ = 9, per-head losses all 1:
   # head 0 weights [10, 10, 1, 1], head 1 [1, 1, 10, 10] → mean over 8 entries = 44/8.
   logits = jnp.zeros((4, 2, 4))
@@ -246,8 +246,8 @@ def test_grouped_experts_weight_the_group():
 
 def test_grouped_run_on_digits(tmp_path):
   import os  # pylint: disable=g-import-not-at-top
-  from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
-  from reducr_jax import train  # pylint: disable=g-import-not-at-top
+  from reducr_jax.config import configuration  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = configuration.with_overrides(
       configuration.load_config(os.path.join(repo, "configs/default.py")), {
@@ -269,7 +269,7 @@ def test_grouped_run_on_digits(tmp_path):
         (per_class[rows] * class_counts[rows]).sum() / class_counts[rows].sum())
   assert results["test"]["worst_group_accuracy"] == pytest.approx(min(per_group))
   assert len(os.listdir(tmp_path / "experts")) == 1
-  from reducr_jax import references  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import references  # pylint: disable=g-import-not-at-top
   splits = data.make_splits(config.dataset, config.seed)
   assert references.reference_model_fns(config, splits, "experts")[2] == 2   # one expert per group
 
@@ -277,10 +277,10 @@ def test_grouped_run_on_digits(tmp_path):
 def test_four_class_toy_groups_give_two_experts_and_two_weights():
   import os  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
+  from reducr_jax.config import configuration  # pylint: disable=g-import-not-at-top
   from reducr_jax import selectors  # pylint: disable=g-import-not-at-top
-  from reducr_jax import references  # pylint: disable=g-import-not-at-top
-  from reducr_jax import train_state  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import references  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import train_state  # pylint: disable=g-import-not-at-top
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = configuration.with_overrides(
       configuration.load_config(os.path.join(repo, "configs/default.py")),

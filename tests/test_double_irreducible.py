@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax import data
-from reducr_jax import double_reference
-from reducr_jax import reference_cache
-from reducr_jax import references
-from reducr_jax import train
+from reducr_jax.train import double_reference
+from reducr_jax.train import reference_cache
+from reducr_jax.train import references
+from reducr_jax.train import trainer as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

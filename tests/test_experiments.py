@@ -136,7 +136,7 @@ def test_robustness_every_rare_class_paired_stats_and_eta_chosen_on_val(tmp_path
 
 
 def test_compile_cache_keeps_results_identical(tmp_path):
-  from reducr_jax import configuration
+  from reducr_jax.config import configuration
   from reducr_jax.experiments import runner
   config = configuration.with_overrides(
       configuration.load_config(os.path.join(REPO, "configs/default.py")),

@@ -11,10 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from reducr_jax import class_weighted_losses
-from reducr_jax import experts_step
-from reducr_jax import references
-from reducr_jax import stacked_experts
+from reducr_jax.core import class_weighted_losses
+from reducr_jax.train import experts_step
+from reducr_jax.train import references
+from reducr_jax.core import stacked_experts
 from reducr_jax.models.mlp import MLP
 import numerics
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax import group_dro, meta_reweight, metrics
+from reducr_jax.core import group_dro, meta_reweight, metrics
 
 # n = 6 examples of C = 3 classes; class 2 is absent.
 LOSSES = jnp.array([1.0, 3.0, 0.5, 0.5, 2.0, 4.0])

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax import models
 from reducr_jax import selectors
-from reducr_jax import train
+from reducr_jax.train import trainer as train
 from reducr_jax.models.mlp import MLP
 from reducr_jax.models.resnet import ResNet18
 from reducr_jax.selectors import bald

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from reducr_jax import meta_reweight
+from reducr_jax.core import meta_reweight
 
 D = 5
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax import metrics
+from reducr_jax.core import metrics
 
 # 3 classes; predictions (argmax) vs labels: class 0: 2/3 right, class 1: 1/1, class 2: 0/2.
 LOGITS = jnp.array([[5.0, 0, 0], [5, 0, 0], [0, 5, 0], [0, 5, 0], [5, 0, 0], [0, 5, 0]])

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
-from reducr_jax import evaluation
+from reducr_jax.config import configuration
+from reducr_jax.train import evaluation
 from reducr_jax import selectors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +69,7 @@ def test_trainer_keeps_the_average_rule_s_checkpoint(tmp_path):
   worst-class rule runs end to end in test_train's registry tests.)"""
   rule, key = "average", "val/accuracy"
   import json  # pylint: disable=g-import-not-at-top
-  from reducr_jax import train  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
   config = configuration.load_config(os.path.join(REPO, "configs", "default.py"))
   config = configuration.with_overrides(config, {
       "selection.method": "uniform", "model_selection": rule, "model.hidden": (16,),

@@ -9,7 +9,7 @@ import pytest
 
 import fakes
 from reducr_jax import models
-from reducr_jax import stacked_experts
+from reducr_jax.core import stacked_experts
 from reducr_jax.data import prefetch
 
 

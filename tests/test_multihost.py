@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reducr_jax import checkpointing
-from reducr_jax import configuration
+from reducr_jax.run import checkpointing
+from reducr_jax.config import configuration
 from reducr_jax import models
-from reducr_jax import train
+from reducr_jax.train import trainer as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config=configs/default.py", "--config.model.hidden=(32,)",

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax import metrics, mwu, selection
+from reducr_jax.core import metrics, mwu, selection
 
 
 def test_init_is_uniform_on_the_simplex():

@@ -29,10 +29,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax import models
-from reducr_jax import stacked_experts
-from reducr_jax import train
+from reducr_jax.core import stacked_experts
+from reducr_jax.train import trainer as train
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                       "default.py")

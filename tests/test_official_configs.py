@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "config_fields.md")

@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax import data
 from reducr_jax import models
-from reducr_jax import sharding
-from reducr_jax import train
+from reducr_jax.train import sharding
+from reducr_jax.train import trainer as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = (0, 0, 1, 1, 1, 2, 2, 3, 3, 3)     # 10 digit classes → 4 groups (superclass style)
@@ -73,7 +73,7 @@ def test_update_on_selected_is_one_official_update_irreducible_step():
   lr / 100 on the unweighted mean cross-entropy of the selected points — for RHO-LOSS's
   model and for each of ``weighted``'s class experts alike (γ, the experts' own lr and wd
   play no part)."""
-  from reducr_jax import references  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import references  # pylint: disable=g-import-not-at-top
   for method, kind, num in (("rho_loss", "irreducible", 1), ("weighted", "experts", 10)):
     config = _config(**{"model.hidden": (), "selection.method": method,
                         "experts.losses": "online", "experts.update_on_selected": True,

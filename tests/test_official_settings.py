@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax import data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +94,8 @@ def _without_added_fields(config):
 
 
 def test_older_workdirs_and_expert_caches_stay_usable(tmp_path):
-  from reducr_jax import reference_cache, workdir  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import reference_cache  # pylint: disable=g-import-not-at-top
+  from reducr_jax.config import workdir  # pylint: disable=g-import-not-at-top
   old, new = _without_added_fields(_config()), _config()
   assert reference_cache.fingerprint(old, "experts") == reference_cache.fingerprint(
       new, "experts")

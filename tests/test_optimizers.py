@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from reducr_jax import configuration
-from reducr_jax import optimizers
+from reducr_jax.config import configuration
+from reducr_jax.train import optimizers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from reducr_jax import periodic
+from reducr_jax.train import periodic
 
 
 def test_every_runs_at_multiples_and_at_the_last_step():

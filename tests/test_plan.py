@@ -1,6 +1,6 @@
 """reducr_jax.plan: the run's programs compiled for abstract TPU topologies (libtpu, [tpu]).
 
-Each xdist worker loads its own libtpu: :func:`reducr_jax.topology.prepare_environment`
+Each xdist worker loads its own libtpu: :func:`reducr_jax.train.topology.prepare_environment`
 sets ``ALLOW_MULTIPLE_LIBTPU_LOAD``, ``TPU_SKIP_MDS_QUERY`` and a per-process
 ``TPU_LOG_DIR`` before it loads.
 """
@@ -13,14 +13,14 @@ import sys
 import jax
 import pytest
 
-from reducr_jax import chips
-from reducr_jax import configuration
-from reducr_jax import device_memory
+from reducr_jax.train import chips
+from reducr_jax.config import configuration
+from reducr_jax.train import device_memory
 from reducr_jax import plan
-from reducr_jax import plan_inputs
-from reducr_jax import plan_programs
-from reducr_jax import stage1_memory
-from reducr_jax import topology
+from reducr_jax.plan import plan_inputs
+from reducr_jax.plan import plan_programs
+from reducr_jax.train import stage1_memory
+from reducr_jax.train import topology
 from reducr_jax.data import real
 
 pytest.importorskip("libtpu", reason="compiling for a TPU topology needs the [tpu] extra")

@@ -1,8 +1,8 @@
 """Progress lines of long stages: rate, ETA, throttled, quiet for short stages."""
 
-from reducr_jax import progress
-from reducr_jax import references
-from reducr_jax import stage1_memory
+from reducr_jax.run import progress
+from reducr_jax.train import references
+from reducr_jax.train import stage1_memory
 
 
 class Clock:

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax import data
-from reducr_jax import prune_stage
+from reducr_jax.train import prune_stage
 
 
 def _setup(strategy, density=0.5, prior=0.0):

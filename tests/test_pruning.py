@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from reducr_jax import drop_toy
-from reducr_jax import pruning
-from reducr_jax import pruning_scores
+from reducr_jax.experiments import drop_toy
+from reducr_jax.core import pruning
+from reducr_jax.core import pruning_scores
 
 # --------------------------------------------------------------------------------------
 # DRoP quotas.
@@ -433,7 +433,7 @@ def test_smoothed_recalls_by_hand():
 def test_prune_stage_query_recalls_are_the_old_float32_numbers():
   """prune_stage.query_recalls is pruning.smoothed_recalls, to the bit of the formula it
   had (float32 sums stay float32)."""
-  from reducr_jax import prune_stage  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import prune_stage  # pylint: disable=g-import-not-at-top
   correct = np.array([37.0, 12.0, 0.0, 5.0], np.float32)
   counts = np.array([40.0, 30.0, 0.0, 5.0], np.float32)
   scores = prune_stage.Scores(*([np.zeros(1)] * 4), val_correct=correct, val_counts=counts)

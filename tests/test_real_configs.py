@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import fakes
-from reducr_jax import configuration
-from reducr_jax import train
+from reducr_jax.config import configuration
+from reducr_jax.train import trainer as train
 
 pytest.importorskip("tensorflow_datasets")
 

@@ -397,7 +397,7 @@ def test_clothing1m_bad_images_named_or_skipped(tmp_path):
   """Every undecodable file is named in one line (nothing prepared); skip_bad_images
   leaves them out of their splits and labels and lists them in the prepared directory."""
   pytest.importorskip("tensorflow_datasets")
-  from reducr_jax import errors
+  from reducr_jax.core import errors
   from reducr_jax.data import clothing1m
   manual, keys, clean_kv, noisy_kv, _ = fakes.write_clothing1m(tmp_path)
   truncated = fakes.truncate_file(manual / keys["noisy_train"][3])
@@ -431,7 +431,7 @@ def test_clothing1m_bad_images_named_or_skipped(tmp_path):
 
 
 def test_embedded_holdout_per_class_says_largest_value():
-  from reducr_jax import errors
+  from reducr_jax.core import errors
   cfg = data.dataset_config("digits", fractions=(0.5, 0.2, 0.1, 0.2), holdout_per_class=1000)
   with pytest.raises(errors.ConfigError, match=r"the largest value that works is (\d+) ") as e:
     data.make_splits(cfg, seed=0)

@@ -17,13 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax import caches
-from reducr_jax import checkpointing
-from reducr_jax import configuration
-from reducr_jax import divergence
-from reducr_jax import preemption
-from reducr_jax import train
-from reducr_jax import workdir as workdir_lib
+from reducr_jax.run import caches
+from reducr_jax.run import checkpointing
+from reducr_jax.config import configuration
+from reducr_jax.run import divergence
+from reducr_jax.run import preemption
+from reducr_jax.train import trainer as train
+from reducr_jax.config import workdir as workdir_lib
 import test_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -362,7 +362,7 @@ def test_a_short_diverged_run_is_not_a_success(tmp_path, overrides, capfd, caplo
 
 
 def test_non_finite_metrics_stay_out_of_tensorboard(tmp_path, capfd, caplog):
-  from reducr_jax import metric_writers  # pylint: disable=g-import-not-at-top
+  from reducr_jax.run import metric_writers  # pylint: disable=g-import-not-at-top
   pytest.importorskip("tensorboardX")
   writer = metric_writers.MetricWriter(str(tmp_path))
   with caplog.at_level(logging.WARNING):

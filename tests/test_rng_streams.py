@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from reducr_jax import data
-from reducr_jax import rng_streams
+from reducr_jax.core import rng_streams
 
 
 def test_key_is_the_named_row_of_one_split_of_the_run_key():

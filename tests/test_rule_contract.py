@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
-from reducr_jax import class_weighted_losses
+from reducr_jax.config import configuration
+from reducr_jax.core import class_weighted_losses
 from reducr_jax import reweighters
 from reducr_jax import selectors
 

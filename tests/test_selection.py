@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax import selection
+from reducr_jax.core import selection
 
 MODEL_LOSS = jnp.array([2.0, 1.2, 3.0, 0.5])
 EXPERT_LOSSES = jnp.array([[1.0, 2.0], [1.5, 0.5], [0.0, 4.0], [1.0, 1.0]])

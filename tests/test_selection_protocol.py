@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax.experiments import paired_stats
 from reducr_jax.experiments import selection_protocol
 from reducr_jax.experiments import sweeps

@@ -8,15 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
-from reducr_jax import experts_step
-from reducr_jax import mwu
-from reducr_jax import reference_cache
+from reducr_jax.config import configuration
+from reducr_jax.train import experts_step
+from reducr_jax.core import mwu
+from reducr_jax.train import reference_cache
 from reducr_jax import reweighters
-from reducr_jax import selection
+from reducr_jax.core import selection
 from reducr_jax import selectors
-from reducr_jax import stacked_experts
-from reducr_jax import train
+from reducr_jax.core import stacked_experts
+from reducr_jax.train import trainer as train
 import numerics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

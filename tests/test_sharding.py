@@ -1,10 +1,10 @@
-"""Placement helpers of the data-parallel stages (reducr_jax.sharding)."""
+"""Placement helpers of the data-parallel stages (reducr_jax.train.sharding)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reducr_jax import sharding
+from reducr_jax.train import sharding
 
 
 def test_replicate_makes_copies_a_donating_step_writes_in_place():

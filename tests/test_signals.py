@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from reducr_jax import checkpointing
-from reducr_jax import preemption
+from reducr_jax.run import checkpointing
+from reducr_jax.run import preemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +30,7 @@ _BUSY_EXIT = textwrap.dedent("""
 
     def main(argv):
       import numpy as np, jax, jax.numpy as jnp
-      from reducr_jax import preemption
+      from reducr_jax.run import preemption
       def busy():
         x = np.ones((256, 256), np.float32)
         while True:

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
-from reducr_jax import size_checks
+from reducr_jax.config import configuration
+from reducr_jax.config import size_checks
 from reducr_jax.data import split_types
 
 

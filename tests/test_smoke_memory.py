@@ -11,11 +11,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax import data
-from reducr_jax import references
-from reducr_jax import spilled_best
-from reducr_jax import stage1_trainer
+from reducr_jax.train import references
+from reducr_jax.train import spilled_best
+from reducr_jax.train import stage1_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

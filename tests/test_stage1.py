@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax import data
-from reducr_jax import references
-from reducr_jax import stage1_memory
-from reducr_jax import stage1_trainer
+from reducr_jax.train import references
+from reducr_jax.train import stage1_memory
+from reducr_jax.train import stage1_trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,7 +139,7 @@ if int(num) > 1:
   jax.distributed.initialize(f"127.0.0.1:{port}", int(num), int(pid))
 sys.path.insert(0, "tests")
 import test_stage1 as t
-from reducr_jax import references
+from reducr_jax.train import references
 splits = t._splits(n=45)            # 45 rows: uneven process shares
 config = t._config(**{"experts.strategy": "map", "experts.num_steps": 2,
                       "model.name": "mlp", "model.hidden": (8,)})

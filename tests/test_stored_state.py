@@ -12,12 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from reducr_jax import checkpointing
-from reducr_jax import configuration
-from reducr_jax import reference_cache
-from reducr_jax import references
-from reducr_jax import train
-from reducr_jax import workdir as workdir_lib
+from reducr_jax.run import checkpointing
+from reducr_jax.config import configuration
+from reducr_jax.train import reference_cache
+from reducr_jax.train import references
+from reducr_jax.train import trainer as train
+from reducr_jax.config import workdir as workdir_lib
 import test_resilience
 
 tiny_config = test_resilience.tiny_config

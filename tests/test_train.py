@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax import configuration
-from reducr_jax import sharding
-from reducr_jax import train
+from reducr_jax.config import configuration
+from reducr_jax.train import sharding
+from reducr_jax.train import trainer as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,7 +72,7 @@ def test_end_to_end_learns_and_writes_results(tmp_path):
 # every step), the MWU class weights and the kept model's per-class accuracies unchanged.
 # First recorded at 8afda95, before selection moved into the registry (which reproduced
 # them bitwise); re-recorded when the seed offsets became named rng streams
-# (reducr_jax.rng_streams) and the official variants of issue #17 were added, both of which
+# (reducr_jax.core.rng_streams) and the official variants of issue #17 were added, both of which
 # change every random draw. Class weights to rtol 1e-5: stage 1 pmean-s the experts'
 # gradients over the devices, so the 7th digit depends on the summation order.
 # To re-record after an intended change of numbers (say why in the commit):

@@ -61,8 +61,8 @@ import os
 import ml_collections
 import numpy as np
 
-from reducr_jax import checks
-from reducr_jax import errors
+from reducr_jax.core import checks
+from reducr_jax.core import errors
 from reducr_jax.data import corruption
 from reducr_jax.data import random_access
 from reducr_jax.data import split_types

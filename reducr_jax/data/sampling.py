@@ -3,7 +3,7 @@
 Training order is a pure function of ``(seed, step)``: the example stream is the
 concatenation of independent permutations of ``range(num_examples)``, permutation ``e``
 drawn from ``np.random.default_rng([*seed, e])`` (``seed`` an int or a tuple of ints, e.g.
-a named stream's :func:`reducr_jax.rng_streams.order_seed`), and the batch at ``step`` is the slice
+a named stream's :func:`reducr_jax.core.rng_streams.order_seed`), and the batch at ``step`` is the slice
 ``[step * B, (step + 1) * B)`` of that stream. Resuming from a checkpoint therefore needs
 only the step; no iterator state is saved.
 
@@ -56,7 +56,7 @@ def batch_indices(seed: int | tuple[int, ...], step: int, num_examples: int,
 
   Args:
     seed: a non-negative int, or a tuple of them (a named stream's
-      :func:`reducr_jax.rng_streams.order_seed`); ``s`` and ``(s,)`` are the same stream.
+      :func:`reducr_jax.core.rng_streams.order_seed`); ``s`` and ``(s,)`` are the same stream.
     step: non-negative int (Python ints, so no overflow for large steps).
     num_examples: size N of the split, >= 1.
     batch_size: B >= 1; may exceed N, then the batch spans several epochs.

@@ -34,8 +34,8 @@ import math
 import ml_collections
 import numpy as np
 
-from reducr_jax import checks
-from reducr_jax import errors
+from reducr_jax.core import checks
+from reducr_jax.core import errors
 from reducr_jax.data import corruption
 from reducr_jax.data import embedded
 from reducr_jax.data import real

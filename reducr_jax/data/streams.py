@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from reducr_jax import rng_streams
+from reducr_jax.core import rng_streams
 from reducr_jax.data import corruption
 from reducr_jax.data.sampling import batch_indices
 from reducr_jax.data.sampling import process_rows
@@ -51,7 +51,7 @@ def train_batch(config: Any, splits: Splits,
   """This process's rows of the global batch of training step ``step``.
 
   A pure function of config and step, so the data position to resume from is the step
-  alone. Streams (each a named :mod:`reducr_jax.rng_streams` order):
+  alone. Streams (each a named :mod:`reducr_jax.core.rng_streams` order):
 
   * ``x``/``y``: the large batch of ``config.batch_size`` train points (``train_order``);
   * ``corrupted`` bool [B] (when :func:`corrupted_labels_known`): the label differs from

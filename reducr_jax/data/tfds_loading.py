@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
-from reducr_jax import errors
+from reducr_jax.core import errors
 from reducr_jax.data import random_access
 
 INSTALL_HINT = 'pip install "reducr_jax[data]"'

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from reducr_jax.data import corruption
-from reducr_jax.data import groups as groups_lib
+from reducr_jax.core import groups as groups_lib
 
 # field -> (default = this project's behaviour, allowed values)
 DEFAULTS = {

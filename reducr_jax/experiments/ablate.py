@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 from reducr_jax import cli
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax.experiments import figures
 from reducr_jax.experiments import runner
 from reducr_jax.experiments import sweeps

@@ -37,8 +37,8 @@ from absl import flags
 import numpy as np
 
 from reducr_jax import cli
-from reducr_jax import configuration
-from reducr_jax import metric_writers
+from reducr_jax.config import configuration
+from reducr_jax.run import metric_writers
 from reducr_jax.experiments import figures
 from reducr_jax.experiments import runner
 from reducr_jax.experiments import selection_protocol

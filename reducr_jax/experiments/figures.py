@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from reducr_jax import metric_writers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from reducr_jax.run import metric_writers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _save(fig, path: str, data: dict) -> str:

@@ -19,7 +19,7 @@ import os
 from absl import flags
 
 from reducr_jax import cli
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax.experiments import figures
 from reducr_jax.experiments import runner
 from reducr_jax.experiments import sweeps

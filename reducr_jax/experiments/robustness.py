@@ -33,7 +33,7 @@ from absl import flags
 import numpy as np
 
 from reducr_jax import cli
-from reducr_jax import configuration
+from reducr_jax.config import configuration
 from reducr_jax import data
 from reducr_jax.experiments import figures
 from reducr_jax.experiments import paired_stats

@@ -70,7 +70,7 @@ def load_results(workdir: str, run: Run) -> Optional[dict]:
 
 
 def _with_shared_cache(config: Any, workdir: str):
-  from reducr_jax import configuration  # pylint: disable=g-import-not-at-top
+  from reducr_jax.config import configuration  # pylint: disable=g-import-not-at-top
   return configuration.with_overrides(
       config, {"experts.cache_dir": os.path.join(workdir, "experts")})
 
@@ -104,7 +104,8 @@ def compile_cache(directory: Optional[str]):
 
 def _pretrain(config: Any, cache: Optional[str] = None) -> str:
   """Worker: trains (or finds cached) the reference models of one config."""
-  from reducr_jax import data, double_reference, references  # pylint: disable=g-import-not-at-top
+  from reducr_jax import data  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import double_reference, references  # pylint: disable=g-import-not-at-top
   with compile_cache(cache), contextlib.redirect_stdout(io.StringIO()):
     splits = data.make_splits(config.dataset, config.seed)
     if config.experts.get("double_irreducible", False):    # the two half models
@@ -118,7 +119,7 @@ def _train(config: Any, directory: str,
            cache: Optional[str] = None) -> dict:
   """Worker: one full trainer run, its output to ``<directory>/log.txt``."""
   from absl import logging  # pylint: disable=g-import-not-at-top
-  from reducr_jax import train  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)
   os.makedirs(directory, exist_ok=True)
   with compile_cache(cache), open(os.path.join(directory, "log.txt"), "a") as log, \
@@ -169,7 +170,8 @@ def run_grid(runs: Sequence[Run], workdir: str, workers: int = 1,
     cache_compilation: JAX's persistent compilation cache in ``<workdir>/compile_cache``
       (not for a ``gs://`` workdir).
   """
-  from reducr_jax import configuration, reference_cache, references  # pylint: disable=g-import-not-at-top
+  from reducr_jax.config import configuration  # pylint: disable=g-import-not-at-top
+  from reducr_jax.train import reference_cache, references  # pylint: disable=g-import-not-at-top
   names = [r.name for r in runs]
   if len(set(names)) != len(names):
     raise configuration.ConfigError(f"run names must be unique, got {names}")

@@ -8,8 +8,8 @@ import os
 from absl import flags
 import numpy as np
 
-from reducr_jax import configuration
-from reducr_jax import metric_writers
+from reducr_jax.config import configuration
+from reducr_jax.run import metric_writers
 from reducr_jax import selectors
 from reducr_jax.experiments import runner
 

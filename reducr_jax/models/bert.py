@@ -125,7 +125,7 @@ class BertClassifier(nn.Module):
   Attributes:
     num_outputs: classifier width; ``None`` returns the pooled ``[CLS]`` features
       ``[B, hidden_size]`` (dropout applied when training, as before HF's classifier),
-      the trunk of :class:`reducr_jax.stacked_experts.MultiHead`.
+      the trunk of :class:`reducr_jax.core.stacked_experts.MultiHead`.
     vocab_size, hidden_size, num_layers, num_heads, intermediate_size, max_position,
       type_vocab_size: BERT sizes (30522, 768, 12, 12, 3072, 512, 2 for bert-base).
     dropout_rate: hidden and attention-probability dropout (only with ``train=True``).

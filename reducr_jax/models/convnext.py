@@ -57,7 +57,7 @@ class ConvNeXt(nn.Module):
 
   Attributes:
     num_outputs: classifier width; ``None`` returns the pooled, normalised features
-      ``[B, dims[-1]]`` (the trunk of :class:`reducr_jax.stacked_experts.MultiHead`).
+      ``[B, dims[-1]]`` (the trunk of :class:`reducr_jax.core.stacked_experts.MultiHead`).
     depths, dims: blocks and channels per stage (ConvNeXt-T: (3, 3, 9, 3), (96, 192, 384,
       768)); shrink both for tests.
     dtype: compute dtype (parameters stay float32; output float32).

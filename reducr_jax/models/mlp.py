@@ -15,7 +15,7 @@ class MLP(nn.Module):
   Attributes:
     hidden: widths of the hidden layers.
     num_outputs: width of the final linear layer; ``None`` returns the last hidden
-      features (use it as the trunk of :class:`reducr_jax.stacked_experts.MultiHead`).
+      features (use it as the trunk of :class:`reducr_jax.core.stacked_experts.MultiHead`).
     dropout_rate: dropout after every hidden ReLU (the official RHO-LOSS ``MLP`` layout,
       ``src/models/modules/models.py``; 0.5 in its ``mnist_bayesian_mlp512.yaml`` for
       MC-dropout BALD). 0 (default): no dropout layer at all.

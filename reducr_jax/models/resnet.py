@@ -95,7 +95,7 @@ class ResNet18(nn.Module):
   Attributes:
     num_outputs: width of the final ``fc`` layer; ``None`` returns the pooled features
       ``[B, width * 2**(len(stage_sizes) - 1)]`` (``8 * width`` for ResNet-18), the trunk of
-      :class:`reducr_jax.stacked_experts.MultiHead`.
+      :class:`reducr_jax.core.stacked_experts.MultiHead`.
     stem: ``"cifar"`` (3x3 conv, stride 1, pad 1, no max-pool; Mindermann et al. 2022
       App. B) or ``"imagenet"`` (torchvision: 7x7 conv stride 2 pad 3, BN, ReLU, 3x3
       max-pool stride 2 pad 1).

@@ -23,8 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from reducr_jax import checks
-from reducr_jax import selection
+from reducr_jax.core import checks
+from reducr_jax.core import selection
 from reducr_jax.selectors import core
 
 DEFAULT_MC_PASSES = 10        # official MultiModels num_mc / selection num_mc

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from reducr_jax import selection
+from reducr_jax.core import selection
 from reducr_jax.selectors import core
 
 

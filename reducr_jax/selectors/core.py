@@ -33,7 +33,7 @@ Every built-in rule lives in its own module of this package (:mod:`reducr_jax.se
 lists them) and is registered when the package is imported. Each module has a pure
 factory that raises about its own arguments (e.g. ``weighted(sampling=...)``) and a
 ``from_config`` that reads the config and names its fields in errors
-(:func:`reducr_jax.registry.config_errors`).
+(:func:`reducr_jax.core.registry.config_errors`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from reducr_jax import registry
+from reducr_jax.core import registry
 
 # What a rule may ask the trainer for (``Selector.needs``).
 MODEL_LOSS = "model_loss"                  # SelectionInputs.model_loss  [B]
@@ -122,7 +122,7 @@ def checked_select(selector: Selector, state, inputs: SelectionInputs, rng: jax.
                    k: int) -> tuple[jax.Array, Any]:
   """``selector.select(state, inputs, rng, k)`` as the trainer calls it, with one-line
   errors at trace time: an input read but not declared in ``selector.needs``
-  (:func:`reducr_jax.registry.call_rule`), or indices that are not ``int[k]``."""
+  (:func:`reducr_jax.core.registry.call_rule`), or indices that are not ``int[k]``."""
   indices, aux = registry.call_rule("selector.select", selector.select, inputs, FIELD_NEEDS,
                                     state, inputs, rng, k)
   shape, dtype = jnp.shape(indices), getattr(indices, "dtype", None)
@@ -177,7 +177,7 @@ def reference_kind(needs) -> Optional[str]:
 # average ``val_acc_epoch``). (The official NLP yamls leave that override commented out:
 # there every rule keeps the worst-class checkpoint; configs/mnli.py sets it explicitly.)
 # Rules not listed keep the worst-class checkpoint; user code may add its own entry.
-# (Not reducr_jax.evaluation.MODEL_SELECTION: the allowed values of that field.)
+# (Not reducr_jax.train.evaluation.MODEL_SELECTION: the allowed values of that field.)
 AUTO_MODEL_SELECTION = {"reducr": "worst_class", "uniform": "worst_class",
                    "rho_loss": "average", "train_loss": "average"}
 

@@ -8,7 +8,7 @@ evaluation-mode logits (the same value the K identical passes would give)."""
 
 from __future__ import annotations
 
-from reducr_jax import selection
+from reducr_jax.core import selection
 from reducr_jax.selectors import bald
 from reducr_jax.selectors import core
 

@@ -2,7 +2,7 @@
 2018), a baseline of RHO-LOSS (Mindermann et al., 2022).
 
 The score of point i is ``‖softmax(logits_i) − onehot(y_i)‖₂``
-(:func:`reducr_jax.selection.grad_norm_upper_bound`), the bound on the norm of the loss
+(:func:`reducr_jax.core.selection.grad_norm_upper_bound`), the bound on the norm of the loss
 gradient w.r.t. the logits, with ``y_i`` the *class* label (``SelectionInputs.labels``,
 never the group of ``config.dataset.groups``: the one-hot is against the class logits).
 ``config.selection.grad_norm_sampling``:
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from reducr_jax import registry
-from reducr_jax import selection
+from reducr_jax.core import registry
+from reducr_jax.core import selection
 from reducr_jax.selectors import core
 
 #: ``config.selection.grad_norm_sampling``.

@@ -4,7 +4,7 @@ learnable, likely clean points, chosen by one model trained on the holdout split
 
 from __future__ import annotations
 
-from reducr_jax import selection
+from reducr_jax.core import selection
 from reducr_jax.selectors import core
 
 

@@ -7,7 +7,7 @@ large batch, the points whose *worst* class-wise payoff is largest.
 
 from __future__ import annotations
 
-from reducr_jax import selection
+from reducr_jax.core import selection
 from reducr_jax.selectors import core
 
 

@@ -9,7 +9,7 @@ Algorithm 1, lines 6–8::
 
 With ``eta="auto"`` η follows the anytime Hedge schedule: the weights of step t are
 ``softmax(−η_t Σ_{s<t} α_s)``, ``η_t = √(8 ln C / (t L²))``, L = k ln C
-(:func:`reducr_jax.mwu.anytime_update`), so they depend on the step, not on num_steps.
+(:func:`reducr_jax.core.mwu.anytime_update`), so they depend on the step, not on num_steps.
 
 Config: ``config.selection.{eta, clip, use_holdout, use_expert, use_model_loss,
 soft_temperature}``.
@@ -23,9 +23,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from reducr_jax import mwu
-from reducr_jax import registry
-from reducr_jax import selection
+from reducr_jax.core import mwu
+from reducr_jax.core import registry
+from reducr_jax.core import selection
 from reducr_jax.selectors import core
 
 ETA_AUTO = "auto"     # = configuration.ETA_AUTO (configuration imports the selectors)
@@ -38,7 +38,7 @@ class ReducrState(NamedTuple):
 
 class AnytimeReducrState(NamedTuple):
   """``eta="auto"``: ``log_w`` as :class:`ReducrState`, and the cumulative objective and
-  update count of :class:`reducr_jax.mwu.AnytimeState` the next update needs."""
+  update count of :class:`reducr_jax.core.mwu.AnytimeState` the next update needs."""
   log_w: jax.Array
   anytime: mwu.AnytimeState
 
@@ -55,7 +55,7 @@ def reducr(*, eta, clip: bool = True, use_holdout: bool = True, use_expert: bool
     use_model_loss: the model-loss term (``False``: R = −expert loss with ``clip=False``;
       with ``clip=True`` R = 0, all scores tie and the first k points are taken, as the
       official code does).
-    soft_temperature: τ of :func:`reducr_jax.selection.soft_top_k` (0 = top-k).
+    soft_temperature: τ of :func:`reducr_jax.core.selection.soft_top_k` (0 = top-k).
   """
   needs = {core.MODEL_LOSS}
   if use_expert:
@@ -97,12 +97,12 @@ def reducr(*, eta, clip: bool = True, use_holdout: bool = True, use_expert: bool
                        class_weights=lambda state: mwu.weights(state.log_w))
 
 
-def resolved_eta(config, num_classes: int | None = None):
+def resolved_eta(config, num_classes: int):
   """``config.selection.eta`` as used: a number as a float; ``"auto"`` as the anytime
-  schedule's summary :func:`reducr_jax.mwu.anytime_schedule` ``{"schedule": "anytime",
+  schedule's summary :func:`reducr_jax.core.mwu.anytime_schedule` ``{"schedule": "anytime",
   "eta_1", "eta_T", "num_updates"}`` with ``η_t = √(8 ln C / (t L²)) = (1/k) √(8 / (t ln C))``,
-  T = num_steps, ``k = configuration.num_selected(config)`` and C ``num_classes`` (default:
-  the dataset config's, :func:`reducr_jax.data.num_classes`).
+  T = num_steps, ``k = configuration.num_selected(config)`` and C ``num_classes`` (the
+  trainer passes the dataset's, :func:`reducr_jax.data.num_classes`; a rule does not load data).
 
   Assumption behind L = k ln C: the MWU loss of class c at a step is
   ``α_c = Σ_{i∈b} R[i,c] − k h_c`` with ``R ≥ 0`` (clipped excess loss) and ``h ≥ 0``; per
@@ -115,9 +115,6 @@ def resolved_eta(config, num_classes: int | None = None):
   eta = config.selection.eta
   if eta != ETA_AUTO:
     return float(eta)
-  if num_classes is None:
-    from reducr_jax import data  # pylint: disable=g-import-not-at-top
-    num_classes = data.num_classes(config.dataset)
   k = selection.k_for(config.batch_size, config.selection.percent_selected,
                      config.selection.k_rounding)       # = configuration.num_selected
   updates = int(config.num_steps)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from reducr_jax import registry
-from reducr_jax import selection
+from reducr_jax.core import registry
+from reducr_jax.core import selection
 from reducr_jax.selectors import core
 
 

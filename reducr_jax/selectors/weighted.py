@@ -6,7 +6,7 @@
 points taken by ``sampling``:
 
 * ``top_k``: the k largest scores;
-* ``power``: ∝ ``(score + |min score|)^β`` (:func:`reducr_jax.selection.power_sample`);
+* ``power``: ∝ ``(score + |min score|)^β`` (:func:`reducr_jax.core.selection.power_sample`);
 * ``softmax``: ∝ ``exp(β · score)``;
 * ``rank``: ∝ ``(rank + 1)^(−β)``.
 
@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reducr_jax import registry
-from reducr_jax import selection
+from reducr_jax.core import registry
+from reducr_jax.core import selection
 from reducr_jax.selectors import core
 
 SAMPLINGS = ("top_k", "power", "softmax", "rank")
