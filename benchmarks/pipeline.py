@@ -37,7 +37,7 @@ from reducr_jax.config import configuration
 from reducr_jax import data
 from reducr_jax.data import clothing1m
 from reducr_jax.data import pipeline
-from reducr_jax.data import real
+from reducr_jax.data import real_specs
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 import fakes  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
@@ -47,7 +47,7 @@ def fake_pool(tmp: pathlib.Path, images: int):
   """The prepared fake Clothing1M pool: (lazy x uint8 [n, 224, 224, 3], prepare seconds)."""
   sizes = {"clean_train": 4, "clean_val": 4, "clean_test": 4, "noisy_train": images}
   manual = fakes.write_clothing1m(tmp, sizes)[0]
-  cfg = real.default_config("clothing1m", data_dir=str(tmp / "tfds"), manual_dir=str(manual))
+  cfg = real_specs.default_config("clothing1m", data_dir=str(tmp / "tfds"), manual_dir=str(manual))
   t0 = time.perf_counter()
   x = clothing1m.load(cfg)["noisy_train"][0]
   return x, time.perf_counter() - t0

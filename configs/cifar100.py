@@ -13,7 +13,7 @@ import os
 import ml_collections
 
 from reducr_jax.config import config_files
-from reducr_jax.data import real
+from reducr_jax.data import real_specs
 
 
 def get_config():
@@ -21,7 +21,7 @@ def get_config():
   # Official (configs/experiment/cifar100_resnet18_robust.yaml, num_categories: 20): REDUCR
   # is robust over the 20 coarse superclasses: 20 experts, MWU over 20 groups, worst-group
   # accuracy reported next to the per-class one (reducr_jax.core.groups).
-  config.dataset = real.default_config("cifar100", groups="cifar100_superclasses",
+  config.dataset = real_specs.default_config("cifar100", groups="cifar100_superclasses",
                                        split_mode="official", imbalance_mode="weighted_sampler",
                                        label_noise_mode="any")
   config.dataset.augment = "crop_flip"

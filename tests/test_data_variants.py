@@ -13,6 +13,7 @@ from reducr_jax import data
 from reducr_jax.data import corruption
 from reducr_jax.core import groups
 from reducr_jax.data import real
+from reducr_jax.data import real_specs
 from reducr_jax.data import sampling
 from reducr_jax.data import streams
 
@@ -149,7 +150,7 @@ def test_official_qqp_split_from_glue_tsv(tmp_path):
           "validation": [("a", "b", i % 2) for i in range(10)]}
   rows = {k: [(a, b, int(y)) for a, b, y in v] for k, v in rows.items()}
   fakes.write_glue(tmp_path / "glue", "qqp", rows)
-  cfg = real.default_config("qqp", tokenizer=fakes.write_vocab(tmp_path), max_length=8,
+  cfg = real_specs.default_config("qqp", tokenizer=fakes.write_vocab(tmp_path), max_length=8,
                             manual_dir=str(tmp_path / "glue"), split_mode="official")
   s = data.make_splits(cfg, seed=0)
   # N = 40: val_end = 20 + int(40 // 2.5) = 36 → test 4 rows.
@@ -175,7 +176,7 @@ def test_official_mnli_split_from_glue_tsv_in_file_order(tmp_path):
           "validation_matched": [("a", "b", 0)] * 5,
           "validation_mismatched": [("c", "d", 2)] * 5}
   fakes.write_glue(tmp_path / "glue", "mnli", rows)
-  cfg = real.default_config("mnli", tokenizer=fakes.write_vocab(tmp_path), max_length=8,
+  cfg = real_specs.default_config("mnli", tokenizer=fakes.write_vocab(tmp_path), max_length=8,
                             manual_dir=str(tmp_path / "glue"), split_mode="official")
   s = data.make_splits(cfg, seed=0)
   again = data.make_splits(cfg, seed=7)                        # fixed: no seed in it
@@ -204,7 +205,7 @@ def test_groups_mapping_and_labels():
   assert groups.group_names((0, 0, 1, 1), ["a", "b", "c", "d"]) == ["a+b", "c+d"]
   coarse = groups.group_of("cifar100_superclasses", 100)
   np.testing.assert_array_equal(np.bincount(coarse), np.full(20, 5))
-  names = real.CLASS_NAMES["cifar100"]
+  names = real_specs.CLASS_NAMES["cifar100"]
   # Official superclass table: 0 aquatic mammals, 4 fruit and vegetables, 14 people.
   assert {names[c] for c in np.flatnonzero(coarse == 0)} == {
       "beaver", "dolphin", "otter", "seal", "whale"}
@@ -312,9 +313,9 @@ def test_official_cifar_split_through_make_splits(monkeypatch):
   monkeypatch.setattr(tfds_loading, "catalog_builder", lambda *a, **k: "builder")
   monkeypatch.setattr(tfds_loading, "read_split", lambda b, split, keys, cap=-1: {
       k: (train if split == "train" else test)[k] for k in keys})
-  s = data.make_splits(real.default_config("cifar10", split_mode="official"), seed=3)
+  s = data.make_splits(real_specs.default_config("cifar10", split_mode="official"), seed=3)
   assert sorted(s.train.x[:, 0, 0, 0]) == [0, 2, 4, 6, 8]
   assert sorted(s.holdout.x[:, 0, 0, 0]) == [1, 3, 5, 7, 9]
   assert s.val is s.holdout and len(s.test) == 4
-  again = data.make_splits(real.default_config("cifar10", split_mode="official"), seed=4)
+  again = data.make_splits(real_specs.default_config("cifar10", split_mode="official"), seed=4)
   np.testing.assert_array_equal(again.train.index, s.train.index)   # seed-independent

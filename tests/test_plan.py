@@ -21,7 +21,7 @@ from reducr_jax.plan import plan_inputs
 from reducr_jax.plan import plan_programs
 from reducr_jax.train import stage1_memory
 from reducr_jax.train import topology
-from reducr_jax.data import real
+from reducr_jax.data import real_specs
 
 pytest.importorskip("libtpu", reason="compiling for a TPU topology needs the [tpu] extra")
 
@@ -165,7 +165,7 @@ def test_out_of_hbm_compile_counts_as_not_fitting():
   # large batch of 25 000 images: 20 GB of activations > a v5e chip's 15.75 GiB.
   config = _mlp_config(**{"selection.method": "uniform", "batch_size": 25_000,
                           "model.hidden": (200_000,)})
-  config.dataset = real.default_config("cifar10", augment="none")
+  config.dataset = real_specs.default_config("cifar10", augment="none")
   with pytest.raises(stage1_memory.NothingFits) as e:
     plan.make_plan(config, "v5e:1x1")
   msg = str(e.value)

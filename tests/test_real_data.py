@@ -16,11 +16,11 @@ import pytest
 import fakes
 from reducr_jax import data
 from reducr_jax.data import random_access
-from reducr_jax.data import real
+from reducr_jax.data import real_specs
 
 
 def _cfg(name, **overrides):
-  return real.default_config(name, **overrides)
+  return real_specs.default_config(name, **overrides)
 
 
 # ------------------------------------------------------------------------ random_access

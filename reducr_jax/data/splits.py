@@ -39,6 +39,7 @@ from reducr_jax.core import errors
 from reducr_jax.data import corruption
 from reducr_jax.data import embedded
 from reducr_jax.data import real
+from reducr_jax.data import real_specs
 from reducr_jax.data import variants
 from reducr_jax.data.split_types import SPLIT_NAMES
 from reducr_jax.data.split_types import Split
@@ -66,9 +67,9 @@ EMBEDDED_DEFAULTS: dict[str, object] = {
 
 def dataset_config(name: str, **overrides) -> ml_collections.ConfigDict:
   """A complete ``config.dataset`` for dataset ``name`` (embedded: ``EMBEDDED_DEFAULTS``,
-  real: ``real.DEFAULTS``) with ``overrides``, for scripts and tests."""
-  if name in real.REAL_DATASETS:
-    return real.default_config(name, **overrides)
+  real: ``real_specs.DEFAULTS``) with ``overrides``, for scripts and tests."""
+  if name in real_specs.REAL_DATASETS:
+    return real_specs.default_config(name, **overrides)
   return ml_collections.ConfigDict(dict(EMBEDDED_DEFAULTS, name=name, **overrides))
 
 
@@ -84,16 +85,16 @@ def check_fields(cfg: ml_collections.ConfigDict, fields) -> None:
 def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises a one-line ``ValueError`` naming the first bad ``config.dataset`` field.
 
-  Real datasets (``real.REAL_DATASETS``) are checked by
-  ``real.validate_real_dataset_config``; an unknown name lists every allowed name.
+  Real datasets (``real_specs.REAL_DATASETS``) are checked by
+  ``real_specs.validate_real_dataset_config``; an unknown name lists every allowed name.
   """
   name = cfg.name if "name" in cfg else None
-  if name in real.REAL_DATASETS:
-    real.validate_real_dataset_config(cfg)
+  if name in real_specs.REAL_DATASETS:
+    real_specs.validate_real_dataset_config(cfg)
     return
   if name not in embedded.NUM_CLASSES:
     raise ValueError(f"config.dataset.name must be one of "
-                     f"{sorted(embedded.NUM_CLASSES) + list(real.REAL_DATASETS)}, "
+                     f"{sorted(embedded.NUM_CLASSES) + list(real_specs.REAL_DATASETS)}, "
                      f"got {name!r}")
   check_fields(cfg, EMBEDDED_DEFAULTS)
   embedded.check_num_samples(cfg.name, cfg.num_samples)
@@ -131,8 +132,8 @@ def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
 def num_classes(dataset_config: ml_collections.ConfigDict) -> int:
   """Classes of the splits ``make_splits(dataset_config, ...)`` builds, without reading data."""
   validate_dataset_config(dataset_config)
-  if dataset_config.name in real.REAL_DATASETS:
-    return real.num_classes(dataset_config)
+  if dataset_config.name in real_specs.REAL_DATASETS:
+    return real_specs.num_classes(dataset_config)
   return len(tuple(dataset_config.classes)) or embedded.NUM_CLASSES[
       dataset_config.name]
 
@@ -140,8 +141,8 @@ def num_classes(dataset_config: ml_collections.ConfigDict) -> int:
 def class_names(dataset_config: ml_collections.ConfigDict) -> list[str]:
   """Class names of the splits ``make_splits(dataset_config, ...)`` builds, without reading data."""
   validate_dataset_config(dataset_config)
-  if dataset_config.name in real.REAL_DATASETS:
-    return real.class_names(dataset_config)
+  if dataset_config.name in real_specs.REAL_DATASETS:
+    return real_specs.class_names(dataset_config)
   names = embedded.CLASS_NAMES[dataset_config.name]
   classes = tuple(dataset_config.classes)
   return [names[c] for c in classes] if classes else list(names)
@@ -158,7 +159,7 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
 
   Returns:
     ``Splits``; every example of the source is in exactly one split, except those that
-    the imbalance removed from train/holdout. For a name in ``real.REAL_DATASETS``
+    the imbalance removed from train/holdout. For a name in ``real_specs.REAL_DATASETS``
     (CIFAR-10/100, CINIC-10, Clothing1M, MNLI, QQP) the paper's protocol of
     ``real.make_real_splits`` instead.
   """
@@ -166,7 +167,7 @@ def make_splits(dataset_config: ml_collections.ConfigDict, seed: int) -> Splits:
   validate_dataset_config(cfg)
   if not checks.is_int(seed) or seed < 0:
     raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-  if cfg.name in real.REAL_DATASETS:
+  if cfg.name in real_specs.REAL_DATASETS:
     return real.make_real_splits(cfg, seed)
   x, y = embedded.load_arrays(cfg.name, seed, cfg.num_samples)
   source_rows = np.arange(len(y))

@@ -30,7 +30,7 @@ DEFAULTS = {
     # () = one group per class | C group ids | 'cifar100_superclasses' (official CIFAR-100).
     "groups": (),
 }
-# dataset.cinic10_relevance (real.DEFAULTS; official CINIC10RelevanceDataModule,
+# dataset.cinic10_relevance (real_specs.DEFAULTS; official CINIC10RelevanceDataModule,
 # src/datamodules/datamodules.py): the valid (= holdout = val) and test splits keep the
 # rows with `targets < 4.5`, classes 0-4 (airplane … deer); train keeps all ten classes, so
 # half of it is "irrelevant" to the evaluation task (RHO-LOSS relevance experiment).

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from reducr_jax import data
-from reducr_jax.data import real
+from reducr_jax.data import real_specs
 from reducr_jax.data import split_types
 
 # (train, holdout, val, test) rows under the default protocol; val = holdout except for
@@ -46,9 +46,9 @@ DECODE_SOURCE = ("benchmarks/pipeline.py, benchmarks/README.md 'Input pipeline':
 
 def input_shape(dataset) -> tuple[tuple[int, ...], np.dtype]:
   """``(shape of one example, dtype)`` of a real dataset's ``x``."""
-  if dataset.name in real.TEXT_DATASETS:
+  if dataset.name in real_specs.TEXT_DATASETS:
     return (2, int(dataset.get("max_length", 128))), np.dtype(np.int32)
-  return real.IMAGE_SHAPES[dataset.name], np.dtype(np.uint8)
+  return real_specs.IMAGE_SHAPES[dataset.name], np.dtype(np.uint8)
 
 
 def _abstract_split(n: int, shape, dtype, num_classes: int) -> split_types.Split:
@@ -62,18 +62,18 @@ def abstract_splits(config) -> data.Splits:
   """Splits with the run's sizes, shapes and dtypes and no data (see the module
   docstring); the embedded datasets are generated as in a run."""
   name = config.dataset.name
-  if name not in real.REAL_DATASETS:
+  if name not in real_specs.REAL_DATASETS:
     return data.make_splits(config.dataset, config.seed)
   max_examples = int(config.dataset.get("max_examples", -1))
   sizes = SPLIT_SIZES[name]
   if max_examples > 0:
     sizes = tuple(min(s, max_examples) for s in sizes)
   shape, dtype = input_shape(config.dataset)
-  c = real.NUM_CLASSES[name]
+  c = real_specs.NUM_CLASSES[name]
   parts = [_abstract_split(s, shape, dtype, c) for s in sizes]
   if sizes[1] == sizes[2] and name != "clothing1m":
     parts[2] = parts[1]                     # val is the holdout
-  return data.Splits(*parts, num_classes=c, class_names=list(real.CLASS_NAMES[name]))
+  return data.Splits(*parts, num_classes=c, class_names=list(real_specs.CLASS_NAMES[name]))
 
 
 def decode_per_core(config) -> float | None:
