@@ -1,4 +1,5 @@
-"""The package's imports form no cycle, counting imports inside functions too.
+"""The package's imports form no cycle and follow its layers, counting imports inside
+functions too (each folder of ``reducr_jax/`` imports only folders below it, README "Layout").
 
 A lazy (function-level) import that closes a cycle still works at run time, but it hides
 a layering mistake; shared pieces belong in leaf modules (e.g. ``data/split_types.py``,
