@@ -6,6 +6,7 @@ recorded config) and the pure functions (NaN scores, non-finite η, labels >= C,
 """
 
 import errno
+import importlib
 import json
 import math
 import os
@@ -759,7 +760,7 @@ def _int(n):
      "y must be integer class labels, got dtype float32"),
     (lambda: stacked_experts.expert_losses(_mlp_apply, jnp.zeros((3, 4, 2)), jnp.ones((5, 7)), _int(5)),
      "apply_fn(stacked_params[c], x) fails for x of shape (5, 7)"),
-    (lambda: __import__("reducr_jax.core.meta_reweight").meta_reweight.example_weights(
+    (lambda: importlib.import_module("reducr_jax.core.meta_reweight").example_weights(
         _meta_loss, jnp.zeros((4, 2)), {"x": jnp.ones((3, 4)), "y": _int(3)},
         {"x": jnp.ones((3, 5)), "y": _int(3)}, 0.1),
      "val_batch['x'] must have train_batch['x']'s per-example shape (4,), got (5,)"),
