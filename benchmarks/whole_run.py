@@ -100,6 +100,7 @@ def child(name: str, workdir: str, extra: dict[str, Any], release: str = "large"
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)     # the log names each stage and stage 1's strategy
   import fakes  # pylint: disable=g-import-not-at-top
+  from reducr_jax import data  # pylint: disable=g-import-not-at-top
   from reducr_jax.config import configuration  # pylint: disable=g-import-not-at-top
   from reducr_jax.train import trainer as train  # pylint: disable=g-import-not-at-top
   tmp = pathlib.Path(workdir)
@@ -119,11 +120,11 @@ def child(name: str, workdir: str, extra: dict[str, Any], release: str = "large"
     overrides["dataset.tokenizer"] = fakes.write_vocab(tmp)
   config = configuration.with_overrides(config, {**overrides, **extra})
   start = time.perf_counter()
-  if mock is None:
-    train.train_and_evaluate(config, str(tmp / "run"))
-  else:
-    with mock:
-      train.train_and_evaluate(config, str(tmp / "run"))
+  splits = None
+  if mock is not None:    # read inside the TFDS mock, run outside it: the mock patches the
+    with mock:            # file system process-wide, which a background checkpoint save
+      splits = data.make_splits(config.dataset, config.seed)   # must not see
+  train.train_and_evaluate(config, str(tmp / "run"), splits)
   timing = json.loads((tmp / "run" / "timing.json").read_text())
   print("RESULT " + json.dumps({**timing, "run_s": time.perf_counter() - start}))
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import fakes
+from reducr_jax import data
 from reducr_jax.config import configuration
 from reducr_jax.train import trainer as train
 
@@ -34,8 +35,8 @@ def _config(name, tmp_path, **overrides):
       **_SHRINK, "dataset.data_dir": str(tmp_path / "tfds"), **overrides})
 
 
-def _run(config, workdir):
-  results = train.train_and_evaluate(config, str(workdir))
+def _run(config, workdir, splits=None):
+  results = train.train_and_evaluate(config, str(workdir), splits)
   assert results["num_steps"] == 2 and results["num_skipped"] == 0
   w = np.asarray(results["class_weights"])
   np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-5)
@@ -57,8 +58,13 @@ def test_cifar_configs_run(name, tmp_path):
                "dataset.split_mode": "random"}
   if name == "cifar100":               # 100 classes: one multi-head expert model
     overrides["experts.losses"] = "multihead"
+  config = _config(name, tmp_path, **overrides)
+  # The data is read inside the TFDS mock, the run outside it: the mock patches the file
+  # system process-wide while TFDS reads, which a checkpoint written in the background
+  # (orbax's async save) must not see.
   with mock:
-    results = _run(_config(name, tmp_path, **overrides), tmp_path / "run")
+    splits = data.make_splits(config.dataset, config.seed)
+  results = _run(config, tmp_path / "run", splits)
   assert len(results["class_names"]) == (10 if name == "cifar10" else 100)
 
 

@@ -7,8 +7,8 @@ from reducr_jax.data.embedded import CLASS_NAMES
 from reducr_jax.data.embedded import load_arrays
 from reducr_jax.data.embedded import NUM_CLASSES
 from reducr_jax.data.random_access import LazyArray
-from reducr_jax.data.real import REAL_DATASETS
-from reducr_jax.data.real import validate_real_dataset_config
+from reducr_jax.data.real_specs import REAL_DATASETS
+from reducr_jax.data.real_specs import validate_real_dataset_config
 from reducr_jax.data.sampling import batch_indices
 from reducr_jax.data.sampling import epoch_of
 from reducr_jax.data.sampling import iterate_batches
