@@ -239,3 +239,16 @@ def write_hf_bert(path, *, vocab, hidden=32, layers=2, heads=2, intermediate=64,
   model.save_pretrained(path, safe_serialization=True)
   (path / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
   return path
+
+
+def flat_splits(n_train=11, n_val=7, classes=3):
+  """Flat float features ``[m, 4]`` in all four splits (holdout 16, test 5 rows); train and
+  val of different sizes so a per-split criterion can tell them apart."""
+  from reducr_jax import data   # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+
+  def split(m):
+    y = (np.arange(m) % classes).astype(np.int32)
+    return data.Split(rng.normal(size=(m, 4)).astype(np.float32), y, y, np.arange(m))
+  return data.Splits(split(n_train), split(16), split(n_val), split(5), classes,
+                     [str(c) for c in range(classes)])

@@ -11,8 +11,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import fakes
 from reducr_jax.config import configuration
-from reducr_jax import data
 from reducr_jax.train import references
 from reducr_jax.train import spilled_best
 from reducr_jax.train import stage1_trainer
@@ -48,16 +48,6 @@ def test_update_merges_leaf_by_leaf_and_round_trips_every_dtype(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
-def _flat_splits(n_train=11, n_val=7, classes=3):
-  rng = np.random.default_rng(0)
-
-  def split(m):
-    y = (np.arange(m) % classes).astype(np.int32)
-    return data.Split(rng.normal(size=(m, 4)).astype(np.float32), y, y, np.arange(m))
-  return data.Splits(split(n_train), split(16), split(n_val), split(5), classes,
-                     [str(c) for c in range(classes)])
-
-
 def test_stage1_returns_each_experts_variables_from_its_best_validation(monkeypatch):
   """Scripted validation losses per expert over 3 validations: expert 0 is best at the 2nd,
   expert 1 at the 3rd, expert 2 at the 1st (a tie keeps the earlier); the returned
@@ -79,7 +69,7 @@ def test_stage1_returns_each_experts_variables_from_its_best_validation(monkeypa
       "model.hidden": (4,), "experts.num_steps": 3, "experts.eval_every": 1,
       "experts.batch_size": 8, "eval_batch_size": 8, "num_devices": 1,
       "experts.strategy": "vmap"})
-  splits = _flat_splits()
+  splits = fakes.flat_splits()
   fns, _, num, gamma = references.reference_model_fns(config, splits, "experts")
   params, best_val = stage1_trainer.train_reference_models(config, splits, "experts", fns, num,
                                                           gamma)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-
+import fakes
 from reducr_jax.config import configuration
 from reducr_jax import data
 from reducr_jax.train import references
@@ -176,17 +176,6 @@ def test_sharded_table_equals_single_process(tmp_path):
                                atol=2e-5)
 
 
-def _flat_splits(n_train=11, n_val=7, classes=3):
-  """Flat float features; train and val of different sizes so the criterion can tell them."""
-  rng = np.random.default_rng(0)
-
-  def split(m):
-    y = (np.arange(m) % classes).astype(np.int32)
-    return data.Split(rng.normal(size=(m, 4)).astype(np.float32), y, y, np.arange(m))
-  return data.Splits(split(n_train), split(16), split(n_val), split(5), classes,
-                     [str(c) for c in range(classes)])
-
-
 def test_expert_checkpoint_criterion_by_hand():
   # Σwℓ = [6, 9] over N = 4 points whose weights sum to [3, 12].
   sums, wsums = np.array([6.0, 9.0]), np.array([3.0, 12.0])
@@ -213,7 +202,7 @@ def test_expert_checkpoint_follows_the_chosen_split(monkeypatch, select_on, expe
       "model.hidden": (4,), "experts.num_steps": 3, "experts.eval_every": 1,
       "experts.batch_size": 8, "eval_batch_size": 8, "num_devices": 1,
       "experts.strategy": "vmap", "experts.select_on": select_on})
-  splits = _flat_splits()
+  splits = fakes.flat_splits()
   fns, _, num, gamma = references.reference_model_fns(config, splits, "experts")
   _, best_val = stage1_trainer.train_reference_models(config, splits, "experts", fns, num, gamma)
   np.testing.assert_allclose(best_val, [expected] * 3)
@@ -231,7 +220,7 @@ def test_train_pool_and_weight_sum_run_for_every_kind(kind):
       "experts.strategy": "vmap", "experts.select_on": "train_pool",
       "experts.loss_normalisation": "weight_sum",
       "experts.losses": "multihead" if kind == "multihead" else "precomputed"})
-  splits = _flat_splits()
+  splits = fakes.flat_splits()
   fns, _, num, gamma = references.reference_model_fns(config, splits, kind)
   _, best_val = stage1_trainer.train_reference_models(config, splits, kind, fns, num, gamma)
   assert best_val.shape == ((3,) if kind == "experts" else (1,))
