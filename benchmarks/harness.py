@@ -13,7 +13,7 @@ The scripts in this folder import it as ``import harness``: run as
     memory of a compiled function from XLA's cost and memory analyses;
   * :data:`STEP_VARIANTS`, :func:`build_train_step`, :func:`stepper`, :func:`shard`,
     :func:`replicate` — the
-    library's pmapped train step (``reducr_jax.train.trainer.make_train_step``) built for one
+    library's pmapped train step (``reducr_jax.train.selection_step.make_train_step``) built for one
     selection variant on random, device-resident inputs (``train_step.py``,
     ``scaling.py``, ``memory.py``);
   * :func:`run_python` — runs a script in a child process (fresh ``XLA_FLAGS``);
@@ -50,7 +50,9 @@ import numpy as np
 from reducr_jax.train import device_memory
 from reducr_jax import models
 from reducr_jax.core import stacked_experts
-from reducr_jax.train import trainer as train
+from reducr_jax.train import optimizers
+from reducr_jax.train import selection_step
+from reducr_jax.train import train_state
 from reducr_jax.models.mlp import MLP
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
@@ -213,13 +215,13 @@ class StepBench(NamedTuple):
   """A built train step and its inputs, ready to call as ``step(state, batch, ref)``.
 
   Attributes:
-    step: the pmapped :func:`reducr_jax.train.trainer.train_step`.
-    state: replicated :class:`reducr_jax.train.trainer.TrainState`, leaves ``[n, ...]``.
+    step: the pmapped :func:`reducr_jax.train.selection_step.train_step`.
+    state: replicated :class:`reducr_jax.train.train_state.TrainState`, leaves ``[n, ...]``.
     batch: the sharded large batch, leaves ``[n, B/n, ...]`` (``x``, ``y``, plus
       ``ref_losses [n, B/n, C']`` for table variants, ``meta_x``/``meta_y`` for meta).
     ref: replicated stacked expert variables (online variant, leading axes ``[n, C]``),
       else ``None``.
-    cfg: the step's static :class:`reducr_jax.train.trainer.StepConfig`.
+    cfg: the step's static :class:`reducr_jax.train.train_state.StepConfig`.
     fns, ref_loss_fn, tx, devices: what the step was built from (to build it another way,
       e.g. ``memory.py``'s ``jit(shard_map)`` form).
   """
@@ -227,7 +229,7 @@ class StepBench(NamedTuple):
   state: Any
   batch: Any
   ref: Any
-  cfg: train.StepConfig
+  cfg: train_state.StepConfig
   fns: models.ModelFns
   ref_loss_fn: Optional[Callable]
   tx: Any
@@ -237,11 +239,11 @@ class StepBench(NamedTuple):
 def shard(tree: Any, devices: Sequence[Any]) -> Any:
   """Host arrays ``[B, ...]`` → device arrays ``[n, B/n, ...]``, row block d on device d.
 
-  Placed on mesh axis ``train.AXIS``, the sharding the pmapped step gives its outputs.
+  Placed on mesh axis ``selection_step.AXIS``, the sharding the pmapped step gives its outputs.
   """
   n = len(devices)
-  mesh = jax.sharding.Mesh(np.array(devices), (train.AXIS,))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.AXIS))
+  mesh = jax.sharding.Mesh(np.array(devices), (selection_step.AXIS,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(selection_step.AXIS))
   return jax.tree.map(
       lambda a: jax.device_put(np.reshape(a, (n, a.shape[0] // n) + a.shape[1:]), sharding),
       tree)
@@ -266,9 +268,9 @@ def build_train_step(config: ml_collections.ConfigDict, variant: str,
   """The library's train step for one variant of ``config``, as the trainer builds it.
 
   The model is ``models.model_fns(models.create_model(config.model, C), x0,
-  axis_name=train.AXIS, init_impl=models.init_rng_impl(config.model))``; the step is
-  ``train.make_train_step`` (state donated) or, with ``donate=False``, the same
-  ``jax.pmap`` of ``train.train_step`` without donation (to measure what donation saves).
+  axis_name=selection_step.AXIS, init_impl=models.init_rng_impl(config.model))``; the step is
+  ``selection_step.make_train_step`` (state donated) or, with ``donate=False``, the same
+  ``jax.pmap`` of ``selection_step.train_step`` without donation (to measure what donation saves).
   Inputs are random and placed on the devices once (a benchmark of the step, not of the
   host → device copy of the batch).
 
@@ -282,7 +284,7 @@ def build_train_step(config: ml_collections.ConfigDict, variant: str,
     num_devices: n, the first n local devices.
     online_strategy: :func:`reducr_jax.core.stacked_experts.expert_losses` strategy of the
       online variant.
-    donate: build with :func:`reducr_jax.train.trainer.make_train_step` (donates the state).
+    donate: build with :func:`reducr_jax.train.selection_step.make_train_step` (donates the state).
     seed: parameters and data.
   """
   if variant not in STEP_VARIANTS:
@@ -298,8 +300,8 @@ def build_train_step(config: ml_collections.ConfigDict, variant: str,
   x0 = np.zeros((1,) + tuple(input_shape), input_dtype)
   module = models.create_model(config.model, num_classes)
   init_impl = models.init_rng_impl(config.model)
-  fns = models.model_fns(module, x0, axis_name=train.AXIS, init_impl=init_impl)
-  tx = train.make_optimizer(config.optimizer)
+  fns = models.model_fns(module, x0, axis_name=selection_step.AXIS, init_impl=init_impl)
+  tx = optimizers.make_optimizer(config.optimizer)
   variables = _init_variables(fns, (config.model.to_json(), tuple(input_shape),
                                     np.dtype(input_dtype).str, num_classes, seed))
 
@@ -324,15 +326,15 @@ def build_train_step(config: ml_collections.ConfigDict, variant: str,
                                     strategy=online_strategy)
     stacked = stacked_experts.init_stacked(ref_fns.init, jax.random.PRNGKey(seed + 2), num_classes)
     ref = replicate(models.variables(*stacked), devices)
-  cfg = train.StepConfig.from_config(config, num_classes, num_devices, reference,
+  cfg = train_state.StepConfig.from_config(config, num_classes, num_devices, reference,
                                      (1,) * num_classes)
-  state = train.init_state(None, lambda _: jax.tree.map(jnp.asarray, variables), tx,
+  state = train_state.init_state(None, lambda _: jax.tree.map(jnp.asarray, variables), tx,
                            cfg, jax.random.PRNGKey(seed + 1))
   if donate:
-    step = train.make_train_step(fns, ref_loss_fn, tx, cfg, devices)
+    step = selection_step.make_train_step(fns, ref_loss_fn, tx, cfg, devices)
   else:
-    step = jax.pmap(functools.partial(train.train_step, model=fns, ref_loss_fn=ref_loss_fn,
-                                      tx=tx, cfg=cfg), axis_name=train.AXIS, devices=devices)
+    step = jax.pmap(functools.partial(selection_step.train_step, model=fns, ref_loss_fn=ref_loss_fn,
+                                      tx=tx, cfg=cfg), axis_name=selection_step.AXIS, devices=devices)
   p_batch = shard(batch, devices)
   if meta is not None:
     p_batch.update(shard(meta, devices))
@@ -341,13 +343,13 @@ def build_train_step(config: ml_collections.ConfigDict, variant: str,
 
 
 def replicate(tree: Any, devices: Sequence[Any]) -> Any:
-  """``tree`` stacked once per device, leaves ``[n, ...]``, on mesh axis ``train.AXIS``.
+  """``tree`` stacked once per device, leaves ``[n, ...]``, on mesh axis ``selection_step.AXIS``.
 
   ``flax.jax_utils.replicate``'s default mesh axis name differs from the one the pmapped
   step gives its outputs, and JAX keys its compile cache on input shardings: a state
   placed that way makes the second step compile the step again.
   """
-  return flax.jax_utils.replicate(tree, devices, axis_name=train.AXIS)
+  return flax.jax_utils.replicate(tree, devices, axis_name=selection_step.AXIS)
 
 
 _INIT_CACHE: dict[tuple, Any] = {}

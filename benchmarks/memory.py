@@ -4,11 +4,11 @@ Compile only, nothing runs: for each config the REDUCR step (``reducr (table)``,
 default) is built as the trainer builds it (``harness.build_train_step``) and lowered and
 compiled for one device, ``step.lower(state, batch, ref).compile().memory_analysis()``:
 
-  * ``pmap, donated`` — ``reducr_jax.train.trainer.make_train_step`` itself (``donate_argnums=0``:
+  * ``pmap, donated`` — ``reducr_jax.train.selection_step.make_train_step`` itself (``donate_argnums=0``:
     the new state may be written into the old state's buffers, ``alias`` bytes);
-  * ``pmap, not donated`` — the same ``jax.pmap`` of ``train.train_step`` without donation;
+  * ``pmap, not donated`` — the same ``jax.pmap`` of ``selection_step.train_step`` without donation;
   * ``jit(shard_map), donated`` / ``not donated`` — analysis only: the same
-    ``train.train_step`` under ``jax.jit(jax.shard_map(...))`` with the state replicated
+    ``selection_step.train_step`` under ``jax.jit(jax.shard_map(...))`` with the state replicated
     (``P()``, no device axis) and the batch split (``P(AXIS)``), i.e. the layout a
     ``shard_map`` trainer would use instead of ``pmap``'s stacked ``[n, ...]`` state.
 
@@ -37,7 +37,7 @@ import numpy as np
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/memory.py``
 from reducr_jax.config import configuration
-from reducr_jax.train import trainer as train
+from reducr_jax.train import selection_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = os.path.join(HERE, "..", "configs")
@@ -67,11 +67,11 @@ def config_for(name: str, args: argparse.Namespace) -> tuple[Any, tuple[int, ...
 
 def shard_map_step(bench: harness.StepBench, donate: bool):
   """``(jit(shard_map(train_step)), state, batch)``: replicated state, split batch."""
-  mesh = jax.sharding.Mesh(np.array(bench.devices), (train.AXIS,))
+  mesh = jax.sharding.Mesh(np.array(bench.devices), (selection_step.AXIS,))
   spec = jax.sharding.PartitionSpec
-  fn = functools.partial(train.train_step, model=bench.fns, ref_loss_fn=bench.ref_loss_fn,
+  fn = functools.partial(selection_step.train_step, model=bench.fns, ref_loss_fn=bench.ref_loss_fn,
                          tx=bench.tx, cfg=bench.cfg)
-  step = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(spec(), spec(train.AXIS), spec()),
+  step = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(spec(), spec(selection_step.AXIS), spec()),
                                out_specs=(spec(), spec()), check_vma=False),
                  donate_argnums=(0,) if donate else ())
   state = flax.jax_utils.unreplicate(bench.state)

@@ -1,7 +1,7 @@
 """How the train step's time grows with the batch size B, the number of classes C, and devices.
 
 All on the MLP of ``configs/default.py`` (256-256, float32 ``[B, 40]`` inputs), with the
-library's own step (``harness.build_train_step``: ``reducr_jax.train.trainer.make_train_step``,
+library's own step (``harness.build_train_step``: ``reducr_jax.train.selection_step.make_train_step``,
 device-resident inputs), each part timed in shuffled interleaved rounds:
 
   * **B**: ``uniform`` and ``reducr (table)`` at B = 80 … 1280, k = 10 % of B, C = 10. A
@@ -43,6 +43,7 @@ import harness  # this folder is sys.path[0] when run as ``python benchmarks/sca
 from reducr_jax.config import configuration
 from reducr_jax.core import mwu
 from reducr_jax.core import selection
+from reducr_jax.core import selection_scores
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(HERE, "..", "configs", "default.py")
@@ -73,13 +74,13 @@ def time_variants(config, variants: Sequence[str], num_classes: int, num_devices
 
 def scoring_fn(k: int, eta: float):
   """The ``[B, C]`` part of a REDUCR step alone: reducible losses, class-weighted scores,
-  top-k, class objective and MWU update (what ``train.train_step`` does between the
+  top-k, class objective and MWU update (what ``reducr_jax.train.selection_step.train_step`` does between the
   forward on B and the update on k)."""
 
   def fn(model_loss, expert, log_w, h):
-    reducible = selection.reducible_losses(model_loss, expert, clip=True, use_expert=True,
+    reducible = selection_scores.reducible_losses(model_loss, expert, clip=True, use_expert=True,
                                            use_model_loss=True)
-    scores = selection.weighted_scores(reducible, mwu.weights(log_w))
+    scores = selection_scores.weighted_scores(reducible, mwu.weights(log_w))
     sel = selection.top_k(scores, k)
     alpha = mwu.class_objective(reducible[sel], h, True)
     return mwu.update(log_w, alpha, eta), sel

@@ -20,10 +20,10 @@ PyTorch Lightning + Hydra; ``robust_reducible_loss_selection.__call__`` and
   BatchNorm, see below).
 
 The JAX side: the selection step is one ``jax.jit`` of
-``reducr_jax.core.class_weighted_losses.cross_entropy``, a gather of the table's ``[B, C]`` rows, ``selection.excess_losses``,
-``selection.weighted_scores`` with ``mwu.weights``, ``selection.top_k``,
+``reducr_jax.core.class_weighted_losses.cross_entropy``, a gather of the table's ``[B, C]`` rows, ``selection_scores.excess_losses``,
+``selection_scores.weighted_scores`` with ``mwu.weights``, ``selection.top_k``,
 ``mwu.class_objective`` and ``mwu.update``; the train step is
-``reducr_jax.train.trainer.make_train_step`` itself (``pmap`` over one device), fed as the trainer
+``reducr_jax.train.selection_step.make_train_step`` itself (``pmap`` over one device), fed as the trainer
 feeds it (NumPy batch with the table rows gathered on the host) and, as a second row, with
 the batch already on the device. It does a little more than the torch step: the finiteness
 guard on loss, gradients and weights, the per-class selection counts and its metrics.
@@ -63,8 +63,11 @@ from reducr_jax.core import class_weighted_losses
 from reducr_jax.config import configuration
 from reducr_jax.core import mwu
 from reducr_jax.core import selection
+from reducr_jax.core import selection_scores
 from reducr_jax import selectors
-from reducr_jax.train import trainer as train
+from reducr_jax.train import optimizers
+from reducr_jax.train import selection_step
+from reducr_jax.train import train_state
 from reducr_jax.models.mlp import MLP
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -398,8 +401,8 @@ def make_jax_selection(apply_fn: Callable, k: int, eta: float) -> Callable:
   @jax.jit
   def select(params, log_w, x, y, global_index, table, holdout_loss):
     model_loss = class_weighted_losses.cross_entropy(apply_fn(params, x), y)
-    excess = selection.excess_losses(model_loss, table[global_index])
-    scores = selection.weighted_scores(excess, mwu.weights(log_w))
+    excess = selection_scores.excess_losses(model_loss, table[global_index])
+    scores = selection_scores.weighted_scores(excess, mwu.weights(log_w))
     sel = selection.top_k(scores, k)
     alpha = mwu.class_objective(excess[sel], holdout_loss)
     return sel, mwu.update(log_w, alpha, eta), alpha
@@ -560,14 +563,14 @@ def jax_step_parts(setup: Setup, config) -> tuple[Callable, Callable, Any]:
   if sel.method != "reducr" or sel.holdout_loss != "epoch" or sel.soft_temperature != 0:
     raise ValueError("the config must select with method='reducr', holdout_loss='epoch', "
                      "soft_temperature=0")
-  cfg = dataclasses.replace(train.StepConfig.from_config(config, c, 1, "table"), k=setup.k,
+  cfg = dataclasses.replace(train_state.StepConfig.from_config(config, c, 1, "table"), k=setup.k,
                             selector=selectors.reducr.reducr(eta=setup.eta, clip=sel.clip))
-  tx = train.make_optimizer(config.optimizer)
-  step = train.make_train_step(setup.apply_fn, None, tx, cfg, devices)
+  tx = optimizers.make_optimizer(config.optimizer)
+  step = selection_step.make_train_step(setup.apply_fn, None, tx, cfg, devices)
   params = setup.variables["params"]
 
   def fresh_state():
-    state = train.init_state(jax.random.PRNGKey(0), lambda _: params, tx, cfg,
+    state = train_state.init_state(jax.random.PRNGKey(0), lambda _: params, tx, cfg,
                              jax.random.PRNGKey(1))
     state = state._replace(selector_state=selectors.reducr.ReducrState(setup.log_w0),
                            holdout_loss=jnp.asarray(setup.holdout_loss))
@@ -779,8 +782,8 @@ IMPL_LABELS = {
     "selection/jax": "jax: jit(reducr_jax.core.selection + mwu)",
     "selection/torch": "torch eager, official (argsort)",
     "selection/torch_topk": "torch eager, torch.topk",
-    "train_step/jax": "jax: train.make_train_step (pmap, 1 device; host batch)",
-    "train_step/jax_device_batch": "jax: train.make_train_step (batch on device)",
+    "train_step/jax": "jax: selection_step.make_train_step (pmap, 1 device; host batch)",
+    "train_step/jax_device_batch": "jax: selection_step.make_train_step (batch on device)",
     "train_step/torch": "torch eager, official + AdamW",
 }
 BASELINE = {"selection": "selection/jax", "train_step": "train_step/jax"}

@@ -1,6 +1,6 @@
 """REDUCR train step vs uniform train step: measured time ratio vs FLOP-predicted ratio.
 
-Every variant is the library's own step (``reducr_jax.train.trainer.make_train_step``, ``pmap`` over
+Every variant is the library's own step (``reducr_jax.train.selection_step.make_train_step``, ``pmap`` over
 one device, state donated) built as the trainer builds it (``harness.build_train_step``),
 timed side by side in one process on the same random, device-resident large batch
 (interleaved rounds in a shuffled order, each timing ``block_until_ready``, medians). The

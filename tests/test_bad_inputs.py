@@ -29,6 +29,7 @@ from reducr_jax.config import configuration
 from reducr_jax.core import metrics
 from reducr_jax.core import mwu
 from reducr_jax.core import selection
+from reducr_jax.core import selection_scores
 from reducr_jax.config import size_checks
 from reducr_jax.core import stacked_experts
 from reducr_jax.config import workdir as workdir_lib
@@ -718,7 +719,7 @@ def test_labels_at_or_above_num_classes(label):
   assert np.asarray(counts).tolist() == [1.0, 0.0, 0.0]
   counts = jax.jit(lambda yy: metrics.correct_sums(logits, yy).counts)(y)
   assert np.asarray(counts).tolist() == [1.0, 0.0, 0.0]
-  scores = selection.reducr_scores(jnp.asarray(loss), jnp.zeros((2, 3)), jnp.ones(3) / 3)
+  scores = selection_scores.reducr_scores(jnp.asarray(loss), jnp.zeros((2, 3)), jnp.ones(3) / 3)
   assert np.asarray(selection.top_k(scores, 1)).tolist() == [0]      # never the NaN point
 
 
@@ -735,9 +736,9 @@ def _int(n):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: selection.reducr_scores(jnp.ones(4), jnp.zeros((4, 2)), jnp.asarray([-1.0, 2.0])),
+    (lambda: selection_scores.reducr_scores(jnp.ones(4), jnp.zeros((4, 2)), jnp.asarray([-1.0, 2.0])),
      "class_weights must be >= 0 everywhere, got -1.0 at index 0"),
-    (lambda: selection.weighted_scores(jnp.ones((4, 2)), jnp.asarray([0.5, np.nan])),
+    (lambda: selection_scores.weighted_scores(jnp.ones((4, 2)), jnp.asarray([0.5, np.nan])),
      "class_weights must be >= 0 everywhere, got nan at index 1"),
     (lambda: mwu.ema_init(0), "num_classes must be a positive int, got 0"),
     (lambda: mwu.ema_init(-1), "num_classes must be a positive int, got -1"),
@@ -784,7 +785,7 @@ def test_nan_logits_are_never_correct():
 
 def test_traced_class_weights_are_not_checked():
   """Documented: negative weights known only inside jit cannot be checked at trace time."""
-  out = jax.jit(selection.weighted_scores)(jnp.ones((2, 2)), jnp.asarray([-1.0, 2.0]))
+  out = jax.jit(selection_scores.weighted_scores)(jnp.ones((2, 2)), jnp.asarray([-1.0, 2.0]))
   assert np.asarray(out).tolist() == [1.0, 1.0]
 
 
@@ -805,15 +806,15 @@ def test_traced_class_weights_are_not_checked():
     # traced num_classes / clip: one line, not a raw tracer error
     (lambda: jax.jit(lambda c: metrics.class_sums(jnp.ones(2), jnp.array([0, 1]), c))(2),
      "num_classes must be a static Python int >= 1 .* got a traced value"),
-    (lambda: jax.jit(lambda c: selection.reducible_losses(jnp.ones(2), jnp.ones((2, 3)),
+    (lambda: jax.jit(lambda c: selection_scores.reducible_losses(jnp.ones(2), jnp.ones((2, 3)),
                                                           clip=c))(True),
      "clip must be a static Python bool .* got a traced value"),
     # int losses and bool weights where floats are meant
-    (lambda: selection.reducible_losses(jnp.array([1, 2]), jnp.ones((2, 3))),
+    (lambda: selection_scores.reducible_losses(jnp.array([1, 2]), jnp.ones((2, 3))),
      "model_loss must be a float array, got dtype int32"),
-    (lambda: selection.rho_loss_scores(jnp.ones(2), jnp.array([0, 1])),
+    (lambda: selection_scores.rho_loss_scores(jnp.ones(2), jnp.array([0, 1])),
      "irreducible_loss must be a float array, got dtype int32"),
-    (lambda: selection.weighted_scores(jnp.ones((2, 3)), jnp.array([True, False, True])),
+    (lambda: selection_scores.weighted_scores(jnp.ones((2, 3)), jnp.array([True, False, True])),
      "class_weights must be a float array, got dtype bool"),
     (lambda: mwu.class_objective(jnp.ones((2, 3), jnp.int32), jnp.ones(3)),
      "excess_selected must be a float array, got dtype int32"),

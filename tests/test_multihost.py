@@ -13,7 +13,8 @@ import numpy as np
 from reducr_jax.run import checkpointing
 from reducr_jax.config import configuration
 from reducr_jax import models
-from reducr_jax.train import trainer as train
+from reducr_jax.train import optimizers
+from reducr_jax.train import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config=configs/default.py", "--config.model.hidden=(32,)",
@@ -86,9 +87,9 @@ def _template():
   config = configuration.load_config(os.path.join(REPO, "configs/default.py"))
   config.model.hidden = (32,)
   model = models.create_model(config.model, 10)
-  cfg = train.StepConfig.from_config(config, 10, 1, "table")
-  state = train.init_state(jax.random.PRNGKey(0),
+  cfg = train_state.StepConfig.from_config(config, 10, 1, "table")
+  state = train_state.init_state(jax.random.PRNGKey(0),
                            lambda r: model.init(r, jnp.zeros((1, 64)))["params"],
-                           train.make_optimizer(config.optimizer), cfg, jax.random.PRNGKey(1))
+                           optimizers.make_optimizer(config.optimizer), cfg, jax.random.PRNGKey(1))
   best = {"params": {"params": state.params}, "worst_val": np.float32(0), "step": np.int32(0)}
   return jax.tree.map(np.asarray, {"state": state, "best": best})

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax.core import metrics, mwu, selection
+from reducr_jax.core import metrics, mwu, selection, selection_scores
 
 
 def test_init_is_uniform_on_the_simplex():
@@ -131,8 +131,8 @@ H = jnp.array([1.0, 0.5])
 def run_three_steps(clip, use_holdout):
   log_w, trace = mwu.init(2), []
   for ml, el in zip(MODEL, EXPERT):
-    r = selection.excess_losses(ml, el, clip)
-    sel = selection.top_k(selection.weighted_scores(r, mwu.weights(log_w)), 2)
+    r = selection_scores.excess_losses(ml, el, clip)
+    sel = selection.top_k(selection_scores.weighted_scores(r, mwu.weights(log_w)), 2)
     alpha = mwu.class_objective(r[sel], H, use_holdout)
     log_w = mwu.update(log_w, alpha, 0.5)
     trace.append((sorted(np.asarray(sel).tolist()), np.asarray(alpha)))

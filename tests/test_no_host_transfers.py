@@ -1,7 +1,7 @@
 """The trainer's pmapped step runs without host round trips and is one compiled program.
 
 With the state, batch and reference parameters on the devices, a few steps of
-``train.make_train_step`` run under ``jax.transfer_guard_device_to_host("disallow")`` and
+``selection_step.make_train_step`` run under ``jax.transfer_guard_device_to_host("disallow")`` and
 ``jax.transfer_guard_host_to_device("disallow")``: any implicit host → device copy (a NumPy
 constant or batch shipped per call) raises. On CPU, device arrays live in host memory and
 JAX never reports a device → host transfer, so the step's jaxpr (nested jaxprs included)
@@ -32,6 +32,9 @@ import pytest
 from reducr_jax.config import configuration
 from reducr_jax import models
 from reducr_jax.core import stacked_experts
+from reducr_jax.train import optimizers
+from reducr_jax.train import selection_step
+from reducr_jax.train import train_state
 from reducr_jax.train import trainer as train
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
@@ -75,10 +78,10 @@ def setup(model: str, reference: str):
   x0 = np.zeros((1,) + shape, dtype)
   module = models.create_model(config.model, C)
   init_impl = models.init_rng_impl(config.model)
-  fns = models.model_fns(module, x0, axis_name=train.AXIS, init_impl=init_impl)
-  tx = train.make_optimizer(config.optimizer)
-  cfg = train.StepConfig.from_config(config, C, N_DEVICES, reference, (1,) * C)
-  state = train.init_state(jax.random.PRNGKey(0), jax.jit(fns.init), tx, cfg,
+  fns = models.model_fns(module, x0, axis_name=selection_step.AXIS, init_impl=init_impl)
+  tx = optimizers.make_optimizer(config.optimizer)
+  cfg = train_state.StepConfig.from_config(config, C, N_DEVICES, reference, (1,) * C)
+  state = train_state.init_state(jax.random.PRNGKey(0), jax.jit(fns.init), tx, cfg,
                            jax.random.PRNGKey(1))
   rng = np.random.default_rng(0)
   x = (rng.integers(0, 256, (B,) + shape).astype(np.uint8) if dtype == np.uint8
@@ -91,7 +94,7 @@ def setup(model: str, reference: str):
     ref_fns = models.model_fns(module, x0, init_impl=init_impl)
     ref_loss_fn = functools.partial(stacked_experts.expert_losses, ref_fns.apply, strategy="vmap")
     ref = models.variables(*stacked_experts.init_stacked(ref_fns.init, jax.random.PRNGKey(2), C))
-  step = train.make_train_step(fns, ref_loss_fn, tx, cfg, devices)
+  step = selection_step.make_train_step(fns, ref_loss_fn, tx, cfg, devices)
   host_batch = jax.tree.map(lambda a: a.reshape((N_DEVICES, B // N_DEVICES) + a.shape[1:]),
                             batch)
   return step, state, host_batch, ref, devices
@@ -99,16 +102,16 @@ def setup(model: str, reference: str):
 
 def on_devices(tree, devices):
   """``[n, ...]`` host arrays → arrays sharded over ``devices`` along the leading axis, with
-  the sharding the pmapped step gives its outputs (mesh axis ``train.AXIS``), so the state
+  the sharding the pmapped step gives its outputs (mesh axis ``selection_step.AXIS``), so the state
   a step returns has the same sharding as the state it was given."""
-  mesh = jax.sharding.Mesh(np.array(devices), (train.AXIS,))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.AXIS))
+  mesh = jax.sharding.Mesh(np.array(devices), (selection_step.AXIS,))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(selection_step.AXIS))
   return jax.tree.map(lambda a: jax.device_put(a, sharding), tree)
 
 
 def replicated(tree, devices):
   """``tree`` stacked ``n`` times, placed like :func:`on_devices`."""
-  return flax.jax_utils.replicate(tree, devices, axis_name=train.AXIS)
+  return flax.jax_utils.replicate(tree, devices, axis_name=selection_step.AXIS)
 
 
 def primitive_names(jaxpr) -> set[str]:
@@ -201,7 +204,7 @@ def test_checks_can_fail():
 def test_trainer_compiles_its_step_once(tmp_path, monkeypatch):
   """The trainer's own loop: the pmapped train step compiles on its first call only."""
   per_call = []
-  make = train.make_train_step
+  make = selection_step.make_train_step
 
   def counting_make_train_step(*args, **kwargs):
     step = make(*args, **kwargs)

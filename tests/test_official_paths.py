@@ -13,7 +13,9 @@ from reducr_jax.config import configuration
 from reducr_jax import data
 from reducr_jax import models
 from reducr_jax.train import sharding
-from reducr_jax.train import trainer as train
+from reducr_jax.train import optimizers
+from reducr_jax.train import selection_step
+from reducr_jax.train import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = (0, 0, 1, 1, 1, 2, 2, 3, 3, 3)     # 10 digit classes → 4 groups (superclass style)
@@ -38,14 +40,14 @@ def test_grad_norm_in_the_train_step_one_hots_class_labels_not_groups():
   splits = data.make_splits(config.dataset, config.seed)
   model = models.create_model(config.model, 10)
   apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
-  tx = train.make_optimizer(config.optimizer)
-  cfg = train.StepConfig.from_config(config, 10, 1, None)
+  tx = optimizers.make_optimizer(config.optimizer)
+  cfg = train_state.StepConfig.from_config(config, 10, 1, None)
   assert cfg.num_classes == 4 and cfg.k == 8
-  state = train.init_state(jax.random.PRNGKey(0),
+  state = train_state.init_state(jax.random.PRNGKey(0),
                            lambda r: model.init(r, jnp.zeros((1, 64)))["params"], tx, cfg,
                            jax.random.PRNGKey(1))
   params = state.params
-  step = train.make_train_step(apply_fn, None, tx, cfg, jax.local_devices()[:1])
+  step = selection_step.make_train_step(apply_fn, None, tx, cfg, jax.local_devices()[:1])
   rng = np.random.default_rng(0)
   idx = rng.choice(len(splits.train), config.batch_size, replace=False)
   x, y = splits.train.x[idx], splits.train.y[idx]

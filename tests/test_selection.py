@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from reducr_jax.core import selection
+from reducr_jax.core import selection_scores
 
 MODEL_LOSS = jnp.array([2.0, 1.2, 3.0, 0.5])
 EXPERT_LOSSES = jnp.array([[1.0, 2.0], [1.5, 0.5], [0.0, 4.0], [1.0, 1.0]])
@@ -15,33 +16,33 @@ EXPERT_LOSSES = jnp.array([[1.0, 2.0], [1.5, 0.5], [0.0, 4.0], [1.0, 1.0]])
 
 def test_excess_losses_by_hand():
   np.testing.assert_allclose(
-      selection.excess_losses(MODEL_LOSS, EXPERT_LOSSES),
+      selection_scores.excess_losses(MODEL_LOSS, EXPERT_LOSSES),
       [[1.0, 0.0], [0.0, 0.7], [3.0, 0.0], [0.0, 0.0]], atol=1e-6)
   np.testing.assert_allclose(
-      selection.excess_losses(MODEL_LOSS, EXPERT_LOSSES, clip=False),
+      selection_scores.excess_losses(MODEL_LOSS, EXPERT_LOSSES, clip=False),
       [[1.0, 0.0], [-0.3, 0.7], [3.0, -1.0], [-0.5, -0.5]], atol=1e-6)
 
 
 def test_reducr_scores_by_hand():
   w = jnp.array([0.25, 0.75])
   # 0.25*[1, 0, 3, 0] + 0.75*[0, 0.7, 0, 0]
-  np.testing.assert_allclose(selection.reducr_scores(MODEL_LOSS, EXPERT_LOSSES, w),
+  np.testing.assert_allclose(selection_scores.reducr_scores(MODEL_LOSS, EXPERT_LOSSES, w),
                              [0.25, 0.525, 0.75, 0.0], atol=1e-6)
-  np.testing.assert_allclose(selection.reducr_scores(MODEL_LOSS, EXPERT_LOSSES, w, clip=False),
+  np.testing.assert_allclose(selection_scores.reducr_scores(MODEL_LOSS, EXPERT_LOSSES, w, clip=False),
                              [0.25, -0.075 + 0.525, 0.0, -0.5], atol=1e-6)
 
 
 def test_ablations():
-  r = selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_expert=False)
+  r = selection_scores.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_expert=False)
   np.testing.assert_allclose(r, np.tile(np.asarray(MODEL_LOSS)[:, None], (1, 2)))
-  r = selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_model_loss=False, clip=False)
+  r = selection_scores.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_model_loss=False, clip=False)
   np.testing.assert_allclose(r, -np.asarray(EXPERT_LOSSES))
   # Clipped (official): max(-expert, 0) = 0 everywhere, exact +0.0.
-  r = selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_model_loss=False)
+  r = selection_scores.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_model_loss=False)
   np.testing.assert_array_equal(r, np.zeros((4, 2)))
   assert not np.any(np.signbit(np.asarray(r)))
   with pytest.raises(ValueError, match="use_expert"):
-    selection.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_expert=False,
+    selection_scores.reducible_losses(MODEL_LOSS, EXPERT_LOSSES, use_expert=False,
                                use_model_loss=False, clip=False)
 
 
@@ -51,19 +52,19 @@ def test_no_model_loss_clipped_takes_the_first_k_points():
   distribution on a random batch). An expert loss of exactly 0 (−0.0 after negation) must
   not change that."""
   expert = EXPERT_LOSSES.at[3, 0].set(0.0)
-  r = selection.reducible_losses(MODEL_LOSS, expert, use_model_loss=False)
-  scores = selection.weighted_scores(r, jnp.array([0.3, 0.7]))
+  r = selection_scores.reducible_losses(MODEL_LOSS, expert, use_model_loss=False)
+  scores = selection_scores.weighted_scores(r, jnp.array([0.3, 0.7]))
   np.testing.assert_array_equal(selection.top_k(scores, 2), [0, 1])
   np.testing.assert_array_equal(selection.top_k(scores, 3), [0, 1, 2])
   # Unclipped: R = -expert; w·R = [-1.7, -0.8, -2.8, -0.7] → top-2 = points 3, 1.
-  r = selection.reducible_losses(MODEL_LOSS, expert, use_model_loss=False, clip=False)
-  scores = selection.weighted_scores(r, jnp.array([0.3, 0.7]))
+  r = selection_scores.reducible_losses(MODEL_LOSS, expert, use_model_loss=False, clip=False)
+  scores = selection_scores.weighted_scores(r, jnp.array([0.3, 0.7]))
   np.testing.assert_allclose(scores, [-1.7, -0.8, -2.8, -0.7], atol=1e-6)
   np.testing.assert_array_equal(selection.top_k(scores, 2), [3, 1])
 
 
 def test_rho_loss_scores():
-  np.testing.assert_allclose(selection.rho_loss_scores(MODEL_LOSS, jnp.array([1.0, 1.0, 0.5, 2.0])),
+  np.testing.assert_allclose(selection_scores.rho_loss_scores(MODEL_LOSS, jnp.array([1.0, 1.0, 0.5, 2.0])),
                              [1.0, 0.2, 2.5, -1.5], atol=1e-6)
 
 
@@ -136,10 +137,10 @@ def test_uniform_select():
 def test_everything_jits():
   r = jax.random.key(0)
   w = jnp.array([0.5, 0.5])
-  jax.jit(selection.reducr_scores)(MODEL_LOSS, EXPERT_LOSSES, w)
-  jax.jit(functools.partial(selection.reducible_losses, clip=False, use_model_loss=False))(
+  jax.jit(selection_scores.reducr_scores)(MODEL_LOSS, EXPERT_LOSSES, w)
+  jax.jit(functools.partial(selection_scores.reducible_losses, clip=False, use_model_loss=False))(
       MODEL_LOSS, EXPERT_LOSSES)
-  jax.jit(selection.rho_loss_scores)(MODEL_LOSS, MODEL_LOSS)
+  jax.jit(selection_scores.rho_loss_scores)(MODEL_LOSS, MODEL_LOSS)
   jax.jit(selection.train_loss_select, static_argnums=2)(r, MODEL_LOSS, 2)
   jax.jit(selection.uniform_select, static_argnums=(1, 2))(r, 4, 2)
   jax.jit(selection.soft_top_k, static_argnums=(2, 3))(r, MODEL_LOSS, 2, 0.5)
@@ -148,13 +149,13 @@ def test_everything_jits():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: selection.excess_losses(jnp.zeros((4,)), jnp.zeros((5, 2))), r"expert_losses must have shape \[B=4, C\]"),
-    (lambda: selection.excess_losses(jnp.zeros((4, 1)), jnp.zeros((4, 2))), r"model_loss must have shape \[B\]"),
-    (lambda: selection.reducr_scores(jnp.zeros(4), jnp.zeros((4, 2)), jnp.ones(3) / 3), r"class_weights must have shape \[C=2\]"),
+    (lambda: selection_scores.excess_losses(jnp.zeros((4,)), jnp.zeros((5, 2))), r"expert_losses must have shape \[B=4, C\]"),
+    (lambda: selection_scores.excess_losses(jnp.zeros((4, 1)), jnp.zeros((4, 2))), r"model_loss must have shape \[B\]"),
+    (lambda: selection_scores.reducr_scores(jnp.zeros(4), jnp.zeros((4, 2)), jnp.ones(3) / 3), r"class_weights must have shape \[C=2\]"),
     (lambda: selection.top_k(jnp.zeros(4), 5), r"k must be in \[1, 4\]"),
     (lambda: selection.top_k(jnp.zeros(4), 0), r"k must be in \[1, 4\]"),
     (lambda: selection.uniform_select(jax.random.key(0), 4, 6), r"k must be in \[1, 4\]"),
-    (lambda: selection.rho_loss_scores(jnp.zeros(4), jnp.zeros(3)), r"irreducible_loss must have shape \[B=4\]"),
+    (lambda: selection_scores.rho_loss_scores(jnp.zeros(4), jnp.zeros(3)), r"irreducible_loss must have shape \[B=4\]"),
     (lambda: selection.train_loss_logits(jnp.zeros(4), 1.0), r"selection_pressure must be in \(1.0, inf\]"),
 ])
 def test_bad_input_is_a_one_line_value_error(call, match):
@@ -165,7 +166,7 @@ def test_bad_input_is_a_one_line_value_error(call, match):
 
 def test_bad_input_raises_at_trace_time_under_jit():
   with pytest.raises(ValueError, match="expert_losses"):
-    jax.jit(selection.reducr_scores)(jnp.zeros(4), jnp.zeros((3, 2)), jnp.ones(2) / 2)
+    jax.jit(selection_scores.reducr_scores)(jnp.zeros(4), jnp.zeros((3, 2)), jnp.ones(2) / 2)
 
 
 def test_top_k_partial_selection_matches_lax_top_k_and_skips_nan():

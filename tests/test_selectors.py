@@ -14,6 +14,7 @@ from reducr_jax.core import mwu
 from reducr_jax.train import reference_cache
 from reducr_jax import reweighters
 from reducr_jax.core import selection
+from reducr_jax.core import selection_scores
 from reducr_jax import selectors
 from reducr_jax.core import stacked_experts
 from reducr_jax.train import trainer as train
@@ -124,7 +125,7 @@ def test_payoff_is_max_min_of_excess_minus_holdout():
   ex = jnp.array([[1.0, 1.5], [0.0, 2.0], [3.5, 1.0], [0.0, 0.0]])
   h = jnp.array([0.25, 0.5])
   # ml - ex - h = [[.75, 0], [.75, -1.5], [-.75, 1.5], [.25, 0]] -> min = [0, -1.5, -.75, 0]
-  np.testing.assert_allclose(selection.payoff_scores(ml, ex, h), [0.0, -1.5, -0.75, 0.0])
+  np.testing.assert_allclose(selection_scores.payoff_scores(ml, ex, h), [0.0, -1.5, -0.75, 0.0])
   sel = selectors.get(config_with(**{"selection.method": "payoff"}))
   idx, _ = sel.select(sel.init(2), inputs(model_loss=ml, reference_losses=ex,
                                           class_holdout_loss=h), KEY, 3)
@@ -189,7 +190,7 @@ def test_grad_norm_bound_and_sampling():
   logits = jnp.array([[0.0, 0.0], [np.log(3.0), 0.0], [10.0, -10.0]])
   y = jnp.array([0, 1, 0])
   # p = (.5, .5), (.75, .25), (~1, ~0): ‖p - e_y‖ = √.5, √(.75² + .75²), ~0
-  bound = selection.grad_norm_upper_bound(logits, y)
+  bound = selection_scores.grad_norm_upper_bound(logits, y)
   np.testing.assert_allclose(bound, [np.sqrt(0.5), 0.75 * np.sqrt(2.0), 0.0], atol=1e-6)
   sel = selectors.get(config_with(**{"selection.method": "grad_norm",
                                       "selection.grad_norm_sampling": "proportional"}))
@@ -234,7 +235,7 @@ def test_grad_norm_default_is_the_official_top_k():
 
 def test_entropy_and_irreducible_by_hand():
   logits = jnp.array([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [1.0, 1.0, -9.0]])
-  np.testing.assert_allclose(selection.predictive_entropy(logits)[0], np.log(3.0), rtol=1e-6)
+  np.testing.assert_allclose(selection_scores.predictive_entropy(logits)[0], np.log(3.0), rtol=1e-6)
   sel = selectors.get(config_with(**{"selection.method": "entropy"}))
   idx, _ = sel.select((), inputs(labels=jnp.zeros(3, jnp.int32), model_logits=logits), KEY, 2)
   np.testing.assert_array_equal(idx, [0, 2])        # log 3 > ~log 2 > small

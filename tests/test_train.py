@@ -15,6 +15,9 @@ import pytest
 
 from reducr_jax.config import configuration
 from reducr_jax.train import sharding
+from reducr_jax.train import optimizers
+from reducr_jax.train import selection_step
+from reducr_jax.train import train_state
 from reducr_jax.train import trainer as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,15 +147,15 @@ def _step_inputs(config, num_devices, unmapped=False):
   model = models.create_model(config.model, 10)
   apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
   devices = jax.local_devices()[:num_devices]
-  tx = train.make_optimizer(config.optimizer)
-  cfg = train.StepConfig.from_config(config, 10, num_devices, "table")
-  state = train.init_state(jax.random.PRNGKey(0),
+  tx = optimizers.make_optimizer(config.optimizer)
+  cfg = train_state.StepConfig.from_config(config, 10, num_devices, "table")
+  state = train_state.init_state(jax.random.PRNGKey(0),
                            lambda r: model.init(r, jnp.zeros((1, 64)))["params"], tx, cfg,
                            jax.random.PRNGKey(1))
   state = state._replace(holdout_loss=jnp.linspace(0.5, 2.5, 10))
-  step = train.make_train_step(apply_fn, None, tx, cfg, devices)
+  step = selection_step.make_train_step(apply_fn, None, tx, cfg, devices)
   if unmapped:
-    step = jax.jit(functools.partial(train.train_step, model=apply_fn, ref_loss_fn=None,
+    step = jax.jit(functools.partial(selection_step.train_step, model=apply_fn, ref_loss_fn=None,
                                      tx=tx, cfg=cfg, axis_name=None))
   rng = np.random.default_rng(0)
   batches = []
@@ -210,9 +213,9 @@ def test_train_step_without_a_mapped_axis_equals_the_one_device_pmap():
 
 
 def test_train_step_without_a_mapped_axis_needs_one_device():
-  cfg = train.StepConfig.from_config(tiny_config(), 10, 8, "table")
+  cfg = train_state.StepConfig.from_config(tiny_config(), 10, 8, "table")
   with pytest.raises(ValueError, match="cfg.num_devices must be 1, got 8"):
-    train.train_step(None, {}, None, model=None, ref_loss_fn=None, tx=None, cfg=cfg,
+    selection_step.train_step(None, {}, None, model=None, ref_loss_fn=None, tx=None, cfg=cfg,
                      axis_name=None)
 
 
@@ -331,10 +334,10 @@ def test_reweighting_runs_and_agrees_across_devices(reweight, meta_method):
     p_state, _, batches = _step_inputs(config, num_devices)
     from reducr_jax import models  # pylint: disable=g-import-not-at-top
     model = models.create_model(config.model, 10)
-    cfg = train.StepConfig.from_config(config, 10, num_devices, None,
+    cfg = train_state.StepConfig.from_config(config, 10, num_devices, None,
                                        np.bincount(splits.train.y, minlength=10))
-    step = train.make_train_step(lambda p, x: model.apply({"params": p}, x), None,
-                                 train.make_optimizer(config.optimizer), cfg,
+    step = selection_step.make_train_step(lambda p, x: model.apply({"params": p}, x), None,
+                                 optimizers.make_optimizer(config.optimizer), cfg,
                                  jax.local_devices()[:num_devices])
     for i, batch in enumerate(batches[:3]):
       batch = {"x": batch["x"], "y": batch["y"],
@@ -362,13 +365,13 @@ def _resnet_steps(num_devices):
                           "dataset.augment": "crop_flip"})
   x0 = np.zeros((1, 8, 8, 3), np.uint8)
   fns = models.model_fns(ResNet18(num_outputs=4, width=4, stage_sizes=(1, 1)), x0,
-                         axis_name=train.AXIS, init_impl="rbg")
+                         axis_name=selection_step.AXIS, init_impl="rbg")
   devices = jax.local_devices()[:num_devices]
-  tx = train.make_optimizer(config.optimizer)
-  cfg = train.StepConfig.from_config(config, 4, num_devices, "table")
-  state = train.init_state(jax.random.PRNGKey(0), jax.jit(fns.init), tx, cfg,
+  tx = optimizers.make_optimizer(config.optimizer)
+  cfg = train_state.StepConfig.from_config(config, 4, num_devices, "table")
+  state = train_state.init_state(jax.random.PRNGKey(0), jax.jit(fns.init), tx, cfg,
                            jax.random.PRNGKey(1))
-  step = train.make_train_step(fns, None, tx, cfg, devices)
+  step = selection_step.make_train_step(fns, None, tx, cfg, devices)
   rng = np.random.default_rng(0)
   p_state = flax.jax_utils.replicate(state, devices)
   sels = []

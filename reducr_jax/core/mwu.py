@@ -90,7 +90,7 @@ def class_objective(excess_selected: jax.Array, class_holdout_loss: jax.Array,
 
   Args:
     excess_selected: ``[k, C]`` reducible losses of the k selected points (clipped or not,
-      as used for selection; see :func:`reducr_jax.core.selection.reducible_losses`).
+      as used for selection; see :func:`reducr_jax.core.selection_scores.reducible_losses`).
     class_holdout_loss: ``[C]`` class-holdout losses ``h``.
     use_holdout: ``False`` is the "no class-holdout loss" ablation: ``α_c = Σ_i excess``.
 

@@ -1,33 +1,22 @@
-"""Online batch selection: selection scores and rules as pure, jit-able functions.
+"""Online batch selection rules: from scores to the ``k`` indices a step trains on.
 
-Shapes: ``B`` is the large batch, ``k`` the number of points selected from it, ``C`` the
-number of classes (one amortised class-irreducible "expert" per class).
+Pure, jit-able functions. Shapes: ``B`` is the large batch, ``k`` the number of points
+selected from it. The scores these rules rank (REDUCR's eq. 7, RHO-LOSS, …) are in
+:mod:`reducr_jax.core.selection_scores`.
 
-REDUCR (Algorithm 1 of Bankes et al., "REDUCR: Robust Data Downsampling Using Class
-Priority Reweighting", line 6) selects the ``k`` points of the large batch with the largest
-
-    score_i = Σ_c w_c · max(0, L[y_i|x_i, θ_t] − L[y_i|x_i, φ_c])          (eq. 7, A.4 eq. 9)
-
-where ``L[y|x, θ_t]`` is the target model's loss ("model loss"), ``L[y|x, φ_c]`` the loss
-of the class-``c`` irreducible-loss model ("expert loss") and ``w`` the class weights kept
-by :mod:`reducr_jax.core.mwu`. The class-holdout loss does not depend on the candidate point, so
-it only enters the weight update (App. A.4).
-
-Baselines:
-  * RHO-LOSS (Mindermann et al., 2022): ``model_loss − irreducible_loss`` of one model
-    trained on all the holdout data, top-k.
+  * :func:`top_k`: REDUCR and RHO-LOSS take the k largest scores (Algorithm 1, line 6);
+    with ``axis_name`` the k are global over the devices of a ``pmap``
+    (:func:`local_mask` tells each device which of its rows were picked).
   * Train loss (Loshchilov & Hutter, 2016): rank-based sampling, the i-th highest loss
-    drawn with probability ``∝ exp(−i · log(s) / B)``, s = 100 (REDUCR App. A.5, eq. 10).
-  * Uniform: k of the B points without replacement.
-
-Ablations (REDUCR Fig. 4a) are arguments of :func:`reducible_losses`: ``clip=False``
-(no clipping), ``use_expert=False`` (R = model loss), ``use_model_loss=False``
-(R = −expert loss). The no-holdout ablation is ``use_holdout`` in
-:func:`reducr_jax.core.mwu.class_objective`.
+    drawn with probability ``∝ exp(−i · log(s) / B)``, s = 100 (REDUCR App. A.5, eq. 10):
+    :func:`train_loss_select`.
+  * Uniform: k of the B points without replacement (:func:`uniform_select`).
+  * The official code's sampling variants: :func:`power_sample`, :func:`softmax_sample`,
+    :func:`rank_sample`.
 
 Beyond the reference implementations, :func:`soft_top_k` samples k points without
 replacement with probability ∝ exp(score/τ) (Gumbel top-k), the soft selection that REDUCR
-App. A.9.3 suggests; τ → 0 recovers :func:`top_k`.
+App. A.9.3 suggests; τ → 0 recovers :func:`top_k`. :func:`k_for` is the one rule for k.
 """
 
 from __future__ import annotations
@@ -40,14 +29,6 @@ from reducr_jax.core import checks
 
 #: Loshchilov & Hutter's selection pressure used by REDUCR's TRAIN LOSS baseline.
 DEFAULT_SELECTION_PRESSURE = 100.0
-
-
-def _check_model_and_expert(model_loss, expert_losses):
-  checks.check_shape("model_loss", model_loss, (None,), "[B]")
-  b = np.shape(model_loss)[0]
-  checks.check_shape("expert_losses", expert_losses, (b, None), f"[B={b}, C]")
-  checks.check_float("model_loss", model_loss)
-  checks.check_float("expert_losses", expert_losses)
 
 
 def _gather(x: jax.Array, axis_name) -> jax.Array:
@@ -70,124 +51,6 @@ def local_mask(indices: jax.Array, local_size: int, axis_name) -> jax.Array:
   hits = jnp.zeros((local_size,), jnp.int32).at[jnp.where(inside, local, local_size)].add(
       1, mode="drop")
   return hits > 0
-
-
-def reducible_losses(model_loss: jax.Array, expert_losses: jax.Array, *,
-                     clip: bool = True, use_expert: bool = True,
-                     use_model_loss: bool = True) -> jax.Array:
-  """Per-class reducible loss ``R[i, c]`` with REDUCR's ablation switches.
-
-  Args:
-    model_loss: ``[B]`` target-model loss of each point.
-    expert_losses: ``[B, C]`` loss of each point under each class-irreducible model.
-    clip: clip ``R`` below at 0 (Algorithm 1). ``clip=False`` is the "no clip" ablation.
-      ``clip``, ``use_expert`` and ``use_model_loss`` are static Python bools (a traced
-      one is a one-line ``ValueError``); the losses must be float arrays.
-    use_expert: keep the expert term; ``False`` gives ``R = model_loss`` for every class
-      (the "no class-irreducible loss" ablation).
-    use_model_loss: keep the model-loss term; ``False`` gives ``R = −expert_loss`` (the
-      "no model loss" ablation). It is never positive, so with ``clip=True`` every ``R``
-      is exactly ``0`` — the official code's behaviour (``robust_reducible_loss_selection``
-      with ``model_loss=False``, ``clipped=True``, ``src/curricula/selection_methods.py``):
-      all scores tie and :func:`top_k` takes the first k points of the large batch (lowest
-      indices). The official ``torch.argsort(descending=True)`` is not stable: on ties it
-      returns a fixed, implementation-defined set of positions (torch 2.13 CPU, B = 320:
-      210, 219, 218, …; CUDA differs again). The large batch is a uniform random draw, so
-      any fixed set of k positions — ours or torch's — is a uniform random subset of it:
-      the same selection in distribution, not index for index. Exact ``+0.0`` here (not
-      ``max(−0.0, 0)``) so an expert loss of exactly 0 cannot reorder the tie. ``clip=False`` keeps the
-      signal: ``R = −expert_loss`` (the points the experts find easiest).
-
-  Returns:
-    ``[B, C]`` float array.
-
-  Raises:
-    ValueError: on shape mismatches or an ablation combination that leaves no signal.
-  """
-  _check_model_and_expert(model_loss, expert_losses)
-  clip = checks.check_static_bool("clip", clip)
-  use_expert = checks.check_static_bool("use_expert", use_expert)
-  use_model_loss = checks.check_static_bool("use_model_loss", use_model_loss)
-  if not (use_expert or use_model_loss):
-    raise ValueError("use_expert and use_model_loss cannot both be False: the score would be 0")
-  if clip and not use_model_loss:
-    return jnp.zeros(jnp.shape(expert_losses), jnp.result_type(expert_losses, jnp.float32))
-  if use_model_loss and use_expert:
-    r = model_loss[:, None] - expert_losses
-  elif use_model_loss:
-    r = jnp.broadcast_to(model_loss[:, None], expert_losses.shape)
-  else:
-    r = -expert_losses
-  return jnp.maximum(r, 0.0) if clip else r
-
-
-def excess_losses(model_loss: jax.Array, expert_losses: jax.Array,
-                  clip: bool = True) -> jax.Array:
-  """Excess loss ``model_loss[:, None] − expert_losses``, clipped below at 0 if ``clip``.
-
-  Args:
-    model_loss: ``[B]``.
-    expert_losses: ``[B, C]``.
-    clip: apply ``max(0, ·)`` (Algorithm 1, line 6).
-
-  Returns:
-    ``[B, C]``.
-  """
-  return reducible_losses(model_loss, expert_losses, clip=clip)
-
-
-def weighted_scores(reducible: jax.Array, class_weights: jax.Array) -> jax.Array:
-  """``Σ_c w_c · R[:, c]`` for a precomputed ``[B, C]`` reducible-loss matrix → ``[B]``.
-
-  Both must be float arrays (bool weights are a one-line ``ValueError``).
-  ``class_weights`` must be >= 0 (a negative weight would rank points *down* for the
-  excess loss of its class): checked when they are concrete, not when traced (inside a
-  jitted function; the MWU weights the selectors pass are a softmax, >= 0 by construction).
-  """
-  checks.check_shape("reducible", reducible, (None, None), "[B, C]")
-  c = np.shape(reducible)[1]
-  checks.check_shape("class_weights", class_weights, (c,), f"[C={c}] (C from the losses)")
-  checks.check_float("reducible", reducible)
-  checks.check_float("class_weights", class_weights)
-  checks.check_non_negative("class_weights", class_weights)
-  return reducible @ class_weights
-
-
-def reducr_scores(model_loss: jax.Array, expert_losses: jax.Array,
-                  class_weights: jax.Array, clip: bool = True) -> jax.Array:
-  """REDUCR selection score ``Σ_c w_c · max(0, model_loss − expert_losses[:, c])``.
-
-  Paper eq. 7 / Algorithm 1 line 6 (the class-holdout term is constant in the candidate
-  and is left out, App. A.4).
-
-  Args:
-    model_loss: ``[B]`` target-model loss.
-    expert_losses: ``[B, C]`` class-irreducible losses.
-    class_weights: ``[C]`` weights on the simplex (``mwu.weights(log_w)``).
-    clip: clip the excess loss at 0.
-
-  Returns:
-    ``[B]`` scores; select the top k.
-  """
-  return weighted_scores(excess_losses(model_loss, expert_losses, clip), class_weights)
-
-
-def rho_loss_scores(model_loss: jax.Array, irreducible_loss: jax.Array) -> jax.Array:
-  """RHO-LOSS reducible holdout loss ``model_loss − irreducible_loss`` (Mindermann et al.).
-
-  Args:
-    model_loss: ``[B]`` target-model loss.
-    irreducible_loss: ``[B]`` loss under one model trained on all the holdout data.
-
-  Returns:
-    ``[B]`` scores; select the top k.
-  """
-  checks.check_shape("model_loss", model_loss, (None,), "[B]")
-  b = np.shape(model_loss)[0]
-  checks.check_shape("irreducible_loss", irreducible_loss, (b,), f"[B={b}]")
-  checks.check_float("model_loss", model_loss)
-  checks.check_float("irreducible_loss", irreducible_loss)
-  return model_loss - irreducible_loss
 
 
 #: From this large-batch size on, :func:`top_k` on CPU uses the partial host selection;
@@ -385,25 +248,7 @@ def uniform_select(rng: jax.Array, batch_size: int, k: int) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------------------
-# Further rules of the official REDUCR code and of the RHO-LOSS paper's baselines.
-
-
-def payoff_scores(model_loss: jax.Array, expert_losses: jax.Array,
-                  class_holdout_loss: jax.Array) -> jax.Array:
-  """Max-min "payoff" score ``min_c (model_loss − expert_losses[:, c] − h_c)`` → ``[B]``.
-
-  The official REDUCR code's ``robust_payoff_reducible_loss_selection``: the unclipped
-  excess loss minus the class-holdout loss, minimised over classes, no class weights; the
-  k points with the largest minimum are selected (:func:`top_k`).
-
-  Args:
-    model_loss: ``[B]``; expert_losses: ``[B, C]``; class_holdout_loss: ``[C]``.
-  """
-  _check_model_and_expert(model_loss, expert_losses)
-  c = np.shape(expert_losses)[1]
-  checks.check_shape("class_holdout_loss", class_holdout_loss, (c,), f"[C={c}]")
-  checks.check_float("class_holdout_loss", class_holdout_loss)
-  return jnp.min(model_loss[:, None] - expert_losses - class_holdout_loss[None, :], axis=1)
+# Further sampling rules of the official REDUCR code.
 
 
 def power_sample(rng: jax.Array, scores: jax.Array, k: int, beta) -> jax.Array:
@@ -447,29 +292,6 @@ def rank_sample(rng: jax.Array, scores: jax.Array, k: int, beta) -> jax.Array:
   order = jnp.argsort(-scores)                          # order[rank] = index
   rank = jnp.zeros((b,), jnp.int32).at[order].set(jnp.arange(b, dtype=jnp.int32))
   return gumbel_top_k(rng, -beta * jnp.log1p(rank.astype(jnp.float32)), k)
-
-
-def grad_norm_upper_bound(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """``‖softmax(logits) − onehot(y)‖₂`` per point → ``[B]``.
-
-  The upper bound (up to a per-batch constant) on the norm of the loss gradient used for
-  importance sampling by Katharopoulos & Fleuret (2018), a baseline of RHO-LOSS.
-
-  Args:
-    logits: ``[B, C]``; labels: ``int[B]``.
-  """
-  checks.check_shape("logits", logits, (None, None), "[B, C]")
-  b, c = np.shape(logits)
-  checks.check_shape("labels", labels, (b,), f"[B={b}]")
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return jnp.linalg.norm(probs - jax.nn.one_hot(labels, c, dtype=jnp.float32), axis=-1)
-
-
-def predictive_entropy(logits: jax.Array) -> jax.Array:
-  """Entropy ``−Σ_c p_c log p_c`` of the predictive distribution per point → ``[B]``."""
-  checks.check_shape("logits", logits, (None, None), "[B, C]")
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
 
 
 def k_for(batch_size: int, percent_selected: float, k_rounding: str = "round") -> int:

@@ -39,7 +39,7 @@ from reducr_jax.train import sharding
 from reducr_jax.core import stacked_experts
 from reducr_jax.train import stage1_memory
 from reducr_jax.train import stage1_trainer
-from reducr_jax.train import trainer as train
+from reducr_jax.train import selection_step
 from reducr_jax.train import train_state
 
 
@@ -228,7 +228,7 @@ def stage2(config, splits, devices, platform: str) -> list[Program]:
   step_args = (per_device(state, n), batch,
                None if ref_params is None else per_device(ref_params, n))
   compiled = stage1_memory.compile_or_refusal(
-      lambda: train.make_train_step(fns, refs.loss_fn, tx, cfg, list(devices)).lower(
+      lambda: selection_step.make_train_step(fns, refs.loss_fn, tx, cfg, list(devices)).lower(
           *step_args).compile())
   if isinstance(compiled, stage1_memory.DoesNotFit):
     raise stage1_memory.NothingFits(stage1_memory.nothing_fits_message(

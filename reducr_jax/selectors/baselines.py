@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 from reducr_jax.core import selection
+from reducr_jax.core import selection_scores
 from reducr_jax.selectors import core
 
 
 def rho_loss(soft_temperature: float = 0.0) -> core.Selector:
   def select(inputs, rng, k):
-    scores = selection.rho_loss_scores(inputs.model_loss, inputs.reference_losses[:, 0])
+    scores = selection_scores.rho_loss_scores(inputs.model_loss, inputs.reference_losses[:, 0])
     return selection.soft_top_k(rng, scores, k, soft_temperature)
   return core.stateless(select, {core.MODEL_LOSS, core.IRREDUCIBLE_LOSS})
 

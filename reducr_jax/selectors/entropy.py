@@ -9,6 +9,7 @@ evaluation-mode logits (the same value the K identical passes would give)."""
 from __future__ import annotations
 
 from reducr_jax.core import selection
+from reducr_jax.core import selection_scores
 from reducr_jax.selectors import bald
 from reducr_jax.selectors import core
 
@@ -16,7 +17,7 @@ from reducr_jax.selectors import core
 def entropy() -> core.Selector:
   def select(inputs, rng, k):
     del rng
-    return selection.top_k(selection.predictive_entropy(inputs.model_logits), k)
+    return selection.top_k(selection_scores.predictive_entropy(inputs.model_logits), k)
   return core.stateless(select, {core.MODEL_LOGITS})
 
 

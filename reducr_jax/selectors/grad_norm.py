@@ -2,7 +2,7 @@
 2018), a baseline of RHO-LOSS (Mindermann et al., 2022).
 
 The score of point i is ``‖softmax(logits_i) − onehot(y_i)‖₂``
-(:func:`reducr_jax.core.selection.grad_norm_upper_bound`), the bound on the norm of the loss
+(:func:`reducr_jax.core.selection_scores.grad_norm_upper_bound`), the bound on the norm of the loss
 gradient w.r.t. the logits, with ``y_i`` the *class* label (``SelectionInputs.labels``,
 never the group of ``config.dataset.groups``: the one-hot is against the class logits).
 ``config.selection.grad_norm_sampling``:
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from reducr_jax.core import registry
 from reducr_jax.core import selection
+from reducr_jax.core import selection_scores
 from reducr_jax.selectors import core
 
 #: ``config.selection.grad_norm_sampling``.
@@ -36,7 +37,7 @@ def grad_norm(sampling: str = "top_k") -> core.Selector:
                      f"got {sampling!r}")
 
   def select(inputs, rng, k):
-    bound = selection.grad_norm_upper_bound(inputs.model_logits, inputs.labels)
+    bound = selection_scores.grad_norm_upper_bound(inputs.model_logits, inputs.labels)
     if sampling == "top_k":
       return selection.top_k(bound, k)
     return selection.gumbel_top_k(rng, jnp.log(bound), k)

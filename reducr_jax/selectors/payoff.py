@@ -8,13 +8,14 @@ large batch, the points whose *worst* class-wise payoff is largest.
 from __future__ import annotations
 
 from reducr_jax.core import selection
+from reducr_jax.core import selection_scores
 from reducr_jax.selectors import core
 
 
 def payoff() -> core.Selector:
   def select(inputs, rng, k):
     del rng
-    return selection.top_k(selection.payoff_scores(
+    return selection.top_k(selection_scores.payoff_scores(
         inputs.model_loss, inputs.reference_losses, inputs.class_holdout_loss), k)
   return core.stateless(select, {core.MODEL_LOSS, core.EXPERT_LOSSES,
                                  core.CLASS_HOLDOUT_LOSS})

@@ -2,7 +2,7 @@
 
 Algorithm 1, lines 6–8::
 
-    R[i, c] = max(0, model_loss_i − expert_loss_{i,c})           (ablations: selection.reducible_losses)
+    R[i, c] = max(0, model_loss_i − expert_loss_{i,c})           (ablations: selection_scores.reducible_losses)
     idx     = top-k_i Σ_c w_c R[i, c]                             (soft top-k when τ > 0, App. A.9.3)
     α_c     = Σ_{i ∈ idx} R[i, c] − k · h_c                       (h: class-holdout loss)
     log w   ← log_softmax(log w − η α)                            (so w = softmax(−η Σ_t α_t))
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from reducr_jax.core import mwu
 from reducr_jax.core import registry
 from reducr_jax.core import selection
+from reducr_jax.core import selection_scores
 from reducr_jax.selectors import core
 
 ETA_AUTO = "auto"     # = configuration.ETA_AUTO (configuration imports the selectors)
@@ -76,10 +77,10 @@ def reducr(*, eta, clip: bool = True, use_holdout: bool = True, use_expert: bool
     c = state.log_w.shape[0]
     expert = (inputs.reference_losses if use_expert else
               jnp.zeros((inputs.labels.shape[0], c), jnp.float32))
-    reducible = selection.reducible_losses(inputs.model_loss, expert, clip=clip,
+    reducible = selection_scores.reducible_losses(inputs.model_loss, expert, clip=clip,
                                            use_expert=use_expert,
                                            use_model_loss=use_model_loss)
-    scores = selection.weighted_scores(reducible, mwu.weights(state.log_w))
+    scores = selection_scores.weighted_scores(reducible, mwu.weights(state.log_w))
     return selection.soft_top_k(rng, scores, k, soft_temperature), reducible
 
   def update(state, inputs, indices, reducible):

@@ -24,6 +24,7 @@ import numpy as np
 
 from reducr_jax.core import registry
 from reducr_jax.core import selection
+from reducr_jax.core import selection_scores
 from reducr_jax.selectors import core
 
 SAMPLINGS = ("top_k", "power", "softmax", "rank")
@@ -58,10 +59,10 @@ def weighted(class_weights: Sequence[float] = (), *, sampling: str = "top_k",
     return WeightedState(jnp.asarray(given / given.sum(), jnp.float32))
 
   def select(state, inputs, rng, k):
-    r = selection.reducible_losses(inputs.model_loss, inputs.reference_losses, clip=clip)
+    r = selection_scores.reducible_losses(inputs.model_loss, inputs.reference_losses, clip=clip)
     if use_holdout:
       r = r - inputs.class_holdout_loss[None, :]
-    scores = selection.weighted_scores(r, state.weights)
+    scores = selection_scores.weighted_scores(r, state.weights)
     if sampling == "top_k":
       return selection.top_k(scores, k), ()
     sample = {"power": selection.power_sample, "softmax": selection.softmax_sample,
