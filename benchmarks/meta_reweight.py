@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 import harness  # this folder is sys.path[0] when run as ``python benchmarks/meta_reweight.py``
+from reducr_jax.core import mwu
 from reducr_jax.core import group_dro
 from reducr_jax.core import meta_reweight
 
@@ -106,7 +107,7 @@ def bench_model(name: str, args: argparse.Namespace, rng: np.random.Generator) -
       "y": jnp.asarray(data_rng.integers(0, NUM_CLASSES, size), jnp.int32)}
   train, val = batch(args.train_size), batch(args.val_size)
   params = model.init(jax.random.key(args.seed), train["x"][:1])["params"]
-  log_q = group_dro.init(NUM_CLASSES)
+  log_q = mwu.init(NUM_CLASSES)
   steps = make_steps(model, args.lr, args.eta)
   operands = (params, log_q, train, val)
 

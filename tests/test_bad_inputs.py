@@ -836,6 +836,6 @@ def test_group_dro_example_weights_refuse_label_minus_one():
   """class_counts[−1] would silently read class C−1's count."""
   from reducr_jax.core import group_dro  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got -1 at index 1"):
-    group_dro.example_weights(jnp.array([0, -1]), group_dro.init(3), jnp.array([1.0, 0, 1]))
-  w = group_dro.example_weights(jnp.array([0, 2]), group_dro.init(3), jnp.array([1.0, 0, 1]))
+    group_dro.example_weights(jnp.array([0, -1]), mwu.init(3), jnp.array([1.0, 0, 1]))
+  w = group_dro.example_weights(jnp.array([0, 2]), mwu.init(3), jnp.array([1.0, 0, 1]))
   np.testing.assert_allclose(w, [1 / 3, 1 / 3], rtol=1e-6)

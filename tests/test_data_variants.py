@@ -279,7 +279,7 @@ def test_four_class_toy_groups_give_two_experts_and_two_weights():
   import os  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from reducr_jax.config import configuration  # pylint: disable=g-import-not-at-top
-  from reducr_jax import selectors  # pylint: disable=g-import-not-at-top
+  from reducr_jax.core import registry  # pylint: disable=g-import-not-at-top
   from reducr_jax.train import references  # pylint: disable=g-import-not-at-top
   from reducr_jax.train import train_state  # pylint: disable=g-import-not-at-top
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -295,7 +295,7 @@ def test_four_class_toy_groups_give_two_experts_and_two_weights():
   cfg = train_state.StepConfig.from_config(config, 4, 1, "table", (5, 7, 3, 1))
   assert cfg.num_classes == 2 and cfg.group_of == (0, 0, 1, 1)
   assert cfg.train_class_counts == (12, 4)
-  w = selectors.class_weights(cfg.selector, cfg.selector.init(cfg.num_classes), 2)
+  w = registry.class_weights(cfg.selector, cfg.selector.init(cfg.num_classes), 2)
   np.testing.assert_allclose(np.asarray(w), [0.5, 0.5])              # MWU weights [2]
   assert jax.numpy.shape(w) == (2,)
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reducr_jax.core import group_dro, meta_reweight, metrics
+from reducr_jax.core import group_dro, meta_reweight, metrics, mwu
 
 # n = 6 examples of C = 3 classes; class 2 is absent.
 LOSSES = jnp.array([1.0, 3.0, 0.5, 0.5, 2.0, 4.0])
@@ -16,7 +16,7 @@ L_BY_HAND = np.array([(1.0 + 3.0 + 4.0) / 3, (0.5 + 0.5 + 2.0) / 3, 0.0])
 
 
 def test_init_uniform():
-  np.testing.assert_allclose(group_dro.weights(group_dro.init(3)), np.full(3, 1 / 3),
+  np.testing.assert_allclose(mwu.weights(mwu.init(3)), np.full(3, 1 / 3),
                              rtol=1e-6)
 
 
@@ -34,7 +34,7 @@ def test_per_class_losses_and_present():
 def test_update_by_hand_two_classes():
   q = np.array([0.25, 0.75])
   eta = 0.5
-  new = group_dro.weights(group_dro.update(jnp.log(q), jnp.array([2.0, 1.0]),
+  new = mwu.weights(group_dro.ascent_step(jnp.log(q), jnp.array([2.0, 1.0]),
                                            jnp.array([True, True]), eta))
   unnorm = q * np.exp(eta * np.array([2.0, 1.0]))
   np.testing.assert_allclose(new, unnorm / unnorm.sum(), rtol=1e-6)
@@ -44,7 +44,7 @@ def test_update_by_hand_three_classes_with_absent_class():
   q = np.array([0.2, 0.3, 0.5])
   eta = 0.1
   class_losses, present = group_dro.per_class_losses(LOSSES, LABELS, 3)
-  new = np.asarray(group_dro.weights(group_dro.update(jnp.log(q), class_losses, present, eta)))
+  new = np.asarray(mwu.weights(group_dro.ascent_step(jnp.log(q), class_losses, present, eta)))
   unnorm = q * np.exp(eta * L_BY_HAND)            # exp(η·0) = 1 for the absent class
   np.testing.assert_allclose(new, unnorm / unnorm.sum(), rtol=1e-6)
   # Absent class: its unnormalised weight is unchanged, only the renormalisation moves it;
@@ -56,13 +56,13 @@ def test_update_by_hand_three_classes_with_absent_class():
   # A NaN loss of an absent class is ignored.
   nan_losses = jnp.asarray(class_losses).at[2].set(jnp.nan)
   np.testing.assert_allclose(
-      group_dro.weights(group_dro.update(jnp.log(q), nan_losses, present, eta)), new,
+      mwu.weights(group_dro.ascent_step(jnp.log(q), nan_losses, present, eta)), new,
       rtol=1e-6)
 
 
 def test_absent_classes_keep_their_ratio():
   log_q = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
-  new = group_dro.weights(group_dro.update(log_q, jnp.array([5.0, 1.0, 9.0, 9.0]),
+  new = mwu.weights(group_dro.ascent_step(log_q, jnp.array([5.0, 1.0, 9.0, 9.0]),
                                            jnp.array([False, True, False, False]), 1.0))
   assert float(new[2] / new[0]) == pytest.approx(3.0, rel=1e-5)
   assert float(new[3] / new[0]) == pytest.approx(4.0, rel=1e-5)
@@ -70,18 +70,18 @@ def test_absent_classes_keep_their_ratio():
 
 def test_weights_stay_on_the_simplex():
   rng = np.random.default_rng(0)
-  log_q = group_dro.init(5)
-  update = jax.jit(group_dro.update)
+  log_q = mwu.init(5)
+  update = jax.jit(group_dro.ascent_step)
   for _ in range(50):
     class_losses = jnp.asarray(rng.exponential(3.0, 5), jnp.float32)
     present = jnp.asarray(rng.uniform(size=5) < 0.7)
     log_q = update(log_q, class_losses, present, 2.0)
-    q = np.asarray(group_dro.weights(log_q))
+    q = np.asarray(mwu.weights(log_q))
     assert np.all(q >= 0) and abs(q.sum() - 1.0) < 1e-5
     assert abs(float(jax.nn.logsumexp(log_q))) < 1e-5
-  huge = group_dro.update(group_dro.init(3), jnp.array([1e30, 0.0, 1.0]),
+  huge = group_dro.ascent_step(mwu.init(3), jnp.array([1e30, 0.0, 1.0]),
                           jnp.array([True, True, True]), 1.0)
-  assert np.all(np.isfinite(np.asarray(group_dro.weights(huge))))
+  assert np.all(np.isfinite(np.asarray(mwu.weights(huge))))
 
 
 def test_loss_by_hand_and_gradient_treats_q_as_constant():
@@ -108,7 +108,7 @@ def test_example_weights_give_the_same_loss():
   np.testing.assert_allclose(meta_reweight.weighted_loss(losses, w),
                              group_dro.loss(losses, labels, log_q, 5, mask), rtol=1e-6)
   # Weights sum to the total q of the classes present.
-  q = np.asarray(group_dro.weights(log_q))
+  q = np.asarray(mwu.weights(log_q))
   assert float(w.sum()) == pytest.approx(q[np.asarray(counts) > 0].sum(), rel=1e-5)
 
 
@@ -117,7 +117,7 @@ def test_robust_loss_updates_first_then_weights_and_jits():
   fn = jax.jit(functools.partial(group_dro.robust_loss, num_classes=3))
   got_loss, got_log_q = fn(LOSSES, LABELS, log_q, 0.1)
   class_losses, present = group_dro.per_class_losses(LOSSES, LABELS, 3)
-  want_log_q = group_dro.update(log_q, class_losses, present, 0.1)
+  want_log_q = group_dro.ascent_step(log_q, class_losses, present, 0.1)
   np.testing.assert_allclose(got_log_q, want_log_q, rtol=1e-6, atol=1e-7)
   want = group_dro.loss(LOSSES, LABELS, want_log_q, 3)
   assert float(got_loss) == pytest.approx(float(want), rel=1e-6)
@@ -131,16 +131,16 @@ def test_robust_loss_updates_first_then_weights_and_jits():
 
 
 def test_validation_errors():
-  log_q = group_dro.init(3)
+  log_q = mwu.init(3)
   present = jnp.ones(3, bool)
   with pytest.raises(ValueError, match="eta"):
-    group_dro.update(log_q, jnp.ones(3), present, 0.0)
+    group_dro.ascent_step(log_q, jnp.ones(3), present, 0.0)
   with pytest.raises(ValueError, match="eta"):
-    group_dro.update(log_q, jnp.ones(3), present, -1.0)
+    group_dro.ascent_step(log_q, jnp.ones(3), present, -1.0)
   with pytest.raises(ValueError, match="class_losses"):
-    group_dro.update(log_q, jnp.ones(4), present, 0.1)
+    group_dro.ascent_step(log_q, jnp.ones(4), present, 0.1)
   with pytest.raises(ValueError, match="present"):
-    group_dro.update(log_q, jnp.ones(3), jnp.ones(2, bool), 0.1)
+    group_dro.ascent_step(log_q, jnp.ones(3), jnp.ones(2, bool), 0.1)
   with pytest.raises(ValueError, match="labels"):
     group_dro.loss(LOSSES, LABELS[:3], log_q, 3)
   with pytest.raises(ValueError, match="log_q"):
@@ -148,4 +148,4 @@ def test_validation_errors():
   with pytest.raises(ValueError, match="class_counts"):
     group_dro.example_weights(LABELS, log_q, jnp.ones(4))
   with pytest.raises(ValueError, match="num_classes"):
-    group_dro.init(0)
+    mwu.init(0)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from reducr_jax.config import configuration
+from reducr_jax.core import registry
 from reducr_jax.core import class_weighted_losses
 from reducr_jax import reweighters
 from reducr_jax import selectors
@@ -73,7 +74,7 @@ def test_selector_contract(name):
   new_state = update(selector, state, inputs, jnp.asarray(idx), aux)
   _assert_same_structure(new_state, state)
   for s in (state, new_state):
-    w = np.asarray(selectors.class_weights(selector, s, C))
+    w = np.asarray(registry.class_weights(selector, s, C))
     assert w.shape == (C,) and np.all(w >= 0)
     np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-5)
 
@@ -105,7 +106,7 @@ def test_reweighter_contract(name):
   w = np.asarray(w)
   assert w.shape == (K,) and np.issubdtype(w.dtype, np.floating)
   assert np.all(np.isfinite(w)) and np.all(w >= 0)
-  cw = np.asarray(reweighters.class_weights(rule, new_state, C))
+  cw = np.asarray(registry.class_weights(rule, new_state, C))
   if name == "group_dro":
     # Documented exception (group_dro.example_weights): w_i = q_{y_i} / n_{y_i} sums to
     # the q of the classes present among the k points, 1 only when all are present.

@@ -10,6 +10,7 @@ import pytest
 
 from reducr_jax.config import configuration
 from reducr_jax.train import experts_step
+from reducr_jax.core import registry
 from reducr_jax.core import mwu
 from reducr_jax.train import reference_cache
 from reducr_jax import reweighters
@@ -98,7 +99,7 @@ def test_reducr_matches_algorithm_1_by_hand():
   # alpha = Σ_sel R - 2 h = [1, 2.5] - [.5, 1] = [.5, 1.5]; w = softmax(-.5 alpha)
   np.testing.assert_allclose(mwu.weights(state.log_w),
                              jax.nn.softmax(-0.5 * jnp.array([0.5, 1.5])), rtol=1e-6)
-  np.testing.assert_allclose(selectors.class_weights(sel, state, 2).sum(), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(registry.class_weights(sel, state, 2).sum(), 1.0, rtol=1e-6)
 
 
 def test_reducr_eta_auto_steps_with_the_anytime_rate_by_hand():
@@ -112,7 +113,7 @@ def test_reducr_eta_auto_steps_with_the_anytime_rate_by_hand():
   idx, aux = sel.select(state, inp, KEY, 2)                 # uniform weights: [2, 0] as above
   np.testing.assert_array_equal(idx, [2, 0])
   state = jax.jit(sel.update)(state, inp, idx, aux)
-  np.testing.assert_allclose(selectors.class_weights(sel, state, 2),
+  np.testing.assert_allclose(registry.class_weights(sel, state, 2),
                              jax.nn.softmax(-1.201122 * jnp.array([0.5, 1.5])), rtol=1e-6)
   assert int(state.anytime.num_updates) == 1
   np.testing.assert_allclose(state.anytime.cumulative_alpha, [0.5, 1.5])

@@ -162,7 +162,8 @@ def check_method_overrides(config) -> dict:
 
 
 def num_selected(config) -> int:
-  """k of ``config``: ``selection.k_for(B, percent, rounding)``."""
+  """k of ``config``: ``selection.k_for(B, percent, rounding)``: what the train step
+  selects and what η='auto', the reweighters and the size checks use."""
   return selection.k_for(config.batch_size, config.selection.percent_selected,
                          field(config, "selection.k_rounding"))
 

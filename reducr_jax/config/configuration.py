@@ -41,6 +41,7 @@ validate_config = config_validation.validate_config
 Rules = config_validation.Rules
 load_config = config_files.load_config     # a file, or a built-in name: "default"
 k_for = selection.k_for       # the one rule for k (pure; selectors.reducr uses it too)
+num_selected = config_validation.num_selected   # k of a config: the step, η='auto', size checks
 
 
 def resolve_eta(config: ml_collections.ConfigDict, num_classes: int,
@@ -60,13 +61,6 @@ def resolve_eta(config: ml_collections.ConfigDict, num_classes: int,
              f"(sqrt(8 ln C / (t L^2)), C = {c}, L = k ln C = {num_selected(config)} ln {c}; "
              f"{eta['eta_T']:.4g} at step T = {config.num_steps})")
   return config, eta
-
-
-def num_selected(config: ml_collections.ConfigDict) -> int:
-  """k of ``config`` (:func:`k_for`): what the train step selects and what η='auto',
-  the reweighters and the size checks use."""
-  return k_for(config.batch_size, config.selection.percent_selected,
-               config.selection.k_rounding)
 
 
 @contextlib.contextmanager

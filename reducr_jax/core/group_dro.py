@@ -18,7 +18,7 @@ from the batch gets the factor ``exp(0) = 1`` (only the renormalisation moves it
 contributes 0 to the loss. Sagawa et al. update ``q`` first and use the new ``q`` in the
 same step's loss: :func:`robust_loss` does both in that order. (Their optional
 generalisation adjustment ``C/sqrt(n_g)`` is not included; add it to ``L`` before
-:func:`update` if wanted.)
+:func:`ascent_step` if wanted.)
 
 :func:`example_weights` gives the same loss as per-example weights, ``w_i = q_{y_i} /
 n_{y_i}`` with ``Σ_i w_i ℓ_i = Σ_c q_c L_c``, so a trainer can use one weighted-loss
@@ -39,17 +39,6 @@ import numpy as np
 from reducr_jax.core import checks
 from reducr_jax.core import metrics
 from reducr_jax.core import mwu
-
-
-def init(num_classes: int) -> jax.Array:
-  """Uniform log-weights ``log(1/C) · 1`` → ``float32[C]``."""
-  return mwu.init(num_classes)
-
-
-def weights(log_q: jax.Array) -> jax.Array:
-  """Group weights ``q = softmax(log_q)`` on the simplex → ``[C]``."""
-  checks.check_shape("log_q", log_q, (None,), "[C]")
-  return jax.nn.softmax(log_q)
 
 
 def _check_batch(per_example_losses, labels, mask):
@@ -78,11 +67,17 @@ def per_class_losses(per_example_losses: jax.Array, labels: jax.Array, num_class
   return metrics.class_means(stats, 0.0), stats.counts > 0
 
 
-def update(log_q: jax.Array, class_losses: jax.Array, present: jax.Array, eta) -> jax.Array:
-  """One exponentiated-gradient step: ``log_softmax(log_q + η · L · present)``.
+def ascent_step(log_q: jax.Array, class_losses: jax.Array, present: jax.Array,
+                eta) -> jax.Array:
+  """One exponentiated-gradient ascent step: ``log_softmax(log_q + η · L · present)``.
+
+  :func:`reducr_jax.core.mwu.update` with ``α = −L · present`` (Hedge descends on ``α``,
+  Group DRO ascends on the class losses); the state is MWU's, so :func:`mwu.init
+  <reducr_jax.core.mwu.init>` and :func:`mwu.weights <reducr_jax.core.mwu.weights>` start
+  and read it.
 
   Args:
-    log_q: ``[C]`` current log-weights.
+    log_q: ``[C]`` current log-weights, normalised (``logsumexp = 0``).
     class_losses: ``[C]`` per-class mean losses ``L`` (:func:`per_class_losses`).
     present: ``bool[C]``, classes with at least one example in the batch; the others get
       no multiplicative factor (their ``L`` is ignored, even if NaN).
@@ -95,9 +90,7 @@ def update(log_q: jax.Array, class_losses: jax.Array, present: jax.Array, eta) -
   c = np.shape(log_q)[0]
   checks.check_shape("class_losses", class_losses, (c,), f"[C={c}] (C from log_q)")
   checks.check_shape("present", present, (c,), f"[C={c}] (C from log_q)")
-  checks.check_in_range("eta", eta, 0.0, low_inclusive=False)
-  step = jnp.where(present.astype(bool), eta * class_losses, 0.0)
-  return jax.nn.log_softmax(log_q + step)
+  return mwu.update(log_q, -jnp.where(present.astype(bool), class_losses, 0.0), eta)
 
 
 def loss(per_example_losses: jax.Array, labels: jax.Array, log_q: jax.Array,
@@ -117,7 +110,7 @@ def loss(per_example_losses: jax.Array, labels: jax.Array, log_q: jax.Array,
   """
   checks.check_shape("log_q", log_q, (num_classes,), f"[C={num_classes}] (num_classes)")
   class_losses, _ = per_class_losses(per_example_losses, labels, num_classes, mask)
-  return jnp.dot(jax.lax.stop_gradient(weights(log_q)), class_losses)
+  return jnp.dot(jax.lax.stop_gradient(mwu.weights(log_q)), class_losses)
 
 
 def robust_loss(per_example_losses: jax.Array, labels: jax.Array, log_q: jax.Array, eta,
@@ -133,8 +126,8 @@ def robust_loss(per_example_losses: jax.Array, labels: jax.Array, log_q: jax.Arr
   """
   checks.check_shape("log_q", log_q, (num_classes,), f"[C={num_classes}] (num_classes)")
   class_losses, present = per_class_losses(per_example_losses, labels, num_classes, mask)
-  new_log_q = update(log_q, jax.lax.stop_gradient(class_losses), present, eta)
-  return jnp.dot(jax.lax.stop_gradient(weights(new_log_q)), class_losses), new_log_q
+  new_log_q = ascent_step(log_q, jax.lax.stop_gradient(class_losses), present, eta)
+  return jnp.dot(jax.lax.stop_gradient(mwu.weights(new_log_q)), class_losses), new_log_q
 
 
 def example_weights(labels: jax.Array, log_q: jax.Array, class_counts: jax.Array,
@@ -163,7 +156,7 @@ def example_weights(labels: jax.Array, log_q: jax.Array, class_counts: jax.Array
     checks.check_shape("mask", mask, (n,), f"[n={n}] (n from labels)")
   checks.check_labels("labels", labels, n, c, where=mask)   # −1 would index class C−1
   counts = class_counts[labels]
-  w = jnp.where(counts > 0, weights(log_q)[labels] / jnp.where(counts > 0, counts, 1.0), 0.0)
+  w = jnp.where(counts > 0, mwu.weights(log_q)[labels] / jnp.where(counts > 0, counts, 1.0), 0.0)
   if mask is not None:
     w = jnp.where(mask.astype(bool), w, 0.0)
   return jax.lax.stop_gradient(w)

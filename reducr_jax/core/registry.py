@@ -5,6 +5,9 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
+import jax
+import jax.numpy as jnp
+
 
 T = TypeVar("T")
 Factory = Callable[[Any], T]
@@ -119,3 +122,12 @@ def call_rule(kind: str, fn: Callable, inputs, field_needs: Mapping[str, str], *
     first = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise ValueError(f"{kind} read {declare} without declaring it in its needs, so it "
                      f"was None ({type(e).__name__}: {first})") from e
+
+
+def class_weights(rule, state, num_classes: int) -> jax.Array:
+  """The class weights a rule keeps → ``float32[C]``: ``rule.class_weights(state)``
+  (REDUCR's MWU weights, Group DRO's ``q``), or uniform ``1/C`` for a rule without
+  (``rule.class_weights is None``). ``rule``: a selector or a reweighter."""
+  if rule.class_weights is None:
+    return jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
+  return rule.class_weights(state)

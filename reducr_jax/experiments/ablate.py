@@ -67,7 +67,7 @@ def main(argv):
                              "REDUCR ablations: worst-class validation accuracy")
   for variant in ("REDUCR", "no class-holdout term"):
     slug = _slug(variant)
-    figures.class_weights(logs[variant][0], names,
+    figures.class_weights_over_steps(logs[variant][0], names,
                           sweeps.figure_path(workdir, f"class_weights_{slug}.png"),
                           f"Class weights, {variant} (seed 0)")
   print(markdown)

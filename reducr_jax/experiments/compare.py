@@ -132,7 +132,7 @@ def report(workdir: str, runs: dict[str, list[runner.Run]], results: dict,
                              sweeps.figure_path(workdir, f"selected_classes_{method}.png"),
                              f"Classes of the points {method} selects (seed 0)")
   if "reducr" in logs:
-    figures.class_weights(logs["reducr"][0], units,
+    figures.class_weights_over_steps(logs["reducr"][0], units,
                           sweeps.figure_path(workdir, "class_weights.png"),
                           "REDUCR class weights over training (seed 0)")
   return table

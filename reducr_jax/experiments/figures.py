@@ -51,7 +51,7 @@ def _stacked_area(steps, values, class_names, path: str, title: str, ylabel: str
   return _save(fig, path, {"steps": steps, "class_names": list(class_names), **data})
 
 
-def class_weights(records: Sequence[dict], class_names: Sequence[str], path: str,
+def class_weights_over_steps(records: Sequence[dict], class_names: Sequence[str], path: str,
                   title: str) -> str:
   """Stacked area of the class weights w_t over steps, from one run's metrics log."""
   steps, w = _series(records, "train/class_weights")

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from reducr_jax.core import class_weighted_losses
+from reducr_jax.core import mwu
 from reducr_jax.core import group_dro
 from reducr_jax.core import meta_reweight
 from reducr_jax.core import metrics
@@ -124,17 +125,10 @@ def group_dro_reweighter(eta: float) -> Reweighter:
     c = log_q.shape[0]
     losses = jax.lax.stop_gradient(inputs.loss_fn(inputs.params, inputs.x, inputs.labels))
     stats = _psum(metrics.class_sums(losses, inputs.labels, c), inputs.axis_name)
-    new_log_q = group_dro.update(log_q, metrics.class_means(stats, 0.0), stats.counts > 0,
+    new_log_q = group_dro.ascent_step(log_q, metrics.class_means(stats, 0.0), stats.counts > 0,
                                  eta)
     return group_dro.example_weights(inputs.labels, new_log_q, stats.counts), new_log_q
-  return Reweighter(init=group_dro.init, weights=weights, class_weights=group_dro.weights)
-
-
-def class_weights(reweighter: Reweighter, state, num_classes: int) -> jax.Array:
-  """``reweighter.class_weights(state)``, or uniform ``1/C`` for rules without."""
-  if reweighter.class_weights is None:
-    return jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
-  return reweighter.class_weights(state)
+  return Reweighter(init=mwu.init, weights=weights, class_weights=mwu.weights)
 
 
 def cross_entropy_loss_fn(apply_fn: Callable) -> Callable:

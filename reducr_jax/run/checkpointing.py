@@ -41,7 +41,8 @@ only steps with a manifest, so the newest verified step stays until a newer one 
 
 Several processes: every method is collective (all processes, same order, same
 arguments, a directory they all see); orbax writes each process's shards and process 0
-renames, writes the manifest and rotates. Crash consistency, not durability: orbax 0.12
+renames, writes the manifest and rotates; the others, re-reading the steps while it
+deletes one, list them again (:meth:`Checkpointer._reload`). Crash consistency, not durability: orbax 0.12
 does not ``fsync`` the rename.
 """
 
@@ -50,6 +51,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any, Mapping, Optional
 
 import jax
@@ -212,12 +214,26 @@ class Checkpointer:
       return
     self._finisher = None
     preemption.pending_write(None)
-    self._manager.reload()          # steps rotated away by the finisher
+    self._reload()                  # steps rotated away by the finisher
     if self._failure is not None:
       (step, e), self._failure = self._failure, None
       if caches.is_disk_full(e):
         raise self._disk_full(step) from None
       raise e
+
+  def _reload(self, attempts: int = 20) -> None:
+    """Re-reads the steps on disk. Another process's rotation (process 0's finisher
+    deletes old steps while the others re-read) can remove a step between orbax's listing
+    and its ``stat`` of it (``FileNotFoundError``, seen in 1 of 10 two-process runs, which
+    then hung the other process in its next collective): list again."""
+    for attempt in range(attempts):
+      try:
+        self._manager.reload()
+        return
+      except FileNotFoundError:
+        if attempt == attempts - 1:
+          raise
+        time.sleep(0.05)
 
   def _disk_full(self, step: int) -> caches.DiskFullError:
     if jax.process_index() == 0:      # this save's temporary directory
@@ -297,7 +313,7 @@ class Checkpointer:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices(f"reducr_delete_{step}")
-    self._manager.reload()
+    self._reload()
 
   def _mismatch(self, step: int, what: str) -> CheckpointMismatch:
     return CheckpointMismatch(
@@ -344,7 +360,7 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"No checkpoint found in {self._directory}.")
     if step not in self.all_steps():
-      self._manager.reload()  # Possibly written by another job since we listed.
+      self._reload()  # Possibly written by another job since we listed.
       if step not in self._manager.all_steps():
         raise FileNotFoundError(
             f"No complete checkpoint for step {step} in {self._directory} "

@@ -37,13 +37,13 @@ from reducr_jax.selectors import weighted
 from reducr_jax.selectors.core import (AUTO_MODEL_SELECTION, CLASS_HOLDOUT_LOSS, EXPERT_LOSSES,
                                        IRREDUCIBLE_LOSS, MC_LOGITS, MODEL_LOGITS, MODEL_LOSS,
                                        NEEDS, SelectionInputs, Selector, checked_select,
-                                       checked_update, class_weights, get,
+                                       checked_update, get,
                                        model_selection, names, reference_kind, register,
                                        stateless, unregister)
 
 __all__ = ["AUTO_MODEL_SELECTION", "CLASS_HOLDOUT_LOSS", "EXPERT_LOSSES", "IRREDUCIBLE_LOSS",
            "MC_LOGITS", "MODEL_LOGITS", "MODEL_LOSS", "NEEDS", "SelectionInputs", "Selector",
-           "checked_select", "checked_update", "class_weights", "get", "model_selection", "names", "reference_kind", "register",
+           "checked_select", "checked_update", "get", "model_selection", "names", "reference_kind", "register",
            "stateless", "unregister"]
 
 register("reducr", reducr.from_config)

@@ -75,7 +75,7 @@ class SelectionInputs(NamedTuple):
       columns of ``reference_losses``, ``class_holdout_loss`` and the MWU weights: the
       group of ``config.dataset.groups`` (e.g. CIFAR-100's 20 superclasses; the official
       ``categories``), else the class label (always given by the trainer; ``None`` =
-      ``labels``, see :func:`group_labels`).
+      ``labels``).
     mc_logits: ``[K, B, C]`` logits of K MC-dropout passes (``MC_LOGITS``), or ``None``.
   """
   labels: jax.Array
@@ -86,11 +86,6 @@ class SelectionInputs(NamedTuple):
   step: Optional[jax.Array] = None
   group_labels: Optional[jax.Array] = None
   mc_logits: Optional[jax.Array] = None
-
-
-def group_labels(inputs: SelectionInputs) -> jax.Array:
-  """``inputs.group_labels``, or the class labels when no groups are given."""
-  return inputs.labels if inputs.group_labels is None else inputs.group_labels
 
 
 class Selector(NamedTuple):
@@ -147,13 +142,6 @@ def stateless(select: Callable[[SelectionInputs, jax.Array, int], jax.Array],
                   select=lambda state, inputs, rng, k: (select(inputs, rng, k), ()),
                   update=lambda state, inputs, indices, aux: state,
                   needs=frozenset(needs))
-
-
-def class_weights(selector: Selector, state, num_classes: int) -> jax.Array:
-  """``selector.class_weights(state)``, or uniform ``1/C`` weights for rules without."""
-  if selector.class_weights is None:
-    return jnp.full((num_classes,), 1.0 / num_classes, jnp.float32)
-  return selector.class_weights(state)
 
 
 def reference_kind(needs) -> Optional[str]:

@@ -11,6 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from reducr_jax.core import registry
 from reducr_jax import data
 from reducr_jax.run import divergence
 from reducr_jax.run import metric_writers
@@ -63,7 +64,7 @@ def write_results(config: ml_collections.ConfigDict, workdir: str, splits: data.
       "eta": info.eta,                      # MWU η: a number, or "auto"'s anytime schedule
       "val": val,
       "test": test,
-      "class_weights": np.asarray(selectors.class_weights(
+      "class_weights": np.asarray(registry.class_weights(
           cfg.selector, final_state.selector_state, cfg.num_classes)).tolist(),
       "class_names": splits.class_names,
       **({"group_names": groups_lib.group_names(config.dataset.groups, splits.class_names)}

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from reducr_jax.core import registry
 from reducr_jax import models
 from reducr_jax import reweighters
 from reducr_jax import selectors
@@ -222,8 +223,8 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
       selected_loss=loss,
       selected_class_counts=selected_counts,
       cumulative_selected_counts=new_state.selected_counts,
-      class_weights=selectors.class_weights(cfg.selector, new_state.selector_state, c),
-      reweighter_class_weights=reweighters.class_weights(
+      class_weights=registry.class_weights(cfg.selector, new_state.selector_state, c),
+      reweighter_class_weights=registry.class_weights(
           cfg.reweighter, new_state.reweighter_state, c),
       skipped=(~ok).astype(jnp.int32),
       selected_indices=sel)
