@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 
 from reducr_jax.run import checkpointing
 from reducr_jax import data
+from reducr_jax.data import sampling
 from reducr_jax.train import device_memory
 from reducr_jax.train import experts_step
 from reducr_jax import models
@@ -143,7 +144,7 @@ def precompute_loss_table(refs: ReferenceModels, split: data.Split, batch_size: 
                           config: ml_collections.ConfigDict | None = None) -> np.ndarray:
   """The ``[N, C']`` table of reference losses over a split, computed once in shards.
 
-  Each process scores its contiguous share of the rows (:func:`sharding.process_range`)
+  Each process scores its contiguous share of the rows (:func:`sampling.process_range`)
   on its local devices (the batch split over them, params replicated), reading only
   those rows; the shares are then all-gathered, so every process holds the whole table
   and no host recomputes another's rows.
@@ -165,7 +166,7 @@ def precompute_loss_table(refs: ReferenceModels, split: data.Split, batch_size: 
   params = jax.device_put(refs.params, mesh_sharding)            # replicated
   fn = jax.jit(functools.partial(refs.loss_fn, params))
   put = functools.partial(jax.device_put, device=sharding.device_sharding(devices))
-  lo, hi = sharding.process_range(n, procs, proc)
+  lo, hi = sampling.process_range(n, procs, proc)
   # A process with no rows still scores one (dropped) so every share has C columns.
   start = min(lo, n - 1)
   y_dtype = np.asarray(split.y[:1]).dtype
@@ -190,7 +191,7 @@ def precompute_loss_table(refs: ReferenceModels, split: data.Split, batch_size: 
   gathered = np.asarray(multihost_utils.process_allgather(padded))   # [procs, per, C']
   shares = []
   for p in range(procs):
-    p_lo, p_hi = sharding.process_range(n, procs, p)
+    p_lo, p_hi = sampling.process_range(n, procs, p)
     shares.append(gathered[p, :p_hi - p_lo])
   return np.concatenate(shares)
 

@@ -17,8 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from reducr_jax.core import errors
-from reducr_jax.data.sampling import process_range  # noqa: F401 (defined with the batch order, re-exported)
-from reducr_jax.data.sampling import process_rows  # noqa: F401 (re-exported)
 
 AXIS = "devices"
 

@@ -57,6 +57,7 @@ from reducr_jax.core.class_weighted_losses import weighted_loss_sums
 from reducr_jax.data import augment as augment_lib
 from reducr_jax.core import groups as groups_lib
 from reducr_jax.data import pipeline
+from reducr_jax.data import sampling
 from reducr_jax.data import streams
 
 
@@ -234,7 +235,7 @@ def train_reference_models(config, splits: data.Splits, kind: str, fns: models.M
 
   def holdout_batch(step):
     """This process's rows of expert batch ``step`` (1-based), split over its devices."""
-    idx = sharding.process_rows(
+    idx = sampling.process_rows(
         streams.split_batch_indices(config.dataset, splits.holdout, "holdout",
                                     rng_streams.order_seed(config.seed, "expert_order"),
                                     step - 1, ex.batch_size, splits.num_classes),
