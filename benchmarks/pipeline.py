@@ -47,7 +47,7 @@ def fake_pool(tmp: pathlib.Path, images: int):
   """The prepared fake Clothing1M pool: (lazy x uint8 [n, 224, 224, 3], prepare seconds)."""
   sizes = {"clean_train": 4, "clean_val": 4, "clean_test": 4, "noisy_train": images}
   manual = fakes.write_clothing1m(tmp, sizes)[0]
-  cfg = real_specs.default_config("clothing1m", data_dir=str(tmp / "tfds"), manual_dir=str(manual))
+  cfg = real_specs.config_for("clothing1m", data_dir=str(tmp / "tfds"), manual_dir=str(manual))
   t0 = time.perf_counter()
   x = clothing1m.load(cfg)["noisy_train"][0]
   return x, time.perf_counter() - t0

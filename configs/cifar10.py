@@ -24,7 +24,7 @@ from reducr_jax.data import real_specs
 
 def get_config():
   config = config_files.load_config(os.path.join(os.path.dirname(__file__), "default.py"))
-  config.dataset = real_specs.default_config("cifar10", **OFFICIAL_DATA)
+  config.dataset = real_specs.config_for("cifar10", **OFFICIAL_DATA)
   config.dataset.split_mode = "official"           # even original indices train, odd holdout (official)
   config.dataset.augment = "crop_flip"             # pad 4 + random 32×32 crop + flip (official code)
   # §5.3 imbalance study: imbalance_class 3 or 5, imbalance_fraction 0.01 / 0.025 / 0.1.

@@ -21,7 +21,7 @@ def get_config():
   # Official (configs/experiment/cifar100_resnet18_robust.yaml, num_categories: 20): REDUCR
   # is robust over the 20 coarse superclasses: 20 experts, MWU over 20 groups, worst-group
   # accuracy reported next to the per-class one (reducr_jax.core.groups).
-  config.dataset = real_specs.default_config("cifar100", groups="cifar100_superclasses",
+  config.dataset = real_specs.config_for("cifar100", groups="cifar100_superclasses",
                                        split_mode="official", imbalance_mode="weighted_sampler",
                                        label_noise_mode="any")
   config.dataset.augment = "crop_flip"

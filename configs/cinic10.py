@@ -25,7 +25,7 @@ def get_config(variant: str = ""):
   if variant not in ("", "official"):
     raise ValueError(f"configs/cinic10.py takes '' or 'official', got {variant!r}")
   config = config_files.load_config(os.path.join(os.path.dirname(__file__), "cifar10.py"))
-  config.dataset = real_specs.default_config("cinic10", imbalance_mode="weighted_sampler",
+  config.dataset = real_specs.config_for("cinic10", imbalance_mode="weighted_sampler",
                                        label_noise_mode="any")
   config.dataset.augment = "crop_flip"
   # CINIC-10's own channel statistics (Darlow et al. 2018; official CINIC10DataModule).

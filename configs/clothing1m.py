@@ -30,7 +30,7 @@ from reducr_jax.data import real_specs
 
 def get_config():
   config = config_files.load_config(os.path.join(os.path.dirname(__file__), "cifar10.py"))
-  config.dataset = real_specs.default_config("clothing1m", imbalance_mode="weighted_sampler",
+  config.dataset = real_specs.config_for("clothing1m", imbalance_mode="weighted_sampler",
                                        label_noise_mode="any")
   config.dataset.augment = "flip"                  # images are already resized + centre-cropped
   config.dataset.clothing1m_holdout_extra = 100_000  # pool points added to the holdout (paper)

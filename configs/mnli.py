@@ -38,7 +38,7 @@ def get_config(dataset: str = "mnli"):
   config = config_files.load_config(os.path.join(os.path.dirname(__file__), "default.py"))
   # Official split (MNLI: the first 206,174 GLUE train rows train, fixed and contiguous;
   # QQP: train_test_val_split) and data variants (see configs/cifar10.py OFFICIAL_DATA).
-  config.dataset = real_specs.default_config(dataset, tokenizer=BERT_DIR, split_mode="official",
+  config.dataset = real_specs.config_for(dataset, tokenizer=BERT_DIR, split_mode="official",
                                        imbalance_mode="weighted_sampler",
                                        label_noise_mode="any")
   config.dataset.max_length = 128                  # tokens per pair (official max_seq_length, nlp_datamodules.py)

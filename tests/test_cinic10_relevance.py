@@ -13,7 +13,7 @@ import fakes
 def test_relevance_keeps_classes_0_to_4_in_holdout_val_and_test(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   manual, pixels = fakes.write_cinic10(tmp_path)
-  cfg = real_specs.default_config("cinic10", data_dir=str(tmp_path / "data"),
+  cfg = real_specs.config_for("cinic10", data_dir=str(tmp_path / "data"),
                             manual_dir=str(manual), cinic10_relevance=True)
   s = data.make_splits(cfg, seed=0)
   # 3 images per class and split: train 30 rows (all classes), valid/test 5 × 3 = 15.
@@ -29,6 +29,6 @@ def test_relevance_keeps_classes_0_to_4_in_holdout_val_and_test(tmp_path):
 @pytest.mark.parametrize("name, value", [("cinic10", "yes"), ("cifar10", True)])
 def test_relevance_field_is_one_line(name, value):
   with pytest.raises(ValueError) as e:
-    data.validate_dataset_config(real_specs.default_config(name, cinic10_relevance=value))
+    data.validate_dataset_config(real_specs.config_for(name, cinic10_relevance=value))
   assert str(e.value) == (f"config.dataset.cinic10_relevance must be True or False (True "
                           f"only for 'cinic10'), got {value!r} for {name!r}")

@@ -150,7 +150,7 @@ def test_official_qqp_split_from_glue_tsv(tmp_path):
           "validation": [("a", "b", i % 2) for i in range(10)]}
   rows = {k: [(a, b, int(y)) for a, b, y in v] for k, v in rows.items()}
   fakes.write_glue(tmp_path / "glue", "qqp", rows)
-  cfg = real_specs.default_config("qqp", tokenizer=fakes.write_vocab(tmp_path), max_length=8,
+  cfg = real_specs.config_for("qqp", tokenizer=fakes.write_vocab(tmp_path), max_length=8,
                             manual_dir=str(tmp_path / "glue"), split_mode="official")
   s = data.make_splits(cfg, seed=0)
   # N = 40: val_end = 20 + int(40 // 2.5) = 36 → test 4 rows.
@@ -176,7 +176,7 @@ def test_official_mnli_split_from_glue_tsv_in_file_order(tmp_path):
           "validation_matched": [("a", "b", 0)] * 5,
           "validation_mismatched": [("c", "d", 2)] * 5}
   fakes.write_glue(tmp_path / "glue", "mnli", rows)
-  cfg = real_specs.default_config("mnli", tokenizer=fakes.write_vocab(tmp_path), max_length=8,
+  cfg = real_specs.config_for("mnli", tokenizer=fakes.write_vocab(tmp_path), max_length=8,
                             manual_dir=str(tmp_path / "glue"), split_mode="official")
   s = data.make_splits(cfg, seed=0)
   again = data.make_splits(cfg, seed=7)                        # fixed: no seed in it
@@ -313,9 +313,9 @@ def test_official_cifar_split_through_make_splits(monkeypatch):
   monkeypatch.setattr(tfds_loading, "catalog_builder", lambda *a, **k: "builder")
   monkeypatch.setattr(tfds_loading, "read_split", lambda b, split, keys, cap=-1: {
       k: (train if split == "train" else test)[k] for k in keys})
-  s = data.make_splits(real_specs.default_config("cifar10", split_mode="official"), seed=3)
+  s = data.make_splits(real_specs.config_for("cifar10", split_mode="official"), seed=3)
   assert sorted(s.train.x[:, 0, 0, 0]) == [0, 2, 4, 6, 8]
   assert sorted(s.holdout.x[:, 0, 0, 0]) == [1, 3, 5, 7, 9]
   assert s.val is s.holdout and len(s.test) == 4
-  again = data.make_splits(real_specs.default_config("cifar10", split_mode="official"), seed=4)
+  again = data.make_splits(real_specs.config_for("cifar10", split_mode="official"), seed=4)
   np.testing.assert_array_equal(again.train.index, s.train.index)   # seed-independent

@@ -165,7 +165,7 @@ def test_out_of_hbm_compile_counts_as_not_fitting():
   # large batch of 25 000 images: 20 GB of activations > a v5e chip's 15.75 GiB.
   config = _mlp_config(**{"selection.method": "uniform", "batch_size": 25_000,
                           "model.hidden": (200_000,)})
-  config.dataset = real_specs.default_config("cifar10", augment="none")
+  config.dataset = real_specs.config_for("cifar10", augment="none")
   with pytest.raises(stage1_memory.NothingFits) as e:
     plan.make_plan(config, "v5e:1x1")
   msg = str(e.value)
@@ -189,8 +189,8 @@ def test_command_line_exits_2_with_one_line_when_nothing_fits(tmp_path):
 
 def test_bad_topology_is_one_line():
   with pytest.raises(configuration.ConfigError, match="--topology must be like"):
-    topology.check_name("v5e-8")
-  assert topology.check_name("v5:2x2x1") == ("v5p", (2, 2, 1))
+    topology.parse_name("v5e-8")
+  assert topology.parse_name("v5:2x2x1") == ("v5p", (2, 2, 1))
   assert chips.get("TPU v5 lite").name == "v5e" and chips.get("TPU v5").name == "v5p"
 
 

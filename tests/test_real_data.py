@@ -20,7 +20,7 @@ from reducr_jax.data import real_specs
 
 
 def _cfg(name, **overrides):
-  return real_specs.default_config(name, **overrides)
+  return real_specs.config_for(name, **overrides)
 
 
 # ------------------------------------------------------------------------ random_access

@@ -73,7 +73,7 @@ GLUE_SOURCES = ("auto", "tsv", "tfds")
 _MAX_BERT_LENGTH = 512
 
 
-def default_config(name: str, **overrides) -> ml_collections.ConfigDict:
+def config_for(name: str, **overrides) -> ml_collections.ConfigDict:
   """A complete ``config.dataset`` for real dataset ``name`` (``DEFAULTS`` + overrides)."""
   check_name(name)
   return ml_collections.ConfigDict(dict(DEFAULTS, name=name, **overrides))
@@ -165,15 +165,3 @@ def validate_real_dataset_config(cfg: ml_collections.ConfigDict) -> None:
     if not tok or not os.path.exists(os.path.expanduser(tok)):
       raise ValueError(f"config.dataset.tokenizer must name a local bert-base-uncased "
                        f"directory, vocab.txt or tokenizer.json for {name!r}, got {tok!r}")
-
-
-def num_classes(cfg: ml_collections.ConfigDict) -> int:
-  """Number of classes of real dataset ``cfg.name`` (no data read)."""
-  check_name(cfg.name if "name" in cfg else None)
-  return NUM_CLASSES[cfg.name]
-
-
-def class_names(cfg: ml_collections.ConfigDict) -> list[str]:
-  """Class names of real dataset ``cfg.name`` (no data read)."""
-  check_name(cfg.name if "name" in cfg else None)
-  return list(CLASS_NAMES[cfg.name])

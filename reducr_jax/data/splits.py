@@ -69,7 +69,7 @@ def dataset_config(name: str, **overrides) -> ml_collections.ConfigDict:
   """A complete ``config.dataset`` for dataset ``name`` (embedded: ``EMBEDDED_DEFAULTS``,
   real: ``real_specs.DEFAULTS``) with ``overrides``, for scripts and tests."""
   if name in real_specs.REAL_DATASETS:
-    return real_specs.default_config(name, **overrides)
+    return real_specs.config_for(name, **overrides)
   return ml_collections.ConfigDict(dict(EMBEDDED_DEFAULTS, name=name, **overrides))
 
 
@@ -133,7 +133,7 @@ def num_classes(dataset_config: ml_collections.ConfigDict) -> int:
   """Classes of the splits ``make_splits(dataset_config, ...)`` builds, without reading data."""
   validate_dataset_config(dataset_config)
   if dataset_config.name in real_specs.REAL_DATASETS:
-    return real_specs.num_classes(dataset_config)
+    return real_specs.NUM_CLASSES[dataset_config.name]
   return len(tuple(dataset_config.classes)) or embedded.NUM_CLASSES[
       dataset_config.name]
 
@@ -142,7 +142,7 @@ def class_names(dataset_config: ml_collections.ConfigDict) -> list[str]:
   """Class names of the splits ``make_splits(dataset_config, ...)`` builds, without reading data."""
   validate_dataset_config(dataset_config)
   if dataset_config.name in real_specs.REAL_DATASETS:
-    return real_specs.class_names(dataset_config)
+    return list(real_specs.CLASS_NAMES[dataset_config.name])
   names = embedded.CLASS_NAMES[dataset_config.name]
   classes = tuple(dataset_config.classes)
   return [names[c] for c in classes] if classes else list(names)

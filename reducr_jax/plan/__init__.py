@@ -71,7 +71,7 @@ def make_plan(config, topology_name: str) -> tuple[dict, dict]:
   from reducr_jax.config import size_checks  # pylint: disable=import-outside-toplevel
   from reducr_jax.train import topology  # pylint: disable=import-outside-toplevel
   from reducr_jax.train import stage1_memory  # pylint: disable=import-outside-toplevel
-  topology.check_name(topology_name)
+  topology.parse_name(topology_name)
   if config.model.get("pretrained"):   # weights are not needed, only their shapes
     config = configuration.with_overrides(config, {"model.pretrained": ""})
   if config.dataset.get("tokenizer"):  # nor the tokenizer: token ids' shape

@@ -60,7 +60,7 @@ def prepare_environment() -> None:
                                                     f"reducr_tpu_logs_{os.getpid()}"))
 
 
-def check_name(name: str) -> tuple[str, tuple[int, ...]]:
+def parse_name(name: str) -> tuple[str, tuple[int, ...]]:
   """``(chip prefix, bounds)`` of a topology name such as ``v5e:2x2`` or ``v5:2x2x1``; a
   one-line ``ConfigError`` otherwise."""
   m = _NAME.match(str(name))
@@ -86,7 +86,7 @@ def get(name: str) -> Topology:
   Raises:
     ConfigError: a malformed name, or libtpu is not installed (``pip install .[tpu]``).
   """
-  prefix, bounds = check_name(name)
+  prefix, bounds = parse_name(name)
   prepare_environment()
   try:
     import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
