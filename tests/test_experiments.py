@@ -28,6 +28,7 @@ def _results(workdir, name):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_compare_table_figures_and_resume(tmp_path):
   out = _run("compare", tmp_path, "--methods=uniform,reducr", "--seeds=2", "--workers=2")
   assert out.returncode == 0, out.stderr
@@ -75,6 +76,7 @@ def test_compare_table_figures_and_resume(tmp_path):
   assert os.path.getmtime(tmp_path / "runs/reducr/seed0/results.json") == before["results.json"]
 
 
+@pytest.mark.slow
 def test_ablate(tmp_path):
   out = _run("ablate", tmp_path / "ablate", "--seeds=1", "--workers=1")
   assert out.returncode == 0, out.stderr
@@ -91,6 +93,7 @@ def test_ablate(tmp_path):
   assert (tmp_path / "ablate/figures/class_weights_no_class_holdout_term.png").exists()
 
 
+@pytest.mark.slow
 def test_imbalance(tmp_path):
   out = _run("imbalance", tmp_path / "imb", "--seeds=1", "--workers=1",
              "--methods=uniform,reducr", "--fractions=0.02,0.1", "--imbalance_class=2")
@@ -102,6 +105,7 @@ def test_imbalance(tmp_path):
   assert (tmp_path / "imb/figures/imbalance_sweep.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_robustness_every_rare_class_paired_stats_and_eta_chosen_on_val(tmp_path):
   out = _run("robustness", tmp_path, "--datasets=digits,mnist1d", "--mnist1d_samples=1000",
              "--rare_classes=2", "--seeds=2", "--methods=uniform,reducr",
@@ -135,6 +139,7 @@ def test_robustness_every_rare_class_paired_stats_and_eta_chosen_on_val(tmp_path
   assert os.listdir(tmp_path / "compile_cache")
 
 
+@pytest.mark.slow
 def test_compile_cache_keeps_results_identical(tmp_path):
   from reducr_jax.config import configuration
   from reducr_jax.experiments import runner
@@ -143,6 +148,8 @@ def test_compile_cache_keeps_results_identical(tmp_path):
       {"dataset.imbalance_fraction": 0.05, "model.hidden": (16,), "batch_size": 80,
        "num_steps": 10, "experts.num_steps": 10, "experts.eval_every": 10, "eval_every": 10,
        "log_every": 10, "checkpoint_every": 10, "num_devices": 1})
+  import jax
+  cache_before = jax.config.jax_compilation_cache_dir   # the test run's own (conftest)
   off = runner.run_grid([runner.Run("a", config)], str(tmp_path / "off"), 1,
                         cache_compilation=False)["a"]
   assert not (tmp_path / "off/compile_cache").exists()
@@ -155,8 +162,7 @@ def test_compile_cache_keeps_results_identical(tmp_path):
     for split in ("val", "test"):
       assert r[split]["per_class_accuracy"] == off[split]["per_class_accuracy"]
     assert r["class_weights"] == off["class_weights"] and r["best_step"] == off["best_step"]
-  import jax  # the in-process grid restored JAX's settings
-  assert jax.config.jax_compilation_cache_dir in (None, "")
+  assert jax.config.jax_compilation_cache_dir == cache_before   # the grid restored JAX's
 
 
 @pytest.mark.parametrize("module, flags, message", [
@@ -191,6 +197,7 @@ def test_reweight_binary(tmp_path):
   assert bad.returncode == 2 and "--classes must be two class indices" in bad.stderr
 
 
+@pytest.mark.slow
 def test_prune_pipeline(tmp_path):
   out = _run("prune", tmp_path, "--seeds=1", "--workers=1", "--densities=0.5,1.0",
              "--strategies=random,el2n,drop", "--config.pruning.score_epochs=3",

@@ -130,6 +130,7 @@ def test_strategies_and_precomputed_table_agree(trained):
   np.testing.assert_allclose(table[idx], results["vmap"][idx], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_strategies_agree():
   # vmap of all C, chunks of 2 of the 3 (a remainder chunk), lax.map and an unrolled
   # loop: the same three optimizer steps.

@@ -37,6 +37,8 @@ from reducr_jax.train import selection_step
 from reducr_jax.train import train_state
 from reducr_jax.train import trainer as train
 
+pytestmark = pytest.mark.usefixtures("no_compile_cache")   # these tests count backend compiles
+
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                       "default.py")
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"

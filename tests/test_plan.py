@@ -23,6 +23,8 @@ from reducr_jax.train import stage1_memory
 from reducr_jax.train import topology
 from reducr_jax.data import real_specs
 
+pytestmark = pytest.mark.usefixtures("no_compile_cache")   # TPU-topology compiles: kept out of the CPU tests' persistent cache
+
 pytest.importorskip("libtpu", reason="compiling for a TPU topology needs the [tpu] extra")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +67,7 @@ def test_tiny_mlp_plan_fits_with_the_schema_and_counted_calls(topo):
   json.dumps(p)
 
 
+@pytest.mark.slow
 def test_per_chip_flops_are_the_cpu_programs_share():
   # The same programs compiled for 4 TPU chips and for 1 CPU device with the whole batch:
   # a forward pass's FLOPs split over the chips (the psum-ed sums are negligible).
@@ -112,6 +115,7 @@ def _small_resnet_config(**overrides):
   return config
 
 
+@pytest.mark.slow
 def test_a_lower_limit_makes_the_chooser_move_past_what_does_not_fit(monkeypatch):
   # Each candidate's need per chip (compiled peak + one model's share), from the TPU
   # compiles of an impossible budget; then a limit just below vmap's need: the chooser
@@ -194,6 +198,7 @@ def test_bad_topology_is_one_line():
   assert chips.get("TPU v5 lite").name == "v5e" and chips.get("TPU v5").name == "v5p"
 
 
+@pytest.mark.slow
 def test_resnet_width8_plan_on_v4():
   # A ResNet (width 8) on CIFAR-10's shapes, no data on disk: RHO-LOSS's one irreducible
   # model in stage 1, 25k train rows → 25 loss-table calls of 1000.

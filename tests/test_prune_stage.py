@@ -91,7 +91,7 @@ def _model_splits(kind):
   return model, splits
 
 
-@pytest.mark.parametrize("kind", ["resnet18", "bert"])
+@pytest.mark.parametrize("kind", ["resnet18", pytest.param("bert", marks=pytest.mark.slow)])
 def test_score_pruning_runs_for_batch_norm_resnet_and_bert(kind):
   """EL2N, GraNd, forgetting and dynamic uncertainty from ResNet (batch norm state) and
   BERT (dropout) scoring runs: the same model interface as the trainer."""

@@ -49,7 +49,7 @@ def _run(config, workdir, splits=None):
   return results
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+@pytest.mark.parametrize("name", ["cifar10", pytest.param("cifar100", marks=pytest.mark.slow)])
 def test_cifar_configs_run(name, tmp_path):
   _, mock = fakes.mock_tfds(48)
   # The mocked catalog's `id`s are random strings, not `train_<original index>`: the
@@ -77,6 +77,7 @@ def test_cinic10_config_runs_in_bfloat16(tmp_path):
   assert results["config"]["optimizer"]["weight_decay"] == 0.1
 
 
+@pytest.mark.slow
 def test_clothing1m_config_runs_from_a_torchvision_checkpoint(tmp_path):
   torch = pytest.importorskip("torch")
   source = fakes.torch_resnet(torch, stem="imagenet", width=4, num_classes=1000,
@@ -109,7 +110,7 @@ def _glue_rows(rng, n, num_classes):
   return [(sentence(), sentence(), int(rng.integers(num_classes))) for _ in range(n)]
 
 
-@pytest.mark.parametrize("name", ["mnli", "qqp"])
+@pytest.mark.parametrize("name", [pytest.param("mnli", marks=pytest.mark.slow), "qqp"])
 def test_text_configs_run_from_glue_tsv_and_a_bert_directory(name, tmp_path):
   """The GLUE release's TSV files and a tiny BERT given only as a Hugging Face directory
   (config.json + model.safetensors + vocab.txt): the model's sizes come from config.json."""

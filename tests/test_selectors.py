@@ -308,7 +308,8 @@ def test_update_on_selected_is_the_expert_step_and_data_parallel():
 
 
 # (RHO-LOSS's model takes the same stacked-experts path with one expert and γ = 0.)
-@pytest.mark.parametrize("method, losses", [("reducr", "online"), ("reducr", "multihead")])
+@pytest.mark.parametrize("method, losses", [pytest.param("reducr", "online", marks=pytest.mark.slow),
+                                           ("reducr", "multihead")])
 def test_trainer_updates_reference_models_on_selected_points(tmp_path, method, losses):
   from test_train import tiny_config  # pylint: disable=g-import-not-at-top
   config = tiny_config(num_steps=4, eval_every=4, checkpoint_every=4, log_every=1,
