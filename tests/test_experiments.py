@@ -183,6 +183,7 @@ def test_bad_input_before_any_run(tmp_path, module, flags, message):
   assert not (tmp_path / "w" / "runs").exists()
 
 
+@pytest.mark.slow
 def test_reweight_binary(tmp_path):
   out = _run("reweight_binary", tmp_path, "--seeds=1", "--workers=1", "--classes=4,9",
              "--minority_fraction=0.05", "--val_per_class=5")

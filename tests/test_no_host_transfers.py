@@ -219,7 +219,7 @@ def test_trainer_compiles_its_step_once(tmp_path, monkeypatch):
 
     return counted
 
-  monkeypatch.setattr(train, "make_train_step", counting_make_train_step)
+  monkeypatch.setattr(selection_step, "make_train_step", counting_make_train_step)
   config = configuration.load_config(CONFIG)
   config.model.hidden = (16,)
   config.batch_size = B

@@ -68,6 +68,7 @@ def test_cifar_configs_run(name, tmp_path):
   assert len(results["class_names"]) == (10 if name == "cifar10" else 100)
 
 
+@pytest.mark.slow
 def test_cinic10_config_runs_in_bfloat16(tmp_path):
   manual, _ = fakes.write_cinic10(tmp_path)
   config = _config("cinic10", tmp_path, **{
@@ -110,7 +111,8 @@ def _glue_rows(rng, n, num_classes):
   return [(sentence(), sentence(), int(rng.integers(num_classes))) for _ in range(n)]
 
 
-@pytest.mark.parametrize("name", [pytest.param("mnli", marks=pytest.mark.slow), "qqp"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mnli", "qqp"])
 def test_text_configs_run_from_glue_tsv_and_a_bert_directory(name, tmp_path):
   """The GLUE release's TSV files and a tiny BERT given only as a Hugging Face directory
   (config.json + model.safetensors + vocab.txt): the model's sizes come from config.json."""

@@ -384,6 +384,7 @@ def _resnet_steps(num_devices):
   return jax.tree.map(lambda a: np.asarray(a)[0], p_state), sels, state
 
 
+@pytest.mark.slow
 def test_batch_norm_resnet_step_is_the_same_on_one_and_eight_devices():
   """Cross-device batch statistics, gradients through them, the reduce-scatter of the
   selected inputs and the per-example augmentation all equal the one-device step."""
