@@ -214,9 +214,9 @@ def test_groups_mapping_and_labels():
   assert {names[c] for c in np.flatnonzero(coarse == 14)} == {
       "baby", "boy", "girl", "man", "woman"}
   with pytest.raises(ValueError, match="config.dataset.groups"):
-    groups.validate("cifar100_superclasses", 10)
+    groups.validate_groups("cifar100_superclasses", 10)
   with pytest.raises(ValueError, match="config.dataset.groups"):
-    groups.validate((0, 2, 2, 0), 4)                    # group 1 unused
+    groups.validate_groups((0, 2, 2, 0), 4)                    # group 1 unused
 
 
 # ------------------------------------------------------------- groups in the trainer

@@ -55,7 +55,7 @@ def test_paired_bootstrap_constant_and_normal_cases():
 
 def test_win_rate_counts_ties_half():
   assert paired_stats.win_rate([1.0, -2.0, 0.0, 3.0]) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
-  s = paired_stats.summary([1.0, -2.0, 0.0, 3.0], 10, np.random.default_rng(0))
+  s = paired_stats.paired_summary([1.0, -2.0, 0.0, 3.0], 10, np.random.default_rng(0))
   assert s["median"] == 0.5 and s["mean"] == 0.5 and s["num_pairs"] == 4
 
 

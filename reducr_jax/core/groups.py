@@ -36,7 +36,7 @@ CIFAR100_SUPERCLASS_NAMES = (
 NAMED = {"cifar100_superclasses": CIFAR100_SUPERCLASSES}
 
 
-def validate(groups, num_classes: int) -> None:
+def validate_groups(groups, num_classes: int) -> None:
   """Raises a one-line ``ValueError`` unless ``groups`` is a valid ``config.dataset.groups``."""
   if isinstance(groups, str):
     if groups not in NAMED or len(NAMED[groups]) != num_classes:
@@ -57,7 +57,7 @@ def validate(groups, num_classes: int) -> None:
 
 def group_of(groups, num_classes: int) -> np.ndarray:
   """int32 [C]: the group of every class (``arange(C)`` for ``()``)."""
-  validate(groups, num_classes)
+  validate_groups(groups, num_classes)
   if isinstance(groups, str):
     return np.asarray(NAMED[groups], np.int32)
   if tuple(groups) == ():

@@ -30,7 +30,7 @@ CLASS_NAMES: dict[str, list[str]] = {
 }
 
 
-def check_name(name: str) -> None:
+def check_embedded_name(name: str) -> None:
   """Raises a one-line ``ValueError`` unless ``name`` is a known embedded dataset."""
   if name not in NUM_CLASSES:
     raise ValueError(
@@ -66,7 +66,7 @@ def load_arrays(name: str, seed: int = 0,
     digits: N=1797, D=64.
   """
   del seed  # The source arrays are fixed; see the docstring.
-  check_name(name)
+  check_embedded_name(name)
   check_num_samples(name, num_samples)
   x, y = _cached_arrays(name, int(num_samples))
   return x.copy(), y.copy()

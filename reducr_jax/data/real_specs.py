@@ -75,11 +75,11 @@ _MAX_BERT_LENGTH = 512
 
 def config_for(name: str, **overrides) -> ml_collections.ConfigDict:
   """A complete ``config.dataset`` for real dataset ``name`` (``DEFAULTS`` + overrides)."""
-  check_name(name)
+  check_real_name(name)
   return ml_collections.ConfigDict(dict(DEFAULTS, name=name, **overrides))
 
 
-def check_name(name) -> None:
+def check_real_name(name) -> None:
   """Raises a one-line ``ValueError`` unless ``name`` is one of ``REAL_DATASETS``."""
   if name not in REAL_DATASETS:
     raise ValueError(f"config.dataset.name must be one of {list(REAL_DATASETS)}, got {name!r}")
@@ -96,7 +96,7 @@ def validate_real_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   MNLI/QQP need ``tokenizer`` pointing at an existing file or directory.
   """
   name = cfg.name if "name" in cfg else None
-  check_name(name)
+  check_real_name(name)
   missing = sorted(f for f in DEFAULTS if f not in cfg)
   if missing:
     raise ValueError(f"config.dataset lacks {missing}: a {name!r} dataset config defines "
@@ -159,7 +159,7 @@ def validate_real_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   if "holdout_per_class" in cfg and cfg.holdout_per_class != -1:
     raise ValueError(f"config.dataset.holdout_per_class must be -1 for {name!r} (only "
                      f"supported for the embedded datasets), got {cfg.holdout_per_class!r}")
-  variants.validate(cfg, k)
+  variants.validate_variants(cfg, k)
   if name in TEXT_DATASETS:
     tok = cfg.tokenizer
     if not tok or not os.path.exists(os.path.expanduser(tok)):

@@ -126,7 +126,7 @@ def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
                      f"got {cfg.imbalance_fraction!r}")
   if not checks.is_real(cfg.label_noise) or not 0 <= cfg.label_noise < 1:
     raise ValueError(f"config.dataset.label_noise must be in [0, 1), got {cfg.label_noise!r}")
-  variants.validate(cfg, k)
+  variants.validate_variants(cfg, k)
 
 
 def num_classes(dataset_config: ml_collections.ConfigDict) -> int:

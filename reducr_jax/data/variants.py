@@ -40,7 +40,7 @@ SPLIT_MODES = ("random", "official")
 OFFICIAL_SPLIT_DATASETS = ("cifar10", "cifar100", "mnli", "qqp")
 
 
-def validate(cfg: Any, num_classes: int) -> None:
+def validate_variants(cfg: Any, num_classes: int) -> None:
   """Raises a one-line ``ValueError`` naming the first bad field of ``DEFAULTS``."""
   mode = cfg.imbalance_mode
   if mode not in IMBALANCE_MODES:
@@ -68,7 +68,7 @@ def validate(cfg: Any, num_classes: int) -> None:
   if not isinstance(relevance, bool) or (relevance and cfg.name != "cinic10"):
     raise ValueError(f"config.dataset.cinic10_relevance must be True or False (True only "
                      f"for 'cinic10'), got {relevance!r} for {cfg.name!r}")
-  groups_lib.validate(cfg.groups, num_classes)
+  groups_lib.validate_groups(cfg.groups, num_classes)
 
 
 def relevant_rows(part: tuple) -> tuple:

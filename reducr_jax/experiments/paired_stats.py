@@ -47,7 +47,7 @@ def win_rate(diffs) -> float:
   return float(np.mean((d > 0) + 0.5 * (d == 0)))
 
 
-def summary(diffs, num_resamples: int, rng: np.random.Generator) -> dict:
+def paired_summary(diffs, num_resamples: int, rng: np.random.Generator) -> dict:
   """``{"mean", "median", "lo", "hi", "win_rate", "num_pairs"}`` of paired differences."""
   mean, lo, hi = paired_bootstrap(diffs, num_resamples, rng)
   return {"mean": mean, "median": float(np.median(diffs)), "lo": lo, "hi": hi,

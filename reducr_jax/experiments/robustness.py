@@ -140,12 +140,12 @@ def analyse(runs: dict, results: dict, selection: dict, num_resamples: int, seed
         continue
       theirs = worst_test(results, rs)
       diffs = ours - theirs
-      row[m] = {**paired_stats.summary(diffs, num_resamples, rng),
+      row[m] = {**paired_stats.paired_summary(diffs, num_resamples, rng),
                 "baseline_worst_test": float(theirs.mean())}
       pooled.setdefault(d, {}).setdefault(m, []).extend(diffs.tolist())
     out["per_protocol"].setdefault(d, {})[str(c)] = row
   for d, by_m in pooled.items():
-    out["pooled"][d] = {m: paired_stats.summary(v, num_resamples, rng) for m, v in by_m.items()}
+    out["pooled"][d] = {m: paired_stats.paired_summary(v, num_resamples, rng) for m, v in by_m.items()}
   return out
 
 
