@@ -428,3 +428,15 @@ def test_eta_auto_is_the_anytime_schedule_and_reported(tmp_path, capsys):
     assert line in out, (line, out)
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["eta"] == results["eta"] and on_disk["config"]["selection"]["eta"] == "auto"
+
+
+def test_eval_batch_is_no_larger_than_the_largest_split_needs():
+  """Every eval batch is padded to the per-device batch: a small split is not padded to
+  config.eval_batch_size (the default config's splits: holdout 330, val 360, test 359)."""
+  from reducr_jax.train import evaluation  # pylint: disable=g-import-not-at-top
+  assert evaluation.per_device_batch(512, 1, [330, 360, 359]) == 360
+  assert evaluation.per_device_batch(512, 8, [330, 360, 359]) == 45      # ceil(360 / 8)
+  assert evaluation.per_device_batch(512, 8, [1000, 10]) == 64           # as before: 512 // 8
+  assert evaluation.per_device_batch(512, 8, [512]) == 64
+  assert evaluation.per_device_batch(500, 1, [33, 40, 12]) == 40
+  assert evaluation.per_device_batch(4, 8, [3]) == 1

@@ -28,6 +28,25 @@ def make_eval_step(apply_fn, num_classes: int, devices):
   return jax.pmap(eval_step, axis_name=AXIS, devices=devices)
 
 
+def per_device_batch(eval_batch_size: int, num_devices: int, split_sizes) -> int:
+  """The per-device batch of the evaluation step: ``eval_batch_size // num_devices``, or,
+  when every split it evaluates is smaller than ``eval_batch_size``, just enough for the
+  largest (``ceil(largest / num_devices)``): every batch is padded to this size, so a small
+  split is not padded to the full batch. Measured (ResNet-18 at 224 px, 14 classes, one
+  CPU device): the compiled eval step peaks at 2.47 GiB for 500 images, 0.35 GiB for 64;
+  a 336-image Clothing1M release has val/test splits of a few dozen.
+
+  Args:
+    eval_batch_size: ``config.eval_batch_size`` (global).
+    num_devices: data-parallel devices of all processes.
+    split_sizes: the lengths of the splits evaluated with this batch.
+  """
+  largest = max(split_sizes, default=eval_batch_size)
+  if largest >= eval_batch_size:
+    return max(1, eval_batch_size // num_devices)
+  return max(1, -(-largest // num_devices))
+
+
 def evaluate(p_eval, p_params, split: data.Split, batch_size: int, num_devices: int):
   """Per-class correct counts and loss sums over a whole split (host values).
 

@@ -97,7 +97,9 @@ def _train_locked(config, workdir, splits, devices, pmap_devices, preempt, ckpt,
   cfg = train_state.StepConfig.from_config(config, c, n, refs.reference,
                                np.bincount(splits.train.y, minlength=c), refs.update, rules)
   p_eval = evaluation.make_eval_step(fns.apply, c, pmap_devices)
-  eval_bs = max(1, config.eval_batch_size // n)
+  eval_bs = evaluation.per_device_batch(   # val, test and the class-holdout split
+      config.eval_batch_size, n, [len(data.class_holdout_split(config, splits).y),
+                                  len(splits.val.y), len(splits.test.y)])
   group_of = np.asarray(cfg.group_of, np.int32) if cfg.group_of else None
   p_state, best, start, t_start = _selection_stage(
       config, workdir, splits, refs, fns, cfg, devices, pmap_devices, preempt, ckpt,
