@@ -343,3 +343,15 @@ def test_dataset_config_missing_a_field_is_one_line():
   del real_cfg["label_noise"]
   with pytest.raises(ValueError, match=r"config.dataset lacks \['label_noise'\]: a 'cifar10'"):
     data.validate_dataset_config(real_cfg)
+
+
+def test_split_fractions_are_checked_by_one_rule():
+  """Embedded ``fractions`` (4 parts) and real ``text_fractions`` (3) share one check."""
+  from reducr_jax.core import checks  # pylint: disable=g-import-not-at-top
+  checks.check_fractions("f", (0.5, 0.25, 0.25), ("a", "b", "c"))
+  for bad in [(0.5, 0.5), (0.5, 0.3, 0.3), (0.5, 0.5, 0.0), (0.5, True, 0.5), "0.5,0.5"]:
+    with pytest.raises(ValueError, match=r"^f must be 3 positive numbers \(a, b, c\) "
+                                         r"summing to 1, got "):
+      checks.check_fractions("f", bad, ("a", "b", "c"))
+  with pytest.raises(ValueError, match=r"config.dataset.text_fractions must be 3 positive"):
+    data.validate_dataset_config(data.dataset_config("qqp", text_fractions=(0.5, 0.5)))

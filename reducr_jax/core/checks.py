@@ -9,6 +9,7 @@ jitted argument) cannot be checked at trace time and are left alone.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import jax
@@ -24,6 +25,15 @@ def is_real(v) -> bool:
   """A Python or NumPy int or float, not a bool (config values)."""
   return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
       v, (bool, np.bool_))
+
+
+def check_fractions(field: str, value, parts: tuple) -> None:
+  """Raises a one-line ``ValueError`` unless ``value`` is ``len(parts)`` positive numbers
+  summing to 1 (± 1e-6), e.g. a config's split fractions; ``parts`` names them."""
+  if (not isinstance(value, (tuple, list)) or len(value) != len(parts) or
+      not all(is_real(v) and v > 0 for v in value) or abs(math.fsum(value) - 1.0) > 1e-6):
+    raise ValueError(f"{field} must be {len(parts)} positive numbers "
+                     f"({', '.join(parts)}) summing to 1, got {value!r}")
 
 
 def concrete_value(x) -> Optional[float]:

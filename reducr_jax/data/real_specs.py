@@ -7,7 +7,6 @@ A light module (no JAX, no TFDS): configs and config validation read it;
 
 from __future__ import annotations
 
-import math
 import os
 
 import ml_collections
@@ -131,11 +130,8 @@ def validate_real_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   if not checks.is_int(extra) or extra < 0:
     raise ValueError(f"config.dataset.clothing1m_holdout_extra must be an int >= 0, "
                      f"got {extra!r}")
-  fr = cfg.text_fractions
-  if (not isinstance(fr, (tuple, list)) or len(fr) != 3 or
-      not all(checks.is_real(v) and v > 0 for v in fr) or abs(math.fsum(fr) - 1.0) > 1e-6):
-    raise ValueError(f"config.dataset.text_fractions must be 3 positive numbers "
-                     f"(train, holdout, test) summing to 1, got {fr!r}")
+  checks.check_fractions("config.dataset.text_fractions", cfg.text_fractions,
+                         ("train", "holdout", "test"))
   q = cfg.qqp_class1_fraction
   if not checks.is_real(q) or not 0 < q < 1:
     raise ValueError(f"config.dataset.qqp_class1_fraction must be in (0, 1), got {q!r}")

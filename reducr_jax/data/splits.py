@@ -29,7 +29,6 @@ changing ``label_noise`` does not change which rows form each split.
 
 from __future__ import annotations
 
-import math
 
 import ml_collections
 import numpy as np
@@ -112,11 +111,8 @@ def validate_dataset_config(cfg: ml_collections.ConfigDict) -> None:
   if not checks.is_int(per_class) or not (per_class == -1 or per_class >= 1):
     raise ValueError(f"config.dataset.holdout_per_class must be -1 (use fractions) or an "
                      f"int >= 1, got {per_class!r}")
-  fr = cfg.fractions
-  if (not isinstance(fr, (tuple, list)) or len(fr) != 4 or
-      not all(checks.is_real(f) and f > 0 for f in fr) or abs(math.fsum(fr) - 1.0) > 1e-6):
-    raise ValueError(f"config.dataset.fractions must be 4 positive numbers "
-                     f"(train, holdout, val, test) summing to 1, got {fr!r}")
+  checks.check_fractions("config.dataset.fractions", cfg.fractions,
+                         ("train", "holdout", "val", "test"))
   k = len(classes) or source_k
   if not checks.is_int(cfg.imbalance_class) or not -1 <= cfg.imbalance_class < k:
     raise ValueError(f"config.dataset.imbalance_class must be -1 (none) or an int in "
