@@ -18,17 +18,13 @@ import pytest
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-_CACHE_SETTINGS = {                      # every program, however small or quick to compile
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": -1,
-}
 
-
-def _set_compile_cache(directory):
+def _set_cache_dir(directory):
+  """JAX's persistent cache directory in this process (``None``: off), from now on."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_compilation_cache_dir", directory)
-  cc.reset_cache()        # the directory takes effect even after earlier compilations
+  cc.reset_cache()        # takes effect even after earlier compilations
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,18 +33,15 @@ def shared_compile_cache(tmp_path_factory):
   if os.environ.get("REDUCR_TEST_COMPILE_CACHE", "1") == "0":   # off: measure without
     yield None
     return
+  from reducr_jax.experiments import runner  # pylint: disable=g-import-not-at-top
   base = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):   # .../pytest-N/popen-gwK: share pytest-N
     base = base.parent
   directory = str(base / "jax_compile_cache")
-  os.makedirs(directory, exist_ok=True)
-  import jax  # pylint: disable=g-import-not-at-top
-  for name, value in _CACHE_SETTINGS.items():
-    jax.config.update(name, value)
-    os.environ[name.upper()] = str(value)
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
-  _set_compile_cache(directory)
-  yield directory
+  for name, value in {"jax_compilation_cache_dir": directory, **runner.CACHE_SETTINGS}.items():
+    os.environ[name.upper()] = str(value)     # the trainer subprocesses tests start
+  with runner.compile_cache(directory):       # this process (the experiments' own helper)
+    yield directory
 
 
 @pytest.fixture
@@ -56,8 +49,8 @@ def no_compile_cache():
   """No persistent cache inside the test (it counts backend compiles: a cache hit is none)."""
   import jax  # pylint: disable=g-import-not-at-top
   before = jax.config.jax_compilation_cache_dir
-  _set_compile_cache(None)
+  _set_cache_dir(None)
   try:
     yield
   finally:
-    _set_compile_cache(before)
+    _set_cache_dir(before)

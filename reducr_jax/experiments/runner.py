@@ -44,7 +44,7 @@ from typing import Any, Callable, Optional, Sequence
 
 RESULTS = "results.json"
 COMPILE_CACHE = "compile_cache"
-_CACHE_SETTINGS = {                   # entries of any size and compile time are kept
+CACHE_SETTINGS = {                   # entries of any size and compile time are kept
     "jax_persistent_cache_min_compile_time_secs": 0.0,
     "jax_persistent_cache_min_entry_size_bytes": -1,
 }
@@ -79,7 +79,7 @@ def _with_shared_cache(config: Any, workdir: str):
 def compile_cache(directory: Optional[str]):
   """JAX's persistent compilation cache in ``directory`` for the block (``None``: off).
 
-  Sets ``jax_compilation_cache_dir`` (plus :data:`_CACHE_SETTINGS`) and resets JAX's
+  Sets ``jax_compilation_cache_dir`` (plus :data:`CACHE_SETTINGS`) and resets JAX's
   cache object so the directory takes effect even after earlier compilations in this
   process; restores the previous settings on exit.
   """
@@ -88,7 +88,7 @@ def compile_cache(directory: Optional[str]):
     return
   import jax  # pylint: disable=g-import-not-at-top
   from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
-  settings = {"jax_compilation_cache_dir": directory, **_CACHE_SETTINGS}
+  settings = {"jax_compilation_cache_dir": directory, **CACHE_SETTINGS}
   before = {k: getattr(jax.config, k) for k in settings}
   os.makedirs(directory, exist_ok=True)
   for k, v in settings.items():

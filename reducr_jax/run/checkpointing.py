@@ -42,8 +42,8 @@ only steps with a manifest, so the newest verified step stays until a newer one 
 Several processes: every method is collective (all processes, same order, same
 arguments, a directory they all see); orbax writes each process's shards and process 0
 renames, writes the manifest and rotates; the others, re-reading the steps while it
-deletes one, list them again (:meth:`Checkpointer._reload`). Crash consistency, not durability: orbax 0.12
-does not ``fsync`` the rename.
+deletes one, list them again (:meth:`Checkpointer._reload`). Crash consistency, not
+durability: orbax 0.12 does not ``fsync`` the rename.
 """
 
 from __future__ import annotations

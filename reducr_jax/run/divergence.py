@@ -1,9 +1,10 @@
 """Stopping a diverged run: which updates are skipped, and when a run counts as diverged.
 
 The train step never applies an update whose loss, gradients or resulting states are not
-finite, or whose new parameters fail :func:`bounded` (``reducr_jax.train.selection_step.train_step``); it reports
-``skipped = 1`` instead. A run where every update is skipped would otherwise "finish"
-with the initial parameters. :class:`SkipMonitor` reads each step's flag one step late (so
+finite, or whose new parameters fail :func:`bounded`
+(:func:`reducr_jax.train.selection_step.train_step`); it reports ``skipped = 1`` instead.
+A run where every update is skipped would otherwise "finish" with the initial parameters.
+:class:`SkipMonitor` reads each step's flag one step late (so
 the host never waits for the step it has just dispatched) and raises :class:`Diverged`
 after ``config.max_consecutive_skipped`` in a row; a run that ends with more than
 ``config.max_skipped_share`` of its updates skipped is reported ``"diverged"`` in
