@@ -9,12 +9,17 @@ libtpu (``pip install '.[tpu]'``). Results go to ``benchmarks/results/plan_paper
 {json,md}``, rewritten after every plan (so a run cut short keeps what finished).
 
   python benchmarks/plan_paper_configs.py [--configs clothing1m,cifar10] \\
-      [--topologies v5e:1x1,v5e:2x4] [--timeout 1800]
+      [--topologies v5e:1x1,v5e:2x4] [--timeout 1800] [--jobs 2]
+
+Rows already in ``plan_paper_configs.json`` for other (config, slice) pairs are kept, so the
+table can be filled in several runs; ``--jobs`` plans that many pairs at once (each compile
+is mostly one thread; the compile seconds then include the other job's contention).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -25,7 +30,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIGS = ("clothing1m", "cifar10", "mnli", "qqp", "cinic10", "cifar100")
-TOPOLOGIES = ("v5e:2x4", "v5e:1x1", "v5:2x2x1", "v4:2x2x1")
+TOPOLOGIES = ("v5e:1x1", "v5e:2x4", "v5:2x2x1", "v4:2x2x1")
 NAMES = {"v5e:1x1": "v5e chip", "v5e:2x4": "v5e-8", "v5:2x2x1": "v5p-8", "v4:2x2x1": "v4-8"}
 
 _CHILD = """
@@ -100,18 +105,27 @@ def main() -> None:
   p.add_argument("--order", choices=("topology", "config"), default="topology",
                  help="outer loop: every config on one slice first, or every slice of "
                       "one config first")
+  p.add_argument("--jobs", type=int, default=1, help="plans compiled at the same time")
   args = p.parse_args()
   configs, topos = args.configs.split(","), args.topologies.split(",")
   pairs = ([(c, t) for t in topos for c in configs] if args.order == "topology" else
            [(c, t) for c in configs for t in topos])
   RESULTS.mkdir(parents=True, exist_ok=True)
-  rows = []
-  for config, topo in pairs:
-    rows.append(run_one(config, topo, args.timeout))
-    print(f"{config} {topo}: {rows[-1].get('error') or 'ok'} "
-          f"({rows[-1]['wall_seconds']:.0f} s)", flush=True)
-    (RESULTS / "plan_paper_configs.json").write_text(json.dumps(rows, indent=1, default=str))
-    (RESULTS / "plan_paper_configs.md").write_text(markdown(rows))
+  path = RESULTS / "plan_paper_configs.json"
+  earlier = json.loads(path.read_text()) if path.exists() else []
+  earlier = [r for r in earlier if (r["config"], r["topology"]) not in set(pairs)]
+  done: dict[tuple[str, str], dict] = {}
+  with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+    futures = {pool.submit(run_one, c, t, args.timeout): (c, t) for c, t in pairs}
+    for future in concurrent.futures.as_completed(futures):
+      row = done[futures[future]] = future.result()
+      print(f"{row['config']} {row['topology']}: {row.get('error') or 'ok'} "
+            f"({row['wall_seconds']:.0f} s)", flush=True)
+      order = {pair: i for i, pair in enumerate((c, t) for t in TOPOLOGIES for c in CONFIGS)}
+      rows = sorted(earlier + list(done.values()),
+                    key=lambda r: order.get((r["config"], r["topology"]), len(order)))
+      path.write_text(json.dumps(rows, indent=1, default=str))
+      (RESULTS / "plan_paper_configs.md").write_text(markdown(rows))
 
 
 if __name__ == "__main__":
