@@ -122,7 +122,8 @@ def test_strategies_and_precomputed_table_agree(trained):
   for s in stacked_experts.STRATEGIES:
     assert results[s].shape == (37, 3)
     np.testing.assert_allclose(results[s], results["vmap"], rtol=1e-5, atol=1e-6)
-  loss_fn = jax.jit(functools.partial(stacked_experts.expert_losses, apply, state.params, strategy="map"))
+  loss_fn = functools.partial(jax.jit(functools.partial(stacked_experts.expert_losses, apply,
+                                                       strategy="map")), state.params)
   table = references.loss_table_rows(loss_fn, np.asarray(x), np.asarray(y), batch_size=16)
   assert table.shape == (37, 3)
   np.testing.assert_allclose(table, results["vmap"], rtol=1e-5, atol=1e-6)

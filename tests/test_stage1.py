@@ -12,6 +12,7 @@ import pytest
 import fakes
 from reducr_jax.config import configuration
 from reducr_jax import data
+from reducr_jax.train import device_memory
 from reducr_jax.train import references
 from reducr_jax.train import stage1_memory
 from reducr_jax.train import stage1_trainer
@@ -124,6 +125,48 @@ def test_fitting_batch_halves_until_the_forward_fits():
   # Nothing fits: the smallest multiple of the devices; everything fits: the batch.
   assert stage1_memory.fitting_batch(compile_at, 16, 4, 1.0)[0] == 4
   assert stage1_memory.fitting_batch(compile_at, 500, 4, 1e12)[0] == 500
+  # With a workspace limit (CPU): the activations also stay under it, so 1e12 of budget
+  # still gives 0.25 GB / 10 MB → 124 rows (500 → 248 → 124); the parameters (arguments)
+  # do not count; below the smallest batch it is the smallest, not an error.
+  compiled_at.clear()
+  assert stage1_memory.fitting_batch(compile_at, 500, 4, 1e12, strict=True,
+                                     workspace_bytes=1.3e9)[0] == 124
+  assert compiled_at == [500, 248, 124]
+  assert stage1_memory.fitting_batch(compile_at, 16, 4, 1e12, strict=True,
+                                     workspace_bytes=1.0)[0] == 4
+
+
+def test_forward_workspace_limits_cpu_only():
+  assert stage1_memory.forward_workspace_bytes(jax.devices("cpu")[0]) == \
+      stage1_memory.CPU_FORWARD_WORKSPACE_BYTES
+  assert stage1_memory.forward_workspace_bytes(type("D", (), {"platform": "tpu"})()) is None
+
+
+def test_loss_table_takes_the_params_as_arguments(monkeypatch):
+  # Closed over, the experts' params were constants of the table's executable (a second
+  # copy, in its temporaries, so the workspace limit would count them); as an argument
+  # the compiled program's argument bytes hold them.
+  config = _config(**{"experts.strategy": "map", "experts.num_steps": 1,
+                      "model.name": "mlp", "model.hidden": (64,)})
+  splits = _splits()
+  fns, loss_fn, num, _ = references.reference_model_fns(config, splits, "experts")
+  params = jax.vmap(fns.init)(jax.random.split(jax.random.PRNGKey(0), num))
+  variables = {"params": params[0], **params[1]}
+  refs = references.ReferenceModels("experts", variables, loss_fn)
+  seen = []
+  real = stage1_memory.fitting_batch
+
+  def spy(compile_at, *args, **kw):
+    b, compiled = real(compile_at, *args, **kw)
+    seen.append(device_memory.compiled_memory(compiled))
+    return b, compiled
+
+  monkeypatch.setattr(stage1_memory, "fitting_batch", spy)
+  table = references.precompute_loss_table(refs, splits.train, 8, config)
+  param_bytes = sum(a.nbytes for a in jax.tree.leaves(variables))
+  assert seen[0]["argument"] >= param_bytes > seen[0]["temp"]
+  np.testing.assert_allclose(table, np.asarray(loss_fn(variables, splits.train.x,
+                                                       splits.train.y)), rtol=1e-5, atol=1e-6)
 
 
 def _free_port() -> int:
@@ -139,6 +182,7 @@ if int(num) > 1:
   jax.distributed.initialize(f"127.0.0.1:{port}", int(num), int(pid))
 sys.path.insert(0, "tests")
 import test_stage1 as t
+from reducr_jax.train import device_memory
 from reducr_jax.train import references
 splits = t._splits(n=45)            # 45 rows: uneven process shares
 config = t._config(**{"experts.strategy": "map", "experts.num_steps": 2,

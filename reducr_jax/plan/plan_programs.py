@@ -195,7 +195,8 @@ def _loss_table(config, built, splits, devices, loss_fn, num, variables) -> Prog
                     jax.ShapeDtypeStruct((b,), jnp.int32))
   b, compiled = stage1_memory.fitting_batch(
       lambda b: fn.lower(*args(b)).compile(),
-      batch, n, stage1_memory.memory_budget_bytes(config, devices[0]), strict=True)
+      batch, n, stage1_memory.memory_budget_bytes(config, devices[0]), strict=True,
+      workspace_bytes=stage1_memory.forward_workspace_bytes(devices[0]))
   strategy = built.experts.strategy
   return _program("loss_table", strategy_name(strategy, built.experts.chunk, 1, num),
                   -(-total // b), compiled, loop_trips(strategy, built.experts.chunk, num),

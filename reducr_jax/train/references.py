@@ -164,23 +164,27 @@ def precompute_loss_table(refs: ReferenceModels, split: data.Split, batch_size: 
                                                                (sharding.AXIS,)),
                                              jax.sharding.PartitionSpec())
   params = jax.device_put(refs.params, mesh_sharding)            # replicated
-  fn = jax.jit(functools.partial(refs.loss_fn, params))
+  # The params are an argument, not closed over: a jit closing over arrays bakes them
+  # into the executable as constants (a second copy, counted in its temporaries).
+  fn = jax.jit(refs.loss_fn)
   put = functools.partial(jax.device_put, device=sharding.device_sharding(devices))
   lo, hi = sampling.process_range(n, procs, proc)
   # A process with no rows still scores one (dropped) so every share has C columns.
   start = min(lo, n - 1)
   y_dtype = np.asarray(split.y[:1]).dtype
   local_bs, fn = stage1_memory.fitting_batch(     # every batch has this size (the last one padded)
-      lambda b: fn.lower(*put((np.zeros((b,) + split.x.shape[1:], split.x.dtype),
-                               np.zeros((b,), y_dtype)))).compile(),
+      lambda b: fn.lower(params, *put((np.zeros((b,) + split.x.shape[1:], split.x.dtype),
+                                       np.zeros((b,), y_dtype)))).compile(),
       min(local_bs, -(-(max(hi, start + 1) - start) // len(devices)) * len(devices)),
       len(devices),
       float(device_memory.device_capacity_bytes(devices[0])) if config is None else
-      stage1_memory.memory_budget_bytes(config, devices[0]))
+      stage1_memory.memory_budget_bytes(config, devices[0]),
+      workspace_bytes=stage1_memory.forward_workspace_bytes(devices[0]))
   reporter = progress.Reporter("stage 1: reference-loss table", max(hi, start + 1) - start,
                                "rows")
   started = time.time()
-  mine = loss_table_rows(fn, split.x, split.y, local_bs, start, max(hi, start + 1), put,
+  mine = loss_table_rows(functools.partial(fn, params), split.x, split.y, local_bs, start,
+                         max(hi, start + 1), put,
                          multiple_of=len(devices), report=reporter.update)[:hi - lo]
   progress.took(f"stage 1: reference-loss table ({n} rows, batch {local_bs} per process)",
                 time.time() - started)
@@ -206,8 +210,10 @@ def loss_table_rows(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: np.
 
   Args:
     loss_fn: jitted ``(x_batch, y_batch) -> [b, C]``, e.g.
-      ``jax.jit(functools.partial(expert_losses, apply_fn, params, strategy=...))`` with
-      the params bound, or a multi-head equivalent. Called on fixed-size batches (the
+      ``functools.partial(jax.jit(functools.partial(expert_losses, apply_fn,
+      strategy=...)), params)`` (params an argument of the jitted function, not closed
+      over: closed-over arrays become constants of the executable), or a multi-head
+      equivalent. Called on fixed-size batches (the
       last one zero-padded), so it compiles once.
     x: ``[N, ...]`` inputs; y: ``int[N]`` labels. Only rows ``[start, stop)`` are read,
       one batch at a time (a lazy ``x`` decodes only those).

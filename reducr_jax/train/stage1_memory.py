@@ -24,6 +24,23 @@ from reducr_jax.core import stacked_experts
 from reducr_jax.train import topology
 
 
+# XLA:CPU: a forward pass's rows per CPU-second stop growing once a batch's activations
+# reach a few hundred MiB, and on CPU every byte of them is host RAM the process shares.
+# Measured 2026-12-07 (ResNet-18 at 224 px, 2 stacked experts, ``map``, one CPU device,
+# compiled non-argument bytes → rows per CPU-second): 16 rows 0.06 GiB → 5.8, 32 rows
+# 0.16 → 7.2, 64 rows 0.32 → 7.5, 128 rows 0.69 → 6.6. So on CPU the loss table's batch
+# also keeps its workspace (peak − arguments) under this; the 14-expert Clothing1M smoke
+# table had taken 280 rows (≈ 2 GiB of it) against the 2.94 GiB budget.
+CPU_FORWARD_WORKSPACE_BYTES = 0.5 * device_memory.GIB
+
+
+def forward_workspace_bytes(device: Any) -> Optional[float]:
+  """The most non-argument bytes a forward-only pass (the loss table) may take per
+  device: :data:`CPU_FORWARD_WORKSPACE_BYTES` on CPU, ``None`` (only the memory budget)
+  on accelerators, whose HBM is the program's alone and whose rate grows with the batch."""
+  return CPU_FORWARD_WORKSPACE_BYTES if getattr(device, "platform", "cpu") == "cpu" else None
+
+
 class NothingFits(errors.ConfigError):
   """No strategy (or batch) of a program fits the device memory; ``str(e)`` is one line
   naming the program, its peak, the limit and what would fit."""
@@ -213,12 +230,15 @@ def pick_strategy(compile_fn: Callable[[str, int, int], Any], num: int,
 
 def fitting_batch(compile_at: Callable[[int], Any], batch: int, multiple_of: int,
                   budget_bytes: float, strict: bool = False,
-                  program: str = "loss_table") -> tuple[int, Any]:
+                  program: str = "loss_table",
+                  workspace_bytes: Optional[float] = None) -> tuple[int, Any]:
   """``(b, compile_at(b))`` for the largest ``b`` of ``batch``, ``batch/2``, …
   (multiples of ``multiple_of``) whose compiled program fits the per-device budget (the
   smallest when none does, or with ``strict`` a one-line
   :class:`reducr_jax.NothingFits`; ``batch`` where the backend reports no
-  memory analysis). A compile refused for lack of memory does not fit.
+  memory analysis). A compile refused for lack of memory does not fit. With
+  ``workspace_bytes`` (:func:`forward_workspace_bytes`) the program's non-argument
+  bytes must also stay under it (not an error when even the smallest batch exceeds it).
 
   For forward-only passes (the loss table): their memory is the models' parameters plus
   the activations of one batch, and a 500-image ResNet-18 forward at 224 px needs ≈ 5 GiB.
@@ -229,16 +249,21 @@ def fitting_batch(compile_at: Callable[[int], Any], batch: int, multiple_of: int
     peak, state = peak_bytes(compiled)
     refused = isinstance(compiled, DoesNotFit)
     smaller = (b // 2) // multiple_of * multiple_of
-    fits = not refused and (peak is None or peak <= budget_bytes)
+    fits_budget = not refused and (peak is None or peak <= budget_bytes)
+    fits = fits_budget and (workspace_bytes is None or peak is None
+                            or peak - state <= workspace_bytes)
     if fits or smaller < multiple_of:
-      if not fits and (strict or refused):
+      if not fits_budget and (strict or refused):
         raise NothingFits(nothing_fits_message(
             program, peak, state, budget_bytes, b // multiple_of, multiple_of,
             "config.eval_batch_size"))
       if b != batch:
-        logging.info("reference-loss table: batch %d (of %d), compiled peak %.2f GB, "
-                     "budget %.2f GB per device", b, batch, (peak or 0) / device_memory.GIB,
-                     budget_bytes / device_memory.GIB)
+        logging.info("reference-loss table: batch %d (of %d), compiled peak %.2f GB "
+                     "(%.2f GB beyond its arguments), budget %.2f GB per device%s", b, batch,
+                     (peak or 0) / device_memory.GIB, ((peak or 0) - state) / device_memory.GIB,
+                     budget_bytes / device_memory.GIB,
+                     "" if workspace_bytes is None else
+                     f", workspace {workspace_bytes / device_memory.GIB:.2f} GB")
       return b, compiled
     b = smaller
 
