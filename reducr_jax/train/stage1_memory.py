@@ -24,13 +24,14 @@ from reducr_jax.core import stacked_experts
 from reducr_jax.train import topology
 
 
-# XLA:CPU: a forward pass's rows per CPU-second stop growing once a batch's activations
-# reach a few hundred MiB, and on CPU every byte of them is host RAM the process shares.
-# Measured 2026-12-07 (ResNet-18 at 224 px, 2 stacked experts, ``map``, one CPU device,
-# compiled non-argument bytes → rows per CPU-second): 16 rows 0.06 GiB → 5.8, 32 rows
-# 0.16 → 7.2, 64 rows 0.32 → 7.5, 128 rows 0.69 → 6.6. So on CPU the loss table's batch
-# also keeps its workspace (peak − arguments) under this; the 14-expert Clothing1M smoke
-# table had taken 280 rows (≈ 2 GiB of it) against the 2.94 GiB budget.
+# XLA:CPU: a forward pass's rows per CPU-second do not grow with the batch past a few dozen
+# rows, and on CPU every byte of its activations is host RAM the process shares. Measured
+# 2026-12-07 (ResNet-18 at 224 px, 14 classes, 2 stacked experts, ``map``, one CPU device,
+# two runs on a shared 2-core machine): rows per CPU-second 5.8 / 7.7 at 8 rows, 5.8 / 7.2
+# at 16, 7.2 / 6.9 at 32, 7.5 / 6.8 at 64, 6.6 / 6.0 at 128, while the activations grow by
+# ≈ 6 MiB a row (0.7 GiB at 128). So on CPU the loss table's batch also keeps its
+# workspace (peak − arguments) under this; the 14-expert Clothing1M smoke table had taken
+# 280 rows against the 2.94 GiB budget.
 CPU_FORWARD_WORKSPACE_BYTES = 0.5 * device_memory.GIB
 
 
