@@ -26,15 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from reducr_jax.core import checks
+from reducr_jax.core import collectives
 
 #: Loshchilov & Hutter's selection pressure used by REDUCR's TRAIN LOSS baseline.
 DEFAULT_SELECTION_PRESSURE = 100.0
-
-
-def _gather(x: jax.Array, axis_name) -> jax.Array:
-  """``x [b, ...]`` of every device along ``axis_name``, device-major → ``[n·b, ...]``
-  (``x`` itself for ``axis_name=None``)."""
-  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
 
 
 def local_mask(indices: jax.Array, local_size: int, axis_name) -> jax.Array:
@@ -88,7 +83,7 @@ def top_k(scores: jax.Array, k: int, *, axis_name=None) -> jax.Array:
   points fill the selection.
   """
   checks.check_shape("scores", scores, (None,), "[B]")
-  scores = _gather(scores, axis_name)
+  scores = collectives.gather_rows(scores, axis_name)
   k = checks.check_k(k, np.shape(scores)[0])
   key = _monotone_key(scores)
 
@@ -153,7 +148,7 @@ def gumbel_top_k(rng: jax.Array, logits: jax.Array, k: int, *, axis_name=None) -
   """
   checks.check_key("rng", rng)
   checks.check_shape("logits", logits, (None,), "[B]")
-  logits = _gather(logits, axis_name)
+  logits = collectives.gather_rows(logits, axis_name)
   k = checks.check_k(k, np.shape(logits)[0])
   noise = jax.random.gumbel(rng, logits.shape, dtype=jnp.result_type(logits, jnp.float32))
   return top_k(logits + noise, k)
@@ -183,7 +178,7 @@ def soft_top_k(rng: jax.Array, scores: jax.Array, k: int, temperature: float, *,
   """
   checks.check_in_range("temperature", temperature, 0.0)
   checks.check_shape("scores", scores, (None,), "[B]")
-  scores = _gather(scores, axis_name)
+  scores = collectives.gather_rows(scores, axis_name)
   value = checks.concrete_value(temperature)
   if value == 0.0:
     return top_k(scores, k)

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from reducr_jax.core import class_weighted_losses
+from reducr_jax.core import collectives
 from reducr_jax.core import mwu
 from reducr_jax.core import group_dro
 from reducr_jax.core import meta_reweight
@@ -83,10 +84,6 @@ class Reweighter(NamedTuple):
   class_weights: Optional[Callable[[Any], jax.Array]] = None
 
 
-def _psum(x, axis_name):
-  return x if axis_name is None else jax.lax.psum(x, axis_name)
-
-
 def none() -> Reweighter:
   """Equal weights ``1/k``."""
   return Reweighter(init=lambda c: (), weights=lambda state, inputs: (
@@ -97,7 +94,7 @@ def class_balanced() -> Reweighter:
   """``w_i ∝ 1 / n_{y_i}`` (train-split class sizes), normalised over the k points."""
   def weights(state, inputs):
     inv = 1.0 / jnp.asarray(inputs.train_class_counts, jnp.float32)[inputs.labels]
-    return inv / _psum(jnp.sum(inv), inputs.axis_name), state
+    return inv / collectives.psum(jnp.sum(inv), inputs.axis_name), state
   return Reweighter(init=lambda c: (), weights=weights)
 
 
@@ -124,7 +121,7 @@ def group_dro_reweighter(eta: float) -> Reweighter:
   def weights(log_q, inputs):
     c = log_q.shape[0]
     losses = jax.lax.stop_gradient(inputs.loss_fn(inputs.params, inputs.x, inputs.labels))
-    stats = _psum(metrics.class_sums(losses, inputs.labels, c), inputs.axis_name)
+    stats = collectives.psum(metrics.class_sums(losses, inputs.labels, c), inputs.axis_name)
     new_log_q = group_dro.ascent_step(log_q, metrics.class_means(stats, 0.0), stats.counts > 0,
                                  eta)
     return group_dro.example_weights(inputs.labels, new_log_q, stats.counts), new_log_q

@@ -34,6 +34,7 @@ from reducr_jax import models
 from reducr_jax import reweighters
 from reducr_jax import selectors
 from reducr_jax.core import class_weighted_losses
+from reducr_jax.core import collectives
 from reducr_jax.core import groups as groups_lib
 from reducr_jax.core import metrics
 from reducr_jax.core import mwu
@@ -54,14 +55,9 @@ def _class_holdout_loss(state: TrainState, batch: dict, apply_fn, cfg: StepConfi
   h_loss = class_weighted_losses.cross_entropy(apply_fn(state.params, batch["holdout_x"]),
                                                batch["holdout_y"])
   units = groups_lib.group_labels(batch["holdout_y"], cfg.group_of)
-  stats = _psum(metrics.class_sums(h_loss, units, cfg.num_classes), axis_name)
+  stats = collectives.psum(metrics.class_sums(h_loss, units, cfg.num_classes), axis_name)
   ema = mwu.ema_update(state.ema, stats, cfg.ema_decay)
   return mwu.ema_value(ema, cfg.ema_decay), ema
-
-
-def _psum(x, axis_name: Optional[str]):
-  """``psum`` over ``axis_name``; ``x`` itself without a mapped axis."""
-  return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
 def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
@@ -107,8 +103,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   needs = cfg.needs
   fns = models.as_model_fns(model)
   apply_fn = lambda p, xb: fns.apply(models.variables(p, state.model_state), xb)  # noqa: E731
-  gather = lambda a: (a if axis_name is None else  # noqa: E731
-                      jax.lax.all_gather(a, axis_name, tiled=True))
+  gather = lambda a: collectives.gather_rows(a, axis_name)  # noqa: E731
   key = jax.random.fold_in(state.rng, state.step)
   device = 0 if axis_name is None else jax.lax.axis_index(axis_name)
   x, y = batch["x"], batch["y"]
@@ -178,7 +173,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
     return jnp.sum(w * class_weighted_losses.cross_entropy(logits, ys)), new_model_state
 
   (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  loss, grads = _psum((loss, grads), axis_name)      # Σ over all k selected points
+  loss, grads = collectives.psum((loss, grads), axis_name)      # Σ over all k selected points
   selected_counts = jnp.sum(jax.nn.one_hot(units_all[sel], c, dtype=jnp.int32), axis=0)
   new_reference = state.reference
   if cfg.reference_update is not None:
