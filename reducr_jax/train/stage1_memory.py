@@ -24,14 +24,14 @@ from reducr_jax.core import stacked_experts
 from reducr_jax.train import topology
 
 
-# XLA:CPU: a forward pass's rows per CPU-second do not grow with the batch past a few dozen
-# rows, and on CPU every byte of its activations is host RAM the process shares. Measured
-# 2026-12-07 (ResNet-18 at 224 px, 14 classes, 2 stacked experts, ``map``, one CPU device,
-# two runs on a shared 2-core machine): rows per CPU-second 5.8 / 7.7 at 8 rows, 5.8 / 7.2
-# at 16, 7.2 / 6.9 at 32, 7.5 / 6.8 at 64, 6.6 / 6.0 at 128, while the activations grow by
-# ≈ 6 MiB a row (0.7 GiB at 128). So on CPU the loss table's batch also keeps its
-# workspace (peak − arguments) under this; the 14-expert Clothing1M smoke table had taken
-# 280 rows against the 2.94 GiB budget.
+# XLA:CPU: a forward pass's rows per second do not grow with the batch past a few dozen
+# rows, and on CPU every byte of its activations is host RAM the process shares.
+# ``benchmarks/table_batch.py`` (2026-12-07; ResNet-18 at 224 px, 14 classes, 2 stacked
+# experts, ``map``, one CPU device, 3 interleaved rounds on 2 shared cores): rows/s at
+# 8, 16, 32, 64, 128 rows = 1.14, 1.27, 1.26, 1.14, 1.00 × the 128-row rate, workspace
+# 82, 122, 202, 361, 680 MiB (≈ 5 MiB a row). So on CPU the loss table's batch also keeps
+# its workspace (peak − arguments) under this; the 14-expert Clothing1M smoke table had
+# taken 280 rows against the 2.94 GiB budget, now 70.
 CPU_FORWARD_WORKSPACE_BYTES = 0.5 * device_memory.GIB
 
 
