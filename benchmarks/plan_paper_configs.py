@@ -9,7 +9,7 @@ libtpu (``pip install '.[tpu]'``). Results go to ``benchmarks/results/plan_paper
 {json,md}``, rewritten after every plan (so a run cut short keeps what finished).
 
   python benchmarks/plan_paper_configs.py [--configs clothing1m,cifar10] \\
-      [--topologies v5e:1x1,v5e:2x4] [--timeout 1800] [--jobs 2]
+      [--topologies v5e:1x1,v5e:2x4] [--timeout 1800] [--jobs 2] [--missing]
 
 Rows already in ``plan_paper_configs.json`` for other (config, slice) pairs are kept, so the
 table can be filled in several runs; ``--jobs`` plans that many pairs at once (each compile
@@ -106,6 +106,8 @@ def main() -> None:
                  help="outer loop: every config on one slice first, or every slice of "
                       "one config first")
   p.add_argument("--jobs", type=int, default=1, help="plans compiled at the same time")
+  p.add_argument("--missing", action="store_true",
+                 help="only the pairs with no row yet, or whose row is a timeout")
   args = p.parse_args()
   configs, topos = args.configs.split(","), args.topologies.split(",")
   pairs = ([(c, t) for t in topos for c in configs] if args.order == "topology" else
@@ -113,6 +115,10 @@ def main() -> None:
   RESULTS.mkdir(parents=True, exist_ok=True)
   path = RESULTS / "plan_paper_configs.json"
   earlier = json.loads(path.read_text()) if path.exists() else []
+  if args.missing:
+    have = {(r["config"], r["topology"]) for r in earlier
+            if not r.get("error", "").startswith("not finished")}
+    pairs = [pair for pair in pairs if pair not in have]
   earlier = [r for r in earlier if (r["config"], r["topology"]) not in set(pairs)]
   done: dict[tuple[str, str], dict] = {}
   with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
