@@ -166,15 +166,16 @@ def precompute_loss_table(refs: ReferenceModels, split: data.Split, batch_size: 
   params = jax.device_put(refs.params, mesh_sharding)            # replicated
   # The params are an argument, not closed over: a jit closing over arrays bakes them
   # into the executable as constants (a second copy, counted in its temporaries).
-  fn = jax.jit(refs.loss_fn)
+  jitted = jax.jit(refs.loss_fn)
   put = functools.partial(jax.device_put, device=sharding.device_sharding(devices))
   lo, hi = sampling.process_range(n, procs, proc)
   # A process with no rows still scores one (dropped) so every share has C columns.
   start = min(lo, n - 1)
   y_dtype = np.asarray(split.y[:1]).dtype
-  local_bs, fn = stage1_memory.fitting_batch(     # every batch has this size (the last one padded)
-      lambda b: fn.lower(params, *put((np.zeros((b,) + split.x.shape[1:], split.x.dtype),
-                                       np.zeros((b,), y_dtype)))).compile(),
+  local_bs, compiled = stage1_memory.fitting_batch(  # every batch has this size (last one padded)
+      lambda b: jitted.lower(params, *put((np.zeros((b,) + split.x.shape[1:],
+                                                    split.x.dtype),
+                                           np.zeros((b,), y_dtype)))).compile(),
       min(local_bs, -(-(max(hi, start + 1) - start) // len(devices)) * len(devices)),
       len(devices),
       float(device_memory.device_capacity_bytes(devices[0])) if config is None else
@@ -183,9 +184,9 @@ def precompute_loss_table(refs: ReferenceModels, split: data.Split, batch_size: 
   reporter = progress.Reporter("stage 1: reference-loss table", max(hi, start + 1) - start,
                                "rows")
   started = time.time()
-  mine = loss_table_rows(functools.partial(fn, params), split.x, split.y, local_bs, start,
-                         max(hi, start + 1), put,
-                         multiple_of=len(devices), report=reporter.update)[:hi - lo]
+  mine = loss_table_rows(functools.partial(compiled, params), split.x, split.y, local_bs,
+                         start, max(hi, start + 1), put, multiple_of=len(devices),
+                         report=reporter.update)[:hi - lo]
   progress.took(f"stage 1: reference-loss table ({n} rows, batch {local_bs} per process)",
                 time.time() - started)
   if procs == 1:
@@ -213,8 +214,8 @@ def loss_table_rows(loss_fn: Callable[[jax.Array, jax.Array], jax.Array], x: np.
       ``functools.partial(jax.jit(functools.partial(expert_losses, apply_fn,
       strategy=...)), params)`` (params an argument of the jitted function, not closed
       over: closed-over arrays become constants of the executable), or a multi-head
-      equivalent. Called on fixed-size batches (the
-      last one zero-padded), so it compiles once.
+      equivalent. Called on fixed-size batches (the last one zero-padded), so it
+      compiles once.
     x: ``[N, ...]`` inputs; y: ``int[N]`` labels. Only rows ``[start, stop)`` are read,
       one batch at a time (a lazy ``x`` decodes only those).
     batch_size: evaluation batch size.
