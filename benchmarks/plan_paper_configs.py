@@ -119,7 +119,9 @@ def main() -> None:
     have = {(r["config"], r["topology"]) for r in earlier
             if not r.get("error", "").startswith("not finished")}
     pairs = [pair for pair in pairs if pair not in have]
-  earlier = [r for r in earlier if (r["config"], r["topology"]) not in set(pairs)]
+  wanted = set(pairs)
+  earlier = [r for r in earlier if (r["config"], r["topology"]) not in wanted]
+  order = {pair: i for i, pair in enumerate((c, t) for t in TOPOLOGIES for c in CONFIGS)}
   done: dict[tuple[str, str], dict] = {}
   with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
     futures = {pool.submit(run_one, c, t, args.timeout): (c, t) for c, t in pairs}
@@ -127,7 +129,6 @@ def main() -> None:
       row = done[futures[future]] = future.result()
       print(f"{row['config']} {row['topology']}: {row.get('error') or 'ok'} "
             f"({row['wall_seconds']:.0f} s)", flush=True)
-      order = {pair: i for i, pair in enumerate((c, t) for t in TOPOLOGIES for c in CONFIGS)}
       rows = sorted(earlier + list(done.values()),
                     key=lambda r: order.get((r["config"], r["topology"]), len(order)))
       path.write_text(json.dumps(rows, indent=1, default=str))
