@@ -48,6 +48,16 @@ def test_stage_one_and_table_show_progress(tmp_path, capsys, monkeypatch):
   assert "stage 1: training experts reference models: 4/4 steps" in out
   assert f"stage 1: reference-loss table: {len(splits.train)}/{len(splits.train)} rows" in out
   assert "ETA" in out
+  # Each validation shows its batches, and the training line of a step comes after the
+  # step's validation, so the steps' rate (the ETA) includes the validations' time.
+  lines = out.splitlines()
+  val_line = max(i for i, l in enumerate(lines)
+                 if l.startswith("stage 1: step 2 validation on val: "))
+  batches = -(-len(splits.val) // config.eval_batch_size)
+  assert f": {batches}/{batches} batches" in lines[val_line], lines[val_line]
+  step_line = next(i for i, l in enumerate(lines)
+                   if l.startswith("stage 1: training experts reference models: 2/4 steps"))
+  assert step_line > val_line
   # Printed whatever the log verbosity: the chosen strategy and what each part took.
   line = next(l for l in out.splitlines() if l.startswith("stage 1: 10 experts with "))
   assert config.experts.strategy == "auto" and line.split()[6] == "(auto),", line

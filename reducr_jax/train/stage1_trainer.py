@@ -276,14 +276,18 @@ def train_reference_models(config, splits: data.Splits, kind: str, fns: models.M
     state, train_losses = p_step(state, x, y, step_arg(step))
     preemption.wait(train_losses)      # a signal stops a long step at once (not at its end)
     preemption.boundary(step, "stage 1")   # several processes: all stop at this step
-    reporter.update(step)
     if step == ex.num_steps:       # the moments are not needed again: free them before
       jax.tree.map(lambda a: a.delete(), state.opt_state)    # the last validation
     if periodic.every(step, ex.eval_every, ex.num_steps):
       current = variables_of(state)
-      sums = [jax.tree.map(lambda a: np.asarray(a[0], np.float64),
-                           p_val(current, *put(sharding.shard(b, n_local))))
-              for b in data.iterate_batches(select_split, eval_global, procs, proc)]
+      val_reporter = progress.Reporter(
+          f"stage 1: step {step} validation on {ex.select_on}",
+          -(-len(select_split) // eval_global), "batches")
+      sums = []
+      for b in data.iterate_batches(select_split, eval_global, procs, proc):
+        sums.append(jax.tree.map(lambda a: np.asarray(a[0], np.float64),
+                                 p_val(current, *put(sharding.shard(b, n_local)))))
+        val_reporter.update(len(sums))
       val = checkpoint_criterion(sum(s[0] for s in sums), sum(s[1] for s in sums),
                                  len(select_split), norm)
       if kind == "multihead" and norm != "mean":   # mean over heads of each head's loss
@@ -296,6 +300,8 @@ def train_reference_models(config, splits: data.Splits, kind: str, fns: models.M
       logging.info("%s step %d: train loss %s, %s loss %s", kind, step,
                    np.round(np.asarray(train_losses[0]), 4).tolist(),
                    ex.select_on, np.round(val, 4).tolist())
+    # After the step's validation: the rate, and so the ETA, include the validations.
+    reporter.update(step)
   del state                 # free the last step's variables before reading the best back
   params = best.get()
   best.close()
