@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from reducr_jax.config import config_validation
 from reducr_jax.config import configuration
 from reducr_jax.train import sharding
 from reducr_jax.train import optimizers
@@ -318,6 +319,16 @@ def test_config_validation(tmp_path, overrides, message):
   with pytest.raises(configuration.ConfigError, match=message):
     train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+
+
+def test_uneven_split_over_devices_names_what_would_run():
+  # B = 84, k = round(0.1 · 84) = 8 over 8 devices: 84 does not split. What runs: 1, 2 or
+  # 4 devices (they divide 84 and 8), or B = 160 (k = 16; 88 → k 9, 96 → 10, … do not).
+  with pytest.raises(configuration.ConfigError) as e:
+    config_validation.validate_config(tiny_config(batch_size=84), 8)
+  assert str(e.value) == (
+      "config.batch_size (84) and k = 8 must be divisible by the number of devices (8): "
+      "config.num_devices in [1, 2, 4] or config.batch_size=160 (k = 16)")
 
 
 @pytest.mark.parametrize("reweight, meta_method", [

@@ -242,7 +242,7 @@ def _selection(config, n: int) -> None:
   if config.batch_size % n or k % n:
     raise ConfigError(
         f"config.batch_size ({config.batch_size}) and k = {k} must be divisible by the "
-        f"number of devices ({n})")
+        f"number of devices ({n}): {_what_divides(config, n, k)}")
   _eta(sel.eta)
   if not (sel.use_expert or sel.use_model_loss):
     raise ConfigError("config.selection.use_expert and config.selection.use_model_loss "
@@ -250,6 +250,30 @@ def _selection(config, n: int) -> None:
   if sel.holdout_every == 0 or sel.holdout_every < -1:
     raise ConfigError("config.selection.holdout_every must be -1 (once per epoch) or >= 1, "
                       f"got {sel.holdout_every}")
+
+
+def splits_over_devices(batch: int, num_devices: int, percent_selected: float,
+                        k_rounding: str = "round") -> bool:
+  """Whether a large batch ``batch`` and its k (:func:`reducr_jax.core.selection.k_for`)
+  both split evenly over ``num_devices`` data-parallel devices (k >= 1)."""
+  k = selection.k_for(batch, percent_selected, k_rounding)
+  return batch % num_devices == 0 and k >= 1 and k % num_devices == 0
+
+
+def _what_divides(config, n: int, k: int) -> str:
+  """What would run: the device counts dividing both B and k (``config.num_devices``,
+  one process only), or the smallest larger ``config.batch_size`` whose B and k split
+  over ``n`` devices (k from the same ``percent_selected`` and rounding)."""
+  pct, rounding = config.selection.percent_selected, field(config, "selection.k_rounding")
+  options = []
+  if jax.process_count() == 1:
+    fits = [d for d in range(1, n) if config.batch_size % d == 0 and k % d == 0]
+    options.append(f"config.num_devices in {fits}")
+  for b in range(-(-config.batch_size // n) * n, 64 * max(config.batch_size, n) + 1, n):
+    if splits_over_devices(b, n, pct, rounding):
+      options.append(f"config.batch_size={b} (k = {selection.k_for(b, pct, rounding)})")
+      break
+  return " or ".join(options) if options else "use fewer devices"
 
 
 def _experts(config, n: int) -> None:

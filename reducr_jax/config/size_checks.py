@@ -19,7 +19,6 @@ import numpy as np
 from reducr_jax.config import config_validation
 from reducr_jax.core import errors
 from reducr_jax import reweighters
-from reducr_jax.core import selection
 from reducr_jax import selectors
 from reducr_jax.core import groups as groups_lib
 from reducr_jax.data import split_types
@@ -29,9 +28,8 @@ def _largest_batch(n: int, num_devices: int, percent_selected: float | None,
                    k_rounding: str = "round") -> int:
   """The largest B <= n that splits over the devices (and whose k does)."""
   for b in range(n - n % num_devices, 0, -num_devices):
-    k = (selection.k_for(b, percent_selected, k_rounding)
-         if percent_selected is not None else num_devices)
-    if k >= 1 and k % num_devices == 0:
+    if percent_selected is None or config_validation.splits_over_devices(
+        b, num_devices, percent_selected, k_rounding):
       return b
   return 0
 
