@@ -254,7 +254,7 @@ def fitting_batch(compile_at: Callable[[int], Any], batch: int, multiple_of: int
     peak, state = peak_bytes(compiled)
     refused = isinstance(compiled, DoesNotFit)
     fits_budget = not refused and (peak is None or peak <= budget_bytes)
-    fits = fits_budget and fits_limits(peak, state)
+    fits = not refused and fits_limits(peak, state)
     smaller = (b // 2) // multiple_of * multiple_of
     # Skip, without compiling, the halvings that cannot fit even if everything but the
     # arguments shrank in proportion to the batch (it shrinks less: a forward's fixed
