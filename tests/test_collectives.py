@@ -7,7 +7,7 @@ import numpy as np
 from reducr_jax.core import collectives
 
 
-def test_psum_and_gather_rows_over_a_named_axis_and_without():
+def test_collectives_over_a_named_axis_and_without():
   x = jnp.arange(12.0).reshape(3, 2, 2)                       # 3 "devices" × [b=2, 2]
   tree = {"a": x, "b": x[:, 0, 0]}
   summed = jax.vmap(lambda t: collectives.psum(t, "d"), axis_name="d")(tree)
@@ -16,5 +16,11 @@ def test_psum_and_gather_rows_over_a_named_axis_and_without():
   rows = jax.vmap(lambda r: collectives.gather_rows(r, "d"), axis_name="d")(x)
   assert rows.shape == (3, 6, 2)                              # device-major [n·b, 2]
   np.testing.assert_allclose(rows[2], x.reshape(6, 2))
+  cols = jax.vmap(lambda r: collectives.gather_rows(r, "d", axis=1), axis_name="d")(x)
+  assert cols.shape == (3, 2, 6)                              # [2, n·b] along dimension 1
+  np.testing.assert_allclose(cols[0], np.concatenate(list(x), axis=1))
+  index = jax.vmap(lambda r: collectives.device_index("d"), axis_name="d")(x)
+  np.testing.assert_array_equal(index, [0, 1, 2])
   assert collectives.psum(tree, None) is tree
   assert collectives.gather_rows(x, None) is x
+  assert collectives.device_index(None) == 0

@@ -17,7 +17,12 @@ def psum(x: Any, axis_name: Optional[str]) -> Any:
   return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
-def gather_rows(x: jax.Array, axis_name: Optional[str]) -> jax.Array:
+def gather_rows(x: jax.Array, axis_name: Optional[str], axis: int = 0) -> jax.Array:
   """``x [b, ...]`` of every device along ``axis_name``, device-major → ``[n·b, ...]``
-  (``x`` itself for ``None``)."""
-  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+  (rows on dimension ``axis``, e.g. ``1`` for ``[K, b, C]``; ``x`` itself for ``None``)."""
+  return x if axis_name is None else jax.lax.all_gather(x, axis_name, axis=axis, tiled=True)
+
+
+def device_index(axis_name: Optional[str]) -> jax.Array | int:
+  """This device's index along ``axis_name`` (``0`` for ``None``)."""
+  return 0 if axis_name is None else jax.lax.axis_index(axis_name)

@@ -40,7 +40,7 @@ def local_mask(indices: jax.Array, local_size: int, axis_name) -> jax.Array:
   row ``d·b + i``); ``axis_name=None`` is one device (d = 0). Summed over devices the
   masks have exactly k True entries (the indices are distinct)."""
   checks.check_shape("indices", indices, (None,), "[k]")
-  start = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_size
+  start = collectives.device_index(axis_name) * local_size
   local = indices - start
   inside = (local >= 0) & (local < local_size)
   hits = jnp.zeros((local_size,), jnp.int32).at[jnp.where(inside, local, local_size)].add(

@@ -105,7 +105,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
   apply_fn = lambda p, xb: fns.apply(models.variables(p, state.model_state), xb)  # noqa: E731
   gather = lambda a: collectives.gather_rows(a, axis_name)  # noqa: E731
   key = jax.random.fold_in(state.rng, state.step)
-  device = 0 if axis_name is None else jax.lax.axis_index(axis_name)
+  device = collectives.device_index(axis_name)
   x, y = batch["x"], batch["y"]
   if cfg.augment != "none":
     b = y.shape[0]
@@ -130,8 +130,7 @@ def train_step(state: TrainState, batch: dict, ref_params: Any, *, model,
                                cfg.mc_passes)
     variables_now = models.variables(state.params, state.model_state)
     mc = jax.lax.map(lambda kk: fns.apply_mc(variables_now, x, kk), mc_keys)  # [K, b, C]
-    inputs = inputs._replace(mc_logits=mc if axis_name is None else jax.lax.all_gather(
-        mc, axis_name, axis=1, tiled=True))
+    inputs = inputs._replace(mc_logits=collectives.gather_rows(mc, axis_name, axis=1))
 
   if cfg.reference == "table":
     inputs = inputs._replace(reference_losses=gather(batch["ref_losses"]))
